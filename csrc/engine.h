@@ -1,0 +1,40 @@
+// The streaming engine: runs a Plan chunk by chunk on a pool of threads with a
+// bounded memory budget, prefetching input ranges ahead and releasing them behind.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+#include "kernels.h"
+#include "plan.h"
+
+namespace ladle {
+
+struct EngineOptions {
+  int threads = 0;                         // 0: all hardware threads
+  uint64_t memory_budget = 256ull << 20;   // bytes of buffers + resident input pages
+  uint64_t chunk_elems = 0;                // 0: derive from the budget
+  bool check_finite = false;               // raise on NaN/Inf in inputs or outputs
+  KernelImpl kernel = KernelImpl::kAuto;
+};
+
+struct RunStats {
+  uint64_t bytes_read = 0;
+  uint64_t bytes_written = 0;
+  uint64_t n_chunks = 0;
+  uint64_t chunk_elems = 0;
+  int threads = 0;
+  double seconds = 0;
+  const char* kernel = "";
+};
+
+// Called from the thread that called run() every ~100 ms and once at the end
+// with (bytes done, bytes total); returning false cancels the run.
+using ProgressFn = std::function<bool(uint64_t done, uint64_t total)>;
+
+RunStats run_plan(const Plan& plan, const EngineOptions& options, const ProgressFn& progress);
+
+// Chunk length (elements) the engine uses for `plan` under `options`.
+uint64_t choose_chunk_elems(const Plan& plan, const EngineOptions& options, int threads);
+
+}  // namespace ladle

@@ -1,0 +1,35 @@
+// A small strict JSON reader for safetensors headers: UTF-8 validated, duplicate
+// keys and excessive nesting rejected, integers kept exact as uint64.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ladle {
+
+struct JsonValue {
+  enum class Kind { kNull, kBool, kNumber, kString, kArray, kObject };
+  Kind kind = Kind::kNull;
+  bool boolean = false;
+  bool is_uint = false;      // number is a non-negative integer that fits uint64
+  uint64_t uint_value = 0;
+  std::string text;          // string value, or the number's literal text
+  std::vector<JsonValue> array;
+  // Object members in file order (order matters for error messages only).
+  std::vector<std::pair<std::string, JsonValue>> object;
+};
+
+// Parses `text` (exactly one JSON value, surrounding whitespace allowed). On
+// error returns false and sets `error` to a message with the byte position.
+bool parse_json(const std::string& text, JsonValue* out, std::string* error,
+                int max_depth = 64);
+
+// Serialises a string as a JSON string literal (quotes and escapes).
+std::string json_quote(const std::string& s);
+
+const char* json_kind_name(JsonValue::Kind kind);
+
+}  // namespace ladle

@@ -1,0 +1,37 @@
+// Kernel interface: fused convert-and-accumulate of one input tile into an fp32
+// accumulator, and rounding of the accumulator to the output dtype. Every
+// implementation follows the same arithmetic contract bit for bit:
+//   first input:  acc[i] = fp32(w * x[i])
+//   later inputs: acc[i] = fp32(acc[i] + fp32(w * x[i]))     (no FMA)
+//   store:        out[i] = rne(scale == 1 ? acc[i] : fp32(acc[i] * scale)),
+//                 NaN stored as the dtype's canonical quiet NaN.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "dtype.h"
+
+namespace ladle {
+
+enum class KernelImpl : uint8_t { kAuto, kScalar, kAvx2 };
+
+struct KernelSet {
+  const char* name;
+  void (*accumulate)(DType dtype, const void* src, float weight, float* acc, size_t n,
+                     bool first);
+  void (*store)(DType dtype, const float* acc, float scale, void* dst, size_t n);
+};
+
+const KernelSet& scalar_kernels();
+// Defined only when the AVX2 translation unit is compiled in.
+const KernelSet* avx2_kernels();
+bool cpu_supports_avx2();
+// Picks the kernels; kAuto prefers AVX2 when the CPU has AVX2+F16C+FMA-free
+// support. Raises when an explicitly requested implementation is unavailable.
+const KernelSet& select_kernels(KernelImpl impl);
+
+// Index of the first NaN/Inf among n elements of `src`, or n when all finite.
+size_t find_nonfinite(DType dtype, const void* src, size_t n);
+
+}  // namespace ladle

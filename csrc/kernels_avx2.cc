@@ -1,0 +1,121 @@
+// AVX2 + F16C kernels, compiled with -mavx2 -mf16c for this file only and
+// called only after a run-time CPU check. Bit-identical to the scalar kernels:
+// the same fp32 multiply and add per element, no FMA.
+#include <immintrin.h>
+
+#include "common.h"
+#include "kernels.h"
+
+namespace ladle {
+namespace {
+
+inline __m256 load8_f32(const float* p) { return _mm256_loadu_ps(p); }
+
+inline __m256 load8_bf16(const uint16_t* p) {
+  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+inline __m256 load8_f16(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+template <typename Load8, typename Load1>
+void accumulate_vec(Load8 load8, Load1 load1, float weight, float* acc, size_t n, bool first) {
+  const __m256 w = _mm256_set1_ps(weight);
+  size_t i = 0;
+  if (first) {
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(acc + i, _mm256_mul_ps(w, load8(i)));
+    for (; i < n; ++i) acc[i] = weight * load1(i);
+  } else {
+    for (; i + 8 <= n; i += 8) {
+      __m256 product = _mm256_mul_ps(w, load8(i));
+      _mm256_storeu_ps(acc + i, _mm256_add_ps(_mm256_loadu_ps(acc + i), product));
+    }
+    for (; i < n; ++i) {
+      float product = weight * load1(i);
+      acc[i] = acc[i] + product;
+    }
+  }
+}
+
+void accumulate_avx2(DType dtype, const void* src, float weight, float* acc, size_t n,
+                     bool first) {
+  switch (dtype) {
+    case DType::kF32: {
+      auto* p = static_cast<const float*>(src);
+      return accumulate_vec([p](size_t i) { return load8_f32(p + i); },
+                            [p](size_t i) { return p[i]; }, weight, acc, n, first);
+    }
+    case DType::kBF16: {
+      auto* p = static_cast<const uint16_t*>(src);
+      return accumulate_vec([p](size_t i) { return load8_bf16(p + i); },
+                            [p](size_t i) { return bf16_to_f32(p[i]); }, weight, acc, n, first);
+    }
+    case DType::kF16: {
+      auto* p = static_cast<const uint16_t*>(src);
+      return accumulate_vec([p](size_t i) { return load8_f16(p + i); },
+                            [p](size_t i) { return f16_to_f32(p[i]); }, weight, acc, n, first);
+    }
+    default:
+      return scalar_kernels().accumulate(dtype, src, weight, acc, n, first);
+  }
+}
+
+// Loads 8 accumulator lanes, applies the scale and replaces NaN lanes with the
+// fp32 canonical quiet NaN, which every narrower format rounds to its own.
+inline __m256 load8_canonical(const float* acc, float scale) {
+  __m256 v = _mm256_loadu_ps(acc);
+  if (scale != 1.0f) v = _mm256_mul_ps(v, _mm256_set1_ps(scale));
+  __m256 is_nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+  return _mm256_blendv_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC00000)), is_nan);
+}
+
+inline __m128i f32x8_to_bf16x8(__m256 v) {
+  __m256i u = _mm256_castps_si256(v);
+  __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  __m256i rounded = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb));
+  __m256i hi = _mm256_srli_epi32(rounded, 16);
+  __m256i packed = _mm256_packus_epi32(hi, hi);  // per 128-bit lane
+  packed = _mm256_permute4x64_epi64(packed, 0x08);
+  return _mm256_castsi256_si128(packed);
+}
+
+void store_avx2(DType dtype, const float* acc, float scale, void* dst, size_t n) {
+  size_t i = 0;
+  switch (dtype) {
+    case DType::kF32: {
+      auto* p = static_cast<float*>(dst);
+      for (; i + 8 <= n; i += 8) _mm256_storeu_ps(p + i, load8_canonical(acc + i, scale));
+      break;
+    }
+    case DType::kBF16: {
+      auto* p = static_cast<uint16_t*>(dst);
+      for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(p + i),
+                         f32x8_to_bf16x8(load8_canonical(acc + i, scale)));
+      break;
+    }
+    case DType::kF16: {
+      auto* p = static_cast<uint16_t*>(dst);
+      for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(p + i),
+                         _mm256_cvtps_ph(load8_canonical(acc + i, scale),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      break;
+    }
+    default:
+      break;
+  }
+  // Tail (and dtypes without a vector path) through the scalar reference.
+  size_t item = static_cast<size_t>(dtype_bits(dtype) / 8);
+  scalar_kernels().store(dtype, acc + i, scale, static_cast<uint8_t*>(dst) + i * item, n - i);
+}
+
+const KernelSet kAvx2{"avx2", accumulate_avx2, store_avx2};
+
+}  // namespace
+
+const KernelSet* avx2_kernels() { return &kAvx2; }
+
+}  // namespace ladle

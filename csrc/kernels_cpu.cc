@@ -1,0 +1,144 @@
+// Scalar reference kernels (the contract written out plainly) and dispatch.
+#include <cmath>
+
+#include "common.h"
+#include "kernels.h"
+
+namespace ladle {
+namespace {
+
+template <typename Load>
+void accumulate_with(Load load, float weight, float* acc, size_t n, bool first) {
+  if (first) {
+    for (size_t i = 0; i < n; ++i) acc[i] = weight * load(i);
+  } else {
+    for (size_t i = 0; i < n; ++i) {
+      float product = weight * load(i);
+      acc[i] = acc[i] + product;
+    }
+  }
+}
+
+void accumulate_scalar(DType dtype, const void* src, float weight, float* acc, size_t n,
+                       bool first) {
+  switch (dtype) {
+    case DType::kF32: {
+      auto* p = static_cast<const float*>(src);
+      return accumulate_with([p](size_t i) { return p[i]; }, weight, acc, n, first);
+    }
+    case DType::kBF16: {
+      auto* p = static_cast<const uint16_t*>(src);
+      return accumulate_with([p](size_t i) { return bf16_to_f32(p[i]); }, weight, acc, n, first);
+    }
+    case DType::kF16: {
+      auto* p = static_cast<const uint16_t*>(src);
+      return accumulate_with([p](size_t i) { return f16_to_f32(p[i]); }, weight, acc, n, first);
+    }
+    case DType::kF64: {
+      auto* p = static_cast<const double*>(src);
+      return accumulate_with([p](size_t i) { return static_cast<float>(p[i]); }, weight, acc, n,
+                             first);
+    }
+    default:
+      raise(ErrorKind::kValue, format("cannot merge dtype %s", dtype_name(dtype)));
+  }
+}
+
+inline float scaled(const float* acc, size_t i, float scale) {
+  return scale == 1.0f ? acc[i] : acc[i] * scale;
+}
+
+void store_scalar(DType dtype, const float* acc, float scale, void* dst, size_t n) {
+  switch (dtype) {
+    case DType::kF32: {
+      auto* p = static_cast<uint32_t*>(dst);
+      for (size_t i = 0; i < n; ++i) p[i] = f32_canonical_bits(scaled(acc, i, scale));
+      return;
+    }
+    case DType::kBF16: {
+      auto* p = static_cast<uint16_t*>(dst);
+      for (size_t i = 0; i < n; ++i) p[i] = f32_to_bf16(scaled(acc, i, scale));
+      return;
+    }
+    case DType::kF16: {
+      auto* p = static_cast<uint16_t*>(dst);
+      for (size_t i = 0; i < n; ++i) p[i] = f32_to_f16(scaled(acc, i, scale));
+      return;
+    }
+    case DType::kF64: {
+      auto* p = static_cast<double*>(dst);
+      for (size_t i = 0; i < n; ++i) p[i] = f32_to_f64(scaled(acc, i, scale));
+      return;
+    }
+    default:
+      raise(ErrorKind::kValue, format("cannot write merged values as %s", dtype_name(dtype)));
+  }
+}
+
+const KernelSet kScalar{"scalar", accumulate_scalar, store_scalar};
+
+}  // namespace
+
+const KernelSet& scalar_kernels() { return kScalar; }
+
+bool cpu_supports_avx2() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
+}
+
+const KernelSet& select_kernels(KernelImpl impl) {
+  const KernelSet* avx2 = cpu_supports_avx2() ? avx2_kernels() : nullptr;
+  switch (impl) {
+    case KernelImpl::kScalar: return kScalar;
+    case KernelImpl::kAvx2:
+      LADLE_CHECK(avx2 != nullptr, ErrorKind::kValue,
+                  "AVX2 kernels requested but %s", avx2_kernels() ? "this CPU lacks AVX2/F16C"
+                                                                  : "they were not compiled in");
+      return *avx2;
+    case KernelImpl::kAuto: break;
+  }
+  return avx2 ? *avx2 : kScalar;
+}
+
+size_t find_nonfinite(DType dtype, const void* src, size_t n) {
+  switch (dtype) {
+    case DType::kF32: {
+      auto* p = static_cast<const uint32_t*>(src);
+      for (size_t i = 0; i < n; ++i)
+        if ((p[i] & 0x7F800000u) == 0x7F800000u) return i;
+      return n;
+    }
+    case DType::kBF16: {
+      auto* p = static_cast<const uint16_t*>(src);
+      for (size_t i = 0; i < n; ++i)
+        if ((p[i] & 0x7F80u) == 0x7F80u) return i;
+      return n;
+    }
+    case DType::kF16: {
+      auto* p = static_cast<const uint16_t*>(src);
+      for (size_t i = 0; i < n; ++i)
+        if ((p[i] & 0x7C00u) == 0x7C00u) return i;
+      return n;
+    }
+    case DType::kF64: {
+      auto* p = static_cast<const double*>(src);
+      for (size_t i = 0; i < n; ++i)
+        if (!std::isfinite(p[i])) return i;
+      return n;
+    }
+    default:
+      return n;
+  }
+}
+
+}  // namespace ladle
+
+#ifndef LADLE_HAVE_AVX2
+namespace ladle {
+const KernelSet* avx2_kernels() { return nullptr; }
+}  // namespace ladle
+#endif

@@ -1,0 +1,68 @@
+// The plan the engine executes: plain data describing where input bytes live
+// (sources), where output bytes go (sinks) and, per output tensor, which inputs
+// are combined with which weights (jobs). Python builds it; C++ runs it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dtype.h"
+#include "mapped_file.h"
+#include "shard_writer.h"
+
+namespace ladle {
+
+// Bytes to read: a memory-mapped file or caller-owned memory (a live tensor).
+struct Source {
+  std::string label;               // file path or a caller-chosen name
+  const uint8_t* base = nullptr;
+  uint64_t n_bytes = 0;
+  std::shared_ptr<MappedFile> file;  // null for memory sources
+};
+
+// Where results go: a shard file being written, or caller-owned memory.
+struct Sink {
+  std::string label;
+  uint8_t* base = nullptr;  // memory sinks only
+  uint64_t n_bytes = 0;
+  std::shared_ptr<ShardWriter> writer;  // null for memory sinks
+};
+
+struct JobInput {
+  uint32_t source = 0;
+  uint64_t offset = 0;  // byte offset of the tensor's first element in the source
+  DType dtype = DType::kF32;
+  float weight = 1.0f;  // already rounded to fp32 (the arithmetic contract)
+};
+
+enum class JobOp : uint8_t {
+  // out = round(post_scale * (w1*x1 + w2*x2 + ...)) with zero weights skipped.
+  kWeightedSum,
+  // out = x1, after checking every other input holds identical bytes.
+  kCopyIdentical,
+};
+
+struct Job {
+  std::string name;  // tensor name, for messages
+  JobOp op = JobOp::kWeightedSum;
+  uint64_t n_elems = 0;
+  uint32_t sink = 0;
+  uint64_t out_offset = 0;  // byte offset in the sink
+  DType out_dtype = DType::kF32;
+  float post_scale = 1.0f;  // 1 skips the multiplication
+  std::vector<JobInput> inputs;
+};
+
+struct Plan {
+  std::vector<Source> sources;
+  std::vector<Sink> sinks;
+  std::vector<Job> jobs;
+};
+
+// Validates that every job's byte ranges lie inside its sources and sink and
+// that dtypes suit the op; raises ladle::Error naming the job otherwise.
+void validate_plan(const Plan& plan);
+
+}  // namespace ladle

@@ -1,0 +1,159 @@
+"""Open a checkpoint (headers only): a ``.safetensors`` file, a Hugging Face
+sharded directory with ``model.safetensors.index.json``, or a directory holding
+exactly one ``.safetensors`` file. No tensor data is read here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import _core
+from .errors import FormatError, LadleIOError
+
+INDEX_NAME = "model.safetensors.index.json"
+# Files in a model directory that hold weights; everything else (config.json,
+# tokenizer files, ...) is copied to merged outputs.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor's bytes live on disk."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: Path
+    offset: int  # absolute byte offset of the first element in `file`
+    n_bytes: int
+
+    @property
+    def n_elems(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class Checkpoint:
+    """Headers of a checkpoint: tensors in file order, metadata, sizes."""
+
+    path: Path
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str]
+    file_sizes: dict[Path, int]
+    extra_files: list[Path] = field(default_factory=list)
+
+    @property
+    def n_bytes(self) -> int:
+        """Bytes of tensor data (what a merge reads from this input)."""
+        return sum(t.n_bytes for t in self.tensors.values())
+
+    @property
+    def files(self) -> list[Path]:
+        return list(self.file_sizes)
+
+    def __repr__(self) -> str:
+        return (f"Checkpoint({str(self.path)!r}, {len(self.tensors)} tensors, "
+                f"{len(self.file_sizes)} file(s), {self.n_bytes} bytes)")
+
+
+def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read the headers of a checkpoint.
+
+    Args:
+        path: a ``.safetensors`` file, or a directory with
+            ``model.safetensors.index.json`` or exactly one ``.safetensors`` file.
+
+    Returns:
+        A :class:`Checkpoint` describing every tensor without reading data.
+
+    Raises:
+        FormatError: malformed header or index; LadleIOError: missing files.
+
+    Example:
+        >>> ckpt = ladle.open("model/")            # doctest: +SKIP
+        >>> ckpt.tensors["lm_head.weight"].shape   # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.exists():
+        raise LadleIOError(2, f"{path}: no such file or directory")
+    if path.is_file():
+        return _from_files(path, [path], None, [])
+    if not path.is_dir():
+        raise FormatError(f"{path}: neither a file nor a directory")
+    extras = sorted(p for p in path.iterdir()
+                    if p.is_file() and not p.name.startswith(".")
+                    and not p.name.endswith(WEIGHT_SUFFIXES) and p.name != INDEX_NAME)
+    index = path / INDEX_NAME
+    if index.exists():
+        shards, weight_map = _read_index(path, index)
+        return _from_files(path, shards, weight_map, extras)
+    candidates = sorted(p for p in path.iterdir() if p.suffix == ".safetensors")
+    if len(candidates) != 1:
+        raise FormatError(
+            f"{path}: expected {INDEX_NAME} or exactly one .safetensors file, "
+            f"found {len(candidates)} .safetensors files")
+    return _from_files(path, candidates, None, extras)
+
+
+def _read_index(directory: Path, index: Path) -> tuple[list[Path], dict[str, str]]:
+    try:
+        data = json.loads(index.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{index}: not valid JSON: {e}") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise FormatError(f"{index}: 'weight_map' must map tensor names to shard file names")
+    root = directory.resolve()
+    shards: list[Path] = []
+    for shard_name in dict.fromkeys(weight_map.values()):
+        shard = directory / shard_name
+        if (os.path.isabs(shard_name) or ".." in Path(shard_name).parts
+                or not shard.resolve().is_relative_to(root)):
+            raise FormatError(f"{index}: shard path {shard_name!r} escapes the checkpoint "
+                              f"directory {directory}")
+        if not shard.is_file():
+            raise LadleIOError(2, f"{index}: shard {shard_name!r} is missing ({shard})")
+        shards.append(shard)
+    return shards, weight_map
+
+
+def _from_files(path: Path, files: list[Path], weight_map: dict[str, str] | None,
+                extras: list[Path]) -> Checkpoint:
+    tensors: dict[str, TensorInfo] = {}
+    metadata: dict[str, str] = {}
+    sizes: dict[Path, int] = {}
+    for file in files:
+        header = _core.read_header(str(file))
+        sizes[file] = header["file_n_bytes"]
+        if not metadata and header["metadata"]:
+            metadata = dict(header["metadata"])
+        start = header["data_start"]
+        for name, dtype, shape, begin, end in header["tensors"]:
+            if name in tensors:
+                raise FormatError(f"{file}: tensor '{name}' also appears in "
+                                  f"{tensors[name].file}")
+            if weight_map is not None and weight_map.get(name) != file.name:
+                where = weight_map.get(name)
+                raise FormatError(
+                    f"{file}: tensor '{name}' is not listed for this shard in "
+                    f"{INDEX_NAME} (index says {where!r})")
+            tensors[name] = TensorInfo(name, dtype, tuple(shape), file, start + begin,
+                                       end - begin)
+    if weight_map is not None:
+        missing = sorted(set(weight_map) - set(tensors))
+        if missing:
+            raise FormatError(f"{path / INDEX_NAME}: {len(missing)} tensor(s) listed in the "
+                              f"index are absent from their shards: {_preview(missing)}")
+    return Checkpoint(path, tensors, metadata, sizes, extras)
+
+
+def _preview(names: list[str], n: int = 8) -> str:
+    shown = ", ".join(repr(x) for x in names[:n])
+    return shown + (f", ... ({len(names) - n} more)" if len(names) > n else "")

@@ -1,0 +1,40 @@
+"""Exception classes raised by ladle.
+
+Every error ladle raises derives from :class:`LadleError` and also from the
+matching built-in class, so ``except ValueError`` keeps working for callers
+that do not know ladle.
+"""
+
+from __future__ import annotations
+
+
+class LadleError(Exception):
+    """Base class of every ladle error."""
+
+
+class FormatError(LadleError, ValueError):
+    """A checkpoint file is malformed (header, offsets, sizes, index.json)."""
+
+
+class MismatchError(LadleError, ValueError):
+    """Inputs disagree: tensor names, shapes, dtypes or pass-through values."""
+
+
+class LadleValueError(LadleError, ValueError):
+    """An argument is invalid (weights, options, paths)."""
+
+
+class NonFiniteError(LadleError, ValueError):
+    """``check_finite`` found a NaN or Inf."""
+
+
+class LadleIOError(LadleError, OSError):
+    """The operating system refused a read or write (missing file, disk full)."""
+
+
+class CancelledError(LadleError, KeyboardInterrupt):
+    """The run was interrupted; no output was left behind."""
+
+
+class BackendError(LadleError, RuntimeError):
+    """A compute backend (CUDA) failed or is unavailable."""

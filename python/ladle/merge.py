@@ -1,0 +1,195 @@
+"""The public merge API: ``merge`` (any linear combination), ``interpolate``
+(WiSE-FT) and ``soup`` (normalised average), all on one streaming engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import _core
+from ._units import parse_size
+from .checkpoint import Checkpoint, open_checkpoint
+from .errors import LadleValueError
+from .output import OutputDir
+from .plan import MergePlan, build_plan, check_weights, describe
+
+PathLike = str | os.PathLike
+CheckpointLike = PathLike | Checkpoint
+
+
+@dataclass
+class MergeReport:
+    """What a merge did and how fast."""
+
+    out: Path | None
+    n_tensors: int
+    n_shards: int
+    bytes_read: int
+    bytes_written: int
+    seconds: float
+    threads: int = 0
+    chunk_elems: int = 0
+    kernel: str = ""
+    plan: MergePlan | None = None
+
+    @property
+    def gb_per_s(self) -> float:
+        """(bytes read + written) / wall time, in 10^9 bytes per second."""
+        return (self.bytes_read + self.bytes_written) / max(self.seconds, 1e-9) / 1e9
+
+
+def _open_all(checkpoints: Sequence[CheckpointLike]) -> list[Checkpoint]:
+    if not checkpoints:
+        raise LadleValueError("no input checkpoints given")
+    return [c if isinstance(c, Checkpoint) else open_checkpoint(c) for c in checkpoints]
+
+
+def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: PathLike, *,
+          dtype: str | None = None, max_shard_size: int | str = "5GB",
+          include: list[str] | None = None, exclude: list[str] | None = None,
+          threads: int = 0, memory_budget: int | str = "256MiB", check_finite: bool = False,
+          overwrite: bool = False, progress: bool = True, dry_run: bool = False,
+          method: str = "linear", kernel: str = "auto") -> MergeReport:
+    """Write ``out = Σ_k weights[k] · checkpoints[k]`` tensor by tensor.
+
+    Weights are used as given (they may be negative or not sum to one, so task
+    arithmetic ``θ0 + λ Σ (θ_i − θ0)`` is expressible) and rounded to fp32 once.
+    Accumulation is fp32 in input order; the result is rounded to nearest even.
+
+    Args:
+        checkpoints: paths (file, HF sharded directory) or opened Checkpoints.
+        weights: one finite weight per checkpoint; zero weights skip their input.
+        out: ``*.safetensors`` for one file, otherwise a directory (HF layout).
+        dtype: output dtype for float tensors (default: the inputs' dtype).
+        max_shard_size: shard size for directory outputs, e.g. ``"5GB"``.
+        include, exclude: fnmatch patterns on tensor names.
+        threads: worker threads (0: all cores).
+        memory_budget: bound on buffers and resident input pages, e.g. ``"256MiB"``.
+        check_finite: raise NonFiniteError on NaN/Inf instead of passing it through.
+        overwrite: replace an existing ``out`` (only once the new one is complete).
+        progress: show a tqdm progress bar.
+        dry_run: plan only; nothing is written.
+
+    Returns:
+        A :class:`MergeReport` with byte counts and timing.
+
+    Example:
+        >>> ladle.merge(["a/", "b/"], [0.3, 0.7], "out/")   # doctest: +SKIP
+    """
+    ckpts = _open_all(checkpoints)
+    weights = check_weights(list(weights), len(ckpts))
+    output = OutputDir(out, overwrite=overwrite)
+    metadata = {
+        "ladle_method": method,
+        "ladle_inputs": json.dumps([str(c.path) for c in ckpts]),
+        "ladle_weights": json.dumps(weights),
+        "ladle_version": _core.build_info()["version"],
+    }
+    plan = build_plan(ckpts, weights, dtype=dtype, include=include, exclude=exclude,
+                      max_shard_bytes=parse_size(max_shard_size),
+                      single_file=output.single_file, metadata=metadata)
+    if dry_run:
+        output.check_destination()
+        print(describe(plan))
+        return MergeReport(None, len(plan.tensors), len(plan.shards), plan.bytes_read,
+                           plan.bytes_written, 0.0, plan=plan)
+    t0 = time.perf_counter()
+    output.create()
+    try:
+        stats = execute(plan, ckpts, output, threads=threads,
+                        memory_budget=parse_size(memory_budget), check_finite=check_finite,
+                        progress=progress, kernel=kernel)
+        if plan.sharded:
+            output.write_index({t.name: plan.shards[t.shard].file_name for t in plan.tensors},
+                               sum(t.n_bytes for t in plan.tensors))
+        output.copy_extra_files(ckpts[0].extra_files)
+        dest = output.commit()
+    except BaseException:
+        output.abort()
+        raise
+    return MergeReport(dest, len(plan.tensors), len(plan.shards), stats["bytes_read"],
+                       plan.bytes_written, time.perf_counter() - t0, stats["threads"],
+                       stats["chunk_elems"], stats["kernel"], plan)
+
+
+def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, threads: int,
+            memory_budget: int, check_finite: bool, progress: bool, kernel: str) -> dict:
+    """Run a plan's jobs into the shards of ``output``'s partial directory."""
+    core_plan = _core.Plan()
+    sources: dict[Path, int] = {}
+    for ckpt in ckpts:
+        for file, size in ckpt.file_sizes.items():
+            if file not in sources:
+                sources[file] = core_plan.add_file_source(str(file), size)
+    sinks = [core_plan.add_file_sink(str(output.shard_path(s.file_name)), s.n_bytes, s.header)
+             for s in plan.shards]
+    for t in plan.tensors:
+        shard = plan.shards[t.shard]
+        out_offset = len(shard.header) + t.offset
+        dtype, n_elems = t.dtype, t.n_elems
+        if t.op == "copy" and _core.dtype_n_bits(dtype) % 8:
+            dtype, n_elems = "U8", t.n_bytes  # sub-byte dtypes are copied as bytes
+        inputs = [(sources[info.file], info.offset, dtype if t.op == "copy" else info.dtype, w)
+                  for info, w in t.inputs]
+        core_plan.add_job(t.name, t.op, n_elems, sinks[t.shard], out_offset, dtype, inputs)
+    bar = _progress_bar(plan.bytes_written, progress)
+    try:
+        stats = _core.run(core_plan, threads=threads, memory_budget=memory_budget,
+                          check_finite=check_finite, kernel=kernel,
+                          progress=(lambda done, total: bar.update(done - bar.n)) if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    core_plan.finish_sinks()
+    return stats
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc="merging", disable=None)
+
+
+def interpolate(theta0: CheckpointLike, theta1: CheckpointLike, alpha: float, out: PathLike,
+                **options) -> MergeReport:
+    """WiSE-FT: write ``θα = (1 − α)·θ0 + α·θ1`` (weights computed in fp64).
+
+    α = 0 and α = 1 reproduce the endpoints bit for bit (zero weights skip
+    their input). Options are those of :func:`merge`.
+
+    Example:
+        >>> ladle.interpolate("zeroshot/", "finetuned/", 0.5, "wiseft/")  # doctest: +SKIP
+    """
+    alpha = float(alpha)
+    if alpha != alpha:
+        raise LadleValueError("alpha must not be NaN")
+    options.setdefault("method", f"wise-ft alpha={alpha!r}")
+    return merge([theta0, theta1], [1.0 - alpha, alpha], out, **options)
+
+
+def soup(checkpoints: Sequence[CheckpointLike], out: PathLike,
+         weights: Sequence[float] | None = None, **options) -> MergeReport:
+    """Uniform soup (``w_k = 1/N``) or a weighted average with weights
+    normalised to sum to one. Options are those of :func:`merge`.
+
+    Example:
+        >>> ladle.soup(["ft1/", "ft2/", "ft3/"], "soup/")   # doctest: +SKIP
+    """
+    n = len(checkpoints)
+    if weights is None:
+        norm = [1.0 / n] * n if n else []
+    else:
+        weights = check_weights(list(weights), n)
+        total = sum(weights)
+        if total == 0.0:
+            raise LadleValueError(f"soup weights sum to zero: {weights}")
+        norm = [w / total for w in weights]
+    options.setdefault("method", "uniform-soup" if weights is None else "weighted-soup")
+    return merge(checkpoints, norm, out, **options)

@@ -1,0 +1,206 @@
+"""Turn checkpoints + weights into a MergePlan: which output tensors exist, what
+each is computed from, and where every byte lands in which output shard. The
+plan is plain data; :func:`describe` prints it for ``--dry-run``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+
+from . import _core
+from .checkpoint import Checkpoint, TensorInfo, _preview
+from .errors import LadleValueError, MismatchError
+
+_DTYPE_ALIASES = {
+    "f32": "F32", "float32": "F32", "fp32": "F32", "float": "F32",
+    "f16": "F16", "float16": "F16", "fp16": "F16", "half": "F16",
+    "bf16": "BF16", "bfloat16": "BF16",
+    "f64": "F64", "float64": "F64", "fp64": "F64", "double": "F64",
+}
+_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+
+
+def normalize_dtype(dtype: str | None) -> str | None:
+    """Map ``bf16``/``torch.bfloat16``/``BF16`` style names to safetensors names."""
+    if dtype is None:
+        return None
+    key = str(dtype).removeprefix("torch.").lower()
+    if key in _DTYPE_ALIASES:
+        return _DTYPE_ALIASES[key]
+    raise LadleValueError(f"unsupported output dtype {dtype!r} (choose from bf16, f16, f32, f64)")
+
+
+@dataclass
+class OutputTensor:
+    """One tensor of the output and the inputs it is computed from."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    op: str  # "sum" (weighted sum) or "copy" (identical pass-through)
+    inputs: list[tuple[TensorInfo, float]]
+    n_bytes: int
+    n_elems: int
+    shard: int = -1
+    offset: int = 0  # byte offset inside the shard's data buffer
+
+
+@dataclass
+class Shard:
+    file_name: str
+    tensors: list[OutputTensor] = field(default_factory=list)
+    header: bytes = b""
+
+    @property
+    def data_n_bytes(self) -> int:
+        return sum(t.n_bytes for t in self.tensors)
+
+    @property
+    def n_bytes(self) -> int:
+        return len(self.header) + self.data_n_bytes
+
+
+@dataclass
+class MergePlan:
+    tensors: list[OutputTensor]
+    shards: list[Shard]
+    sharded: bool  # write index.json
+    metadata: dict[str, str]
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(info.n_bytes for t in self.tensors for info, w in t.inputs
+                   if w != 0.0 or t.op == "copy")
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(s.n_bytes for s in self.shards)
+
+
+def match_tensors(checkpoints: list[Checkpoint], include: list[str] | None,
+                  exclude: list[str] | None) -> list[str]:
+    """Names present in every checkpoint (after filtering), in the first one's order.
+
+    Raises MismatchError listing missing/extra names, shapes or dtypes that differ.
+    """
+    first = checkpoints[0]
+    names = [n for n in first.tensors if _selected(n, include, exclude)]
+    wanted = set(names)
+    for ckpt in checkpoints[1:]:
+        theirs = {n for n in ckpt.tensors if _selected(n, include, exclude)}
+        missing, extra = sorted(wanted - theirs), sorted(theirs - wanted)
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing {len(missing)} tensor(s) of {first.path}: "
+                             f"{_preview(missing)}")
+            if extra:
+                parts.append(f"{len(extra)} extra tensor(s) not in {first.path}: "
+                             f"{_preview(extra)}")
+            raise MismatchError(f"{ckpt.path}: " + "; ".join(parts))
+        for name in names:
+            a, b = first.tensors[name], ckpt.tensors[name]
+            if a.shape != b.shape:
+                raise MismatchError(f"tensor '{name}': shape {list(b.shape)} in {b.file} differs "
+                                    f"from {list(a.shape)} in {a.file}")
+            if a.dtype != b.dtype:
+                raise MismatchError(f"tensor '{name}': dtype {b.dtype} in {b.file} differs "
+                                    f"from {a.dtype} in {a.file}")
+    if not names:
+        raise LadleValueError(f"{first.path}: no tensors selected (include={include}, "
+                              f"exclude={exclude})")
+    return names
+
+
+def _selected(name: str, include: list[str] | None, exclude: list[str] | None) -> bool:
+    if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
+        return False
+    return not (exclude and any(fnmatch.fnmatchcase(name, p) for p in exclude))
+
+
+def check_weights(weights: list[float], n_inputs: int) -> list[float]:
+    """Validate weights (count, finiteness) and return them as Python floats."""
+    weights = [float(w) for w in weights]
+    if len(weights) != n_inputs:
+        raise LadleValueError(f"got {len(weights)} weight(s) for {n_inputs} input(s)")
+    bad = [w for w in weights if not math.isfinite(w)]
+    if bad:
+        raise LadleValueError(f"weights must be finite, got {weights}")
+    return weights
+
+
+def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: str | None = None,
+               include: list[str] | None = None, exclude: list[str] | None = None,
+               max_shard_bytes: int = 5 * 10**9, single_file: bool = False,
+               metadata: dict[str, str] | None = None) -> MergePlan:
+    """Plan a merge ``out = Σ_k weights[k] · checkpoints[k]`` tensor by tensor.
+
+    Float tensors (F16/BF16/F32/F64) are combined; every other dtype is copied
+    from the first input after the engine checks all inputs hold the same bytes.
+    """
+    weights = check_weights(weights, len(checkpoints))
+    out_dtype = normalize_dtype(dtype)
+    outputs: list[OutputTensor] = []
+    for name in match_tensors(checkpoints, include, exclude):
+        infos = [c.tensors[name] for c in checkpoints]
+        first = infos[0]
+        if _core.dtype_is_mergeable(first.dtype):
+            odt = out_dtype or first.dtype
+            n_bytes = first.n_elems * _ITEM_BYTES[odt]
+            outputs.append(OutputTensor(name, odt, first.shape, "sum",
+                                        list(zip(infos, weights)), n_bytes, first.n_elems))
+        else:
+            outputs.append(OutputTensor(name, first.dtype, first.shape, "copy",
+                                        [(i, 1.0) for i in infos], first.n_bytes,
+                                        first.n_elems))
+    shards = _assign_shards(outputs, max_shard_bytes, single_file)
+    meta = {"format": "pt", **(metadata or {})}
+    for shard in shards:
+        shard.header = _core.serialize_header(
+            [(t.name, t.dtype, list(t.shape), t.offset, t.offset + t.n_bytes)
+             for t in shard.tensors], list(meta.items()))
+    return MergePlan(outputs, shards, sharded=len(shards) > 1, metadata=meta)
+
+
+def _assign_shards(outputs: list[OutputTensor], max_shard_bytes: int,
+                   single_file: bool) -> list[Shard]:
+    groups: list[list[OutputTensor]] = [[]]
+    size = 0
+    for t in outputs:
+        if not single_file and groups[-1] and size + t.n_bytes > max_shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(t)
+        size += t.n_bytes
+    n = len(groups)
+    shards = []
+    for i, group in enumerate(groups):
+        name = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        # Larger items first keeps every tensor aligned to its item size, as the
+        # safetensors library does; the sort is stable so model order survives.
+        group = sorted(group, key=lambda t: -_item_alignment(t.dtype))
+        offset = 0
+        for t in group:
+            t.shard, t.offset = i, offset
+            offset += t.n_bytes
+        shards.append(Shard(name, group))
+    return shards
+
+
+def _item_alignment(dtype: str) -> int:
+    return max(1, _core.dtype_n_bits(dtype) // 8)
+
+
+def describe(plan: MergePlan) -> str:
+    """Human-readable plan for ``--dry-run``: tensors, shards and byte counts."""
+    lines = [f"{len(plan.tensors)} tensors -> {len(plan.shards)} shard(s); "
+             f"reads {plan.bytes_read} bytes, writes {plan.bytes_written} bytes"]
+    for shard in plan.shards:
+        lines.append(f"  {shard.file_name}: {len(shard.tensors)} tensors, {shard.n_bytes} bytes")
+    for t in plan.tensors:
+        ws = ", ".join(f"{w:g}" for _, w in t.inputs) if t.op == "sum" else "identical copy"
+        lines.append(f"    {t.name} {t.dtype}{list(t.shape)} {t.op}({ws}) "
+                     f"-> {plan.shards[t.shard].file_name}@{t.offset}")
+    return "\n".join(lines)
