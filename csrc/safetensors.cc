@@ -59,8 +59,12 @@ TensorEntry parse_tensor(const std::string& label, const std::string& name, cons
   for (const JsonValue& d : shape->array) {
     uint64_t dim = require_uint(label, name, "shape", d);
     t.shape.push_back(dim);
-    LADLE_CHECK(!mul_overflows(t.n_elems, dim, &t.n_elems), ErrorKind::kFormat,
-                "%s: tensor '%s': shape product overflows 64 bits", label.c_str(), name.c_str());
+    uint64_t before = t.n_elems;
+    LADLE_CHECK(!mul_overflows(before, dim, &t.n_elems), ErrorKind::kFormat,
+                "%s: tensor '%s': shape product overflows 64 bits at dimension %zu "
+                "(%llu x %llu)",
+                label.c_str(), name.c_str(), t.shape.size() - 1, (unsigned long long)before,
+                (unsigned long long)dim);
   }
   LADLE_CHECK(offsets->kind == JsonValue::Kind::kArray && offsets->array.size() == 2,
               ErrorKind::kFormat, "%s: tensor '%s': data_offsets must be [BEGIN, END]",

@@ -27,7 +27,6 @@ import ladle
 from ladle import _core
 from ladle.errors import (
     FormatError,
-    LadleError,
     LadleIOError,
     LadleValueError,
     MismatchError,
@@ -188,8 +187,8 @@ MALFORMED = [
     ("shape-not-array", {"w": entry("F32", 6, 0, 24)}, DATA24, None, FormatError,
      [r"tensor 'w'", r"shape is a JSON number, expected an array"]),
     ("duplicate-tensor-key",
-     b'{"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},'
-     b'"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}', DATA24, None, FormatError,
+     (b'{"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},'
+      b'"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}'), DATA24, None, FormatError,
      [r"invalid JSON at byte \d+", r'duplicate key "w"']),
     ("duplicate-field-key",
      b'{"w":{"dtype":"F32","dtype":"F16","shape":[2,3],"data_offsets":[0,24]}}', DATA24, None,
@@ -231,7 +230,6 @@ def test_malformed_file(tmp_path: Path, good: Path, header, data, length, exc, p
     with pytest.raises(exc, match=file_re) as info:
         ladle.open(bad)
     assert_mentions(str(info.value), *patterns)
-    assert isinstance(info.value, LadleError)
 
     out = tmp_path / "out"
     with pytest.raises(exc, match=file_re):
@@ -255,12 +253,10 @@ def test_valid_handwritten_file_is_accepted(tmp_path: Path, good: Path):
     assert ckpt.tensors["w"].shape == (2, 3)
     out = tmp_path / "out.safetensors"
     merge_quiet([good, path], [0.5, 0.5], out)
-    np.testing.assert_array_equal(load_file(str(out))["w"], np.load_like if False else
+    np.testing.assert_array_equal(load_file(str(out))["w"],
                                   np.arange(6, dtype=np.float32).reshape(2, 3))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: csrc/safetensors.cc parse_tensor: the 'shape "
-                   "product overflows 64 bits' message omits the shape / offending dimension")
 def test_shape_overflow_message_names_the_numbers(tmp_path: Path):
     bad = write_raw(tmp_path / "bad.safetensors", {"w": entry("F32", [2**32, 2**32], 0, 0)})
     with pytest.raises(FormatError, match="overflows 64 bits") as info:
@@ -469,7 +465,7 @@ def test_index_lists_tensor_absent_from_its_shard(tmp_path: Path):
 
 
 def test_shard_holds_tensor_not_listed_for_it(tmp_path: Path):
-    m = _two_shards(tmp_path / "m", {"a": S1, "b": S1})
+    m = _two_shards(tmp_path / "m", {"a": S2, "b": S1})  # swapped
     _check_bad_checkpoint(m, tmp_path, FormatError, re.escape(
         f"{m / S2}: tensor 'b' is not listed for this shard in {INDEX} (index says '{S1}')"))
 
@@ -493,9 +489,6 @@ def test_index_malformed(tmp_path: Path, text: str, pattern: str):
     _check_bad_checkpoint(m, tmp_path, FormatError, re.escape(str(m / INDEX)) + ": " + pattern)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: python/ladle/checkpoint.py _from_files compares "
-                   "the index entry with file.name, so a shard in a subdirectory (accepted by "
-                   "_read_index) is rejected as 'not listed for this shard'")
 def test_index_with_shard_in_subdirectory(tmp_path: Path):
     m = tmp_path / "m"
     (m / "sub").mkdir(parents=True)
@@ -637,9 +630,9 @@ def test_weight_count_differs_from_input_count(tmp_path: Path):
 def test_non_finite_weight(tmp_path: Path, weights: list[float], shown: str):
     a, b = _pair(tmp_path)
     out = tmp_path / "out"
-    with pytest.raises(LadleValueError, match=r"weights must be finite, got " + shown):
+    with pytest.raises(LadleValueError, match=r"weights must be finite in fp32 \(\|w\| < 3\.4e38\), got " + shown):
         merge_quiet([a, b], weights, out)
-    with pytest.raises(LadleValueError, match=r"weights must be finite, got " + shown):
+    with pytest.raises(LadleValueError, match=r"weights must be finite in fp32 \(\|w\| < 3\.4e38\), got " + shown):
         ladle.soup([a, b], out, weights=weights, progress=False)
     assert_no_output(out)
 
@@ -649,7 +642,7 @@ def test_non_finite_alpha(tmp_path: Path):
     out = tmp_path / "out"
     with pytest.raises(LadleValueError, match="alpha must not be NaN"):
         ladle.interpolate(a, b, float("nan"), out, progress=False)
-    with pytest.raises(LadleValueError, match=r"weights must be finite, got \[-inf, inf\]"):
+    with pytest.raises(LadleValueError, match=r"weights must be finite in fp32 \(\|w\| < 3\.4e38\), got \[-inf, inf\]"):
         ladle.interpolate(a, b, float("inf"), out, progress=False)
     assert_no_output(out)
 
@@ -673,9 +666,6 @@ def test_no_inputs(tmp_path: Path):
     assert_no_output(out)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: python/ladle/plan.py check_weights tests "
-                   "finiteness in float64, but weights are rounded to fp32 (bindings.cc "
-                   "add_job), so 1e39 becomes inf and the merge silently writes inf/NaN")
 def test_weight_beyond_fp32_range(tmp_path: Path):
     a, b = _pair(tmp_path)
     out = tmp_path / "out.safetensors"
@@ -688,9 +678,6 @@ def test_weight_beyond_fp32_range(tmp_path: Path):
     assert np.isfinite(load_file(str(out))["w"]).all(), "merge wrote non-finite values"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: python/ladle/merge.py soup: sum(weights) "
-                   "overflows to inf for [1e308, 1e308], every normalised weight becomes 0 "
-                   "and the soup is silently all zeros (expected 0.5/0.5 or an error)")
 def test_soup_weights_whose_sum_overflows(tmp_path: Path):
     a, b = _pair(tmp_path)
     out = tmp_path / "out.safetensors"
@@ -716,12 +703,14 @@ def test_disk_full_fault_at_preallocation(tmp_path: Path, no_fault, dest_name: s
     a, b = _big_pair(tmp_path)
     out = tmp_path / dest_name
     partial = out.with_name(out.name + PARTIAL)
+    n_bytes = merge_quiet([a, b], [0.5, 0.5], out, dry_run=True).plan.shards[0].n_bytes
+    assert n_bytes > 200_000
     no_fault(1000)
     with pytest.raises(LadleIOError, match=re.escape(
-            f"{partial}/model.safetensors: disk full (No space left on device) writing ")) as info:
+            f"{partial}/model.safetensors: disk full (No space left on device) "
+            f"writing {n_bytes} bytes at offset 0")) as info:
         merge_quiet([a, b], [0.5, 0.5], out)
     assert info.value.errno == 28
-    assert_mentions(str(info.value), r"writing 2000\d{3} bytes at offset 0")
     assert_no_output(out)
 
 
@@ -767,7 +756,7 @@ def tiny_tmpfs(tmp_path: Path):
     if shutil.which("mount") is None:
         pytest.skip("no mount command")
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                            capture_output=True, text=True)
+                            check=False, capture_output=True, text=True)
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs (needs root/CAP_SYS_ADMIN): "
                     f"{result.stderr.strip()}")
@@ -788,16 +777,14 @@ def test_real_enospc_on_tiny_tmpfs(tmp_path: Path, tiny_tmpfs: Path, no_fault):
         assert_mentions(str(info.value), re.escape(f"{out}{PARTIAL}/model.safetensors"))
         assert list(tiny_tmpfs.iterdir()) == []
     # A merge that fits still works on the same file system.
-    small_a, small_b = _big_pair(tmp_path / "small" if (tmp_path / "small").mkdir() is None
-                                 else tmp_path, n=1000)
+    small = tmp_path / "small"
+    small.mkdir()
+    small_a, small_b = _big_pair(small, n=1000)
     merge_quiet([small_a, small_b], [0.5, 0.5], tiny_tmpfs / "ok.safetensors")
     np.testing.assert_array_equal(load_file(str(tiny_tmpfs / "ok.safetensors"))["w"],
                                   np.full(1000, 2.0, np.float32))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: python/ladle/output.py copy_extra_files (and "
-                   "write_index) use shutil/pathlib directly, so ENOSPC there escapes as a "
-                   "plain OSError without 'disk full' instead of LadleIOError")
 def test_real_enospc_while_copying_config(tmp_path: Path, tiny_tmpfs: Path):
     model = tmp_path / "model"
     model.mkdir()
@@ -875,7 +862,7 @@ def test_check_finite_accepts_finite_inputs(tmp_path: Path):
     np.testing.assert_array_equal(load_file(str(out))["w"], np.full(4, 2.0, np.float32))
 
 
-def test_environment_variable_does_not_leak_fault(tmp_path: Path, no_fault):
+def test_fault_hook_reset_restores_writes(tmp_path: Path, no_fault):
     """After a faulted run and a reset, merges write normally (the hook is process-wide)."""
     a, b = _big_pair(tmp_path)
     no_fault(10)

@@ -6,10 +6,11 @@ import itertools
 
 import numpy as np
 import pytest
-from reference import combine, random_raw
-from st_io import read_checkpoint, write_raw, write_sharded
 
 import ladle
+
+from reference import combine, random_raw
+from st_io import read_checkpoint, write_raw, write_sharded
 
 DTYPES = ["F32", "F16", "BF16"]
 SIZES = [0, 1, 7, 2049, 40_000]  # 40k > the 16k-element minimum chunk: crosses chunks

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
-from reference import combine, random_raw
-from st_io import read_checkpoint, write_raw, write_sharded
 
 import ladle
+
+from reference import combine, random_raw
+from st_io import read_checkpoint, write_raw, write_sharded
 
 FLOATS = ["F32", "F16", "BF16"]
 

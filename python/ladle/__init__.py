@@ -13,7 +13,7 @@ from __future__ import annotations
 from . import errors
 from ._core import build_info
 from .checkpoint import Checkpoint, TensorInfo
-from .checkpoint import open_checkpoint as open  # noqa: A001 - mirrors safetensors.safe_open
+from .checkpoint import open_checkpoint as open
 from .errors import (
     BackendError,
     CancelledError,

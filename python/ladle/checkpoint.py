@@ -139,7 +139,7 @@ def _from_files(path: Path, files: list[Path], weight_map: dict[str, str] | None
             if name in tensors:
                 raise FormatError(f"{file}: tensor '{name}' also appears in "
                                   f"{tensors[name].file}")
-            if weight_map is not None and weight_map.get(name) != file.name:
+            if weight_map is not None and weight_map.get(name) != _index_name(path, file):
                 where = weight_map.get(name)
                 raise FormatError(
                     f"{file}: tensor '{name}' is not listed for this shard in "
@@ -152,6 +152,11 @@ def _from_files(path: Path, files: list[Path], weight_map: dict[str, str] | None
             raise FormatError(f"{path / INDEX_NAME}: {len(missing)} tensor(s) listed in the "
                               f"index are absent from their shards: {_preview(missing)}")
     return Checkpoint(path, tensors, metadata, sizes, extras)
+
+
+def _index_name(directory: Path, file: Path) -> str:
+    """How index.json names `file`: its path relative to the checkpoint directory."""
+    return file.relative_to(directory).as_posix()
 
 
 def _preview(names: list[str], n: int = 8) -> str:

@@ -78,10 +78,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_demo(Path(args.workdir), parse_size(args.size))
     from .merge import interpolate, merge, soup
 
-    options = dict(dtype=args.dtype, max_shard_size=args.max_shard_size, threads=args.threads,
-                   memory_budget=args.memory_budget, include=args.include,
-                   exclude=args.exclude, check_finite=args.check_finite,
-                   overwrite=args.overwrite, dry_run=args.dry_run, progress=not args.quiet)
+    options = {"dtype": args.dtype, "max_shard_size": args.max_shard_size, "threads": args.threads,
+                   "memory_budget": args.memory_budget, "include": args.include,
+                   "exclude": args.exclude, "check_finite": args.check_finite,
+                   "overwrite": args.overwrite, "dry_run": args.dry_run, "progress": not args.quiet}
     if args.command == "soup":
         report = soup(args.checkpoints, args.out, weights=args.weights, **options)
     elif args.alpha is not None:
@@ -110,6 +110,6 @@ def _inspect(path: str) -> int:
         print(f"  metadata {key} = {value}")
     width = max((len(n) for n in ckpt.tensors), default=0)
     for t in ckpt.tensors.values():
-        print(f"  {t.name:<{width}}  {t.dtype:<5} {str(list(t.shape)):<20} {t.n_bytes:>12}  "
+        print(f"  {t.name:<{width}}  {t.dtype:<5} {list(t.shape)!s:<20} {t.n_bytes:>12}  "
               f"{t.file.name}")
     return 0

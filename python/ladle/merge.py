@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -168,10 +169,19 @@ def interpolate(theta0: CheckpointLike, theta1: CheckpointLike, alpha: float, ou
         >>> ladle.interpolate("zeroshot/", "finetuned/", 0.5, "wiseft/")  # doctest: +SKIP
     """
     alpha = float(alpha)
-    if alpha != alpha:
+    if math.isnan(alpha):
         raise LadleValueError("alpha must not be NaN")
     options.setdefault("method", f"wise-ft alpha={alpha!r}")
     return merge([theta0, theta1], [1.0 - alpha, alpha], out, **options)
+
+
+def normalize_weights(weights: list[float]) -> list[float]:
+    """Scale weights to sum to one, computed in fp64 without overflow."""
+    largest = max((abs(w) for w in weights), default=0.0)
+    total = math.fsum(w / largest for w in weights) if largest else 0.0
+    if total == 0.0:
+        raise LadleValueError(f"soup weights sum to zero: {weights}")
+    return [(w / largest) / total for w in weights]
 
 
 def soup(checkpoints: Sequence[CheckpointLike], out: PathLike,
@@ -187,9 +197,6 @@ def soup(checkpoints: Sequence[CheckpointLike], out: PathLike,
         norm = [1.0 / n] * n if n else []
     else:
         weights = check_weights(list(weights), n)
-        total = sum(weights)
-        if total == 0.0:
-            raise LadleValueError(f"soup weights sum to zero: {weights}")
-        norm = [w / total for w in weights]
+        norm = normalize_weights(weights)
     options.setdefault("method", "uniform-soup" if weights is None else "weighted-soup")
     return merge(checkpoints, norm, out, **options)

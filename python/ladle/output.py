@@ -6,15 +6,30 @@ until the final rename.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import LadleIOError, LadleValueError
 
 PARTIAL_SUFFIX = ".ladle-partial"
 INDEX_NAME = "model.safetensors.index.json"
+
+
+@contextlib.contextmanager
+def os_errors(what: str) -> Iterator[None]:
+    """Re-raise OSError as LadleIOError saying what was being done."""
+    try:
+        yield
+    except LadleIOError:
+        raise
+    except OSError as e:
+        reason = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror
+        raise LadleIOError(e.errno, f"{what}: {reason} ({e})") from e
 
 
 class OutputDir:
@@ -46,9 +61,10 @@ class OutputDir:
     def create(self) -> Path:
         """Create a fresh partial directory (a stale one is removed first)."""
         self.check_destination()
-        if self.partial.exists():
-            shutil.rmtree(self.partial)
-        self.partial.mkdir()
+        with os_errors(f"{self.partial}: cannot create the partial output directory"):
+            if self.partial.exists():
+                shutil.rmtree(self.partial)
+            self.partial.mkdir()
         return self.partial
 
     def shard_path(self, file_name: str) -> Path:
@@ -57,8 +73,9 @@ class OutputDir:
     def write_index(self, weight_map: dict[str, str], total_size: int) -> None:
         data = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
         path = self.partial / INDEX_NAME
-        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        _fsync_file(path)
+        with os_errors(f"{path}: cannot write the index"):
+            path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+            _fsync_file(path)
 
     def copy_extra_files(self, files: list[Path]) -> None:
         """Copy config/tokenizer files of the first input (directory outputs only)."""
@@ -66,11 +83,16 @@ class OutputDir:
             return
         for src in files:
             dst = self.partial / src.name
-            shutil.copyfile(src, dst)
-            _fsync_file(dst)
+            with os_errors(f"{dst}: cannot copy {src}"):
+                shutil.copyfile(src, dst)
+                _fsync_file(dst)
 
     def commit(self) -> Path:
         """Move the finished output into place; the old destination goes last."""
+        with os_errors(f"{self.dest}: cannot move the finished output into place"):
+            return self._commit()
+
+    def _commit(self) -> Path:
         _fsync_dir(self.partial)
         if self.single_file:
             files = list(self.partial.iterdir())

@@ -120,14 +120,18 @@ def _selected(name: str, include: list[str] | None, exclude: list[str] | None) -
     return not (exclude and any(fnmatch.fnmatchcase(name, p) for p in exclude))
 
 
+# Smallest magnitude that rounds to Inf in fp32 (FLT_MAX + half an ulp).
+FP32_OVERFLOW = 3.4028235677973366e38
+
+
 def check_weights(weights: list[float], n_inputs: int) -> list[float]:
-    """Validate weights (count, finiteness) and return them as Python floats."""
+    """Validate weights (count, finite in fp32) and return them as Python floats."""
     weights = [float(w) for w in weights]
     if len(weights) != n_inputs:
         raise LadleValueError(f"got {len(weights)} weight(s) for {n_inputs} input(s)")
-    bad = [w for w in weights if not math.isfinite(w)]
+    bad = [w for w in weights if not math.isfinite(w) or abs(w) >= FP32_OVERFLOW]
     if bad:
-        raise LadleValueError(f"weights must be finite, got {weights}")
+        raise LadleValueError(f"weights must be finite in fp32 (|w| < 3.4e38), got {weights}")
     return weights
 
 
@@ -195,8 +199,8 @@ def _item_alignment(dtype: str) -> int:
 
 def describe(plan: MergePlan) -> str:
     """Human-readable plan for ``--dry-run``: tensors, shards and byte counts."""
-    lines = [f"{len(plan.tensors)} tensors -> {len(plan.shards)} shard(s); "
-             f"reads {plan.bytes_read} bytes, writes {plan.bytes_written} bytes"]
+    lines = [(f"{len(plan.tensors)} tensors -> {len(plan.shards)} shard(s); "
+             f"reads {plan.bytes_read} bytes, writes {plan.bytes_written} bytes")]
     for shard in plan.shards:
         lines.append(f"  {shard.file_name}: {len(shard.tensors)} tensors, {shard.n_bytes} bytes")
     for t in plan.tensors:
