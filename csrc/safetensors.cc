@@ -63,7 +63,7 @@ TensorEntry parse_tensor(const std::string& label, const std::string& name, cons
     for (size_t k = 0; k < t.shape.size(); ++k)
       dims += (k ? ", " : "") + std::to_string(t.shape[k]);
     raise(ErrorKind::kFormat,
-          format("%s: tensor '%s': shape [%s] product overflows 64 bits at dimension %zu (%llu)",
+          format("%s: tensor '%s': shape product overflows 64 bits: [%s] at dimension %zu (%llu)",
                  label.c_str(), name.c_str(), dims.c_str(), i,
                  (unsigned long long)t.shape[i]));
   }
