@@ -107,8 +107,8 @@ class OutputDir:
         self.check_destination()
         self.plan_hash = plan_hash
         self.finished = {}
-        if resume and self.partial.is_dir() and not self.partial.is_symlink():
-            self._load_for_resume()
+        if (resume and self.partial.is_dir() and not self.partial.is_symlink()
+                and self._load_for_resume()):
             return self.partial
         if self.partial.is_symlink() or self.partial.is_file():
             self.partial.unlink()
@@ -118,17 +118,19 @@ class OutputDir:
         self._write_manifest()
         return self.partial
 
-    def _load_for_resume(self) -> None:
+    def _load_for_resume(self) -> bool:
+        """Keep the verified shards of a partial directory; False when it holds
+        nothing resumable (no or unreadable manifest: killed before the first
+        shard finished or while committing), so the caller starts over."""
         path = self.partial / MANIFEST_NAME
         try:
             manifest = json.loads(path.read_bytes())
             recorded = manifest["shards"]
             old_hash = manifest["plan_hash"]
             if not isinstance(recorded, dict) or not isinstance(old_hash, str):
-                raise TypeError("bad manifest layout")
-        except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
-            raise LadleValueError(f"{path}: cannot resume, unreadable manifest ({e}); rerun "
-                                  f"without --resume to start over") from None
+                return False
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            return False
         if old_hash != self.plan_hash:
             raise LadleValueError(f"{self.partial}: cannot resume, it belongs to a different "
                                   f"merge (plan hash {old_hash[:12]}, this merge "
@@ -149,6 +151,7 @@ class OutputDir:
                 else:
                     entry.unlink()
         self._write_manifest()
+        return True
 
     def record_shard(self, file_name: str) -> None:
         """Checksum a finished, fsynced shard and record it in the manifest."""
