@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= test
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench lint clean sanitize fuzz fuzz-ci
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +16,10 @@ install: $(BIN)/python
 demo: install
 	$(BIN)/ladle demo --workdir demo-work
 
-test: install
+test: install sanitize
 	$(BIN)/python -m ruff check python tests benchmarks
-	$(BIN)/python -m pytest tests --durations=15 -q
+	LADLE_TEST_DRIVER=$(abspath build/sanitize/ladle_test_driver) \
+	  $(BIN)/python -m pytest tests --durations=15 -q
 	$(BIN)/python -m pytest benchmarks -q --benchmark-disable -p no:cacheprovider
 
 bench: install
@@ -27,3 +28,28 @@ bench: install
 
 clean:
 	rm -rf build $(VENV) demo-work bench-work
+
+# ASan+UBSan build of the core and the C++ test driver (tests/cpp), run over the
+# attack corpus; tests/test_attacks.py runs it again when it exists.
+sanitize:
+	cmake -S . -B build/sanitize -DLADLE_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+	cmake --build build/sanitize --target ladle_test_driver -j2
+	build/sanitize/ladle_test_driver --attacks tests/data/attacks --valid tests/data/fuzz/seeds
+
+# libFuzzer on the header parser (needs clang: apt-get install -y clang). FUZZ_SECONDS
+# bounds the run; crashes land in build/fuzz/artifacts: copy them to
+# tests/data/fuzz/regressions. `make fuzz-ci` is the seconds-long CI variant.
+FUZZ_SECONDS ?= 600
+fuzz:
+	cmake -S . -B build/fuzz -DLADLE_FUZZ=ON -DCMAKE_CXX_COMPILER=clang++ >/dev/null
+	cmake --build build/fuzz --target fuzz_header -j2
+	mkdir -p build/fuzz/corpus build/fuzz/artifacts
+	cp tests/data/fuzz/seeds/* tests/data/fuzz/regressions/* tests/data/attacks/*.safetensors \
+	  build/fuzz/corpus/
+	build/fuzz/fuzz_header build/fuzz/corpus -dict=csrc/fuzz/header.dict -max_len=4096 \
+	  -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	  -artifact_prefix=build/fuzz/artifacts/
+
+fuzz-ci:
+	@if command -v clang++ >/dev/null; then $(MAKE) fuzz FUZZ_SECONDS=20; \
+	else echo "clang++ not found: libFuzzer run skipped (tests/test_fuzz.py fuzzes via hypothesis)"; fi

@@ -87,6 +87,12 @@ class PyPlan {
     for (Sink& s : plan_.sinks)
       if (s.writer) s.writer->finish();
   }
+  // fsyncs and closes one shard (runs of a plan may go shard by shard).
+  void finish_sink(uint32_t index) {
+    LADLE_CHECK(index < plan_.sinks.size(), ErrorKind::kValue, "sink index %u out of range",
+                index);
+    if (plan_.sinks[index].writer) plan_.sinks[index].writer->finish();
+  }
   void clear_jobs() { plan_.jobs.clear(); }
   size_t n_jobs() const { return plan_.jobs.size(); }
   const Plan& plan() const { return plan_; }
@@ -222,6 +228,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("sink"), py::arg("out_offset"), py::arg("out_dtype"), py::arg("inputs"),
            py::arg("post_scale") = 1.0)
       .def("finish_sinks", &PyPlan::finish_sinks)
+      .def("finish_sink", &PyPlan::finish_sink, py::arg("index"))
       .def("clear_jobs", &PyPlan::clear_jobs)
       .def_property_readonly("n_jobs", &PyPlan::n_jobs);
 

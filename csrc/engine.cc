@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "common.h"
+#include "fault_guard.h"
 #include "safetensors.h"
 
 namespace ladle {
@@ -148,17 +150,50 @@ class Runner {
     } else {
       out = sink.base + out_offset;
     }
-    if (job.op == JobOp::kCopyIdentical) {
-      copy_identical(job, item, out);
-    } else {
-      weighted_sum(job, item, out, scratch->acc);
-    }
+    compute_guarded(job, item, out, scratch->acc);
     uint64_t read = 0;
     for (const JobInput& in : job.inputs) read += item.n_elems * item_n_bytes(in.dtype);
     if (sink.writer) sink.writer->write_at(out_offset, out, out_n_bytes);
     release(item);
     bytes_read_.fetch_add(read);
     bytes_done_.fetch_add(out_n_bytes);
+  }
+
+  // Reads of mapped inputs fault with SIGBUS when a file shrank under its
+  // mapping; that becomes an IO error naming the file instead of a crash.
+  void compute_guarded(const Job& job, const WorkItem& item, uint8_t* out, float* acc) const {
+    struct Args {
+      const Runner* self;
+      const Job* job;
+      const WorkItem* item;
+      uint8_t* out;
+      float* acc;
+    } args{this, &job, &item, out, acc};
+    const void* fault = call_catching_sigbus(
+        [](void* p) {
+          auto* a = static_cast<Args*>(p);
+          if (a->job->op == JobOp::kCopyIdentical)
+            a->self->copy_identical(*a->job, *a->item, a->out);
+          else
+            a->self->weighted_sum(*a->job, *a->item, a->out, a->acc);
+        },
+        &args);
+    if (!fault) return;
+    auto addr = reinterpret_cast<const uint8_t*>(fault);
+    for (const JobInput& in : job.inputs) {
+      const Source& src = plan_.sources[in.source];
+      if (src.base && addr >= src.base && addr < src.base + src.n_bytes)
+        raise(ErrorKind::kIO,
+              format("%s: tensor '%s': input changed while being read (bus error at byte %llu "
+                     "of %llu): was the file truncated or rewritten during the merge?",
+                     src.label.c_str(), job.name.c_str(), (unsigned long long)(addr - src.base),
+                     (unsigned long long)src.n_bytes),
+              EIO);
+    }
+    raise(ErrorKind::kIO,
+          format("tensor '%s': bus error while reading the inputs (was a file truncated?)",
+                 job.name.c_str()),
+          EIO);
   }
 
   void copy_identical(const Job& job, const WorkItem& item, uint8_t* out) const {
@@ -305,6 +340,7 @@ RunStats run_plan(const Plan& plan, const EngineOptions& options, const Progress
   int threads = options.threads > 0 ? options.threads
                                     : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   uint64_t chunk_elems = choose_chunk_elems(plan, options, threads);
+  install_sigbus_handler();
   Runner runner(plan, options, threads, chunk_elems);
   return runner.run(progress);
 }

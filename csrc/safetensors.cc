@@ -56,15 +56,16 @@ TensorEntry parse_tensor(const std::string& label, const std::string& name, cons
               "%s: tensor '%s': shape is a JSON %s, expected an array", label.c_str(),
               name.c_str(), json_kind_name(shape->kind));
   t.n_elems = 1;
-  for (const JsonValue& d : shape->array) {
-    uint64_t dim = require_uint(label, name, "shape", d);
-    t.shape.push_back(dim);
-    uint64_t before = t.n_elems;
-    LADLE_CHECK(!mul_overflows(before, dim, &t.n_elems), ErrorKind::kFormat,
-                "%s: tensor '%s': shape product overflows 64 bits at dimension %zu "
-                "(%llu x %llu)",
-                label.c_str(), name.c_str(), t.shape.size() - 1, (unsigned long long)before,
-                (unsigned long long)dim);
+  for (const JsonValue& d : shape->array) t.shape.push_back(require_uint(label, name, "shape", d));
+  for (size_t i = 0; i < t.shape.size(); ++i) {
+    if (!mul_overflows(t.n_elems, t.shape[i], &t.n_elems)) continue;
+    std::string dims;
+    for (size_t k = 0; k < t.shape.size(); ++k)
+      dims += (k ? ", " : "") + std::to_string(t.shape[k]);
+    raise(ErrorKind::kFormat,
+          format("%s: tensor '%s': shape product overflows 64 bits: [%s] at dimension %zu (%llu)",
+                 label.c_str(), name.c_str(), dims.c_str(), i,
+                 (unsigned long long)t.shape[i]));
   }
   LADLE_CHECK(offsets->kind == JsonValue::Kind::kArray && offsets->array.size() == 2,
               ErrorKind::kFormat, "%s: tensor '%s': data_offsets must be [BEGIN, END]",
@@ -103,6 +104,10 @@ Header parse_header(const std::string& label, const std::string& json, uint64_t 
   h.file_n_bytes = file_n_bytes;
   LADLE_CHECK(!json.empty() && json[0] == '{', ErrorKind::kFormat,
               "%s: header does not start with '{'", label.c_str());
+  LADLE_CHECK(file_n_bytes >= h.data_start, ErrorKind::kFormat,
+              "%s: header length %llu exceeds the file size %llu (truncated file?)",
+              label.c_str(), (unsigned long long)h.header_n_bytes,
+              (unsigned long long)file_n_bytes);
   // Trailing space padding is part of the format; JSON whitespace covers it.
   JsonValue root;
   std::string error;

@@ -106,6 +106,8 @@ def _read_index(directory: Path, index: Path) -> tuple[list[Path], dict[str, str
         data = json.loads(index.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FormatError(f"{index}: not valid JSON: {e}") from None
+    except RecursionError:
+        raise FormatError(f"{index}: JSON nested too deeply") from None
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
@@ -113,6 +115,8 @@ def _read_index(directory: Path, index: Path) -> tuple[list[Path], dict[str, str
     root = directory.resolve()
     shards: list[Path] = []
     for shard_name in dict.fromkeys(weight_map.values()):
+        if "\0" in shard_name or not shard_name:
+            raise FormatError(f"{index}: invalid shard file name {shard_name!r}")
         shard = directory / shard_name
         if (os.path.isabs(shard_name) or ".." in Path(shard_name).parts
                 or not shard.resolve().is_relative_to(root)):

@@ -27,6 +27,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted merge, keeping its verified finished shards")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="list tensors, dtypes, shapes, bytes and metadata")
     p.add_argument("checkpoint")
 
+    p = sub.add_parser("verify", help="re-read an output: structure, checksums, recomputed "
+                                      "values (exit 1 on any mismatch)")
+    p.add_argument("out")
+    p.add_argument("--inputs", nargs="+", help="input checkpoints (default: from metadata)")
+    p.add_argument("--weights", type=float, nargs="+", help="weights (default: from metadata)")
+    p.add_argument("--sample", type=int, default=8,
+                   help="tensors to recompute (default 8; -1: all, 0: none)")
+    p.add_argument("--check-finite", action="store_true", help="fail on NaN/Inf in the output")
+
     p = sub.add_parser("demo", help="merge generated Llama-shaped checkpoints and verify")
     p.add_argument("--workdir", default="demo-work", help="where checkpoints are generated")
     p.add_argument("--size", default="1GB", help="approximate size of each checkpoint")
@@ -65,23 +76,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ladle: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ladle: interrupted; no output was written", file=sys.stderr)
+        message = "ladle: interrupted; no output was written"
+        out = getattr(args, "out", None)
+        if out and args.command in ("merge", "soup"):
+            partial = Path(out).with_name(Path(out).name + ".ladle-partial")
+            if partial.is_dir():
+                message += f"; finished shards kept in {partial} (rerun with --resume)"
+        print(message, file=sys.stderr)
         return 130
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "inspect":
         return _inspect(args.checkpoint)
+    if args.command == "verify":
+        return _verify(args)
     if args.command == "demo":
         from .demo import run_demo
 
         return run_demo(Path(args.workdir), parse_size(args.size))
     from .merge import interpolate, merge, soup
 
-    options = {"dtype": args.dtype, "max_shard_size": args.max_shard_size, "threads": args.threads,
-                   "memory_budget": args.memory_budget, "include": args.include,
-                   "exclude": args.exclude, "check_finite": args.check_finite,
-                   "overwrite": args.overwrite, "dry_run": args.dry_run, "progress": not args.quiet}
+    options = {"dtype": args.dtype, "max_shard_size": args.max_shard_size,
+               "threads": args.threads, "memory_budget": args.memory_budget,
+               "include": args.include, "exclude": args.exclude,
+               "check_finite": args.check_finite, "overwrite": args.overwrite,
+               "dry_run": args.dry_run, "progress": not args.quiet}
+    if args.resume:
+        options["resume"] = True
     if args.command == "soup":
         report = soup(args.checkpoints, args.out, weights=args.weights, **options)
     elif args.alpha is not None:
@@ -113,3 +135,19 @@ def _inspect(path: str) -> int:
         print(f"  {t.name:<{width}}  {t.dtype:<5} {list(t.shape)!s:<20} {t.n_bytes:>12}  "
               f"{t.file.name}")
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .verify import verify
+
+    report = verify(args.out, inputs=args.inputs, weights=args.weights, sample=args.sample,
+                    check_finite=args.check_finite)
+    for problem in report.problems:
+        print(f"ladle: verify: {problem}", file=sys.stderr)
+    status = "OK" if report.ok else f"FAILED ({len(report.problems)} problem(s))"
+    print(f"{report.path}: {status}: {report.n_tensors} tensors in {report.n_files} file(s) "
+          f"parsed, {report.checksums_checked} checksum(s) matched, "
+          f"{report.tensors_recomputed} tensor(s) recomputed"
+          + (f", {report.tensors_scanned_finite} scanned for NaN/Inf"
+             if args.check_finite else ""))
+    return 0 if report.ok else 1

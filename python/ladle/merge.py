@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -55,7 +56,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
           include: list[str] | None = None, exclude: list[str] | None = None,
           threads: int = 0, memory_budget: int | str = "256MiB", check_finite: bool = False,
           overwrite: bool = False, progress: bool = True, dry_run: bool = False,
-          method: str = "linear", kernel: str = "auto") -> MergeReport:
+          method: str = "linear", kernel: str = "auto", resume: bool = False) -> MergeReport:
     """Write ``out = Σ_k weights[k] · checkpoints[k]`` tensor by tensor.
 
     Weights are used as given (they may be negative or not sum to one, so task
@@ -75,6 +76,8 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
         overwrite: replace an existing ``out`` (only once the new one is complete).
         progress: show a tqdm progress bar.
         dry_run: plan only; nothing is written.
+        resume: continue an interrupted merge of the same plan: shards finished in
+            ``<out>.ladle-partial/`` whose checksums match are kept, the rest written.
 
     Returns:
         A :class:`MergeReport` with byte counts and timing.
@@ -100,54 +103,98 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
         return MergeReport(None, len(plan.tensors), len(plan.shards), plan.bytes_read,
                            plan.bytes_written, 0.0, plan=plan)
     t0 = time.perf_counter()
-    output.create()
+    output.check_destination()
+    output.lock()
     try:
-        stats = execute(plan, ckpts, output, threads=threads,
-                        memory_budget=parse_size(memory_budget), check_finite=check_finite,
-                        progress=progress, kernel=kernel)
-        if plan.sharded:
-            output.write_index({t.name: plan.shards[t.shard].file_name for t in plan.tensors},
-                               sum(t.n_bytes for t in plan.tensors))
-        output.copy_extra_files(ckpts[0].extra_files)
-        dest = output.commit()
-    except BaseException:
-        output.abort()
-        raise
+        output.create(plan_hash(plan, ckpts), resume=resume)
+        try:
+            stats = execute(plan, ckpts, output, threads=threads,
+                            memory_budget=parse_size(memory_budget), check_finite=check_finite,
+                            progress=progress, kernel=kernel)
+            if plan.sharded:
+                output.write_index(
+                    {t.name: plan.shards[t.shard].file_name for t in plan.tensors},
+                    sum(t.n_bytes for t in plan.tensors))
+            output.copy_extra_files(ckpts[0].extra_files)
+            dest = output.commit()
+        except KeyboardInterrupt:
+            output.abort(keep_finished=True)  # finished shards stay for resume=True
+            raise
+        except BaseException:
+            output.abort()
+            raise
+    finally:
+        output.unlock()
     return MergeReport(dest, len(plan.tensors), len(plan.shards), stats["bytes_read"],
                        plan.bytes_written, time.perf_counter() - t0, stats["threads"],
                        stats["chunk_elems"], stats["kernel"], plan)
 
 
+def plan_hash(plan: MergePlan, ckpts: list[Checkpoint]) -> str:
+    """Identity of a merge for resume: every shard header (names, dtypes, shapes,
+    offsets, metadata with inputs and weights) and every input file's size and mtime."""
+    h = hashlib.sha256()
+    for shard in plan.shards:
+        h.update(shard.file_name.encode() + b"\0" + shard.header)
+    for ckpt in ckpts:
+        for file, size in ckpt.file_sizes.items():
+            st = os.stat(file)
+            h.update(f"{file}\0{size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()
+
+
 def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, threads: int,
             memory_budget: int, check_finite: bool, progress: bool, kernel: str) -> dict:
-    """Run a plan's jobs into the shards of ``output``'s partial directory."""
+    """Run a plan's jobs into the shards of ``output``'s partial directory, one shard
+    at a time; each finished shard is fsynced and recorded for resume. Shards
+    already in ``output.finished`` (a resumed run) are skipped."""
+    todo = [i for i, s in enumerate(plan.shards) if s.file_name not in output.finished]
+    by_shard: dict[int, list] = {i: [] for i in todo}
+    for t in plan.tensors:
+        if t.shard in by_shard:
+            by_shard[t.shard].append(t)
+    # Every remaining shard is created and preallocated before any data is
+    # written, so a full disk fails first; jobs then run shard by shard.
     core_plan = _core.Plan()
     sources: dict[Path, int] = {}
     for ckpt in ckpts:
         for file, size in ckpt.file_sizes.items():
             if file not in sources:
                 sources[file] = core_plan.add_file_source(str(file), size)
-    sinks = [core_plan.add_file_sink(str(output.shard_path(s.file_name)), s.n_bytes, s.header)
-             for s in plan.shards]
-    for t in plan.tensors:
-        shard = plan.shards[t.shard]
-        out_offset = len(shard.header) + t.offset
-        dtype, n_elems = t.dtype, t.n_elems
-        if t.op == "copy" and _core.dtype_n_bits(dtype) % 8:
-            dtype, n_elems = "U8", t.n_bytes  # sub-byte dtypes are copied as bytes
-        inputs = [(sources[info.file], info.offset, dtype if t.op == "copy" else info.dtype, w)
-                  for info, w in t.inputs]
-        core_plan.add_job(t.name, t.op, n_elems, sinks[t.shard], out_offset, dtype, inputs)
-    bar = _progress_bar(plan.bytes_written, progress)
+    sinks = {i: core_plan.add_file_sink(str(output.shard_path(plan.shards[i].file_name)),
+                                        plan.shards[i].n_bytes, plan.shards[i].header)
+             for i in todo}
+    bar = _progress_bar(sum(plan.shards[i].n_bytes for i in todo), progress)
+    totals = {"bytes_read": 0, "threads": 0, "chunk_elems": 0, "kernel": ""}
+    base = 0
     try:
-        stats = _core.run(core_plan, threads=threads, memory_budget=memory_budget,
-                          check_finite=check_finite, kernel=kernel,
-                          progress=(lambda done, total: bar.update(done - bar.n)) if bar else None)
+        for i in todo:
+            shard = plan.shards[i]
+            core_plan.clear_jobs()
+            for t in by_shard[i]:
+                out_offset = len(shard.header) + t.offset
+                dtype, n_elems = t.dtype, t.n_elems
+                if t.op == "copy" and _core.dtype_n_bits(dtype) % 8:
+                    dtype, n_elems = "U8", t.n_bytes  # sub-byte dtypes are copied as bytes
+                inputs = [(sources[info.file], info.offset,
+                           dtype if t.op == "copy" else info.dtype, w) for info, w in t.inputs]
+                core_plan.add_job(t.name, t.op, n_elems, sinks[i], out_offset, dtype, inputs)
+            on_progress = None
+            if bar:
+                def on_progress(done: int, total: int, base: int = base) -> None:
+                    bar.update(base + done - bar.n)
+            stats = _core.run(core_plan, threads=threads, memory_budget=memory_budget,
+                              check_finite=check_finite, kernel=kernel, progress=on_progress)
+            core_plan.finish_sink(sinks[i])
+            output.record_shard(shard.file_name)
+            base += stats["bytes_written"]
+            totals["bytes_read"] += stats["bytes_read"]
+            for key in ("threads", "chunk_elems", "kernel"):
+                totals[key] = stats[key]
     finally:
         if bar:
             bar.close()
-    core_plan.finish_sinks()
-    return stats
+    return totals
 
 
 def _progress_bar(total: int, enabled: bool):

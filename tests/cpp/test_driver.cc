@@ -1,0 +1,244 @@
+// C++ test driver, built with -fsanitize=address,undefined (cmake -DLADLE_SANITIZE=ON):
+// runs the header parser over the attack corpus (every file must be refused
+// with a ladle::Error, never crash or read out of bounds) and over valid seeds
+// (must be accepted), then a few engine runs on files it writes itself:
+// merges checked against a scalar reference, many small chunks on 2 threads,
+// an injected ENOSPC, an input truncated under its mapping (SIGBUS -> error),
+// a pass-through mismatch and out-of-range plans.
+//
+// Usage: ladle_test_driver [--attacks DIR] [--valid DIR] [--workdir DIR]
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "engine.h"
+#include "json.h"
+#include "safetensors.h"
+#include "shard_writer.h"
+
+using namespace ladle;
+
+namespace {
+
+int g_failures = 0;
+int g_checks = 0;
+
+void expect(bool cond, const std::string& what) {
+  ++g_checks;
+  if (!cond) {
+    ++g_failures;
+    std::fprintf(stderr, "FAIL: %s\n", what.c_str());
+  }
+}
+
+std::vector<std::string> list_files(const std::string& dir) {
+  std::vector<std::string> out;
+  DIR* d = opendir(dir.c_str());
+  if (!d) return out;
+  while (dirent* e = readdir(d)) {
+    std::string name = e->d_name;
+    if (name.size() > 12 && name.substr(name.size() - 12) == ".safetensors")
+      out.push_back(dir + "/" + name);
+  }
+  closedir(d);
+  return out;
+}
+
+void parse_corpus(const std::string& dir, bool expect_valid) {
+  for (const std::string& path : list_files(dir)) {
+    try {
+      Header h = read_header(path);
+      expect(expect_valid, path + ": accepted but it is an attack file");
+    } catch (const Error& e) {
+      expect(!expect_valid, path + ": refused a valid file: " + e.what());
+      expect(std::strstr(e.what(), path.c_str()) != nullptr,
+             path + ": message does not name the file: " + e.what());
+    }
+  }
+}
+
+void write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// One-tensor safetensors file with `n` F32 values f(i).
+std::string make_input(const std::string& path, uint64_t n, const std::function<float(uint64_t)>& f) {
+  TensorEntry t;
+  t.name = "w";
+  t.dtype = DType::kF32;
+  t.shape = {n};
+  t.n_elems = n;
+  t.begin = 0;
+  t.end = 4 * n;
+  std::string bytes = serialize_header({t}, {{"format", "pt"}});
+  for (uint64_t i = 0; i < n; ++i) {
+    float v = f(i);
+    bytes.append(reinterpret_cast<const char*>(&v), 4);
+  }
+  write_file(path, bytes);
+  return path;
+}
+
+struct Merge {
+  Plan plan;
+  std::string out_path;
+  uint64_t header_n_bytes = 0;
+};
+
+// out = wa * a + wb * b for the tensor 'w' of two inputs, written to out_path.
+std::unique_ptr<Merge> plan_merge(const std::string& a, const std::string& b, float wa, float wb,
+                                  const std::string& out_path, JobOp op = JobOp::kWeightedSum) {
+  auto m = std::make_unique<Merge>();
+  Header ha = read_header(a), hb = read_header(b);
+  m->plan.sources.push_back({a, nullptr, 0, std::make_shared<MappedFile>(a, ha.file_n_bytes)});
+  m->plan.sources.push_back({b, nullptr, 0, std::make_shared<MappedFile>(b, hb.file_n_bytes)});
+  for (Source& s : m->plan.sources) {
+    s.base = s.file->data();
+    s.n_bytes = s.file->n_bytes();
+  }
+  TensorEntry t = ha.tensors[0];
+  std::string header = serialize_header({t}, {});
+  uint64_t size = header.size() + (t.end - t.begin);
+  ::unlink(out_path.c_str());
+  m->plan.sinks.push_back({out_path, nullptr, size, std::make_shared<ShardWriter>(out_path, size, header)});
+  Job job;
+  job.name = "w";
+  job.op = op;
+  job.n_elems = t.n_elems;
+  job.out_offset = header.size();
+  job.out_dtype = t.dtype;
+  job.inputs = {{0, ha.data_start, t.dtype, wa}, {1, hb.data_start, t.dtype, wb}};
+  m->plan.jobs.push_back(job);
+  m->out_path = out_path;
+  m->header_n_bytes = header.size();
+  return m;
+}
+
+template <typename F>
+void expect_error(ErrorKind kind, const std::string& what, F&& fn) {
+  try {
+    fn();
+    expect(false, what + ": no error raised");
+  } catch (const Error& e) {
+    expect(e.kind() == kind, what + ": wrong error kind: " + e.what());
+    std::printf("  ok  %s -> %s\n", what.c_str(), e.what());
+  }
+}
+
+void engine_runs(const std::string& work) {
+  const uint64_t n = 300000;
+  std::string a = make_input(work + "/a.safetensors", n, [](uint64_t i) { return 0.5f * i; });
+  std::string b = make_input(work + "/b.safetensors", n, [](uint64_t i) { return 1.0f - i; });
+  for (KernelImpl kernel : {KernelImpl::kScalar, KernelImpl::kAuto}) {
+    auto m = plan_merge(a, b, 0.25f, 0.75f, work + "/out.safetensors");
+    EngineOptions options;
+    options.threads = 2;
+    options.chunk_elems = 4096 + 3;  // many chunks, tiles not multiple of the chunk
+    options.kernel = kernel;
+    RunStats stats = run_plan(m->plan, options, nullptr);
+    m->plan.sinks[0].writer->finish();
+    Header h = read_header(m->out_path);
+    expect(h.tensors.size() == 1 && h.tensors[0].n_elems == n, "merged header is valid");
+    std::ifstream f(m->out_path, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    bool same = true;
+    for (uint64_t i = 0; i < n && same; ++i) {
+      float got;
+      std::memcpy(&got, bytes.data() + h.data_start + 4 * i, 4);
+      float want = 0.25f * (0.5f * i);
+      want = want + 0.75f * (1.0f - i);
+      same = std::memcmp(&got, &want, 4) == 0;
+    }
+    expect(same, std::string("merged values equal the reference (") + stats.kernel + ")");
+    std::printf("  ok  merge of %llu elements in %llu chunks (%s)\n", (unsigned long long)n,
+                (unsigned long long)stats.n_chunks, stats.kernel);
+  }
+  {
+    auto m = plan_merge(a, b, 0.5f, 0.5f, work + "/full.safetensors");
+    EngineOptions options;
+    options.threads = 2;
+    options.chunk_elems = 8192;
+    set_enospc_fault_after(100000);
+    expect_error(ErrorKind::kIO, "injected ENOSPC", [&] { run_plan(m->plan, options, nullptr); });
+    set_enospc_fault_after(0);
+  }
+  {
+    auto m = plan_merge(a, b, 1.0f, 0.0f, work + "/copy.safetensors", JobOp::kCopyIdentical);
+    expect_error(ErrorKind::kMismatch, "pass-through of different bytes",
+                 [&] { run_plan(m->plan, EngineOptions(), nullptr); });
+  }
+  {
+    auto m = plan_merge(a, b, 0.5f, 0.5f, work + "/range.safetensors");
+    m->plan.jobs[0].inputs[1].offset = UINT64_MAX - 3;
+    expect_error(ErrorKind::kFormat, "input offset wrapping around",
+                 [&] { run_plan(m->plan, EngineOptions(), nullptr); });
+    m->plan.jobs[0].inputs[1].offset = 8;
+    m->plan.jobs[0].n_elems = UINT64_MAX / 2;
+    expect_error(ErrorKind::kFormat, "element count overflowing the byte size",
+                 [&] { run_plan(m->plan, EngineOptions(), nullptr); });
+  }
+  {
+    std::string c = make_input(work + "/c.safetensors", n, [](uint64_t i) { return 2.0f * i; });
+    auto m = plan_merge(a, c, 0.5f, 0.5f, work + "/bus.safetensors");
+    expect(::truncate(c.c_str(), 8192) == 0, "truncate the mapped input");
+    EngineOptions options;
+    options.threads = 2;
+    options.chunk_elems = 8192;
+    expect_error(ErrorKind::kIO, "input truncated while mapped (SIGBUS)",
+                 [&] { run_plan(m->plan, options, nullptr); });
+  }
+  {
+    auto m = plan_merge(a, b, 0.5f, 0.5f, work + "/cancel.safetensors");
+    EngineOptions options;
+    options.threads = 1;
+    options.chunk_elems = 4096;
+    expect_error(ErrorKind::kCancelled, "progress callback cancels",
+                 [&] { run_plan(m->plan, options, [](uint64_t, uint64_t) { return false; }); });
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string attacks, valid, work = "/tmp";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string flag = argv[i];
+    if (flag == "--attacks") attacks = argv[i + 1];
+    else if (flag == "--valid") valid = argv[i + 1];
+    else if (flag == "--workdir") work = argv[i + 1];
+  }
+  if (!attacks.empty()) {
+    size_t n = list_files(attacks).size();
+    parse_corpus(attacks, false);
+    std::printf("parser: %zu attack files refused\n", n);
+    expect(n > 0, "attack corpus is not empty");
+  }
+  if (!valid.empty()) {
+    parse_corpus(valid, true);
+    std::printf("parser: %zu valid files accepted\n", list_files(valid).size());
+  }
+  // Deep nesting must be refused by depth, not by exhausting the stack.
+  std::string deep(200000, '[');
+  JsonValue root;
+  std::string error;
+  expect(!parse_json(deep, &root, &error) && error.find("nesting") != std::string::npos,
+         "deeply nested JSON refused: " + error);
+  char tmpl[] = "/tmp/ladle-driver-XXXXXX";
+  std::string dir = work == "/tmp" ? std::string(mkdtemp(tmpl)) : work;
+  engine_runs(dir);
+  if (work == "/tmp") std::filesystem::remove_all(dir);
+  std::printf("%d checks, %d failures\n", g_checks, g_failures);
+  return g_failures == 0 ? 0 : 1;
+}
