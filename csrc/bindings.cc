@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "checksum.h"
 #include "common.h"
 #include "engine.h"
 #include "safetensors.h"
@@ -211,6 +212,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("dtype_n_bits", [](const std::string& d) { return dtype_bits(dtype_from(d)); });
   m.def("dtype_is_mergeable", [](const std::string& d) { return dtype_is_mergeable(dtype_from(d)); });
   m.def("build_info", &build_info);
+  m.def("file_crc32c", &file_crc32c, py::arg("path"), py::call_guard<py::gil_scoped_release>(),
+        "CRC-32C of a whole file (SSE4.2 when available).");
+  m.def("crc32c", [](const py::bytes& data, uint32_t crc) {
+          std::string s(data);
+          return crc32c(crc, s.data(), s.size());
+        }, py::arg("data"), py::arg("crc") = 0);
   m.def("_set_enospc_fault_after", &set_enospc_fault_after, py::arg("n_bytes"),
         "Test hook: writes fail with ENOSPC after n_bytes more bytes (0 disables).");
 

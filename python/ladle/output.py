@@ -3,7 +3,7 @@ beside the destination and moved into place only once complete and fsynced.
 A failed run removes its partial directory; the destination is never touched
 until the final rename.
 
-Resume: each shard, once fsynced, is recorded with its size and CRC-32 in
+Resume: each shard, once fsynced, is recorded with its size and CRC-32C in
 ``<dest>.ladle-partial/.ladle-manifest.json`` together with a hash of the plan.
 An interrupted run (Ctrl-C, SIGKILL, power loss) leaves the finished shards
 there; ``resume=True`` keeps those whose checksum still matches and writes the
@@ -20,10 +20,10 @@ import fcntl
 import json
 import os
 import shutil
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from . import _core
 from .errors import LadleIOError, LadleValueError
 
 PARTIAL_SUFFIX = ".ladle-partial"
@@ -59,7 +59,7 @@ class OutputDir:
         self.lock_path = self.dest.with_name(self.dest.name + LOCK_SUFFIX)
         self.overwrite = overwrite
         self.plan_hash = ""
-        self.finished: dict[str, dict] = {}  # shard file name -> {"n_bytes", "crc32"}
+        self.finished: dict[str, dict] = {}  # shard file name -> {"n_bytes", "crc32c"}
         self._lock_fd = -1
 
     def lock(self) -> None:
@@ -114,7 +114,7 @@ class OutputDir:
         """Create a fresh partial directory (a stale one is removed first).
 
         With ``resume``, a partial directory of the same plan is kept: shards
-        recorded in its manifest whose size and CRC-32 still match stay in
+        recorded in its manifest whose size and CRC-32C still match stay in
         place (same inode and mtime) and end up in :attr:`finished`; anything
         else in it is deleted.
         """
@@ -157,8 +157,8 @@ class OutputDir:
                     or not shard.is_file() or shard.is_symlink()):
                 continue
             if (shard.stat().st_size == info.get("n_bytes")
-                    and file_crc32(shard) == info.get("crc32")):
-                self.finished[name] = {"n_bytes": info["n_bytes"], "crc32": info["crc32"]}
+                    and file_crc32c(shard) == info.get("crc32c")):
+                self.finished[name] = {"n_bytes": info["n_bytes"], "crc32c": info["crc32c"]}
         for entry in self.partial.iterdir():
             if entry.name not in self.finished and entry.name != MANIFEST_NAME:
                 if entry.is_dir() and not entry.is_symlink():
@@ -171,7 +171,7 @@ class OutputDir:
     def record_shard(self, file_name: str) -> None:
         """Checksum a finished, fsynced shard and record it in the manifest."""
         path = self.partial / file_name
-        self.finished[file_name] = {"n_bytes": path.stat().st_size, "crc32": file_crc32(path)}
+        self.finished[file_name] = {"n_bytes": path.stat().st_size, "crc32c": file_crc32c(path)}
         self._write_manifest()
 
     def _write_manifest(self) -> None:
@@ -189,7 +189,7 @@ class OutputDir:
     def write_index(self, weight_map: dict[str, str], total_size: int) -> None:
         data = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
         if self.finished:
-            data["metadata"]["ladle_crc32"] = {k: v["crc32"] for k, v in self.finished.items()}
+            data["metadata"]["ladle_crc32c"] = {k: v["crc32c"] for k, v in self.finished.items()}
         path = self.partial / INDEX_NAME
         with os_errors(f"{path}: cannot write the index"):
             path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -257,15 +257,9 @@ class OutputDir:
         return False
 
 
-def file_crc32(path: Path, block: int = 16 << 20) -> str:
-    """CRC-32 (zlib) of a file's bytes as 8 hex digits."""
-    crc = 0
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(block)
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            crc = zlib.crc32(view[:n], crc)
-    return f"{crc:08x}"
+def file_crc32c(path: Path) -> str:
+    """CRC-32C of a file's bytes as 8 hex digits (hardware CRC in the C++ core)."""
+    return f"{_core.file_crc32c(str(path)):08x}"
 
 
 _RENAME_EXCHANGE = 2

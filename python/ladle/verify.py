@@ -2,7 +2,7 @@
 
 Checks, in order: structure (every header through the strict parser, the
 index consistent with its shards), the CRC-32 of each shard when the index
-records them (``ladle_crc32``), optionally that every float value is finite,
+records them (``ladle_crc32c``), optionally that every float value is finite,
 and finally recomputes a sample of tensors from the inputs with the recipe
 recorded in ``__metadata__`` (``ladle_inputs``, ``ladle_weights``) or given
 explicitly, comparing bytes exactly.
@@ -21,7 +21,7 @@ import numpy as np
 from . import _core
 from .checkpoint import INDEX_NAME, Checkpoint, open_checkpoint
 from .errors import FormatError, LadleValueError
-from .output import file_crc32
+from .output import file_crc32c
 
 
 @dataclass
@@ -92,16 +92,16 @@ def _check_checksums(ckpt: Checkpoint, report: VerifyReport) -> None:
     index = ckpt.path / INDEX_NAME if ckpt.path.is_dir() else None
     if index is None or not index.is_file():
         return
-    recorded = json.loads(index.read_bytes()).get("metadata", {}).get("ladle_crc32", {})
+    recorded = json.loads(index.read_bytes()).get("metadata", {}).get("ladle_crc32c", {})
     if not isinstance(recorded, dict):
-        report.problems.append(f"{index}: metadata ladle_crc32 is not an object")
+        report.problems.append(f"{index}: metadata ladle_crc32c is not an object")
         return
     for name, crc in sorted(recorded.items()):
         shard = ckpt.path / name
         if shard not in ckpt.file_sizes:
             report.problems.append(f"{index}: checksum recorded for unknown shard {name!r}")
             continue
-        got = file_crc32(shard)
+        got = file_crc32c(shard)
         report.checksums_checked += 1
         if got != crc:
             report.problems.append(f"{shard}: CRC-32 {got} differs from {crc} recorded in "
