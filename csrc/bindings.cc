@@ -155,7 +155,11 @@ py::dict build_info() {
 #endif
   info["avx2_cpu"] = cpu_supports_avx2();
   info["kernel"] = select_kernels(KernelImpl::kAuto).name;
+#ifdef LADLE_HAVE_CUDA
+  info["cuda_compiled"] = true;  // ladle._cuda was built alongside
+#else
   info["cuda_compiled"] = false;
+#endif
   return info;
 }
 
@@ -222,6 +226,11 @@ PYBIND11_MODULE(_core, m) {
            py::arg("sink"), py::arg("out_offset"), py::arg("out_dtype"), py::arg("inputs"),
            py::arg("post_scale") = 1.0)
       .def("finish_sinks", &PyPlan::finish_sinks)
+      .def("_capsule",
+           [](const PyPlan& p) {
+             return py::capsule(const_cast<Plan*>(&p.plan()), kPlanCapsuleName);
+           },
+           py::keep_alive<0, 1>(), "The plan for ladle._cuda.run (keeps this Plan alive).")
       .def("clear_jobs", &PyPlan::clear_jobs)
       .def_property_readonly("n_jobs", &PyPlan::n_jobs);
 
