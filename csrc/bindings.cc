@@ -227,10 +227,20 @@ PYBIND11_MODULE(_core, m) {
            py::arg("post_scale") = 1.0)
       .def("finish_sinks", &PyPlan::finish_sinks)
       .def("_capsule",
-           [](const PyPlan& p) {
-             return py::capsule(const_cast<Plan*>(&p.plan()), kPlanCapsuleName);
+           [](py::object self) {
+             // The capsule holds a reference to this Plan (its context) so the
+             // plan outlives every use through the capsule.
+             const Plan* plan = &self.cast<const PyPlan&>().plan();
+             PyObject* capsule = PyCapsule_New(const_cast<Plan*>(plan), kPlanCapsuleName,
+                                               [](PyObject* c) {
+                                                 Py_XDECREF(static_cast<PyObject*>(
+                                                     PyCapsule_GetContext(c)));
+                                               });
+             if (!capsule) throw py::error_already_set();
+             PyCapsule_SetContext(capsule, self.inc_ref().ptr());
+             return py::reinterpret_steal<py::object>(capsule);
            },
-           py::keep_alive<0, 1>(), "The plan for ladle._cuda.run (keeps this Plan alive).")
+           "The plan for ladle._cuda.run; the capsule keeps this Plan alive.")
       .def("clear_jobs", &PyPlan::clear_jobs)
       .def_property_readonly("n_jobs", &PyPlan::n_jobs);
 

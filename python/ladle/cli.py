@@ -27,6 +27,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda or cuda:N: stream the merge through the GPU")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +83,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     options = dict(dtype=args.dtype, max_shard_size=args.max_shard_size, threads=args.threads,
                    memory_budget=args.memory_budget, include=args.include,
                    exclude=args.exclude, check_finite=args.check_finite,
-                   overwrite=args.overwrite, dry_run=args.dry_run, progress=not args.quiet)
+                   overwrite=args.overwrite, dry_run=args.dry_run, progress=not args.quiet,
+                   device=args.device)
     if args.command == "soup":
         report = soup(args.checkpoints, args.out, weights=args.weights, **options)
     elif args.alpha is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from . import _core
 from ._units import parse_size
 from .checkpoint import Checkpoint, open_checkpoint
+from .cuda import parse_device
 from .errors import LadleValueError
 from .output import OutputDir
 from .plan import MergePlan, build_plan, check_weights, describe
@@ -54,7 +55,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
           include: list[str] | None = None, exclude: list[str] | None = None,
           threads: int = 0, memory_budget: int | str = "256MiB", check_finite: bool = False,
           overwrite: bool = False, progress: bool = True, dry_run: bool = False,
-          method: str = "linear", kernel: str = "auto") -> MergeReport:
+          method: str = "linear", kernel: str = "auto", device: str = "cpu") -> MergeReport:
     """Write ``out = Σ_k weights[k] · checkpoints[k]`` tensor by tensor.
 
     Weights are used as given (they may be negative or not sum to one, so task
@@ -74,6 +75,9 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
         overwrite: replace an existing ``out`` (only once the new one is complete).
         progress: show a tqdm progress bar.
         dry_run: plan only; nothing is written.
+        device: ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"``: weighted sums
+            stream through the GPU (pinned staging, same bit-exact results);
+            raises BackendError when CUDA is unavailable.
 
     Returns:
         A :class:`MergeReport` with byte counts and timing.
@@ -81,6 +85,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
     Example:
         >>> ladle.merge(["a/", "b/"], [0.3, 0.7], "out/")   # doctest: +SKIP
     """
+    _check_device(device, kernel, dry_run)
     ckpts = _open_all(checkpoints)
     weights = check_weights(list(weights), len(ckpts))
     output = OutputDir(out, overwrite=overwrite)
@@ -103,7 +108,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
     try:
         stats = execute(plan, ckpts, output, threads=threads,
                         memory_budget=parse_size(memory_budget), check_finite=check_finite,
-                        progress=progress, kernel=kernel)
+                        progress=progress, kernel=kernel, device=device)
         if plan.sharded:
             output.write_index({t.name: plan.shards[t.shard].file_name for t in plan.tensors},
                                sum(t.n_bytes for t in plan.tensors))
@@ -118,7 +123,8 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
 
 
 def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, threads: int,
-            memory_budget: int, check_finite: bool, progress: bool, kernel: str) -> dict:
+            memory_budget: int, check_finite: bool, progress: bool, kernel: str,
+            device: str = "cpu") -> dict:
     """Run a plan's jobs into the shards of ``output``'s partial directory."""
     core_plan = _core.Plan()
     sources: dict[Path, int] = {}
@@ -139,14 +145,36 @@ def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, thre
         core_plan.add_job(t.name, t.op, n_elems, sinks[t.shard], out_offset, dtype, inputs)
     bar = _progress_bar(plan.bytes_written, progress)
     try:
-        stats = _core.run(core_plan, threads=threads, memory_budget=memory_budget,
-                          check_finite=check_finite, kernel=kernel,
-                          progress=(lambda done, total: bar.update(done - bar.n)) if bar else None)
+        on_progress = (lambda done, total: bar.update(done - bar.n)) if bar else None
+        if parse_device(device)[0] == "cpu":
+            stats = _core.run(core_plan, threads=threads, memory_budget=memory_budget,
+                              check_finite=check_finite, kernel=kernel, progress=on_progress)
+        else:
+            from .cuda import require
+
+            cuda, index, emulate = require(device)
+            stats = cuda.run(core_plan._capsule(), device=index, workers=threads or 3,
+                             memory_budget=memory_budget, check_finite=check_finite,
+                             emulate=emulate, progress=on_progress)
     finally:
         if bar:
             bar.close()
     core_plan.finish_sinks()
     return stats
+
+
+def _check_device(device: str, kernel: str, dry_run: bool) -> None:
+    """Fail before any work when ``device`` is malformed or, unless planning
+    only, when the CUDA backend cannot run."""
+    if parse_device(device)[0] == "cpu":
+        return
+    from .cuda import require
+
+    if kernel != "auto":
+        raise LadleValueError(f"kernel={kernel!r} selects CPU kernels; it cannot be combined "
+                              f"with device={device!r}")
+    if not dry_run:
+        require(device)
 
 
 def _progress_bar(total: int, enabled: bool):
