@@ -162,7 +162,11 @@ py::dict build_info() {
 #endif
   info["avx2_cpu"] = cpu_supports_avx2();
   info["kernel"] = select_kernels(KernelImpl::kAuto).name;
+#ifdef LADLE_HAVE_CUDA
+  info["cuda_compiled"] = true;  // ladle._cuda was built alongside
+#else
   info["cuda_compiled"] = false;
+#endif
   return info;
 }
 
@@ -236,6 +240,21 @@ PYBIND11_MODULE(_core, m) {
            py::arg("post_scale") = 1.0)
       .def("finish_sinks", &PyPlan::finish_sinks)
       .def("finish_sink", &PyPlan::finish_sink, py::arg("index"))
+      .def("_capsule",
+           [](py::object self) {
+             // The capsule holds a reference to this Plan (its context) so the
+             // plan outlives every use through the capsule.
+             const Plan* plan = &self.cast<const PyPlan&>().plan();
+             PyObject* capsule = PyCapsule_New(const_cast<Plan*>(plan), kPlanCapsuleName,
+                                               [](PyObject* c) {
+                                                 Py_XDECREF(static_cast<PyObject*>(
+                                                     PyCapsule_GetContext(c)));
+                                               });
+             if (!capsule) throw py::error_already_set();
+             PyCapsule_SetContext(capsule, self.inc_ref().ptr());
+             return py::reinterpret_steal<py::object>(capsule);
+           },
+           "The plan for ladle._cuda.run; the capsule keeps this Plan alive.")
       .def("clear_jobs", &PyPlan::clear_jobs)
       .def_property_readonly("n_jobs", &PyPlan::n_jobs);
 

@@ -61,6 +61,10 @@ struct Plan {
   std::vector<Job> jobs;
 };
 
+// Name of the PyCapsule through which ladle._core hands a Plan to ladle._cuda
+// (both modules come from the same build, so the struct layouts agree).
+constexpr const char kPlanCapsuleName[] = "ladle.Plan.v1";
+
 // Validates that every job's byte ranges lie inside its sources and sink and
 // that dtypes suit the op; raises ladle::Error naming the job otherwise.
 void validate_plan(const Plan& plan);

@@ -14,6 +14,7 @@ from . import errors
 from ._core import build_info
 from .checkpoint import Checkpoint, TensorInfo
 from .checkpoint import open_checkpoint as open
+from .cuda import cuda_available, cuda_info
 from .errors import (
     BackendError,
     CancelledError,
@@ -31,5 +32,6 @@ __version__ = build_info()["version"]
 __all__ = [
     "BackendError", "CancelledError", "Checkpoint", "FormatError", "LadleError",
     "LadleIOError", "LadleValueError", "MergeReport", "MismatchError", "NonFiniteError",
-    "TensorInfo", "build_info", "errors", "interpolate", "merge", "open", "soup",
+    "TensorInfo", "build_info", "cuda_available", "cuda_info", "errors", "interpolate", "merge",
+    "open", "soup",
 ]

@@ -29,6 +29,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted merge, keeping its verified finished shards")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda or cuda:N: stream the merge through the GPU")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +103,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                "threads": args.threads, "memory_budget": args.memory_budget,
                "include": args.include, "exclude": args.exclude,
                "check_finite": args.check_finite, "overwrite": args.overwrite,
-               "dry_run": args.dry_run, "progress": not args.quiet}
+               "dry_run": args.dry_run, "progress": not args.quiet,
+               "device": args.device}
     if args.resume:
         options["resume"] = True
     if args.command == "soup":

@@ -16,6 +16,7 @@ from pathlib import Path
 from . import _core
 from ._units import parse_size
 from .checkpoint import Checkpoint, open_checkpoint
+from .cuda import parse_device
 from .errors import LadleValueError
 from .output import OutputDir
 from .plan import MergePlan, build_plan, check_weights, describe
@@ -56,7 +57,8 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
           include: list[str] | None = None, exclude: list[str] | None = None,
           threads: int = 0, memory_budget: int | str = "256MiB", check_finite: bool = False,
           overwrite: bool = False, progress: bool = True, dry_run: bool = False,
-          method: str = "linear", kernel: str = "auto", resume: bool = False) -> MergeReport:
+          method: str = "linear", kernel: str = "auto", resume: bool = False,
+          device: str = "cpu") -> MergeReport:
     """Write ``out = Σ_k weights[k] · checkpoints[k]`` tensor by tensor.
 
     Weights are used as given (they may be negative or not sum to one, so task
@@ -78,6 +80,9 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
         dry_run: plan only; nothing is written.
         resume: continue an interrupted merge of the same plan: shards finished in
             ``<out>.ladle-partial/`` whose checksums match are kept, the rest written.
+        device: ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"``: weighted sums
+            stream through the GPU (pinned staging, same bit-exact results);
+            raises BackendError when CUDA is unavailable.
 
     Returns:
         A :class:`MergeReport` with byte counts and timing.
@@ -85,6 +90,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
     Example:
         >>> ladle.merge(["a/", "b/"], [0.3, 0.7], "out/")   # doctest: +SKIP
     """
+    _check_device(device, kernel, dry_run)
     ckpts = _open_all(checkpoints)
     weights = check_weights(list(weights), len(ckpts))
     output = OutputDir(out, overwrite=overwrite)
@@ -110,7 +116,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
         try:
             stats = execute(plan, ckpts, output, threads=threads,
                             memory_budget=parse_size(memory_budget), check_finite=check_finite,
-                            progress=progress, kernel=kernel)
+                            progress=progress, kernel=kernel, device=device)
             if plan.sharded:
                 output.write_index(
                     {t.name: plan.shards[t.shard].file_name for t in plan.tensors},
@@ -144,7 +150,8 @@ def plan_hash(plan: MergePlan, ckpts: list[Checkpoint]) -> str:
 
 
 def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, threads: int,
-            memory_budget: int, check_finite: bool, progress: bool, kernel: str) -> dict:
+            memory_budget: int, check_finite: bool, progress: bool, kernel: str,
+            device: str = "cpu") -> dict:
     """Run a plan's jobs into the shards of ``output``'s partial directory, one shard
     at a time; each finished shard is fsynced and recorded for resume. Shards
     already in ``output.finished`` (a resumed run) are skipped."""
@@ -183,8 +190,9 @@ def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, thre
             if bar:
                 def on_progress(done: int, total: int, base: int = base) -> None:
                     bar.update(base + done - bar.n)
-            stats = _core.run(core_plan, threads=threads, memory_budget=memory_budget,
-                              check_finite=check_finite, kernel=kernel, progress=on_progress)
+            stats = _run_on_device(core_plan, device, threads=threads,
+                                   memory_budget=memory_budget, check_finite=check_finite,
+                                   kernel=kernel, progress=on_progress)
             core_plan.finish_sink(sinks[i])
             output.record_shard(shard.file_name)
             base += stats["bytes_written"]
@@ -195,6 +203,34 @@ def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, thre
         if bar:
             bar.close()
     return totals
+
+
+def _run_on_device(core_plan, device: str, *, threads: int, memory_budget: int,
+                   check_finite: bool, kernel: str, progress) -> dict:
+    """Run the plan's current jobs on the CPU engine or the CUDA backend."""
+    if parse_device(device)[0] == "cpu":
+        return _core.run(core_plan, threads=threads, memory_budget=memory_budget,
+                         check_finite=check_finite, kernel=kernel, progress=progress)
+    from .cuda import require
+
+    cuda, index, emulate = require(device)
+    return cuda.run(core_plan._capsule(), device=index, workers=threads or 3,
+                    memory_budget=memory_budget, check_finite=check_finite,
+                    emulate=emulate, progress=progress)
+
+
+def _check_device(device: str, kernel: str, dry_run: bool) -> None:
+    """Fail before any work when ``device`` is malformed or, unless planning
+    only, when the CUDA backend cannot run."""
+    if parse_device(device)[0] == "cpu":
+        return
+    from .cuda import require
+
+    if kernel != "auto":
+        raise LadleValueError(f"kernel={kernel!r} selects CPU kernels; it cannot be combined "
+                              f"with device={device!r}")
+    if not dry_run:
+        require(device)
 
 
 def _progress_bar(total: int, enabled: bool):

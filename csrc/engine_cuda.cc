@@ -1,0 +1,667 @@
+// Host side of the CUDA backend (see engine_cuda.h): device discovery, the
+// streaming engine over a Plan, and DeviceSum for GPU-resident inputs.
+//
+// Streaming: the output tensors are cut into chunks exactly as the CPU engine
+// does. `workers` host threads each own a CUDA stream, a pinned staging buffer
+// and a device buffer, and take chunks from a shared counter. Per chunk a
+// worker (1) copies the chunk's descriptor table and the byte ranges of its
+// inputs from the memory maps into pinned memory, (2) enqueues one H2D copy,
+// one kernel launch and one D2H copy on its stream, (3) waits for its stream
+// and hands the pinned output to the ShardWriter. While one worker fills or
+// writes, the others' copies and kernels run, so with 3 workers H2D, compute,
+// D2H and disk I/O overlap (triple buffering).
+#include "engine_cuda.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <thread>
+
+#include "common.h"
+#include "kernels.h"
+#include "kernels_cuda.h"
+
+namespace ladle {
+namespace cuda {
+namespace {
+
+constexpr uint64_t kMinChunkElems = 64 * 1024;
+constexpr uint64_t kMaxChunkElems = 64ull << 20;
+
+uint64_t item_n_bytes(DType dtype) { return static_cast<uint64_t>(dtype_bits(dtype) / 8); }
+uint64_t align_up(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
+
+void check_cuda(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return;
+  raise(ErrorKind::kBackend,
+        format("CUDA error in %s: %s (%s)", what, cudaGetErrorString(err), cudaGetErrorName(err)));
+}
+
+// ---- the device, real or emulated ----
+
+class DeviceOps {
+ public:
+  virtual ~DeviceOps() = default;
+  virtual void bind_thread() = 0;  // makes the device current on the calling thread
+  virtual void* alloc_host(uint64_t n_bytes) = 0;
+  virtual void free_host(void* p) = 0;
+  virtual void* alloc_device(uint64_t n_bytes) = 0;
+  virtual void free_device(void* p) = 0;
+  virtual void* create_stream() = 0;
+  virtual void destroy_stream(void* stream) = 0;
+  virtual void copy_h2d(void* dst, const void* src, uint64_t n_bytes, void* stream) = 0;
+  virtual void copy_d2h(void* dst, const void* src, uint64_t n_bytes, void* stream) = 0;
+  virtual void launch(const LaunchArgs& args, void* stream) = 0;
+  virtual void sync(void* stream) = 0;
+  virtual const char* name() const = 0;
+};
+
+class CudaOps final : public DeviceOps {
+ public:
+  explicit CudaOps(int device) : device_(device) {
+    Status s = status();
+    LADLE_CHECK(s.device_count > 0, ErrorKind::kBackend, "CUDA is not available: %s",
+                s.error.c_str());
+    LADLE_CHECK(device >= 0 && device < s.device_count, ErrorKind::kBackend,
+                "CUDA device %d does not exist (%d device(s) found)", device, s.device_count);
+    check_cuda(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device),
+               "cudaDeviceGetAttribute(multiProcessorCount)");
+  }
+  void bind_thread() override { check_cuda(cudaSetDevice(device_), "cudaSetDevice"); }
+  void* alloc_host(uint64_t n) override {
+    void* p = nullptr;
+    cudaError_t err = cudaHostAlloc(&p, std::max<uint64_t>(n, 1), cudaHostAllocDefault);
+    LADLE_CHECK(err == cudaSuccess, ErrorKind::kBackend,
+                "CUDA error in cudaHostAlloc of %llu bytes of pinned staging memory: %s "
+                "(lower memory_budget)", (unsigned long long)n, cudaGetErrorString(err));
+    return p;
+  }
+  void free_host(void* p) override { cudaFreeHost(p); }
+  void* alloc_device(uint64_t n) override {
+    void* p = nullptr;
+    cudaError_t err = cudaMalloc(&p, std::max<uint64_t>(n, 1));
+    LADLE_CHECK(err == cudaSuccess, ErrorKind::kBackend,
+                "CUDA error in cudaMalloc of %llu bytes on device %d: %s (lower memory_budget)",
+                (unsigned long long)n, device_, cudaGetErrorString(err));
+    return p;
+  }
+  void free_device(void* p) override { cudaFree(p); }
+  void* create_stream() override {
+    cudaStream_t s = nullptr;
+    check_cuda(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
+    return s;
+  }
+  void destroy_stream(void* s) override { cudaStreamDestroy(static_cast<cudaStream_t>(s)); }
+  void copy_h2d(void* dst, const void* src, uint64_t n, void* s) override {
+    check_cuda(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(s)),
+               "cudaMemcpyAsync (host to device)");
+  }
+  void copy_d2h(void* dst, const void* src, uint64_t n, void* s) override {
+    check_cuda(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, static_cast<cudaStream_t>(s)),
+               "cudaMemcpyAsync (device to host)");
+  }
+  void launch(const LaunchArgs& args, void* s) override {
+    check_cuda(static_cast<cudaError_t>(launch_weighted_sum(args, s, sm_count_)),
+               "weighted_sum kernel launch");
+  }
+  void sync(void* s) override {
+    check_cuda(cudaStreamSynchronize(static_cast<cudaStream_t>(s)), "cudaStreamSynchronize");
+  }
+  const char* name() const override { return "cuda"; }
+
+ private:
+  int device_;
+  int sm_count_ = 1;
+};
+
+// Host memory stands in for device memory; copies are memcpy, the kernel runs
+// its per-thread code on the CPU. Synchronous, so sync() has nothing to do.
+class EmulatorOps final : public DeviceOps {
+ public:
+  void bind_thread() override {}
+  void* alloc_host(uint64_t n) override { return checked_alloc(n); }
+  void free_host(void* p) override { std::free(p); }
+  void* alloc_device(uint64_t n) override { return checked_alloc(n); }
+  void free_device(void* p) override { std::free(p); }
+  void* create_stream() override { return nullptr; }
+  void destroy_stream(void*) override {}
+  void copy_h2d(void* dst, const void* src, uint64_t n, void*) override { std::memcpy(dst, src, n); }
+  void copy_d2h(void* dst, const void* src, uint64_t n, void*) override { std::memcpy(dst, src, n); }
+  void launch(const LaunchArgs& args, void*) override { emulate_weighted_sum(args); }
+  void sync(void*) override {}
+  const char* name() const override { return "cuda-emulator"; }
+
+ private:
+  static void* checked_alloc(uint64_t n) {
+    void* p = std::aligned_alloc(kTableAlign, align_up(std::max<uint64_t>(n, 1), kTableAlign));
+    LADLE_CHECK(p != nullptr, ErrorKind::kBackend, "emulator: cannot allocate %llu bytes",
+                (unsigned long long)n);
+    return p;
+  }
+};
+
+std::unique_ptr<DeviceOps> make_ops(Backend backend, int device) {
+  if (backend == Backend::kEmulator) return std::make_unique<EmulatorOps>();
+  return std::make_unique<CudaOps>(device);
+}
+
+// ---- streaming engine ----
+
+struct WorkItem {
+  uint32_t job;
+  uint64_t first_elem;
+  uint64_t n_elems;
+};
+
+// Bytes of staging one chunk of `job` needs: the table, then each non-skipped
+// input, every part aligned to kTableAlign.
+uint64_t table_n_bytes(const Job& job) {
+  return align_up(sizeof(TensorDesc) + sizeof(InputDesc) * job.inputs.size(), kTableAlign);
+}
+
+uint64_t staging_in_n_bytes(const Job& job, uint64_t n_elems) {
+  uint64_t n = table_n_bytes(job);
+  for (const JobInput& in : job.inputs)
+    if (in.weight != 0.0f) n += align_up(n_elems * item_n_bytes(in.dtype), kTableAlign);
+  return n;
+}
+
+// One worker's resources: a stream plus pinned and device staging.
+struct Worker {
+  DeviceOps* ops = nullptr;
+  void* stream = nullptr;
+  uint8_t* host_in = nullptr;
+  uint8_t* host_out = nullptr;
+  uint8_t* dev_in = nullptr;
+  uint8_t* dev_out = nullptr;
+
+  ~Worker() {
+    if (!ops) return;
+    if (stream) ops->destroy_stream(stream);
+    if (host_in) ops->free_host(host_in);
+    if (host_out) ops->free_host(host_out);
+    if (dev_in) ops->free_device(dev_in);
+    if (dev_out) ops->free_device(dev_out);
+  }
+};
+
+class Runner {
+ public:
+  Runner(const Plan& plan, const Options& options, uint64_t chunk_elems)
+      : plan_(plan), options_(options), chunk_elems_(chunk_elems) {
+    for (uint32_t j = 0; j < plan.jobs.size(); ++j) {
+      const Job& job = plan.jobs[j];
+      for (uint64_t first = 0; first < job.n_elems; first += chunk_elems)
+        items_.push_back({j, first, std::min(chunk_elems, job.n_elems - first)});
+      total_bytes_ += job.n_elems * item_n_bytes(job.out_dtype);
+      if (job.op == JobOp::kWeightedSum) {
+        uint64_t n = std::min(chunk_elems, job.n_elems);
+        in_capacity_ = std::max(in_capacity_, staging_in_n_bytes(job, n));
+        out_capacity_ = std::max(out_capacity_, n * item_n_bytes(job.out_dtype));
+      }
+    }
+  }
+
+  RunStats run(const ProgressFn& progress) {
+    auto t0 = std::chrono::steady_clock::now();
+    // The caller's current device is put back however the run ends.
+    struct RestoreDevice {
+      int device = -1;
+      ~RestoreDevice() {
+        if (device >= 0) cudaSetDevice(device);
+      }
+    } restore;
+    if (options_.backend == Backend::kCuda && cudaGetDevice(&restore.device) != cudaSuccess) {
+      restore.device = -1;
+      cudaGetLastError();
+    }
+    ops_ = make_ops(options_.backend, options_.device);
+    int n_workers = std::max(1, options_.workers);
+    // Allocate everything up front, on this thread: a failure leaves nothing behind.
+    ops_->bind_thread();
+    workers_.resize(n_workers);
+    if (in_capacity_ > 0) {
+      for (Worker& w : workers_) {
+        w.ops = ops_.get();
+        w.stream = ops_->create_stream();
+        w.host_in = static_cast<uint8_t*>(ops_->alloc_host(in_capacity_));
+        w.host_out = static_cast<uint8_t*>(ops_->alloc_host(out_capacity_));
+        w.dev_in = static_cast<uint8_t*>(ops_->alloc_device(in_capacity_));
+        w.dev_out = static_cast<uint8_t*>(ops_->alloc_device(out_capacity_));
+      }
+    }
+    std::vector<std::thread> threads;
+    for (int t = 0; t < n_workers; ++t) threads.emplace_back([this, t] { work(&workers_[t]); });
+    std::unique_lock<std::mutex> lock(mu_);
+    while (finished_workers_ < n_workers) {
+      done_cv_.wait_for(lock, std::chrono::milliseconds(100));
+      if (progress) {
+        lock.unlock();
+        bool keep_going = true;
+        try {
+          keep_going = progress(bytes_done_.load(), total_bytes_);
+        } catch (...) {
+          record_error(std::current_exception());
+        }
+        if (!keep_going) record_error(std::make_exception_ptr(
+            Error(ErrorKind::kCancelled, "merge cancelled")));
+        lock.lock();
+      }
+    }
+    lock.unlock();
+    for (auto& t : threads) t.join();
+    workers_.clear();
+    if (first_error_) std::rethrow_exception(first_error_);
+    if (progress) progress(bytes_done_.load(), total_bytes_);
+    RunStats stats;
+    stats.bytes_read = bytes_read_.load();
+    stats.bytes_written = bytes_done_.load();
+    stats.n_chunks = items_.size();
+    stats.chunk_elems = chunk_elems_;
+    stats.threads = n_workers;
+    stats.kernel = ops_->name();
+    stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return stats;
+  }
+
+ private:
+  void record_error(std::exception_ptr e) {
+    std::lock_guard<std::mutex> guard(error_mu_);
+    if (!first_error_) first_error_ = e;
+    cancelled_.store(true);
+  }
+
+  void work(Worker* worker) {
+    try {
+      ops_->bind_thread();
+      size_t n_workers = workers_.size();
+      while (!cancelled_.load()) {
+        uint64_t index = next_item_.fetch_add(1);
+        if (index >= items_.size()) break;
+        if (index + n_workers < items_.size()) prefetch(items_[index + n_workers]);
+        process(items_[index], worker);
+      }
+    } catch (...) {
+      record_error(std::current_exception());
+    }
+    std::lock_guard<std::mutex> guard(mu_);
+    ++finished_workers_;
+    done_cv_.notify_all();
+  }
+
+  void prefetch(const WorkItem& item) const {
+    const Job& job = plan_.jobs[item.job];
+    for (const JobInput& in : job.inputs) {
+      const Source& src = plan_.sources[in.source];
+      if (!src.file) continue;
+      uint64_t size = item_n_bytes(in.dtype);
+      src.file->prefetch(in.offset + item.first_elem * size, item.n_elems * size);
+    }
+  }
+
+  void release(const WorkItem& item) const {
+    const Job& job = plan_.jobs[item.job];
+    for (const JobInput& in : job.inputs) {
+      const Source& src = plan_.sources[in.source];
+      if (!src.file) continue;
+      uint64_t size = item_n_bytes(in.dtype);
+      src.file->release(in.offset + item.first_elem * size, item.n_elems * size);
+    }
+  }
+
+  const uint8_t* input_ptr(const JobInput& in, uint64_t elem) const {
+    return plan_.sources[in.source].base + in.offset + elem * item_n_bytes(in.dtype);
+  }
+
+  void process(const WorkItem& item, Worker* worker) {
+    const Job& job = plan_.jobs[item.job];
+    const Sink& sink = plan_.sinks[job.sink];
+    uint64_t out_size = item_n_bytes(job.out_dtype);
+    uint64_t out_offset = job.out_offset + item.first_elem * out_size;
+    uint64_t out_n_bytes = item.n_elems * out_size;
+    const uint8_t* out;
+    if (job.op == JobOp::kCopyIdentical) {
+      out = copy_identical(job, item);
+    } else {
+      weighted_sum(job, item, worker);
+      out = worker->host_out;
+    }
+    if (sink.writer) sink.writer->write_at(out_offset, out, out_n_bytes);
+    else std::memcpy(sink.base + out_offset, out, out_n_bytes);
+    uint64_t read = 0;
+    for (const JobInput& in : job.inputs) read += item.n_elems * item_n_bytes(in.dtype);
+    release(item);
+    bytes_read_.fetch_add(read);
+    bytes_done_.fetch_add(out_n_bytes);
+  }
+
+  // Pass-through tensors never touch the GPU: compare on the CPU, write from the map.
+  const uint8_t* copy_identical(const Job& job, const WorkItem& item) const {
+    uint64_t size = item_n_bytes(job.out_dtype);
+    uint64_t n_bytes = item.n_elems * size;
+    const uint8_t* first = input_ptr(job.inputs[0], item.first_elem);
+    for (size_t k = 1; k < job.inputs.size(); ++k) {
+      const uint8_t* other = input_ptr(job.inputs[k], item.first_elem);
+      if (std::memcmp(first, other, n_bytes) == 0) continue;
+      uint64_t byte = 0;
+      while (first[byte] == other[byte]) ++byte;
+      raise(ErrorKind::kMismatch,
+            format("tensor '%s' (%s) differs between %s and %s at element %llu; non-float "
+                   "tensors are only passed through when identical",
+                   job.name.c_str(), dtype_name(job.out_dtype),
+                   plan_.sources[job.inputs[0].source].label.c_str(),
+                   plan_.sources[job.inputs[k].source].label.c_str(),
+                   (unsigned long long)(item.first_elem + byte / size)));
+    }
+    return first;
+  }
+
+  void weighted_sum(const Job& job, const WorkItem& item, Worker* w) {
+    // Table and inputs into pinned memory, at the offsets they take on the device.
+    auto* tensor = reinterpret_cast<TensorDesc*>(w->host_in);
+    auto* inputs = reinterpret_cast<InputDesc*>(w->host_in + sizeof(TensorDesc));
+    uint64_t cursor = table_n_bytes(job);
+    bool vectorized = job.out_dtype != DType::kF64;
+    for (size_t k = 0; k < job.inputs.size(); ++k) {
+      const JobInput& in = job.inputs[k];
+      inputs[k] = {nullptr, in.weight, static_cast<uint32_t>(in.dtype)};
+      if (in.weight == 0.0f) continue;  // skipped by the kernel: not even copied
+      uint64_t n_bytes = item.n_elems * item_n_bytes(in.dtype);
+      const uint8_t* src = input_ptr(in, item.first_elem);
+      std::memcpy(w->host_in + cursor, src, n_bytes);
+      if (options_.check_finite) check_input_finite(job, in, w->host_in + cursor, item);
+      inputs[k].ptr = w->dev_in + cursor;
+      if (in.dtype == DType::kF64) vectorized = false;
+      cursor += align_up(n_bytes, kTableAlign);
+    }
+    *tensor = TensorDesc{};
+    tensor->out = w->dev_out;
+    tensor->n_elems = item.n_elems;
+    tensor->first_tile = 0;
+    tensor->first_input = 0;
+    tensor->n_inputs = static_cast<uint32_t>(job.inputs.size());
+    tensor->post_scale = job.post_scale;
+    tensor->out_dtype = static_cast<uint32_t>(job.out_dtype);
+    tensor->vectorized = vectorized ? 1 : 0;
+    LaunchArgs args;
+    args.tensors = reinterpret_cast<const TensorDesc*>(w->dev_in);
+    args.inputs = reinterpret_cast<const InputDesc*>(w->dev_in + sizeof(TensorDesc));
+    args.n_tensors = 1;
+    args.n_tiles = tiles_for(item.n_elems);
+    uint64_t out_n_bytes = item.n_elems * item_n_bytes(job.out_dtype);
+    w->ops->copy_h2d(w->dev_in, w->host_in, cursor, w->stream);
+    w->ops->launch(args, w->stream);
+    w->ops->copy_d2h(w->host_out, w->dev_out, out_n_bytes, w->stream);
+    w->ops->sync(w->stream);
+    if (options_.check_finite) check_output_finite(job, w->host_out, item);
+  }
+
+  void check_input_finite(const Job& job, const JobInput& in, const uint8_t* src,
+                          const WorkItem& item) const {
+    size_t n = static_cast<size_t>(item.n_elems);
+    size_t bad = find_nonfinite(in.dtype, src, n);
+    LADLE_CHECK(bad == n, ErrorKind::kNonFinite,
+                "%s: tensor '%s': non-finite value (NaN or Inf) at element %llu",
+                plan_.sources[in.source].label.c_str(), job.name.c_str(),
+                (unsigned long long)(item.first_elem + bad));
+  }
+
+  void check_output_finite(const Job& job, const uint8_t* dst, const WorkItem& item) const {
+    size_t n = static_cast<size_t>(item.n_elems);
+    size_t bad = find_nonfinite(job.out_dtype, dst, n);
+    LADLE_CHECK(bad == n, ErrorKind::kNonFinite,
+                "%s: tensor '%s': merged value at element %llu is not finite (overflow in %s)",
+                plan_.sinks[job.sink].label.c_str(), job.name.c_str(),
+                (unsigned long long)(item.first_elem + bad), dtype_name(job.out_dtype));
+  }
+
+  const Plan& plan_;
+  const Options& options_;
+  uint64_t chunk_elems_;
+  std::vector<WorkItem> items_;
+  uint64_t total_bytes_ = 0;
+  uint64_t in_capacity_ = 0;
+  uint64_t out_capacity_ = 0;
+  std::unique_ptr<DeviceOps> ops_;
+  std::vector<Worker> workers_;
+
+  std::atomic<uint64_t> next_item_{0};
+  std::atomic<uint64_t> bytes_done_{0};
+  std::atomic<uint64_t> bytes_read_{0};
+  std::atomic<bool> cancelled_{false};
+  std::mutex error_mu_;
+  std::exception_ptr first_error_;
+  std::mutex mu_;
+  std::condition_variable done_cv_;
+  int finished_workers_ = 0;
+};
+
+}  // namespace
+
+Status status() {
+  Status s;
+  cudaRuntimeGetVersion(&s.runtime_version);
+  if (cudaDriverGetVersion(&s.driver_version) != cudaSuccess) s.driver_version = 0;
+  cudaError_t err = cudaGetDeviceCount(&s.device_count);
+  if (err != cudaSuccess) {
+    s.device_count = 0;
+    s.error = format("%s (%s)", cudaGetErrorString(err), cudaGetErrorName(err));
+    cudaGetLastError();  // clear it: later calls must not see a stale error
+  } else if (s.device_count == 0) {
+    s.error = "no CUDA device found";
+  }
+  return s;
+}
+
+DeviceProps device_props(int device) {
+  cudaDeviceProp prop;
+  check_cuda(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+  DeviceProps p;
+  p.name = prop.name;
+  p.major = prop.major;
+  p.minor = prop.minor;
+  p.sm_count = prop.multiProcessorCount;
+  p.total_n_bytes = prop.totalGlobalMem;
+  return p;
+}
+
+uint64_t choose_chunk_elems(const Plan& plan, const Options& options) {
+  if (options.chunk_elems > 0) return options.chunk_elems;
+  // Per element in flight per worker: its pinned input and output bytes.
+  uint64_t per_elem = 1;
+  for (const Job& job : plan.jobs) {
+    if (job.op != JobOp::kWeightedSum) continue;
+    uint64_t bytes = item_n_bytes(job.out_dtype);
+    for (const JobInput& in : job.inputs) bytes += item_n_bytes(in.dtype);
+    per_elem = std::max(per_elem, bytes);
+  }
+  uint64_t workers = static_cast<uint64_t>(std::max(1, options.workers));
+  uint64_t chunk = options.memory_budget / (workers * per_elem);
+  chunk = chunk / kTileElems * kTileElems;
+  return std::clamp(chunk, kMinChunkElems, kMaxChunkElems);
+}
+
+RunStats run_plan(const Plan& plan, const Options& options, const ProgressFn& progress) {
+  validate_plan(plan);
+  Runner runner(plan, options, choose_chunk_elems(plan, options));
+  return runner.run(progress);
+}
+
+// ---- DeviceSum ----
+
+struct DeviceSum::Impl {
+  std::unique_ptr<DeviceOps> ops;
+  int device = 0;
+  std::vector<uint8_t> host_table;  // [TensorDesc x n][InputDesc x n*k]
+  uint8_t* dev_table = nullptr;
+  size_t n_live = 0;  // tensors with elements
+  uint64_t n_tiles = 0;
+  bool emulated = false;
+
+  ~Impl() {
+    if (!dev_table) return;
+    if (emulated) {
+      ops->free_device(dev_table);
+      return;
+    }
+    int previous = 0;
+    cudaGetDevice(&previous);
+    cudaSetDevice(device);
+    cudaDeviceSynchronize();  // a launch may still read the table
+    ops->free_device(dev_table);
+    cudaSetDevice(previous);
+  }
+};
+
+namespace {
+
+void check_device_pointer(const DeviceTensor& t, uint64_t address, int device, const char* what) {
+  LADLE_CHECK(address != 0, ErrorKind::kValue, "tensor '%s': %s is a null pointer",
+              t.name.c_str(), what);
+  cudaPointerAttributes attr;
+  cudaError_t err = cudaPointerGetAttributes(&attr, reinterpret_cast<const void*>(address));
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    raise(ErrorKind::kValue, format("tensor '%s': %s (0x%llx) is not CUDA memory: %s",
+                                    t.name.c_str(), what, (unsigned long long)address,
+                                    cudaGetErrorString(err)));
+  }
+  LADLE_CHECK(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged,
+              ErrorKind::kValue, "tensor '%s': %s (0x%llx) is host memory, not device memory",
+              t.name.c_str(), what, (unsigned long long)address);
+  LADLE_CHECK(attr.device == device, ErrorKind::kValue,
+              "tensor '%s': %s is on CUDA device %d, expected device %d", t.name.c_str(), what,
+              attr.device, device);
+}
+
+// Restores the calling thread's current device when it goes out of scope.
+class DeviceGuard {
+ public:
+  DeviceGuard(int device, bool active) : active_(active) {
+    if (!active_) return;
+    check_cuda(cudaGetDevice(&previous_), "cudaGetDevice");
+    if (previous_ != device) check_cuda(cudaSetDevice(device), "cudaSetDevice");
+    else active_ = false;
+  }
+  ~DeviceGuard() {
+    if (active_) cudaSetDevice(previous_);
+  }
+
+ private:
+  bool active_;
+  int previous_ = 0;
+};
+
+}  // namespace
+
+DeviceSum::DeviceSum(int device, std::vector<DeviceTensor> tensors, Backend backend)
+    : impl_(std::make_unique<Impl>()), tensors_(std::move(tensors)) {
+  LADLE_CHECK(!tensors_.empty(), ErrorKind::kValue, "DeviceSum: no tensors given");
+  n_inputs_ = static_cast<int>(tensors_[0].in_addresses.size());
+  LADLE_CHECK(n_inputs_ > 0, ErrorKind::kValue, "tensor '%s': no inputs",
+              tensors_[0].name.c_str());
+  impl_->device = device;
+  impl_->emulated = backend == Backend::kEmulator;
+  impl_->ops = make_ops(backend, device);
+  DeviceGuard guard(device, !impl_->emulated);
+  std::vector<TensorDesc> descs;
+  std::vector<InputDesc> inputs;
+  for (const DeviceTensor& t : tensors_) {
+    LADLE_CHECK(t.in_addresses.size() == static_cast<size_t>(n_inputs_) &&
+                    t.in_dtypes.size() == t.in_addresses.size(),
+                ErrorKind::kValue, "tensor '%s': %zu inputs (%zu dtypes), expected %d",
+                t.name.c_str(), t.in_addresses.size(), t.in_dtypes.size(), n_inputs_);
+    LADLE_CHECK(dtype_is_mergeable(t.out_dtype), ErrorKind::kValue,
+                "tensor '%s': cannot write merged values as %s", t.name.c_str(),
+                dtype_name(t.out_dtype));
+    bool vectorized = t.out_dtype != DType::kF64 && t.out_address % 16 == 0;
+    for (int k = 0; k < n_inputs_; ++k) {
+      LADLE_CHECK(dtype_is_mergeable(t.in_dtypes[k]), ErrorKind::kValue,
+                  "tensor '%s': input %d has dtype %s, which cannot be merged arithmetically",
+                  t.name.c_str(), k, dtype_name(t.in_dtypes[k]));
+      vectorized = vectorized && t.in_dtypes[k] != DType::kF64 && t.in_addresses[k] % 16 == 0;
+    }
+    n_elems_ += t.n_elems;
+    if (t.n_elems == 0) continue;
+    if (!impl_->emulated) {
+      check_device_pointer(t, t.out_address, device, "output");
+      for (int k = 0; k < n_inputs_; ++k)
+        check_device_pointer(t, t.in_addresses[k], device, "an input");
+    }
+    TensorDesc d{};
+    d.out = reinterpret_cast<void*>(t.out_address);
+    d.n_elems = t.n_elems;
+    d.first_tile = impl_->n_tiles;
+    d.first_input = static_cast<uint32_t>(inputs.size());
+    d.n_inputs = static_cast<uint32_t>(n_inputs_);
+    d.post_scale = 1.0f;
+    d.out_dtype = static_cast<uint32_t>(t.out_dtype);
+    d.vectorized = vectorized ? 1 : 0;
+    descs.push_back(d);
+    for (int k = 0; k < n_inputs_; ++k)
+      inputs.push_back({reinterpret_cast<const void*>(t.in_addresses[k]), 1.0f,
+                        static_cast<uint32_t>(t.in_dtypes[k])});
+    impl_->n_tiles += tiles_for(t.n_elems);
+  }
+  impl_->n_live = descs.size();
+  uint64_t descs_n_bytes = descs.size() * sizeof(TensorDesc);
+  impl_->host_table.resize(descs_n_bytes + inputs.size() * sizeof(InputDesc));
+  if (!descs.empty()) std::memcpy(impl_->host_table.data(), descs.data(), descs_n_bytes);
+  if (!inputs.empty())
+    std::memcpy(impl_->host_table.data() + descs_n_bytes, inputs.data(),
+                inputs.size() * sizeof(InputDesc));
+  if (impl_->n_live > 0) {
+    impl_->dev_table = static_cast<uint8_t*>(impl_->ops->alloc_device(impl_->host_table.size()));
+    impl_->ops->copy_h2d(impl_->dev_table, impl_->host_table.data(), impl_->host_table.size(),
+                         nullptr);
+    impl_->ops->sync(nullptr);
+  }
+}
+
+DeviceSum::~DeviceSum() = default;
+
+void DeviceSum::run(const std::vector<float>& weights, float post_scale, uint64_t stream) {
+  LADLE_CHECK(weights.size() == static_cast<size_t>(n_inputs_), ErrorKind::kValue,
+              "DeviceSum.run: %zu weights given for %d inputs", weights.size(), n_inputs_);
+  for (size_t k = 0; k < weights.size(); ++k)
+    LADLE_CHECK(weights[k] == weights[k], ErrorKind::kValue, "DeviceSum.run: weight %zu is NaN",
+                k);
+  if (impl_->n_live == 0) return;
+  DeviceGuard guard(impl_->device, !impl_->emulated);
+  void* s = reinterpret_cast<void*>(stream);
+  LaunchArgs args;
+  args.tensors = reinterpret_cast<const TensorDesc*>(impl_->dev_table);
+  args.inputs = reinterpret_cast<const InputDesc*>(impl_->dev_table +
+                                                   impl_->n_live * sizeof(TensorDesc));
+  args.n_tensors = static_cast<uint32_t>(impl_->n_live);
+  args.n_tiles = impl_->n_tiles;
+  if (weights.size() <= kMaxArgWeights) {
+    // Weights travel as kernel arguments: no copy, fully asynchronous.
+    args.n_arg_weights = static_cast<uint32_t>(weights.size());
+    args.arg_post_scale = post_scale;
+    for (size_t k = 0; k < weights.size(); ++k) args.arg_weights[k] = weights[k];
+  } else {
+    // Too many for the arguments: rewrite the table's weights. The copy is
+    // ordered on the caller's stream after earlier launches that read the
+    // table; from pageable memory it returns once the bytes are staged.
+    uint8_t* table = impl_->host_table.data();
+    auto* descs = reinterpret_cast<TensorDesc*>(table);
+    auto* inputs = reinterpret_cast<InputDesc*>(table + impl_->n_live * sizeof(TensorDesc));
+    for (size_t t = 0; t < impl_->n_live; ++t) {
+      descs[t].post_scale = post_scale;
+      for (int k = 0; k < n_inputs_; ++k) inputs[t * n_inputs_ + k].weight = weights[k];
+    }
+    impl_->ops->copy_h2d(impl_->dev_table, table, impl_->host_table.size(), s);
+  }
+  impl_->ops->launch(args, s);
+}
+
+}  // namespace cuda
+}  // namespace ladle

@@ -1,0 +1,75 @@
+// Interface of the CUDA weighted-sum kernel (csrc/kernels_cuda.cu), free of CUDA
+// headers so g++-compiled code can use it. One launch computes every tensor of a
+// descriptor table, each out = rne(post_scale * (w1*x1 + w2*x2 + ...)) under the
+// arithmetic contract of kernels.h (fp32 accumulation in input order, no FMA,
+// zero weights skipped, canonical quiet NaN), bit-identical to the CPU kernels.
+#pragma once
+
+#include <cstdint>
+
+namespace ladle {
+namespace cuda {
+
+constexpr int kBlockThreads = 256;  // threads per block
+constexpr int kPackElems = 8;       // elements per thread per tile (16 bytes of 16-bit)
+constexpr uint64_t kTileElems = static_cast<uint64_t>(kBlockThreads) * kPackElems;
+constexpr uint64_t kTableAlign = 256;  // alignment of tables and staged tensors
+
+// One input of one output tensor. `ptr` points at the tensor's element 0 (device
+// memory for launches, host memory for the emulator). `dtype` is a ladle::DType.
+struct InputDesc {
+  const void* ptr;
+  float weight;  // 0 skips the input: ptr is then never read
+  uint32_t dtype;
+};
+static_assert(sizeof(InputDesc) == 16, "InputDesc must stay 16 bytes");
+
+// One output tensor: inputs[first_input .. first_input + n_inputs) of the table.
+struct TensorDesc {
+  void* out;
+  uint64_t n_elems;
+  uint64_t first_tile;  // tiles of kTileElems before this tensor (prefix sum)
+  uint32_t first_input;
+  uint32_t n_inputs;
+  float post_scale;   // 1 skips the multiplication
+  uint32_t out_dtype;  // a ladle::DType
+  uint32_t vectorized;  // 1: every pointer 16-byte aligned and no F64 (16-byte loads)
+  uint32_t reserved;
+};
+static_assert(sizeof(TensorDesc) == 48, "TensorDesc must stay 48 bytes");
+
+constexpr uint32_t kMaxArgWeights = 32;
+
+// What one launch computes. `tensors` is sorted by first_tile, tensors with no
+// elements are left out, and n_tiles is the total. When n_arg_weights > 0 the
+// weight of every tensor's k-th input is arg_weights[k] and the post scale is
+// arg_post_scale (the table's weights and post_scale are ignored): a sweep then
+// changes weights without touching device memory.
+struct LaunchArgs {
+  const TensorDesc* tensors = nullptr;
+  const InputDesc* inputs = nullptr;
+  uint32_t n_tensors = 0;
+  uint64_t n_tiles = 0;
+  uint32_t n_arg_weights = 0;
+  float arg_post_scale = 1.0f;
+  float arg_weights[kMaxArgWeights] = {};
+};
+
+// Tiles a tensor of n_elems occupies.
+inline uint64_t tiles_for(uint64_t n_elems) { return (n_elems + kTileElems - 1) / kTileElems; }
+
+// Enqueues the kernel on `stream` (a cudaStream_t; 0 is the legacy default
+// stream) of the current device; `sm_count` sizes the grid. The tables must be
+// in device memory and stay valid until the kernel has run. Returns the
+// cudaError_t of the launch (0 on success).
+int launch_weighted_sum(const LaunchArgs& args, void* stream, int sm_count);
+
+// Runs the very same per-thread code on the host over host memory, tile by
+// tile and lane by lane, so the kernel's logic can be tested without a GPU.
+void emulate_weighted_sum(const LaunchArgs& args);
+
+// Architectures the kernels were compiled for, e.g. "sm_80 sm_90 compute_90".
+const char* compiled_archs();
+
+}  // namespace cuda
+}  // namespace ladle

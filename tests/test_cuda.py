@@ -1,0 +1,315 @@
+"""The CUDA backend.
+
+Three layers, so most of it is checked on machines without a GPU:
+- availability: ``import ladle``, ``build_info()``, ``cuda_available()`` and the
+  errors for ``device="cuda"`` behave with no driver/GPU (always run);
+- emulator: the CUDA engine's host code (chunking, staging layout, descriptor
+  tables) and the kernel's per-thread code, run on the CPU (``device=
+  "cuda-emulator"``), must match the CPU engine and the numpy contract bit for
+  bit (run whenever ladle._cuda was compiled);
+- GPU: the same comparisons on a real device (skipped, with the reason, when
+  there is none).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import ladle
+from ladle import cli
+from ladle.cuda import EMULATOR, DeviceSum, cuda_info
+
+from reference import combine, random_raw
+from st_io import read_checkpoint, write_raw, write_sharded
+
+DTYPES = ["F32", "F16", "BF16"]
+SIZES = [0, 1, 7, 8, 9, 2047, 2049, 40_000, 70_001]  # tails, tile and chunk boundaries
+
+COMPILED = ladle.build_info()["cuda_compiled"]
+INFO = cuda_info()
+HAVE_GPU = ladle.cuda_available()
+
+needs_module = pytest.mark.skipif(not INFO["compiled"],
+                                  reason=f"CUDA backend not built: {INFO['error']}")
+needs_gpu = pytest.mark.skipif(not HAVE_GPU, reason=f"no usable CUDA GPU: {INFO['error']}")
+
+# Every engine test runs on the emulator and, when present, the GPU.
+DEVICES = [pytest.param(EMULATOR, marks=needs_module),
+           pytest.param("cuda", marks=[needs_gpu, pytest.mark.gpu])]
+
+
+# ---- availability (always runs) ----
+
+def test_build_info_and_availability_never_raise():
+    info = ladle.build_info()
+    assert isinstance(info["cuda_compiled"], bool)
+    assert isinstance(ladle.cuda_available(), bool)
+    details = ladle.cuda_info()
+    assert details["compiled"] == (INFO["compiled"])
+    if details["compiled"]:
+        assert "sm_90" in details["archs"] and details["runtime_version"] >= 12000
+    if not ladle.cuda_available():
+        assert details["device_count"] == 0 and details["error"]
+    else:
+        assert details["devices"][0]["total_n_bytes"] > 0
+
+
+def test_import_ladle_does_not_load_cuda_module():
+    import subprocess
+    import sys
+
+    code = "import sys, ladle; ladle.build_info(); print('ladle._cuda' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(HAVE_GPU, reason="a GPU is present")
+def test_device_cuda_without_gpu_is_a_clear_backend_error(tmp_path):
+    a = write_raw(tmp_path / "a.safetensors", {"w": ("F32", [3], b"\0" * 12)})
+    out = tmp_path / "o.safetensors"
+    with pytest.raises(ladle.BackendError, match="device 'cuda' requested but"):
+        ladle.merge([a, a], [0.5, 0.5], out, device="cuda", progress=False)
+    with pytest.raises(ladle.BackendError):
+        ladle.interpolate(a, a, 0.5, out, device="cuda:0", progress=False)
+    assert not out.exists() and not list(tmp_path.glob("*partial*"))
+    # The CLI turns it into one line and exit status 2.
+    rc = cli.main(["merge", str(a), str(a), "--alpha", "0.5", "-o", str(out), "--device",
+                   "cuda", "--quiet"])
+    assert rc == 2 and not out.exists()
+
+
+def test_bad_device_string(tmp_path):
+    a = write_raw(tmp_path / "a.safetensors", {"w": ("F32", [3], b"\0" * 12)})
+    with pytest.raises(ladle.LadleValueError, match="unknown device"):
+        ladle.merge([a], [1.0], tmp_path / "o.safetensors", device="tpu", progress=False)
+    with pytest.raises(ladle.LadleValueError, match="cannot be combined"):
+        ladle.merge([a], [1.0], tmp_path / "o.safetensors", device=EMULATOR, kernel="avx2",
+                    progress=False)
+
+
+# ---- engine: emulator and GPU vs the CPU engine and the numpy contract ----
+
+def _inputs(tmp_path, rng, dtypes, sizes, special=True):
+    paths, raws = [], []
+    for k, dtype in enumerate(dtypes):
+        tensors = {f"t{j}": (dtype, [n], random_raw(rng, n, dtype, special))
+                   for j, n in enumerate(sizes)}
+        paths.append(write_raw(tmp_path / f"in{k}.safetensors", tensors))
+        raws.append(tensors)
+    return paths, raws
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("in_dtype,out_dtype",
+                         list(itertools.product(DTYPES, DTYPES + ["F64"])))
+def test_weighted_sum_bit_exact(tmp_path, device, in_dtype, out_dtype):
+    rng = np.random.default_rng(DTYPES.index(in_dtype) * 4 + (DTYPES + ["F64"]).index(out_dtype))
+    for n_inputs in range(1, 9):
+        d = tmp_path / f"n{n_inputs}"
+        d.mkdir()
+        paths, raws = _inputs(d, rng, [in_dtype] * n_inputs, SIZES)
+        weights = list(rng.uniform(-1.5, 1.5, n_inputs))
+        if n_inputs > 2:
+            weights[1] = 0.0  # zero weights skip their input
+        outs = {}
+        for dev in (device, "cpu"):
+            outs[dev] = d / f"{dev}.safetensors"
+            ladle.merge(paths, weights, outs[dev], dtype=out_dtype, device=dev,
+                        progress=False, memory_budget=1)  # smallest chunks
+        got, cpu = read_checkpoint(outs[device]), read_checkpoint(outs["cpu"])
+        assert got == cpu, f"{n_inputs} inputs: GPU path differs from the CPU engine"
+        for name in raws[0]:
+            expected = combine([r[name][2] for r in raws], [in_dtype] * n_inputs, weights,
+                               out_dtype)
+            assert got[name][2] == expected, f"{name} ({n_inputs} inputs)"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_special_values_and_canonical_nan(tmp_path, device):
+    bf = np.array([0xFFC1, 0x7F81, 0x3F80, 0x7F80, 0xFF80, 0x0001, 0x8000, 0x7F7F],
+                  dtype=np.uint16).tobytes()  # -qNaN, sNaN, 1, Inf, -Inf, subnormal, -0, max
+    f16 = np.array([0xFE01, 0x7C01, 0x3C00, 0x7C00, 0xFC00, 0x0001, 0x8000, 0x7BFF],
+                   dtype=np.uint16).tobytes()
+    f32 = np.array([0xFFC00001, 0x7F800001, 0x3F800000, 0x7F800000, 0xFF800000, 0x00000001,
+                    0x80000000, 0x7F7FFFFF], dtype=np.uint32).tobytes()
+    for dtype, raw in (("BF16", bf), ("F16", f16), ("F32", f32)):
+        a = write_raw(tmp_path / f"{dtype}.safetensors", {"x": (dtype, [8], raw)})
+        for weights in ([1.0], [0.5, 0.5], [2.0, -1.0], [1e30, 1e30]):
+            for out_dtype in DTYPES:
+                outs = [tmp_path / f"{dtype}-{dev}.safetensors" for dev in (device, "cpu")]
+                for dev, out in zip((device, "cpu"), outs):
+                    ladle.merge([a] * len(weights), weights, out, dtype=out_dtype, device=dev,
+                                progress=False, overwrite=True)
+                got, cpu = read_checkpoint(outs[0]), read_checkpoint(outs[1])
+                assert got == cpu, (dtype, weights, out_dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mixed_dtypes_sharded_and_pass_through(tmp_path, device):
+    rng = np.random.default_rng(7)
+    ids = np.arange(1000, dtype=np.int64).tobytes()
+    tensors = [{f"layer{i}.w": ("BF16", [64, 33], random_raw(rng, 64 * 33, "BF16"))
+                for i in range(5)} | {"ids": ("I64", [1000], ids)} for _ in range(2)]
+    a = write_sharded(tmp_path / "a", tensors[0], 3)
+    b = write_sharded(tmp_path / "b", tensors[1], 2)
+    for dev in (device, "cpu"):
+        ladle.interpolate(a, b, 0.3, tmp_path / dev, dtype="F32", max_shard_size=10_000,
+                          device=dev, progress=False)
+    assert read_checkpoint(tmp_path / device) == read_checkpoint(tmp_path / "cpu")
+    assert read_checkpoint(tmp_path / device)["ids"][2] == ids
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_endpoints_chunking_and_workers_do_not_change_bits(tmp_path, device):
+    rng = np.random.default_rng(8)
+    paths, raws = _inputs(tmp_path, rng, ["BF16", "BF16"], [300_001, 5])
+    for alpha, source in ((0.0, 0), (1.0, 1)):
+        out = tmp_path / f"alpha{alpha}.safetensors"
+        ladle.interpolate(paths[0], paths[1], alpha, out, device=device, progress=False)
+        assert {n: v[2] for n, v in read_checkpoint(out).items()} == \
+            {n: v[2] for n, v in raws[source].items()}
+    outs = []
+    for threads, budget in ((1, 1), (2, "1MiB"), (4, "256MiB")):
+        out = tmp_path / f"o{threads}.safetensors"
+        ladle.merge(paths, [0.25, 0.75], out, threads=threads, memory_budget=budget,
+                    device=device, progress=False)
+        outs.append(read_checkpoint(out))
+    assert outs[0] == outs[1] == outs[2]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_check_finite_and_mismatch_errors(tmp_path, device):
+    nan = np.array([1.0, np.nan, 2.0], dtype=np.float32).tobytes()
+    a = write_raw(tmp_path / "a.safetensors", {"w": ("F32", [3], nan)})
+    with pytest.raises(ladle.NonFiniteError, match="'w'.*element 1"):
+        ladle.merge([a, a], [0.5, 0.5], tmp_path / "o.safetensors", check_finite=True,
+                    device=device, progress=False)
+    big = np.array([3e38, 1.0], dtype=np.float32).tobytes()
+    b = write_raw(tmp_path / "b.safetensors", {"w": ("F32", [2], big)})
+    with pytest.raises(ladle.NonFiniteError, match="merged value at element 0"):
+        ladle.merge([b, b], [1.0, 1.0], tmp_path / "o.safetensors", check_finite=True,
+                    device=device, progress=False)
+    c = write_raw(tmp_path / "c.safetensors", {"ids": ("I32", [2], b"\1\0\0\0\2\0\0\0")})
+    d = write_raw(tmp_path / "d.safetensors", {"ids": ("I32", [2], b"\1\0\0\0\3\0\0\0")})
+    with pytest.raises(ladle.MismatchError, match="element 1"):
+        ladle.merge([c, d], [0.5, 0.5], tmp_path / "o.safetensors", device=device,
+                    progress=False)
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cli_device_flag(tmp_path, device):
+    rng = np.random.default_rng(9)
+    paths, _ = _inputs(tmp_path, rng, ["BF16"] * 3, [5000])
+    for dev in (device, "cpu"):
+        rc = cli.main(["soup", *map(str, paths), "-o", str(tmp_path / f"{dev}.safetensors"),
+                       "--device", dev, "--quiet"])
+        assert rc == 0
+    assert read_checkpoint(tmp_path / f"{device}.safetensors") == \
+        read_checkpoint(tmp_path / "cpu.safetensors")
+
+
+# ---- GPU-resident DeviceSum (torch tensors: CPU ones on the emulator) ----
+
+TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def _tensor(torch, raw: bytes, dtype: str, device: str, misalign: bool):
+    """A tensor holding `raw`; misaligned by one element (scalar path) on request."""
+    n = len(raw) // (4 if dtype == "F32" else 2)
+    bits = torch.frombuffer(bytearray(raw), dtype=torch.int32 if dtype == "F32" else torch.int16)
+    flat = torch.zeros(n + 1, dtype=getattr(torch, TORCH_DTYPES[dtype]), device=device)
+    t = flat[1:] if misalign else flat[:n]
+    t.view(bits.dtype).copy_(bits)
+    return t
+
+
+def _raw(t) -> bytes:
+    import torch
+
+    return t.detach().cpu().view(torch.int32 if t.element_size() == 4 else torch.int16) \
+        .numpy().tobytes()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("misalign", [False, True])
+def test_device_sum_matches_contract(device, misalign):
+    torch = pytest.importorskip("torch")
+    emulate = device == EMULATOR
+    tdev = "cpu" if emulate else "cuda"
+    rng = np.random.default_rng(10)
+    for n_inputs in (1, 2, 3, 8, 33):  # 33 > 32: weights go through the table
+        in_dtypes = [DTYPES[(k + n_inputs) % 3] for k in range(n_inputs)]  # mixed dtypes
+        sizes = [1, 7, 8, 2049, 20_001]
+        raws = {f"t{j}": [random_raw(rng, n, d, special=True) for d in in_dtypes]
+                for j, n in enumerate(sizes)}
+        inputs = [{name: _tensor(torch, raws[name][k], in_dtypes[k], tdev, misalign)
+                   for name in raws} for k in range(n_inputs)]
+        for out_dtype in DTYPES:
+            outs = {name: _tensor(torch, b"\0" * (n * (4 if out_dtype == "F32" else 2)),
+                                  out_dtype, tdev, misalign)
+                    for name, n in zip(raws, sizes)}
+            summer = DeviceSum(outs, *inputs, emulate=emulate)
+            for trial in range(2):
+                weights = list(rng.uniform(-2, 2, n_inputs))
+                if n_inputs > 1:
+                    weights[trial % n_inputs] = 0.0
+                scale = 1.0 if trial == 0 else 0.37
+                summer(weights, post_scale=scale)
+                if not emulate:
+                    torch.cuda.synchronize()
+                for name, name_raws in raws.items():
+                    expected = combine(name_raws, in_dtypes, weights, out_dtype, scale)
+                    assert _raw(outs[name]) == expected, (n_inputs, out_dtype, name, trial)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_sum_interpolate_sweep_and_in_place(device):
+    torch = pytest.importorskip("torch")
+    emulate = device == EMULATOR
+    tdev = "cpu" if emulate else "cuda"
+    gen = torch.Generator().manual_seed(0)
+    theta0 = {f"p{i}": torch.randn(257 * (i + 1), generator=gen).to(torch.bfloat16).to(tdev)
+              for i in range(6)}
+    theta1 = {n: torch.randn(t.shape, generator=gen).to(torch.bfloat16).to(tdev)
+              for n, t in theta0.items()}
+    live = {n: torch.empty_like(t) for n, t in theta0.items()}
+    wise = DeviceSum(live, theta0, theta1, emulate=emulate)
+    for alpha in [i / 20 for i in range(21)]:
+        wise.interpolate(alpha)
+        for n, out in live.items():
+            ref = combine([_raw(theta0[n]), _raw(theta1[n])], ["BF16", "BF16"],
+                          [1.0 - alpha, alpha], "BF16")
+            assert _raw(out) == ref, (alpha, n)
+    # In place: theta0 <- 0.5 theta0 + 0.5 theta1 (each thread reads before it writes).
+    before = {n: _raw(t) for n, t in theta0.items()}
+    DeviceSum(theta0, theta0, theta1, emulate=emulate)([0.5, 0.5])
+    for n, t in theta0.items():
+        assert _raw(t) == combine([before[n], _raw(theta1[n])], ["BF16"] * 2, [0.5, 0.5],
+                                  "BF16")
+
+
+@needs_module
+def test_device_sum_argument_errors():
+    torch = pytest.importorskip("torch")
+    a, b = torch.zeros(4), torch.zeros(5)
+    with pytest.raises(ladle.LadleValueError, match="elements"):
+        DeviceSum([a], [b], emulate=True)
+    with pytest.raises(ladle.LadleValueError, match="tensor names"):
+        DeviceSum({"x": a}, {"y": a}, emulate=True)
+    with pytest.raises(ladle.LadleValueError, match="cannot be merged"):
+        DeviceSum([a], [torch.zeros(4, dtype=torch.int32)], emulate=True)
+    with pytest.raises(ladle.LadleValueError, match="contiguous"):
+        DeviceSum([torch.zeros(4, 2).t()], [torch.zeros(8)], emulate=True)
+    with pytest.raises(ladle.LadleValueError, match="weights given"):
+        DeviceSum([a], [a], emulate=True)([1.0, 2.0])
+    if not HAVE_GPU:
+        with pytest.raises(ladle.BackendError):
+            DeviceSum([a], [a])
+    else:
+        with pytest.raises(ladle.LadleValueError, match="CUDA tensor"):
+            DeviceSum([a], [a])
