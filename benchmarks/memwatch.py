@@ -1,9 +1,10 @@
 """Run a command in a child process and sample its memory (Linux ``/proc``).
 
 Peak RSS and peak RssAnon are the maxima over samples taken every ~10 ms of the sums
-over the child and all its descendants (so ``sh -c`` wrappers count what they start);
-peak RSS is also raised to the kernel's own ``ru_maxrss`` of the child, which a short
-spike between two samples cannot escape.
+over the child and all its descendants (so ``sh -c`` wrappers count what they start).
+Peak RSS is also raised to the largest ``VmHWM`` (the kernel's exact per-process RSS
+high-water mark) seen, so a spike between two samples is not missed. (``ru_maxrss`` from
+``wait4`` is not used: it inherits the parent's size at fork.)
 
 Example:
     >>> r = run_measured(["python", "-c", "x = bytearray(10**8)"])
@@ -22,19 +23,18 @@ from pathlib import Path
 _PROC = Path("/proc")
 
 
-def _status_bytes(pid: int) -> tuple[int, int]:
-    """(VmRSS, RssAnon) of one process in bytes; zeros once it has gone."""
-    rss = anon = 0
+def _status_bytes(pid: int) -> tuple[int, int, int]:
+    """(VmRSS, RssAnon, VmHWM) of one process in bytes; zeros once it has gone."""
+    values = {"VmRSS:": 0, "RssAnon:": 0, "VmHWM:": 0}
     try:
         text = (_PROC / str(pid) / "status").read_text()
     except OSError:
-        return 0, 0
+        return 0, 0, 0
     for line in text.splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1]) * 1024
-        elif line.startswith("RssAnon:"):
-            anon = int(line.split()[1]) * 1024
-    return rss, anon
+        key = line[:line.find(":") + 1]
+        if key in values:
+            values[key] = int(line.split()[1]) * 1024
+    return values["VmRSS:"], values["RssAnon:"], values["VmHWM:"]
 
 
 def _children(pid: int) -> list[int]:
@@ -51,19 +51,20 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def tree_memory(pid: int) -> tuple[int, int]:
-    """(RSS, RssAnon) summed over ``pid`` and its descendants, in bytes."""
-    rss = anon = 0
+def tree_memory(pid: int) -> tuple[int, int, int]:
+    """(RSS, RssAnon) summed over ``pid`` and its descendants, and their largest VmHWM,
+    in bytes."""
+    rss = anon = hwm = 0
     todo, seen = [pid], set()
     while todo:
         p = todo.pop()
         if p in seen:
             continue
         seen.add(p)
-        r, a = _status_bytes(p)
-        rss, anon = rss + r, anon + a
+        r, a, h = _status_bytes(p)
+        rss, anon, hwm = rss + r, anon + a, max(hwm, h)
         todo += _children(p)
-    return rss, anon
+    return rss, anon, hwm
 
 
 def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: str | None = None,
@@ -84,25 +85,23 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: str | N
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=err)
         peak_rss = peak_anon = 0
-        status, maxrss_kib = 0, 0
         while True:
-            rss, anon = tree_memory(proc.pid)
-            peak_rss, peak_anon = max(peak_rss, rss), max(peak_anon, anon)
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            rss, anon, hwm = tree_memory(proc.pid)
+            peak_rss, peak_anon = max(peak_rss, rss, hwm), max(peak_anon, anon)
+            pid, status = os.waitpid(proc.pid, os.WNOHANG)
             if pid == proc.pid:
-                maxrss_kib = usage.ru_maxrss
                 break
             if timeout_s is not None and time.perf_counter() - t0 > timeout_s:
                 proc.kill()
             time.sleep(interval_s)
         wall_s = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped above by wait4
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped above by waitpid
         out.seek(0)
         err.seek(0)
         return {
             "rc": proc.returncode,
             "wall_s": wall_s,
-            "peak_rss_bytes": max(peak_rss, maxrss_kib * 1024),
+            "peak_rss_bytes": peak_rss,
             "peak_rss_anon_bytes": peak_anon,
             "stdout": out.read().decode(errors="replace"),
             "stderr": err.read().decode(errors="replace"),
