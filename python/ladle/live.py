@@ -51,7 +51,8 @@ class Loader:
     Args:
         targets: the tensors written (e.g. :func:`ladle.sources.from_module`).
         inputs: tensor sets read (checkpoints, modules, dicts, accumulators).
-        key_map: input-key -> target-key mapping (see :mod:`ladle.keymap`).
+        key_map: input-key -> target-key mapping (see :mod:`ladle.keymap`), or a
+            list with one mapping per input.
         strict: raise :class:`MismatchError` with a key diff unless every target
             is found in every input and every input key is used.
         threads: engine threads (0: all cores).
@@ -63,7 +64,7 @@ class Loader:
     """
 
     def __init__(self, targets: TensorSet, inputs: Sequence[TensorSet], *,
-                 key_map: KeyMap = None, strict: bool = True, threads: int = 0,
+                 key_map: KeyMap | list[KeyMap] = None, strict: bool = True, threads: int = 0,
                  memory_budget: int | str = "256MiB"):
         if not inputs:
             raise LadleValueError("no inputs given")
@@ -79,12 +80,15 @@ class Loader:
         self.sinks = {key: self.plan.add_memory_sink(spec.label, spec.address, spec.n_bytes)
                       for key, spec in targets.sources.items()}
 
-    def _match(self, key_map: KeyMap, strict: bool) -> list[TargetGroup]:
+    def _match(self, key_map: KeyMap | list[KeyMap], strict: bool) -> list[TargetGroup]:
         raw = alias_groups(self.targets)
         owner = {alias: i for i, (_, aliases, _) in enumerate(raw) for alias in aliases}
         per_input: list[list[TensorRef | None]] = []
-        for s in self.inputs:
-            fn = make_key_fn(key_map, self.targets.tensors, s.tensors)
+        maps = list(key_map) if isinstance(key_map, list) else [key_map] * len(self.inputs)
+        if len(maps) != len(self.inputs):
+            raise LadleValueError(f"got {len(maps)} key maps for {len(self.inputs)} inputs")
+        for s, one_map in zip(self.inputs, maps):
+            fn = make_key_fn(one_map, self.targets.tensors, s.tensors)
             found: list[TensorRef | None] = [None] * len(raw)
             unexpected = []
             for name, ref in s.tensors.items():
