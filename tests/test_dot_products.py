@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from reference import from_f32, random_raw, to_f32
-
 from ladle import _core
 from ladle.errors import FormatError, LadleValueError
+from reference import from_f32, random_raw, to_f32
 
 
 def _plan_with(buffers: list[np.ndarray]) -> _core.Plan:

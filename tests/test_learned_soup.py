@@ -8,13 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ladle
 import pytest
 import torch
 import torch.nn.functional as F
-from toy_models import TiedNet, data, ingredients, mlp
-
-import ladle
 from ladle.learned import layer_of
+from toy_models import TiedNet, data, ingredients, mlp
 
 
 def _autograd_gradient(module, paths, logits, beta, batch, group_of):

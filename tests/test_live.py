@@ -5,14 +5,13 @@ from __future__ import annotations
 import copy
 import json
 
+import ladle
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-from toy_models import TiedNet, mlp
-
-import ladle
 from ladle.cli import main
 from ladle.errors import MismatchError
+from safetensors.torch import load_file, save_file
+from toy_models import TiedNet, mlp
 
 
 def _ref(states, weights):

@@ -5,9 +5,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import torch
-
 import ladle
+import torch
 
 
 class TiedNet(torch.nn.Module):
