@@ -15,6 +15,7 @@ from ._core import build_info
 from .checkpoint import Checkpoint, TensorInfo
 from .checkpoint import open_checkpoint as open
 from .cuda import cuda_available, cuda_info
+from .ensembles import EnsembleResult, greedy_ensemble, logit_ensemble
 from .errors import (
     BackendError,
     CancelledError,
@@ -25,7 +26,19 @@ from .errors import (
     MismatchError,
     NonFiniteError,
 )
+from .learned import LearnedSoup, LearnedSoupResult, learned_soup
+from .live import Loader, load_into
 from .merge import MergeReport, interpolate, merge, soup
+from .results import ResultsLog
+from .selection import (
+    best_id_without_ood_loss,
+    best_on_heldout,
+    best_ood_without_id_loss,
+    fixed_alpha,
+)
+from .soups import SoupResult, greedy_soup, uniform_soup
+from .wiseft import SweepPoint, wiseft_sweep
+from .writer import save
 
 __version__ = build_info()["version"]
 
@@ -34,4 +47,11 @@ __all__ = [
     "LadleIOError", "LadleValueError", "MergeReport", "MismatchError", "NonFiniteError",
     "TensorInfo", "build_info", "cuda_available", "cuda_info", "errors", "interpolate", "merge",
     "open", "soup",
+]
+# live models and soups
+__all__ += [
+    "EnsembleResult", "LearnedSoup", "LearnedSoupResult", "Loader", "ResultsLog",
+    "SoupResult", "SweepPoint", "best_id_without_ood_loss", "best_on_heldout",
+    "best_ood_without_id_loss", "fixed_alpha", "greedy_ensemble", "greedy_soup",
+    "learned_soup", "load_into", "logit_ensemble", "save", "uniform_soup", "wiseft_sweep",
 ]
