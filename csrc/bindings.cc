@@ -9,6 +9,7 @@
 #include "checksum.h"
 #include "common.h"
 #include "engine.h"
+#include "py_common.h"
 #include "reduce.h"
 #include "safetensors.h"
 
@@ -111,29 +112,13 @@ py::dict run(const PyPlan& plan, int threads, uint64_t memory_budget, uint64_t c
   options.chunk_elems = chunk_elems;
   options.check_finite = check_finite;
   options.kernel = kernel_from(kernel);
-  // Runs on the calling thread with the GIL re-acquired: lets Ctrl-C and the
-  // user's callback stop the run between chunks.
-  ProgressFn on_progress = [&progress](uint64_t done, uint64_t total) {
-    py::gil_scoped_acquire gil;
-    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
-    if (progress.is_none()) return true;
-    py::object keep = progress(done, total);
-    return keep.is_none() || keep.cast<bool>();
-  };
+  ProgressFn on_progress = python_progress(progress);
   RunStats stats;
   {
     py::gil_scoped_release release;
     stats = run_plan(plan.plan(), options, on_progress);
   }
-  py::dict out;
-  out["bytes_read"] = stats.bytes_read;
-  out["bytes_written"] = stats.bytes_written;
-  out["n_chunks"] = stats.n_chunks;
-  out["chunk_elems"] = stats.chunk_elems;
-  out["threads"] = stats.threads;
-  out["seconds"] = stats.seconds;
-  out["kernel"] = stats.kernel;
-  return out;
+  return stats_to_dict(stats);
 }
 
 using DotInput = std::tuple<uint32_t, uint64_t, std::string>;  // (source, offset, dtype)
@@ -203,34 +188,7 @@ py::dict build_info() {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "ladle's C++ core: safetensors parsing, streaming merge engine";
 
-  py::module_ errors = py::module_::import("ladle.errors");
-  static py::object format_error = errors.attr("FormatError");
-  static py::object mismatch_error = errors.attr("MismatchError");
-  static py::object io_error = errors.attr("LadleIOError");
-  static py::object value_error = errors.attr("LadleValueError");
-  static py::object nonfinite_error = errors.attr("NonFiniteError");
-  static py::object cancelled_error = errors.attr("CancelledError");
-  static py::object backend_error = errors.attr("BackendError");
-  py::register_exception_translator([](std::exception_ptr p) {
-    try {
-      if (p) std::rethrow_exception(p);
-    } catch (const Error& e) {
-      py::object cls;
-      switch (e.kind()) {
-        case ErrorKind::kFormat: cls = format_error; break;
-        case ErrorKind::kMismatch: cls = mismatch_error; break;
-        case ErrorKind::kIO: cls = io_error; break;
-        case ErrorKind::kValue: cls = value_error; break;
-        case ErrorKind::kNonFinite: cls = nonfinite_error; break;
-        case ErrorKind::kCancelled: cls = cancelled_error; break;
-        case ErrorKind::kBackend: cls = backend_error; break;
-      }
-      py::object exc = e.kind() == ErrorKind::kIO && e.os_errno() != 0
-                           ? cls(e.os_errno(), e.what())
-                           : cls(e.what());
-      PyErr_SetObject(cls.ptr(), exc.ptr());
-    }
-  });
+  register_error_translator();
 
   m.def("read_header", [](const std::string& path) { return header_to_dict(read_header(path)); },
         py::arg("path"), "Read and validate a safetensors header (no tensor data is read).");

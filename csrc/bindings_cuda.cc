@@ -10,6 +10,7 @@
 #include "common.h"
 #include "engine_cuda.h"
 #include "kernels_cuda.h"
+#include "py_common.h"
 
 namespace py = pybind11;
 using namespace ladle;
@@ -67,27 +68,13 @@ py::dict run(const py::capsule& plan_capsule, int device, int workers, uint64_t 
   options.chunk_elems = chunk_elems;
   options.check_finite = check_finite;
   options.backend = backend_from(emulate);
-  ProgressFn on_progress = [&progress](uint64_t done, uint64_t total) {
-    py::gil_scoped_acquire gil;
-    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
-    if (progress.is_none()) return true;
-    py::object keep = progress(done, total);
-    return keep.is_none() || keep.cast<bool>();
-  };
+  ProgressFn on_progress = python_progress(progress);
   RunStats stats;
   {
     py::gil_scoped_release release;
     stats = cuda::run_plan(plan, options, on_progress);
   }
-  py::dict out;
-  out["bytes_read"] = stats.bytes_read;
-  out["bytes_written"] = stats.bytes_written;
-  out["n_chunks"] = stats.n_chunks;
-  out["chunk_elems"] = stats.chunk_elems;
-  out["threads"] = stats.threads;
-  out["seconds"] = stats.seconds;
-  out["kernel"] = stats.kernel;
-  return out;
+  return stats_to_dict(stats);
 }
 
 using TensorSpec = std::tuple<std::string, uint64_t, std::string, uint64_t,
@@ -117,34 +104,7 @@ std::unique_ptr<cuda::DeviceSum> make_device_sum(int device, const std::vector<T
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "ladle's optional CUDA backend (runtime linked statically; imports without a GPU)";
 
-  py::module_ errors = py::module_::import("ladle.errors");
-  static py::object format_error = errors.attr("FormatError");
-  static py::object mismatch_error = errors.attr("MismatchError");
-  static py::object io_error = errors.attr("LadleIOError");
-  static py::object value_error = errors.attr("LadleValueError");
-  static py::object nonfinite_error = errors.attr("NonFiniteError");
-  static py::object cancelled_error = errors.attr("CancelledError");
-  static py::object backend_error = errors.attr("BackendError");
-  py::register_exception_translator([](std::exception_ptr p) {
-    try {
-      if (p) std::rethrow_exception(p);
-    } catch (const Error& e) {
-      py::object cls;
-      switch (e.kind()) {
-        case ErrorKind::kFormat: cls = format_error; break;
-        case ErrorKind::kMismatch: cls = mismatch_error; break;
-        case ErrorKind::kIO: cls = io_error; break;
-        case ErrorKind::kValue: cls = value_error; break;
-        case ErrorKind::kNonFinite: cls = nonfinite_error; break;
-        case ErrorKind::kCancelled: cls = cancelled_error; break;
-        case ErrorKind::kBackend: cls = backend_error; break;
-      }
-      py::object exc = e.kind() == ErrorKind::kIO && e.os_errno() != 0
-                           ? cls(e.os_errno(), e.what())
-                           : cls(e.what());
-      PyErr_SetObject(cls.ptr(), exc.ptr());
-    }
-  });
+  register_error_translator();
 
   m.def("status", &status_dict,
         "Device count, runtime/driver versions and, when unusable, why. Never raises.");

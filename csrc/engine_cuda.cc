@@ -24,6 +24,7 @@
 #include <mutex>
 #include <thread>
 
+#include "chunk_runner.h"
 #include "common.h"
 #include "kernels.h"
 #include "kernels_cuda.h"
@@ -35,7 +36,6 @@ namespace {
 constexpr uint64_t kMinChunkElems = 64 * 1024;
 constexpr uint64_t kMaxChunkElems = 64ull << 20;
 
-uint64_t item_n_bytes(DType dtype) { return static_cast<uint64_t>(dtype_bits(dtype) / 8); }
 uint64_t align_up(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
 
 void check_cuda(cudaError_t err, const char* what) {
@@ -154,12 +154,6 @@ std::unique_ptr<DeviceOps> make_ops(Backend backend, int device) {
 
 // ---- streaming engine ----
 
-struct WorkItem {
-  uint32_t job;
-  uint64_t first_elem;
-  uint64_t n_elems;
-};
-
 // Bytes of staging one chunk of `job` needs: the table, then each non-skipped
 // input, every part aligned to kTableAlign.
 uint64_t table_n_bytes(const Job& job) {
@@ -181,6 +175,7 @@ struct Worker {
   uint8_t* host_out = nullptr;
   uint8_t* dev_in = nullptr;
   uint8_t* dev_out = nullptr;
+  uint64_t staged_n_bytes = 0;  // table + inputs of the current chunk
 
   ~Worker() {
     if (!ops) return;
@@ -195,17 +190,12 @@ struct Worker {
 class Runner {
  public:
   Runner(const Plan& plan, const Options& options, uint64_t chunk_elems)
-      : plan_(plan), options_(options), chunk_elems_(chunk_elems) {
-    for (uint32_t j = 0; j < plan.jobs.size(); ++j) {
-      const Job& job = plan.jobs[j];
-      for (uint64_t first = 0; first < job.n_elems; first += chunk_elems)
-        items_.push_back({j, first, std::min(chunk_elems, job.n_elems - first)});
-      total_bytes_ += job.n_elems * item_n_bytes(job.out_dtype);
-      if (job.op == JobOp::kWeightedSum) {
-        uint64_t n = std::min(chunk_elems, job.n_elems);
-        in_capacity_ = std::max(in_capacity_, staging_in_n_bytes(job, n));
-        out_capacity_ = std::max(out_capacity_, n * item_n_bytes(job.out_dtype));
-      }
+      : chunks_(plan, chunk_elems), options_(options) {
+    for (const Job& job : plan.jobs) {
+      if (job.op != JobOp::kWeightedSum) continue;
+      uint64_t n = std::min(chunk_elems, job.n_elems);
+      in_capacity_ = std::max(in_capacity_, staging_in_n_bytes(job, n));
+      out_capacity_ = std::max(out_capacity_, n * item_n_bytes(job.out_dtype));
     }
   }
 
@@ -237,34 +227,26 @@ class Runner {
         w.dev_out = static_cast<uint8_t*>(ops_->alloc_device(out_capacity_));
       }
     }
-    std::vector<std::thread> threads;
-    for (int t = 0; t < n_workers; ++t) threads.emplace_back([this, t] { work(&workers_[t]); });
-    std::unique_lock<std::mutex> lock(mu_);
-    while (finished_workers_ < n_workers) {
-      done_cv_.wait_for(lock, std::chrono::milliseconds(100));
-      if (progress) {
-        lock.unlock();
-        bool keep_going = true;
-        try {
-          keep_going = progress(bytes_done_.load(), total_bytes_);
-        } catch (...) {
-          record_error(std::current_exception());
-        }
-        if (!keep_going) record_error(std::make_exception_ptr(
-            Error(ErrorKind::kCancelled, "merge cancelled")));
-        lock.lock();
-      }
+    const auto& items = chunks_.items();
+    size_t n = static_cast<size_t>(n_workers);
+    try {
+      run_workers(
+          items.size(), n_workers, [this](int) { ops_->bind_thread(); },
+          [&](int worker, size_t index) {
+            if (index + n < items.size()) chunks_.prefetch(items[index + n]);
+            process(items[index], &workers_[static_cast<size_t>(worker)]);
+          },
+          progress, bytes_done_, chunks_.total_out_n_bytes());
+    } catch (...) {
+      workers_.clear();
+      throw;
     }
-    lock.unlock();
-    for (auto& t : threads) t.join();
     workers_.clear();
-    if (first_error_) std::rethrow_exception(first_error_);
-    if (progress) progress(bytes_done_.load(), total_bytes_);
     RunStats stats;
     stats.bytes_read = bytes_read_.load();
     stats.bytes_written = bytes_done_.load();
-    stats.n_chunks = items_.size();
-    stats.chunk_elems = chunk_elems_;
+    stats.n_chunks = items.size();
+    stats.chunk_elems = chunks_.chunk_elems();
     stats.threads = n_workers;
     stats.kernel = ops_->name();
     stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -272,99 +254,29 @@ class Runner {
   }
 
  private:
-  void record_error(std::exception_ptr e) {
-    std::lock_guard<std::mutex> guard(error_mu_);
-    if (!first_error_) first_error_ = e;
-    cancelled_.store(true);
-  }
-
-  void work(Worker* worker) {
-    try {
-      ops_->bind_thread();
-      size_t n_workers = workers_.size();
-      while (!cancelled_.load()) {
-        uint64_t index = next_item_.fetch_add(1);
-        if (index >= items_.size()) break;
-        if (index + n_workers < items_.size()) prefetch(items_[index + n_workers]);
-        process(items_[index], worker);
-      }
-    } catch (...) {
-      record_error(std::current_exception());
-    }
-    std::lock_guard<std::mutex> guard(mu_);
-    ++finished_workers_;
-    done_cv_.notify_all();
-  }
-
-  void prefetch(const WorkItem& item) const {
-    const Job& job = plan_.jobs[item.job];
-    for (const JobInput& in : job.inputs) {
-      const Source& src = plan_.sources[in.source];
-      if (!src.file) continue;
-      uint64_t size = item_n_bytes(in.dtype);
-      src.file->prefetch(in.offset + item.first_elem * size, item.n_elems * size);
-    }
-  }
-
-  void release(const WorkItem& item) const {
-    const Job& job = plan_.jobs[item.job];
-    for (const JobInput& in : job.inputs) {
-      const Source& src = plan_.sources[in.source];
-      if (!src.file) continue;
-      uint64_t size = item_n_bytes(in.dtype);
-      src.file->release(in.offset + item.first_elem * size, item.n_elems * size);
-    }
-  }
-
-  const uint8_t* input_ptr(const JobInput& in, uint64_t elem) const {
-    return plan_.sources[in.source].base + in.offset + elem * item_n_bytes(in.dtype);
-  }
-
   void process(const WorkItem& item, Worker* worker) {
-    const Job& job = plan_.jobs[item.job];
-    const Sink& sink = plan_.sinks[job.sink];
+    const Job& job = chunks_.plan().jobs[item.job];
+    const Sink& sink = chunks_.plan().sinks[job.sink];
     uint64_t out_size = item_n_bytes(job.out_dtype);
     uint64_t out_offset = job.out_offset + item.first_elem * out_size;
     uint64_t out_n_bytes = item.n_elems * out_size;
-    const uint8_t* out;
-    if (job.op == JobOp::kCopyIdentical) {
-      out = copy_identical(job, item);
-    } else {
-      weighted_sum(job, item, worker);
-      out = worker->host_out;
-    }
+    const uint8_t* out = worker->host_out;
+    chunks_.guard_inputs(job, [&] {
+      // Pass-through tensors never touch the GPU: compared on the CPU, written from the map.
+      if (job.op == JobOp::kCopyIdentical) out = chunks_.check_identical(item);
+      else stage_inputs(job, item, worker);
+    });
+    if (job.op == JobOp::kWeightedSum) weighted_sum(job, item, worker);
     if (sink.writer) sink.writer->write_at(out_offset, out, out_n_bytes);
     else std::memcpy(sink.base + out_offset, out, out_n_bytes);
-    uint64_t read = 0;
-    for (const JobInput& in : job.inputs) read += item.n_elems * item_n_bytes(in.dtype);
-    release(item);
-    bytes_read_.fetch_add(read);
+    chunks_.release(item);
+    bytes_read_.fetch_add(chunks_.input_n_bytes(item));
     bytes_done_.fetch_add(out_n_bytes);
   }
 
-  // Pass-through tensors never touch the GPU: compare on the CPU, write from the map.
-  const uint8_t* copy_identical(const Job& job, const WorkItem& item) const {
-    uint64_t size = item_n_bytes(job.out_dtype);
-    uint64_t n_bytes = item.n_elems * size;
-    const uint8_t* first = input_ptr(job.inputs[0], item.first_elem);
-    for (size_t k = 1; k < job.inputs.size(); ++k) {
-      const uint8_t* other = input_ptr(job.inputs[k], item.first_elem);
-      if (std::memcmp(first, other, n_bytes) == 0) continue;
-      uint64_t byte = 0;
-      while (first[byte] == other[byte]) ++byte;
-      raise(ErrorKind::kMismatch,
-            format("tensor '%s' (%s) differs between %s and %s at element %llu; non-float "
-                   "tensors are only passed through when identical",
-                   job.name.c_str(), dtype_name(job.out_dtype),
-                   plan_.sources[job.inputs[0].source].label.c_str(),
-                   plan_.sources[job.inputs[k].source].label.c_str(),
-                   (unsigned long long)(item.first_elem + byte / size)));
-    }
-    return first;
-  }
-
-  void weighted_sum(const Job& job, const WorkItem& item, Worker* w) {
-    // Table and inputs into pinned memory, at the offsets they take on the device.
+  // Copies the descriptor table and the inputs into pinned memory, at the
+  // offsets they take on the device; the worker records the staged size.
+  void stage_inputs(const Job& job, const WorkItem& item, Worker* w) const {
     auto* tensor = reinterpret_cast<TensorDesc*>(w->host_in);
     auto* inputs = reinterpret_cast<InputDesc*>(w->host_in + sizeof(TensorDesc));
     uint64_t cursor = table_n_bytes(job);
@@ -374,9 +286,9 @@ class Runner {
       inputs[k] = {nullptr, in.weight, static_cast<uint32_t>(in.dtype)};
       if (in.weight == 0.0f) continue;  // skipped by the kernel: not even copied
       uint64_t n_bytes = item.n_elems * item_n_bytes(in.dtype);
-      const uint8_t* src = input_ptr(in, item.first_elem);
-      std::memcpy(w->host_in + cursor, src, n_bytes);
-      if (options_.check_finite) check_input_finite(job, in, w->host_in + cursor, item);
+      std::memcpy(w->host_in + cursor, chunks_.input_ptr(in, item.first_elem), n_bytes);
+      if (options_.check_finite)
+        chunks_.check_input_finite(job, in, w->host_in + cursor, item.n_elems, item.first_elem);
       inputs[k].ptr = w->dev_in + cursor;
       if (in.dtype == DType::kF64) vectorized = false;
       cursor += align_up(n_bytes, kTableAlign);
@@ -390,57 +302,32 @@ class Runner {
     tensor->post_scale = job.post_scale;
     tensor->out_dtype = static_cast<uint32_t>(job.out_dtype);
     tensor->vectorized = vectorized ? 1 : 0;
+    w->staged_n_bytes = cursor;
+  }
+
+  void weighted_sum(const Job& job, const WorkItem& item, Worker* w) const {
     LaunchArgs args;
     args.tensors = reinterpret_cast<const TensorDesc*>(w->dev_in);
     args.inputs = reinterpret_cast<const InputDesc*>(w->dev_in + sizeof(TensorDesc));
     args.n_tensors = 1;
     args.n_tiles = tiles_for(item.n_elems);
     uint64_t out_n_bytes = item.n_elems * item_n_bytes(job.out_dtype);
-    w->ops->copy_h2d(w->dev_in, w->host_in, cursor, w->stream);
+    w->ops->copy_h2d(w->dev_in, w->host_in, w->staged_n_bytes, w->stream);
     w->ops->launch(args, w->stream);
     w->ops->copy_d2h(w->host_out, w->dev_out, out_n_bytes, w->stream);
     w->ops->sync(w->stream);
-    if (options_.check_finite) check_output_finite(job, w->host_out, item);
+    if (options_.check_finite)
+      chunks_.check_output_finite(job, w->host_out, item.n_elems, item.first_elem);
   }
 
-  void check_input_finite(const Job& job, const JobInput& in, const uint8_t* src,
-                          const WorkItem& item) const {
-    size_t n = static_cast<size_t>(item.n_elems);
-    size_t bad = find_nonfinite(in.dtype, src, n);
-    LADLE_CHECK(bad == n, ErrorKind::kNonFinite,
-                "%s: tensor '%s': non-finite value (NaN or Inf) at element %llu",
-                plan_.sources[in.source].label.c_str(), job.name.c_str(),
-                (unsigned long long)(item.first_elem + bad));
-  }
-
-  void check_output_finite(const Job& job, const uint8_t* dst, const WorkItem& item) const {
-    size_t n = static_cast<size_t>(item.n_elems);
-    size_t bad = find_nonfinite(job.out_dtype, dst, n);
-    LADLE_CHECK(bad == n, ErrorKind::kNonFinite,
-                "%s: tensor '%s': merged value at element %llu is not finite (overflow in %s)",
-                plan_.sinks[job.sink].label.c_str(), job.name.c_str(),
-                (unsigned long long)(item.first_elem + bad), dtype_name(job.out_dtype));
-  }
-
-  const Plan& plan_;
+  ChunkSet chunks_;
   const Options& options_;
-  uint64_t chunk_elems_;
-  std::vector<WorkItem> items_;
-  uint64_t total_bytes_ = 0;
   uint64_t in_capacity_ = 0;
   uint64_t out_capacity_ = 0;
   std::unique_ptr<DeviceOps> ops_;
   std::vector<Worker> workers_;
-
-  std::atomic<uint64_t> next_item_{0};
   std::atomic<uint64_t> bytes_done_{0};
   std::atomic<uint64_t> bytes_read_{0};
-  std::atomic<bool> cancelled_{false};
-  std::mutex error_mu_;
-  std::exception_ptr first_error_;
-  std::mutex mu_;
-  std::condition_variable done_cv_;
-  int finished_workers_ = 0;
 };
 
 }  // namespace

@@ -1,0 +1,169 @@
+#include "chunk_runner.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <thread>
+
+#include "common.h"
+#include "fault_guard.h"
+#include "kernels.h"
+
+namespace ladle {
+
+ChunkSet::ChunkSet(const Plan& plan, uint64_t chunk_elems)
+    : plan_(plan), chunk_elems_(chunk_elems) {
+  for (uint32_t j = 0; j < plan.jobs.size(); ++j) {
+    const Job& job = plan.jobs[j];
+    for (uint64_t first = 0; first < job.n_elems; first += chunk_elems)
+      items_.push_back({j, first, std::min(chunk_elems, job.n_elems - first)});
+    total_out_n_bytes_ += job.n_elems * item_n_bytes(job.out_dtype);
+  }
+}
+
+const uint8_t* ChunkSet::input_ptr(const JobInput& in, uint64_t elem) const {
+  return plan_.sources[in.source].base + in.offset + elem * item_n_bytes(in.dtype);
+}
+
+uint64_t ChunkSet::input_n_bytes(const WorkItem& item) const {
+  uint64_t n = 0;
+  for (const JobInput& in : plan_.jobs[item.job].inputs) n += item.n_elems * item_n_bytes(in.dtype);
+  return n;
+}
+
+void ChunkSet::prefetch(const WorkItem& item) const {
+  for (const JobInput& in : plan_.jobs[item.job].inputs) {
+    const Source& src = plan_.sources[in.source];
+    uint64_t size = item_n_bytes(in.dtype);
+    if (src.file) src.file->prefetch(in.offset + item.first_elem * size, item.n_elems * size);
+  }
+}
+
+void ChunkSet::release(const WorkItem& item) const {
+  for (const JobInput& in : plan_.jobs[item.job].inputs) {
+    const Source& src = plan_.sources[in.source];
+    uint64_t size = item_n_bytes(in.dtype);
+    if (src.file) src.file->release(in.offset + item.first_elem * size, item.n_elems * size);
+  }
+}
+
+const uint8_t* ChunkSet::check_identical(const WorkItem& item) const {
+  const Job& job = plan_.jobs[item.job];
+  uint64_t size = item_n_bytes(job.out_dtype);
+  uint64_t n_bytes = item.n_elems * size;
+  const uint8_t* first = input_ptr(job.inputs[0], item.first_elem);
+  for (size_t k = 1; k < job.inputs.size(); ++k) {
+    const uint8_t* other = input_ptr(job.inputs[k], item.first_elem);
+    if (std::memcmp(first, other, n_bytes) == 0) continue;
+    uint64_t byte = 0;
+    while (first[byte] == other[byte]) ++byte;
+    raise(ErrorKind::kMismatch,
+          format("tensor '%s' (%s) differs between %s and %s at element %llu; non-float "
+                 "tensors are only passed through when identical",
+                 job.name.c_str(), dtype_name(job.out_dtype),
+                 plan_.sources[job.inputs[0].source].label.c_str(),
+                 plan_.sources[job.inputs[k].source].label.c_str(),
+                 (unsigned long long)(item.first_elem + byte / size)));
+  }
+  return first;
+}
+
+void ChunkSet::check_input_finite(const Job& job, const JobInput& in, const void* src, size_t n,
+                                  uint64_t first_elem) const {
+  size_t bad = find_nonfinite(in.dtype, src, n);
+  LADLE_CHECK(bad == n, ErrorKind::kNonFinite,
+              "%s: tensor '%s': non-finite value (NaN or Inf) at element %llu",
+              plan_.sources[in.source].label.c_str(), job.name.c_str(),
+              (unsigned long long)(first_elem + bad));
+}
+
+void ChunkSet::check_output_finite(const Job& job, const void* dst, size_t n,
+                                   uint64_t first_elem) const {
+  size_t bad = find_nonfinite(job.out_dtype, dst, n);
+  LADLE_CHECK(bad == n, ErrorKind::kNonFinite,
+              "%s: tensor '%s': merged value at element %llu is not finite (overflow in %s)",
+              plan_.sinks[job.sink].label.c_str(), job.name.c_str(),
+              (unsigned long long)(first_elem + bad), dtype_name(job.out_dtype));
+}
+
+void ChunkSet::guard_inputs(const Job& job, const std::function<void()>& body) const {
+  const void* fault = call_catching_sigbus(
+      [](void* p) { (*static_cast<const std::function<void()>*>(p))(); },
+      const_cast<std::function<void()>*>(&body));
+  if (!fault) return;
+  auto addr = static_cast<const uint8_t*>(fault);
+  for (const JobInput& in : job.inputs) {
+    const Source& src = plan_.sources[in.source];
+    if (src.base && addr >= src.base && addr < src.base + src.n_bytes)
+      raise(ErrorKind::kIO,
+            format("%s: tensor '%s': input changed while being read (bus error at byte %llu "
+                   "of %llu): was the file truncated or rewritten during the merge?",
+                   src.label.c_str(), job.name.c_str(), (unsigned long long)(addr - src.base),
+                   (unsigned long long)src.n_bytes),
+            EIO);
+  }
+  raise(ErrorKind::kIO,
+        format("tensor '%s': bus error while reading the inputs (was a file truncated?)",
+               job.name.c_str()),
+        EIO);
+}
+
+void run_workers(size_t n_items, int n_workers, const std::function<void(int)>& setup,
+                 const std::function<void(int, size_t)>& process, const ProgressFn& progress,
+                 const std::atomic<uint64_t>& bytes_done, uint64_t total_bytes) {
+  std::atomic<size_t> next{0};
+  std::atomic<bool> cancelled{false};
+  std::mutex mu;
+  std::condition_variable done_cv;
+  std::exception_ptr first_error;
+  int finished = 0;
+  auto record_error = [&](std::exception_ptr e) {
+    std::lock_guard<std::mutex> guard(mu);
+    if (!first_error) first_error = e;
+    cancelled.store(true);
+  };
+  install_sigbus_handler();
+  std::vector<std::thread> threads;
+  for (int w = 0; w < n_workers; ++w) {
+    threads.emplace_back([&, w] {
+      try {
+        if (setup) setup(w);
+        while (!cancelled.load()) {
+          size_t index = next.fetch_add(1);
+          if (index >= n_items) break;
+          process(w, index);
+        }
+      } catch (...) {
+        record_error(std::current_exception());
+      }
+      std::lock_guard<std::mutex> guard(mu);
+      ++finished;
+      done_cv.notify_all();
+    });
+  }
+  std::unique_lock<std::mutex> lock(mu);
+  while (finished < n_workers) {
+    done_cv.wait_for(lock, std::chrono::milliseconds(100));
+    if (!progress) continue;
+    lock.unlock();
+    bool keep_going = true;
+    try {
+      keep_going = progress(bytes_done.load(), total_bytes);
+    } catch (...) {
+      record_error(std::current_exception());
+    }
+    if (!keep_going)
+      record_error(std::make_exception_ptr(Error(ErrorKind::kCancelled, "merge cancelled")));
+    lock.lock();
+  }
+  lock.unlock();
+  for (auto& t : threads) t.join();
+  if (first_error) std::rethrow_exception(first_error);
+  if (progress) progress(bytes_done.load(), total_bytes);
+}
+
+}  // namespace ladle

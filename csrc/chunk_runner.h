@@ -1,0 +1,69 @@
+// What the CPU and CUDA engines share: cutting a Plan's jobs into chunks, the
+// per-chunk input bookkeeping (pointers, prefetch ahead, release behind, bus
+// errors from truncated files), pass-through and finiteness checks, and the
+// worker pool that stops at the first error and reports progress.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "engine.h"
+#include "plan.h"
+
+namespace ladle {
+
+inline uint64_t item_n_bytes(DType dtype) {
+  return static_cast<uint64_t>(dtype_bits(dtype) / 8);
+}
+
+struct WorkItem {
+  uint32_t job;
+  uint64_t first_elem;
+  uint64_t n_elems;
+};
+
+class ChunkSet {
+ public:
+  ChunkSet(const Plan& plan, uint64_t chunk_elems);
+
+  const Plan& plan() const { return plan_; }
+  const std::vector<WorkItem>& items() const { return items_; }
+  uint64_t chunk_elems() const { return chunk_elems_; }
+  uint64_t total_out_n_bytes() const { return total_out_n_bytes_; }
+
+  const uint8_t* input_ptr(const JobInput& in, uint64_t elem) const;
+  uint64_t input_n_bytes(const WorkItem& item) const;
+  // madvise hints on the mapped input ranges of `item`.
+  void prefetch(const WorkItem& item) const;
+  void release(const WorkItem& item) const;
+
+  // Raises MismatchError unless every input of a copy job holds the same bytes
+  // in `item`; returns the first input's bytes.
+  const uint8_t* check_identical(const WorkItem& item) const;
+  void check_input_finite(const Job& job, const JobInput& in, const void* src, size_t n,
+                          uint64_t first_elem) const;
+  void check_output_finite(const Job& job, const void* dst, size_t n,
+                           uint64_t first_elem) const;
+
+  // Runs `body`, turning a SIGBUS from a mapped input that shrank into an IO
+  // error naming the file. `body` may throw but must own no destructors.
+  void guard_inputs(const Job& job, const std::function<void()>& body) const;
+
+ private:
+  const Plan& plan_;
+  uint64_t chunk_elems_;
+  std::vector<WorkItem> items_;
+  uint64_t total_out_n_bytes_ = 0;
+};
+
+// Calls process(worker, index) for every index < n_items on n_workers threads
+// (after setup(worker) on each), polling progress(bytes_done, total) every
+// ~100 ms on the calling thread. The first error (or progress returning false)
+// stops every worker and is rethrown here.
+void run_workers(size_t n_items, int n_workers, const std::function<void(int)>& setup,
+                 const std::function<void(int, size_t)>& process, const ProgressFn& progress,
+                 const std::atomic<uint64_t>& bytes_done, uint64_t total_bytes);
+
+}  // namespace ladle

@@ -1,0 +1,71 @@
+// pybind11 glue shared by the extension modules (_core, _cuda): the mapping
+// of ladle::ErrorKind onto ladle.errors, the progress callback that lets Ctrl-C
+// stop a run, and the conversion of run statistics.
+#pragma once
+
+#include <Python.h>
+#include <pybind11/pybind11.h>
+
+#include "common.h"
+#include "engine.h"
+
+namespace ladle {
+
+inline void register_error_translator() {
+  namespace py = pybind11;
+  py::module_ errors = py::module_::import("ladle.errors");
+  static py::object format_error = errors.attr("FormatError");
+  static py::object mismatch_error = errors.attr("MismatchError");
+  static py::object io_error = errors.attr("LadleIOError");
+  static py::object value_error = errors.attr("LadleValueError");
+  static py::object nonfinite_error = errors.attr("NonFiniteError");
+  static py::object cancelled_error = errors.attr("CancelledError");
+  static py::object backend_error = errors.attr("BackendError");
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const Error& e) {
+      py::object cls;
+      switch (e.kind()) {
+        case ErrorKind::kFormat: cls = format_error; break;
+        case ErrorKind::kMismatch: cls = mismatch_error; break;
+        case ErrorKind::kIO: cls = io_error; break;
+        case ErrorKind::kValue: cls = value_error; break;
+        case ErrorKind::kNonFinite: cls = nonfinite_error; break;
+        case ErrorKind::kCancelled: cls = cancelled_error; break;
+        case ErrorKind::kBackend: cls = backend_error; break;
+      }
+      py::object exc = e.kind() == ErrorKind::kIO && e.os_errno() != 0
+                           ? cls(e.os_errno(), e.what())
+                           : cls(e.what());
+      PyErr_SetObject(cls.ptr(), exc.ptr());
+    }
+  });
+}
+
+// Wraps the user's progress callback (or None). Called on the thread that runs
+// the engine, with the GIL re-acquired: Ctrl-C and the callback stop the run.
+inline ProgressFn python_progress(const pybind11::object& progress) {
+  namespace py = pybind11;
+  return [progress](uint64_t done, uint64_t total) {
+    py::gil_scoped_acquire gil;
+    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    if (progress.is_none()) return true;
+    py::object keep = progress(done, total);
+    return keep.is_none() || keep.cast<bool>();
+  };
+}
+
+inline pybind11::dict stats_to_dict(const RunStats& stats) {
+  pybind11::dict out;
+  out["bytes_read"] = stats.bytes_read;
+  out["bytes_written"] = stats.bytes_written;
+  out["n_chunks"] = stats.n_chunks;
+  out["chunk_elems"] = stats.chunk_elems;
+  out["threads"] = stats.threads;
+  out["seconds"] = stats.seconds;
+  out["kernel"] = stats.kernel;
+  return out;
+}
+
+}  // namespace ladle
