@@ -140,7 +140,7 @@ class PyMethodJobs {
                 const std::vector<std::tuple<uint32_t, uint64_t, std::string, double, double,
                                              uint64_t, uint64_t>>& models,
                 const std::string& sparsify, const std::string& consensus, bool normalize,
-                bool rescale, double lambda, uint64_t seed) {
+                const std::string& rescale, double lambda, uint64_t seed) {
     TaskJob job;
     job.name = name;
     job.n_elems = n_elems;
@@ -161,7 +161,10 @@ class PyMethodJobs {
     else if (consensus == "count") job.consensus = Consensus::kCount;
     else raise(ErrorKind::kValue, format("unknown consensus '%s'", consensus.c_str()));
     job.normalize = normalize;
-    job.rescale = rescale;
+    if (rescale == "none") job.rescale = Rescale::kNone;
+    else if (rescale == "density") job.rescale = Rescale::kDensity;
+    else if (rescale == "l1") job.rescale = Rescale::kL1;
+    else raise(ErrorKind::kValue, format("unknown rescale '%s' (none, density, l1)", rescale.c_str()));
     job.lambda = static_cast<float>(lambda);
     job.seed = seed;
     job.tensor_key = tensor_key(name);

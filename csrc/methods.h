@@ -31,6 +31,14 @@ enum class Sparsify : uint8_t {
 
 enum class Consensus : uint8_t { kNone, kSum, kCount };
 
+// What kept deltas are multiplied by after sparsification.
+enum class Rescale : uint8_t {
+  kNone,
+  kDensity,  // kRandom only: divide by density (the DARE paper)
+  kL1,       // match the L1 norm of the unsparsified delta (mergekit's `rescale`):
+             // scale = |delta|_1 / |kept|_1 unless either is below 1e-7
+};
+
 struct TaskModel {
   JobInput input;          // input.weight is the model's weight w_k (fp32)
   float density = 1.0f;    // kRandom: keep probability
@@ -49,7 +57,7 @@ struct TaskJob {
   Sparsify sparsify = Sparsify::kNone;
   Consensus consensus = Consensus::kNone;
   bool normalize = false;   // divide the mixed delta by the (masked) weight sum
-  bool rescale = false;     // kRandom: divide kept deltas by density
+  Rescale rescale = Rescale::kNone;
   float lambda = 1.0f;      // scales the mixed delta; 1 skips the multiplication
   uint64_t seed = 0;        // kRandom
   uint64_t tensor_key = 0;  // kRandom: tensor_key(name)

@@ -232,6 +232,9 @@ struct RankCursor {
 struct ModelState {
   std::vector<uint64_t> hist_hi;
   Selection lo, hi;  // kept: !(rank < lo.rank) && (rank < hi.rank)
+  std::vector<double> l1_before, l1_after;  // Rescale::kL1: per-tile partial sums
+  bool scaled = false;
+  float scale = 1.0f;
   bool selects() const { return lo.active() || hi.active(); }
 };
 
@@ -271,7 +274,8 @@ class TaskRunner {
       per_elem = std::max(per_elem, bytes);
       max_models = std::max(max_models, job.models.size());
       bool selects = job.sparsify == Sparsify::kMagnitude || job.sparsify == Sparsify::kOutliers;
-      total += read * (selects ? 4 : 1);
+      bool norms = job.rescale == Rescale::kL1 && job.sparsify != Sparsify::kNone;
+      total += read * ((selects ? 4 : 1) + (norms ? 1 : 0));
     }
     chunk_elems_ = method_chunk_elems(per_elem, options_, threads_);
     pool_ = std::make_unique<ChunkPool>(plan_, threads_, progress, total);
@@ -442,7 +446,36 @@ class TaskRunner {
         }
       }
     }
-    // Pass 4: the per-element program.
+    // Pass 4 (Rescale::kL1): L1 norms of every delta before and after sparsification.
+    auto norming = [&](size_t j) {
+      return jobs_[j].rescale == Rescale::kL1 && jobs_[j].sparsify != Sparsify::kNone;
+    };
+    bool any_norms = false;
+    for (size_t j = begin; j < end; ++j) {
+      if (!norming(j)) continue;
+      any_norms = true;
+      for (ModelState& ms : states_[j - begin]->models) {
+        ms.l1_before.assign(jobs_[j].n_elems / kTile + 1, 0.0);
+        ms.l1_after.assign(jobs_[j].n_elems / kTile + 1, 0.0);
+      }
+    }
+    if (any_norms) {
+      pool_->run(items_of(begin, end, norming), inputs_,
+                 [this](const Item& item, int t) { l1_norms(item, &scratch_[t]); });
+      for (size_t j = begin; j < end; ++j) {
+        if (!norming(j)) continue;
+        for (ModelState& ms : states_[j - begin]->models) {
+          double before = 0.0, after = 0.0;
+          for (double v : ms.l1_before) before += v;
+          for (double v : ms.l1_after) after += v;
+          ms.scaled = !(before < 1e-7 || after < 1e-7);
+          ms.scale = static_cast<float>(before / after);
+          std::vector<double>().swap(ms.l1_before);
+          std::vector<double>().swap(ms.l1_after);
+        }
+      }
+    }
+    // Pass 5: the per-element program.
     pool_->run(items_of(begin, end, [](size_t) { return true; }), inputs_,
               [this](const Item& item, int t) { apply(item, &scratch_[t]); });
   }
@@ -568,6 +601,52 @@ class TaskRunner {
     }
   }
 
+  // Sparsifies one tile of model k's delta in place: dropped elements become +0,
+  // kept ones are rescaled (when `rescale` and the job asks for it).
+  static void sparsify_tile(const TaskJob& job, size_t k, const ModelState& ms, uint64_t elem,
+                            size_t n, float* d, bool rescale) {
+    const TaskModel& m = job.models[k];
+    if (job.sparsify == Sparsify::kRandom) {
+      uint64_t stream = dare_stream(job.seed, job.tensor_key, static_cast<uint32_t>(k));
+      bool by_density = rescale && job.rescale == Rescale::kDensity;
+      for (size_t i = 0; i < n; ++i) {
+        bool keep = static_cast<float>(dare_draw(stream, elem + i)) * 0x1p-24f < m.density;
+        d[i] = keep ? (by_density ? d[i] / m.density : d[i]) : 0.0f;
+      }
+    } else if (job.sparsify != Sparsify::kNone) {
+      RankCursor lo(ms.lo, elem / kTile), hi(ms.hi, elem / kTile);
+      for (size_t i = 0; i < n; ++i) {
+        uint32_t bits = abs_bits(d[i]);
+        bool below_lo = lo.below(bits);
+        bool below_hi = hi.below(bits);
+        d[i] = (!below_lo && below_hi) ? d[i] : 0.0f;
+      }
+    }
+    if (rescale && ms.scaled) {
+      for (size_t i = 0; i < n; ++i) d[i] = d[i] * ms.scale;
+    }
+  }
+
+  void l1_norms(const Item& item, TaskScratch* s) {
+    const TaskJob& job = jobs_[item.job];
+    JobState& st = *states_[item.job - batch_begin_];
+    for (uint64_t t = 0; t < item.n_elems; t += kTile) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
+      uint64_t elem = item.first_elem + t;
+      load(job.base, elem, n, s->base.data());
+      for (size_t k = 0; k < job.models.size(); ++k) {
+        ModelState& ms = st.models[k];
+        load_delta(job, k, elem, n, s);
+        double before = 0.0, after = 0.0;
+        for (size_t i = 0; i < n; ++i) before += std::fabs(static_cast<double>(s->x[i]));
+        sparsify_tile(job, k, ms, elem, n, s->x.data(), false);
+        for (size_t i = 0; i < n; ++i) after += std::fabs(static_cast<double>(s->x[i]));
+        ms.l1_before[elem / kTile] = before;  // each tile is written by one thread
+        ms.l1_after[elem / kTile] = after;
+      }
+    }
+  }
+
   void apply(const Item& item, TaskScratch* s) {
     const TaskJob& job = jobs_[item.job];
     JobState& st = *states_[item.job - batch_begin_];
@@ -590,7 +669,6 @@ class TaskRunner {
     for (uint64_t t = 0; t < item.n_elems; t += kTile) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
       uint64_t elem = item.first_elem + t;
-      uint64_t tile = elem / kTile;
       load(job.base, elem, n, s->base.data());
       if (options_.check_finite) check_finite_input(job, job.base, elem, n);
       for (size_t k = 0; k < n_models; ++k) {
@@ -598,21 +676,7 @@ class TaskRunner {
         if (options_.check_finite) check_finite_input(job, m.input, elem, n);
         load_delta(job, k, elem, n, s);
         float* d = s->x.data();
-        if (job.sparsify == Sparsify::kRandom) {
-          uint64_t stream = dare_stream(job.seed, job.tensor_key, static_cast<uint32_t>(k));
-          for (size_t i = 0; i < n; ++i) {
-            bool keep = static_cast<float>(dare_draw(stream, elem + i)) * 0x1p-24f < m.density;
-            d[i] = keep ? (job.rescale ? d[i] / m.density : d[i]) : 0.0f;
-          }
-        } else if (job.sparsify != Sparsify::kNone) {
-          RankCursor lo(st.models[k].lo, tile), hi(st.models[k].hi, tile);
-          for (size_t i = 0; i < n; ++i) {
-            uint32_t bits = abs_bits(d[i]);
-            bool below_lo = lo.below(bits);
-            bool below_hi = hi.below(bits);
-            d[i] = (!below_lo && below_hi) ? d[i] : 0.0f;
-          }
-        }
+        sparsify_tile(job, k, st.models[k], elem, n, d, true);
         float* wd = s->wd.data() + k * kTile;
         float w = m.input.weight;
         for (size_t i = 0; i < n; ++i) wd[i] = w * d[i];

@@ -10,7 +10,7 @@ Example:
 
 from __future__ import annotations
 
-from . import errors
+from . import errors, methods
 from ._core import build_info
 from .checkpoint import Checkpoint, TensorInfo
 from .checkpoint import open_checkpoint as open  # noqa: A001 - mirrors safetensors.safe_open
@@ -31,5 +31,5 @@ __version__ = build_info()["version"]
 __all__ = [
     "BackendError", "CancelledError", "Checkpoint", "FormatError", "LadleError",
     "LadleIOError", "LadleValueError", "MergeReport", "MismatchError", "NonFiniteError",
-    "TensorInfo", "build_info", "errors", "interpolate", "merge", "open", "soup",
+    "TensorInfo", "build_info", "errors", "interpolate", "merge", "methods", "open", "soup",
 ]
