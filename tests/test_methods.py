@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import zlib
 
+import ladle
 import numpy as np
 import pytest
-from reference import combine, from_f32, to_f32
-from st_io import read_checkpoint, write_raw
-
-import ladle
 from ladle import methods
 from ladle.errors import LadleValueError, MismatchError
+from reference import combine, from_f32, to_f32
+from st_io import read_checkpoint, write_raw
 
 F32 = np.float32
 TILE = 2048

@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from reference import from_f32, to_f32
-from st_io import read_checkpoint, write_raw
-
 from ladle.cli import main
 from ladle.recipe import parse_recipe
+from reference import from_f32, to_f32
+from st_io import read_checkpoint, write_raw
 
 F32 = np.float32
 
@@ -95,7 +94,7 @@ def test_ties_recipe_runs_and_matches_api(tmp_path, models):
     ({"seed": -1}, "seed"),
 ])
 def test_recipe_errors_name_the_problem(tmp_path, models, recipe_patch, message, capsys):
-    base, a, b = models
+    base, a, _ = models
     recipe = {"merge_method": "ties", "base_model": str(base),
               "models": [{"model": str(a), "parameters": {"weight": 1.0}}]}
     recipe.update(recipe_patch)
@@ -153,7 +152,7 @@ def _mergekit_python() -> str | None:
     candidates = [os.environ.get("LADLE_MERGEKIT_PYTHON"), sys.executable]
     for py in candidates:
         if py and Path(py).exists() and subprocess.run(
-                [py, "-c", "import mergekit.merge"], capture_output=True).returncode == 0:
+                [py, "-c", "import mergekit.merge"], check=False, capture_output=True).returncode == 0:
             return py
     return None
 
@@ -194,11 +193,11 @@ def test_against_mergekit(tmp_path):
         tool = bin_dir / "mergekit-yaml"
         cmd = [str(tool)] if tool.exists() else [MERGEKIT, "-m", "mergekit.scripts.run_yaml"]
         proc = subprocess.run(cmd + [str(cfg), str(theirs), "--no-lazy-unpickle"],
-                              capture_output=True, text=True,
+                              check=False, capture_output=True, text=True,
                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
         if proc.returncode != 0:
-            proc = subprocess.run(cmd + [str(cfg), str(theirs)], capture_output=True, text=True,
-                                  env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            proc = subprocess.run(cmd + [str(cfg), str(theirs)], check=False,
+                                  capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         assert proc.returncode == 0, proc.stderr[-2000:]
         a, b = read_checkpoint(ours), read_checkpoint(theirs)
         assert set(a) == set(b)

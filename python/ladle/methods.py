@@ -415,8 +415,8 @@ def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpo
 
 def describe_method_plan(plan: MethodPlan) -> str:
     """Human-readable plan for ``--dry-run``."""
-    lines = [f"{plan.method}: {len(plan.tensors)} tensors -> {len(plan.shards)} shard(s); "
-             f"writes {plan.bytes_written} bytes"]
+    lines = [(f"{plan.method}: {len(plan.tensors)} tensors -> {len(plan.shards)} shard(s); "
+              f"writes {plan.bytes_written} bytes")]
     for shard in plan.shards:
         lines.append(f"  {shard.file_name}: {len(shard.tensors)} tensors, {shard.n_bytes} bytes")
     for t in plan.tensors:
@@ -615,8 +615,8 @@ def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: Outpu
                 sources[file] = core_plan.add_file_source(str(file), size)
     sinks = [core_plan.add_file_sink(str(output.shard_path(s.file_name)), s.n_bytes, s.header)
              for s in plan.shards]
-    run_opts = dict(threads=threads, memory_budget=memory_budget, chunk_elems=chunk_elems,
-                    kernel=kernel)
+    run_opts = {"threads": threads, "memory_budget": memory_budget, "chunk_elems": chunk_elems,
+                "kernel": kernel}
     bar = _progress_bar(plan.bytes_written, progress)
 
     def on_progress(done, total):
