@@ -619,10 +619,12 @@ def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: Outpu
                 "kernel": kernel}
     bar = _progress_bar(plan.bytes_written, progress)
 
+    finished = [0]  # bytes of the runs already done: the bar counts across all runs
+
     def on_progress(done, total):
         if bar is not None:
-            bar.total = total
-            bar.update(done - bar.n)
+            bar.total = finished[0] + total
+            bar.update(finished[0] + done - bar.n)
 
     def src(info: TensorInfo) -> tuple[int, int, str]:
         return sources[info.file], info.offset, info.dtype
@@ -630,6 +632,7 @@ def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: Outpu
     totals = {"bytes_read": 0, "threads": 0, "chunk_elems": 0, "kernel": ""}
 
     def add(stats: dict) -> None:
+        finished[0] = bar.n if bar is not None else 0
         totals["bytes_read"] += stats["bytes_read"]
         for key in ("threads", "chunk_elems", "kernel"):
             totals[key] = stats[key] or totals[key]
