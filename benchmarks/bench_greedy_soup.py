@@ -71,8 +71,9 @@ print("RESULT", sorted(chosen), best)
 
 def make_ingredients(workdir: Path, n: int) -> list[str]:
     """``n`` perturbed copies of the model, written once and reused."""
-    import ladle
     import torch
+
+    import ladle
 
     scope: dict = {}
     code = compile(COMMON.replace("paths = sys.argv[1:]", ""), "<common>", "exec")

@@ -9,6 +9,7 @@
 #include "checksum.h"
 #include "common.h"
 #include "engine.h"
+#include "methods.h"
 #include "py_common.h"
 #include "reduce.h"
 #include "safetensors.h"
@@ -148,6 +149,121 @@ std::vector<std::vector<double>> py_dot_products(
   return ladle::dot_products(plan.plan(), dot_jobs, options);
 }
 
+// Jobs of the methods beyond a weighted sum (methods.h), run on a Plan's sources
+// and sinks: task-vector jobs and Gram reductions.
+class PyMethodJobs {
+ public:
+  using Input = std::tuple<uint32_t, uint64_t, std::string>;
+  // models: (source, offset, dtype, weight, density, rank_lo, rank_hi) per model.
+  void add_task(const std::string& name, uint64_t n_elems, uint32_t sink, uint64_t out_offset,
+                const std::string& out_dtype, const Input& base,
+                const std::vector<std::tuple<uint32_t, uint64_t, std::string, double, double,
+                                             uint64_t, uint64_t>>& models,
+                const std::string& sparsify, const std::string& consensus, bool normalize,
+                const std::string& rescale, double lambda, uint64_t seed) {
+    TaskJob job;
+    job.name = name;
+    job.n_elems = n_elems;
+    job.sink = sink;
+    job.out_offset = out_offset;
+    job.out_dtype = dtype_from(out_dtype);
+    job.base = {std::get<0>(base), std::get<1>(base), dtype_from(std::get<2>(base)), 1.0f};
+    for (const auto& [source, offset, dtype, weight, density, lo, hi] : models)
+      job.models.push_back({{source, offset, dtype_from(dtype), static_cast<float>(weight)},
+                            static_cast<float>(density), lo, hi});
+    if (sparsify == "none") job.sparsify = Sparsify::kNone;
+    else if (sparsify == "magnitude") job.sparsify = Sparsify::kMagnitude;
+    else if (sparsify == "random") job.sparsify = Sparsify::kRandom;
+    else if (sparsify == "outliers") job.sparsify = Sparsify::kOutliers;
+    else raise(ErrorKind::kValue, format("unknown sparsification '%s'", sparsify.c_str()));
+    if (consensus == "none") job.consensus = Consensus::kNone;
+    else if (consensus == "sum") job.consensus = Consensus::kSum;
+    else if (consensus == "count") job.consensus = Consensus::kCount;
+    else raise(ErrorKind::kValue, format("unknown consensus '%s'", consensus.c_str()));
+    job.normalize = normalize;
+    if (rescale == "none") job.rescale = Rescale::kNone;
+    else if (rescale == "density") job.rescale = Rescale::kDensity;
+    else if (rescale == "l1") job.rescale = Rescale::kL1;
+    else raise(ErrorKind::kValue, format("unknown rescale '%s' (none, density, l1)", rescale.c_str()));
+    job.lambda = static_cast<float>(lambda);
+    job.seed = seed;
+    job.tensor_key = tensor_key(name);
+    tasks.push_back(std::move(job));
+  }
+  void add_gram(const std::string& name, uint64_t n_elems, const std::vector<Input>& inputs,
+                int32_t base) {
+    GramJob job;
+    job.name = name;
+    job.n_elems = n_elems;
+    job.base = base;
+    for (const auto& [source, offset, dtype] : inputs)
+      job.inputs.push_back({source, offset, dtype_from(dtype), 1.0f});
+    grams.push_back(std::move(job));
+  }
+  std::vector<TaskJob> tasks;
+  std::vector<GramJob> grams;
+};
+
+EngineOptions method_options(int threads, uint64_t memory_budget, uint64_t chunk_elems,
+                             bool check_finite, const std::string& kernel) {
+  EngineOptions options;
+  options.threads = threads;
+  options.memory_budget = memory_budget;
+  options.chunk_elems = chunk_elems;
+  options.check_finite = check_finite;
+  options.kernel = kernel_from(kernel);
+  return options;
+}
+
+ProgressFn python_progress(py::object& progress) {
+  return [&progress](uint64_t done, uint64_t total) {
+    py::gil_scoped_acquire gil;
+    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    if (progress.is_none()) return true;
+    py::object keep = progress(done, total);
+    return keep.is_none() || keep.cast<bool>();
+  };
+}
+
+py::dict stats_dict(const RunStats& stats) {
+  py::dict out;
+  out["bytes_read"] = stats.bytes_read;
+  out["bytes_written"] = stats.bytes_written;
+  out["n_chunks"] = stats.n_chunks;
+  out["chunk_elems"] = stats.chunk_elems;
+  out["threads"] = stats.threads;
+  out["seconds"] = stats.seconds;
+  out["kernel"] = stats.kernel;
+  return out;
+}
+
+py::dict run_tasks(const PyPlan& plan, const PyMethodJobs& jobs, int threads,
+                   uint64_t memory_budget, uint64_t chunk_elems, bool check_finite,
+                   const std::string& kernel, py::object progress) {
+  EngineOptions options = method_options(threads, memory_budget, chunk_elems, check_finite, kernel);
+  ProgressFn on_progress = python_progress(progress);
+  RunStats stats;
+  {
+    py::gil_scoped_release release;
+    stats = run_task_jobs(plan.plan(), jobs.tasks, options, on_progress);
+  }
+  return stats_dict(stats);
+}
+
+py::tuple run_grams(const PyPlan& plan, const PyMethodJobs& jobs, int threads,
+                    uint64_t memory_budget, uint64_t chunk_elems, const std::string& kernel,
+                    py::object progress) {
+  EngineOptions options = method_options(threads, memory_budget, chunk_elems, false, kernel);
+  ProgressFn on_progress = python_progress(progress);
+  RunStats stats;
+  std::vector<std::vector<double>> grams;
+  {
+    py::gil_scoped_release release;
+    grams = run_gram_jobs(plan.plan(), jobs.grams, options, on_progress, &stats);
+  }
+  return py::make_tuple(grams, stats_dict(stats));
+}
+
 py::bytes serialize(const std::vector<std::tuple<std::string, std::string, std::vector<uint64_t>,
                                                  uint64_t, uint64_t>>& tensors,
                     const std::vector<std::pair<std::string, std::string>>& metadata) {
@@ -248,6 +364,29 @@ PYBIND11_MODULE(_core, m) {
         py::arg("memory_budget") = 256ull << 20, py::arg("chunk_elems") = 0,
         "fp64 dot products <lhs, x_k> for jobs (name, n_elems, lhs, [x_k]), each input a "
         "(source, offset, dtype) of the plan's sources; returns one list per job.");
+  py::class_<PyMethodJobs>(m, "MethodJobs")
+      .def(py::init<>())
+      .def("add_task", &PyMethodJobs::add_task, py::arg("name"), py::arg("n_elems"),
+           py::arg("sink"), py::arg("out_offset"), py::arg("out_dtype"), py::arg("base"),
+           py::arg("models"), py::arg("sparsify"), py::arg("consensus"), py::arg("normalize"),
+           py::arg("rescale"), py::arg("lambda_"), py::arg("seed"))
+      .def("add_gram", &PyMethodJobs::add_gram, py::arg("name"), py::arg("n_elems"),
+           py::arg("inputs"), py::arg("base"))
+      .def_property_readonly("n_tasks", [](const PyMethodJobs& j) { return j.tasks.size(); })
+      .def_property_readonly("n_grams", [](const PyMethodJobs& j) { return j.grams.size(); });
+  m.def("run_tasks", &run_tasks, py::arg("plan"), py::arg("jobs"), py::arg("threads") = 0,
+        py::arg("memory_budget") = 256ull << 20, py::arg("chunk_elems") = 0,
+        py::arg("check_finite") = false, py::arg("kernel") = "auto",
+        py::arg("progress") = py::none(),
+        "Run the task-vector jobs (task arithmetic, TIES, DARE, breadcrumbs) into the plan's sinks.");
+  m.def("run_grams", &run_grams, py::arg("plan"), py::arg("jobs"), py::arg("threads") = 0,
+        py::arg("memory_budget") = 256ull << 20, py::arg("chunk_elems") = 0,
+        py::arg("kernel") = "auto", py::arg("progress") = py::none(),
+        "Streamed fp64 Gram matrices of the Gram jobs; returns (grams, stats).");
+  m.def("tensor_key", &tensor_key, py::arg("name"), "FNV-1a 64 of a tensor name (DARE's key).");
+  m.def("dare_u24", &dare_u24, py::arg("seed"), py::arg("key"), py::arg("model"),
+        py::arg("elem"), "DARE's counter-based draw in [0, 2^24) for one element.");
+
   m.def("run", &run, py::arg("plan"), py::arg("threads") = 0,
         py::arg("memory_budget") = 256ull << 20, py::arg("chunk_elems") = 0,
         py::arg("check_finite") = false, py::arg("kernel") = "auto",

@@ -10,7 +10,7 @@ Example:
 
 from __future__ import annotations
 
-from . import errors
+from . import errors, methods
 from ._core import build_info
 from .checkpoint import Checkpoint, TensorInfo
 from .checkpoint import open_checkpoint as open
@@ -46,7 +46,7 @@ __all__ = [
     "BackendError", "CancelledError", "Checkpoint", "FormatError", "LadleError",
     "LadleIOError", "LadleValueError", "MergeReport", "MismatchError", "NonFiniteError",
     "TensorInfo", "build_info", "cuda_available", "cuda_info", "errors", "interpolate", "merge",
-    "open", "soup",
+    "methods", "open", "soup",
 ]
 # live models and soups
 __all__ += [

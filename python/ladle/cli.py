@@ -38,11 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ladle", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("merge", help="weighted sum of checkpoints (or WiSE-FT with --alpha)")
-    p.add_argument("checkpoints", nargs="+")
+    p = sub.add_parser("merge", help="weighted sum of checkpoints (or WiSE-FT with --alpha), "
+                       "or a mergekit-style recipe with --config")
+    p.add_argument("checkpoints", nargs="*")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--weights", type=float, nargs="+", help="one weight per checkpoint")
     group.add_argument("--alpha", type=float, help="WiSE-FT: (1-alpha)*THETA0 + alpha*THETA1")
+    group.add_argument("--config", help="mergekit-style YAML recipe (ties, dare_ties, slerp, ...)")
     _add_common(p)
 
     p = sub.add_parser("soup", help="uniform (or normalised weighted) average of checkpoints")
@@ -114,7 +116,21 @@ def _dispatch(args: argparse.Namespace) -> int:
                "device": args.device}
     if args.resume:
         options["resume"] = True
-    if args.command == "soup":
+    if args.command == "merge" and args.config is not None:
+        from .recipe import load_recipe, run_recipe
+
+        if args.checkpoints:
+            raise LadleError("--config takes the models from the recipe; do not also list "
+                             f"checkpoints ({' '.join(args.checkpoints)})")
+        recipe = load_recipe(args.config)
+        if args.dtype is None:
+            del options["dtype"]
+        if options.pop("device") != "cpu" or options.pop("resume", False):
+            raise LadleError("--config recipes run on the CPU engine without --resume")
+        report = run_recipe(recipe, args.out, **options)
+    elif not args.checkpoints:
+        raise LadleError(f"{args.command}: no checkpoints given")
+    elif args.command == "soup":
         report = soup(args.checkpoints, args.out, weights=args.weights, **options)
     elif args.alpha is not None:
         if len(args.checkpoints) != 2:

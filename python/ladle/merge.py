@@ -18,7 +18,7 @@ from ._units import parse_size
 from .checkpoint import Checkpoint, open_checkpoint
 from .cuda import parse_device
 from .errors import LadleValueError
-from .output import OutputDir
+from .output import OutputDir, write_atomically
 from .plan import MergePlan, build_plan, check_weights, describe
 
 PathLike = str | os.PathLike
@@ -118,28 +118,19 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
         return MergeReport(None, len(plan.tensors), len(plan.shards), plan.bytes_read,
                            plan.bytes_written, 0.0, plan=plan)
     t0 = time.perf_counter()
-    output.check_destination()
-    output.lock()
-    try:
-        output.create(plan_hash(plan, ckpts), resume=resume)
-        try:
-            stats = execute(plan, ckpts, output, threads=threads,
-                            memory_budget=parse_size(memory_budget), check_finite=check_finite,
-                            progress=progress, kernel=kernel, device=device)
-            if plan.sharded:
-                output.write_index(
-                    {t.name: plan.shards[t.shard].file_name for t in plan.tensors},
-                    sum(t.n_bytes for t in plan.tensors))
-            output.copy_extra_files(ckpts[0].extra_files)
-            dest = output.commit()
-        except KeyboardInterrupt:
-            output.abort(keep_finished=True)  # finished shards stay for resume=True
-            raise
-        except BaseException:
-            output.abort()
-            raise
-    finally:
-        output.unlock()
+
+    def work(output: OutputDir) -> dict:
+        stats = execute(plan, ckpts, output, threads=threads,
+                        memory_budget=parse_size(memory_budget), check_finite=check_finite,
+                        progress=progress, kernel=kernel, device=device)
+        if plan.sharded:
+            output.write_index({t.name: plan.shards[t.shard].file_name for t in plan.tensors},
+                               sum(t.n_bytes for t in plan.tensors))
+        output.copy_extra_files(ckpts[0].extra_files)
+        return stats
+
+    stats, dest = write_atomically(output, work, plan_hash=plan_hash(plan, ckpts),
+                                   resume=resume)
     return MergeReport(dest, len(plan.tensors), len(plan.shards), stats["bytes_read"],
                        plan.bytes_written, time.perf_counter() - t0, stats["threads"],
                        stats["chunk_elems"], stats["kernel"], plan)

@@ -20,12 +20,14 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from . import _core
 from .errors import LadleIOError, LadleValueError
 
+T = TypeVar("T")
 PARTIAL_SUFFIX = ".ladle-partial"
 LOCK_SUFFIX = ".ladle-lock"
 MANIFEST_NAME = ".ladle-manifest.json"
@@ -282,6 +284,30 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return False
     raise LadleIOError(err, f"{b}: cannot swap in the new output: {os.strerror(err)}")
+
+
+def write_atomically(output: OutputDir, work: Callable[[OutputDir], T], *,
+                     plan_hash: str = "", resume: bool = False) -> tuple[T, Path]:
+    """The one way outputs are written: lock the destination, create the partial
+    directory, run ``work(output)`` (which fills it: shards, index, extra files),
+    then commit. Any failure removes the partial directory; an interrupt keeps
+    its finished shards for ``resume``. Returns ``(work's result, dest)``.
+    """
+    output.check_destination()
+    output.lock()
+    try:
+        output.create(plan_hash, resume=resume)
+        try:
+            result = work(output)
+            return result, output.commit()
+        except KeyboardInterrupt:
+            output.abort(keep_finished=True)  # finished shards stay for resume=True
+            raise
+        except BaseException:
+            output.abort()
+            raise
+    finally:
+        output.unlock()
 
 
 def _fsync_file(path: Path) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from . import _core
 from ._units import parse_size
 from .errors import LadleValueError
-from .output import OutputDir
+from .output import OutputDir, write_atomically
 from .plan import OutputTensor, _assign_shards, build_plan, check_weights, describe
 from .sources import TensorRef, TensorSet, open_input
 
@@ -56,8 +56,8 @@ def write_tensors(out: PathLike, tensors: Sequence[OutputTensor], sets: Sequence
             [(t.name, t.dtype, list(t.shape), t.offset, t.offset + t.n_bytes)
              for t in shard.tensors], list(meta.items()))
     t0 = time.perf_counter()
-    output.create()
-    try:
+
+    def work(output: OutputDir) -> dict:
         plan = _core.Plan()
         registry: dict[Hashable, int] = {}
         for s in sets:
@@ -77,10 +77,9 @@ def write_tensors(out: PathLike, tensors: Sequence[OutputTensor], sets: Sequence
         if len(shards) > 1:
             output.write_index({t.name: shards[t.shard].file_name for t in tensors},
                                sum(t.n_bytes for t in tensors))
-        dest = output.commit()
-    except BaseException:
-        output.abort()
-        raise
+        return stats
+
+    stats, dest = write_atomically(output, work)
     return {"out": dest, "n_tensors": len(tensors), "n_shards": len(shards),
             "bytes_read": stats["bytes_read"], "bytes_written": stats["bytes_written"],
             "seconds": time.perf_counter() - t0}

@@ -1,0 +1,892 @@
+// CPU implementation of methods.h: a small chunk pool, rank selection by
+// histograms of fp32 bit patterns (two 16-bit radix passes, then a tie count per
+// tile), the per-element task-vector program and the tiled fp64 Gram reduction.
+#include "methods.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "common.h"
+#include "kernels.h"
+#include "safetensors.h"
+
+namespace ladle {
+namespace {
+
+constexpr uint64_t kTile = kMethodTileElems;
+constexpr uint32_t kHiBins = 1u << 15;  // (|x| bits) >> 16; the sign bit is cleared
+constexpr uint32_t kLoBins = 1u << 16;  // (|x| bits) & 0xFFFF inside the chosen high bin
+constexpr uint64_t kBatchStateBytes = 64ull << 20;  // histograms/partials held at once
+constexpr uint64_t kMinChunkElems = 16 * 1024;
+constexpr uint64_t kMaxChunkElems = 16ull << 20;
+
+uint64_t item_n_bytes(DType dtype) { return static_cast<uint64_t>(dtype_bits(dtype) / 8); }
+
+inline uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+inline uint64_t dare_stream(uint64_t seed, uint64_t key, uint32_t model) {
+  return mix64(mix64(mix64(seed) ^ key) ^ (static_cast<uint64_t>(model) + 1));
+}
+
+inline uint32_t dare_draw(uint64_t stream, uint64_t elem) {
+  return static_cast<uint32_t>(mix64(stream + (elem + 1) * 0x9E3779B97F4A7C15ull) >> 40);
+}
+
+inline uint32_t abs_bits(float x) { return bits_from_f32(x) & 0x7FFFFFFFu; }
+
+struct Item {
+  uint32_t job;
+  uint64_t first_elem;
+  uint64_t n_elems;
+};
+
+// Runs items on a pool of threads: prefetches the inputs of the item a thread will
+// likely take next, releases them behind, reports progress from the calling thread
+// and stops every worker at the first error or a cancelled progress callback.
+class ChunkPool {
+ public:
+  ChunkPool(const Plan& plan, int threads, const ProgressFn& progress, uint64_t total_bytes)
+      : plan_(plan), threads_(threads), progress_(progress), total_(total_bytes) {}
+
+  void run(const std::vector<Item>& items, const std::vector<std::vector<JobInput>>& inputs,
+           const std::function<void(const Item&, int)>& fn) {
+    if (items.empty()) return;
+    std::atomic<uint64_t> next{0};
+    std::mutex mu;
+    std::condition_variable cv;
+    int finished = 0;
+    int n_threads = static_cast<int>(std::min<uint64_t>(threads_, items.size()));
+    auto work = [&](int thread) {
+      try {
+        while (!cancelled_.load()) {
+          uint64_t index = next.fetch_add(1);
+          if (index >= items.size()) break;
+          if (index + n_threads < items.size()) touch(items[index + n_threads], inputs, true);
+          const Item& item = items[index];
+          fn(item, thread);
+          touch(item, inputs, false);
+          uint64_t n_bytes = 0;
+          for (const JobInput& in : inputs[item.job]) n_bytes += item.n_elems * item_n_bytes(in.dtype);
+          done_.fetch_add(n_bytes);
+          read_.fetch_add(n_bytes);
+        }
+      } catch (...) {
+        record(std::current_exception());
+      }
+      std::lock_guard<std::mutex> guard(mu);
+      ++finished;
+      cv.notify_all();
+    };
+    std::vector<std::thread> workers;
+    for (int t = 0; t < n_threads; ++t) workers.emplace_back(work, t);
+    std::unique_lock<std::mutex> lock(mu);
+    while (finished < n_threads) {
+      cv.wait_for(lock, std::chrono::milliseconds(100));
+      lock.unlock();
+      report();
+      lock.lock();
+    }
+    lock.unlock();
+    for (auto& w : workers) w.join();
+    if (error_) std::rethrow_exception(error_);
+  }
+
+  // Counts bytes of a pass that turned out to be unnecessary as done.
+  void skip(uint64_t n_bytes) { done_.fetch_add(n_bytes); }
+  void finish() {
+    if (progress_) progress_(total_, total_);
+  }
+  uint64_t bytes_read() const { return read_.load(); }
+
+ private:
+  void touch(const Item& item, const std::vector<std::vector<JobInput>>& inputs,
+             bool prefetch) const {
+    for (const JobInput& in : inputs[item.job]) {
+      const Source& src = plan_.sources[in.source];
+      if (!src.file) continue;
+      uint64_t size = item_n_bytes(in.dtype);
+      uint64_t offset = in.offset + item.first_elem * size;
+      if (prefetch) src.file->prefetch(offset, item.n_elems * size);
+      else src.file->release(offset, item.n_elems * size);
+    }
+  }
+
+  void report() {
+    if (!progress_) return;
+    bool keep_going = true;
+    try {
+      keep_going = progress_(std::min(done_.load(), total_), total_);
+    } catch (...) {
+      record(std::current_exception());
+    }
+    if (!keep_going) record(std::make_exception_ptr(Error(ErrorKind::kCancelled, "merge cancelled")));
+  }
+
+  void record(std::exception_ptr e) {
+    std::lock_guard<std::mutex> guard(error_mu_);
+    if (!error_) error_ = e;
+    cancelled_.store(true);
+  }
+
+  const Plan& plan_;
+  int threads_;
+  const ProgressFn& progress_;
+  uint64_t total_;
+  std::atomic<uint64_t> done_{0};
+  std::atomic<uint64_t> read_{0};
+  std::atomic<bool> cancelled_{false};
+  std::mutex error_mu_;
+  std::exception_ptr error_;
+};
+
+int resolve_threads(const EngineOptions& options) {
+  return options.threads > 0 ? options.threads
+                             : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+// Chunk length: a whole number of tiles, derived from the budget like the engine's.
+uint64_t method_chunk_elems(uint64_t per_elem_bytes, const EngineOptions& options, int threads) {
+  uint64_t chunk = options.chunk_elems;
+  if (chunk == 0) {
+    chunk = options.memory_budget / (static_cast<uint64_t>(threads) * std::max<uint64_t>(1, per_elem_bytes));
+    chunk = std::clamp(chunk / 4096 * 4096, kMinChunkElems, kMaxChunkElems);
+  }
+  return (chunk + kTile - 1) / kTile * kTile;
+}
+
+const uint8_t* input_ptr(const Plan& plan, const JobInput& in, uint64_t elem) {
+  return plan.sources[in.source].base + in.offset + elem * item_n_bytes(in.dtype);
+}
+
+void check_input(const Plan& plan, const std::string& name, const JobInput& in, uint64_t n_elems) {
+  const Source& src = plan.sources.at(in.source);
+  LADLE_CHECK(dtype_is_mergeable(in.dtype), ErrorKind::kValue,
+              "%s: tensor '%s': dtype %s cannot be merged arithmetically", src.label.c_str(),
+              name.c_str(), dtype_name(in.dtype));
+  uint64_t n_bytes = tensor_n_bytes(in.dtype, n_elems, "tensor '" + name + "'");
+  LADLE_CHECK(in.offset <= src.n_bytes && n_bytes <= src.n_bytes - in.offset, ErrorKind::kFormat,
+              "%s: tensor '%s': byte range [%llu, +%llu) exceeds the %llu bytes available",
+              src.label.c_str(), name.c_str(), (unsigned long long)in.offset,
+              (unsigned long long)n_bytes, (unsigned long long)src.n_bytes);
+}
+
+void check_source_index(const Plan& plan, const std::string& name, const JobInput& in) {
+  LADLE_CHECK(in.source < plan.sources.size(), ErrorKind::kValue,
+              "tensor '%s': source index %u out of range", name.c_str(), in.source);
+}
+
+// ---------------------------------------------------------------------------
+// Rank selection. "rank < r" for an element means: fewer than r elements come
+// before it in the order (|delta| descending, then index ascending). With T the
+// |delta| bit pattern at rank r, it holds when bits > T, or bits == T and fewer
+// than ties_keep = r - #(bits > T) elements equal to T precede it.
+
+struct Selection {
+  uint64_t rank = 0;
+  bool none = true;   // rank == 0: no element is below it
+  bool all = false;   // rank >= n: every element is
+  uint32_t hi_bin = 0;
+  uint64_t above_hi = 0;  // elements in higher bins than hi_bin
+  uint32_t threshold = 0;
+  uint64_t ties_keep = 0;
+  uint64_t n_equal = 0;
+  bool need_ties = false;  // some, not all, elements equal to T are below the rank
+  std::vector<uint64_t> hist_lo;
+  std::vector<uint64_t> tie_prefix;  // per tile: elements equal to T in earlier tiles
+
+  void init(uint64_t r, uint64_t n) {
+    rank = r;
+    none = r == 0;
+    all = r >= n;
+  }
+  bool active() const { return !none && !all; }
+};
+
+// Evaluates "rank < r" element by element, in index order, within one tile.
+struct RankCursor {
+  const Selection* sel;
+  uint64_t ties_seen;
+  RankCursor(const Selection& s, uint64_t tile)
+      : sel(&s), ties_seen(s.need_ties ? s.tie_prefix[tile] : 0) {}
+  inline bool below(uint32_t bits) {
+    if (sel->all) return true;
+    if (sel->none) return false;
+    if (bits != sel->threshold) return bits > sel->threshold;
+    return ties_seen++ < sel->ties_keep;
+  }
+};
+
+struct ModelState {
+  std::vector<uint64_t> hist_hi;
+  Selection lo, hi;  // kept: !(rank < lo.rank) && (rank < hi.rank)
+  std::vector<double> l1_before, l1_after;  // Rescale::kL1: per-tile partial sums
+  bool scaled = false;
+  float scale = 1.0f;
+  bool selects() const { return lo.active() || hi.active(); }
+};
+
+struct JobState {
+  std::mutex mu;
+  std::vector<ModelState> models;
+  bool selects = false;
+};
+
+// Per-thread scratch.
+struct TaskScratch {
+  std::vector<float> base, x, wd;  // wd: n_models tiles of weighted deltas
+  std::vector<uint32_t> hist;      // pass 1: n_models * kHiBins; pass 2: 2 * n_models * kLoBins
+  std::vector<uint8_t> out;
+};
+
+class TaskRunner {
+ public:
+  TaskRunner(const Plan& plan, const std::vector<TaskJob>& jobs, const EngineOptions& options)
+      : plan_(plan), jobs_(jobs), options_(options), kernels_(select_kernels(options.kernel)),
+        threads_(resolve_threads(options)) {}
+
+  RunStats run(const ProgressFn& progress) {
+    auto t0 = std::chrono::steady_clock::now();
+    uint64_t per_elem = 1, total = 0;
+    size_t max_models = 1;
+    inputs_.resize(jobs_.size());
+    for (size_t j = 0; j < jobs_.size(); ++j) {
+      const TaskJob& job = jobs_[j];
+      inputs_[j].push_back(job.base);
+      for (const TaskModel& m : job.models) inputs_[j].push_back(m.input);
+      uint64_t bytes = item_n_bytes(job.out_dtype), read = 0;
+      for (const JobInput& in : inputs_[j]) {
+        bytes += 2 * item_n_bytes(in.dtype);
+        read += job.n_elems * item_n_bytes(in.dtype);
+      }
+      per_elem = std::max(per_elem, bytes);
+      max_models = std::max(max_models, job.models.size());
+      bool selects = job.sparsify == Sparsify::kMagnitude || job.sparsify == Sparsify::kOutliers;
+      bool norms = job.rescale == Rescale::kL1 && job.sparsify != Sparsify::kNone;
+      total += read * ((selects ? 4 : 1) + (norms ? 1 : 0));
+    }
+    chunk_elems_ = method_chunk_elems(per_elem, options_, threads_);
+    pool_ = std::make_unique<ChunkPool>(plan_, threads_, progress, total);
+    scratch_.resize(threads_);
+    for (TaskScratch& s : scratch_) {
+      s.base.resize(kTile);
+      s.x.resize(kTile);
+      s.wd.resize(kTile * max_models);
+    }
+    // Batches of consecutive jobs whose selection state fits kBatchStateBytes.
+    size_t begin = 0;
+    while (begin < jobs_.size()) {
+      size_t end = begin;
+      uint64_t state_bytes = 0;
+      while (end < jobs_.size()) {
+        uint64_t bytes = selection_bytes(jobs_[end]);
+        if (end > begin && state_bytes + bytes > kBatchStateBytes) break;
+        state_bytes += bytes;
+        ++end;
+      }
+      run_batch(begin, end);
+      begin = end;
+    }
+    pool_->finish();
+    RunStats stats;
+    for (const TaskJob& job : jobs_) {
+      stats.bytes_written += job.n_elems * item_n_bytes(job.out_dtype);
+      for (uint64_t f = 0; f < job.n_elems; f += chunk_elems_) ++stats.n_chunks;
+    }
+    stats.bytes_read = pool_->bytes_read();
+    stats.chunk_elems = chunk_elems_;
+    stats.threads = threads_;
+    stats.kernel = kernels_.name;
+    stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return stats;
+  }
+
+  static void validate(const Plan& plan, const TaskJob& job) {
+    check_source_index(plan, job.name, job.base);
+    check_input(plan, job.name, job.base, job.n_elems);
+    for (const TaskModel& m : job.models) {
+      check_source_index(plan, job.name, m.input);
+      check_input(plan, job.name, m.input, job.n_elems);
+      LADLE_CHECK(m.input.weight == m.input.weight, ErrorKind::kValue, "tensor '%s': NaN weight",
+                  job.name.c_str());
+      LADLE_CHECK(m.density >= 0.0f && m.density <= 1.0f, ErrorKind::kValue,
+                  "tensor '%s': density %g outside [0, 1]", job.name.c_str(), (double)m.density);
+      LADLE_CHECK(m.rank_lo <= m.rank_hi && m.rank_hi <= job.n_elems, ErrorKind::kValue,
+                  "tensor '%s': kept rank range [%llu, %llu) outside [0, %llu]", job.name.c_str(),
+                  (unsigned long long)m.rank_lo, (unsigned long long)m.rank_hi,
+                  (unsigned long long)job.n_elems);
+    }
+    LADLE_CHECK(job.sink < plan.sinks.size(), ErrorKind::kValue,
+                "tensor '%s': sink index %u out of range", job.name.c_str(), job.sink);
+    LADLE_CHECK(dtype_is_mergeable(job.out_dtype), ErrorKind::kValue,
+                "tensor '%s': cannot write merged values as %s", job.name.c_str(),
+                dtype_name(job.out_dtype));
+    const Sink& sink = plan.sinks[job.sink];
+    uint64_t out_n_bytes = tensor_n_bytes(job.out_dtype, job.n_elems, "tensor '" + job.name + "'");
+    LADLE_CHECK(job.out_offset <= sink.n_bytes && out_n_bytes <= sink.n_bytes - job.out_offset,
+                ErrorKind::kValue, "tensor '%s': output range [%llu, +%llu) exceeds %s of %llu bytes",
+                job.name.c_str(), (unsigned long long)job.out_offset,
+                (unsigned long long)out_n_bytes, sink.label.c_str(),
+                (unsigned long long)sink.n_bytes);
+  }
+
+ private:
+  static bool selects(const TaskJob& job) {
+    return job.sparsify == Sparsify::kMagnitude || job.sparsify == Sparsify::kOutliers;
+  }
+
+  static uint64_t selection_bytes(const TaskJob& job) {
+    if (!selects(job)) return 0;
+    return job.models.size() * (kHiBins + 2ull * kLoBins) * sizeof(uint64_t) +
+           job.models.size() * 2 * (job.n_elems / kTile + 1) * sizeof(uint64_t);
+  }
+
+  uint64_t job_read_bytes(size_t j) const {
+    uint64_t n = 0;
+    for (const JobInput& in : inputs_[j]) n += jobs_[j].n_elems * item_n_bytes(in.dtype);
+    return n;
+  }
+
+  std::vector<Item> items_of(size_t begin, size_t end, const std::function<bool(size_t)>& want) {
+    std::vector<Item> items;
+    for (size_t j = begin; j < end; ++j) {
+      if (!want(j)) continue;
+      const TaskJob& job = jobs_[j];
+      for (uint64_t f = 0; f < job.n_elems; f += chunk_elems_)
+        items.push_back({static_cast<uint32_t>(j), f, std::min(chunk_elems_, job.n_elems - f)});
+    }
+    return items;
+  }
+
+  void load(const JobInput& in, uint64_t elem, size_t n, float* dst) const {
+    kernels_.accumulate(in.dtype, input_ptr(plan_, in, elem), 1.0f, dst, n, true);
+  }
+
+  void run_batch(size_t begin, size_t end) {
+    states_.clear();
+    states_.reserve(end - begin);
+    for (size_t j = begin; j < end; ++j) {
+      states_.push_back(std::make_unique<JobState>());
+      JobState& st = *states_.back();
+      const TaskJob& job = jobs_[j];
+      st.models.resize(job.models.size());
+      for (size_t k = 0; k < job.models.size(); ++k) {
+        ModelState& ms = st.models[k];
+        if (selects(job)) {
+          ms.lo.init(job.models[k].rank_lo, job.n_elems);
+          ms.hi.init(job.models[k].rank_hi, job.n_elems);
+        } else {
+          ms.lo.init(0, job.n_elems);
+          ms.hi.init(job.n_elems, job.n_elems);
+        }
+        st.selects = st.selects || ms.selects();
+      }
+    }
+    batch_begin_ = begin;
+    auto selecting = [&](size_t j) { return states_[j - begin]->selects; };
+    // Pass 1: histogram of the high 16 bits of |delta|.
+    for (size_t j = begin; j < end; ++j)
+      for (ModelState& ms : states_[j - begin]->models)
+        if (ms.selects()) ms.hist_hi.assign(kHiBins, 0);
+    pool_->run(items_of(begin, end, selecting), inputs_,
+              [this](const Item& item, int t) { histogram_hi(item, &scratch_[t]); });
+    for (size_t j = begin; j < end; ++j) {
+      for (ModelState& ms : states_[j - begin]->models) {
+        pick_hi_bin(ms, &ms.lo);
+        pick_hi_bin(ms, &ms.hi);
+        std::vector<uint64_t>().swap(ms.hist_hi);
+      }
+    }
+    // Pass 2: histogram of the low 16 bits inside each selection's high bin.
+    pool_->run(items_of(begin, end, selecting), inputs_,
+              [this](const Item& item, int t) { histogram_lo(item, &scratch_[t]); });
+    bool any_ties = false;
+    for (size_t j = begin; j < end; ++j) {
+      for (ModelState& ms : states_[j - begin]->models) {
+        for (Selection* s : {&ms.lo, &ms.hi}) {
+          pick_threshold(s);
+          if (s->need_ties) s->tie_prefix.assign(jobs_[j].n_elems / kTile + 1, 0);
+          any_ties = any_ties || s->need_ties;
+        }
+      }
+    }
+    // Pass 3: elements equal to the threshold, per tile, when only some are kept.
+    auto tying = [&](size_t j) {
+      for (ModelState& ms : states_[j - begin]->models)
+        if (ms.lo.need_ties || ms.hi.need_ties) return true;
+      return false;
+    };
+    for (size_t j = begin; j < end; ++j)
+      if (selecting(j) && !tying(j)) pool_->skip(job_read_bytes(j));
+    if (any_ties) {
+      pool_->run(items_of(begin, end, tying), inputs_,
+                [this](const Item& item, int t) { count_ties(item, &scratch_[t]); });
+      for (size_t j = begin; j < end; ++j) {
+        for (ModelState& ms : states_[j - begin]->models) {
+          for (Selection* s : {&ms.lo, &ms.hi}) {
+            uint64_t before = 0;
+            for (uint64_t& c : s->tie_prefix) {
+              uint64_t here = c;
+              c = before;
+              before += here;
+            }
+          }
+        }
+      }
+    }
+    // Pass 4 (Rescale::kL1): L1 norms of every delta before and after sparsification.
+    auto norming = [&](size_t j) {
+      return jobs_[j].rescale == Rescale::kL1 && jobs_[j].sparsify != Sparsify::kNone;
+    };
+    bool any_norms = false;
+    for (size_t j = begin; j < end; ++j) {
+      if (!norming(j)) continue;
+      any_norms = true;
+      for (ModelState& ms : states_[j - begin]->models) {
+        ms.l1_before.assign(jobs_[j].n_elems / kTile + 1, 0.0);
+        ms.l1_after.assign(jobs_[j].n_elems / kTile + 1, 0.0);
+      }
+    }
+    if (any_norms) {
+      pool_->run(items_of(begin, end, norming), inputs_,
+                 [this](const Item& item, int t) { l1_norms(item, &scratch_[t]); });
+      for (size_t j = begin; j < end; ++j) {
+        if (!norming(j)) continue;
+        for (ModelState& ms : states_[j - begin]->models) {
+          double before = 0.0, after = 0.0;
+          for (double v : ms.l1_before) before += v;
+          for (double v : ms.l1_after) after += v;
+          ms.scaled = !(before < 1e-7 || after < 1e-7);
+          ms.scale = static_cast<float>(before / after);
+          std::vector<double>().swap(ms.l1_before);
+          std::vector<double>().swap(ms.l1_after);
+        }
+      }
+    }
+    // Pass 5: the per-element program.
+    pool_->run(items_of(begin, end, [](size_t) { return true; }), inputs_,
+              [this](const Item& item, int t) { apply(item, &scratch_[t]); });
+  }
+
+  // Walks bins from the top down to the one holding rank r.
+  static void pick_hi_bin(const ModelState& ms, Selection* s) {
+    if (!s->active()) return;
+    uint64_t cum = 0;
+    for (uint32_t b = kHiBins; b-- > 0;) {
+      if (cum + ms.hist_hi[b] > s->rank) {
+        s->hi_bin = b;
+        s->above_hi = cum;
+        s->hist_lo.assign(kLoBins, 0);
+        return;
+      }
+      cum += ms.hist_hi[b];
+    }
+    raise(ErrorKind::kValue, "internal: rank beyond histogram");
+  }
+
+  static void pick_threshold(Selection* s) {
+    if (!s->active()) return;
+    uint64_t cum = s->above_hi;
+    for (uint32_t b = kLoBins; b-- > 0;) {
+      if (cum + s->hist_lo[b] > s->rank) {
+        s->threshold = (s->hi_bin << 16) | b;
+        s->n_equal = s->hist_lo[b];
+        s->ties_keep = s->rank - cum;
+        s->need_ties = s->ties_keep > 0 && s->ties_keep < s->n_equal;
+        std::vector<uint64_t>().swap(s->hist_lo);
+        return;
+      }
+      cum += s->hist_lo[b];
+    }
+    raise(ErrorKind::kValue, "internal: rank beyond histogram");
+  }
+
+  // delta = x_k - base for one tile into s->x.
+  void load_delta(const TaskJob& job, size_t k, uint64_t elem, size_t n, TaskScratch* s) const {
+    load(job.models[k].input, elem, n, s->x.data());
+    for (size_t i = 0; i < n; ++i) s->x[i] = s->x[i] - s->base[i];
+  }
+
+  void histogram_hi(const Item& item, TaskScratch* s) {
+    const TaskJob& job = jobs_[item.job];
+    JobState& st = *states_[item.job - batch_begin_];
+    size_t n_models = job.models.size();
+    s->hist.assign(n_models * kHiBins, 0);
+    for (uint64_t t = 0; t < item.n_elems; t += kTile) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
+      uint64_t elem = item.first_elem + t;
+      load(job.base, elem, n, s->base.data());
+      for (size_t k = 0; k < n_models; ++k) {
+        if (!st.models[k].selects()) continue;
+        load_delta(job, k, elem, n, s);
+        uint32_t* h = s->hist.data() + k * kHiBins;
+        for (size_t i = 0; i < n; ++i) ++h[abs_bits(s->x[i]) >> 16];
+      }
+    }
+    std::lock_guard<std::mutex> guard(st.mu);
+    for (size_t k = 0; k < n_models; ++k) {
+      if (!st.models[k].selects()) continue;
+      const uint32_t* h = s->hist.data() + k * kHiBins;
+      uint64_t* g = st.models[k].hist_hi.data();
+      for (uint32_t b = 0; b < kHiBins; ++b) g[b] += h[b];
+    }
+  }
+
+  void histogram_lo(const Item& item, TaskScratch* s) {
+    const TaskJob& job = jobs_[item.job];
+    JobState& st = *states_[item.job - batch_begin_];
+    size_t n_models = job.models.size();
+    s->hist.assign(2 * n_models * kLoBins, 0);
+    for (uint64_t t = 0; t < item.n_elems; t += kTile) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
+      uint64_t elem = item.first_elem + t;
+      load(job.base, elem, n, s->base.data());
+      for (size_t k = 0; k < n_models; ++k) {
+        ModelState& ms = st.models[k];
+        if (!ms.selects()) continue;
+        load_delta(job, k, elem, n, s);
+        int which = 0;
+        for (const Selection* sel : {&ms.lo, &ms.hi}) {
+          uint32_t* h = s->hist.data() + (2 * k + which++) * kLoBins;
+          if (!sel->active()) continue;
+          for (size_t i = 0; i < n; ++i) {
+            uint32_t bits = abs_bits(s->x[i]);
+            if ((bits >> 16) == sel->hi_bin) ++h[bits & 0xFFFFu];
+          }
+        }
+      }
+    }
+    std::lock_guard<std::mutex> guard(st.mu);
+    for (size_t k = 0; k < n_models; ++k) {
+      ModelState& ms = st.models[k];
+      int which = 0;
+      for (Selection* sel : {&ms.lo, &ms.hi}) {
+        const uint32_t* h = s->hist.data() + (2 * k + which++) * kLoBins;
+        if (!sel->active()) continue;
+        for (uint32_t b = 0; b < kLoBins; ++b) sel->hist_lo[b] += h[b];
+      }
+    }
+  }
+
+  void count_ties(const Item& item, TaskScratch* s) {
+    const TaskJob& job = jobs_[item.job];
+    JobState& st = *states_[item.job - batch_begin_];
+    for (uint64_t t = 0; t < item.n_elems; t += kTile) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
+      uint64_t elem = item.first_elem + t;
+      load(job.base, elem, n, s->base.data());
+      for (size_t k = 0; k < job.models.size(); ++k) {
+        ModelState& ms = st.models[k];
+        if (!ms.lo.need_ties && !ms.hi.need_ties) continue;
+        load_delta(job, k, elem, n, s);
+        for (Selection* sel : {&ms.lo, &ms.hi}) {
+          if (!sel->need_ties) continue;
+          uint64_t count = 0;
+          for (size_t i = 0; i < n; ++i) count += abs_bits(s->x[i]) == sel->threshold;
+          sel->tie_prefix[elem / kTile] = count;  // each tile is written by one thread
+        }
+      }
+    }
+  }
+
+  // Sparsifies one tile of model k's delta in place: dropped elements become +0,
+  // kept ones are rescaled (when `rescale` and the job asks for it).
+  static void sparsify_tile(const TaskJob& job, size_t k, const ModelState& ms, uint64_t elem,
+                            size_t n, float* d, bool rescale) {
+    const TaskModel& m = job.models[k];
+    if (job.sparsify == Sparsify::kRandom) {
+      uint64_t stream = dare_stream(job.seed, job.tensor_key, static_cast<uint32_t>(k));
+      bool by_density = rescale && job.rescale == Rescale::kDensity;
+      for (size_t i = 0; i < n; ++i) {
+        bool keep = static_cast<float>(dare_draw(stream, elem + i)) * 0x1p-24f < m.density;
+        d[i] = keep ? (by_density ? d[i] / m.density : d[i]) : 0.0f;
+      }
+    } else if (job.sparsify != Sparsify::kNone) {
+      RankCursor lo(ms.lo, elem / kTile), hi(ms.hi, elem / kTile);
+      for (size_t i = 0; i < n; ++i) {
+        uint32_t bits = abs_bits(d[i]);
+        bool below_lo = lo.below(bits);
+        bool below_hi = hi.below(bits);
+        d[i] = (!below_lo && below_hi) ? d[i] : 0.0f;
+      }
+    }
+    if (rescale && ms.scaled) {
+      for (size_t i = 0; i < n; ++i) d[i] = d[i] * ms.scale;
+    }
+  }
+
+  void l1_norms(const Item& item, TaskScratch* s) {
+    const TaskJob& job = jobs_[item.job];
+    JobState& st = *states_[item.job - batch_begin_];
+    for (uint64_t t = 0; t < item.n_elems; t += kTile) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
+      uint64_t elem = item.first_elem + t;
+      load(job.base, elem, n, s->base.data());
+      for (size_t k = 0; k < job.models.size(); ++k) {
+        ModelState& ms = st.models[k];
+        load_delta(job, k, elem, n, s);
+        double before = 0.0, after = 0.0;
+        for (size_t i = 0; i < n; ++i) before += std::fabs(static_cast<double>(s->x[i]));
+        sparsify_tile(job, k, ms, elem, n, s->x.data(), false);
+        for (size_t i = 0; i < n; ++i) after += std::fabs(static_cast<double>(s->x[i]));
+        ms.l1_before[elem / kTile] = before;  // each tile is written by one thread
+        ms.l1_after[elem / kTile] = after;
+      }
+    }
+  }
+
+  void apply(const Item& item, TaskScratch* s) {
+    const TaskJob& job = jobs_[item.job];
+    JobState& st = *states_[item.job - batch_begin_];
+    const Sink& sink = plan_.sinks[job.sink];
+    size_t n_models = job.models.size();
+    uint64_t out_size = item_n_bytes(job.out_dtype);
+    uint64_t out_offset = job.out_offset + item.first_elem * out_size;
+    uint64_t out_n_bytes = item.n_elems * out_size;
+    uint8_t* out;
+    if (sink.writer) {
+      if (s->out.size() < out_n_bytes) s->out.resize(out_n_bytes);
+      out = s->out.data();
+    } else {
+      out = sink.base + out_offset;
+    }
+    // Unmasked divisor: the weights summed in model order (fp32).
+    float weight_sum = 0.0f;
+    for (const TaskModel& m : job.models) weight_sum = weight_sum + m.input.weight;
+    float plain_divisor = std::fabs(weight_sum) < 1e-8f ? 1.0f : weight_sum;
+    for (uint64_t t = 0; t < item.n_elems; t += kTile) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
+      uint64_t elem = item.first_elem + t;
+      load(job.base, elem, n, s->base.data());
+      if (options_.check_finite) check_finite_input(job, job.base, elem, n);
+      for (size_t k = 0; k < n_models; ++k) {
+        const TaskModel& m = job.models[k];
+        if (options_.check_finite) check_finite_input(job, m.input, elem, n);
+        load_delta(job, k, elem, n, s);
+        float* d = s->x.data();
+        sparsify_tile(job, k, st.models[k], elem, n, d, true);
+        float* wd = s->wd.data() + k * kTile;
+        float w = m.input.weight;
+        for (size_t i = 0; i < n; ++i) wd[i] = w * d[i];
+      }
+      float* mixed = s->x.data();
+      mix(job, n_models, n, s->wd.data(), plain_divisor, mixed);
+      for (size_t i = 0; i < n; ++i) mixed[i] = s->base[i] + mixed[i];
+      uint8_t* dst = out + t * out_size;
+      kernels_.store(job.out_dtype, mixed, 1.0f, dst, n);
+      if (options_.check_finite) {
+        size_t bad = find_nonfinite(job.out_dtype, dst, n);
+        LADLE_CHECK(bad == n, ErrorKind::kNonFinite,
+                    "%s: tensor '%s': merged value at element %llu is not finite (overflow in %s)",
+                    sink.label.c_str(), job.name.c_str(), (unsigned long long)(elem + bad),
+                    dtype_name(job.out_dtype));
+      }
+    }
+    if (sink.writer) sink.writer->write_at(out_offset, out, out_n_bytes);
+  }
+
+  static inline int sign_of(float x) { return (x > 0.0f) - (x < 0.0f); }
+
+  // Mixed delta of one tile from the weighted deltas wd[k * kTile + i].
+  static void mix(const TaskJob& job, size_t n_models, size_t n, const float* wd,
+                  float plain_divisor, float* mixed) {
+    for (size_t i = 0; i < n; ++i) {
+      float sum = 0.0f, divisor = plain_divisor;
+      if (job.consensus == Consensus::kNone) {
+        for (size_t k = 0; k < n_models; ++k) sum = sum + wd[k * kTile + i];
+      } else {
+        int majority;
+        if (job.consensus == Consensus::kSum) {
+          float total = 0.0f;
+          for (size_t k = 0; k < n_models; ++k) total = total + wd[k * kTile + i];
+          majority = total >= 0.0f ? 1 : -1;
+        } else {
+          int count = 0;
+          for (size_t k = 0; k < n_models; ++k) count += sign_of(wd[k * kTile + i]);
+          majority = count >= 0 ? 1 : -1;
+        }
+        float weight = 0.0f;
+        for (size_t k = 0; k < n_models; ++k) {
+          float v = wd[k * kTile + i];
+          if (sign_of(v) != majority) continue;
+          sum = sum + v;
+          weight = weight + job.models[k].input.weight;
+        }
+        divisor = weight == 0.0f ? 1.0f : weight;
+      }
+      if (job.normalize) sum = sum / divisor;
+      if (job.lambda != 1.0f) sum = sum * job.lambda;
+      mixed[i] = sum;
+    }
+  }
+
+  void check_finite_input(const TaskJob& job, const JobInput& in, uint64_t elem, size_t n) const {
+    size_t bad = find_nonfinite(in.dtype, input_ptr(plan_, in, elem), n);
+    LADLE_CHECK(bad == n, ErrorKind::kNonFinite,
+                "%s: tensor '%s': non-finite value (NaN or Inf) at element %llu",
+                plan_.sources[in.source].label.c_str(), job.name.c_str(),
+                (unsigned long long)(elem + bad));
+  }
+
+  const Plan& plan_;
+  const std::vector<TaskJob>& jobs_;
+  const EngineOptions& options_;
+  const KernelSet& kernels_;
+  int threads_;
+  std::unique_ptr<ChunkPool> pool_;
+  uint64_t chunk_elems_ = 0;
+  std::vector<std::vector<JobInput>> inputs_;
+  std::vector<TaskScratch> scratch_;
+  std::vector<std::unique_ptr<JobState>> states_;
+  size_t batch_begin_ = 0;
+};
+
+}  // namespace
+
+uint64_t tensor_key(const std::string& name) {
+  uint64_t h = 0xCBF29CE484222325ull;
+  for (unsigned char c : name) {
+    h ^= c;
+    h *= 0x100000001B3ull;
+  }
+  return h;
+}
+
+uint32_t dare_u24(uint64_t seed, uint64_t key, uint32_t model, uint64_t elem) {
+  return dare_draw(dare_stream(seed, key, model), elem);
+}
+
+RunStats run_task_jobs(const Plan& plan, const std::vector<TaskJob>& jobs,
+                       const EngineOptions& options, const ProgressFn& progress) {
+  for (const TaskJob& job : jobs) TaskRunner::validate(plan, job);
+  TaskRunner runner(plan, jobs, options);
+  return runner.run(progress);
+}
+
+std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vector<GramJob>& jobs,
+                                               const EngineOptions& options,
+                                               const ProgressFn& progress, RunStats* stats) {
+  auto t0 = std::chrono::steady_clock::now();
+  const KernelSet& kernels = select_kernels(options.kernel);
+  int threads = resolve_threads(options);
+  std::vector<std::vector<JobInput>> inputs(jobs.size());
+  uint64_t per_elem = 1, total = 0;
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const GramJob& job = jobs[j];
+    LADLE_CHECK(job.base < static_cast<int32_t>(job.inputs.size()), ErrorKind::kValue,
+                "tensor '%s': base index %d out of range", job.name.c_str(), job.base);
+    uint64_t bytes = 0;
+    for (const JobInput& in : job.inputs) {
+      check_source_index(plan, job.name, in);
+      check_input(plan, job.name, in, job.n_elems);
+      bytes += 2 * item_n_bytes(in.dtype);
+      total += job.n_elems * item_n_bytes(in.dtype);
+    }
+    per_elem = std::max(per_elem, bytes);
+    inputs[j] = job.inputs;
+  }
+  uint64_t chunk_elems = method_chunk_elems(per_elem, options, threads);
+  ChunkPool pool(plan, threads, progress, total);
+  std::vector<std::vector<double>> result(jobs.size());
+  auto n_vectors = [&](const GramJob& job) {
+    return job.inputs.size() - (job.base >= 0 ? 1 : 0);
+  };
+  size_t begin = 0;
+  uint64_t n_chunks = 0;
+  while (begin < jobs.size()) {
+    // Batch: per-tile partial sums of every pair, bounded by kBatchStateBytes.
+    size_t end = begin;
+    uint64_t bytes = 0;
+    while (end < jobs.size()) {
+      uint64_t m = n_vectors(jobs[end]);
+      uint64_t b = m * (m + 1) / 2 * (jobs[end].n_elems / kTile + 1) * sizeof(double);
+      if (end > begin && bytes + b > kBatchStateBytes) break;
+      bytes += b;
+      ++end;
+    }
+    std::vector<std::vector<double>> partials(end - begin);  // [pair * n_tiles + tile]
+    std::vector<Item> items;
+    for (size_t j = begin; j < end; ++j) {
+      uint64_t m = n_vectors(jobs[j]);
+      partials[j - begin].assign(m * (m + 1) / 2 * (jobs[j].n_elems / kTile + 1), 0.0);
+      for (uint64_t f = 0; f < jobs[j].n_elems; f += chunk_elems)
+        items.push_back({static_cast<uint32_t>(j), f, std::min(chunk_elems, jobs[j].n_elems - f)});
+    }
+    n_chunks += items.size();
+    std::vector<std::vector<float>> scratch(threads);
+    pool.run(items, inputs, [&](const Item& item, int thread) {
+      const GramJob& job = jobs[item.job];
+      size_t n_in = job.inputs.size(), m = n_vectors(job);
+      std::vector<float>& buf = scratch[thread];
+      buf.resize(n_in * kTile);
+      uint64_t n_tiles = job.n_elems / kTile + 1;
+      double* part = partials[item.job - begin].data();
+      for (uint64_t t = 0; t < item.n_elems; t += kTile) {
+        size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
+        uint64_t elem = item.first_elem + t;
+        for (size_t a = 0; a < n_in; ++a)
+          kernels.accumulate(job.inputs[a].dtype, input_ptr(plan, job.inputs[a], elem), 1.0f,
+                             buf.data() + a * kTile, n, true);
+        // Vectors: inputs in order, the base skipped and subtracted from the others.
+        std::vector<const float*> v;
+        for (size_t a = 0; a < n_in; ++a) {
+          if (static_cast<int32_t>(a) == job.base) continue;
+          float* x = buf.data() + a * kTile;
+          if (job.base >= 0) {
+            const float* b = buf.data() + job.base * kTile;
+            for (size_t i = 0; i < n; ++i) x[i] = x[i] - b[i];
+          }
+          v.push_back(x);
+        }
+        size_t pair = 0;
+        for (size_t a = 0; a < m; ++a) {
+          for (size_t b = a; b < m; ++b, ++pair) {
+            double sum = 0.0;
+            for (size_t i = 0; i < n; ++i)
+              sum += static_cast<double>(v[a][i]) * static_cast<double>(v[b][i]);
+            part[pair * n_tiles + elem / kTile] = sum;
+          }
+        }
+      }
+    });
+    for (size_t j = begin; j < end; ++j) {
+      uint64_t m = n_vectors(jobs[j]), n_tiles = jobs[j].n_elems / kTile + 1;
+      std::vector<double>& gram = result[j];
+      gram.assign(m * m, 0.0);
+      const double* part = partials[j - begin].data();
+      size_t pair = 0;
+      for (size_t a = 0; a < m; ++a) {
+        for (size_t b = a; b < m; ++b, ++pair) {
+          double sum = 0.0;
+          for (uint64_t t = 0; t < n_tiles; ++t) sum += part[pair * n_tiles + t];
+          gram[a * m + b] = gram[b * m + a] = sum;
+        }
+      }
+    }
+    begin = end;
+  }
+  pool.finish();
+  if (stats) {
+    stats->bytes_read = pool.bytes_read();
+    stats->n_chunks = n_chunks;
+    stats->chunk_elems = chunk_elems;
+    stats->threads = threads;
+    stats->kernel = kernels.name;
+    stats->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  return result;
+}
+
+}  // namespace ladle

@@ -1,0 +1,764 @@
+"""Merge methods beyond a weighted sum, streamed through the C++ engine.
+
+Every method is a per-tensor program (docs/methods.md gives each formula, its paper
+and the exact order of fp32 operations):
+
+- ``linear``: ``Σ_k (w_k / Σ w) θ_k`` (``normalize``) or ``Σ_k w_k θ_k``.
+- ``task_arithmetic``: ``θ_b + λ Σ_k w_k (θ_k − θ_b)``.
+- ``ties``: deltas trimmed to the ``density`` largest magnitudes, sign elected by the
+  weighted sum, disjoint (weight-normalised) mean of the agreeing deltas.
+- ``dare_linear`` / ``dare_ties``: deltas dropped at random (keep probability
+  ``density``, a counter-based RNG keyed by seed, tensor, model and element) and
+  rescaled, then summed (linear) or sign-elected (ties).
+- ``breadcrumbs`` / ``breadcrumbs_ties``: deltas keep the magnitudes between the top
+  ``gamma`` outliers and the ``density`` quota.
+- ``slerp``: spherical interpolation per tensor from streamed norms and dot
+  product; linear interpolation when the tensors are (anti)colinear.
+- ``model_stock``: ``t·mean(θ_k) + (1 − t)·θ_b`` with ``t`` from the mean pairwise
+  cosine of the deltas.
+
+Parameters may vary per tensor: a value is a number, a gradient (a list of numbers
+interpolated across layer indices) or a list of ``{"filter": substring, "value": v}``
+conditions, as in mergekit.
+
+Example:
+    >>> ladle.methods.merge_models("ties", ["ft1/", "ft2/"], "out/", base_model="base/",
+    ...     model_parameters=[{"weight": 1, "density": 0.5}] * 2)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from ._units import parse_size
+from .checkpoint import Checkpoint, TensorInfo, _preview
+from .errors import LadleValueError, MismatchError
+from .merge import CheckpointLike, MergeReport, PathLike, _open_all, _progress_bar
+from .output import OutputDir, write_atomically
+from .plan import _ITEM_BYTES, Shard, _assign_shards, normalize_dtype
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method needs: base model, parameters and their defaults.
+
+    ``None`` as a default marks a required parameter.
+    """
+
+    name: str
+    needs_base: bool
+    model_params: dict[str, Any]   # per input model (mergekit: NON_BASE / INPUT scope)
+    global_params: dict[str, Any]  # shared by all models
+    sparsify: str = "none"
+    consensus: str = "none"
+    min_models: int = 1
+    max_models: int | None = None
+
+
+_TASK_GLOBALS = {"normalize": False, "rescale": False, "lambda": 1.0, "int8_mask": False}
+
+METHODS: dict[str, MethodSpec] = {
+    "linear": MethodSpec("linear", False, {"weight": None}, {"normalize": True}),
+    "task_arithmetic": MethodSpec("task_arithmetic", True, {"weight": None, "density": 1.0},
+                                  dict(_TASK_GLOBALS)),
+    "ties": MethodSpec("ties", True, {"weight": None, "density": 1.0},
+                       {**_TASK_GLOBALS, "normalize": True}, "magnitude", "sum"),
+    "dare_ties": MethodSpec("dare_ties", True, {"weight": None, "density": 1.0},
+                            {**_TASK_GLOBALS, "rescale": True}, "random", "sum"),
+    "dare_linear": MethodSpec("dare_linear", True, {"weight": None, "density": 1.0},
+                              {**_TASK_GLOBALS, "rescale": True}, "random", "none"),
+    "breadcrumbs": MethodSpec("breadcrumbs", True,
+                              {"weight": None, "density": 1.0, "gamma": 0.01},
+                              dict(_TASK_GLOBALS), "outliers", "none"),
+    "breadcrumbs_ties": MethodSpec("breadcrumbs_ties", True,
+                                   {"weight": None, "density": 1.0, "gamma": 0.01},
+                                   dict(_TASK_GLOBALS), "outliers", "sum"),
+    "slerp": MethodSpec("slerp", True, {}, {"t": None}, min_models=1, max_models=1),
+    "model_stock": MethodSpec("model_stock", True, {}, {"filter_wise": False}, min_models=2),
+}
+
+# mergekit methods ladle recognises but does not implement, refused by name.
+UNIMPLEMENTED = ("passthrough", "nuslerp", "multislerp", "karcher", "della", "della_linear",
+                 "sce", "nearswap", "arcee_fusion", "ram")
+
+_LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
+_EMBED_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight",
+                   "tok_embeddings.weight")
+
+
+# ---------------------------------------------------------------------------
+# Parameter settings: scalar, gradient, or filtered conditions (mergekit's schema).
+
+def resolve_setting(setting: Any, tensor_name: str, t: float) -> Any:
+    """Value of a parameter setting for one tensor at layer position ``t`` ∈ [0, 1].
+
+    Numbers and booleans are returned as they are; a list of numbers is a gradient,
+    interpolated linearly at ``t`` across its entries; a list of other scalars picks
+    entry ``int(t·(len−1))``; a ``{"filter", "value"}`` mapping (or a list of them)
+    applies the first whose filter is absent, ``"*"``, or a substring of the name
+    (``None`` when none matches).
+
+    Example:
+        >>> resolve_setting([0.0, 1.0], "model.layers.3.mlp.weight", 0.5)
+        0.5
+    """
+    if isinstance(setting, dict):
+        setting = [setting]
+    if isinstance(setting, (bool, int, float, str)):
+        return setting
+    if isinstance(setting, list):
+        if not setting:
+            return None
+        if all(isinstance(e, (bool, int, float, str)) for e in setting):
+            if not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in setting):
+                return setting[int(t * (len(setting) - 1))]
+            scaled = t * (len(setting) - 1)
+            i0 = int(scaled)
+            i1 = min(len(setting) - 1, i0 + 1)
+            frac = scaled - i0
+            return (1 - frac) * setting[i0] + frac * setting[i1]
+        for cond in setting:
+            if not isinstance(cond, dict):
+                raise LadleValueError(f"parameter setting {setting!r}: expected numbers, or "
+                                      f"conditions {{filter, value}}")
+            f = cond.get("filter")
+            if f is None or f == "*" or (tensor_name and f in tensor_name):
+                return resolve_setting(cond["value"], tensor_name, t)
+        return None
+    raise LadleValueError(f"unexpected parameter setting {setting!r}")
+
+
+def layer_positions(names: Sequence[str]) -> dict[str, float]:
+    """``t`` of every tensor: layer index / (number of layers − 1) for names with a
+    numeric path component (``model.layers.7.…``), 0 for the others (embeddings,
+    final norm, lm_head — mergekit evaluates those at t = 0 too); 1 when there is
+    exactly one layer."""
+    index = {}
+    for n in names:
+        m = _LAYER.search(n)
+        if m:
+            index[n] = int(m.group(1))
+    n_layers = max(index.values(), default=-1) + 1
+    out = {}
+    for n in names:
+        if n not in index:
+            out[n] = 0.0
+        else:
+            out[n] = index[n] / (n_layers - 1) if n_layers > 1 else 1.0
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Planning.
+
+@dataclass
+class MethodTensor:
+    """One output tensor: how it is computed and where it goes."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    op: str  # "copy", "sum", "task", "slerp", "model_stock"
+    inputs: list[tuple[TensorInfo, float]]  # base first when the method has one
+    n_bytes: int
+    n_elems: int
+    params: dict[str, Any] = field(default_factory=dict)
+    task: dict[str, Any] | None = None  # op == "task": sparsify/consensus/... and per model
+    shard: int = -1
+    offset: int = 0
+
+
+@dataclass
+class MethodPlan:
+    method: str
+    tensors: list[MethodTensor]
+    shards: list[Shard]
+    sharded: bool
+    metadata: dict[str, str]
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(s.n_bytes for s in self.shards)
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(info.n_bytes for t in self.tensors for info, _ in t.inputs)
+
+
+def _tensor_of(ckpt: Checkpoint, name: str, like: TensorInfo) -> TensorInfo:
+    """``name`` in ``ckpt``; a missing lm_head resolves to the tied input embedding."""
+    info = ckpt.tensors.get(name)
+    if info is None and name.endswith("lm_head.weight"):
+        tied = [t for n, t in ckpt.tensors.items()
+                if n.endswith(_EMBED_SUFFIXES) and t.shape == like.shape]
+        if len(tied) == 1:
+            info = tied[0]
+    if info is None:
+        raise MismatchError(f"{ckpt.path}: tensor '{name}' is missing (present in "
+                            f"{like.file})")
+    if info.shape != like.shape:
+        raise MismatchError(f"tensor '{name}': shape {list(info.shape)} in {info.file} differs "
+                            f"from {list(like.shape)} in {like.file}")
+    return info
+
+
+def _check_extra(reference: Checkpoint, others: list[Checkpoint], selected) -> None:
+    for ckpt in others:
+        extra = sorted(n for n in ckpt.tensors if selected(n) and n not in reference.tensors
+                       and not n.endswith("lm_head.weight"))
+        if extra:
+            raise MismatchError(f"{ckpt.path}: {len(extra)} tensor(s) not in {reference.path}: "
+                                f"{_preview(extra)}")
+
+
+def _resolve_params(spec: MethodSpec, name: str, t: float, parameters: dict[str, Any],
+                    model_parameters: list[dict[str, Any]]) -> tuple[dict, list[dict]]:
+    glob = {}
+    for key, default in spec.global_params.items():
+        value = resolve_setting(parameters[key], name, t) if key in parameters else None
+        if value is None:
+            value = default
+        if value is None:
+            raise LadleValueError(f"{spec.name}: parameter '{key}' is required "
+                                  f"(no value for tensor '{name}')")
+        glob[key] = value
+    per_model = []
+    for k, mp in enumerate(model_parameters):
+        values = {}
+        for key, default in spec.model_params.items():
+            value = None
+            for source in (mp, parameters):  # the model's own setting wins
+                if key in source:
+                    value = resolve_setting(source[key], name, t)
+                    if value is not None:
+                        break
+            if value is None:
+                value = default
+            if value is None:
+                raise LadleValueError(f"{spec.name}: parameter '{key}' of model {k} is required "
+                                      f"(no value for tensor '{name}')")
+            values[key] = value
+        per_model.append(values)
+    return glob, per_model
+
+
+def _as_float(method: str, key: str, value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LadleValueError(f"{method}: parameter '{key}' must be a number, got {value!r} "
+                              f"for tensor '{name}'")
+    value = float(value)
+    if not math.isfinite(value):
+        raise LadleValueError(f"{method}: parameter '{key}' must be finite, got {value!r} "
+                              f"for tensor '{name}'")
+    return value
+
+
+def _rank_range(sparsify: str, density: float, gamma: float, n: int) -> tuple[int, int]:
+    """Kept descending-magnitude ranks [lo, hi) (mergekit's counts)."""
+    if sparsify == "magnitude":
+        if density >= 1:
+            return 0, n
+        if density <= 0 or n == 0:
+            return 0, 0
+        return 0, max(1, int(density * n))
+    if sparsify == "outliers":
+        if density >= 1:
+            return 0, n
+        target = int(density * n)
+        n_top = int(gamma * n)
+        n_bot = max(0, n - target - n_top)
+        return n - n_bot - target, n - n_bot
+    return 0, n
+
+
+def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpoint], *,
+                      parameters: dict[str, Any] | None = None,
+                      model_parameters: list[dict[str, Any]] | None = None,
+                      dtype: str | None = None, include: list[str] | None = None,
+                      exclude: list[str] | None = None, max_shard_bytes: int = 5 * 10**9,
+                      single_file: bool = False, rescale_mode: str = "l1",
+                      metadata: dict[str, str] | None = None) -> MethodPlan:
+    """Plan ``method`` over ``base`` and ``models`` tensor by tensor (see module doc)."""
+    from .plan import _selected
+
+    if method in UNIMPLEMENTED:
+        raise LadleValueError(f"merge method '{method}' is not implemented by ladle "
+                              f"(implemented: {', '.join(METHODS)})")
+    if method not in METHODS:
+        raise LadleValueError(f"unknown merge method '{method}' (choose from "
+                              f"{', '.join(METHODS)})")
+    spec = METHODS[method]
+    parameters = dict(parameters or {})
+    model_parameters = [dict(p or {}) for p in (model_parameters or [{} for _ in models])]
+    if len(model_parameters) != len(models):
+        raise LadleValueError(f"{method}: got {len(model_parameters)} parameter set(s) for "
+                              f"{len(models)} model(s)")
+    allowed_global = set(spec.global_params) | set(spec.model_params)
+    for key in parameters:
+        if key not in allowed_global:
+            raise LadleValueError(f"{method}: unknown parameter '{key}' (allowed: "
+                                  f"{', '.join(sorted(allowed_global)) or 'none'})")
+    for k, mp in enumerate(model_parameters):
+        for key in mp:
+            if key not in spec.model_params:
+                raise LadleValueError(
+                    f"{method}: unknown parameter '{key}' for model {k} (allowed per model: "
+                    f"{', '.join(sorted(spec.model_params)) or 'none'})")
+    if spec.needs_base and base is None:
+        raise LadleValueError(f"{method} needs a base model (base_model)")
+    if len(models) < spec.min_models or (spec.max_models and len(models) > spec.max_models):
+        want = (f"exactly {spec.min_models}" if spec.max_models == spec.min_models
+                else f"at least {spec.min_models}")
+        raise LadleValueError(f"{method} needs {want} model(s) besides the base, "
+                              f"got {len(models)}")
+    if method == "model_stock" and parameters.get("filter_wise"):
+        raise LadleValueError("model_stock: filter_wise=true is not implemented by ladle")
+    out_dtype = normalize_dtype(dtype)
+    reference = base if base is not None else models[0]
+    others = models if base is not None else models[1:]
+
+    def selected(n):
+        return _selected(n, include, exclude)
+
+    _check_extra(reference, others, selected)
+    names = [n for n in reference.tensors if selected(n)]
+    if not names:
+        raise LadleValueError(f"{reference.path}: no tensors selected (include={include}, "
+                              f"exclude={exclude})")
+    positions = layer_positions(names)
+    outputs: list[MethodTensor] = []
+    for name in names:
+        first = reference.tensors[name]
+        infos = [first] + [_tensor_of(c, name, first) for c in others]
+        if not _core.dtype_is_mergeable(first.dtype):
+            for info in infos[1:]:
+                if info.dtype != first.dtype:
+                    raise MismatchError(f"tensor '{name}': dtype {info.dtype} in {info.file} "
+                                        f"differs from {first.dtype} in {first.file}")
+            outputs.append(MethodTensor(name, first.dtype, first.shape, "copy",
+                                        [(i, 1.0) for i in infos], first.n_bytes,
+                                        first.n_elems))
+            continue
+        for info in infos[1:]:
+            if not _core.dtype_is_mergeable(info.dtype):
+                raise MismatchError(f"tensor '{name}': dtype {info.dtype} in {info.file} "
+                                    f"cannot be merged with {first.dtype} in {first.file}")
+        odt = out_dtype or first.dtype
+        n = first.n_elems
+        glob, per_model = _resolve_params(spec, name, positions[name], parameters,
+                                          model_parameters)
+        t = MethodTensor(name, odt, first.shape, "sum", [], n * _ITEM_BYTES[odt], n,
+                         params={**glob, "models": per_model})
+        model_infos = infos if base is None else infos[1:]
+        if method == "linear":
+            weights = [_as_float(method, "weight", p["weight"], name) for p in per_model]
+            if glob["normalize"]:
+                total = sum(weights)
+                if total == 0.0:
+                    raise LadleValueError(f"linear: weights of tensor '{name}' sum to zero "
+                                          f"({weights}); set normalize: false")
+                weights = [w / total for w in weights]
+            t.inputs = list(zip(model_infos, weights))
+        elif method in ("slerp", "model_stock"):
+            t.op = method
+            t.inputs = [(i, 0.0) for i in infos]
+            if method == "slerp":
+                t.params["t"] = _as_float(method, "t", glob["t"], name)
+        else:
+            t.op = "task"
+            t.inputs = [(infos[0], 1.0)]
+            rescale = glob["rescale"]
+            if not isinstance(rescale, bool):
+                raise LadleValueError(f"{method}: 'rescale' must be true or false")
+            task_models = []
+            for info, p in zip(model_infos, per_model):
+                w = _as_float(method, "weight", p["weight"], name)
+                density = _as_float(method, "density", p.get("density", 1.0), name)
+                if not 0.0 <= density <= 1.0:
+                    raise LadleValueError(f"{method}: density {density} of tensor '{name}' is "
+                                          f"outside [0, 1]")
+                gamma = _as_float(method, "gamma", p.get("gamma", 0.0), name)
+                sparsify = spec.sparsify
+                if sparsify != "none" and density >= 1.0:
+                    lo, hi = 0, n  # nothing dropped
+                else:
+                    lo, hi = _rank_range(sparsify, density, gamma, n)
+                task_models.append((w, density, lo, hi))
+                t.inputs.append((info, w))
+            t.task = {
+                "sparsify": spec.sparsify, "consensus": spec.consensus,
+                "normalize": bool(glob["normalize"]),
+                "rescale": (rescale_mode if rescale else "none") if spec.sparsify != "none"
+                else "none",
+                "lambda": _as_float(method, "lambda", glob["lambda"], name),
+                "models": task_models,
+            }
+        outputs.append(t)
+    shards = _assign_shards(outputs, max_shard_bytes, single_file)  # type: ignore[arg-type]
+    meta = {"format": "pt", **(metadata or {})}
+    for shard in shards:
+        shard.header = _core.serialize_header(
+            [(t.name, t.dtype, list(t.shape), t.offset, t.offset + t.n_bytes)
+             for t in shard.tensors], list(meta.items()))
+    return MethodPlan(method, outputs, shards, sharded=len(shards) > 1, metadata=meta)
+
+
+def describe_method_plan(plan: MethodPlan) -> str:
+    """Human-readable plan for ``--dry-run``."""
+    lines = [(f"{plan.method}: {len(plan.tensors)} tensors -> {len(plan.shards)} shard(s); "
+              f"writes {plan.bytes_written} bytes")]
+    for shard in plan.shards:
+        lines.append(f"  {shard.file_name}: {len(shard.tensors)} tensors, {shard.n_bytes} bytes")
+    for t in plan.tensors:
+        if t.op == "copy":
+            what = "identical copy"
+        elif t.op == "sum":
+            what = "sum(" + ", ".join(f"{w:g}" for _, w in t.inputs) + ")"
+        elif t.op == "task":
+            ms = "; ".join(f"w={w:g} density={d:g} ranks=[{lo},{hi})"
+                           for w, d, lo, hi in t.task["models"])
+            what = (f"task({t.task['sparsify']}, consensus={t.task['consensus']}, "
+                    f"normalize={t.task['normalize']}, rescale={t.task['rescale']}, "
+                    f"lambda={t.task['lambda']:g}: {ms})")
+        elif t.op == "slerp":
+            what = f"slerp(t={t.params['t']:g})"
+        else:
+            what = "model_stock"
+        lines.append(f"    {t.name} {t.dtype}{list(t.shape)} {what} "
+                     f"-> {plan.shards[t.shard].file_name}@{t.offset}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Coefficients from streamed statistics (fp64 Gram matrices).
+
+def slerp_coefficients(t: float, gram: list[float], dot_threshold: float = 0.9995,
+                       eps: float = 1e-8) -> tuple[float, float]:
+    """(c0, c1) with ``out = c0·v0 + c1·v1``, from the Gram matrix of (v0, v1).
+
+    ``dot = ⟨v0, v1⟩ / (‖v0‖‖v1‖)`` (a norm ≤ eps counts as 1), clamped to [−1, 1];
+    if ``|dot| > dot_threshold`` the tensors are (anti)colinear and the result is
+    the lerp ``(1 − t, t)`` (computed in fp32 as mergekit does); otherwise with
+    ``θ = acos(dot)``: ``c0 = sin((1 − t)θ)/sin θ``, ``c1 = sin(tθ)/sin θ`` (fp64).
+    """
+    g00, g01, _, g11 = gram
+    n0, n1 = math.sqrt(g00), math.sqrt(g11)
+    n0 = n0 if n0 > eps else 1.0
+    n1 = n1 if n1 > eps else 1.0
+    dot = min(1.0, max(-1.0, g01 / (n0 * n1)))
+    if abs(dot) > dot_threshold:
+        t32 = np.float32(t)
+        return float(np.float32(1) - t32), float(t32)
+    theta = math.acos(dot)
+    s = math.sin(theta)
+    return math.sin((1 - t) * theta) / s, math.sin(t * theta) / s
+
+
+def model_stock_t(gram: list[float], n_models: int) -> float:
+    """Model stock's interpolation ratio from the Gram matrix of the deltas.
+
+    ``cos = mean_{i<j} clamp(⟨δ_i, δ_j⟩ / max(‖δ_i‖‖δ_j‖, 1e-6), −1, 1)``,
+    ``t = N cos / (1 + (N − 1) cos)``; 0 when the denominator is below 1e-6.
+    """
+    g = np.asarray(gram, dtype=np.float64).reshape(n_models, n_models)
+    cos = []
+    for i in range(n_models):
+        for j in range(i + 1, n_models):
+            norm = math.sqrt(g[i, i]) * math.sqrt(g[j, j])
+            cos.append(min(1.0, max(-1.0, g[i, j] / max(norm, 1e-6))))
+    c = sum(cos) / len(cos)
+    denominator = 1 + (n_models - 1) * c
+    if abs(denominator) < 1e-6:
+        return 0.0
+    return n_models * c / denominator
+
+
+# ---------------------------------------------------------------------------
+# Running.
+
+def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *,
+                 base_model: CheckpointLike | None = None,
+                 parameters: dict[str, Any] | None = None,
+                 model_parameters: Sequence[dict[str, Any]] | None = None,
+                 seed: int = 0, dtype: str | None = None, rescale_mode: str = "l1",
+                 max_shard_size: int | str = "5GB", include: list[str] | None = None,
+                 exclude: list[str] | None = None, threads: int = 0,
+                 memory_budget: int | str = "256MiB", chunk_elems: int = 0,
+                 check_finite: bool = False, overwrite: bool = False, progress: bool = True,
+                 dry_run: bool = False, kernel: str = "auto",
+                 extra_files: list[Path] | None = None,
+                 chat_template: str | None = None) -> MergeReport:
+    """Merge ``models`` (and ``base_model``) with ``method``, streamed.
+
+    Args:
+        method: one of :data:`METHODS` (``ties``, ``dare_ties``, ``slerp``, ...).
+        models: the fine-tuned models (a model equal to ``base_model`` is skipped).
+        out: ``*.safetensors`` for one file, otherwise a directory (HF layout).
+        base_model: the base θ_b (required by every method but ``linear``).
+        parameters: method-wide settings (``normalize``, ``lambda``, ``t``, and
+            defaults of per-model ones), each a number, gradient or conditions.
+        model_parameters: per model: ``weight``, ``density``, ``gamma``.
+        seed: DARE's RNG seed; the draw for an element depends only on (seed,
+            tensor name, model index, element index).
+        dtype: output dtype of float tensors (default: the base's dtype).
+        rescale_mode: what ``rescale: true`` means: ``"l1"`` (mergekit: match the
+            delta's L1 norm) or ``"density"`` (the DARE paper: divide by density;
+            random sparsification only).
+        extra_files: files copied into a directory output (default: the non-weight
+            files of the base, or of the first model).
+        chat_template: Jinja template text written to ``chat_template.jinja`` (and
+            into ``tokenizer_config.json`` when present).
+        Other options are those of :func:`ladle.merge`.
+
+    Returns:
+        A :class:`~ladle.MergeReport`.
+
+    Example:
+        >>> ladle.methods.merge_models("slerp", ["b/"], "out/", base_model="a/",
+        ...                            parameters={"t": [0, 0.5, 1]})   # doctest: +SKIP
+    """
+    if rescale_mode not in ("l1", "density"):
+        raise LadleValueError(f"rescale_mode must be 'l1' or 'density', got {rescale_mode!r}")
+    base = _open_all([base_model])[0] if base_model is not None else None
+    model_list = list(models)
+    if method == "linear":  # no base: every listed model is an input with a weight
+        base = None
+    params_list = list(model_parameters) if model_parameters is not None else [{}] * len(models)
+    if len(params_list) != len(model_list):
+        raise LadleValueError(f"{method}: got {len(params_list)} parameter set(s) for "
+                              f"{len(model_list)} model(s)")
+    ckpts = _open_all(model_list) if model_list else []
+    if base is not None:  # a base listed among the models contributes as the base only
+        keep = [k for k, c in enumerate(ckpts) if Path(c.path).resolve() != Path(base.path).resolve()]
+        ckpts = [ckpts[k] for k in keep]
+        params_list = [params_list[k] for k in keep]
+    if rescale_mode == "density" and METHODS.get(method, METHODS["linear"]).sparsify not in (
+            "random", "none"):
+        raise LadleValueError(f"{method}: rescale_mode='density' applies to DARE only")
+    output = OutputDir(out, overwrite=overwrite)
+    inputs = ([str(base.path)] if base is not None else []) + [str(c.path) for c in ckpts]
+    metadata = {
+        "ladle_method": method,
+        "ladle_inputs": json.dumps(inputs),
+        "ladle_parameters": json.dumps({"parameters": parameters or {},
+                                        "models": params_list, "seed": seed}, default=str),
+        "ladle_version": _core.build_info()["version"],
+    }
+    plan = build_method_plan(method, base, ckpts, parameters=parameters,
+                             model_parameters=params_list, dtype=dtype, include=include,
+                             exclude=exclude, max_shard_bytes=parse_size(max_shard_size),
+                             single_file=output.single_file, rescale_mode=rescale_mode,
+                             metadata=metadata)
+    if dry_run:
+        output.check_destination()
+        print(describe_method_plan(plan))
+        return MergeReport(None, len(plan.tensors), len(plan.shards), plan.bytes_read,
+                           plan.bytes_written, 0.0)
+    all_ckpts = ([base] if base is not None else []) + ckpts
+    t0 = time.perf_counter()
+
+    def work(output: OutputDir) -> dict:
+        stats = execute_method_plan(plan, all_ckpts, output, seed=seed, threads=threads,
+                                    memory_budget=parse_size(memory_budget),
+                                    chunk_elems=chunk_elems, check_finite=check_finite,
+                                    progress=progress, kernel=kernel)
+        if plan.sharded:
+            output.write_index({t.name: plan.shards[t.shard].file_name for t in plan.tensors},
+                               sum(t.n_bytes for t in plan.tensors))
+        output.copy_extra_files(extra_files if extra_files is not None
+                                else all_ckpts[0].extra_files)
+        if chat_template is not None:
+            _write_chat_template(output, chat_template)
+        return stats
+
+    stats, dest = write_atomically(output, work)
+    return MergeReport(dest, len(plan.tensors), len(plan.shards), stats["bytes_read"],
+                       plan.bytes_written, time.perf_counter() - t0, stats["threads"],
+                       stats["chunk_elems"], stats["kernel"], None)
+
+
+def _write_chat_template(output: OutputDir, template: str) -> None:
+    if output.single_file:
+        raise LadleValueError("chat_template needs a directory output")
+    (output.partial / "chat_template.jinja").write_text(template)
+    config = output.partial / "tokenizer_config.json"
+    if config.exists():
+        data = json.loads(config.read_text())
+        data["chat_template"] = template
+        config.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: OutputDir, *,
+                        seed: int, threads: int, memory_budget: int, chunk_elems: int,
+                        check_finite: bool, progress: bool, kernel: str) -> dict:
+    """Run a MethodPlan into the shards of ``output``'s partial directory.
+
+    Order: Gram reductions (SLERP, model stock) → coefficients in Python →
+    weighted sums and copies on the linear engine → task-vector jobs.
+    """
+    core_plan = _core.Plan()
+    sources: dict[Path, int] = {}
+    for ckpt in ckpts:
+        for file, size in ckpt.file_sizes.items():
+            if file not in sources:
+                sources[file] = core_plan.add_file_source(str(file), size)
+    sinks = [core_plan.add_file_sink(str(output.shard_path(s.file_name)), s.n_bytes, s.header)
+             for s in plan.shards]
+    run_opts = {"threads": threads, "memory_budget": memory_budget, "chunk_elems": chunk_elems,
+                "kernel": kernel}
+    bar = _progress_bar(plan.bytes_written, progress)
+
+    finished = [0]  # bytes of the runs already done: the bar counts across all runs
+
+    def on_progress(done, total):
+        if bar is not None:
+            bar.total = finished[0] + total
+            bar.update(finished[0] + done - bar.n)
+
+    def src(info: TensorInfo) -> tuple[int, int, str]:
+        return sources[info.file], info.offset, info.dtype
+
+    totals = {"bytes_read": 0, "threads": 0, "chunk_elems": 0, "kernel": ""}
+
+    def add(stats: dict) -> None:
+        finished[0] = bar.n if bar is not None else 0
+        totals["bytes_read"] += stats["bytes_read"]
+        for key in ("threads", "chunk_elems", "kernel"):
+            totals[key] = stats[key] or totals[key]
+
+    try:
+        gram_tensors = [t for t in plan.tensors if t.op in ("slerp", "model_stock")]
+        if gram_tensors:
+            jobs = _core.MethodJobs()
+            for t in gram_tensors:
+                jobs.add_gram(t.name, t.n_elems, [src(i) for i, _ in t.inputs],
+                              0 if t.op == "model_stock" else -1)
+            grams, stats = _core.run_grams(core_plan, jobs, progress=on_progress, **run_opts)
+            add(stats)
+            for t, gram in zip(gram_tensors, grams):
+                infos = [i for i, _ in t.inputs]
+                if t.op == "slerp":
+                    c0, c1 = slerp_coefficients(t.params["t"], gram)
+                    t.inputs = [(infos[0], c0), (infos[1], c1)]
+                else:
+                    n = len(infos) - 1
+                    ratio = model_stock_t(gram, n)
+                    t.params["model_stock_t"] = ratio
+                    t.inputs = [(infos[0], 1.0 - ratio)] + [(i, ratio / n) for i in infos[1:]]
+        for t in plan.tensors:
+            if t.op == "task":
+                continue
+            shard = plan.shards[t.shard]
+            out_offset = len(shard.header) + t.offset
+            op = "copy" if t.op == "copy" else "sum"
+            dtype, n_elems = t.dtype, t.n_elems
+            if op == "copy" and _core.dtype_n_bits(dtype) % 8:
+                dtype, n_elems = "U8", t.n_bytes
+            inputs = [(sources[i.file], i.offset, dtype if op == "copy" else i.dtype, w)
+                      for i, w in t.inputs]
+            core_plan.add_job(t.name, op, n_elems, sinks[t.shard], out_offset, dtype, inputs)
+        if core_plan.n_jobs:
+            add(_core.run(core_plan, check_finite=check_finite, progress=on_progress,
+                          **run_opts))
+        task_tensors = [t for t in plan.tensors if t.op == "task"]
+        if task_tensors:
+            jobs = _core.MethodJobs()
+            for t in task_tensors:
+                shard = plan.shards[t.shard]
+                spec = t.task
+                models = [(*src(info), w, d, lo, hi)
+                          for (info, _), (w, d, lo, hi) in zip(t.inputs[1:], spec["models"])]
+                jobs.add_task(t.name, t.n_elems, sinks[t.shard], len(shard.header) + t.offset,
+                              t.dtype, src(t.inputs[0][0]), models, spec["sparsify"],
+                              spec["consensus"], spec["normalize"], spec["rescale"],
+                              spec["lambda"], seed)
+            add(_core.run_tasks(core_plan, jobs, check_finite=check_finite,
+                                progress=on_progress, **run_opts))
+    finally:
+        if bar is not None:
+            bar.close()
+    core_plan.finish_sinks()
+    return totals
+
+
+# ---------------------------------------------------------------------------
+# Convenience wrappers.
+
+def task_arithmetic(base: CheckpointLike, models: Sequence[CheckpointLike], out: PathLike, *,
+                    weights: Sequence[float], lambda_: float = 1.0, **options) -> MergeReport:
+    """``θ_b + λ Σ_k w_k (θ_k − θ_b)`` (Ilharco et al. 2023, "Editing models with task
+    arithmetic"). Options are those of :func:`merge_models`."""
+    return merge_models("task_arithmetic", models, out, base_model=base,
+                        parameters={"lambda": lambda_},
+                        model_parameters=[{"weight": w} for w in weights], **options)
+
+
+def ties(base: CheckpointLike, models: Sequence[CheckpointLike], out: PathLike, *,
+         weights: Sequence[float], density: float | Sequence[float] = 0.2,
+         normalize: bool = True, lambda_: float = 1.0, **options) -> MergeReport:
+    """TIES-merging (Yadav et al. 2023): trim, elect sign, disjoint merge."""
+    densities = _per_model(density, len(weights))
+    return merge_models("ties", models, out, base_model=base,
+                        parameters={"normalize": normalize, "lambda": lambda_},
+                        model_parameters=[{"weight": w, "density": d}
+                                          for w, d in zip(weights, densities)], **options)
+
+
+def dare(base: CheckpointLike, models: Sequence[CheckpointLike], out: PathLike, *,
+         weights: Sequence[float], density: float | Sequence[float] = 0.5,
+         variant: str = "linear", seed: int = 0, rescale: bool = True,
+         rescale_mode: str = "l1", lambda_: float = 1.0, **options) -> MergeReport:
+    """DARE (Yu et al. 2024, "Language models are Super Mario"): drop deltas at random
+    and rescale; ``variant`` ``"linear"`` sums them, ``"ties"`` elects signs."""
+    if variant not in ("linear", "ties"):
+        raise LadleValueError(f"DARE variant must be 'linear' or 'ties', got {variant!r}")
+    densities = _per_model(density, len(weights))
+    return merge_models(f"dare_{variant}", models, out, base_model=base, seed=seed,
+                        rescale_mode=rescale_mode,
+                        parameters={"rescale": rescale, "lambda": lambda_},
+                        model_parameters=[{"weight": w, "density": d}
+                                          for w, d in zip(weights, densities)], **options)
+
+
+def breadcrumbs(base: CheckpointLike, models: Sequence[CheckpointLike], out: PathLike, *,
+                weights: Sequence[float], density: float = 0.9, gamma: float = 0.01,
+                ties: bool = False, **options) -> MergeReport:
+    """Model Breadcrumbs (Davari & Belilovsky 2024): drop the top ``gamma`` outliers
+    and the smallest magnitudes, keeping ``density`` of each delta."""
+    return merge_models("breadcrumbs_ties" if ties else "breadcrumbs", models, out,
+                        base_model=base,
+                        model_parameters=[{"weight": w, "density": density, "gamma": gamma}
+                                          for w in weights], **options)
+
+
+def slerp(base: CheckpointLike, other: CheckpointLike, t: Any, out: PathLike,
+          **options) -> MergeReport:
+    """Spherical linear interpolation per tensor from ``base`` (t = 0) to ``other``
+    (t = 1); ``t`` may be a gradient or filtered conditions."""
+    return merge_models("slerp", [other], out, base_model=base, parameters={"t": t}, **options)
+
+
+def model_stock(base: CheckpointLike, models: Sequence[CheckpointLike], out: PathLike,
+                **options) -> MergeReport:
+    """Model Stock (Jang et al. 2024): interpolate the fine-tunes' mean toward the base
+    by a ratio from the deltas' mean pairwise cosine."""
+    return merge_models("model_stock", models, out, base_model=base, **options)
+
+
+def _per_model(value: float | Sequence[float], n: int) -> list[float]:
+    if isinstance(value, (int, float)):
+        return [float(value)] * n
+    values = list(value)
+    if len(values) != n:
+        raise LadleValueError(f"got {len(values)} densities for {n} model(s)")
+    return values

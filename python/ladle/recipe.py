@@ -1,0 +1,254 @@
+"""mergekit-style YAML recipes for ``ladle merge --config recipe.yml``.
+
+Accepted keys (mergekit's schema for the methods ladle implements)::
+
+    merge_method: ties            # linear, task_arithmetic, ties, dare_ties, dare_linear,
+                                  # breadcrumbs, breadcrumbs_ties, slerp, model_stock
+    base_model: path/to/base
+    models:
+      - model: path/to/ft1
+        parameters: {weight: 1.0, density: [1, 0.7, 0.1]}   # gradient across layers
+      - model: path/to/ft2
+        parameters:
+          weight: [{filter: self_attn, value: 0.3}, {value: 0.7}]  # by tensor name
+    parameters: {normalize: true, lambda: 1.0, int8_mask: true}
+    dtype: bfloat16               # mergekit's compute dtype; ladle computes in fp32 and
+    out_dtype: bfloat16           # writes out_dtype, else dtype, else the base's dtype
+    tokenizer_source: base        # or a model path: copy its tokenizer files
+    chat_template: chatml         # or Jinja text
+    seed: 0                       # ladle extension: DARE's RNG seed
+
+Models are local paths (ladle downloads nothing). Features ladle does not implement
+(``slices``, ``modules``, ``tokenizer:``, ``tokenizer_source: union``, LoRA ``+``
+references, other methods) are refused by name; unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import LadleValueError
+from .methods import METHODS, UNIMPLEMENTED
+
+TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype",
+            "tokenizer_source", "chat_template", "seed"}
+REFUSED_KEYS = {
+    "slices": "'slices' (layer stacking / passthrough) is not implemented by ladle",
+    "modules": "'modules' (per-module slices) is not implemented by ladle",
+    "tokenizer": "'tokenizer' (vocabulary merging) is not implemented by ladle; "
+                 "use tokenizer_source: base or a model path",
+}
+MODEL_KEYS = {"model", "parameters"}
+TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
+                   "tokenizer.model", "added_tokens.json", "merges.txt", "vocab.json",
+                   "vocab.txt", "chat_template.jinja", "chat_template.json")
+_DTYPES = {"bfloat16": "bf16", "float16": "f16", "float32": "f32", "float64": "f64",
+           "bf16": "bf16", "fp16": "f16", "f16": "f16", "fp32": "f32", "f32": "f32",
+           "half": "f16", "float": "f32"}
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+          "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+BUILTIN_TEMPLATES = {"chatml": CHATML}
+
+
+@dataclass
+class Recipe:
+    """A parsed recipe: what :func:`ladle.methods.merge_models` needs."""
+
+    path: Path | None
+    method: str
+    base_model: Path | None
+    models: list[Path]
+    model_parameters: list[dict[str, Any]]
+    parameters: dict[str, Any]
+    dtype: str | None
+    tokenizer_source: Path | None
+    chat_template: str | None
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Read and validate a YAML recipe file (relative model paths resolve against the
+    current directory first, then the recipe's directory)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise LadleValueError(f"{path}: not valid YAML: {e}") from None
+    return parse_recipe(data, path)
+
+
+def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
+    """Validate a recipe given as a dict (see the module doc for the schema)."""
+    where = f"{path}: " if path else "recipe: "
+    if not isinstance(data, dict):
+        raise LadleValueError(f"{where}expected a mapping at the top level")
+    for key in data:
+        if key in REFUSED_KEYS:
+            raise LadleValueError(where + REFUSED_KEYS[key])
+    unknown = sorted(set(data) - TOP_KEYS)
+    if unknown:
+        raise LadleValueError(f"{where}unknown key(s) {', '.join(map(repr, unknown))} "
+                              f"(allowed: {', '.join(sorted(TOP_KEYS))})")
+    method = data.get("merge_method")
+    if not isinstance(method, str):
+        raise LadleValueError(f"{where}'merge_method' is required")
+    if method in UNIMPLEMENTED:
+        raise LadleValueError(f"{where}merge_method '{method}' is not implemented by ladle "
+                              f"(implemented: {', '.join(METHODS)})")
+    if method not in METHODS:
+        raise LadleValueError(f"{where}unknown merge_method '{method}' (implemented: "
+                              f"{', '.join(METHODS)})")
+    spec = METHODS[method]
+    models_in = data.get("models")
+    if not isinstance(models_in, list) or not models_in:
+        raise LadleValueError(f"{where}'models' must be a non-empty list")
+    base = _model_path(data["base_model"], where, "base_model", path) \
+        if data.get("base_model") is not None else None
+    models, model_params = [], []
+    for i, entry in enumerate(models_in):
+        if isinstance(entry, str):
+            entry = {"model": entry}
+        if not isinstance(entry, dict) or "model" not in entry:
+            raise LadleValueError(f"{where}models[{i}]: expected a mapping with 'model'")
+        bad = sorted(set(entry) - MODEL_KEYS)
+        if bad:
+            raise LadleValueError(f"{where}models[{i}]: unknown key(s) "
+                                  f"{', '.join(map(repr, bad))} (allowed: model, parameters)")
+        model = _model_path(entry["model"], where, f"models[{i}].model", path)
+        params = entry.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise LadleValueError(f"{where}models[{i}].parameters must be a mapping")
+        if base is not None and model.resolve() == base.resolve() and method != "linear":
+            continue  # the base listed among the models (its parameters are unused)
+        for key, value in params.items():
+            _check_setting(value, f"{where}models[{i}].parameters.{key}")
+        models.append(model)
+        model_params.append(params)
+    parameters = data.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise LadleValueError(f"{where}'parameters' must be a mapping")
+    for key, value in parameters.items():
+        _check_setting(value, f"{where}parameters.{key}")
+    allowed_global = set(spec.global_params) | set(spec.model_params)
+    for key in parameters:
+        if key not in allowed_global:
+            raise LadleValueError(f"{where}parameters: unknown parameter '{key}' for {method} "
+                                  f"(allowed: {', '.join(sorted(allowed_global)) or 'none'})")
+    for i, params in enumerate(model_params):
+        for key in params:
+            if key not in spec.model_params:
+                raise LadleValueError(
+                    f"{where}models[{i}].parameters: unknown parameter '{key}' for {method} "
+                    f"(allowed: {', '.join(sorted(spec.model_params)) or 'none'})")
+    dtype = None
+    for key in ("out_dtype", "dtype"):
+        value = data.get(key)
+        if value is not None:
+            name = str(value).removeprefix("torch.").lower()
+            if name not in _DTYPES:
+                raise LadleValueError(f"{where}{key}: unsupported dtype {value!r} "
+                                      f"(bfloat16, float16, float32, float64)")
+            dtype = dtype or _DTYPES[name]
+    tokenizer_source = None
+    ts = data.get("tokenizer_source")
+    if ts is not None:
+        if ts == "union":
+            raise LadleValueError(f"{where}tokenizer_source: union (vocabulary merging) is not "
+                                  f"implemented by ladle; use base or a model path")
+        if ts == "base":
+            if base is None:
+                raise LadleValueError(f"{where}tokenizer_source: base needs base_model")
+            tokenizer_source = base
+        else:
+            tokenizer_source = _model_path(ts, where, "tokenizer_source", path)
+    template = data.get("chat_template")
+    if template is not None:
+        template = _chat_template(str(template), where)
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise LadleValueError(f"{where}seed must be a non-negative integer, got {seed!r}")
+    return Recipe(path, method, base, models, model_params, parameters, dtype,
+                  tokenizer_source, template, seed)
+
+
+def _check_setting(value: Any, where: str) -> None:
+    """Scalars, lists of scalars (gradients) and {filter, value} conditions only."""
+    if isinstance(value, (bool, int, float, str)):
+        return
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if isinstance(item, dict):
+            bad = sorted(set(item) - {"filter", "value"})
+            if bad or "value" not in item:
+                raise LadleValueError(f"{where}: a condition takes 'filter' and 'value'"
+                                      + (f", got key(s) {', '.join(map(repr, bad))}"
+                                         if bad else ", 'value' is missing"))
+            _check_setting(item["value"], where)
+        elif not isinstance(item, (bool, int, float, str)):
+            raise LadleValueError(f"{where}: unexpected value {item!r}")
+
+
+def _model_path(ref: Any, where: str, key: str, recipe_path: Path | None) -> Path:
+    if not isinstance(ref, str) or not ref:
+        raise LadleValueError(f"{where}{key}: expected a model path, got {ref!r}")
+    if "+" in ref and not Path(ref).exists():
+        raise LadleValueError(f"{where}{key}: LoRA references ('{ref}') are not implemented "
+                              f"by ladle")
+    candidates = [Path(ref)]
+    if recipe_path is not None and not Path(ref).is_absolute():
+        candidates.append(recipe_path.parent / ref)
+    for c in candidates:
+        if c.exists():
+            return c
+    raise LadleValueError(f"{where}{key}: model '{ref}' not found locally (ladle reads local "
+                          f"checkpoints only; it does not download)")
+
+
+def _chat_template(value: str, where: str) -> str:
+    if value in BUILTIN_TEMPLATES:
+        return BUILTIN_TEMPLATES[value]
+    if len(value) >= 20 and "{" in value:
+        return value
+    raise LadleValueError(f"{where}chat_template: '{value}' is neither Jinja text nor a "
+                          f"built-in name ({', '.join(BUILTIN_TEMPLATES)}); 'auto' and other "
+                          f"mergekit template names are not implemented by ladle")
+
+
+def extra_files(recipe: Recipe) -> list[Path]:
+    """Non-weight files for the output: those of the base (or first model), with the
+    tokenizer files taken from ``tokenizer_source`` instead when it is set."""
+    from .checkpoint import open_checkpoint
+
+    donor = open_checkpoint(recipe.base_model or recipe.models[0])
+    files = list(donor.extra_files)
+    if recipe.tokenizer_source is None:
+        return files
+    source = recipe.tokenizer_source
+    if not source.is_dir():
+        raise LadleValueError(f"tokenizer_source {source}: not a model directory")
+    files = [f for f in files if f.name not in TOKENIZER_FILES]
+    taken = [source / name for name in TOKENIZER_FILES if (source / name).is_file()]
+    if not taken:
+        raise LadleValueError(f"tokenizer_source {source}: no tokenizer files "
+                              f"({', '.join(TOKENIZER_FILES[:4])}, ...)")
+    return files + taken
+
+
+def run_recipe(recipe: Recipe, out: str | os.PathLike, **options):
+    """Run a parsed recipe; options are those of :func:`ladle.methods.merge_models`."""
+    from .methods import merge_models
+
+    models = list(recipe.models)
+    params = list(recipe.model_parameters)
+    options.setdefault("dtype", recipe.dtype)
+    return merge_models(recipe.method, models, out, base_model=recipe.base_model,
+                        parameters=recipe.parameters, model_parameters=params,
+                        seed=recipe.seed, extra_files=extra_files(recipe),
+                        chat_template=recipe.chat_template, **options)
