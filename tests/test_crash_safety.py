@@ -82,7 +82,8 @@ def cli(*args: str) -> list[str]:
 
 
 def child_env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(ROOT / "python"))
+    """The imported ladle (installed, or the source tree in development) for children."""
+    return dict(os.environ, PYTHONPATH=str(Path(ladle.__file__).resolve().parent.parent))
 
 
 # ------------------------------------------------------------------ SIGKILL
