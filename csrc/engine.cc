@@ -17,6 +17,7 @@ namespace {
 constexpr size_t kTileElems = 2048;  // accumulator tile, stays in L1
 constexpr uint64_t kMinChunkElems = 16 * 1024;
 constexpr uint64_t kMaxChunkElems = 16ull << 20;
+constexpr size_t kPrefetchDepth = 2;
 
 // Per-thread scratch, allocated once and reused for every chunk.
 struct Scratch {
@@ -36,11 +37,14 @@ class Runner {
     auto t0 = std::chrono::steady_clock::now();
     const auto& items = chunks_.items();
     size_t n_workers = scratch_.size();
+    // Keep kPrefetchDepth chunks per thread in flight ahead of the cursor: cold
+    // reads then overlap compute and writes (the budget accounts for them).
+    size_t ahead = kPrefetchDepth * n_workers;
+    for (size_t i = 0; i < std::min(ahead, items.size()); ++i) chunks_.prefetch(items[i]);
     run_workers(
         items.size(), static_cast<int>(n_workers), nullptr,
         [&](int worker, size_t index) {
-          // Ask for the item this thread will most likely take next.
-          if (index + n_workers < items.size()) chunks_.prefetch(items[index + n_workers]);
+          if (index + ahead < items.size()) chunks_.prefetch(items[index + ahead]);
           process(items[index], &scratch_[static_cast<size_t>(worker)]);
         },
         progress, bytes_done_, chunks_.total_out_n_bytes());
@@ -160,11 +164,11 @@ void validate_plan(const Plan& plan) {
 uint64_t choose_chunk_elems(const Plan& plan, const EngineOptions& options, int threads) {
   if (options.chunk_elems > 0) return options.chunk_elems;
   // Per element in flight: the output staging bytes plus the input pages of the
-  // current chunk and of the prefetched next one.
+  // current chunk and of the kPrefetchDepth prefetched ones.
   uint64_t per_elem = 1;
   for (const Job& job : plan.jobs) {
     uint64_t bytes = item_n_bytes(job.out_dtype);
-    for (const JobInput& in : job.inputs) bytes += 2 * item_n_bytes(in.dtype);
+    for (const JobInput& in : job.inputs) bytes += (1 + kPrefetchDepth) * item_n_bytes(in.dtype);
     per_elem = std::max(per_elem, bytes);
   }
   uint64_t chunk = options.memory_budget / (static_cast<uint64_t>(threads) * per_elem);
