@@ -19,11 +19,6 @@ using namespace ladle;
 
 namespace {
 
-DType dtype_from(const std::string& name) {
-  DType d;
-  LADLE_CHECK(parse_dtype(name, &d), ErrorKind::kValue, "unknown dtype '%s'", name.c_str());
-  return d;
-}
 
 KernelImpl kernel_from(const std::string& name) {
   if (name == "auto") return KernelImpl::kAuto;
@@ -105,14 +100,20 @@ class PyPlan {
   Plan plan_;
 };
 
-py::dict run(const PyPlan& plan, int threads, uint64_t memory_budget, uint64_t chunk_elems,
-             bool check_finite, const std::string& kernel, py::object progress) {
+EngineOptions engine_options(int threads, uint64_t memory_budget, uint64_t chunk_elems,
+                             bool check_finite, const std::string& kernel) {
   EngineOptions options;
   options.threads = threads;
   options.memory_budget = memory_budget;
   options.chunk_elems = chunk_elems;
   options.check_finite = check_finite;
   options.kernel = kernel_from(kernel);
+  return options;
+}
+
+py::dict run(const PyPlan& plan, int threads, uint64_t memory_budget, uint64_t chunk_elems,
+             bool check_finite, const std::string& kernel, py::object progress) {
+  EngineOptions options = engine_options(threads, memory_budget, chunk_elems, check_finite, kernel);
   ProgressFn on_progress = python_progress(progress);
   RunStats stats;
   {
@@ -204,56 +205,24 @@ class PyMethodJobs {
   std::vector<GramJob> grams;
 };
 
-EngineOptions method_options(int threads, uint64_t memory_budget, uint64_t chunk_elems,
-                             bool check_finite, const std::string& kernel) {
-  EngineOptions options;
-  options.threads = threads;
-  options.memory_budget = memory_budget;
-  options.chunk_elems = chunk_elems;
-  options.check_finite = check_finite;
-  options.kernel = kernel_from(kernel);
-  return options;
-}
-
-ProgressFn python_progress(py::object& progress) {
-  return [&progress](uint64_t done, uint64_t total) {
-    py::gil_scoped_acquire gil;
-    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
-    if (progress.is_none()) return true;
-    py::object keep = progress(done, total);
-    return keep.is_none() || keep.cast<bool>();
-  };
-}
-
-py::dict stats_dict(const RunStats& stats) {
-  py::dict out;
-  out["bytes_read"] = stats.bytes_read;
-  out["bytes_written"] = stats.bytes_written;
-  out["n_chunks"] = stats.n_chunks;
-  out["chunk_elems"] = stats.chunk_elems;
-  out["threads"] = stats.threads;
-  out["seconds"] = stats.seconds;
-  out["kernel"] = stats.kernel;
-  return out;
-}
 
 py::dict run_tasks(const PyPlan& plan, const PyMethodJobs& jobs, int threads,
                    uint64_t memory_budget, uint64_t chunk_elems, bool check_finite,
                    const std::string& kernel, py::object progress) {
-  EngineOptions options = method_options(threads, memory_budget, chunk_elems, check_finite, kernel);
+  EngineOptions options = engine_options(threads, memory_budget, chunk_elems, check_finite, kernel);
   ProgressFn on_progress = python_progress(progress);
   RunStats stats;
   {
     py::gil_scoped_release release;
     stats = run_task_jobs(plan.plan(), jobs.tasks, options, on_progress);
   }
-  return stats_dict(stats);
+  return stats_to_dict(stats);
 }
 
 py::tuple run_grams(const PyPlan& plan, const PyMethodJobs& jobs, int threads,
                     uint64_t memory_budget, uint64_t chunk_elems, const std::string& kernel,
                     py::object progress) {
-  EngineOptions options = method_options(threads, memory_budget, chunk_elems, false, kernel);
+  EngineOptions options = engine_options(threads, memory_budget, chunk_elems, false, kernel);
   ProgressFn on_progress = python_progress(progress);
   RunStats stats;
   std::vector<std::vector<double>> grams;
@@ -261,7 +230,7 @@ py::tuple run_grams(const PyPlan& plan, const PyMethodJobs& jobs, int threads,
     py::gil_scoped_release release;
     grams = run_gram_jobs(plan.plan(), jobs.grams, options, on_progress, &stats);
   }
-  return py::make_tuple(grams, stats_dict(stats));
+  return py::make_tuple(grams, stats_to_dict(stats));
 }
 
 py::bytes serialize(const std::vector<std::tuple<std::string, std::string, std::vector<uint64_t>,

@@ -17,11 +17,6 @@ using namespace ladle;
 
 namespace {
 
-DType dtype_from(const std::string& name) {
-  DType d;
-  LADLE_CHECK(parse_dtype(name, &d), ErrorKind::kValue, "unknown dtype '%s'", name.c_str());
-  return d;
-}
 
 cuda::Backend backend_from(bool emulate) {
   return emulate ? cuda::Backend::kEmulator : cuda::Backend::kCuda;

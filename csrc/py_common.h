@@ -6,10 +6,19 @@
 #include <Python.h>
 #include <pybind11/pybind11.h>
 
+#include <string>
+
 #include "common.h"
+#include "dtype.h"
 #include "engine.h"
 
 namespace ladle {
+
+inline DType dtype_from(const std::string& name) {
+  DType d;
+  LADLE_CHECK(parse_dtype(name, &d), ErrorKind::kValue, "unknown dtype '%s'", name.c_str());
+  return d;
+}
 
 inline void register_error_translator() {
   namespace py = pybind11;

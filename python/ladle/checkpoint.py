@@ -6,6 +6,7 @@ exactly one ``.safetensors`` file. No tensor data is read here.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +33,7 @@ class TensorInfo:
 
     @property
     def n_elems(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 @dataclass

@@ -9,6 +9,7 @@ imported torch already, so ``sys.modules`` tells us whether to look for one.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Hashable, Mapping
@@ -50,10 +51,7 @@ class TensorRef:
 
     @property
     def n_elems(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def is_float(self) -> bool:
