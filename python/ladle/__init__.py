@@ -55,3 +55,12 @@ __all__ += [
     "best_ood_without_id_loss", "fixed_alpha", "greedy_ensemble", "greedy_soup",
     "learned_soup", "load_into", "logit_ensemble", "save", "uniform_soup", "wiseft_sweep",
 ]
+
+
+def __getattr__(name: str):
+    """``ladle.analysis`` loads on first use (numpy only; torch stays unimported)."""
+    if name == "analysis":
+        import importlib
+
+        return importlib.import_module(".analysis", __name__)
+    raise AttributeError(f"module 'ladle' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The ``ladle`` command line: merge, soup (--greedy), sweep, convert, inspect, demo.
+"""The ``ladle`` command line: merge, soup (--greedy), sweep, convert, inspect, demo, analyze.
 
 Bad input exits non-zero with a one-line ``ladle: error: ...`` message and no
 traceback; ``LADLE_DEBUG=1`` shows the traceback.
@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="demo-work", help="where checkpoints are generated")
     p.add_argument("--size", default="1GB", help="approximate size of each checkpoint")
     add_subcommands(sub)  # sweep, convert
+    from .analysis.cli import add_subcommands as add_analyze
+
+    add_analyze(sub)  # analyze angle|calibration|diversity
     return parser
 
 
@@ -102,6 +105,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .demo import run_demo
 
         return run_demo(Path(args.workdir), parse_size(args.size))
+    if args.command == "analyze":
+        from .analysis.cli import dispatch as analyze
+
+        return analyze(args)
     if args.command in ("sweep", "convert") or getattr(args, "greedy", False):
         from .cli_soups import dispatch
 

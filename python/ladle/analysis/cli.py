@@ -1,0 +1,96 @@
+"""``ladle analyze``: the analyses that need no model code.
+
+    ladle analyze angle THETA0 THETA1 THETA2 [--include-gains] [--exclude GLOB ...]
+    ladle analyze calibration preds.npz [--bins 15]
+    ladle analyze diversity a.npz b.npz
+
+``.npz`` files hold ``logits`` (N × C) and ``labels`` (N,) arrays (``probs`` is
+accepted instead of ``logits`` by ``calibration``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import numpy as np
+
+from ..errors import LadleValueError
+
+
+def add_subcommands(sub: Any) -> None:
+    """Register ``ladle analyze``."""
+    p = sub.add_parser("analyze", help="weight-space angle, calibration, diversity")
+    a = p.add_subparsers(dest="analysis", required=True)
+    q = a.add_parser("angle", help="angle between THETA1-THETA0 and THETA2-THETA0 (streamed)")
+    q.add_argument("theta0")
+    q.add_argument("theta1")
+    q.add_argument("theta2")
+    gains = q.add_mutually_exclusive_group()
+    gains.add_argument("--exclude-gains", dest="exclude_gains", action="store_true",
+                       default=True, help="leave out biases/norms (default)")
+    gains.add_argument("--include-gains", dest="exclude_gains", action="store_false",
+                       help="use every float tensor")
+    q.add_argument("--exclude", action="append", help="further tensor-name globs to drop")
+    q.add_argument("--threads", type=int, default=0)
+    q.add_argument("--json", action="store_true", help="print the result as JSON")
+    q = a.add_parser("calibration", help="accuracy, NLL, ECE (equal-mass bins), temperature")
+    q.add_argument("preds", help=".npz with logits (or probs) and labels")
+    q.add_argument("--bins", type=int, default=15)
+    q.add_argument("--json", action="store_true")
+    q = a.add_parser("diversity", help="PD, CC, KL, CKAC, McNemar between two models")
+    q.add_argument("a", help=".npz with logits and labels")
+    q.add_argument("b", help=".npz with logits (labels as in A)")
+    q.add_argument("--json", action="store_true")
+
+
+def _load(path: str, *keys: str) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        got = {k: z[k] for k in keys if k in z}
+        if not got or "labels" in keys and "labels" not in got:
+            raise LadleValueError(f"{path}: needs arrays {' and '.join(keys)}, has "
+                                  f"{sorted(z.files)}")
+        return got
+
+
+def _print(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=1))
+        return
+    width = max(map(len, result))
+    for k, v in result.items():
+        print(f"{k:<{width}}  {v:.6g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run one ``ladle analyze`` subcommand."""
+    if args.analysis == "angle":
+        from .geometry import angle
+
+        r = angle(args.theta0, args.theta1, args.theta2, exclude_gains=args.exclude_gains,
+                  exclude=args.exclude, threads=args.threads)
+        r["tensors"] = len(r["tensors"])
+        _print(r, args.json)
+    elif args.analysis == "calibration":
+        from .calibration import calibration_report, expected_calibration_error
+
+        z = _load(args.preds, "logits", "probs", "labels")
+        if "logits" in z:
+            _print(calibration_report(z["logits"], z["labels"], n_bins=args.bins), args.json)
+        elif "probs" in z:
+            _print({"ece": expected_calibration_error(z["probs"], z["labels"],
+                                                      n_bins=args.bins)}, args.json)
+        else:
+            raise LadleValueError(f"{args.preds}: needs a logits or probs array")
+    else:
+        from .diversity import diversity_report
+        from .significance import mcnemar_exact
+
+        za, zb = _load(args.a, "logits", "labels"), _load(args.b, "logits")
+        if "logits" not in za or "logits" not in zb:
+            raise LadleValueError("both files need a logits array")
+        r = diversity_report(za["logits"], zb["logits"], za["labels"])
+        r["mcnemar_p"] = mcnemar_exact(za["logits"], zb["logits"], za["labels"])["p_value"]
+        _print(r, args.json)
+    return 0
