@@ -32,6 +32,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="continue an interrupted merge, keeping its verified finished shards")
     p.add_argument("--device", default="cpu",
                    help="cpu (default), cuda or cuda:N: stream the merge through the GPU")
+    p.add_argument("--distributed", action="store_true", default=None,
+                   help="split the output shards across torch.distributed ranks (torchrun); "
+                        "on by default when WORLD_SIZE > 1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +126,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                "device": args.device}
     if args.resume:
         options["resume"] = True
+    if getattr(args, "distributed", None):
+        options["distributed"] = True
     if args.command == "merge" and args.config is not None:
         from .recipe import load_recipe, run_recipe
 
@@ -132,8 +137,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.config)
         if args.dtype is None:
             del options["dtype"]
-        if options.pop("device") != "cpu" or options.pop("resume", False):
-            raise LadleError("--config recipes run on the CPU engine without --resume")
+        if (options.pop("device") != "cpu" or options.pop("resume", False)
+                or options.pop("distributed", False)):
+            raise LadleError("--config recipes run on the CPU engine without --resume "
+                             "or --distributed")
         report = run_recipe(recipe, args.out, **options)
     elif not args.checkpoints:
         raise LadleError(f"{args.command}: no checkpoints given")
@@ -147,12 +154,16 @@ def _dispatch(args: argparse.Namespace) -> int:
                              **options)
     else:
         report = merge(args.checkpoints, args.weights, args.out, **options)
-    if not args.quiet and not args.dry_run:
+    if not args.quiet and not args.dry_run and _is_rank0():
         print(f"wrote {report.out}: {report.n_tensors} tensors in {report.n_shards} shard(s), "
               f"read {format_size(report.bytes_read)}, wrote {format_size(report.bytes_written)} "
               f"in {report.seconds:.2f} s ({report.gb_per_s:.2f} GB/s, {report.threads} "
               f"threads, {report.kernel} kernels)")
     return 0
+
+
+def _is_rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _inspect(path: str) -> int:

@@ -64,6 +64,11 @@ class LearnedSoup:
         beta: initial temperature.
         key_map, strict: name matching.
         threads, memory_budget: engine options.
+        distributed: each ``torch.distributed`` rank trains on its own batches (its
+            slice of the held-out data); the gradients are the weighted mean over
+            ranks (weights ``batch_weight(batch)``, default the batch's example
+            count), so every rank keeps the same coefficients. ``None``: on when
+            launched with ``WORLD_SIZE`` > 1. Rank 0 writes ``out`` and the log.
 
     Example:
         >>> soup = LearnedSoup(model, paths, by_layer=True)          # doctest: +SKIP
@@ -73,8 +78,16 @@ class LearnedSoup:
     def __init__(self, module: Any, ingredients: Sequence[Any], *,
                  by_layer: bool | Callable[[str], str] = False, beta: float = 1.0,
                  key_map: KeyMap = None, strict: bool = True, threads: int = 0,
-                 memory_budget: int | str = "256MiB"):
+                 memory_budget: int | str = "256MiB", distributed: bool | None = None,
+                 batch_weight: Callable[[Any], float] | None = None):
         import torch
+
+        from .distributed import default_batch_weight, soup_group
+
+        # Distributed: each rank's batches are its slice of the held-out data; the
+        # per-tensor dot products, loss and dL/dbeta are all-reduced as a weighted mean.
+        self.group = soup_group(distributed)
+        self.batch_weight = batch_weight or default_batch_weight
 
         self.module = module
         self.sets = [open_input(x) for x in ingredients]
@@ -123,15 +136,31 @@ class LearnedSoup:
                 p.grad.zero_()  # in place: the engine keeps the gradients' addresses
         if self.beta.grad is not None:
             self.beta.grad.zero_()
-        loss = (loss_fn or cross_entropy_loss)(self.module, batch, self.beta)
-        loss.backward()
-        grads = {n: p.grad for n, p in self.params.items() if p.grad is not None}
-        dots = self.loader.dot(from_tensors("<gradients>", grads))
+        error = None
+        try:
+            loss = (loss_fn or cross_entropy_loss)(self.module, batch, self.beta)
+            loss.backward()
+            grads = {n: p.grad for n, p in self.params.items() if p.grad is not None}
+            dots = self.loader.dot(from_tensors("<gradients>", grads))
+        except Exception as e:  # noqa: BLE001 - re-raised below (on every rank)
+            error = e
+        if self.group is None:
+            if error is not None:
+                raise error
+            loss_value = float(loss.detach())
+        else:
+            from .distributed import reduce_gradient
+
+            self.group.check(error)
+            beta_grad = float(self.beta.grad) if self.beta.grad is not None else 0.0
+            dots, loss_value, beta_grad = reduce_gradient(
+                self.group, dots, float(loss.detach()), beta_grad, self.batch_weight(batch))
+            self.beta.grad = torch.tensor(beta_grad, dtype=self.beta.dtype)
         d_alpha = torch.zeros_like(self.logits)
         for name, values in dots.items():
             d_alpha[:, self.layer_index[name]] += torch.tensor(values, dtype=torch.float64)
         self.logits.grad = torch.autograd.grad(self.alphas(), self.logits, d_alpha)[0]
-        return float(loss.detach())
+        return loss_value
 
     def fit(self, batches: Sequence[Any], *, epochs: int = 3, lr: float = 0.1,
             weight_decay: float = 0.0, loss_fn: LossFn | None = None,
@@ -155,7 +184,7 @@ class LearnedSoup:
         """
         import torch
 
-        log = as_log(log)
+        log = as_log(log if self.group is None or self.group.rank == 0 else None)
         opt = torch.optim.AdamW([self.logits, self.beta], lr=lr, weight_decay=weight_decay)
         losses = []
         steps = [b for _ in range(epochs) for b in batches]
@@ -177,8 +206,11 @@ class LearnedSoup:
                                    self.alphas().detach().tolist(), float(self.beta.detach()),
                                    losses)
         if out is not None:
-            result.out = self.write(out, result, overwrite=overwrite,
-                                    max_shard_size=max_shard_size)
+            def write() -> Any:
+                return self.write(out, result, overwrite=overwrite,
+                                  max_shard_size=max_shard_size)
+
+            result.out = write() if self.group is None else self.group.on_rank0(write)
         return result
 
     def write(self, out: str | os.PathLike, result: LearnedSoupResult, *,
@@ -212,7 +244,9 @@ def learned_soup(module: Any, ingredients: Sequence[Any], batches: Sequence[Any]
                  loss_fn: LossFn | None = None, out: str | os.PathLike | None = None,
                  log: ResultsLog | str | None = None, key_map: KeyMap = None,
                  strict: bool = True, threads: int = 0, memory_budget: int | str = "256MiB",
-                 overwrite: bool = False, progress: bool = False) -> LearnedSoupResult:
+                 overwrite: bool = False, progress: bool = False,
+                 distributed: bool | None = None,
+                 batch_weight: Callable[[Any], float] | None = None) -> LearnedSoupResult:
     """Train and load a learned soup (see :class:`LearnedSoup`); one call.
 
     Example:
@@ -220,6 +254,7 @@ def learned_soup(module: Any, ingredients: Sequence[Any], batches: Sequence[Any]
         >>> r.alphas                                                              # doctest: +SKIP
     """
     soup = LearnedSoup(module, ingredients, by_layer=by_layer, beta=beta, key_map=key_map,
-                       strict=strict, threads=threads, memory_budget=memory_budget)
+                       strict=strict, threads=threads, memory_budget=memory_budget,
+                       distributed=distributed, batch_weight=batch_weight)
     return soup.fit(batches, epochs=epochs, lr=lr, weight_decay=weight_decay, loss_fn=loss_fn,
                     log=log, out=out, overwrite=overwrite, progress=progress)

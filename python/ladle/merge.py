@@ -39,6 +39,8 @@ class MergeReport:
     chunk_elems: int = 0
     kernel: str = ""
     plan: MergePlan | None = None
+    world_size: int = 1
+    rank_bytes_read: list[int] | None = None  # distributed merges: input bytes each rank read
 
     @property
     def gb_per_s(self) -> float:
@@ -58,7 +60,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
           threads: int = 0, memory_budget: int | str = "256MiB", check_finite: bool = False,
           overwrite: bool = False, progress: bool = True, dry_run: bool = False,
           method: str = "linear", kernel: str = "auto", resume: bool = False,
-          device: str = "cpu") -> MergeReport:
+          device: str = "cpu", distributed: bool | None = None) -> MergeReport:
     """Write ``out = Σ_k weights[k] · checkpoints[k]`` tensor by tensor.
 
     Weights are used as given (they may be negative or not sum to one, so task
@@ -84,6 +86,11 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
         device: ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"``: weighted sums
             stream through the GPU (pinned staging, same bit-exact results);
             raises BackendError when CUDA is unavailable.
+        distributed: partition the output shards across the ``torch.distributed``
+            ranks (torchrun; see :mod:`ladle.distributed`); every rank calls merge
+            with the same arguments and gets the same report. ``None`` (default):
+            on when launched with ``WORLD_SIZE`` > 1. Inputs and output must be on
+            a file system all ranks share.
 
     Returns:
         A :class:`MergeReport` with byte counts and timing.
@@ -93,6 +100,10 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
     """
     if any(_needs_live_path(c) for c in checkpoints):  # modules, dicts, .pt/.bin files
         from .writer import merge_live
+
+        if distributed:
+            raise LadleValueError("distributed merges take checkpoint files (safetensors), "
+                                  "not live models, dicts or .pt/.bin files")
 
         return merge_live(checkpoints, weights, out, dtype=dtype, max_shard_size=max_shard_size,
                           include=include, exclude=exclude, threads=threads,
@@ -118,6 +129,13 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
         return MergeReport(None, len(plan.tensors), len(plan.shards), plan.bytes_read,
                            plan.bytes_written, 0.0, plan=plan)
     t0 = time.perf_counter()
+    from .distributed import wanted
+
+    if wanted(distributed):
+        return _merge_distributed(plan, ckpts, output, resume=resume, threads=threads,
+                                  memory_budget=parse_size(memory_budget),
+                                  check_finite=check_finite, progress=progress, kernel=kernel,
+                                  device=device)
 
     def work(output: OutputDir) -> dict:
         stats = execute(plan, ckpts, output, threads=threads,
@@ -134,6 +152,30 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
     return MergeReport(dest, len(plan.tensors), len(plan.shards), stats["bytes_read"],
                        plan.bytes_written, time.perf_counter() - t0, stats["threads"],
                        stats["chunk_elems"], stats["kernel"], plan)
+
+
+def _merge_distributed(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *,
+                       resume: bool, device: str, **engine) -> MergeReport:
+    from .distributed import run_merge
+
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # one GPU per local rank
+    engine["progress"] = engine["progress"] and os.environ.get("RANK", "0") == "0"
+
+    def run(plan: MergePlan, ckpts: list[Checkpoint], view: OutputDir, only: list[int]) -> dict:
+        return execute(plan, ckpts, view, device=device, only=only, **engine)
+
+    def finish(output: OutputDir) -> None:
+        if plan.sharded:
+            output.write_index({t.name: plan.shards[t.shard].file_name for t in plan.tensors},
+                               sum(t.n_bytes for t in plan.tensors))
+        output.copy_extra_files(ckpts[0].extra_files)
+
+    r = run_merge(plan, ckpts, output, plan_hash=plan_hash(plan, ckpts), resume=resume,
+                  execute=run, finish=finish)
+    return MergeReport(r["dest"], len(plan.tensors), len(plan.shards), r["bytes_read"],
+                       plan.bytes_written, r["seconds"], r["threads"], r["chunk_elems"],
+                       r["kernel"], plan, r["world_size"], r["rank_bytes_read"])
 
 
 def plan_hash(plan: MergePlan, ckpts: list[Checkpoint]) -> str:
@@ -161,11 +203,13 @@ def _needs_live_path(c: object) -> bool:
 
 def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, threads: int,
             memory_budget: int, check_finite: bool, progress: bool, kernel: str,
-            device: str = "cpu") -> dict:
+            device: str = "cpu", only: list[int] | None = None) -> dict:
     """Run a plan's jobs into the shards of ``output``'s partial directory, one shard
     at a time; each finished shard is fsynced and recorded for resume. Shards
-    already in ``output.finished`` (a resumed run) are skipped."""
-    todo = [i for i, s in enumerate(plan.shards) if s.file_name not in output.finished]
+    already in ``output.finished`` (a resumed run) are skipped, and so are those
+    not in ``only`` (the shards of one rank of a distributed merge) when given."""
+    todo = [i for i, s in enumerate(plan.shards) if s.file_name not in output.finished
+            and (only is None or i in only)]
     by_shard: dict[int, list] = {i: [] for i in todo}
     for t in plan.tensors:
         if t.shard in by_shard:

@@ -62,6 +62,7 @@ class OutputDir:
         self.overwrite = overwrite
         self.plan_hash = ""
         self.finished: dict[str, dict] = {}  # shard file name -> {"n_bytes", "crc32c"}
+        self.manifest_name = MANIFEST_NAME  # ranks of a distributed merge keep their own
         self._lock_fd = -1
 
     def lock(self) -> None:
@@ -178,7 +179,7 @@ class OutputDir:
 
     def _write_manifest(self) -> None:
         data = {"version": 1, "plan_hash": self.plan_hash, "shards": self.finished}
-        path = self.partial / MANIFEST_NAME
+        path = self.partial / self.manifest_name
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         _fsync_file(tmp)

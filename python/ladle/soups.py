@@ -199,7 +199,8 @@ def greedy_soup(module: Any, ingredients: Sequence[Any], evaluate: Evaluate, *,
                 workdir: str | os.PathLike | None = None,
                 log: ResultsLog | str | None = None, progress: bool = False, threads: int = 0,
                 memory_budget: int | str = "256MiB", overwrite: bool = False,
-                max_shard_size: int | str = "5GB") -> SoupResult:
+                max_shard_size: int | str = "5GB",
+                distributed: bool | None = None) -> SoupResult:
     """Greedy soup (Model soups, Recipe 1) streamed through the live ``module``.
 
     Args:
@@ -221,6 +222,12 @@ def greedy_soup(module: Any, ingredients: Sequence[Any], evaluate: Evaluate, *,
         log: JSONL results log (every evaluation is appended).
         progress: show a tqdm bar over steps.
         threads, memory_budget, overwrite, max_shard_size: engine/output options.
+        distributed: every ``torch.distributed`` rank holds a replica of the model and
+            evaluates it on its own slice of the held-out data: ``evaluate`` then
+            returns the local mean, or ``(mean, weight)`` with e.g. the local example
+            count, and the score is the weighted mean over ranks, identical on every
+            rank, so all take the same decisions. Rank 0 writes ``out`` and the log.
+            ``None`` (default): on when launched with ``WORLD_SIZE`` > 1.
 
     Returns:
         A :class:`SoupResult`; ``history`` holds every tentative soup.
@@ -233,6 +240,12 @@ def greedy_soup(module: Any, ingredients: Sequence[Any], evaluate: Evaluate, *,
     n = len(sets)
     if n == 0:
         raise LadleValueError("greedy_soup needs at least one ingredient")
+    from .distributed import soup_group
+
+    group = soup_group(distributed)
+    if group is not None:
+        evaluate = group.mean_evaluate(evaluate)
+        log = log if group.rank == 0 else None
     log = as_log(log)
     labels = _labels(sets)
     target = target_set(module)
@@ -248,7 +261,7 @@ def greedy_soup(module: Any, ingredients: Sequence[Any], evaluate: Evaluate, *,
                        with_replacement=with_replacement, n_steps=n_steps, scores=scores,
                        key_map=key_map, progress=progress, threads=threads,
                        memory_budget=memory_budget, overwrite=overwrite,
-                       max_shard_size=max_shard_size)
+                       max_shard_size=max_shard_size, group=group)
     finally:
         acc.close()
 
@@ -257,7 +270,8 @@ def _greedy(module: Any, sets: list[TensorSet], labels: list[str], singles: list
             acc: Accumulators, evaluate: Evaluate, log: ResultsLog, *, out: Any, strict: bool,
             order: str, seed: int, with_replacement: bool, n_steps: int | None,
             scores: Sequence[float] | None, key_map: KeyMap, progress: bool, threads: int,
-            memory_budget: int | str, overwrite: bool, max_shard_size: int | str) -> SoupResult:
+            memory_budget: int | str, overwrite: bool, max_shard_size: int | str,
+            group: Any = None) -> SoupResult:
     n = len(sets)
     individual: list[float | None] = list(scores) if scores is not None else [None] * n
     if order == "score" and scores is None:
@@ -325,9 +339,12 @@ def _greedy(module: Any, sets: list[TensorSet], labels: list[str], singles: list
     log.append("greedy-soup", ingredients=labels, weights=result.weights, score=best,
                counts=counts)
     if out is not None:
-        result.out = _write_greedy(out, result, singles[first_accepted], final,
-                                   fp32_reciprocal(n_acc), overwrite, max_shard_size, threads,
-                                   memory_budget)
+        def write() -> Any:
+            return _write_greedy(out, result, singles[first_accepted], final,
+                                 fp32_reciprocal(n_acc), overwrite, max_shard_size, threads,
+                                 memory_budget)
+
+        result.out = write() if group is None else group.on_rank0(write)
     return result
 
 

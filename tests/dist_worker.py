@@ -1,0 +1,126 @@
+"""One rank of the distributed tests (launched by torch.distributed.run from
+test_distributed.py). ``python dist_worker.py WORKDIR SCENARIO...``: reads
+``WORKDIR/job.json`` and writes what it saw to ``WORKDIR/<scenario>.rank<R>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import ladle
+from ladle import distributed
+from ladle.output import OutputDir
+
+RANK = int(os.environ["RANK"])
+WORLD = int(os.environ["WORLD_SIZE"])
+
+
+def report(r) -> dict:
+    return {"out": str(r.out), "bytes_read": r.bytes_read, "bytes_written": r.bytes_written,
+            "rank_bytes_read": r.rank_bytes_read, "world_size": r.world_size,
+            "n_shards": r.n_shards}
+
+
+def merge(job: dict) -> dict:
+    r = ladle.merge(job["inputs"], job["weights"], job["out"] + f".w{WORLD}",
+                    max_shard_size=job["shard"], threads=1, progress=False)  # auto: WORLD_SIZE
+    return report(r)
+
+
+def _fail_on_rank(rank: int, exc: BaseException, after: int):
+    """Make ``rank`` raise ``exc`` once it has recorded ``after`` shards."""
+    original = OutputDir.record_shard
+    seen = [0]
+
+    def record(self, name):
+        original(self, name)
+        seen[0] += 1
+        if RANK == rank and seen[0] >= after:
+            raise exc
+
+    OutputDir.record_shard = record
+    return lambda: setattr(OutputDir, "record_shard", original)
+
+
+def error(job: dict) -> dict:
+    out = job["out"] + ".error"
+    restore = _fail_on_rank(1, ladle.LadleIOError(28, "disk full (injected)"), 1)
+    try:
+        ladle.merge(job["inputs"], job["weights"], out, max_shard_size=job["shard"],
+                    threads=1, progress=False, distributed=True)
+        raised = None
+    except Exception as e:  # noqa: BLE001
+        raised = f"{type(e).__name__}: {e}"
+    finally:
+        restore()
+    distributed.group().barrier()
+    return {"raised": raised, "dest_exists": Path(out).exists(),
+            "partial_exists": Path(out + ".ladle-partial").exists()}
+
+
+def resume(job: dict) -> dict:
+    out = job["out"] + ".resume"
+    partial = Path(out + ".ladle-partial")
+    restore = _fail_on_rank(1, KeyboardInterrupt(), 1)
+    try:
+        ladle.merge(job["inputs"], job["weights"], out, max_shard_size=job["shard"],
+                    threads=1, progress=False, distributed=True)
+        raised = None
+    except BaseException as e:  # noqa: BLE001
+        raised = type(e).__name__
+    finally:
+        restore()
+    g = distributed.group()
+    g.barrier()
+    kept = {p.name: [p.stat().st_ino, p.stat().st_mtime_ns] for p in partial.iterdir()
+            if p.suffix == ".safetensors"} if partial.is_dir() else {}
+    g.barrier()
+    r = ladle.merge(job["inputs"], job["weights"], out, max_shard_size=job["shard"],
+                    threads=1, progress=False, distributed=True, resume=True)
+    after = {name: [(Path(out) / name).stat().st_ino, (Path(out) / name).stat().st_mtime_ns]
+             for name in kept}
+    return {"raised": raised, "kept": kept, "after": after, **report(r)}
+
+
+def greedy(job: dict) -> dict:
+    import torch
+    from toy_models import data, mlp
+
+    x, y = data()
+    xs, ys = x[RANK::WORLD], y[RANK::WORLD]
+
+    def evaluate(module):
+        with torch.no_grad():
+            return -torch.nn.functional.cross_entropy(module(xs), ys).item(), len(ys)
+
+    res = ladle.greedy_soup(mlp(9), job["soup_inputs"], evaluate, out=job["out"] + ".greedy",
+                            distributed=True)
+    return {"history": res.history, "counts": res.counts, "score": res.score,
+            "individual": res.individual_scores, "out": str(res.out)}
+
+
+def learned(job: dict) -> dict:
+    from toy_models import data, mlp
+
+    x, y = data()
+    res = ladle.learned_soup(mlp(9), job["soup_inputs"][:3],
+                             [(x[RANK::WORLD], y[RANK::WORLD])], epochs=3, lr=0.1,
+                             distributed=True)
+    return {"alphas": res.alphas, "beta": res.beta, "losses": res.losses}
+
+
+def main() -> None:
+    workdir = Path(sys.argv[1])
+    job = json.loads((workdir / "job.json").read_text())
+    for scenario in sys.argv[2:]:
+        result = globals()[scenario](job)
+        (workdir / f"{scenario}.rank{RANK}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
