@@ -8,6 +8,7 @@
 
 #include "common.h"
 #include "engine.h"
+#include "reduce.h"
 #include "safetensors.h"
 
 namespace py = pybind11;
@@ -128,6 +129,33 @@ py::dict run(const PyPlan& plan, int threads, uint64_t memory_budget, uint64_t c
   return out;
 }
 
+using DotInput = std::tuple<uint32_t, uint64_t, std::string>;  // (source, offset, dtype)
+
+// Streamed fp64 dot products <lhs, x_k> per job (the learned soup's gradient).
+std::vector<std::vector<double>> py_dot_products(
+    const PyPlan& plan,
+    const std::vector<std::tuple<std::string, uint64_t, DotInput, std::vector<DotInput>>>& jobs,
+    int threads, uint64_t memory_budget, uint64_t chunk_elems) {
+  auto to_input = [](const DotInput& d) {
+    return JobInput{std::get<0>(d), std::get<1>(d), dtype_from(std::get<2>(d)), 1.0f};
+  };
+  std::vector<DotJob> dot_jobs;
+  for (const auto& [name, n_elems, lhs, inputs] : jobs) {
+    DotJob job;
+    job.name = name;
+    job.n_elems = n_elems;
+    job.lhs = to_input(lhs);
+    for (const DotInput& in : inputs) job.inputs.push_back(to_input(in));
+    dot_jobs.push_back(std::move(job));
+  }
+  DotOptions options;
+  options.threads = threads;
+  options.memory_budget = memory_budget;
+  options.chunk_elems = chunk_elems;
+  py::gil_scoped_release release;
+  return ladle::dot_products(plan.plan(), dot_jobs, options);
+}
+
 py::bytes serialize(const std::vector<std::tuple<std::string, std::string, std::vector<uint64_t>,
                                                  uint64_t, uint64_t>>& tensors,
                     const std::vector<std::pair<std::string, std::string>>& metadata) {
@@ -225,6 +253,10 @@ PYBIND11_MODULE(_core, m) {
       .def("clear_jobs", &PyPlan::clear_jobs)
       .def_property_readonly("n_jobs", &PyPlan::n_jobs);
 
+  m.def("dot_products", &py_dot_products, py::arg("plan"), py::arg("jobs"), py::arg("threads") = 0,
+        py::arg("memory_budget") = 256ull << 20, py::arg("chunk_elems") = 0,
+        "fp64 dot products <lhs, x_k> for jobs (name, n_elems, lhs, [x_k]), each input a "
+        "(source, offset, dtype) of the plan's sources; returns one list per job.");
   m.def("run", &run, py::arg("plan"), py::arg("threads") = 0,
         py::arg("memory_budget") = 256ull << 20, py::arg("chunk_elems") = 0,
         py::arg("check_finite") = false, py::arg("kernel") = "auto",

@@ -24,7 +24,20 @@ from .errors import (
     MismatchError,
     NonFiniteError,
 )
+from .ensembles import EnsembleResult, greedy_ensemble, logit_ensemble
+from .learned import LearnedSoup, LearnedSoupResult, learned_soup
+from .live import Loader, load_into
 from .merge import MergeReport, interpolate, merge, soup
+from .results import ResultsLog
+from .selection import (
+    best_id_without_ood_loss,
+    best_ood_without_id_loss,
+    best_on_heldout,
+    fixed_alpha,
+)
+from .soups import SoupResult, greedy_soup, uniform_soup
+from .wiseft import SweepPoint, wiseft_sweep
+from .writer import save
 
 __version__ = build_info()["version"]
 
@@ -32,4 +45,9 @@ __all__ = [
     "BackendError", "CancelledError", "Checkpoint", "FormatError", "LadleError",
     "LadleIOError", "LadleValueError", "MergeReport", "MismatchError", "NonFiniteError",
     "TensorInfo", "build_info", "errors", "interpolate", "merge", "open", "soup",
+    # live models and soups
+    "EnsembleResult", "LearnedSoup", "LearnedSoupResult", "Loader", "ResultsLog",
+    "SoupResult", "SweepPoint", "best_id_without_ood_loss", "best_ood_without_id_loss",
+    "best_on_heldout", "fixed_alpha", "greedy_ensemble", "greedy_soup", "learned_soup",
+    "load_into", "logit_ensemble", "save", "uniform_soup", "wiseft_sweep",
 ]

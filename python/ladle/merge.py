@@ -63,7 +63,8 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
     Accumulation is fp32 in input order; the result is rounded to nearest even.
 
     Args:
-        checkpoints: paths (file, HF sharded directory) or opened Checkpoints.
+        checkpoints: paths (file, HF sharded directory, ``.pt``/``.bin``), opened
+            Checkpoints, live ``nn.Module``s or dicts of tensors (read in place).
         weights: one finite weight per checkpoint; zero weights skip their input.
         out: ``*.safetensors`` for one file, otherwise a directory (HF layout).
         dtype: output dtype for float tensors (default: the inputs' dtype).
@@ -82,6 +83,14 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
     Example:
         >>> ladle.merge(["a/", "b/"], [0.3, 0.7], "out/")   # doctest: +SKIP
     """
+    if any(_needs_live_path(c) for c in checkpoints):  # modules, dicts, .pt/.bin files
+        from .writer import merge_live
+
+        return merge_live(checkpoints, weights, out, dtype=dtype, max_shard_size=max_shard_size,
+                          include=include, exclude=exclude, threads=threads,
+                          memory_budget=memory_budget, check_finite=check_finite,
+                          overwrite=overwrite, progress=progress, dry_run=dry_run,
+                          method=method, kernel=kernel)
     ckpts = _open_all(checkpoints)
     weights = check_weights(list(weights), len(ckpts))
     output = OutputDir(out, overwrite=overwrite)
@@ -116,6 +125,16 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
     return MergeReport(dest, len(plan.tensors), len(plan.shards), stats["bytes_read"],
                        plan.bytes_written, time.perf_counter() - t0, stats["threads"],
                        stats["chunk_elems"], stats["kernel"], plan)
+
+
+def _needs_live_path(c: object) -> bool:
+    if isinstance(c, Checkpoint):
+        return False
+    if isinstance(c, (str, os.PathLike)):
+        from .sources import TORCH_SUFFIXES
+
+        return Path(c).suffix in TORCH_SUFFIXES and Path(c).is_file()
+    return True
 
 
 def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, threads: int,

@@ -1,0 +1,179 @@
+#include "reduce.h"
+
+#include <algorithm>
+#include <atomic>
+#include <exception>
+#include <mutex>
+#include <thread>
+
+#include "common.h"
+#include "safetensors.h"
+
+namespace ladle {
+namespace {
+
+constexpr size_t kTile = 1024;
+constexpr uint64_t kMinChunk = 16 * 1024;
+constexpr uint64_t kMaxChunk = 4ull << 20;
+
+uint64_t item_size(DType d) { return static_cast<uint64_t>(dtype_bits(d) / 8); }
+
+// Decodes n elements of `dtype` at `src` to fp64 (exact for every float dtype).
+void load_f64(DType dtype, const uint8_t* src, double* dst, size_t n) {
+  switch (dtype) {
+    case DType::kF32: {
+      const float* p = reinterpret_cast<const float*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = p[i];
+      return;
+    }
+    case DType::kBF16: {
+      const uint16_t* p = reinterpret_cast<const uint16_t*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(p[i]);
+      return;
+    }
+    case DType::kF16: {
+      const uint16_t* p = reinterpret_cast<const uint16_t*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(p[i]);
+      return;
+    }
+    case DType::kF64: {
+      const double* p = reinterpret_cast<const double*>(src);
+      std::copy(p, p + n, dst);
+      return;
+    }
+    default:
+      raise(ErrorKind::kValue, format("cannot take dot products of dtype %s", dtype_name(dtype)));
+  }
+}
+
+struct Item {
+  uint32_t job;
+  uint64_t first;
+  uint64_t n;
+};
+
+void check_input(const Plan& plan, const DotJob& job, const JobInput& in) {
+  LADLE_CHECK(in.source < plan.sources.size(), ErrorKind::kValue,
+              "tensor '%s': source index %u out of range", job.name.c_str(), in.source);
+  const Source& src = plan.sources[in.source];
+  LADLE_CHECK(dtype_is_mergeable(in.dtype), ErrorKind::kValue,
+              "%s: tensor '%s': dtype %s has no dot product", src.label.c_str(),
+              job.name.c_str(), dtype_name(in.dtype));
+  uint64_t n_bytes = tensor_n_bytes(in.dtype, job.n_elems, "tensor '" + job.name + "'");
+  LADLE_CHECK(in.offset <= src.n_bytes && n_bytes <= src.n_bytes - in.offset, ErrorKind::kFormat,
+              "%s: tensor '%s': byte range [%llu, +%llu) exceeds the %llu bytes available",
+              src.label.c_str(), job.name.c_str(), (unsigned long long)in.offset,
+              (unsigned long long)n_bytes, (unsigned long long)src.n_bytes);
+}
+
+void release(const Plan& plan, const JobInput& in, const Item& item) {
+  const Source& src = plan.sources[in.source];
+  if (!src.file) return;
+  uint64_t size = item_size(in.dtype);
+  src.file->release(in.offset + item.first * size, item.n * size);
+}
+
+void prefetch(const Plan& plan, const JobInput& in, const Item& item) {
+  const Source& src = plan.sources[in.source];
+  if (!src.file) return;
+  uint64_t size = item_size(in.dtype);
+  src.file->prefetch(in.offset + item.first * size, item.n * size);
+}
+
+// Partial sums of one chunk, written to out[0..N).
+void dot_chunk(const Plan& plan, const DotJob& job, const Item& item, double* out) {
+  double g[kTile], x[kTile];
+  size_t n_in = job.inputs.size();
+  std::fill(out, out + n_in, 0.0);
+  const uint8_t* g_base = plan.sources[job.lhs.source].base + job.lhs.offset;
+  for (uint64_t t = 0; t < item.n; t += kTile) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n - t));
+    uint64_t elem = item.first + t;
+    load_f64(job.lhs.dtype, g_base + elem * item_size(job.lhs.dtype), g, n);
+    for (size_t k = 0; k < n_in; ++k) {
+      const JobInput& in = job.inputs[k];
+      load_f64(in.dtype, plan.sources[in.source].base + in.offset + elem * item_size(in.dtype), x,
+               n);
+      double acc = 0.0;
+      for (size_t i = 0; i < n; ++i) acc += g[i] * x[i];
+      out[k] += acc;
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<std::vector<double>> dot_products(const Plan& plan, const std::vector<DotJob>& jobs,
+                                              const DotOptions& options) {
+  uint64_t per_elem = 1;
+  for (const DotJob& job : jobs) {
+    check_input(plan, job, job.lhs);
+    uint64_t bytes = item_size(job.lhs.dtype);
+    for (const JobInput& in : job.inputs) {
+      check_input(plan, job, in);
+      bytes += 2 * item_size(in.dtype);
+    }
+    per_elem = std::max(per_elem, bytes);
+  }
+  int threads = options.threads > 0
+                    ? options.threads
+                    : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  uint64_t chunk = options.chunk_elems;
+  if (chunk == 0) {
+    chunk = options.memory_budget / (static_cast<uint64_t>(threads) * per_elem) / 4096 * 4096;
+    chunk = std::clamp(chunk, kMinChunk, kMaxChunk);
+  }
+  std::vector<Item> items;
+  std::vector<size_t> partial_at;  // first partial slot of each item
+  size_t n_partials = 0;
+  for (uint32_t j = 0; j < jobs.size(); ++j) {
+    for (uint64_t first = 0; first < jobs[j].n_elems; first += chunk) {
+      items.push_back({j, first, std::min(chunk, jobs[j].n_elems - first)});
+      partial_at.push_back(n_partials);
+      n_partials += jobs[j].inputs.size();
+    }
+  }
+  std::vector<double> partials(n_partials, 0.0);
+  std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+  std::mutex error_mu;
+  auto work = [&] {
+    try {
+      while (!failed.load()) {
+        size_t i = next.fetch_add(1);
+        if (i >= items.size()) break;
+        if (i + threads < items.size()) {
+          const Item& ahead = items[i + threads];
+          prefetch(plan, jobs[ahead.job].lhs, ahead);
+          for (const JobInput& in : jobs[ahead.job].inputs) prefetch(plan, in, ahead);
+        }
+        const Item& item = items[i];
+        const DotJob& job = jobs[item.job];
+        dot_chunk(plan, job, item, partials.data() + partial_at[i]);
+        release(plan, job.lhs, item);
+        for (const JobInput& in : job.inputs) release(plan, in, item);
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> guard(error_mu);
+      if (!error) error = std::current_exception();
+      failed.store(true);
+    }
+  };
+  int n_workers = static_cast<int>(std::min<size_t>(threads, std::max<size_t>(1, items.size())));
+  std::vector<std::thread> workers;
+  for (int t = 1; t < n_workers; ++t) workers.emplace_back(work);
+  work();
+  for (auto& w : workers) w.join();
+  if (error) std::rethrow_exception(error);
+
+  std::vector<std::vector<double>> out(jobs.size());
+  for (uint32_t j = 0; j < jobs.size(); ++j) out[j].assign(jobs[j].inputs.size(), 0.0);
+  for (size_t i = 0; i < items.size(); ++i) {  // chunk order: deterministic
+    std::vector<double>& dst = out[items[i].job];
+    for (size_t k = 0; k < dst.size(); ++k) dst[k] += partials[partial_at[i] + k];
+  }
+  return out;
+}
+
+}  // namespace ladle

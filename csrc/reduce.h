@@ -1,0 +1,36 @@
+// Streamed reductions over a Plan's sources: per tensor, the dot products
+// <g, x_k> of one tensor g (e.g. a gradient dL/dθ) with the matching tensors x_k
+// of N inputs, accumulated in fp64. The learned soup's gradient with respect to
+// each mixing coefficient is exactly this, so it needs one model's memory whatever N.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "plan.h"
+
+namespace ladle {
+
+struct DotJob {
+  std::string name;     // tensor name, for messages
+  uint64_t n_elems = 0;
+  JobInput lhs;         // g (its weight is ignored)
+  std::vector<JobInput> inputs;  // x_1..x_N (weights ignored)
+};
+
+struct DotOptions {
+  int threads = 0;                        // 0: all hardware threads
+  uint64_t memory_budget = 256ull << 20;  // bounds the chunk length, as for merges
+  uint64_t chunk_elems = 0;               // 0: derive from the budget
+};
+
+// Returns, for every job, the N values sum_i double(g[i]) * double(x_k[i]).
+// Each chunk is summed in fp64 in element order and the chunk sums are added in
+// chunk order, so the result does not depend on the thread count. Input pages of
+// memory-mapped sources are released behind the cursor. Raises ladle::Error when a
+// range lies outside its source or a dtype is not a float type.
+std::vector<std::vector<double>> dot_products(const Plan& plan, const std::vector<DotJob>& jobs,
+                                              const DotOptions& options);
+
+}  // namespace ladle
