@@ -6,10 +6,10 @@ Images are kept as uint8 tensors (N, C, H, W); :func:`prepare` turns a batch int
 normalised float input of a model at its resolution.
 
 Example:
-    >>> from ladle.clip.data import digit_domains
-    >>> domains = digit_domains(seed=0)                       # doctest: +SKIP
-    >>> sorted(domains)                                       # doctest: +SKIP
-    ['fonts', 'mnist', 'mnist-c', 'sklearn']
+    >>> from ladle.clip.data import heldout_split
+    >>> train, heldout = heldout_split(100, 0.1, seed=0)
+    >>> len(train), len(heldout)
+    (90, 10)
 """
 
 from __future__ import annotations

@@ -34,14 +34,11 @@ from .data import DIGIT_NAMES, ImageSet, _blur, concat
 CORRUPTIONS = ("rotated", "noisy", "blurry", "faded")
 _FONT_PREFIXES = ("DejaVu", "STIXGeneral", "cmr10", "cmb10", "cmss10", "cmtt10", "cmti10")
 _CAPTIONS = {
-    "mnist": ("a handwritten {w}.", "handwriting of the number {n}.",
-              "a scanned handwritten digit {w}.", "the number {w}, written by hand."),
-    "sklearn": ("a low resolution scan of a {w}.", "a pixelated digit {n}.",
-                "a blocky picture of the number {w}.", "a tiny {w} scanned at 8 pixels."),
-    "fonts": ("the number {n} printed in {font}.", "a typed {w}.",
-              "the digit {w} in {font} type.", "a printed number {w}."),
-    "mnist-c": ("a {corr} photo of a handwritten {w}.", "a {corr} image of the number {n}.",
-                "the digit {w}, {corr}."),
+    "mnist": ("a handwritten {w}.", "the number {w}, written by hand.",
+              "a handwritten number {n}."),
+    "sklearn": ("a low resolution {w}.", "a pixelated number {w}.", "a low resolution {n}."),
+    "fonts": ("a printed {w}.", "the number {w} in {font}.", "a printed number {n}."),
+    "mnist-c": ("a {corr} handwritten {w}.", "a {corr} number {w}.", "a {corr} {n}."),
 }
 
 
@@ -111,7 +108,7 @@ def render_fonts(n_per_class: int, seed: int = 0) -> ImageSet:
             images.append(_to_box(np.asarray(canvas, dtype=np.float32),
                                   int(rng.integers(18, 25))))
             labels.append(digit)
-            names.append(path.stem.replace("-", " "))
+            names.append(path.stem.split("-")[0].lower())
     perm = rng.permutation(len(labels))
     ds = ImageSet("fonts", torch.stack(images)[perm][:, None],
                   torch.tensor(labels)[perm], list(DIGIT_NAMES))
