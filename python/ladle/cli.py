@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="merge generated Llama-shaped checkpoints and verify")
     p.add_argument("--workdir", default="demo-work", help="where checkpoints are generated")
     p.add_argument("--size", default="1GB", help="approximate size of each checkpoint")
+
+    p = sub.add_parser("clip", add_help=False,
+                       help="CLIP harness: zeroshot|finetune|evaluate|wiseft|soup|demo")
+    p.add_argument("clip_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -70,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "clip":
+        from .clip.cli import main as clip_main
+
+        return clip_main(args.clip_args)
     if args.command == "inspect":
         return _inspect(args.checkpoint)
     if args.command == "demo":

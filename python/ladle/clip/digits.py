@@ -148,12 +148,17 @@ def corrupt(ds: ImageSet, seed: int = 0, name: str = "mnist-c") -> ImageSet:
     return res
 
 
-def caption(domain: ImageSet, rng: np.random.Generator) -> list[str]:
-    """One caption per image of a built-in domain (digit as word or numeral)."""
+_GENERIC = ("the number {w}.", "a {w}.", "number {n}.", "the number {n}.", "{w}.")
+
+
+def caption(domain: ImageSet, rng: np.random.Generator, generic: float = 0.5) -> list[str]:
+    """One caption per image of a built-in domain (digit as word or numeral); a share
+    ``generic`` of them names only the digit, the rest also the domain."""
     key = domain.name.split(":")[0]
     caps = []
     for i, y in enumerate(domain.labels.tolist()):
-        t = _CAPTIONS[key][int(rng.integers(len(_CAPTIONS[key])))]
+        pool = _GENERIC if rng.random() < generic else _CAPTIONS[key]
+        t = pool[int(rng.integers(len(pool)))]
         caps.append(t.format(w=DIGIT_NAMES[y], n=y,
                              font=domain.meta.get("fonts", [""] * (i + 1))[i],
                              corr=domain.meta.get("corruption", [""] * (i + 1))[i]))

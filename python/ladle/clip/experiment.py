@@ -99,6 +99,11 @@ class Experiment:
         for spec in data.get("shifts", ["sklearn", "fonts", "mnist-c"] if builtin else []):
             ds = load_dataset(spec, size, classnames, builtin)
             shifts[ds.name] = ds
+        limit = data.get("limit")
+        if limit:
+            train, test = train.subset(range(min(limit, len(train)))), test.subset(
+                range(min(limit, len(test))))
+            shifts = {n: d.subset(range(min(limit, len(d)))) for n, d in shifts.items()}
         ho = config.get("heldout", {"fraction": 0.1, "seed": 0})
         tr_idx, ho_idx = heldout_split(len(train), float(ho["fraction"]), int(ho.get("seed", 0)))
         split = split_record(tr_idx, ho_idx, int(ho.get("seed", 0)), float(ho["fraction"]))

@@ -220,7 +220,7 @@ def _train_e2e(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, ran
                 with torch.no_grad():
                     for pe, pm in zip(ema.parameters(), model.parameters()):
                         pe.lerp_(pm.detach(), 1 - cfg.ema)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             bar.update(1)
         mean_loss = sum(losses) / max(1, len(losses))
@@ -297,7 +297,7 @@ def _train_linear(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, 
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_([head.weight], cfg.grad_clip)
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             bar.update(1)
         _epoch_end(model, cfg, epoch, step, sum(losses) / max(1, len(losses)), rank, log,

@@ -72,3 +72,35 @@ def wiseft_markdown(curve: list[dict[str, Any]], ensemble: list[dict[str, Any]],
               + ("**above both endpoints**." if above else "**not above both endpoints**."),
               ""]
     return "\n".join(lines)
+
+
+def soups_markdown(methods: dict[str, dict[str, Any]], runs: list[dict[str, Any]], greedy: Any,
+                   exp: Any, fit: Any, rho: dict[str, float], soup_curve: list[dict[str, Any]],
+                   single_curve: list[dict[str, Any]], plot_name: str) -> str:
+    """The soup report: ingredients, methods vs best single, greedy choices, ρ."""
+    shifts = list(exp.shifts)
+    lines = ["# Model soups", "",
+             f"{len(runs)} fine-tuned models from the same θ0; held-out {len(exp.heldout)} "
+             f"examples carved from the training set (seed {exp.split['seed']}).", "",
+             f"![soups]({plot_name})", "", "## Methods", "",
+             acc_table(list(methods.items()), shifts), "",
+             "Effective robustness ρ (avg OOD above the logit-linear fit over every "
+             f"fine-tuned model and epoch checkpoint, n = {fit.n}; slope {fit.a:.2f}, "
+             f"intercept {fit.b:.2f}):", "",
+             "| method | ρ (pp) |", "|---|---|"]
+    lines += [f"| {k} | {100 * v:+.1f} |" for k, v in rho.items()]
+    lines += ["", "## Ingredients", "",
+              acc_table([(f"{i}: {r['name']}" + (" ✓" if greedy.counts[i] else ""), r["acc"])
+                         for i, r in enumerate(runs)], shifts, bold_best=False), "",
+              f"Greedy soup kept {len(greedy.selected)} of {len(runs)} (✓).", "",
+              "## WiSE-FT toward θ0 from the greedy soup and from the best single model", "",
+              acc_table([(f"soup α = {p['alpha']:g}", p["acc"]) for p in soup_curve]
+                        + [(f"single α = {p['alpha']:g}", p["acc"]) for p in single_curve],
+                        shifts), ""]
+    g, b = methods["greedy soup"], methods["best single"]
+    lines += ["## Does the effect reproduce?", "",
+              f"- Greedy soup vs best single (chosen on held-out): ID {100 * g['id']:.1f} vs "
+              f"{100 * b['id']:.1f}, avg OOD {100 * g['avg_ood']:.1f} vs "
+              f"{100 * b['avg_ood']:.1f}, held-out {100 * g['heldout']:.1f} vs "
+              f"{100 * b['heldout']:.1f}.", ""]
+    return "\n".join(lines)
