@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = _override(load_preset(args.config), args.set)
     out = Path(args.out)
     progress = not args.quiet
-    from .experiment import Experiment, accuracy_summary
+    from .experiment import accuracy_summary
 
     exp = _experiment(cfg, out)
     shifts = list(exp.shifts)

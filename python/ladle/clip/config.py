@@ -156,7 +156,7 @@ def sweep_configs(sweep: dict[str, Any], base: FinetuneConfig | dict | None = No
             run = {"lr": 10 ** -rng.uniform(*lr_range),
                    "weight_decay": 10 ** -rng.uniform(0.2, 4),
                    "label_smoothing": 0.0 if rng.random() < 0.5 else rng.uniform(0, 0.25),
-                   "epochs": max(1, int(round(int(rng.integers(4, 17)) * scale))),
+                   "epochs": max(1, round(int(rng.integers(4, 17)) * scale)),
                    "mixup": 0.0 if rng.random() < 0.5 else rng.uniform(0, 0.9)}
             if rng.random() < 1 / 3:
                 run["aug"] = "minimal"

@@ -104,7 +104,7 @@ def heldout_split(n: int, fraction: float, seed: int = 0) -> tuple[list[int], li
     if not 0 <= fraction < 1:
         raise ValueError(f"held-out fraction must be in [0, 1), got {fraction}")
     perm = np.random.Generator(np.random.PCG64(seed)).permutation(n)
-    k = int(round(n * fraction))
+    k = round(n * fraction)
     return sorted(perm[k:].tolist()), sorted(perm[:k].tolist())
 
 
@@ -258,7 +258,7 @@ def _op(x: torch.Tensor, op: str, m: float, g: torch.Generator) -> torch.Tensor:
     if op == "solarize":
         return torch.where(x >= 1 - m, 1 - x, x)
     if op == "posterize":
-        levels = 2 ** max(1, int(round(8 - 4 * m)))
+        levels = 2 ** max(1, round(8 - 4 * m))
         return torch.floor(x * (levels - 1) + 0.5) / (levels - 1)
     if op == "blur":
         return _blur(x, 0.3 + 1.5 * m)
@@ -268,7 +268,7 @@ def _op(x: torch.Tensor, op: str, m: float, g: torch.Generator) -> torch.Tensor:
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    r = max(1, int(math.ceil(2 * sigma)))
+    r = max(1, math.ceil(2 * sigma))
     t = torch.arange(-r, r + 1, dtype=torch.float32)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
     k = k / k.sum()

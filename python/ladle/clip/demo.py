@@ -156,7 +156,7 @@ def _demo_report(cfg: dict[str, Any], exp: Any, clip: Any, zs: dict[str, Any],
            else "**no**") + " (above on " + ", ".join(
                [x for x, ok in (("ID", soup_ok_id), ("OOD", soup_ok_ood)) if ok] or ["neither"])
         + ").", "",
-        "Single runs on small test sets: see the Clopper–Pearson intervals "
-        "(`ladle.clip.evaluate.clopper_pearson`) before reading much into 1-point gaps.", "",
-        f"Details: [WiSE-FT report]({wise['report'].name}), "
-        f"[soup report]({soups['report'].name}), `results.jsonl`.", ""])
+        ("Single runs on small test sets: see the Clopper–Pearson intervals "
+        "(`ladle.clip.evaluate.clopper_pearson`) before reading much into 1-point gaps."), "",
+        (f"Details: [WiSE-FT report]({wise['report'].name}), "
+        f"[soup report]({soups['report'].name}), `results.jsonl`."), ""])

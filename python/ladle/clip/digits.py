@@ -189,9 +189,9 @@ def demo_splits(seed: int = 0, *, fonts_per_class: int = 200,
     rng = np.random.Generator(np.random.PCG64(seed))
     mnist = load_mnist(seed)
     skl = load_sklearn_digits(seed)
-    pre_parts = [mnist.subset(range(0, 2000), "mnist"), skl.subset(range(0, 900), "sklearn"),
+    pre_parts = [mnist.subset(range(2000), "mnist"), skl.subset(range(900), "sklearn"),
                  render_fonts(fonts_per_class, seed + 1)]
-    pre_parts.append(corrupt(mnist.subset(range(0, 1000)), seed + 2))
+    pre_parts.append(corrupt(mnist.subset(range(1000)), seed + 2))
     for p in pre_parts:
         p.captions = caption(p, rng)
         p.domains = [p.name] * len(p)

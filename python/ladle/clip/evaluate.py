@@ -98,7 +98,7 @@ def evaluate_logits(logits: dict[str, torch.Tensor], sets: dict[str, ImageSet], 
     for name, ds in sets.items():
         res[name] = accuracy(logits[name], ds)
         if intervals:
-            k = int(round(res[name] * len(ds)))
+            k = round(res[name] * len(ds))
             res[f"ci/{name}"] = clopper_pearson(k, len(ds))
     shifts = [n for n in sets if n != id_name]
     if shifts:

@@ -65,8 +65,8 @@ def wiseft_markdown(curve: list[dict[str, Any]], ensemble: list[dict[str, Any]],
                      f"{_pct(by_alpha[a]['avg_ood'])} |")
     above = best["acc"]["avg_ood"] > max(zs["avg_ood"], ft["avg_ood"])
     lines += ["", "## Does the effect reproduce?", "",
-              f"- Zero-shot (α=0): ID {_pct(zs['id'])}, avg OOD {_pct(zs['avg_ood'])}; "
-              f"fine-tuned (α=1): ID {_pct(ft['id'])}, avg OOD {_pct(ft['avg_ood'])}.",
+              (f"- Zero-shot (α=0): ID {_pct(zs['id'])}, avg OOD {_pct(zs['avg_ood'])}; "
+              f"fine-tuned (α=1): ID {_pct(ft['id'])}, avg OOD {_pct(ft['avg_ood'])}."),
               f"- Best avg OOD on the grid: α = {best['alpha']:g} with "
               f"{_pct(best['acc']['avg_ood'])} (ID {_pct(best['acc']['id'])}) — "
               + ("**above both endpoints**." if above else "**not above both endpoints**."),
@@ -80,13 +80,13 @@ def soups_markdown(methods: dict[str, dict[str, Any]], runs: list[dict[str, Any]
     """The soup report: ingredients, methods vs best single, greedy choices, ρ."""
     shifts = list(exp.shifts)
     lines = ["# Model soups", "",
-             f"{len(runs)} fine-tuned models from the same θ0; held-out {len(exp.heldout)} "
-             f"examples carved from the training set (seed {exp.split['seed']}).", "",
+             (f"{len(runs)} fine-tuned models from the same θ0; held-out {len(exp.heldout)} "
+             f"examples carved from the training set (seed {exp.split['seed']})."), "",
              f"![soups]({plot_name})", "", "## Methods", "",
              acc_table(list(methods.items()), shifts), "",
-             "Effective robustness ρ (avg OOD above the logit-linear fit over every "
+             ("Effective robustness ρ (avg OOD above the logit-linear fit over every "
              f"fine-tuned model and epoch checkpoint, n = {fit.n}; slope {fit.a:.2f}, "
-             f"intercept {fit.b:.2f}):", "",
+             f"intercept {fit.b:.2f}):"), "",
              "| method | ρ (pp) |", "|---|---|"]
     lines += [f"| {k} | {100 * v:+.1f} |" for k, v in rho.items()]
     lines += ["", "## Ingredients", "",
@@ -99,8 +99,8 @@ def soups_markdown(methods: dict[str, dict[str, Any]], runs: list[dict[str, Any]
                         shifts), ""]
     g, b = methods["greedy soup"], methods["best single"]
     lines += ["## Does the effect reproduce?", "",
-              f"- Greedy soup vs best single (chosen on held-out): ID {100 * g['id']:.1f} vs "
+              (f"- Greedy soup vs best single (chosen on held-out): ID {100 * g['id']:.1f} vs "
               f"{100 * b['id']:.1f}, avg OOD {100 * g['avg_ood']:.1f} vs "
               f"{100 * b['avg_ood']:.1f}, held-out {100 * g['heldout']:.1f} vs "
-              f"{100 * b['heldout']:.1f}.", ""]
+              f"{100 * b['heldout']:.1f}."), ""]
     return "\n".join(lines)
