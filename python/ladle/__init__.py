@@ -13,7 +13,8 @@ from __future__ import annotations
 from . import errors
 from ._core import build_info
 from .checkpoint import Checkpoint, TensorInfo
-from .checkpoint import open_checkpoint as open
+from .checkpoint import open_checkpoint as open  # noqa: A001 - mirrors safetensors.safe_open
+from .ensembles import EnsembleResult, greedy_ensemble, logit_ensemble
 from .errors import (
     BackendError,
     CancelledError,
@@ -24,15 +25,14 @@ from .errors import (
     MismatchError,
     NonFiniteError,
 )
-from .ensembles import EnsembleResult, greedy_ensemble, logit_ensemble
 from .learned import LearnedSoup, LearnedSoupResult, learned_soup
 from .live import Loader, load_into
 from .merge import MergeReport, interpolate, merge, soup
 from .results import ResultsLog
 from .selection import (
     best_id_without_ood_loss,
-    best_ood_without_id_loss,
     best_on_heldout,
+    best_ood_without_id_loss,
     fixed_alpha,
 )
 from .soups import SoupResult, greedy_soup, uniform_soup
@@ -45,9 +45,11 @@ __all__ = [
     "BackendError", "CancelledError", "Checkpoint", "FormatError", "LadleError",
     "LadleIOError", "LadleValueError", "MergeReport", "MismatchError", "NonFiniteError",
     "TensorInfo", "build_info", "errors", "interpolate", "merge", "open", "soup",
-    # live models and soups
+]
+# live models and soups
+__all__ += [
     "EnsembleResult", "LearnedSoup", "LearnedSoupResult", "Loader", "ResultsLog",
-    "SoupResult", "SweepPoint", "best_id_without_ood_loss", "best_ood_without_id_loss",
-    "best_on_heldout", "fixed_alpha", "greedy_ensemble", "greedy_soup", "learned_soup",
-    "load_into", "logit_ensemble", "save", "uniform_soup", "wiseft_sweep",
+    "SoupResult", "SweepPoint", "best_id_without_ood_loss", "best_on_heldout",
+    "best_ood_without_id_loss", "fixed_alpha", "greedy_ensemble", "greedy_soup",
+    "learned_soup", "load_into", "logit_ensemble", "save", "uniform_soup", "wiseft_sweep",
 ]

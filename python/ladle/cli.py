@@ -1,4 +1,4 @@
-"""The ``ladle`` command line: merge, soup, inspect, demo.
+"""The ``ladle`` command line: merge, soup (--greedy), sweep, convert, inspect, demo.
 
 Bad input exits non-zero with a one-line ``ladle: error: ...`` message and no
 traceback; ``LADLE_DEBUG=1`` shows the traceback.
@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ._units import format_size, parse_size
+from .cli_soups import add_greedy_options, add_subcommands
 from .errors import LadleError
 
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoints", nargs="+")
     p.add_argument("--weights", type=float, nargs="+", help="weights, normalised to sum 1")
     _add_common(p)
+    add_greedy_options(p)
 
     p = sub.add_parser("inspect", help="list tensors, dtypes, shapes, bytes and metadata")
     p.add_argument("checkpoint")
@@ -51,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="merge generated Llama-shaped checkpoints and verify")
     p.add_argument("--workdir", default="demo-work", help="where checkpoints are generated")
     p.add_argument("--size", default="1GB", help="approximate size of each checkpoint")
+    add_subcommands(sub)  # sweep, convert
 
     p = sub.add_parser("clip", add_help=False,
                        help="CLIP harness: zeroshot|finetune|evaluate|wiseft|soup|demo")
@@ -84,6 +87,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .demo import run_demo
 
         return run_demo(Path(args.workdir), parse_size(args.size))
+    if args.command in ("sweep", "convert") or getattr(args, "greedy", False):
+        from .cli_soups import dispatch
+
+        return dispatch(args)
     from .merge import interpolate, merge, soup
 
     options = {"dtype": args.dtype, "max_shard_size": args.max_shard_size, "threads": args.threads,

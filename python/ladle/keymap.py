@@ -75,7 +75,8 @@ def _auto(targets: set[str], inputs: list[str]) -> Callable[[str], str | None]:
     strip, add = best
     if not strip and not add:
         return lambda n: n
-    return lambda n: add + n[len(strip):] if n.startswith(strip) else n
+    # Keys outside the stripped prefix match nothing (strict mode lists them as unexpected).
+    return lambda n: add + n[len(strip):] if n.startswith(strip) else "\0" + n
 
 
 def key_diff(label: str, missing: list[str], unexpected: list[str]) -> MismatchError:

@@ -171,10 +171,11 @@ class LearnedSoup:
             losses.append(loss)
             log.append("learned-soup/step", ingredients=[s.label for s in self.sets],
                        weights=self.alphas().detach().tolist(), loss=loss,
-                       beta=float(self.beta), seconds=time.perf_counter() - t0)
+                       beta=float(self.beta.detach()), seconds=time.perf_counter() - t0)
         self.load()
         result = LearnedSoupResult([s.label for s in self.sets], list(self.layers),
-                                   self.alphas().detach().tolist(), float(self.beta), losses)
+                                   self.alphas().detach().tolist(), float(self.beta.detach()),
+                                   losses)
         if out is not None:
             result.out = self.write(out, result, overwrite=overwrite,
                                     max_shard_size=max_shard_size)

@@ -122,7 +122,8 @@ class Loader:
         """Write ``round(post_scale · Σ_k w_k x_k)`` into every target.
 
         Args:
-            weights: one weight per input, or a function of the target name giving them.
+            weights: one weight per input, or a function of a float target's name
+                giving them (non-float targets then treat every input as weighted).
             post_scale: multiplier applied to the fp32 sum before rounding (fp32).
             nonfloat: non-float targets: ``"identical"`` (copy, inputs with non-zero
                 weight must agree), ``"first"`` (copy from the first input with a
@@ -147,7 +148,7 @@ class Loader:
                                                             len(self.inputs))
                 self._add_job(g, "sum", [(r, w) for r, w in zip(g.inputs, ws)], post_scale)
             elif nonfloat != "skip":
-                ws = fixed if fixed is not None else list(weights(g.name))
+                ws = fixed if fixed is not None else [1.0] * len(self.inputs)
                 chosen = [r for r, w in zip(g.inputs, ws) if w != 0.0] or list(g.inputs)
                 if nonfloat == "first":
                     chosen = chosen[:1]

@@ -3,6 +3,7 @@ evaluate it, without writing a checkpoint or building a state dict per α."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ def wiseft_sweep(module: Any, theta0: Any, theta1: Any, alphas: Sequence[float] 
     if evaluate is None:
         raise LadleValueError("wiseft_sweep needs an evaluate(module) callback")
     alphas = list(DEFAULT_ALPHAS if alphas is None else alphas)
-    if any(a != a for a in alphas):
+    if any(math.isnan(a) for a in alphas):
         raise LadleValueError("alphas must not be NaN")
     target = target_set(module)
     inputs = [open_input(theta0), open_input(theta1)]

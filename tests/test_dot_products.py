@@ -1,0 +1,54 @@
+"""The C++ streamed dot-product reduction against numpy in fp64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ladle import _core
+from ladle.errors import FormatError, LadleValueError
+from reference import from_f32, random_raw, to_f32
+
+
+def _plan_with(buffers: list[np.ndarray]) -> _core.Plan:
+    plan = _core.Plan()
+    for i, b in enumerate(buffers):
+        plan.add_memory_source(f"buf{i}", b.ctypes.data, b.nbytes)
+    return plan
+
+
+@pytest.mark.parametrize("dtype", ["F32", "BF16", "F16", "F64"])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_dots_match_fp64_reference(dtype, threads):
+    rng = np.random.default_rng(0)
+    n = 70_001
+    raws = [np.frombuffer(random_raw(rng, n, dtype), np.uint8).copy() for _ in range(4)]
+    plan = _plan_with(raws)
+    jobs = [("t", n, (0, 0, dtype), [(k, 0, dtype) for k in (1, 2, 3)]),
+            ("head", 5, (1, 8, dtype), [(0, 0, dtype)])]
+    out = _core.dot_products(plan, jobs, threads=threads, chunk_elems=16384)
+    vals = [to_f32(r.tobytes(), dtype).astype(np.float64) if dtype != "F64"
+            else r.view(np.float64) for r in raws]
+    for k in (1, 2, 3):
+        expect = float(np.dot(vals[0], vals[k]))
+        assert out[0][k - 1] == pytest.approx(expect, rel=1e-12, abs=1e-9)
+    off = 8 // {"F32": 4, "BF16": 2, "F16": 2, "F64": 8}[dtype]
+    assert out[1][0] == pytest.approx(float(np.dot(vals[1][off:off + 5], vals[0][:5])), rel=1e-12)
+
+
+def test_dots_do_not_depend_on_threads():
+    rng = np.random.default_rng(1)
+    a, b = (rng.standard_normal(200_000).astype(np.float32) for _ in range(2))
+    plan = _plan_with([a, b])
+    jobs = [("x", a.size, (0, 0, "F32"), [(1, 0, "F32")])]
+    ref = _core.dot_products(plan, jobs, threads=1, chunk_elems=16384)
+    assert _core.dot_products(plan, jobs, threads=4, chunk_elems=16384) == ref
+
+
+def test_dots_reject_out_of_range_and_int_dtypes():
+    a = np.zeros(10, np.float32)
+    plan = _plan_with([a])
+    with pytest.raises(FormatError, match="tensor 'x'.*exceeds the 40 bytes"):
+        _core.dot_products(plan, [("x", 11, (0, 0, "F32"), [(0, 0, "F32")])])
+    with pytest.raises(LadleValueError, match="dtype I32"):
+        _core.dot_products(plan, [("x", 2, (0, 0, "F32"), [(0, 0, "I32")])])
+    assert from_f32(np.zeros(1, np.float32), "F32")  # reference helpers importable
