@@ -203,7 +203,7 @@ def test_ddp_two_cpu_processes(tmp_path):
 def test_cli_pipeline_end_to_end(tmp_path):
     cfg = {
         "extends": "demo",
-        "data": {"fonts_per_class": 4, "limit": 120},
+        "data": {"fonts_per_class": 4, "limit": 120, "pretrain_limit": 256},
         "pretrain": {"epochs": 1, "batch_size": 64},
         "finetune": {"epochs": 1, "batch_size": 32, "max_steps": 3},
         "sweep": {"kind": "list", "runs": [{"name": "a", "lr": 1e-3}, {"name": "b", "lr": 3e-4},

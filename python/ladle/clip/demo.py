@@ -35,9 +35,12 @@ def pretrained_tiny_clip(cfg: dict[str, Any], cache_dir: Path,
                          fonts_per_class=int(data.get("fonts_per_class", 150)),
                          cache=cache_dir / f"digits-{data.get('seed', 0)}-"
                                            f"{data.get('fonts_per_class', 150)}.pt")
+    if data.get("pretrain_limit"):
+        n = min(int(data["pretrain_limit"]), len(splits["pretrain"]))
+        splits["pretrain"] = splits["pretrain"].subset(range(n))
     m = cfg["model"]
     opts = dict(cfg.get("pretrain", {}))
-    key = "-".join(f"{k}{v}" for k, v in sorted(opts.items()))
+    key = "-".join(f"{k}{v}" for k, v in sorted(opts.items())) + f"-n{len(splits['pretrain'])}"
     weights = cache_dir / f"{m['name']}-pretrained-{key}.safetensors"
     clip, tok = create_clip(m["name"], config=m.get("config"))
     if weights.is_file():
@@ -79,7 +82,8 @@ def run_clip_demo(out: Path, *, config: str = "demo", overrides: list[str] | Non
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
     out.mkdir(parents=True, exist_ok=True)
-    clip, tok, splits = pretrained_tiny_clip(cfg, out / "cache", progress)
+    clip, tok, splits = pretrained_tiny_clip(cfg, Path(cfg.get("cache_dir", out / "cache")),
+                                             progress)
     t_pre = time.perf_counter() - t0
     exp = Experiment.from_config(cfg, out, clip=clip, tokenizer=tok, builtin=splits)
     shifts = list(exp.shifts)
