@@ -228,7 +228,37 @@ def test_cli_pipeline_end_to_end(tmp_path):
     wise = out / "wise"
     assert main(["clip", "wiseft", "--config", str(path), "--out", str(wise), "--quiet",
                  "--set", f"cache_dir={tmp_path / 'cache'}"]) == 0
-    assert (wise / "report.md").is_file() and (wise / "wiseft.png").is_file()
+    assert (wise / "wiseft_report.md").is_file() and (wise / "wiseft.png").is_file()
     assert main(["clip", "evaluate", "--config", str(path), "--out", str(tmp_path / "ev"),
                  "--quiet", "--set", f"cache_dir={tmp_path / 'cache'}",
                  str(out / "greedy_soup.safetensors")]) == 0
+
+
+def test_imagefolder_csv_lpft_ema(tiny, digits, tmp_path):
+    from PIL import Image
+
+    from ladle.clip.data import load_csv, load_image_folder
+
+    rows = ["path,label"]
+    for i in range(6):
+        name = DIGIT_NAMES[i % 2]
+        (tmp_path / "folder" / name).mkdir(parents=True, exist_ok=True)
+        arr = (digits.images[i, 0].numpy()).astype("uint8")
+        Image.fromarray(arr).resize((40, 48)).save(tmp_path / "folder" / name / f"{i}.png")
+        rows.append(f"folder/{name}/{i}.png,{name}")
+    (tmp_path / "set.csv").write_text("\n".join(rows) + "\n")
+    ds = load_image_folder(tmp_path / "folder", 32, classnames=list(DIGIT_NAMES))
+    assert ds.images.shape == (6, 3, 32, 32) and ds.class_subset == [0, 1]
+    assert sorted(ds.labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    cs = load_csv(tmp_path / "set.csv", 32, list(DIGIT_NAMES))
+    assert sorted(cs.labels.tolist()) == [0, 0, 0, 1, 1, 1] and cs.class_subset == [0, 1]
+    clip, tok = tiny
+    model = build_zeroshot_classifier(clip, tok, list(DIGIT_NAMES), TEMPLATES)
+    before = model.image_encoder.conv1.weight.detach().clone()
+    res = finetune(model, digits, FinetuneConfig(mode="lpft", lp_epochs=1, epochs=1,
+                                                 batch_size=32, lr=1e-3, warmup_steps=1,
+                                                 ema=0.5, max_steps=2, aug="strong"),
+                   out_dir=tmp_path / "lpft", eval_sets={"id": digits}, id_name="id")
+    assert [h["stage"] for h in res.history] == ["lc", "e2e"]
+    assert not torch.equal(model.image_encoder.conv1.weight, before)
+    assert 0.0 <= res.history[-1]["acc"]["id"] <= 1.0

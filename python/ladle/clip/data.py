@@ -330,7 +330,7 @@ def load_image_folder(root: str | os.PathLike, image_size: int, *,
                 paths.append(p)
                 labels.append(index[f])
     return _from_paths(name or root.name, paths, labels, names, image_size,
-                       subset=[index[f] for f in folders] if len(folders) < len(names) else None)
+                       subset=sorted(index[f] for f in folders) if len(folders) < len(names) else None)
 
 
 def load_csv(path: str | os.PathLike, image_size: int, classnames: Sequence[str], *,

@@ -93,7 +93,8 @@ def run_clip_demo(out: Path, *, config: str = "demo", overrides: list[str] | Non
     soups = run_soups(cfg, out, experiment=exp, progress=progress, quiet=True)
     # WiSE-FT on the sweep's first run (the standard recipe of the preset).
     wise = run_wiseft(cfg, out, experiment=exp, finetuned=soups["runs"][0]["final"],
-                      progress=False, quiet=True)
+                      epochs=soups["runs"][0]["epochs"], fit=soups["fit"], progress=False,
+                      quiet=True)
     seconds = time.perf_counter() - t0
     report = out / "report.md"
     report.write_text(_demo_report(cfg, exp, clip, zs, wise, soups, seconds, t_pre))

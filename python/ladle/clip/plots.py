@@ -16,7 +16,8 @@ import numpy as np
 
 from .robustness import LinearFit, logit, sigmoid
 
-_TICKS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99]
+_TICKS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94,
+          0.95, 0.96, 0.97, 0.98, 0.99]
 
 
 def _setup(ax: Any, xs: list[float], ys: list[float]) -> None:
@@ -96,7 +97,7 @@ def plot_wiseft(curve: list[dict[str, Any]], path: str | os.PathLike, *,
         _setup(ax, xs, ys)
         ax.set_xlabel("ID accuracy (%), logit scale")
         ax.set_ylabel(("avg OOD" if key == "avg_ood" else key) + " accuracy (%)")
-    axes[0][0].legend(fontsize=7, loc="lower right")
+    axes[0][0].legend(fontsize=7, loc="best", framealpha=0.6)
     fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
@@ -127,7 +128,7 @@ def plot_soups(points: dict[str, dict[str, float]], path: str | os.PathLike, *,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = plt.subplots(figsize=(8.5, 5))
     xs, ys = [], []
     if individual:
         x = [a["id"] for a in individual]
@@ -156,7 +157,7 @@ def plot_soups(points: dict[str, dict[str, float]], path: str | os.PathLike, *,
     _setup(ax, xs, ys)
     ax.set_xlabel("ID accuracy (%), logit scale")
     ax.set_ylabel("avg OOD accuracy (%), logit scale")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title)
     fig.tight_layout()
     path = Path(path)

@@ -7,7 +7,7 @@ Markdown table.
 Example:
     >>> res = run_wiseft(load_preset("demo"), "runs/wiseft")      # doctest: +SKIP
     >>> res["report"]                                              # doctest: +SKIP
-    PosixPath('runs/wiseft/report.md')
+    PosixPath('runs/wiseft/wiseft_report.md')
 """
 
 from __future__ import annotations
@@ -90,15 +90,19 @@ def select_alphas(curve: list[dict[str, Any]]) -> dict[str, float]:
 
 def run_wiseft(config: dict[str, Any], out_dir: str | os.PathLike, *,
                experiment: Experiment | None = None, finetuned: Any = None,
+               epochs: list[dict[str, Any]] | None = None, fit: Any = None,
                progress: bool = True, quiet: bool = False) -> dict[str, Any]:
     """Run the whole WiSE-FT pipeline.
 
     Args:
         config: a preset (``wiseft-e2e``, ``wiseft-lc``, ``demo``) or a user config.
         out_dir: results directory: ``zeroshot.safetensors``, ``finetune/epoch_*.safetensors``,
-            ``results.jsonl``, ``wiseft.png``, ``report.md``.
+            ``results.jsonl``, ``wiseft.png``, ``wiseft_report.md``.
         experiment: a prepared :class:`Experiment` (reuses model and data).
         finetuned: an existing θ1 (skips fine-tuning).
+        epochs: per-epoch accuracies of that run (``{"epoch", "acc"}``), for the plot.
+        fit: an effective-robustness baseline (default: fit on the epoch checkpoints
+            when there are at least two).
         progress: progress bars.
         quiet: no console summary.
 
@@ -115,7 +119,7 @@ def run_wiseft(config: dict[str, Any], out_dir: str | os.PathLike, *,
     out = Path(out_dir)
     exp = experiment or Experiment.from_config(config, out)
     cfg = FinetuneConfig.from_dict({**config.get("finetune", {}), "name": "wiseft-ft"})
-    epochs: list[dict[str, Any]] = []
+    epochs = list(epochs or [])
     if finetuned is None:
         from .finetune import finetune
 
@@ -129,9 +133,14 @@ def run_wiseft(config: dict[str, Any], out_dir: str | os.PathLike, *,
     ens = ensemble_curve(exp, exp.theta0, finetuned, alphas)
     selection = select_alphas(curve)
     exp.log.append("wiseft/selection", **{k.replace("-", "_"): v for k, v in selection.items()})
-    plot = plot_wiseft(curve, out / "wiseft.png", ensemble=ens, epochs=epochs,
+    if fit is None and len(epochs) >= 2:
+        from .robustness import fit_logit_linear
+
+        fit = fit_logit_linear([e["acc"]["id"] for e in epochs],
+                               [e["acc"]["avg_ood"] for e in epochs])
+    plot = plot_wiseft(curve, out / "wiseft.png", ensemble=ens, epochs=epochs, fit=fit,
                        shift_names=list(exp.shifts), title=config.get("title", "WiSE-FT"))
-    report = out / "report.md"
+    report = out / "wiseft_report.md"
     report.write_text(wiseft_markdown(curve, ens, selection, exp, cfg, plot.name))
     result = {"curve": curve, "ensemble": ens, "selection": selection, "epochs": epochs,
               "zeroshot": exp.theta0, "finetuned": finetuned, "report": report, "plot": plot}
