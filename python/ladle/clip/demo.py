@@ -42,6 +42,9 @@ def pretrained_tiny_clip(cfg: dict[str, Any], cache_dir: Path,
     opts = dict(cfg.get("pretrain", {}))
     key = "-".join(f"{k}{v}" for k, v in sorted(opts.items())) + f"-n{len(splits['pretrain'])}"
     weights = cache_dir / f"{m['name']}-pretrained-{key}.safetensors"
+    import torch
+
+    torch.manual_seed(int(opts.get("seed", 0)))  # deterministic initialisation
     clip, tok = create_clip(m["name"], config=m.get("config"))
     if weights.is_file():
         load_clip_weights(clip, weights)
