@@ -262,3 +262,15 @@ def test_imagefolder_csv_lpft_ema(tiny, digits, tmp_path):
     assert [h["stage"] for h in res.history] == ["lc", "e2e"]
     assert not torch.equal(model.image_encoder.conv1.weight, before)
     assert 0.0 <= res.history[-1]["acc"]["id"] <= 1.0
+
+
+def test_avg_ood_excludes_id_and_heldout():
+    from ladle.clip.evaluate import evaluate_logits
+
+    sets, logits = {}, {}
+    for name, correct in (("heldout", 1), ("id", 1), ("a", 0), ("b", 1)):
+        sets[name] = ImageSet(name, torch.zeros(1, 1, 2, 2, dtype=torch.uint8),
+                              torch.tensor([0]), ["x", "y"])
+        logits[name] = torch.tensor([[1.0, 0.0]] if correct else [[0.0, 1.0]])
+    res = evaluate_logits(logits, sets, id_name="id")
+    assert res["avg_ood"] == 0.5 and res["avg_id_ood"] == 0.75

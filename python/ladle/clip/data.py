@@ -151,6 +151,8 @@ def batches(data: ImageSet, batch_size: int, *, shuffle: bool = False, seed: int
     n = len(data)
     order = (torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle
              else torch.arange(n))
+    if world > 1:  # equal step counts on every rank (DDP would wait forever otherwise)
+        order = order[:len(order) - len(order) % world]
     order = order[rank::world]
     stop = len(order) - (len(order) % batch_size if drop_last else 0)
     for i in range(0, stop, batch_size):

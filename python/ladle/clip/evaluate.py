@@ -29,7 +29,9 @@ def predict(model: Any, data: ImageSet, *, batch_size: int = 512) -> torch.Tenso
     """
     was_training = model.training
     model.eval()
-    out = [model(prepare(x, model.image_size)) for x, _, _ in batches(data, batch_size)]
+    device = next(model.parameters()).device
+    out = [model(prepare(x, model.image_size).to(device)).cpu()
+           for x, _, _ in batches(data, batch_size)]
     model.train(was_training)
     return torch.cat(out).float()
 
@@ -86,9 +88,11 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
 
 
 def evaluate_logits(logits: dict[str, torch.Tensor], sets: dict[str, ImageSet], *,
-                    id_name: str | None = None, intervals: bool = False) -> dict[str, Any]:
-    """Accuracy per set plus ``avg_ood`` (unweighted mean over the non-ID sets) and
-    ``avg_id_ood``; optionally ``ci/<name>`` Clopper–Pearson intervals.
+                    id_name: str | None = None, heldout_name: str = "heldout",
+                    intervals: bool = False) -> dict[str, Any]:
+    """Accuracy per set plus ``avg_ood`` (unweighted mean over the shift sets: every
+    set except ``id_name`` and ``heldout_name``) and ``avg_id_ood``; optionally
+    ``ci/<name>`` Clopper–Pearson intervals.
 
     Example:
         >>> evaluate_logits(all_logits, sets, id_name="test")      # doctest: +SKIP
@@ -100,7 +104,7 @@ def evaluate_logits(logits: dict[str, torch.Tensor], sets: dict[str, ImageSet], 
         if intervals:
             k = round(res[name] * len(ds))
             res[f"ci/{name}"] = clopper_pearson(k, len(ds))
-    shifts = [n for n in sets if n != id_name]
+    shifts = [n for n in sets if n not in (id_name, heldout_name)]
     if shifts:
         res["avg_ood"] = float(np.mean([res[n] for n in shifts]))
         if id_name is not None:

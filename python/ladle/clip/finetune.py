@@ -277,7 +277,8 @@ def _train_linear(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, 
     n = len(labels)
     for epoch in range(1, cfg.epochs + 1):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(
-            cfg.seed * 7919 + epoch))[rank::world]
+            cfg.seed * 7919 + epoch))
+        order = order[:len(order) - len(order) % world][rank::world]
         losses = []
         for i in range(0, len(order), per_rank):
             if step >= total:
