@@ -1,4 +1,6 @@
-"""``ladle clip zeroshot|finetune|evaluate|wiseft|soup|demo``: the harness from the shell.
+"""The CLIP harness from the shell: zero-shot, fine-tuning, evaluation, WiSE-FT, soups.
+
+Subcommands: ``ladle clip zeroshot|finetune|evaluate|wiseft|soup|demo``.
 
 Every command takes ``--config`` (a preset name — ``wiseft-e2e``, ``wiseft-lc``,
 ``soups-vit-b32``, ``demo`` — or a JSON file, which may ``"extends"`` a preset) and
