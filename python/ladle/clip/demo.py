@@ -119,6 +119,23 @@ def _summary(wise: dict[str, Any], soups: dict[str, Any]) -> str:
             f"{100 * b['id']:.1f} OOD {100 * b['avg_ood']:.1f}")
 
 
+def _rule_a(wise: dict[str, Any], curve: list[dict[str, Any]]) -> str:
+    """W1's rule (a) and the avg(ID, OOD) optimum, in one bullet."""
+    by = {p["alpha"]: p["acc"] for p in curve}
+    a = wise["selection"].get("best-ood-no-id-loss")
+    z, f = curve[0]["acc"], curve[-1]["acc"]
+    both = max(curve, key=lambda p: p["acc"]["avg_id_ood"])
+    text = ""
+    if a is not None:
+        text = (f"- Rule (a) (best OOD without losing ID vs the fine-tuned model): α = {a:g}: "
+                f"ID {100 * by[a]['id']:.1f} vs {100 * f['id']:.1f}, avg OOD "
+                f"{100 * by[a]['avg_ood']:.1f} vs {100 * f['avg_ood']:.1f} "
+                f"({100 * (by[a]['avg_ood'] - f['avg_ood']):+.1f} pp). ")
+    return text + (f"Best avg(ID, OOD): α = {both['alpha']:g} with "
+                   f"{100 * both['acc']['avg_id_ood']:.1f} vs zero-shot "
+                   f"{100 * z['avg_id_ood']:.1f} and fine-tuned {100 * f['avg_id_ood']:.1f}.")
+
+
 def _demo_report(cfg: dict[str, Any], exp: Any, clip: Any, zs: dict[str, Any],
                  wise: dict[str, Any], soups: dict[str, Any], seconds: float,
                  t_pre: float) -> str:
@@ -157,6 +174,7 @@ def _demo_report(cfg: dict[str, Any], exp: Any, clip: Any, zs: dict[str, Any],
         f"fine-tuned {100 * f['avg_ood']:.1f} → "
         + ("**yes**, an intermediate α beats both endpoints out of distribution."
            if wise_ok and 0 < best["alpha"] < 1 else "**no**, not in this run."),
+        _rule_a(wise, curve),
         f"- Greedy soup ({len(soups['greedy'].selected)} of {len(soups['runs'])} ingredients) "
         f"vs best single model (by held-out): ID {100 * g['id']:.1f} vs {100 * b['id']:.1f}, "
         f"avg OOD {100 * g['avg_ood']:.1f} vs {100 * b['avg_ood']:.1f} → "

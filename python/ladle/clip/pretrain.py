@@ -98,7 +98,7 @@ def pretrain_clip(clip: Any, tokenizer: Any, data: ImageSet, *, epochs: int = 8,
             step += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_v:.3f}")
+                bar.set_postfix(loss=f"{loss_v:.3f}", refresh=False)
         log.append("pretrain/epoch", epoch=epoch + 1, step=step, loss=loss_v)
     if bar is not None:
         bar.close()

@@ -133,10 +133,12 @@ def run_soups(config: dict[str, Any], out_dir: str | os.PathLike, *,
     methods["logit ensemble"] = evaluate_logits(
         {n: torch.stack([c[n] for c in per_model]).mean(0) for n in names}, exp.eval_sets,
         id_name="id")
-    captured.clear()
-    gens = ladle.greedy_ensemble(model, paths, predict_all, score, log=exp.log)
+    # greedy_ensemble loads the same ingredients in the same order again: hand back the
+    # logits already computed for each instead of re-running every evaluation set.
+    replay = iter(per_model)
+    gens = ladle.greedy_ensemble(model, paths, lambda m: next(replay)["heldout"], score,
+                                 log=exp.log)
     w = torch.tensor(gens.counts, dtype=torch.float64)
-    per_model = captured[:len(paths)]
     methods["greedy ensemble"] = evaluate_logits(
         {n: sum(float(w[i]) * per_model[i][n].double() for i in range(len(paths))) / w.sum()
          for n in names}, exp.eval_sets, id_name="id")
