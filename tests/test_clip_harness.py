@@ -229,6 +229,9 @@ def test_cli_pipeline_end_to_end(tmp_path):
     assert main(["clip", "wiseft", "--config", str(path), "--out", str(wise), "--quiet",
                  "--set", f"cache_dir={tmp_path / 'cache'}"]) == 0
     assert (wise / "wiseft_report.md").is_file() and (wise / "wiseft.png").is_file()
+    assert main(["clip", "zeroshot", "--config", str(path), "--out", str(tmp_path / "zs"),
+                 "--quiet", "--set", f"cache_dir={tmp_path / 'cache'}"]) == 0
+    assert (tmp_path / "zs" / "zeroshot.safetensors").is_file()
     assert main(["clip", "evaluate", "--config", str(path), "--out", str(tmp_path / "ev"),
                  "--quiet", "--set", f"cache_dir={tmp_path / 'cache'}",
                  str(out / "greedy_soup.safetensors")]) == 0
