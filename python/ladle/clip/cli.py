@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.quiet
     from .experiment import accuracy_summary
 
-    exp = _experiment(cfg, out)
+    exp = _experiment(cfg, out, progress)
     shifts = list(exp.shifts)
     if args.command == "zeroshot":
         acc = exp.evaluate(exp.zeroshot)
@@ -113,11 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _experiment(cfg: dict[str, Any], out: Path) -> Any:
+def _experiment(cfg: dict[str, Any], out: Path, progress: bool = True) -> Any:
     from .demo import pretrained_tiny_clip
     from .experiment import Experiment
 
     if cfg.get("model", {}).get("pretrain_demo"):
-        clip, tok, splits = pretrained_tiny_clip(cfg, Path(cfg.get("cache_dir", out / "cache")))
+        clip, tok, splits = pretrained_tiny_clip(cfg, Path(cfg.get("cache_dir", out / "cache")),
+                                                 progress)
         return Experiment.from_config(cfg, out, clip=clip, tokenizer=tok, builtin=splits)
     return Experiment.from_config(cfg, out)
