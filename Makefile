@@ -13,8 +13,10 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/python -m pip install -q ".[$(EXTRAS)]"
 
+demo: EXTRAS := test,harness
 demo: install
 	$(BIN)/ladle demo --workdir demo-work
+	$(BIN)/ladle clip demo --out demo-work/clip
 
 test: install sanitize
 	$(BIN)/python -m ruff check python tests benchmarks

@@ -75,11 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     from .analysis.cli import add_subcommands as add_analyze
 
     add_analyze(sub)  # analyze angle|calibration|diversity
+
+    p = sub.add_parser("clip", add_help=False,
+                       help="CLIP harness: zeroshot|finetune|evaluate|wiseft|soup|demo")
+    p.add_argument("clip_args", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "clip":  # `ladle clip --help` etc. belong to the clip parser
+        args.clip_args = extra + args.clip_args
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return _dispatch(args)
     except (LadleError, OSError, ValueError) as e:
@@ -100,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "clip":
+        from .clip.cli import main as clip_main
+
+        return clip_main(args.clip_args)
     if args.command == "inspect":
         return _inspect(args.checkpoint)
     if args.command == "verify":

@@ -1,0 +1,149 @@
+"""The WiSE-FT pipeline (SPEC §1.3): zero-shot θ0 → fine-tune θ1 → α sweep with θα
+streamed into a live classifier by :func:`ladle.wiseft_sweep` → the output-space
+ensemble for comparison → α-selection rules → results JSONL, a PNG of ID vs OOD
+accuracy (logit axes, endpoints, curves, effective-robustness baseline) and a
+Markdown table.
+
+Example:
+    >>> res = run_wiseft(load_preset("demo"), "runs/wiseft")      # doctest: +SKIP
+    >>> res["report"]                                              # doctest: +SKIP
+    PosixPath('runs/wiseft/wiseft_report.md')
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+from .config import FinetuneConfig
+from .experiment import Experiment
+
+
+def sweep_curve(exp: Experiment, theta0: Any, theta1: Any, alphas: list[float], *,
+                label: str = "wiseft", progress: bool = False) -> list[dict[str, Any]]:
+    """Evaluate θα for every α with :func:`ladle.wiseft_sweep` (streamed in place).
+
+    Returns:
+        One dict per α: ``{"alpha": α, "acc": {set: accuracy, ...}}``.
+    """
+    import ladle
+
+    target = exp.fresh_model()
+    points = ladle.wiseft_sweep(target, theta0, theta1, alphas, evaluate=exp.evaluate,
+                                progress=progress)
+    out = []
+    for p in points:
+        exp.log.append(f"{label}/alpha", alpha=p.alpha, acc=p.score, seconds=p.seconds)
+        out.append({"alpha": p.alpha, "acc": p.score})
+    return out
+
+
+def ensemble_curve(exp: Experiment, theta0: Any, theta1: Any, alphas: list[float], *,
+                   kind: str = "logit") -> list[dict[str, Any]]:
+    """Output-space ensemble (1 − α)·f(x, θ0) + α·f(x, θ1) for every α (two passes).
+
+    Returns:
+        One dict per α, as :func:`sweep_curve`.
+    """
+    import ladle
+
+    from .evaluate import evaluate_logits, output_ensemble
+
+    model = exp.fresh_model()
+    logits = []
+    for theta in (theta0, theta1):
+        ladle.load_into(model, [theta])
+        logits.append(exp.evaluate(model, return_logits=True)[1])
+    out = []
+    for a in alphas:
+        mixed = {n: output_ensemble(logits[0][n], logits[1][n], a, kind=kind)
+                 for n in exp.eval_sets}
+        acc = evaluate_logits(mixed, exp.eval_sets, id_name="id")
+        exp.log.append(f"{kind}-ensemble/alpha", alpha=a, acc=acc)
+        out.append({"alpha": a, "acc": acc})
+    return out
+
+
+def select_alphas(curve: list[dict[str, Any]]) -> dict[str, float]:
+    """The α-selection rules of SPEC §1.3 via ladle's selection API.
+
+    Returns:
+        ``{"fixed-0.5", "best-heldout", "best-ood-no-id-loss", "best-id-no-ood-loss"}``
+        (the first only when 0.5 is on the grid).
+    """
+    import ladle
+
+    alphas = [p["alpha"] for p in curve]
+    ho = [p["acc"]["heldout"] for p in curve]
+    idv = [p["acc"]["id"] for p in curve]
+    ood = [p["acc"]["avg_ood"] for p in curve]
+    rules = {"best-heldout": ladle.best_on_heldout(alphas, ho)}
+    if 0.0 in alphas and 1.0 in alphas:
+        rules["best-ood-no-id-loss"] = ladle.best_ood_without_id_loss(alphas, idv, ood)
+        rules["best-id-no-ood-loss"] = ladle.best_id_without_ood_loss(alphas, idv, ood)
+    if 0.5 in alphas:
+        rules["fixed-0.5"] = ladle.fixed_alpha(0.5)
+    return rules
+
+
+def run_wiseft(config: dict[str, Any], out_dir: str | os.PathLike, *,
+               experiment: Experiment | None = None, finetuned: Any = None,
+               epochs: list[dict[str, Any]] | None = None, fit: Any = None,
+               progress: bool = True, quiet: bool = False) -> dict[str, Any]:
+    """Run the whole WiSE-FT pipeline.
+
+    Args:
+        config: a preset (``wiseft-e2e``, ``wiseft-lc``, ``demo``) or a user config.
+        out_dir: results directory: ``zeroshot.safetensors``, ``finetune/epoch_*.safetensors``,
+            ``results.jsonl``, ``wiseft.png``, ``wiseft_report.md``.
+        experiment: a prepared :class:`Experiment` (reuses model and data).
+        finetuned: an existing θ1 (skips fine-tuning).
+        epochs: per-epoch accuracies of that run (``{"epoch", "acc"}``), for the plot.
+        fit: an effective-robustness baseline (default: fit on the epoch checkpoints
+            when there are at least two).
+        progress: progress bars.
+        quiet: no console summary.
+
+    Returns:
+        ``{"curve", "ensemble", "selection", "zeroshot", "finetuned", "epochs",
+        "report", "plot"}``.
+
+    Example:
+        >>> run_wiseft(load_preset("wiseft-lc"), "out/")           # doctest: +SKIP
+    """
+    from .plots import plot_wiseft
+    from .report import wiseft_markdown
+
+    out = Path(out_dir)
+    exp = experiment or Experiment.from_config(config, out)
+    cfg = FinetuneConfig.from_dict({**config.get("finetune", {}), "name": "wiseft-ft"})
+    epochs = list(epochs or [])
+    if finetuned is None:
+        from .finetune import finetune
+
+        model = copy.deepcopy(exp.zeroshot)
+        res = finetune(model, exp.train, cfg, eval_sets=exp.eval_sets, id_name="id",
+                       out_dir=out / "finetune", log=exp.log, progress=progress)
+        finetuned = res.final
+        epochs = [{"epoch": h["epoch"], "acc": h["acc"]} for h in res.history if "acc" in h]
+    alphas = [float(a) for a in config.get("alphas", [round(0.1 * i, 1) for i in range(11)])]
+    curve = sweep_curve(exp, exp.theta0, finetuned, alphas, progress=progress)
+    ens = ensemble_curve(exp, exp.theta0, finetuned, alphas)
+    selection = select_alphas(curve)
+    exp.log.append("wiseft/selection", **{k.replace("-", "_"): v for k, v in selection.items()})
+    if fit is None and len(epochs) >= 2:
+        from .robustness import fit_logit_linear
+
+        fit = fit_logit_linear([e["acc"]["id"] for e in epochs],
+                               [e["acc"]["avg_ood"] for e in epochs])
+    plot = plot_wiseft(curve, out / "wiseft.png", ensemble=ens, epochs=epochs, fit=fit,
+                       shift_names=list(exp.shifts), title=config.get("title", "WiSE-FT"))
+    report = out / "wiseft_report.md"
+    report.write_text(wiseft_markdown(curve, ens, selection, exp, cfg, plot.name))
+    result = {"curve": curve, "ensemble": ens, "selection": selection, "epochs": epochs,
+              "zeroshot": exp.theta0, "finetuned": finetuned, "report": report, "plot": plot}
+    if not quiet:
+        print(f"WiSE-FT: report {report}, plot {plot}")
+    return result
