@@ -89,6 +89,7 @@ def resume(job: dict) -> dict:
 
 def greedy(job: dict) -> dict:
     import torch
+
     from toy_models import data, mlp
 
     x, y = data()

@@ -8,12 +8,13 @@ import copy
 import numpy as np
 import pytest
 import torch
-from toy_models import data, mlp, neg_loss
 
 import ladle
 from ladle.analysis import baselines, geometry, plane, soup_vs_ensemble
 from ladle.cli import main
 from ladle.errors import LadleValueError
+
+from toy_models import data, mlp, neg_loss
 
 
 def _perturbed(base: torch.nn.Module, seed: int, scale: float = 0.1) -> torch.nn.Module:

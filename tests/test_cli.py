@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from safetensors.numpy import load_file, save_file
 
 import ladle
 from ladle.cli import main
+
+from child_env import child_env
 
 INDEX = "model.safetensors.index.json"
 
@@ -54,10 +55,7 @@ def run_cli(capsys, *args: str | Path) -> tuple[int, str, str]:
 
 def run_subprocess(*args: str | Path) -> subprocess.CompletedProcess:
     """Run ``python -m ladle ARGS`` with the imported ladle package on PYTHONPATH."""
-    package_parent = str(Path(ladle.__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in [package_parent, env.get("PYTHONPATH", "")] if p)
+    env = child_env()
     env.pop("LADLE_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "ladle", *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=60, check=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +37,8 @@ from ladle.clip.zeroshot import (
     logit_scale_of,
     zeroshot_weights,
 )
+
+from child_env import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = ["a photo of the number {c}.", "the digit {c}."]
@@ -188,8 +189,7 @@ def test_vit_b32_loads_and_interpolates(tmp_path):
 
 def test_ddp_two_cpu_processes(tmp_path):
     script = REPO / "tests" / "clip" / "ddp_worker.py"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "python"), "OMP_NUM_THREADS": "1",
-           "LADLE_DDP_BACKEND": "gloo"}
+    env = child_env(OMP_NUM_THREADS="1", LADLE_DDP_BACKEND="gloo")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(script), str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180,

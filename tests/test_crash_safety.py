@@ -34,6 +34,8 @@ from ladle import _core
 from ladle.errors import LadleError, LadleIOError, LadleValueError
 from ladle.output import MANIFEST_NAME, OutputDir
 
+from child_env import child_env
+
 ROOT = Path(__file__).resolve().parent.parent
 PARTIAL = ".ladle-partial"
 KILL_POINTS = int(os.environ.get("LADLE_KILL_POINTS", "10"))
@@ -79,11 +81,6 @@ def reference(inputs, tmp_path_factory) -> dict[str, dict[str, bytes]]:
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "ladle", *args]
-
-
-def child_env() -> dict[str, str]:
-    """The imported ladle (installed, or the source tree in development) for children."""
-    return dict(os.environ, PYTHONPATH=str(Path(ladle.__file__).resolve().parent.parent))
 
 
 # ------------------------------------------------------------------ SIGKILL

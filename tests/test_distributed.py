@@ -12,14 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from child_env import child_env
+
 torch = pytest.importorskip("torch", reason="distributed runs need torch")
 if not torch.distributed.is_available():
     pytest.skip("this torch build has no torch.distributed", allow_module_level=True)
 
-from toy_models import data, ingredients, mlp
-
 import ladle
 from ladle.distributed import partition, wanted
+
+from toy_models import data, ingredients, mlp
 
 WORKER = Path(__file__).resolve().parent / "dist_worker.py"
 SHARD = "200KB"
@@ -32,11 +34,7 @@ def _free_port() -> int:
 
 
 def _launch(workdir: Path, nproc: int, *scenarios: str) -> list[dict[str, dict]]:
-    env = dict(os.environ)
-    package_parent = str(Path(ladle.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [package_parent, env.get("PYTHONPATH", "")]
-                                        if p)
-    env.update(OMP_NUM_THREADS="1", LADLE_DEBUG="1")
+    env = child_env(OMP_NUM_THREADS="1", LADLE_DEBUG="1")
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",

@@ -3,7 +3,6 @@ ingredients, and memory that does not grow with the number of ingredients."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from toy_models import TiedNet, data, ingredients, mlp
 
 import ladle
 from ladle.learned import layer_of
+
+from child_env import child_env
+from toy_models import TiedNet, data, ingredients, mlp
 
 
 def _autograd_gradient(module, paths, logits, beta, batch, group_of):
@@ -115,7 +116,7 @@ def test_memory_does_not_grow_with_ingredients(tmp_path):
             for p in big.parameters():
                 p.add_(0.01)
         paths.append(str(ladle.save(big, tmp_path / f"big{i}.safetensors")))
-    env = dict(os.environ, PYTHONPATH=str(Path(ladle.__file__).parent.parent))
+    env = child_env()
     tests_dir = str(Path(__file__).parent)
 
     def peak_kib(n: int) -> int:

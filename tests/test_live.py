@@ -8,11 +8,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from toy_models import TiedNet, mlp
 
 import ladle
 from ladle.cli import main
 from ladle.errors import MismatchError
+
+from toy_models import TiedNet, mlp
 
 
 def _ref(states, weights):

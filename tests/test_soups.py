@@ -8,11 +8,12 @@ import pytest
 import safetensors.torch
 import torch
 from safetensors.torch import load_file
-from toy_models import data, ingredients, mlp, neg_loss
 
 import ladle
 from ladle.cli import main
 from ladle.errors import LadleValueError
+
+from toy_models import data, ingredients, mlp, neg_loss
 
 
 def _forbid(monkeypatch):

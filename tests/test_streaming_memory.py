@@ -4,7 +4,6 @@ under a 32 MiB budget in a child process whose peak RSS must stay ≤ 192 MiB.""
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -12,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-import ladle
-
+from child_env import child_env
 from reference import combine
 
 N_BIG = 64 * 2**20  # float32 elements: 256 MiB
@@ -44,7 +42,7 @@ def test_256mib_tensor_under_32mib_budget(tmp_path):
     a, b, out = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "o.safetensors"
     _write_big(a, 1)
     _write_big(b, 2)
-    env = dict(os.environ, PYTHONPATH=str(Path(ladle.__file__).parent.parent))
+    env = child_env()
     result = subprocess.run([sys.executable, "-c", CHILD, str(a), str(b), str(out)],
                             capture_output=True, text=True, env=env, check=True)
     peak_rss_kib = int(result.stdout.strip().splitlines()[-1])
