@@ -156,6 +156,16 @@ def _from_files(path: Path, files: list[Path], weight_map: dict[str, str] | None
     return Checkpoint(path, tensors, metadata, sizes, extras)
 
 
+def add_file_sources(core_plan: _core.Plan, ckpts: list[Checkpoint]) -> dict[Path, int]:
+    """Map every file of ``ckpts`` into ``core_plan`` once; returns file -> source index."""
+    sources: dict[Path, int] = {}
+    for ckpt in ckpts:
+        for file, size in ckpt.file_sizes.items():
+            if file not in sources:
+                sources[file] = core_plan.add_file_source(str(file), size)
+    return sources
+
+
 def _index_name(directory: Path, file: Path) -> str:
     """How index.json names `file`: its path relative to the checkpoint directory."""
     return file.relative_to(directory).as_posix()

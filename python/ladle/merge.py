@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import _core
 from ._units import parse_size
-from .checkpoint import Checkpoint, open_checkpoint
+from .checkpoint import Checkpoint, add_file_sources, open_checkpoint
 from .cuda import parse_device
 from .errors import LadleValueError
 from .output import OutputDir, write_atomically
@@ -217,11 +217,7 @@ def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, thre
     # Every remaining shard is created and preallocated before any data is
     # written, so a full disk fails first; jobs then run shard by shard.
     core_plan = _core.Plan()
-    sources: dict[Path, int] = {}
-    for ckpt in ckpts:
-        for file, size in ckpt.file_sizes.items():
-            if file not in sources:
-                sources[file] = core_plan.add_file_source(str(file), size)
+    sources = add_file_sources(core_plan, ckpts)
     sinks = {i: core_plan.add_file_sink(str(output.shard_path(plan.shards[i].file_name)),
                                         plan.shards[i].n_bytes, plan.shards[i].header)
              for i in todo}

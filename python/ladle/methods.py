@@ -41,7 +41,7 @@ import numpy as np
 
 from . import _core
 from ._units import parse_size
-from .checkpoint import Checkpoint, TensorInfo, _preview
+from .checkpoint import Checkpoint, TensorInfo, _preview, add_file_sources
 from .errors import LadleValueError, MismatchError
 from .merge import CheckpointLike, MergeReport, PathLike, _open_all, _progress_bar
 from .output import OutputDir, write_atomically
@@ -607,11 +607,7 @@ def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: Outpu
     weighted sums and copies on the linear engine → task-vector jobs.
     """
     core_plan = _core.Plan()
-    sources: dict[Path, int] = {}
-    for ckpt in ckpts:
-        for file, size in ckpt.file_sizes.items():
-            if file not in sources:
-                sources[file] = core_plan.add_file_source(str(file), size)
+    sources = add_file_sources(core_plan, ckpts)
     sinks = [core_plan.add_file_sink(str(output.shard_path(s.file_name)), s.n_bytes, s.header)
              for s in plan.shards]
     run_opts = {"threads": threads, "memory_budget": memory_budget, "chunk_elems": chunk_elems,
