@@ -35,20 +35,23 @@ uint64_t ChunkSet::input_n_bytes(const WorkItem& item) const {
   return n;
 }
 
+void touch_input(const Plan& plan, const JobInput& in, uint64_t first_elem, uint64_t n_elems,
+                 bool prefetch) {
+  const Source& src = plan.sources[in.source];
+  if (!src.file) return;
+  uint64_t size = item_n_bytes(in.dtype);
+  if (prefetch) src.file->prefetch(in.offset + first_elem * size, n_elems * size);
+  else src.file->release(in.offset + first_elem * size, n_elems * size);
+}
+
 void ChunkSet::prefetch(const WorkItem& item) const {
-  for (const JobInput& in : plan_.jobs[item.job].inputs) {
-    const Source& src = plan_.sources[in.source];
-    uint64_t size = item_n_bytes(in.dtype);
-    if (src.file) src.file->prefetch(in.offset + item.first_elem * size, item.n_elems * size);
-  }
+  for (const JobInput& in : plan_.jobs[item.job].inputs)
+    touch_input(plan_, in, item.first_elem, item.n_elems, true);
 }
 
 void ChunkSet::release(const WorkItem& item) const {
-  for (const JobInput& in : plan_.jobs[item.job].inputs) {
-    const Source& src = plan_.sources[in.source];
-    uint64_t size = item_n_bytes(in.dtype);
-    if (src.file) src.file->release(in.offset + item.first_elem * size, item.n_elems * size);
-  }
+  for (const JobInput& in : plan_.jobs[item.job].inputs)
+    touch_input(plan_, in, item.first_elem, item.n_elems, false);
 }
 
 const uint8_t* ChunkSet::check_identical(const WorkItem& item) const {

@@ -24,6 +24,11 @@ struct WorkItem {
   uint64_t n_elems;
 };
 
+// madvise hint on the mapped range of `in` for elements [first_elem, +n_elems):
+// MADV_WILLNEED when `prefetch`, else drop the pages from RSS (memory sources: no-op).
+void touch_input(const Plan& plan, const JobInput& in, uint64_t first_elem, uint64_t n_elems,
+                 bool prefetch);
+
 class ChunkSet {
  public:
   ChunkSet(const Plan& plan, uint64_t chunk_elems);

@@ -7,7 +7,6 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -15,6 +14,7 @@
 #include <mutex>
 #include <thread>
 
+#include "chunk_runner.h"
 #include "common.h"
 #include "kernels.h"
 #include "safetensors.h"
@@ -28,8 +28,6 @@ constexpr uint32_t kLoBins = 1u << 16;  // (|x| bits) & 0xFFFF inside the chosen
 constexpr uint64_t kBatchStateBytes = 64ull << 20;  // histograms/partials held at once
 constexpr uint64_t kMinChunkElems = 16 * 1024;
 constexpr uint64_t kMaxChunkElems = 16ull << 20;
-
-uint64_t item_n_bytes(DType dtype) { return static_cast<uint64_t>(dtype_bits(dtype) / 8); }
 
 inline uint64_t mix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -47,15 +45,11 @@ inline uint32_t dare_draw(uint64_t stream, uint64_t elem) {
 
 inline uint32_t abs_bits(float x) { return bits_from_f32(x) & 0x7FFFFFFFu; }
 
-struct Item {
-  uint32_t job;
-  uint64_t first_elem;
-  uint64_t n_elems;
-};
+using Item = WorkItem;
 
-// Runs items on a pool of threads: prefetches the inputs of the item a thread will
-// likely take next, releases them behind, reports progress from the calling thread
-// and stops every worker at the first error or a cancelled progress callback.
+// Runs the items of one pass on run_workers (chunk_runner.h): prefetches the inputs
+// of the item a thread will likely take next, releases them behind, and counts
+// the bytes of every pass of the run into one progress total.
 class ChunkPool {
  public:
   ChunkPool(const Plan& plan, int threads, const ProgressFn& progress, uint64_t total_bytes)
@@ -64,44 +58,30 @@ class ChunkPool {
   void run(const std::vector<Item>& items, const std::vector<std::vector<JobInput>>& inputs,
            const std::function<void(const Item&, int)>& fn) {
     if (items.empty()) return;
-    std::atomic<uint64_t> next{0};
-    std::mutex mu;
-    std::condition_variable cv;
-    int finished = 0;
     int n_threads = static_cast<int>(std::min<uint64_t>(threads_, items.size()));
-    auto work = [&](int thread) {
-      try {
-        while (!cancelled_.load()) {
-          uint64_t index = next.fetch_add(1);
-          if (index >= items.size()) break;
-          if (index + n_threads < items.size()) touch(items[index + n_threads], inputs, true);
+    auto touch = [&](const Item& item, bool prefetch) {
+      for (const JobInput& in : inputs[item.job])
+        touch_input(plan_, in, item.first_elem, item.n_elems, prefetch);
+    };
+    ProgressFn clipped;
+    if (progress_) {
+      clipped = [this](uint64_t done, uint64_t total) {
+        return progress_(std::min(done, total), total);
+      };
+    }
+    run_workers(
+        items.size(), n_threads, nullptr,
+        [&](int thread, size_t index) {
+          if (index + n_threads < items.size()) touch(items[index + n_threads], true);
           const Item& item = items[index];
           fn(item, thread);
-          touch(item, inputs, false);
+          touch(item, false);
           uint64_t n_bytes = 0;
           for (const JobInput& in : inputs[item.job]) n_bytes += item.n_elems * item_n_bytes(in.dtype);
           done_.fetch_add(n_bytes);
           read_.fetch_add(n_bytes);
-        }
-      } catch (...) {
-        record(std::current_exception());
-      }
-      std::lock_guard<std::mutex> guard(mu);
-      ++finished;
-      cv.notify_all();
-    };
-    std::vector<std::thread> workers;
-    for (int t = 0; t < n_threads; ++t) workers.emplace_back(work, t);
-    std::unique_lock<std::mutex> lock(mu);
-    while (finished < n_threads) {
-      cv.wait_for(lock, std::chrono::milliseconds(100));
-      lock.unlock();
-      report();
-      lock.lock();
-    }
-    lock.unlock();
-    for (auto& w : workers) w.join();
-    if (error_) std::rethrow_exception(error_);
+        },
+        clipped, done_, total_);
   }
 
   // Counts bytes of a pass that turned out to be unnecessary as done.
@@ -112,44 +92,12 @@ class ChunkPool {
   uint64_t bytes_read() const { return read_.load(); }
 
  private:
-  void touch(const Item& item, const std::vector<std::vector<JobInput>>& inputs,
-             bool prefetch) const {
-    for (const JobInput& in : inputs[item.job]) {
-      const Source& src = plan_.sources[in.source];
-      if (!src.file) continue;
-      uint64_t size = item_n_bytes(in.dtype);
-      uint64_t offset = in.offset + item.first_elem * size;
-      if (prefetch) src.file->prefetch(offset, item.n_elems * size);
-      else src.file->release(offset, item.n_elems * size);
-    }
-  }
-
-  void report() {
-    if (!progress_) return;
-    bool keep_going = true;
-    try {
-      keep_going = progress_(std::min(done_.load(), total_), total_);
-    } catch (...) {
-      record(std::current_exception());
-    }
-    if (!keep_going) record(std::make_exception_ptr(Error(ErrorKind::kCancelled, "merge cancelled")));
-  }
-
-  void record(std::exception_ptr e) {
-    std::lock_guard<std::mutex> guard(error_mu_);
-    if (!error_) error_ = e;
-    cancelled_.store(true);
-  }
-
   const Plan& plan_;
   int threads_;
   const ProgressFn& progress_;
   uint64_t total_;
   std::atomic<uint64_t> done_{0};
   std::atomic<uint64_t> read_{0};
-  std::atomic<bool> cancelled_{false};
-  std::mutex error_mu_;
-  std::exception_ptr error_;
 };
 
 int resolve_threads(const EngineOptions& options) {

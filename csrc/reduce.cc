@@ -2,10 +2,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <exception>
-#include <mutex>
 #include <thread>
 
+#include "chunk_runner.h"
 #include "common.h"
 #include "safetensors.h"
 
@@ -15,8 +14,6 @@ namespace {
 constexpr size_t kTile = 1024;
 constexpr uint64_t kMinChunk = 16 * 1024;
 constexpr uint64_t kMaxChunk = 4ull << 20;
-
-uint64_t item_size(DType d) { return static_cast<uint64_t>(dtype_bits(d) / 8); }
 
 // Decodes n elements of `dtype` at `src` to fp64 (exact for every float dtype).
 void load_f64(DType dtype, const uint8_t* src, double* dst, size_t n) {
@@ -46,11 +43,6 @@ void load_f64(DType dtype, const uint8_t* src, double* dst, size_t n) {
   }
 }
 
-struct Item {
-  uint32_t job;
-  uint64_t first;
-  uint64_t n;
-};
 
 void check_input(const Plan& plan, const DotJob& job, const JobInput& in) {
   LADLE_CHECK(in.source < plan.sources.size(), ErrorKind::kValue,
@@ -66,33 +58,26 @@ void check_input(const Plan& plan, const DotJob& job, const JobInput& in) {
               (unsigned long long)n_bytes, (unsigned long long)src.n_bytes);
 }
 
-void release(const Plan& plan, const JobInput& in, const Item& item) {
-  const Source& src = plan.sources[in.source];
-  if (!src.file) return;
-  uint64_t size = item_size(in.dtype);
-  src.file->release(in.offset + item.first * size, item.n * size);
-}
-
-void prefetch(const Plan& plan, const JobInput& in, const Item& item) {
-  const Source& src = plan.sources[in.source];
-  if (!src.file) return;
-  uint64_t size = item_size(in.dtype);
-  src.file->prefetch(in.offset + item.first * size, item.n * size);
+// madvise hints on the ranges of every input of `job` in `item`.
+void touch(const Plan& plan, const DotJob& job, const WorkItem& item, bool prefetch) {
+  touch_input(plan, job.lhs, item.first_elem, item.n_elems, prefetch);
+  for (const JobInput& in : job.inputs)
+    touch_input(plan, in, item.first_elem, item.n_elems, prefetch);
 }
 
 // Partial sums of one chunk, written to out[0..N).
-void dot_chunk(const Plan& plan, const DotJob& job, const Item& item, double* out) {
+void dot_chunk(const Plan& plan, const DotJob& job, const WorkItem& item, double* out) {
   double g[kTile], x[kTile];
   size_t n_in = job.inputs.size();
   std::fill(out, out + n_in, 0.0);
   const uint8_t* g_base = plan.sources[job.lhs.source].base + job.lhs.offset;
-  for (uint64_t t = 0; t < item.n; t += kTile) {
-    size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n - t));
-    uint64_t elem = item.first + t;
-    load_f64(job.lhs.dtype, g_base + elem * item_size(job.lhs.dtype), g, n);
+  for (uint64_t t = 0; t < item.n_elems; t += kTile) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
+    uint64_t elem = item.first_elem + t;
+    load_f64(job.lhs.dtype, g_base + elem * item_n_bytes(job.lhs.dtype), g, n);
     for (size_t k = 0; k < n_in; ++k) {
       const JobInput& in = job.inputs[k];
-      load_f64(in.dtype, plan.sources[in.source].base + in.offset + elem * item_size(in.dtype), x,
+      load_f64(in.dtype, plan.sources[in.source].base + in.offset + elem * item_n_bytes(in.dtype), x,
                n);
       double acc = 0.0;
       for (size_t i = 0; i < n; ++i) acc += g[i] * x[i];
@@ -108,10 +93,10 @@ std::vector<std::vector<double>> dot_products(const Plan& plan, const std::vecto
   uint64_t per_elem = 1;
   for (const DotJob& job : jobs) {
     check_input(plan, job, job.lhs);
-    uint64_t bytes = item_size(job.lhs.dtype);
+    uint64_t bytes = item_n_bytes(job.lhs.dtype);
     for (const JobInput& in : job.inputs) {
       check_input(plan, job, in);
-      bytes += 2 * item_size(in.dtype);
+      bytes += 2 * item_n_bytes(in.dtype);
     }
     per_elem = std::max(per_elem, bytes);
   }
@@ -123,7 +108,7 @@ std::vector<std::vector<double>> dot_products(const Plan& plan, const std::vecto
     chunk = options.memory_budget / (static_cast<uint64_t>(threads) * per_elem) / 4096 * 4096;
     chunk = std::clamp(chunk, kMinChunk, kMaxChunk);
   }
-  std::vector<Item> items;
+  std::vector<WorkItem> items;
   std::vector<size_t> partial_at;  // first partial slot of each item
   size_t n_partials = 0;
   for (uint32_t j = 0; j < jobs.size(); ++j) {
@@ -134,38 +119,18 @@ std::vector<std::vector<double>> dot_products(const Plan& plan, const std::vecto
     }
   }
   std::vector<double> partials(n_partials, 0.0);
-  std::atomic<size_t> next{0};
-  std::atomic<bool> failed{false};
-  std::exception_ptr error;
-  std::mutex error_mu;
-  auto work = [&] {
-    try {
-      while (!failed.load()) {
-        size_t i = next.fetch_add(1);
-        if (i >= items.size()) break;
-        if (i + threads < items.size()) {
-          const Item& ahead = items[i + threads];
-          prefetch(plan, jobs[ahead.job].lhs, ahead);
-          for (const JobInput& in : jobs[ahead.job].inputs) prefetch(plan, in, ahead);
-        }
-        const Item& item = items[i];
-        const DotJob& job = jobs[item.job];
-        dot_chunk(plan, job, item, partials.data() + partial_at[i]);
-        release(plan, job.lhs, item);
-        for (const JobInput& in : job.inputs) release(plan, in, item);
-      }
-    } catch (...) {
-      std::lock_guard<std::mutex> guard(error_mu);
-      if (!error) error = std::current_exception();
-      failed.store(true);
-    }
-  };
-  int n_workers = static_cast<int>(std::min<size_t>(threads, std::max<size_t>(1, items.size())));
-  std::vector<std::thread> workers;
-  for (int t = 1; t < n_workers; ++t) workers.emplace_back(work);
-  work();
-  for (auto& w : workers) w.join();
-  if (error) std::rethrow_exception(error);
+  size_t ahead = static_cast<size_t>(threads);
+  std::atomic<uint64_t> no_progress{0};
+  run_workers(
+      items.size(), static_cast<int>(std::min<size_t>(threads, std::max<size_t>(1, items.size()))),
+      nullptr,
+      [&](int, size_t i) {
+        if (i + ahead < items.size()) touch(plan, jobs[items[i + ahead].job], items[i + ahead], true);
+        const WorkItem& item = items[i];
+        dot_chunk(plan, jobs[item.job], item, partials.data() + partial_at[i]);
+        touch(plan, jobs[item.job], item, false);
+      },
+      nullptr, no_progress, 0);
 
   std::vector<std::vector<double>> out(jobs.size());
   for (uint32_t j = 0; j < jobs.size(); ++j) out[j].assign(jobs[j].inputs.size(), 0.0);
