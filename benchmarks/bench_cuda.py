@@ -63,9 +63,10 @@ def bench_kernel(torch, gib: float, repeat: int) -> None:
     print(f"device-to-device copy: {copy_bw:8.1f} GB/s (read + written, {src.nbytes / 2**30:.2f} "
           f"GiB)")
     dst = None  # free before the larger allocations
-    for k in (2, 8):
-        inputs = [src] + [torch.empty_like(src).normal_() for _ in range(k - 1)]
-        out = torch.empty_like(src)
+    for k, dtype in ((2, torch.bfloat16), (8, torch.bfloat16), (2, torch.float32)):
+        n_elems = src.nbytes // dtype.itemsize  # every input takes the same bytes
+        inputs = [torch.empty(n_elems, dtype=dtype, device="cuda").normal_() for _ in range(k)]
+        out = torch.empty_like(inputs[0])
         weights = [1.0 / k] * k
         summer = ladle.cuda.DeviceSum([out], *[[x] for x in inputs])
         t = _time_cuda(torch, lambda s=summer, w=weights: s(w), repeat)
@@ -75,12 +76,14 @@ def bench_kernel(torch, gib: float, repeat: int) -> None:
             acc = inputs[0].float() * weights[0]
             for x, w in zip(inputs[1:], weights[1:]):
                 acc = acc + x.float() * w
-            out.copy_(acc.to(torch.bfloat16))
+            out.copy_(acc.to(out.dtype))
 
         t_torch = _time_cuda(torch, recipe, max(3, repeat // 2))
         bw_torch = _gbps((k + 1) * src.nbytes, t_torch)
-        print(f"weighted sum, {k} bf16 inputs: ladle {bw:8.1f} GB/s = {bw / copy_bw:5.1%} of copy "
-              f"(target >= 85%); torch recipe {bw_torch:7.1f} GB/s; speed-up x{t_torch / t:.1f}")
+        name = str(dtype).removeprefix("torch.")
+        print(f"weighted sum, {k} {name} inputs: ladle {bw:8.1f} GB/s = {bw / copy_bw:5.1%} of "
+              f"copy (target >= 85%); torch recipe {bw_torch:7.1f} GB/s; speed-up "
+              f"x{t_torch / t:.1f}")
         del inputs, out, summer
         torch.cuda.empty_cache()
 
@@ -117,6 +120,8 @@ def bench_merge(torch, workdir: Path, size: int) -> None:
     results = {}
     for label, run in (
         ("ladle cuda", lambda o: ladle.interpolate(a, b, 0.5, o, device="cuda", progress=False)),
+        ("ladle cuda 8w", lambda o: ladle.interpolate(a, b, 0.5, o, device="cuda", threads=8,
+                                                     progress=False)),
         ("ladle cpu", lambda o: ladle.interpolate(a, b, 0.5, o, progress=False)),
         ("torch gpu", lambda o: _torch_merge_gpu(torch, [a, b], [0.5, 0.5], o)),
     ):

@@ -44,6 +44,25 @@ void check_cuda(cudaError_t err, const char* what) {
         format("CUDA error in %s: %s (%s)", what, cudaGetErrorString(err), cudaGetErrorName(err)));
 }
 
+// Collects a tensor's dtypes to pick the kernel's VectorMode (no allocation:
+// it is used inside guard_inputs, which may siglongjmp out).
+class VectorModeOf {
+ public:
+  void add(DType d) {
+    any_f64_ = any_f64_ || d == DType::kF64;
+    all_16bit_ = all_16bit_ && item_n_bytes(d) == 2;
+  }
+  // `aligned`: every pointer of the tensor is 16-byte aligned.
+  uint32_t mode(bool aligned, DType out) const {
+    if (!aligned || any_f64_ || out == DType::kF64) return kScalarLoads;
+    return all_16bit_ ? kVectorized16 : kVectorized;
+  }
+
+ private:
+  bool any_f64_ = false;
+  bool all_16bit_ = true;
+};
+
 // ---- the device, real or emulated ----
 
 class DeviceOps {
@@ -280,7 +299,7 @@ class Runner {
     auto* tensor = reinterpret_cast<TensorDesc*>(w->host_in);
     auto* inputs = reinterpret_cast<InputDesc*>(w->host_in + sizeof(TensorDesc));
     uint64_t cursor = table_n_bytes(job);
-    bool vectorized = job.out_dtype != DType::kF64;
+    VectorModeOf vector_mode;
     for (size_t k = 0; k < job.inputs.size(); ++k) {
       const JobInput& in = job.inputs[k];
       inputs[k] = {nullptr, in.weight, static_cast<uint32_t>(in.dtype)};
@@ -290,7 +309,7 @@ class Runner {
       if (options_.check_finite)
         chunks_.check_input_finite(job, in, w->host_in + cursor, item.n_elems, item.first_elem);
       inputs[k].ptr = w->dev_in + cursor;
-      if (in.dtype == DType::kF64) vectorized = false;
+      vector_mode.add(in.dtype);
       cursor += align_up(n_bytes, kTableAlign);
     }
     *tensor = TensorDesc{};
@@ -301,7 +320,7 @@ class Runner {
     tensor->n_inputs = static_cast<uint32_t>(job.inputs.size());
     tensor->post_scale = job.post_scale;
     tensor->out_dtype = static_cast<uint32_t>(job.out_dtype);
-    tensor->vectorized = vectorized ? 1 : 0;
+    tensor->vectorized = vector_mode.mode(true, job.out_dtype);  // staging is aligned
     w->staged_n_bytes = cursor;
   }
 
@@ -468,12 +487,14 @@ DeviceSum::DeviceSum(int device, std::vector<DeviceTensor> tensors, Backend back
     LADLE_CHECK(dtype_is_mergeable(t.out_dtype), ErrorKind::kValue,
                 "tensor '%s': cannot write merged values as %s", t.name.c_str(),
                 dtype_name(t.out_dtype));
-    bool vectorized = t.out_dtype != DType::kF64 && t.out_address % 16 == 0;
+    bool aligned = t.out_address % 16 == 0;
+    VectorModeOf vector_mode;
     for (int k = 0; k < n_inputs_; ++k) {
       LADLE_CHECK(dtype_is_mergeable(t.in_dtypes[k]), ErrorKind::kValue,
                   "tensor '%s': input %d has dtype %s, which cannot be merged arithmetically",
                   t.name.c_str(), k, dtype_name(t.in_dtypes[k]));
-      vectorized = vectorized && t.in_dtypes[k] != DType::kF64 && t.in_addresses[k] % 16 == 0;
+      aligned = aligned && t.in_addresses[k] % 16 == 0;
+      vector_mode.add(t.in_dtypes[k]);
     }
     n_elems_ += t.n_elems;
     if (t.n_elems == 0) continue;
@@ -490,7 +511,7 @@ DeviceSum::DeviceSum(int device, std::vector<DeviceTensor> tensors, Backend back
     d.n_inputs = static_cast<uint32_t>(n_inputs_);
     d.post_scale = 1.0f;
     d.out_dtype = static_cast<uint32_t>(t.out_dtype);
-    d.vectorized = vectorized ? 1 : 0;
+    d.vectorized = vector_mode.mode(aligned, t.out_dtype);
     descs.push_back(d);
     for (int k = 0; k < n_inputs_; ++k)
       inputs.push_back({reinterpret_cast<const void*>(t.in_addresses[k]), 1.0f,

@@ -1,6 +1,6 @@
 // CUDA weighted-sum kernel: one launch computes N-input weighted sums of every
-// tensor in a descriptor table (see kernels_cuda.h). Each thread owns 8
-// consecutive elements of a 2048-element tile and walks tiles grid-stride; the
+// tensor in a descriptor table (see kernels_cuda.h). Each thread owns 16
+// elements of a 4096-element tile (layout below) and walks tiles grid-stride; the
 // per-thread code is __host__ __device__ so emulate_weighted_sum() runs it on
 // the CPU for tests. Conversions are written on bits, copying csrc/dtype.h, so
 // NaN handling and rounding match the CPU path exactly; products and sums use
@@ -18,9 +18,9 @@ namespace {
 
 #define LADLE_HD __host__ __device__ __forceinline__
 
-constexpr uint32_t kF16 = static_cast<uint32_t>(DType::kF16);
 constexpr uint32_t kBF16 = static_cast<uint32_t>(DType::kBF16);
 constexpr uint32_t kF32 = static_cast<uint32_t>(DType::kF32);
+constexpr uint32_t kF64 = static_cast<uint32_t>(DType::kF64);
 
 LADLE_HD float mul_rn(float a, float b) {
 #ifdef __CUDA_ARCH__
@@ -58,7 +58,7 @@ LADLE_HD uint32_t to_bits(float f) {
 #endif
 }
 
-// 16-byte load/store as four 32-bit words (little-endian element order).
+// 16- and 8-byte loads/stores as 32-bit words (little-endian element order).
 LADLE_HD void load16(const void* p, uint32_t w[4]) {
 #ifdef __CUDA_ARCH__
   uint4 v = *static_cast<const uint4*>(p);
@@ -73,6 +73,23 @@ LADLE_HD void store16(void* p, const uint32_t w[4]) {
   *static_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
 #else
   std::memcpy(p, w, 16);
+#endif
+}
+
+LADLE_HD void load8(const void* p, uint32_t w[2]) {
+#ifdef __CUDA_ARCH__
+  uint2 v = *static_cast<const uint2*>(p);
+  w[0] = v.x; w[1] = v.y;
+#else
+  std::memcpy(w, p, 8);
+#endif
+}
+
+LADLE_HD void store8(void* p, const uint32_t w[2]) {
+#ifdef __CUDA_ARCH__
+  *static_cast<uint2*>(p) = make_uint2(w[0], w[1]);
+#else
+  std::memcpy(p, w, 8);
 #endif
 }
 
@@ -127,96 +144,177 @@ LADLE_HD uint32_t f32_canonical(float f) {
   return ((u & 0x7FFFFFFFu) > 0x7F800000u) ? 0x7FC00000u : u;
 }
 
-// ---- loads and stores of one thread's pack of up to 8 elements ----
+// ---- one tile ----
+//
+// A tile is kTileElems consecutive elements of one tensor; each of its
+// kBlockThreads lanes owns kPackElems of them. In a full tile whose pointers
+// are 16-byte aligned, a lane's elements are kPackElems / kSeg segments of
+// kSeg consecutive elements, segment q of lane l starting at
+// q * kBlockThreads * kSeg + l * kSeg: one vector load per segment, and a
+// warp's loads of a segment cover consecutive bytes (coalesced). Every
+// segment's load is issued before any value is used, so a lane keeps at least
+// 32 bytes in flight per input; with 16 it reached only ~77% of copy bandwidth
+// on an H100. Other tiles (tails, F64, misaligned) take element
+// j * kBlockThreads + l, one element at a time.
 
-// Fills x[0..count) from elements [e0, e0 + count) of `base`; x[count..8) stay 0.
-LADLE_HD void load_pack(uint32_t dtype, const void* base, uint64_t e0, uint32_t count, bool vec,
-                        float x[kPackElems]) {
-  if (dtype == kBF16 || dtype == kF16) {
-    const uint16_t* p = static_cast<const uint16_t*>(base) + e0;
-    const bool bf = dtype == kBF16;
-    if (vec) {
-      uint32_t w[4];
-      load16(p, w);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        x[2 * j] = bf ? bf16_to_f32(w[j] & 0xFFFFu) : f16_to_f32(w[j] & 0xFFFFu);
-        x[2 * j + 1] = bf ? bf16_to_f32(w[j] >> 16) : f16_to_f32(w[j] >> 16);
-      }
-    } else {
-      for (uint32_t j = 0; j < count; ++j) x[j] = bf ? bf16_to_f32(p[j]) : f16_to_f32(p[j]);
-    }
-  } else if (dtype == kF32) {
+// Input k of tensor t, with the launch's weight when the weights are arguments.
+LADLE_HD InputDesc input_at(const LaunchArgs& args, const TensorDesc& t, uint32_t k) {
+  InputDesc in = args.inputs[t.first_input + k];
+  if (args.n_arg_weights > 0) in.weight = args.arg_weights[k];
+  return in;
+}
+
+LADLE_HD float to_f32(uint32_t dtype, uint32_t h16) {
+  return dtype == kBF16 ? bf16_to_f32(h16) : f16_to_f32(h16);
+}
+
+LADLE_HD uint32_t from_f32(uint32_t dtype, float f) {
+  return dtype == kBF16 ? f32_to_bf16(f) : f32_to_f16(f);
+}
+
+// Loads one input's values of a full tile: kSeg = 8 (every input 16-bit, one
+// 16-byte load per segment) or kSeg = 4 (fp32 inputs: one 16-byte load;
+// 16-bit inputs: one 8-byte load).
+template <int kSeg>
+LADLE_HD void load_segments(uint32_t dtype, const void* base, uint64_t tile_e0, uint32_t lane,
+                            float x[kPackElems]) {
+  constexpr int kSegs = kPackElems / kSeg;
+  constexpr uint64_t kStride = static_cast<uint64_t>(kBlockThreads) * kSeg;
+  const uint64_t e0 = tile_e0 + static_cast<uint64_t>(lane) * kSeg;
+  uint32_t w[kSegs][kSeg];  // raw words, all loads issued first
+  if (kSeg == 4 && dtype == kF32) {
     const float* p = static_cast<const float*>(base) + e0;
-    if (vec) {
-      uint32_t w[4];
-      load16(p, w);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) x[j] = from_bits(w[j]);
-      load16(p + 4, w);
+    for (int q = 0; q < kSegs; ++q) load16(p + q * kStride, w[q]);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) x[4 + j] = from_bits(w[j]);
-    } else {
-      for (uint32_t j = 0; j < count; ++j) x[j] = p[j];
+    for (int q = 0; q < kSegs; ++q)
+#pragma unroll
+      for (int j = 0; j < kSeg; ++j) x[q * kSeg + j] = from_bits(w[q][j]);
+    return;
+  }
+  const uint16_t* p = static_cast<const uint16_t*>(base) + e0;
+#pragma unroll
+  for (int q = 0; q < kSegs; ++q) {
+    if (kSeg == 8) load16(p + q * kStride, w[q]);
+    else load8(p + q * kStride, w[q]);
+  }
+#pragma unroll
+  for (int q = 0; q < kSegs; ++q)
+#pragma unroll
+    for (int j = 0; j < kSeg / 2; ++j) {
+      x[q * kSeg + 2 * j] = to_f32(dtype, w[q][j] & 0xFFFFu);
+      x[q * kSeg + 2 * j + 1] = to_f32(dtype, w[q][j] >> 16);
     }
-  } else {  // kF64 (never vectorized): round to nearest even like static_cast
-    const double* p = static_cast<const double*>(base) + e0;
-    for (uint32_t j = 0; j < count; ++j) x[j] = static_cast<float>(p[j]);
+}
+
+// Stores a full tile's values in load_segments' layout.
+template <int kSeg>
+LADLE_HD void store_segments(uint32_t dtype, void* base, uint64_t tile_e0, uint32_t lane,
+                             const float acc[kPackElems]) {
+  constexpr int kSegs = kPackElems / kSeg;
+  constexpr uint64_t kStride = static_cast<uint64_t>(kBlockThreads) * kSeg;
+  const uint64_t e0 = tile_e0 + static_cast<uint64_t>(lane) * kSeg;
+#pragma unroll
+  for (int q = 0; q < kSegs; ++q) {
+    const float* a = acc + q * kSeg;
+    if (dtype == kF32) {
+      uint32_t* p = static_cast<uint32_t*>(base) + e0 + q * kStride;
+#pragma unroll
+      for (int h = 0; h < kSeg / 4; ++h) {
+        uint32_t w[4] = {f32_canonical(a[4 * h]), f32_canonical(a[4 * h + 1]),
+                         f32_canonical(a[4 * h + 2]), f32_canonical(a[4 * h + 3])};
+        store16(p + 4 * h, w);
+      }
+    } else {
+      uint16_t* p = static_cast<uint16_t*>(base) + e0 + q * kStride;
+      uint32_t w[kSeg / 2];
+#pragma unroll
+      for (int j = 0; j < kSeg / 2; ++j)
+        w[j] = from_f32(dtype, a[2 * j]) | (from_f32(dtype, a[2 * j + 1]) << 16);
+      if (kSeg == 8) store16(p, w);
+      else store8(p, w);
+    }
   }
 }
 
-LADLE_HD void store_pack(uint32_t dtype, void* base, uint64_t e0, uint32_t count, bool vec,
-                         const float acc[kPackElems]) {
-  if (dtype == kBF16 || dtype == kF16) {
-    uint16_t* p = static_cast<uint16_t*>(base) + e0;
-    const bool bf = dtype == kBF16;
-    if (vec) {
-      uint32_t w[4];
+LADLE_HD void accumulate(bool first, float weight, const float x[kPackElems],
+                         float acc[kPackElems]) {
+  if (first) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        uint32_t lo = bf ? f32_to_bf16(acc[2 * j]) : f32_to_f16(acc[2 * j]);
-        uint32_t hi = bf ? f32_to_bf16(acc[2 * j + 1]) : f32_to_f16(acc[2 * j + 1]);
-        w[j] = lo | (hi << 16);
-      }
-      store16(p, w);
-    } else {
-      for (uint32_t j = 0; j < count; ++j)
-        p[j] = static_cast<uint16_t>(bf ? f32_to_bf16(acc[j]) : f32_to_f16(acc[j]));
-    }
-  } else if (dtype == kF32) {
-    uint32_t* p = static_cast<uint32_t*>(base) + e0;
-    if (vec) {
-      uint32_t w[4];
+    for (int j = 0; j < kPackElems; ++j) acc[j] = mul_rn(weight, x[j]);
+  } else {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) w[j] = f32_canonical(acc[j]);
-      store16(p, w);
+    for (int j = 0; j < kPackElems; ++j) acc[j] = add_rn(acc[j], mul_rn(weight, x[j]));
+  }
+}
+
+LADLE_HD void scale(float post_scale, float* acc, int n) {
+  if (post_scale == 1.0f) return;
+  for (int j = 0; j < n; ++j) acc[j] = mul_rn(acc[j], post_scale);
+}
+
+template <int kSeg>
+LADLE_HD void run_full_tile(const LaunchArgs& args, const TensorDesc& t, uint64_t tile_e0,
+                            uint32_t lane, float post_scale) {
+  float acc[kPackElems];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) w[j] = f32_canonical(acc[4 + j]);
-      store16(p + 4, w);
-    } else {
-      for (uint32_t j = 0; j < count; ++j) p[j] = f32_canonical(acc[j]);
-    }
-  } else {  // kF64: exact widening, NaN as the widened fp32 canonical NaN
-    uint64_t* p = static_cast<uint64_t*>(base) + e0;
-    for (uint32_t j = 0; j < count; ++j) {
-      uint32_t u = to_bits(acc[j]);
-      if ((u & 0x7FFFFFFFu) > 0x7F800000u) {
-        p[j] = 0x7FF8000000000000ull;
-      } else {
-        double d = static_cast<double>(acc[j]);
-        uint64_t bits;
+  for (int j = 0; j < kPackElems; ++j) acc[j] = 0.0f;
+  bool first = true;
+  for (uint32_t k = 0; k < t.n_inputs; ++k) {
+    InputDesc in = input_at(args, t, k);
+    if (in.weight == 0.0f) continue;  // zero weights skip their input entirely
+    float x[kPackElems];
+    load_segments<kSeg>(in.dtype, in.ptr, tile_e0, lane, x);
+    accumulate(first, in.weight, x, acc);
+    first = false;
+  }
+  scale(post_scale, acc, kPackElems);
+  store_segments<kSeg>(t.out_dtype, t.out, tile_e0, lane, acc);
+}
+
+LADLE_HD float load_one(uint32_t dtype, const void* base, uint64_t e) {
+  if (dtype == kF32) return static_cast<const float*>(base)[e];
+  if (dtype == kF64) return static_cast<float>(static_cast<const double*>(base)[e]);  // RNE
+  return to_f32(dtype, static_cast<const uint16_t*>(base)[e]);
+}
+
+LADLE_HD void store_one(uint32_t dtype, void* base, uint64_t e, float v) {
+  uint32_t u = to_bits(v);
+  if (dtype == kF32) {
+    static_cast<uint32_t*>(base)[e] = f32_canonical(v);
+  } else if (dtype == kF64) {  // exact widening, NaN as the widened fp32 canonical NaN
+    uint64_t bits = 0x7FF8000000000000ull;
+    if ((u & 0x7FFFFFFFu) <= 0x7F800000u) {
+      double d = static_cast<double>(v);
 #ifdef __CUDA_ARCH__
-        bits = static_cast<uint64_t>(__double_as_longlong(d));
+      bits = static_cast<uint64_t>(__double_as_longlong(d));
 #else
-        std::memcpy(&bits, &d, 8);
+      std::memcpy(&bits, &d, 8);
 #endif
-        p[j] = bits;
-      }
     }
+    static_cast<uint64_t*>(base)[e] = bits;
+  } else {
+    static_cast<uint16_t*>(base)[e] = static_cast<uint16_t>(from_f32(dtype, v));
   }
 }
 
-// ---- one thread's work in one tile ----
+LADLE_HD void run_partial_tile(const LaunchArgs& args, const TensorDesc& t, uint64_t tile_e0,
+                               uint32_t lane, float post_scale) {
+  for (uint64_t e = tile_e0 + lane; e < t.n_elems && e < tile_e0 + kTileElems;
+       e += kBlockThreads) {
+    float acc = 0.0f;
+    bool first = true;
+    for (uint32_t k = 0; k < t.n_inputs; ++k) {
+      InputDesc in = input_at(args, t, k);
+      if (in.weight == 0.0f) continue;
+      float x = mul_rn(in.weight, load_one(in.dtype, in.ptr, e));
+      acc = first ? x : add_rn(acc, x);
+      first = false;
+    }
+    scale(post_scale, &acc, 1);
+    store_one(t.out_dtype, t.out, e, acc);
+  }
+}
 
 LADLE_HD void run_lane(const LaunchArgs& args, uint64_t tile, uint32_t lane) {
   // The tensor owning this tile: the last one whose first_tile <= tile.
@@ -227,40 +325,12 @@ LADLE_HD void run_lane(const LaunchArgs& args, uint64_t tile, uint32_t lane) {
     else hi = mid - 1;
   }
   const TensorDesc& t = args.tensors[lo];
-  const uint64_t e0 = (tile - t.first_tile) * kTileElems + static_cast<uint64_t>(lane) * kPackElems;
-  if (e0 >= t.n_elems) return;
-  const uint64_t left = t.n_elems - e0;
-  const uint32_t count = left < kPackElems ? static_cast<uint32_t>(left) : kPackElems;
-  const bool vec = t.vectorized != 0 && count == kPackElems;
-
-  float acc[kPackElems];
-#pragma unroll
-  for (int j = 0; j < kPackElems; ++j) acc[j] = 0.0f;
-  const bool arg_weights = args.n_arg_weights > 0;
-  bool first = true;
-  for (uint32_t k = 0; k < t.n_inputs; ++k) {
-    InputDesc in = args.inputs[t.first_input + k];
-    if (arg_weights) in.weight = args.arg_weights[k];
-    if (in.weight == 0.0f) continue;  // zero weights skip their input entirely
-    float x[kPackElems];
-#pragma unroll
-    for (int j = 0; j < kPackElems; ++j) x[j] = 0.0f;
-    load_pack(in.dtype, in.ptr, e0, count, vec, x);
-    if (first) {
-#pragma unroll
-      for (int j = 0; j < kPackElems; ++j) acc[j] = mul_rn(in.weight, x[j]);
-    } else {
-#pragma unroll
-      for (int j = 0; j < kPackElems; ++j) acc[j] = add_rn(acc[j], mul_rn(in.weight, x[j]));
-    }
-    first = false;
-  }
-  const float post_scale = arg_weights ? args.arg_post_scale : t.post_scale;
-  if (post_scale != 1.0f) {
-#pragma unroll
-    for (int j = 0; j < kPackElems; ++j) acc[j] = mul_rn(acc[j], post_scale);
-  }
-  store_pack(t.out_dtype, t.out, e0, count, vec, acc);
+  const uint64_t tile_e0 = (tile - t.first_tile) * kTileElems;
+  const float post_scale = args.n_arg_weights > 0 ? args.arg_post_scale : t.post_scale;
+  const bool full = tile_e0 + kTileElems <= t.n_elems;
+  if (full && t.vectorized == kVectorized16) run_full_tile<8>(args, t, tile_e0, lane, post_scale);
+  else if (full && t.vectorized == kVectorized) run_full_tile<4>(args, t, tile_e0, lane, post_scale);
+  else run_partial_tile(args, t, tile_e0, lane, post_scale);
 }
 
 __global__ void __launch_bounds__(kBlockThreads) weighted_sum_kernel(LaunchArgs args) {
@@ -272,8 +342,8 @@ __global__ void __launch_bounds__(kBlockThreads) weighted_sum_kernel(LaunchArgs 
 
 int launch_weighted_sum(const LaunchArgs& args, void* stream, int sm_count) {
   if (args.n_tiles == 0 || args.n_tensors == 0) return 0;
-  // 8 resident blocks of 256 threads fill an SM (2048 threads); more blocks only
-  // add scheduling, fewer leave bandwidth unused.
+  // 8 blocks of 256 threads per SM cover the most that can be resident; more
+  // blocks only add scheduling, and the grid-stride loop takes the rest.
   uint64_t max_blocks = static_cast<uint64_t>(sm_count > 0 ? sm_count : 1) * 8;
   unsigned blocks = static_cast<unsigned>(args.n_tiles < max_blocks ? args.n_tiles : max_blocks);
   weighted_sum_kernel<<<blocks, kBlockThreads, 0, static_cast<cudaStream_t>(stream)>>>(args);

@@ -11,7 +11,7 @@ namespace ladle {
 namespace cuda {
 
 constexpr int kBlockThreads = 256;  // threads per block
-constexpr int kPackElems = 8;       // elements per thread per tile (16 bytes of 16-bit)
+constexpr int kPackElems = 16;      // elements per thread per tile (32 bytes of 16-bit)
 constexpr uint64_t kTileElems = static_cast<uint64_t>(kBlockThreads) * kPackElems;
 constexpr uint64_t kTableAlign = 256;  // alignment of tables and staged tensors
 
@@ -24,6 +24,13 @@ struct InputDesc {
 };
 static_assert(sizeof(InputDesc) == 16, "InputDesc must stay 16 bytes");
 
+// How the kernel loads a tensor's full packs of kPackElems elements.
+enum VectorMode : uint32_t {
+  kScalarLoads = 0,   // some pointer is not 16-byte aligned, or F64 is involved
+  kVectorized = 1,    // 16-byte loads; some input is F32 (four loads per pack)
+  kVectorized16 = 2,  // 16-byte loads; every input is 16-bit (two loads per pack)
+};
+
 // One output tensor: inputs[first_input .. first_input + n_inputs) of the table.
 struct TensorDesc {
   void* out;
@@ -33,7 +40,7 @@ struct TensorDesc {
   uint32_t n_inputs;
   float post_scale;   // 1 skips the multiplication
   uint32_t out_dtype;  // a ladle::DType
-  uint32_t vectorized;  // 1: every pointer 16-byte aligned and no F64 (16-byte loads)
+  uint32_t vectorized;  // a VectorMode: how full packs may be loaded
   uint32_t reserved;
 };
 static_assert(sizeof(TensorDesc) == 48, "TensorDesc must stay 48 bytes");

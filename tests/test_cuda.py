@@ -26,7 +26,7 @@ from reference import combine, random_raw
 from st_io import read_checkpoint, write_raw, write_sharded
 
 DTYPES = ["F32", "F16", "BF16"]
-SIZES = [0, 1, 7, 8, 9, 2047, 2049, 40_000, 70_001]  # tails, tile and chunk boundaries
+SIZES = [0, 1, 7, 8, 9, 15, 17, 4095, 4097, 40_000, 70_001]  # tails, tile and chunk boundaries
 
 COMPILED = ladle.build_info()["cuda_compiled"]
 INFO = cuda_info()
