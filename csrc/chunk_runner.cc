@@ -94,24 +94,27 @@ void ChunkSet::check_output_finite(const Job& job, const void* dst, size_t n,
 }
 
 void ChunkSet::guard_inputs(const Job& job, const std::function<void()>& body) const {
+  guard_reads(plan_, job.name, body);
+}
+
+void guard_reads(const Plan& plan, const std::string& tensor, const std::function<void()>& body) {
   const void* fault = call_catching_sigbus(
       [](void* p) { (*static_cast<const std::function<void()>*>(p))(); },
       const_cast<std::function<void()>*>(&body));
   if (!fault) return;
   auto addr = static_cast<const uint8_t*>(fault);
-  for (const JobInput& in : job.inputs) {
-    const Source& src = plan_.sources[in.source];
+  for (const Source& src : plan.sources) {
     if (src.base && addr >= src.base && addr < src.base + src.n_bytes)
       raise(ErrorKind::kIO,
             format("%s: tensor '%s': input changed while being read (bus error at byte %llu "
                    "of %llu): was the file truncated or rewritten during the merge?",
-                   src.label.c_str(), job.name.c_str(), (unsigned long long)(addr - src.base),
+                   src.label.c_str(), tensor.c_str(), (unsigned long long)(addr - src.base),
                    (unsigned long long)src.n_bytes),
             EIO);
   }
   raise(ErrorKind::kIO,
         format("tensor '%s': bus error while reading the inputs (was a file truncated?)",
-               job.name.c_str()),
+               tensor.c_str()),
         EIO);
 }
 

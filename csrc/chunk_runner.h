@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "engine.h"
@@ -52,8 +53,7 @@ class ChunkSet {
   void check_output_finite(const Job& job, const void* dst, size_t n,
                            uint64_t first_elem) const;
 
-  // Runs `body`, turning a SIGBUS from a mapped input that shrank into an IO
-  // error naming the file. `body` may throw but must own no destructors.
+  // guard_reads for the inputs of `job`.
   void guard_inputs(const Job& job, const std::function<void()>& body) const;
 
  private:
@@ -62,6 +62,12 @@ class ChunkSet {
   std::vector<WorkItem> items_;
   uint64_t total_out_n_bytes_ = 0;
 };
+
+// Runs `body`, turning a SIGBUS from a mapped source of `plan` that shrank (a
+// file truncated or rewritten during the run) into an IO error naming the file
+// and `tensor`. `body` may throw, but at a fault it must hold no lock and own
+// no object with a destructor (plain loads: kernels, memcpy, conversions).
+void guard_reads(const Plan& plan, const std::string& tensor, const std::function<void()>& body);
 
 // Calls process(worker, index) for every index < n_items on n_workers threads
 // (after setup(worker) on each), polling progress(bytes_done, total) every

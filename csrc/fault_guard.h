@@ -10,6 +10,7 @@ namespace ladle {
 // hold no locks and own no objects with destructors at the fault (plain
 // loads/stores: the kernels, memcpy, memcmp). Exceptions from fn propagate.
 // SIGBUS outside a guarded call goes to the handler installed before ladle's.
+// Cheap when nothing faults (a setjmp, no system call): fine once per tile.
 const void* call_catching_sigbus(void (*fn)(void*), void* arg);
 
 // Installs the SIGBUS handler call_catching_sigbus relies on (again, if

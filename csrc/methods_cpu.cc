@@ -318,8 +318,11 @@ class TaskRunner {
     return items;
   }
 
-  void load(const JobInput& in, uint64_t elem, size_t n, float* dst) const {
-    kernels_.accumulate(in.dtype, input_ptr(plan_, in, elem), 1.0f, dst, n, true);
+  // Every read of a mapped input goes through here or check_finite_input, under
+  // guard_reads: a file truncated during the run is an IO error, not a crash.
+  void load(const TaskJob& job, const JobInput& in, uint64_t elem, size_t n, float* dst) const {
+    guard_reads(plan_, job.name,
+                [&] { kernels_.accumulate(in.dtype, input_ptr(plan_, in, elem), 1.0f, dst, n, true); });
   }
 
   void run_batch(size_t begin, size_t end) {
@@ -463,7 +466,7 @@ class TaskRunner {
 
   // delta = x_k - base for one tile into s->x.
   void load_delta(const TaskJob& job, size_t k, uint64_t elem, size_t n, TaskScratch* s) const {
-    load(job.models[k].input, elem, n, s->x.data());
+    load(job, job.models[k].input, elem, n, s->x.data());
     for (size_t i = 0; i < n; ++i) s->x[i] = s->x[i] - s->base[i];
   }
 
@@ -475,7 +478,7 @@ class TaskRunner {
     for (uint64_t t = 0; t < item.n_elems; t += kTile) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
       uint64_t elem = item.first_elem + t;
-      load(job.base, elem, n, s->base.data());
+      load(job, job.base, elem, n, s->base.data());
       for (size_t k = 0; k < n_models; ++k) {
         if (!st.models[k].selects()) continue;
         load_delta(job, k, elem, n, s);
@@ -500,7 +503,7 @@ class TaskRunner {
     for (uint64_t t = 0; t < item.n_elems; t += kTile) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
       uint64_t elem = item.first_elem + t;
-      load(job.base, elem, n, s->base.data());
+      load(job, job.base, elem, n, s->base.data());
       for (size_t k = 0; k < n_models; ++k) {
         ModelState& ms = st.models[k];
         if (!ms.selects()) continue;
@@ -534,7 +537,7 @@ class TaskRunner {
     for (uint64_t t = 0; t < item.n_elems; t += kTile) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
       uint64_t elem = item.first_elem + t;
-      load(job.base, elem, n, s->base.data());
+      load(job, job.base, elem, n, s->base.data());
       for (size_t k = 0; k < job.models.size(); ++k) {
         ModelState& ms = st.models[k];
         if (!ms.lo.need_ties && !ms.hi.need_ties) continue;
@@ -581,7 +584,7 @@ class TaskRunner {
     for (uint64_t t = 0; t < item.n_elems; t += kTile) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
       uint64_t elem = item.first_elem + t;
-      load(job.base, elem, n, s->base.data());
+      load(job, job.base, elem, n, s->base.data());
       for (size_t k = 0; k < job.models.size(); ++k) {
         ModelState& ms = st.models[k];
         load_delta(job, k, elem, n, s);
@@ -617,7 +620,7 @@ class TaskRunner {
     for (uint64_t t = 0; t < item.n_elems; t += kTile) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
       uint64_t elem = item.first_elem + t;
-      load(job.base, elem, n, s->base.data());
+      load(job, job.base, elem, n, s->base.data());
       if (options_.check_finite) check_finite_input(job, job.base, elem, n);
       for (size_t k = 0; k < n_models; ++k) {
         const TaskModel& m = job.models[k];
@@ -681,7 +684,8 @@ class TaskRunner {
   }
 
   void check_finite_input(const TaskJob& job, const JobInput& in, uint64_t elem, size_t n) const {
-    size_t bad = find_nonfinite(in.dtype, input_ptr(plan_, in, elem), n);
+    size_t bad = n;
+    guard_reads(plan_, job.name, [&] { bad = find_nonfinite(in.dtype, input_ptr(plan_, in, elem), n); });
     LADLE_CHECK(bad == n, ErrorKind::kNonFinite,
                 "%s: tensor '%s': non-finite value (NaN or Inf) at element %llu",
                 plan_.sources[in.source].label.c_str(), job.name.c_str(),
@@ -784,9 +788,11 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
       for (uint64_t t = 0; t < item.n_elems; t += kTile) {
         size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
         uint64_t elem = item.first_elem + t;
-        for (size_t a = 0; a < n_in; ++a)
-          kernels.accumulate(job.inputs[a].dtype, input_ptr(plan, job.inputs[a], elem), 1.0f,
-                             buf.data() + a * kTile, n, true);
+        guard_reads(plan, job.name, [&] {
+          for (size_t a = 0; a < n_in; ++a)
+            kernels.accumulate(job.inputs[a].dtype, input_ptr(plan, job.inputs[a], elem), 1.0f,
+                               buf.data() + a * kTile, n, true);
+        });
         // Vectors: inputs in order, the base skipped and subtracted from the others.
         std::vector<const float*> v;
         for (size_t a = 0; a < n_in; ++a) {

@@ -74,11 +74,13 @@ void dot_chunk(const Plan& plan, const DotJob& job, const WorkItem& item, double
   for (uint64_t t = 0; t < item.n_elems; t += kTile) {
     size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
     uint64_t elem = item.first_elem + t;
-    load_f64(job.lhs.dtype, g_base + elem * item_n_bytes(job.lhs.dtype), g, n);
+    guard_reads(plan, job.name, [&] {
+      load_f64(job.lhs.dtype, g_base + elem * item_n_bytes(job.lhs.dtype), g, n);
+    });
     for (size_t k = 0; k < n_in; ++k) {
       const JobInput& in = job.inputs[k];
-      load_f64(in.dtype, plan.sources[in.source].base + in.offset + elem * item_n_bytes(in.dtype), x,
-               n);
+      const uint8_t* src = plan.sources[in.source].base + in.offset + elem * item_n_bytes(in.dtype);
+      guard_reads(plan, job.name, [&] { load_f64(in.dtype, src, x, n); });
       double acc = 0.0;
       for (size_t i = 0; i < n; ++i) acc += g[i] * x[i];
       out[k] += acc;

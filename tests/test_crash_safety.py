@@ -359,6 +359,52 @@ def test_input_truncated_while_mapped_is_an_error(tmp_path: Path):
     assert info.value.errno == 5
 
 
+def _truncate_before(monkeypatch, core_function: str, path: Path) -> None:
+    """Make _core.<core_function> truncate `path` (already mapped by then) first."""
+    real = getattr(_core, core_function)
+
+    def truncating(*args, **kwargs):
+        os.truncate(path, 3 * 4096)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_core, core_function, truncating)
+
+
+TRUNCATED = r"m1\.safetensors: tensor 'w': input changed while being read \(bus error"
+
+
+@pytest.mark.parametrize("method,core_function", [("ties", "run_tasks"),
+                                                  ("slerp", "run_grams")])
+def test_input_truncated_during_a_method_merge_is_an_error(tmp_path: Path, monkeypatch,
+                                                          method, core_function):
+    paths = []
+    for i, name in enumerate(("base", "m1", "m2")):
+        paths.append(tmp_path / f"{name}.safetensors")
+        save_file({"w": np.full(1 << 20, i + 1, np.float32)}, str(paths[-1]))
+    _truncate_before(monkeypatch, core_function, paths[1])
+    out = tmp_path / "out"
+    with pytest.raises(LadleIOError, match=TRUNCATED) as info:
+        if method == "ties":
+            ladle.methods.ties(paths[0], paths[1:], out, weights=[0.5, 0.5], progress=False)
+        else:
+            ladle.methods.slerp(paths[0], paths[1], 0.5, out, progress=False)
+    assert info.value.errno == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.safetensors", "m1.safetensors",
+                                                          "m2.safetensors"]
+
+
+def test_input_truncated_during_dot_products_is_an_error(tmp_path: Path):
+    path = tmp_path / "m1.safetensors"
+    save_file({"w": np.ones(1 << 20, np.float32)}, str(path))
+    header = _core.read_header(str(path))
+    plan = _core.Plan()
+    src = plan.add_file_source(str(path), header["file_n_bytes"])
+    os.truncate(path, 3 * 4096)
+    x = (src, header["data_start"], "F32")
+    with pytest.raises(LadleIOError, match=TRUNCATED):
+        _core.dot_products(plan, [("w", 1 << 20, x, [x])], threads=1, chunk_elems=16384)
+
+
 def _ro_tmpfs(tmp_path: Path) -> Path | None:
     mnt = tmp_path / "ro"
     mnt.mkdir()
