@@ -281,6 +281,24 @@ def _rank_range(sparsify: str, density: float, gamma: float, n: int) -> tuple[in
     return 0, n
 
 
+def check_parameter_names(method: str, parameters: dict[str, Any],
+                          model_parameters: Sequence[dict[str, Any]], where: str = "") -> None:
+    """Refuse parameter names ``method`` does not take; ``where`` prefixes the message
+    (a recipe's file name). Per-model names may also be given globally (mergekit)."""
+    spec = METHODS[method]
+    allowed_global = set(spec.global_params) | set(spec.model_params)
+    for key in parameters:
+        if key not in allowed_global:
+            raise LadleValueError(f"{where}parameters: unknown parameter '{key}' for {method} "
+                                  f"(allowed: {', '.join(sorted(allowed_global)) or 'none'})")
+    for k, params in enumerate(model_parameters):
+        for key in params:
+            if key not in spec.model_params:
+                raise LadleValueError(
+                    f"{where}models[{k}].parameters: unknown parameter '{key}' for {method} "
+                    f"(allowed per model: {', '.join(sorted(spec.model_params)) or 'none'})")
+
+
 def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpoint], *,
                       parameters: dict[str, Any] | None = None,
                       model_parameters: list[dict[str, Any]] | None = None,
@@ -303,17 +321,7 @@ def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpo
     if len(model_parameters) != len(models):
         raise LadleValueError(f"{method}: got {len(model_parameters)} parameter set(s) for "
                               f"{len(models)} model(s)")
-    allowed_global = set(spec.global_params) | set(spec.model_params)
-    for key in parameters:
-        if key not in allowed_global:
-            raise LadleValueError(f"{method}: unknown parameter '{key}' (allowed: "
-                                  f"{', '.join(sorted(allowed_global)) or 'none'})")
-    for k, mp in enumerate(model_parameters):
-        for key in mp:
-            if key not in spec.model_params:
-                raise LadleValueError(
-                    f"{method}: unknown parameter '{key}' for model {k} (allowed per model: "
-                    f"{', '.join(sorted(spec.model_params)) or 'none'})")
+    check_parameter_names(method, parameters, model_parameters)
     if spec.needs_base and base is None:
         raise LadleValueError(f"{method} needs a base model (base_model)")
     if len(models) < spec.min_models or (spec.max_models and len(models) > spec.max_models):

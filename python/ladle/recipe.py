@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LadleValueError
-from .methods import METHODS, UNIMPLEMENTED
+from .methods import METHODS, UNIMPLEMENTED, check_parameter_names
 
 TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype",
             "tokenizer_source", "chat_template", "seed"}
@@ -105,7 +105,6 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
     if method not in METHODS:
         raise LadleValueError(f"{where}unknown merge_method '{method}' (implemented: "
                               f"{', '.join(METHODS)})")
-    spec = METHODS[method]
     models_in = data.get("models")
     if not isinstance(models_in, list) or not models_in:
         raise LadleValueError(f"{where}'models' must be a non-empty list")
@@ -136,17 +135,7 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
         raise LadleValueError(f"{where}'parameters' must be a mapping")
     for key, value in parameters.items():
         _check_setting(value, f"{where}parameters.{key}")
-    allowed_global = set(spec.global_params) | set(spec.model_params)
-    for key in parameters:
-        if key not in allowed_global:
-            raise LadleValueError(f"{where}parameters: unknown parameter '{key}' for {method} "
-                                  f"(allowed: {', '.join(sorted(allowed_global)) or 'none'})")
-    for i, params in enumerate(model_params):
-        for key in params:
-            if key not in spec.model_params:
-                raise LadleValueError(
-                    f"{where}models[{i}].parameters: unknown parameter '{key}' for {method} "
-                    f"(allowed: {', '.join(sorted(spec.model_params)) or 'none'})")
+    check_parameter_names(method, parameters, model_params, where)
     dtype = None
     for key in ("out_dtype", "dtype"):
         value = data.get(key)
