@@ -7,9 +7,11 @@ the submodules that need them (``pip install ladle[harness]``).
 Modules: ``templates`` (prompt sets), ``models`` (open_clip creation, configs),
 ``zeroshot`` (heads, :class:`ImageClassifier`), ``data`` (datasets, splits,
 augmentation), ``digits`` (built-in offline domains), ``pretrain`` (tiny contrastive
-CLIP), ``finetune`` (E2E / LC / LP-FT), ``evaluate`` (accuracy, subsets, intervals,
-output ensembles), ``robustness`` (effective robustness), ``plots``, ``wiseft`` and
-``soups`` (pipelines), ``config`` (presets), ``cli`` (``ladle clip ...``).
+CLIP), ``finetune`` (E2E / LC / LP-FT), ``toward_zeroshot`` (distillation and L2-SP
+baselines), ``evaluate`` (accuracy, subsets, intervals, output ensembles),
+``robustness`` (effective robustness), ``plots``, ``wiseft`` and ``soups``
+(pipelines), ``backbone_soup`` (cross-dataset soups), ``config`` (presets), ``cli``
+(``ladle clip ...``).
 
 Example:
     >>> from ladle.clip import wiseft                          # doctest: +SKIP

@@ -1,6 +1,6 @@
 """The CLIP harness from the shell: zero-shot, fine-tuning, evaluation, WiSE-FT, soups.
 
-Subcommands: ``ladle clip zeroshot|finetune|evaluate|wiseft|soup|demo``.
+Subcommands: ``ladle clip zeroshot|finetune|evaluate|wiseft|soup|backbone-soup|demo``.
 
 Every command takes ``--config`` (a preset name — ``wiseft-e2e``, ``wiseft-lc``,
 ``soups-vit-b32``, ``demo`` — or a JSON file, which may ``"extends"`` a preset) and
@@ -11,6 +11,9 @@ Example:
     $ ladle clip wiseft --config demo --out runs/wiseft
     $ ladle clip soup --config soups-vit-b32 --set model.pretrained=vitb32.safetensors \\
           --set data.train=imagenet/train --out runs/soups
+    $ ladle clip finetune --config demo --set finetune.distill_weight=0.5 --out runs/kd
+    $ ladle clip backbone-soup --config my-cifar100.json runs/zs/zeroshot.safetensors \\
+          runs/cifar10/finetune/epoch_10.safetensors runs/dtd/finetune/epoch_10.safetensors
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
              "evaluate": "evaluate checkpoints on the ID test set and the shifts",
              "wiseft": "zero-shot → fine-tune → α sweep → JSONL, PNG, Markdown",
              "soup": "sweep → N fine-tuned models → soups vs ensembles → JSONL, PNG, Markdown",
+             "backbone-soup": "average the image encoders of models fine-tuned on other "
+                              "datasets, attach this config's zero-shot head, evaluate",
              "demo": "the built-in offline demo (tiny CLIP on digits): WiSE-FT and soups"}
     for name, text in helps.items():
         p = sub.add_parser(name, help=text)
@@ -54,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         if name == "evaluate":
             p.add_argument("checkpoints", nargs="+", help="classifier checkpoints")
+        if name == "backbone-soup":
+            p.add_argument("checkpoints", nargs="+",
+                           help="ingredient classifiers (any heads; only encoders are read)")
         if name == "wiseft":
             p.add_argument("--finetuned", help="use this θ1 instead of fine-tuning")
     return parser
@@ -110,6 +118,16 @@ def main(argv: list[str] | None = None) -> int:
         from .soups import run_soups
 
         run_soups(cfg, out, experiment=exp, progress=progress)
+    elif args.command == "backbone-soup":
+        from .backbone_soup import backbone_soup
+
+        model = exp.fresh_model()  # θ0 with this config's zero-shot head
+        res = backbone_soup(model, args.checkpoints, out=out / "backbone_soup.safetensors",
+                            log=exp.log, overwrite=True)
+        acc = exp.evaluate(model)
+        exp.log.append("backbone-soup/eval", ingredients=res.ingredients, acc=acc)
+        print(f"backbone soup of {len(args.checkpoints)}: {accuracy_summary(acc, shifts)}\n"
+              f"saved to {res.out}")
     return 0
 
 

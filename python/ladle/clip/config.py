@@ -40,6 +40,14 @@ class FinetuneConfig:
         aug, aug_magnitude, aug_n_ops, hflip: see :func:`ladle.clip.data.augment`.
         seed: initialisation of data order, augmentation and mixup draws.
         ema: EMA decay of the weights (None: off); checkpoints then hold the EMA.
+        distill_weight, distill_temperature: distillation toward the zero-shot model
+            ([W1] Eq. 3): loss = (1 − w)·CE + w·T²·KL(zero-shot ‖ student) at
+            temperature T (0: off); see :mod:`ladle.clip.toward_zeroshot`.
+        l2sp_weight, l2sp_head_weight: L2-SP-style pull toward θ0, λ·‖θ_enc − θ0_enc‖²
+            on the image encoder and λ_head·‖W − W_zs‖² on the head (0: off; set
+            both for the E2E ‖θ − θ0‖² of [W2] Fig. 3).
+        freeze_head: E2E with the zero-shot head kept fixed, so all task knowledge
+            lands in the backbone (cross-dataset soups, [MS] App E).
         lp_epochs, lp_lr: the linear-probe stage of ``lpft``.
         max_steps: stop after this many steps (None: all epochs).
         save_every_epoch, eval_every_epoch: per-epoch checkpoints / evaluations.
@@ -64,6 +72,11 @@ class FinetuneConfig:
     hflip: bool = False
     seed: int = 0
     ema: float | None = None
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
+    l2sp_weight: float = 0.0
+    l2sp_head_weight: float = 0.0
+    freeze_head: bool = False
     lp_epochs: int = 0
     lp_lr: float = 1e-3
     max_steps: int | None = None
@@ -71,6 +84,19 @@ class FinetuneConfig:
     eval_every_epoch: bool = True
     device: str = "cpu"
     name: str = "run"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must lie in [0, 1] (the α of W1 Eq. 3), got "
+                             f"{self.distill_weight}")
+        if not self.distill_temperature > 0:
+            raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature}")
+        if self.l2sp_weight < 0 or self.l2sp_head_weight < 0:
+            raise ValueError(f"l2sp_weight and l2sp_head_weight must be >= 0, got "
+                             f"{self.l2sp_weight} and {self.l2sp_head_weight}")
+        if self.freeze_head and self.mode != "e2e":
+            raise ValueError(f"freeze_head applies to mode e2e (mode {self.mode!r} trains "
+                             f"the head)")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:

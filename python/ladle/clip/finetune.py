@@ -1,7 +1,9 @@
 """Fine-tuning (SPEC §1.2, §2.4): end-to-end from the zero-shot head, linear
 classifier on cached features, and LP-FT; AdamW with cosine warm-up, global-norm
 clipping, label smoothing, mixup, minimal/medium/strong augmentation, EMA, seeds,
-per-epoch checkpoints (safetensors, via ``ladle.save``) and evaluations (JSONL).
+per-epoch checkpoints (safetensors, via ``ladle.save``) and evaluations (JSONL);
+optionally a frozen zero-shot head, and the baselines that pull toward θ0
+(distillation, L2-SP; :mod:`.toward_zeroshot`).
 
 Data-parallel under ``torchrun`` (DDP; gloo on CPU, nccl on CUDA): every rank takes
 every ``world``-th example of the shuffled epoch order with ``batch_size / world``
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from .config import FinetuneConfig
 from .data import ImageSet, augment, batches, prepare
 from .evaluate import evaluate_model
+from .toward_zeroshot import ZeroShotAnchor
 from .zeroshot import ImageClassifier
 
 
@@ -128,15 +131,18 @@ def finetune(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, *,
     result = FinetuneResult()
     device = torch.device(cfg.device)
     model.to(device)
+    # θ0 is snapshotted once, before any stage (LP-FT pulls toward zero-shot, not the LP).
+    anchor = ZeroShotAnchor.from_config(model, cfg)
     if cfg.mode in ("lc", "lpft"):
         lc_cfg = cfg if cfg.mode == "lc" else cfg.with_(epochs=cfg.lp_epochs, lr=cfg.lp_lr,
                                                         warmup_steps=0)
         if lc_cfg.epochs > 0:
             _train_linear(model, train, lc_cfg, rank, world, device, log, result,
-                          eval_sets, id_name, out if cfg.mode == "lc" else None, progress)
+                          eval_sets, id_name, out if cfg.mode == "lc" else None, progress,
+                          anchor)
     if cfg.mode in ("e2e", "lpft"):
         _train_e2e(model, train, cfg, rank, world, device, log, result, eval_sets, id_name,
-                   out, progress)
+                   out, progress, anchor)
     model.to("cpu").eval()
     result.final = result.checkpoints[-1] if result.checkpoints else None
     result.seconds = time.perf_counter() - t0
@@ -173,9 +179,10 @@ def _steps_per_epoch(n: int, cfg: FinetuneConfig, world: int) -> int:
 def _train_e2e(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, rank: int,
                world: int, device: torch.device, log: Any, result: FinetuneResult,
                eval_sets: dict[str, ImageSet] | None, id_name: str | None,
-               out: Path | None, progress: bool) -> None:
+               out: Path | None, progress: bool, anchor: ZeroShotAnchor | None) -> None:
     for p in model.parameters():
         p.requires_grad_(True)
+    model.head.weight.requires_grad_(not cfg.freeze_head)
     net: Any = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -210,7 +217,10 @@ def _train_e2e(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, ran
                 perm = torch.randperm(len(y), generator=g).to(device)
                 xa = lam * xa + (1 - lam) * xa[perm]
                 y2 = y[perm]
-            loss = _loss(net(xa), y, y2, lam, cfg.label_smoothing)
+            logits = net(xa)
+            loss = _loss(logits, y, y2, lam, cfg.label_smoothing)
+            if anchor is not None:
+                loss = anchor.objective(loss, logits, xa, model)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -235,6 +245,7 @@ def _train_e2e(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, ran
         with torch.no_grad():
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pm.copy_(pe)
+    model.head.weight.requires_grad_(True)
     model.eval()
 
 
@@ -254,7 +265,8 @@ def cached_features(model: ImageClassifier, data: ImageSet, batch_size: int = 51
 def _train_linear(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, rank: int,
                   world: int, device: torch.device, log: Any, result: FinetuneResult,
                   eval_sets: dict[str, ImageSet] | None, id_name: str | None,
-                  out: Path | None, progress: bool) -> None:
+                  out: Path | None, progress: bool,
+                  anchor: ZeroShotAnchor | None = None) -> None:
     feats = cached_features(model, train, device=device)
     labels = train.labels
     for p in model.image_encoder.parameters():
@@ -292,7 +304,10 @@ def _train_linear(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, 
                 lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
                 perm = torch.randperm(len(y), generator=g).to(device)
                 x, y2 = lam * x + (1 - lam) * x[perm], y[perm]
-            loss = _loss(net(x), y, y2, lam, cfg.label_smoothing)
+            logits = net(x)
+            loss = _loss(logits, y, y2, lam, cfg.label_smoothing)
+            if anchor is not None:
+                loss = anchor.objective(loss, logits, x, model, features=True)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:

@@ -104,13 +104,9 @@ class ImageClassifier(nn.Module):
         """
         scale = logit_scale_of(clip) if scale is None else scale
         encoder = copy.deepcopy(clip.visual) if copy_encoder else clip.visual
-        d, k = weights.shape
-        head = nn.Linear(d, k, bias=False)
-        with torch.no_grad():
-            head.weight.copy_(scale * weights.T)
         size = clip.visual.image_size
         size = size[0] if isinstance(size, (tuple, list)) else int(size)
-        return cls(encoder, head, image_size=size).eval()
+        return cls(encoder, make_head(weights, scale), image_size=size).eval()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised image embeddings g(x)/‖g(x)‖, shape (B, d)."""
@@ -121,6 +117,21 @@ class ImageClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, k)."""
         return self.head(self.features(x))
+
+
+def make_head(weights: torch.Tensor, scale: float) -> nn.Linear:
+    """The classifier head for W (d × k): ``Linear(d, k, bias=False)`` holding
+    ``scale · Wᵀ``.
+
+    Example:
+        >>> make_head(torch.eye(2), 10.0).weight.tolist()
+        [[10.0, 0.0], [0.0, 10.0]]
+    """
+    d, k = weights.shape
+    head = nn.Linear(d, k, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(scale * weights.T)
+    return head
 
 
 def build_zeroshot_classifier(clip: Any, tokenizer: Any, classnames: Sequence[str],
