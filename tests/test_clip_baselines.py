@@ -187,11 +187,33 @@ def test_freeze_head_trains_only_the_backbone(data):
 
 def test_config_rejects_bad_baseline_options():
     for bad in ({"distill_weight": 1.5}, {"distill_temperature": 0.0},
-                {"l2sp_weight": -1.0}, {"mode": "lc", "freeze_head": True}):
+                {"l2sp_weight": -1.0}, {"mode": "lc", "freeze_head": True},
+                {"swa_start": 0}, {"swa_start": 4, "epochs": 3},
+                {"swa_start": 1, "ema": 0.9}, {"swa_start": 1, "mode": "lc"}):
         with pytest.raises(ValueError):
             FinetuneConfig.from_dict(bad)
     cfg = FinetuneConfig.from_dict({"distill_weight": 0.5, "l2sp_head_weight": 1e-3})
     assert cfg.to_dict()["distill_weight"] == 0.5
+
+
+def test_swa_is_the_average_of_the_epoch_iterates(data, tmp_path):
+    from safetensors.torch import load_file
+
+    model = toy_classifier()
+    cfg = PLAIN.with_(epochs=4, save_every_epoch=True, swa_start=2)
+    result = finetune(model, data, cfg, out_dir=tmp_path)
+    epochs = [tmp_path / f"epoch_{e}.safetensors" for e in (2, 3, 4)]
+    assert result.final == tmp_path / "swa.safetensors"
+    assert result.history[-1]["stage"] == "swa" and result.history[-1]["n_averaged"] == 3
+    # The epoch checkpoints hold the iterates; their streamed uniform soup is the SWA.
+    ladle.soup(epochs, tmp_path / "soup.safetensors", progress=False)
+    soup, swa = load_file(tmp_path / "soup.safetensors"), load_file(result.final)
+    assert soup.keys() == swa.keys() == model.state_dict().keys()
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(swa[name], value, rtol=0, atol=0)
+        torch.testing.assert_close(soup[name], value, rtol=1e-6, atol=1e-7)
+    iterates = [load_file(p)["head.weight"] for p in epochs]
+    assert not torch.equal(iterates[0], iterates[2])  # the iterates differ
 
 
 # ---------------------------------------------------------------- cross-dataset soups

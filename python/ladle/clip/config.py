@@ -40,6 +40,9 @@ class FinetuneConfig:
         aug, aug_magnitude, aug_n_ops, hflip: see :func:`ladle.clip.data.augment`.
         seed: initialisation of data order, augmentation and mixup draws.
         ema: EMA decay of the weights (None: off); checkpoints then hold the EMA.
+        swa_start: SWA (E2E): the final model is the uniform average of the iterates
+            at the end of epochs swa_start..epochs (None: off); per-epoch checkpoints
+            hold the iterates, ``swa.safetensors`` the average.
         distill_weight, distill_temperature: distillation toward the zero-shot model
             ([W1] Eq. 3): loss = (1 − w)·CE + w·T²·KL(zero-shot ‖ student) at
             temperature T (0: off); see :mod:`ladle.clip.toward_zeroshot`.
@@ -72,6 +75,7 @@ class FinetuneConfig:
     hflip: bool = False
     seed: int = 0
     ema: float | None = None
+    swa_start: int | None = None
     distill_weight: float = 0.0
     distill_temperature: float = 1.0
     l2sp_weight: float = 0.0
@@ -94,6 +98,12 @@ class FinetuneConfig:
         if self.l2sp_weight < 0 or self.l2sp_head_weight < 0:
             raise ValueError(f"l2sp_weight and l2sp_head_weight must be >= 0, got "
                              f"{self.l2sp_weight} and {self.l2sp_head_weight}")
+        if self.swa_start is not None:
+            if self.mode != "e2e" or self.ema:
+                raise ValueError("swa_start applies to mode e2e without ema")
+            if not 1 <= self.swa_start <= self.epochs:
+                raise ValueError(f"swa_start must lie in [1, epochs={self.epochs}], got "
+                                 f"{self.swa_start}")
         if self.freeze_head and self.mode != "e2e":
             raise ValueError(f"freeze_head applies to mode e2e (mode {self.mode!r} trains "
                              f"the head)")

@@ -1,6 +1,6 @@
 """Fine-tuning (SPEC §1.2, §2.4): end-to-end from the zero-shot head, linear
 classifier on cached features, and LP-FT; AdamW with cosine warm-up, global-norm
-clipping, label smoothing, mixup, minimal/medium/strong augmentation, EMA, seeds,
+clipping, label smoothing, mixup, minimal/medium/strong augmentation, EMA, SWA, seeds,
 per-epoch checkpoints (safetensors, via ``ladle.save``) and evaluations (JSONL);
 optionally a frozen zero-shot head, and the baselines that pull toward θ0
 (distillation, L2-SP; :mod:`.toward_zeroshot`).
@@ -171,6 +171,29 @@ def _epoch_end(model: ImageClassifier, cfg: FinetuneConfig, epoch: int, step: in
     log.append("finetune/epoch", **record)
 
 
+def _swa_end(model: ImageClassifier, cfg: FinetuneConfig, n_averaged: int, rank: int,
+             log: Any, result: FinetuneResult, eval_sets: dict[str, ImageSet] | None,
+             id_name: str | None, out: Path | None) -> None:
+    """Save and evaluate the SWA model; it becomes the run's final checkpoint."""
+    if rank != 0:
+        return
+    import ladle
+
+    model.eval()
+    record: dict[str, Any] = {"run": cfg.name, "stage": "swa", "swa_start": cfg.swa_start,
+                              "n_averaged": n_averaged}
+    if out is not None:
+        path = out / "swa.safetensors"
+        ladle.save(model.to("cpu"), path, overwrite=True)
+        model.to(cfg.device)
+        result.checkpoints.append(path)
+        record["checkpoint"] = str(path)
+    if eval_sets:
+        record["acc"] = evaluate_model(model, eval_sets, id_name=id_name)
+    result.history.append(record)
+    log.append("finetune/swa", **record)
+
+
 def _steps_per_epoch(n: int, cfg: FinetuneConfig, world: int) -> int:
     per_rank = max(1, cfg.batch_size // world)
     return max(1, math.ceil(math.ceil(n / world) / per_rank))
@@ -195,6 +218,7 @@ def _train_e2e(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, ran
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
     ema = copy.deepcopy(model).eval() if cfg.ema else None
+    swa = torch.optim.swa_utils.AveragedModel(model) if cfg.swa_start else None
     g = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     bar = _bar(total, progress and rank == 0, cfg.name)
     step = 0
@@ -238,13 +262,18 @@ def _train_e2e(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, ran
         target.eval()
         _epoch_end(target, cfg, epoch, step, mean_loss, rank, log, result, eval_sets,
                    id_name, out, "e2e")
+        if swa is not None and epoch >= cfg.swa_start:
+            swa.update_parameters(model)
         if step >= total:
             break
     bar.close()
-    if ema is not None:
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pm.copy_(pe)
+    for average in (ema, swa and swa.module):
+        if average is not None:
+            with torch.no_grad():
+                for pe, pm in zip(average.parameters(), model.parameters()):
+                    pm.copy_(pe)
+    if swa is not None:
+        _swa_end(model, cfg, int(swa.n_averaged), rank, log, result, eval_sets, id_name, out)
     model.head.weight.requires_grad_(True)
     model.eval()
 
