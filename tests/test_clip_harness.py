@@ -225,6 +225,9 @@ def test_cli_pipeline_end_to_end(tmp_path):
     methods = {r["method"] for r in records}
     assert {"wiseft/alpha", "greedy-soup", "logit-ensemble", "finetune/epoch"} <= methods
     assert "reproduce" in (out / "report.md").read_text()
+    from test_clip_report import check_demo_analyses  # the report's analysis sections
+
+    check_demo_analyses(out)
     wise = out / "wise"
     assert main(["clip", "wiseft", "--config", str(path), "--out", str(wise), "--quiet",
                  "--set", f"cache_dir={tmp_path / 'cache'}"]) == 0

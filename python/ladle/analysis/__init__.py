@@ -21,7 +21,7 @@ _EXPORTS = {
     "baselines": ["ema_update", "ema_weights", "output_ensemble", "random_interpolation",
                   "softmax_ensemble", "wiseft_soup"],
     "calibration": ["calibration_report", "expected_calibration_error", "fit_temperature",
-                    "nll"],
+                    "nll", "reliability_bins"],
     "connectivity": ["beats_endpoints", "connectivity_report", "lmc_check"],
     "diversity": ["cka_complement", "cohen_kappa_complement", "confidence_margin",
                   "diversity_report", "linear_cka", "mean_kl", "override_analysis",
@@ -41,8 +41,8 @@ __all__ = [
     "expected_calibration_error", "fit_temperature", "interpolation_advantage", "linear_cka",
     "lmc_check", "mcnemar_exact", "mean_kl", "module_predict", "nll", "output_ensemble",
     "override_analysis", "permutation_test", "plane_basis", "plot_plane",
-    "prediction_diversity", "random_interpolation", "softmax_ensemble", "soup_ensemble_gap",
-    "streamed_gram", "wiseft_soup",
+    "prediction_diversity", "random_interpolation", "reliability_bins", "softmax_ensemble",
+    "soup_ensemble_gap", "streamed_gram", "wiseft_soup",
 ]
 
 

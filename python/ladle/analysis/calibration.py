@@ -18,9 +18,9 @@ from ..errors import LadleValueError
 from ._np import as_logits, as_predictions, cross_entropy, fit_scale, same_length, softmax
 
 
-def expected_calibration_error(probs: Any, labels: Any, *, n_bins: int = 15,
-                               from_logits: bool = False) -> float:
-    """ECE = Σ_b |B_b|/N · |acc(B_b) − conf(B_b)| over equal-mass bins.
+def reliability_bins(probs: Any, labels: Any, *, n_bins: int = 15,
+                     from_logits: bool = False) -> dict[str, np.ndarray]:
+    """Equal-mass confidence bins: what a reliability diagram draws and ECE sums.
 
     Examples are sorted by confidence (max probability) and split into ``n_bins``
     bins of (nearly) equal count, so every bin has the same statistical weight.
@@ -28,11 +28,16 @@ def expected_calibration_error(probs: Any, labels: Any, *, n_bins: int = 15,
     Args:
         probs: class probabilities (N, C), or logits with ``from_logits=True``.
         labels: true classes (N,).
-        n_bins: number of bins (at most N).
+        n_bins: number of bins (at most N are used).
         from_logits: apply a softmax first.
 
     Returns:
-        ECE in [0, 1].
+        ``confidence`` (mean max probability), ``accuracy`` and ``weight``
+        (fraction of the examples), one entry per bin, lowest confidence first.
+
+    Example:
+        >>> reliability_bins(np.array([[0.9, 0.1], [0.2, 0.8]]), [0, 0], n_bins=2)["accuracy"]
+        array([0., 1.])
     """
     p = as_logits(probs, "probs")
     if from_logits:
@@ -43,11 +48,23 @@ def expected_calibration_error(probs: Any, labels: Any, *, n_bins: int = 15,
         raise LadleValueError(f"n_bins must be positive, got {n_bins}")
     conf = p.max(axis=1)
     correct = (p.argmax(axis=1) == y).astype(np.float64)
-    order = np.argsort(conf, kind="stable")
-    ece = 0.0
-    for b in np.array_split(order, min(n_bins, n)):
-        ece += len(b) / n * abs(correct[b].mean() - conf[b].mean())
-    return float(ece)
+    bins = np.array_split(np.argsort(conf, kind="stable"), min(n_bins, n))
+    return {"confidence": np.array([conf[b].mean() for b in bins]),
+            "accuracy": np.array([correct[b].mean() for b in bins]),
+            "weight": np.array([len(b) / n for b in bins])}
+
+
+def expected_calibration_error(probs: Any, labels: Any, *, n_bins: int = 15,
+                               from_logits: bool = False) -> float:
+    """ECE = Σ_b |B_b|/N · |acc(B_b) − conf(B_b)| over the equal-mass bins of
+    :func:`reliability_bins` (same arguments).
+
+    Returns:
+        ECE in [0, 1].
+    """
+    b = reliability_bins(probs, labels, n_bins=n_bins, from_logits=from_logits)
+    return float(sum(w * abs(a - c) for w, a, c in zip(b["weight"], b["accuracy"],
+                                                         b["confidence"])))
 
 
 def fit_temperature(logits: Any, labels: Any) -> float:

@@ -63,7 +63,8 @@ def run_clip_demo(out: Path, *, config: str = "demo", overrides: list[str] | Non
     """Run the demo end to end; prints and returns 0 with the report's path.
 
     Args:
-        out: results directory (``report.md``, ``wiseft.png``, ``soups.png``, JSONL).
+        out: results directory (``report.md``, ``wiseft.png``, ``soups.png``,
+            ``connectivity.png``, ``calibration.png``, JSONL, the analysed logits).
         config: preset name or file.
         overrides: ``key=value`` config overrides.
         progress: progress bars.
@@ -73,10 +74,12 @@ def run_clip_demo(out: Path, *, config: str = "demo", overrides: list[str] | Non
     """
     import torch
 
+    from .analyses import run_analyses
     from .cli import _override
     from .config import load_preset
     from .experiment import Experiment, accuracy_summary
     from .models import n_params
+    from .report import analyses_markdown
     from .soups import run_soups
     from .wiseft import run_wiseft
 
@@ -98,9 +101,15 @@ def run_clip_demo(out: Path, *, config: str = "demo", overrides: list[str] | Non
     wise = run_wiseft(cfg, out, experiment=exp, finetuned=soups["runs"][0]["final"],
                       epochs=soups["runs"][0]["epochs"], fit=soups["fit"], progress=False,
                       quiet=True)
+    t_an = time.perf_counter()
+    # The analyses compare the sweep's endpoints, so they need α = 0 and 1 on the grid.
+    analyses = (run_analyses(exp, wise, soups) if {0.0, 1.0} <= set(wise["logits"])
+                else None)
+    t_an = time.perf_counter() - t_an
     seconds = time.perf_counter() - t0
     report = out / "report.md"
-    report.write_text(_demo_report(cfg, exp, clip, zs, wise, soups, seconds, t_pre))
+    report.write_text(_demo_report(cfg, exp, clip, zs, wise, soups, seconds, t_pre)
+                      + analyses_markdown(analyses, seconds=t_an))
     print(_summary(wise, soups))
     print(f"report: {report} ({seconds:.0f}s)")
     return 0

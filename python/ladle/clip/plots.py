@@ -1,6 +1,7 @@
 """matplotlib figures like the papers': shifted vs reference accuracy on logit-scaled
 axes, with the zero-shot and fine-tuned endpoints, the WiSE-FT curve, the output-space
-ensemble curve, per-epoch checkpoints, soups and the effective-robustness baseline.
+ensemble curve, per-epoch checkpoints, soups and the effective-robustness baseline;
+plus the analyses' accuracy-vs-α connectivity panels and reliability diagrams.
 
 Example:
     >>> plot_wiseft(curve, "wiseft.png", ensemble=ens)           # doctest: +SKIP
@@ -18,6 +19,16 @@ from .robustness import LinearFit, logit, sigmoid
 
 _TICKS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94,
           0.95, 0.96, 0.97, 0.98, 0.99]
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (imported on first use)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _setup(ax: Any, xs: list[float], ys: list[float]) -> None:
@@ -61,11 +72,7 @@ def plot_wiseft(curve: list[dict[str, Any]], path: str | os.PathLike, *,
     Returns:
         The PNG path.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     panels = ["avg_ood"] + list(shift_names or [])
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
     for ax, key in zip(axes[0], panels):
@@ -123,11 +130,7 @@ def plot_soups(points: dict[str, dict[str, float]], path: str | os.PathLike, *,
     Returns:
         The PNG path.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8.5, 5))
     xs, ys = [], []
     if individual:
@@ -159,6 +162,103 @@ def plot_soups(points: dict[str, dict[str, float]], path: str | os.PathLike, *,
     ax.set_ylabel("avg OOD accuracy (%), logit scale")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_connectivity(connectivity: dict[str, Any], path: str | os.PathLike, *,
+                      title: str = "Linear mode connectivity along WiSE-FT") -> Path:
+    """Accuracy vs α per dataset with the endpoints' chord (WiSE-FT Def. 1: the curve
+    must stay on or above it) and the better endpoint's level (Observation 2: points
+    above it, marked, beat both endpoints).
+
+    Args:
+        connectivity: :func:`ladle.clip.analyses.connectivity`'s result.
+        path: output PNG.
+        title: figure title.
+
+    Returns:
+        The PNG path.
+    """
+    plt = _pyplot()
+    alphas = np.array(connectivity["alphas"])
+    sets = connectivity["datasets"]
+    fig, axes = plt.subplots(1, len(sets), figsize=(3.6 * len(sets), 3.4), squeeze=False)
+    for ax, (name, rep) in zip(axes[0], sets.items()):
+        acc = 100 * np.array(rep["accs"])
+        a0, a1 = acc[alphas == 0.0][0], acc[alphas == 1.0][0]
+        ax.plot(alphas, acc, "-o", ms=3, lw=1.2, label="θα (weight space)")
+        ax.plot([0, 1], [a0, a1], "--", color="gray", lw=1, label="endpoints' chord")
+        ax.axhline(max(a0, a1), ls=":", color="black", lw=0.8, label="better endpoint")
+        beats = np.array([b and 0 < a < 1 for a, b in zip(alphas, rep["beats"])])
+        below = ~np.array(rep["lmc"])
+        if beats.any():
+            ax.plot(alphas[beats], acc[beats], "*", ms=10, color="tab:green",
+                    label="beats both endpoints")
+        if below.any():
+            ax.plot(alphas[below], acc[below], "x", ms=7, color="tab:red",
+                    label="below the chord")
+        ax.set_title(("avg OOD" if name == "avg_ood" else name)
+                     + (" ✓ connected" if rep["connected"] else " ✗ not connected"), fontsize=9)
+        ax.set_xlabel("α")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="best", framealpha=0.6)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_reliability(models: dict[str, dict[str, Any]], sets: dict[str, Any],
+                     path: str | os.PathLike, *, temperatures: dict[str, float] | None = None,
+                     n_bins: int = 15, title: str = "Calibration (equal-mass bins)") -> Path:
+    """Reliability diagram per set: accuracy vs confidence of every model's bins, with
+    each model's ECE (and, given its temperature, the ECE after scaling) in the legend.
+
+    Args:
+        models: label -> logits per set name.
+        sets: the evaluation sets (labels) to draw a panel for.
+        path: output PNG.
+        temperatures: label -> T fitted on held-out data.
+        n_bins: equal-mass bins.
+        title: figure title.
+
+    Returns:
+        The PNG path.
+    """
+    from ..analysis.calibration import expected_calibration_error, reliability_bins
+
+    plt = _pyplot()
+    temps = temperatures or {}
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 4.2), squeeze=False)
+    for ax, (name, ds) in zip(axes[0], sets.items()):
+        ax.plot([0, 1], [0, 1], "--", color="gray", lw=1)
+        lo = 0.5
+        for label, logits in models.items():
+            f = np.asarray(logits[name], dtype=np.float64)
+            b = reliability_bins(f, ds.labels, n_bins=n_bins, from_logits=True)
+            ece = expected_calibration_error(f, ds.labels, n_bins=n_bins, from_logits=True)
+            text = f"{label}: ECE {100 * ece:.1f}"
+            if label in temps:
+                scaled = expected_calibration_error(f / temps[label], ds.labels, n_bins=n_bins,
+                                                    from_logits=True)
+                text += f" → {100 * scaled:.1f} (T={temps[label]:.2f})"
+            ax.plot(b["confidence"], b["accuracy"], "-o", ms=3, lw=1.2, label=text)
+            lo = min(lo, b["confidence"].min(), b["accuracy"].min())
+        ax.set_xlim(lo - 0.02, 1.01)
+        ax.set_ylim(lo - 0.02, 1.01)
+        ax.set_title(name)
+        ax.set_xlabel("confidence (bin mean)")
+        ax.set_ylabel("accuracy (bin)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="best", framealpha=0.6)
+    fig.suptitle(title + " — ECE in %, before → after temperature scaling")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -104,3 +104,114 @@ def soups_markdown(methods: dict[str, dict[str, Any]], runs: list[dict[str, Any]
               f"{100 * b['avg_ood']:.1f}, held-out {100 * g['heldout']:.1f} vs "
               f"{100 * b['heldout']:.1f}."), ""]
     return "\n".join(lines)
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "**no**"
+
+
+def _alphas(alphas: list[float]) -> str:
+    return ", ".join(f"{a:g}" for a in alphas) or "–"
+
+
+def diversity_markdown(div: dict[str, dict[str, float]], mid_source: str) -> str:
+    """Zero-shot vs fine-tuned per set: PD, CC, KL, CKAC (WiSE-FT App C), margins δ and
+    who wins the disagreements at α = 0.5 (§5.1)."""
+    lines = [("| set | PD (%) | CC | KL (nats) | CKAC | δ zero-shot | δ fine-tuned | "
+             "disagree (%) | zero-shot overrides (%) | is overridden (%) |"),
+             "|---|" + "---|" * 9]
+    for name, r in div.items():
+        lines.append(f"| {name} | {_pct(r['pd'])} | {r['cc']:.3f} | {r['kl']:.3f} | "
+                     f"{r['ckac']:.3f} | {r['margin_zs']:.2f} | {r['margin_ft']:.2f} | "
+                     f"{_pct(r['disagree_rate'])} | {_pct(r['override_rate'])} | "
+                     f"{_pct(r['overridden_rate'])} |")
+    return "\n".join(lines + [
+        "", ("PD: fraction where exactly one model is right; CC: 1 − Cohen's κ of the two "
+        "predictions; KL: mean KL(zero-shot ‖ fine-tuned) of the softmaxes; CKAC: 1 − linear "
+        "CKA of the logits; δ: mean gap between the two largest logits. Override rates are "
+        f"over the disagreements, with the {mid_source} model as the ensemble.")])
+
+
+def connectivity_markdown(conn: dict[str, Any]) -> str:
+    """Per dataset: Def. 1 (θα on or above the endpoints' chord for every α) and the
+    interior α's that beat both endpoints (Observation 2)."""
+    alphas = conn["alphas"]
+    lines = [("| set | α = 0 | α = 1 | Def. 1 holds | α below the chord | α ≥ both endpoints | "
+             "best interior α (pp over the better endpoint) |"),
+             "|---|" + "---|" * 6]
+    for name, r in conn["datasets"].items():
+        acc = dict(zip(alphas, r["accs"]))
+        below = [a for a, ok in zip(alphas, r["lmc"]) if not ok]
+        inner = [a for a in alphas if 0 < a < 1]
+        best = max(inner, key=lambda a: acc[a]) if inner else None
+        gain = "" if best is None else (
+            f"{best:g} ({100 * (acc[best] - max(acc[0.0], acc[1.0])):+.1f})")
+        lines.append(f"| {'avg OOD' if name == 'avg_ood' else name} | {_pct(acc[0.0])} | "
+                     f"{_pct(acc[1.0])} | {_yes(r['connected'])} | {_alphas(below)} | "
+                     f"{_alphas(r['beating_alphas'])} | {gain} |")
+    return "\n".join(lines)
+
+
+def angles_markdown(angles: dict[str, Any]) -> str:
+    """φ between every two fine-tuned ingredients' deltas θi − θ0 (Model soups §3.2)."""
+    labels = angles["labels"]
+    lines = ["| ingredient | ‖θi − θ0‖ | " + " | ".join(str(i) for i in range(len(labels)))
+             + " |", "|---|---|" + "---|" * len(labels)]
+    for i, label in enumerate(labels):
+        cells = ["–" if i == j else f"{angles['phi'][i, j]:.1f}" for j in range(len(labels))]
+        lines.append(f"| {i}: {label} | {angles['norms'][i]:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + [
+        "", (f"φ in degrees over {angles['n_tensors']} weight matrices ({angles['n_elems']:,} "
+        "elements; biases, norms and other gains excluded), from one streamed Gram matrix "
+        "of θ0 and the ingredients' safetensors.")])
+
+
+def calibration_markdown(cal: dict[str, dict[str, Any]]) -> str:
+    """ECE (%) per model and set, before → after temperature scaling (T fitted on the
+    held-out split), as in Model soups §5."""
+    sets = [n for n in next(iter(cal.values())) if n != "temperature"]
+    lines = ["| model | T (held-out) | " + " | ".join(sets) + " |",
+             "|---|---|" + "---|" * len(sets)]
+    for label, r in cal.items():
+        cells = [f"{100 * r[n]['ece']:.2f} → {100 * r[n]['ece_scaled']:.2f}" for n in sets]
+        lines.append(f"| {label} | {r['temperature']:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + [
+        "", "ECE in %, 15 equal-mass bins; temperature scaling leaves accuracy unchanged."])
+
+
+def analyses_markdown(res: dict[str, Any] | None, *, seconds: float | None = None) -> str:
+    """The demo report's analysis sections (see :func:`ladle.clip.analyses.run_analyses`).
+
+    Args:
+        res: ``run_analyses``' result; None when they could not run.
+        seconds: how long the analyses took (stated when given).
+    """
+    if res is None:
+        return ("## Analyses\n\nSkipped: they need α = 0 and α = 1 on the WiSE-FT grid "
+                "(`alphas`).\n")
+    plots = res.get("plots", {})
+    conn = res["connectivity"]["datasets"]
+    held = [("avg OOD" if n == "avg_ood" else n) for n, r in conn.items() if r["connected"]]
+    above = [("avg OOD" if n == "avg_ood" else n) for n, r in conn.items() if r["beats_any"]]
+    took = "" if seconds is None else f" ({seconds:.1f}s)"
+    lines = ["## Analyses", "",
+             ("From the logits the pipelines already computed and the saved checkpoints"
+             f"{took}; the logits are in `analysis_logits.safetensors`, every number in "
+             "`results.jsonl` (`analysis/*`)."), "",
+             "### Prediction diversity: zero-shot vs fine-tuned (WiSE-FT App C)", "",
+             diversity_markdown(res["diversity"], res["mid_source"]), "",
+             "### Linear mode connectivity along the WiSE-FT sweep (WiSE-FT Def. 1)", "",
+             connectivity_markdown(res["connectivity"]), "",
+             (f"Def. 1 holds on {len(held)} of {len(conn)} ({', '.join(held) or 'none'}); an "
+             "interior α is at or above both endpoints on "
+             f"{', '.join(above) or 'none'} (WiSE-FT observes Def. 1 on ImageNet and all five "
+             "shifts)."), ""]
+    if "connectivity" in plots:
+        lines += [f"![connectivity]({plots['connectivity']})", ""]
+    lines += ["### Angle between fine-tuned ingredients (Model soups §3.2)", "",
+              angles_markdown(res["angles"]), "",
+              "### Calibration before and after temperature scaling (Model soups §5)", "",
+              calibration_markdown(res["calibration"]), ""]
+    if "calibration" in plots:
+        lines += [f"![calibration]({plots['calibration']})", ""]
+    return "\n".join(lines)

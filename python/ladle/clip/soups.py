@@ -71,7 +71,9 @@ def run_soups(config: dict[str, Any], out_dir: str | os.PathLike, *,
         quiet: no console summary.
 
     Returns:
-        ``{"runs", "methods", "greedy", "fit", "effective_robustness", "report", "plot"}``.
+        ``{"runs", "methods", "greedy", "fit", "effective_robustness", "logits",
+        "soup_curve", "single_curve", "report", "plot"}``; ``logits`` maps "uniform soup"
+        and "greedy soup" to the logits of every evaluation set.
     """
     import ladle
 
@@ -100,13 +102,14 @@ def run_soups(config: dict[str, Any], out_dir: str | os.PathLike, *,
         return accuracy(predict(m, exp.heldout), exp.heldout)
 
     wanted = config.get("soups", ["uniform", "greedy", "learned"])
+    logits: dict[str, dict[str, torch.Tensor]] = {}  # soups' logits, for the analyses
     if "uniform" in wanted:
         ladle.uniform_soup(model, paths, heldout_acc, log=exp.log)
-        methods["uniform soup"] = exp.evaluate(model)
+        methods["uniform soup"], logits["uniform soup"] = exp.evaluate(model, return_logits=True)
     greedy = ladle.greedy_soup(model, paths, heldout_acc, out=out / "greedy_soup.safetensors",
                                scores=[r["acc"]["heldout"] for r in runs], log=exp.log,
                                overwrite=True)
-    methods["greedy soup"] = exp.evaluate(model)
+    methods["greedy soup"], logits["greedy soup"] = exp.evaluate(model, return_logits=True)
     if "learned" in wanted:
         opts = config.get("learned_soup", {})
         learner = exp.fresh_model()
@@ -166,5 +169,5 @@ def run_soups(config: dict[str, Any], out_dir: str | os.PathLike, *,
     if not quiet:
         print(f"soups: report {report}, plot {plot}")
     return {"runs": runs, "methods": methods, "greedy": greedy, "fit": fit,
-            "effective_robustness": rho, "soup_curve": soup_curve,
+            "effective_robustness": rho, "logits": logits, "soup_curve": soup_curve,
             "single_curve": single_curve, "report": report, "plot": plot}

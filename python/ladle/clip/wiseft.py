@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,27 +23,52 @@ from .experiment import Experiment
 
 
 def sweep_curve(exp: Experiment, theta0: Any, theta1: Any, alphas: list[float], *,
-                label: str = "wiseft", progress: bool = False) -> list[dict[str, Any]]:
+                label: str = "wiseft", progress: bool = False,
+                keep_logits: Sequence[float] = ()) -> list[dict[str, Any]]:
     """Evaluate θα for every α with :func:`ladle.wiseft_sweep` (streamed in place).
 
+    Args:
+        keep_logits: α's whose logits (every evaluation set) to keep; the evaluation
+            computes them anyway, so keeping them is free.
+
     Returns:
-        One dict per α: ``{"alpha": α, "acc": {set: accuracy, ...}}``.
+        One dict per α: ``{"alpha": α, "acc": {set: accuracy, ...}}``, plus
+        ``"logits": {set: tensor}`` for the α's in ``keep_logits``.
     """
     import ladle
 
+    keep = {float(a) for a in keep_logits}
+    logits: dict[float, Any] = {}
+    pending = iter(alphas)  # wiseft_sweep evaluates the α's one by one, in order
+
+    def evaluate(module: Any) -> Any:
+        a = float(next(pending))
+        if a not in keep:
+            return exp.evaluate(module)
+        acc, logits[a] = exp.evaluate(module, return_logits=True)
+        return acc
+
     target = exp.fresh_model()
-    points = ladle.wiseft_sweep(target, theta0, theta1, alphas, evaluate=exp.evaluate,
+    points = ladle.wiseft_sweep(target, theta0, theta1, alphas, evaluate=evaluate,
                                 progress=progress)
     out = []
     for p in points:
         exp.log.append(f"{label}/alpha", alpha=p.alpha, acc=p.score, seconds=p.seconds)
         out.append({"alpha": p.alpha, "acc": p.score})
+        if p.alpha in logits:
+            out[-1]["logits"] = logits[p.alpha]
     return out
 
 
 def ensemble_curve(exp: Experiment, theta0: Any, theta1: Any, alphas: list[float], *,
-                   kind: str = "logit") -> list[dict[str, Any]]:
+                   kind: str = "logit",
+                   endpoint_logits: tuple[Any, Any] | None = None) -> list[dict[str, Any]]:
     """Output-space ensemble (1 − α)·f(x, θ0) + α·f(x, θ1) for every α (two passes).
+
+    Args:
+        endpoint_logits: the two endpoints' logits per evaluation set when already
+            computed (e.g. by the sweep at α = 0 and 1, which are bit-exact endpoints);
+            skips the two passes.
 
     Returns:
         One dict per α, as :func:`sweep_curve`.
@@ -51,11 +77,14 @@ def ensemble_curve(exp: Experiment, theta0: Any, theta1: Any, alphas: list[float
 
     from .evaluate import evaluate_logits, output_ensemble
 
-    model = exp.fresh_model()
-    logits = []
-    for theta in (theta0, theta1):
-        ladle.load_into(model, [theta])
-        logits.append(exp.evaluate(model, return_logits=True)[1])
+    if endpoint_logits is None:
+        model = exp.fresh_model()
+        logits = []
+        for theta in (theta0, theta1):
+            ladle.load_into(model, [theta])
+            logits.append(exp.evaluate(model, return_logits=True)[1])
+    else:
+        logits = list(endpoint_logits)
     out = []
     for a in alphas:
         mixed = {n: output_ensemble(logits[0][n], logits[1][n], a, kind=kind)
@@ -108,7 +137,8 @@ def run_wiseft(config: dict[str, Any], out_dir: str | os.PathLike, *,
 
     Returns:
         ``{"curve", "ensemble", "selection", "zeroshot", "finetuned", "epochs",
-        "report", "plot"}``.
+        "logits", "report", "plot"}``; ``logits`` maps α ∈ {0, 0.5, 1} (those on the
+        grid) to the logits of every evaluation set.
 
     Example:
         >>> run_wiseft(load_preset("wiseft-lc"), "out/")           # doctest: +SKIP
@@ -129,8 +159,13 @@ def run_wiseft(config: dict[str, Any], out_dir: str | os.PathLike, *,
         finetuned = res.final
         epochs = [{"epoch": h["epoch"], "acc": h["acc"]} for h in res.history if "acc" in h]
     alphas = [float(a) for a in config.get("alphas", [round(0.1 * i, 1) for i in range(11)])]
-    curve = sweep_curve(exp, exp.theta0, finetuned, alphas, progress=progress)
-    ens = ensemble_curve(exp, exp.theta0, finetuned, alphas)
+    # Keep the logits the analyses reuse: both endpoints (which also spare the output
+    # ensemble its two passes) and α = 0.5, the papers' default mix.
+    curve = sweep_curve(exp, exp.theta0, finetuned, alphas, progress=progress,
+                        keep_logits=(0.0, 0.5, 1.0))
+    logits = {p["alpha"]: p.pop("logits") for p in curve if "logits" in p}
+    ens = ensemble_curve(exp, exp.theta0, finetuned, alphas, endpoint_logits=(
+        (logits[0.0], logits[1.0]) if {0.0, 1.0} <= set(logits) else None))
     selection = select_alphas(curve)
     exp.log.append("wiseft/selection", **{k.replace("-", "_"): v for k, v in selection.items()})
     if fit is None and len(epochs) >= 2:
@@ -143,7 +178,8 @@ def run_wiseft(config: dict[str, Any], out_dir: str | os.PathLike, *,
     report = out / "wiseft_report.md"
     report.write_text(wiseft_markdown(curve, ens, selection, exp, cfg, plot.name))
     result = {"curve": curve, "ensemble": ens, "selection": selection, "epochs": epochs,
-              "zeroshot": exp.theta0, "finetuned": finetuned, "report": report, "plot": plot}
+              "zeroshot": exp.theta0, "finetuned": finetuned, "logits": logits,
+              "report": report, "plot": plot}
     if not quiet:
         print(f"WiSE-FT: report {report}, plot {plot}")
     return result
