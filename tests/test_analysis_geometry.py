@@ -161,6 +161,37 @@ def test_interpolation_advantage_is_positive_for_a_convex_loss():
     assert out["acc1"] == pytest.approx(neg_loss(x, y)(lin[0]), abs=1e-6)
 
 
+def test_pairwise_interpolation_advantage_known_answers():
+    """score = −‖W‖²: the midpoint of Wi, Wj beats their mean score by ¼‖Wi − Wj‖²
+    exactly (a quadratic); a score linear in W has advantage 0."""
+    ws = []
+    for i in range(3):
+        m = torch.nn.Linear(4, 2, bias=False)
+        torch.manual_seed(10 + i)
+        torch.nn.init.normal_(m.weight)
+        ws.append(m)
+
+    def neg_sq(m) -> float:
+        return -float(m.weight.detach().double().pow(2).sum())
+
+    out = geometry.pairwise_interpolation_advantage(torch.nn.Linear(4, 2, bias=False), ws,
+                                                    neg_sq)
+    for i in range(3):
+        assert out["accs"][i] == pytest.approx(neg_sq(ws[i]), rel=1e-6)
+        assert out["advantage"][i, i] == 0
+        for j in range(3):
+            if i != j:
+                expect = 0.25 * float((ws[i].weight - ws[j].weight).detach().double().pow(2).sum())
+                assert out["advantage"][i, j] == pytest.approx(expect, rel=1e-5)
+                assert out["advantage"][i, j] == out["advantage"][j, i]
+    linear = geometry.pairwise_interpolation_advantage(
+        torch.nn.Linear(4, 2, bias=False), ws, lambda m: float(m.weight.detach().double().sum()))
+    assert np.abs(linear["advantage"]).max() < 1e-6
+    pair = geometry.interpolation_advantage(torch.nn.Linear(4, 2, bias=False), ws[0], ws[2],
+                                            neg_sq)
+    assert pair["advantage"] == pytest.approx(out["advantage"][0, 2], abs=1e-12)
+
+
 def test_wiseft_of_a_soup(three, tmp_path):
     _, paths = three
     soup = ladle.soup(paths[1:], tmp_path / "soup.safetensors", progress=False).out

@@ -19,6 +19,7 @@ from ladle.clip import analyses
 from ladle.clip.data import DIGIT_NAMES, ImageSet
 from ladle.clip.plots import plot_connectivity, plot_reliability
 from ladle.clip.report import (
+    advantage_markdown,
     analyses_markdown,
     angles_markdown,
     calibration_markdown,
@@ -176,7 +177,7 @@ def check_demo_analyses(out) -> None:
     for header in ("## Analyses", "### Prediction diversity", "### Linear mode connectivity",
                    "### Angle between fine-tuned ingredients", "### Calibration before and after"):
         assert header in text, header
-    for name in ("connectivity", "calibration"):
+    for name in ("connectivity", "angles", "calibration"):
         assert f"![{name}]({name}.png)" in text
         assert_png(out / f"{name}.png")
 
@@ -225,3 +226,10 @@ def check_demo_analyses(out) -> None:
     assert rec["phi_degrees"][0][1] == pytest.approx(direct["phi_degrees"], abs=1e-9)
     assert f"| 1: {rec['labels'][1]} | {direct['norm2']:.3f} | {direct['phi_degrees']:.1f} |" \
         in text
+    # Interpolation advantage: one held-out accuracy per ingredient, a symmetric matrix,
+    # and the report's pair table built from them.
+    adv, accs = np.array(rec["advantage"]), np.array(rec["heldout_acc"])
+    assert accs.shape == (len(rec["labels"]),) and np.all((accs > 0) & (accs <= 1))
+    assert np.array_equal(adv, adv.T) and np.all(np.diag(adv) == 0)
+    assert advantage_markdown({**rec, "phi": np.array(rec["phi_degrees"]), "accs": accs,
+                               "advantage": adv}) in text

@@ -27,7 +27,7 @@ _EXPORTS = {
                   "diversity_report", "linear_cka", "mean_kl", "override_analysis",
                   "prediction_diversity"],
     "geometry": ["GAIN_PATTERNS", "Gram", "angle", "interpolation_advantage",
-                 "streamed_gram"],
+                 "pairwise_interpolation_advantage", "streamed_gram"],
     "plane": ["Plane", "PlaneGrid", "evaluate_plane", "plane_basis", "plot_plane"],
     "significance": ["mcnemar_exact", "permutation_test"],
     "soup_vs_ensemble": ["module_predict", "soup_ensemble_gap"],
@@ -40,7 +40,7 @@ __all__ = [
     "connectivity_report", "diversity_report", "ema_update", "ema_weights", "evaluate_plane",
     "expected_calibration_error", "fit_temperature", "interpolation_advantage", "linear_cka",
     "lmc_check", "mcnemar_exact", "mean_kl", "module_predict", "nll", "output_ensemble",
-    "override_analysis", "permutation_test", "plane_basis", "plot_plane",
+    "override_analysis", "pairwise_interpolation_advantage", "permutation_test", "plane_basis", "plot_plane",
     "prediction_diversity", "random_interpolation", "reliability_bins", "softmax_ensemble",
     "soup_ensemble_gap", "streamed_gram", "wiseft_soup",
 ]

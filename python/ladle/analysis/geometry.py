@@ -194,14 +194,49 @@ def interpolation_advantage(module: Any, theta1: Any, theta2: Any,
     Returns:
         ``advantage``, ``acc1``, ``acc2``, ``acc_mid``.
     """
+    r = pairwise_interpolation_advantage(module, [theta1, theta2], evaluate, key_map=key_map,
+                                         strict=strict, threads=threads)
+    return {"advantage": float(r["advantage"][0, 1]), "acc1": float(r["accs"][0]),
+            "acc2": float(r["accs"][1]), "acc_mid": float(r["acc_mid"][0, 1])}
+
+
+def pairwise_interpolation_advantage(module: Any, thetas: Sequence[Any],
+                                     evaluate: Callable[[Any], float], *, key_map: Any = None,
+                                     strict: bool = True, threads: int = 0) -> dict[str, Any]:
+    """The interpolation advantage of every pair of ``thetas`` (Model soups Fig. 3):
+    k evaluations of the endpoints and k(k−1)/2 of the midpoints, each model streamed
+    into ``module`` by one Loader over all k checkpoints.
+
+    Args:
+        module: live model to load into (overwritten).
+        thetas: the k checkpoints.
+        evaluate: ``evaluate(module) -> float`` (higher is better).
+
+    Returns:
+        ``accs`` (k), ``acc_mid`` and ``advantage`` (k × k, symmetric, 0 on the
+        diagonal): ``advantage[i, j] = acc_mid[i, j] − ½(accs[i] + accs[j])``.
+
+    Example:
+        >>> r = pairwise_interpolation_advantage(model, paths, heldout_acc)  # doctest: +SKIP
+    """
     from ..live import Loader
     from ..sources import target_set
 
-    loader = Loader(target_set(module), [open_input(theta1), open_input(theta2)],
-                    key_map=key_map, strict=strict, threads=threads)
-    scores = []
-    for w in ([1.0, 0.0], [0.0, 1.0], [0.5, 0.5]):
-        loader.run(w, nonfloat="first")
-        scores.append(float(evaluate(module)))
-    a1, a2, mid = scores
-    return {"advantage": mid - 0.5 * (a1 + a2), "acc1": a1, "acc2": a2, "acc_mid": mid}
+    k = len(thetas)
+    if k < 2:
+        raise LadleValueError("the interpolation advantage needs at least two checkpoints")
+    loader = Loader(target_set(module), [open_input(t) for t in thetas], key_map=key_map,
+                    strict=strict, threads=threads)
+
+    def score(weights: list[float]) -> float:
+        loader.run(weights, nonfloat="first")
+        return float(evaluate(module))
+
+    accs = np.array([score([float(i == j) for j in range(k)]) for i in range(k)])
+    mid = np.zeros((k, k))
+    advantage = np.zeros((k, k))
+    for i in range(k):
+        for j in range(i + 1, k):
+            mid[i, j] = mid[j, i] = score([0.5 if m in (i, j) else 0.0 for m in range(k)])
+            advantage[i, j] = advantage[j, i] = mid[i, j] - 0.5 * (accs[i] + accs[j])
+    return {"accs": accs, "acc_mid": mid, "advantage": advantage}

@@ -3,7 +3,8 @@ the demo after WiSE-FT and the soups: prediction diversity between the zero-shot
 fine-tuned models, linear mode connectivity along the WiSE-FT sweep, the angle φ
 between fine-tuned ingredients (streamed from their safetensors) and calibration
 before and after temperature scaling. Everything reuses logits the pipelines already
-computed; nothing is evaluated again.
+computed; the one new evaluation is each ingredient pair's midpoint on the held-out
+split, for the interpolation advantage plotted against φ (Model soups Fig. 3).
 
 Example:
     >>> res = run_analyses(exp, wise, soups)                       # doctest: +SKIP
@@ -22,7 +23,7 @@ import numpy as np
 from ..analysis.calibration import expected_calibration_error, fit_temperature
 from ..analysis.connectivity import connectivity_report
 from ..analysis.diversity import confidence_margin, diversity_report, override_analysis
-from ..analysis.geometry import angle_from_deltas, streamed_gram
+from ..analysis.geometry import angle_from_deltas, pairwise_interpolation_advantage, streamed_gram
 from .data import ImageSet
 
 Logits = Mapping[str, Any]  # evaluation set name -> logits (N, C)
@@ -101,6 +102,22 @@ def ingredient_angles(theta0: Any, ingredients: Sequence[Any], labels: Sequence[
             "n_elems": int(sum(int(np.prod(gram.shapes[n])) for n in names))}
 
 
+def ingredient_advantages(exp: Any, ingredients: Sequence[Any]) -> dict[str, Any]:
+    """Held-out interpolation advantage of every pair of ingredients (Model soups Fig. 3:
+    Acc(½θi + ½θj) − ½(Acc(θi) + Acc(θj))), each model streamed into one classifier.
+
+    Returns:
+        ``accs`` (k) and ``advantage`` (k × k), as fractions of the held-out split.
+    """
+    from .evaluate import accuracy, predict
+
+    def heldout_acc(model: Any) -> float:
+        return accuracy(predict(model, exp.heldout), exp.heldout)
+
+    r = pairwise_interpolation_advantage(exp.fresh_model(), ingredients, heldout_acc)
+    return {"accs": r["accs"], "advantage": r["advantage"]}
+
+
 def calibration(models: Mapping[str, Logits], sets: Mapping[str, ImageSet],
                 heldout: ImageSet, *, fit_on: str = "heldout",
                 n_bins: int = 15) -> dict[str, dict[str, Any]]:
@@ -165,13 +182,15 @@ def run_analyses(exp: Any, wise: Mapping[str, Any], soups: Mapping[str, Any], *,
         exp: the :class:`~ladle.clip.experiment.Experiment`.
         wise: :func:`~ladle.clip.wiseft.run_wiseft`'s result (with ``logits``).
         soups: :func:`~ladle.clip.soups.run_soups`'s result.
-        plots: write ``connectivity.png`` and ``calibration.png`` to ``exp.out_dir``.
+        plots: write ``connectivity.png``, ``angles.png`` and ``calibration.png`` to
+            ``exp.out_dir``.
 
     Returns:
-        ``diversity``, ``connectivity``, ``angles``, ``calibration``, ``plots``
+        ``diversity``, ``connectivity``, ``angles`` (with the pairs' held-out
+        interpolation advantage), ``calibration``, ``plots``
         (file names), ``mid_source`` (what the α = 0.5 model is).
     """
-    from .plots import plot_connectivity, plot_reliability
+    from .plots import plot_angle_advantage, plot_connectivity, plot_reliability
 
     out = Path(exp.out_dir)
     w = wise["logits"]
@@ -182,6 +201,7 @@ def run_analyses(exp: Any, wise: Mapping[str, Any], soups: Mapping[str, Any], *,
     runs = soups["runs"]
     angles = ingredient_angles(exp.theta0, [r["final"] for r in runs],
                                [r["name"] for r in runs])
+    angles.update(ingredient_advantages(exp, [r["final"] for r in runs]))
     models = calibration_models(wise, soups)
     cal = calibration(models, exp.eval_sets, exp.heldout)
     for name, row in div.items():
@@ -190,13 +210,15 @@ def run_analyses(exp: Any, wise: Mapping[str, Any], soups: Mapping[str, Any], *,
         exp.log.append("analysis/connectivity", set=name, alphas=conn["alphas"],
                        **{k: row[k] for k in ("lmc", "connected", "beats", "beats_any")})
     exp.log.append("analysis/angles", labels=angles["labels"], phi_degrees=angles["phi"],
-                   norms=angles["norms"])
+                   norms=angles["norms"], heldout_acc=angles["accs"],
+                   advantage=angles["advantage"])
     for label, row in cal.items():
         exp.log.append("analysis/calibration", model=label, **row)
     save_logits(models, exp.eval_sets, out / "analysis_logits.safetensors")
     files = {}
     if plots:
         files["connectivity"] = plot_connectivity(conn, out / "connectivity.png").name
+        files["angles"] = plot_angle_advantage(angles, out / "angles.png").name
         files["calibration"] = plot_reliability(
             models, plain_sets(report_sets), out / "calibration.png",
             temperatures={label: row["temperature"] for label, row in cal.items()}).name

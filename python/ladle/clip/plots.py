@@ -215,6 +215,41 @@ def plot_connectivity(connectivity: dict[str, Any], path: str | os.PathLike, *,
     return path
 
 
+def plot_angle_advantage(angles: dict[str, Any], path: str | os.PathLike, *,
+                         title: str = "Angle vs interpolation advantage") -> Path:
+    """Every pair of fine-tuned ingredients: the angle φ between θi − θ0 and θj − θ0
+    against the held-out interpolation advantage of their midpoint (Model soups Fig. 3).
+
+    Args:
+        angles: :func:`ladle.clip.analyses.ingredient_angles`' result with the
+            ``advantage`` matrix of :func:`ladle.clip.analyses.ingredient_advantages`.
+        path: output PNG.
+        title: figure title.
+
+    Returns:
+        The PNG path.
+    """
+    plt = _pyplot()
+    k = len(angles["labels"])
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    phi = [angles["phi"][i, j] for i, j in pairs]
+    adv = [100 * angles["advantage"][i, j] for i, j in pairs]
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    ax.scatter(phi, adv, s=22)
+    for (i, j), x, y in zip(pairs, phi, adv):
+        ax.annotate(f"{i}-{j}", (x, y), fontsize=7, xytext=(3, 2), textcoords="offset points")
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xlabel("angle φ between θi − θ0 and θj − θ0 (degrees)")
+    ax.set_ylabel("interpolation advantage (pp, held-out)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_reliability(models: dict[str, dict[str, Any]], sets: dict[str, Any],
                      path: str | os.PathLike, *, temperatures: dict[str, float] | None = None,
                      n_bins: int = 15, title: str = "Calibration (equal-mass bins)") -> Path:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 
 def _pct(v: float) -> str:
     return f"{100 * v:.1f}"
@@ -160,10 +162,32 @@ def angles_markdown(angles: dict[str, Any]) -> str:
     for i, label in enumerate(labels):
         cells = ["–" if i == j else f"{angles['phi'][i, j]:.1f}" for j in range(len(labels))]
         lines.append(f"| {i}: {label} | {angles['norms'][i]:.3f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines + [
-        "", (f"φ in degrees over {angles['n_tensors']} weight matrices ({angles['n_elems']:,} "
-        "elements; biases, norms and other gains excluded), from one streamed Gram matrix "
-        "of θ0 and the ingredients' safetensors.")])
+    lines += ["", (f"φ in degrees over {angles['n_tensors']} weight matrices "
+              f"({angles['n_elems']:,} elements; biases, norms and other gains excluded), from "
+              "one streamed Gram matrix of θ0 and the ingredients' safetensors.")]
+    if "advantage" in angles:
+        lines += ["", advantage_markdown(angles)]
+    return "\n".join(lines)
+
+
+def advantage_markdown(angles: dict[str, Any]) -> str:
+    """Pairs by φ with their held-out interpolation advantage (Model soups Fig. 3)."""
+    k = len(angles["labels"])
+    pairs = sorted(((i, j) for i in range(k) for j in range(i + 1, k)),
+                   key=lambda p: angles["phi"][p])
+    lines = ["| pair | φ (°) | held-out acc i / j | midpoint | advantage (pp) |",
+             "|---|---|---|---|---|"]
+    for i, j in pairs:
+        a = angles["advantage"][i, j]
+        mid = a + 0.5 * (angles["accs"][i] + angles["accs"][j])
+        lines.append(f"| {i}-{j} | {angles['phi'][i, j]:.1f} | {_pct(angles['accs'][i])} / "
+                     f"{_pct(angles['accs'][j])} | {_pct(mid)} | {100 * a:+.2f} |")
+    phi = [angles["phi"][p] for p in pairs]
+    adv = [angles["advantage"][p] for p in pairs]
+    corr = float(np.corrcoef(phi, adv)[0, 1]) if len(pairs) > 2 else float("nan")
+    return "\n".join(lines + ["", (f"Pearson correlation of φ and the advantage over "
+                                   f"{len(pairs)} pairs: {corr:+.2f} (Model soups Fig. 3 finds "
+                                   "larger angles give larger advantages).")])
 
 
 def calibration_markdown(cal: dict[str, dict[str, Any]]) -> str:
@@ -209,8 +233,10 @@ def analyses_markdown(res: dict[str, Any] | None, *, seconds: float | None = Non
     if "connectivity" in plots:
         lines += [f"![connectivity]({plots['connectivity']})", ""]
     lines += ["### Angle between fine-tuned ingredients (Model soups §3.2)", "",
-              angles_markdown(res["angles"]), "",
-              "### Calibration before and after temperature scaling (Model soups §5)", "",
+              angles_markdown(res["angles"]), ""]
+    if "angles" in plots:
+        lines += [f"![angles]({plots['angles']})", ""]
+    lines += ["### Calibration before and after temperature scaling (Model soups §5)", "",
               calibration_markdown(res["calibration"]), ""]
     if "calibration" in plots:
         lines += [f"![calibration]({plots['calibration']})", ""]
