@@ -240,3 +240,27 @@ def test_cli_angle_calibration_diversity(three, tmp_path, capsys):
     assert main(["analyze", "diversity", str(tmp_path / "a.npz"), str(tmp_path / "b.npz")]) == 0
     assert "mcnemar_p" in capsys.readouterr().out
     assert main(["analyze", "calibration", str(tmp_path / "b.npz")]) == 2
+
+
+def test_cli_plane_and_advantage(three, tmp_path, capsys):
+    """The model-evaluating subcommands with file.py:function hooks: the advantage equals
+    the API's, and the plane's plot is written with the grid's best point reported."""
+    import json
+
+    _, paths = three
+    hooks = tmp_path / "hooks.py"
+    hooks.write_text("from toy_models import data, mlp, neg_loss\n"
+                     "def model():\n    return mlp(7)\n"
+                     "def evaluate(m):\n    return neg_loss(*data())(m)\n")
+    opts = ["--model", f"{hooks}:model", "--evaluate", f"{hooks}:evaluate"]
+    assert main(["analyze", "advantage", *map(str, paths), *opts, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    api = geometry.pairwise_interpolation_advantage(mlp(7), paths, neg_loss(*data()))
+    assert np.allclose(got["advantage"], api["advantage"], rtol=0, atol=1e-12)
+    out = tmp_path / "plane.png"
+    assert main(["analyze", "plane", *map(str, paths), *opts, "--n", "5", "--out", str(out),
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["points"] == 25 and res["plot"] == str(out)
+    assert out.read_bytes().startswith(b"\x89PNG")
+    assert main(["analyze", "advantage", str(paths[0]), *opts]) == 2

@@ -3,9 +3,14 @@
     ladle analyze angle THETA0 THETA1 THETA2 [--include-gains] [--exclude GLOB ...]
     ladle analyze calibration preds.npz [--bins 15]
     ladle analyze diversity a.npz b.npz
+    ladle analyze plane THETA0 THETA1 THETA2 --model M:F --evaluate M:F [--n 11] [--out P]
+    ladle analyze advantage CKPT CKPT [CKPT ...] --model M:F --evaluate M:F
 
 ``.npz`` files hold ``logits`` (N × C) and ``labels`` (N,) arrays (``probs`` is
-accepted instead of ``logits`` by ``calibration``).
+accepted instead of ``logits`` by ``calibration``). ``plane`` and ``advantage``
+evaluate models: ``--model`` builds the live module the checkpoints are streamed into,
+``--evaluate`` scores it (``module:function`` or ``file.py:function``, as for
+``ladle soup --greedy``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from ..errors import LadleValueError
 
 def add_subcommands(sub: Any) -> None:
     """Register ``ladle analyze``."""
-    p = sub.add_parser("analyze", help="weight-space angle, calibration, diversity")
+    p = sub.add_parser("analyze", help="weight-space angle, loss plane, interpolation "
+                                       "advantage, calibration, diversity")
     a = p.add_subparsers(dest="analysis", required=True)
     q = a.add_parser("angle", help="angle between THETA1-THETA0 and THETA2-THETA0 (streamed)")
     q.add_argument("theta0")
@@ -42,6 +48,25 @@ def add_subcommands(sub: Any) -> None:
     q = a.add_parser("diversity", help="PD, CC, KL, CKAC, McNemar between two models")
     q.add_argument("a", help=".npz with logits and labels")
     q.add_argument("b", help=".npz with logits (labels as in A)")
+    q.add_argument("--json", action="store_true")
+    q = a.add_parser("plane", help="evaluate the plane through THETA0, THETA1, THETA2 on a "
+                                   "grid and draw its contour plot")
+    for name in ("theta0", "theta1", "theta2"):
+        q.add_argument(name)
+    _add_model_options(q)
+    q.add_argument("--n", type=int, default=11, help="grid points per axis")
+    q.add_argument("--margin", type=float, default=0.2, help="grid margin around the points")
+    q.add_argument("--out", default="plane.png", help="contour plot (png, pdf, svg)")
+    q = a.add_parser("advantage", help="interpolation advantage of every pair of checkpoints")
+    q.add_argument("checkpoints", nargs="+")
+    _add_model_options(q)
+
+
+def _add_model_options(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--model", required=True, help="MODULE:FUNCTION returning the live module")
+    q.add_argument("--evaluate", required=True,
+                   help="MODULE:FUNCTION scoring a module (higher is better)")
+    q.add_argument("--threads", type=int, default=0)
     q.add_argument("--json", action="store_true")
 
 
@@ -83,6 +108,8 @@ def dispatch(args: argparse.Namespace) -> int:
                                                       n_bins=args.bins)}, args.json)
         else:
             raise LadleValueError(f"{args.preds}: needs a logits or probs array")
+    elif args.analysis in ("plane", "advantage"):
+        return _evaluate_models(args)
     else:
         from .diversity import diversity_report
         from .significance import mcnemar_exact
@@ -93,4 +120,43 @@ def dispatch(args: argparse.Namespace) -> int:
         r = diversity_report(za["logits"], zb["logits"], za["labels"])
         r["mcnemar_p"] = mcnemar_exact(za["logits"], zb["logits"], za["labels"])["p_value"]
         _print(r, args.json)
+    return 0
+
+
+def _evaluate_models(args: argparse.Namespace) -> int:
+    from ..cli_soups import load_hook
+
+    model = load_hook(args.model, "--model")()
+    evaluate = load_hook(args.evaluate, "--evaluate")
+    if args.analysis == "plane":
+        from .plane import evaluate_plane, plot_plane
+
+        grid = evaluate_plane(model, args.theta0, args.theta1, args.theta2, evaluate, n=args.n,
+                              margin=args.margin, threads=args.threads)
+        path = plot_plane(grid, args.out)
+        metric = next(iter(grid.values))
+        values = grid.values[metric]
+        best = np.unravel_index(np.nanargmax(values), values.shape)
+        _print({"points": int(values.size), "metric": metric, "best": float(values[best]),
+                "best_a": float(grid.a[best[1]]), "best_b": float(grid.b[best[0]]),
+                "plot": str(path)}, args.json)
+        return 0
+    from .geometry import pairwise_interpolation_advantage
+
+    if len(args.checkpoints) < 2:
+        raise LadleValueError("advantage needs at least two checkpoints")
+    r = pairwise_interpolation_advantage(model, args.checkpoints, evaluate,
+                                         threads=args.threads)
+    k = len(args.checkpoints)
+    if args.json:
+        print(json.dumps({"checkpoints": args.checkpoints, "scores": r["accs"].tolist(),
+                          "midpoints": r["acc_mid"].tolist(),
+                          "advantage": r["advantage"].tolist()}, indent=1))
+        return 0
+    for i in range(k):
+        print(f"[{i}] {args.checkpoints[i]}  score {r['accs'][i]:.6g}")
+    for i in range(k):
+        for j in range(i + 1, k):
+            print(f"[{i}]-[{j}]  midpoint {r['acc_mid'][i, j]:.6g}  advantage "
+                  f"{r['advantage'][i, j]:+.6g}")
     return 0
