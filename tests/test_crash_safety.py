@@ -341,16 +341,22 @@ def test_enospc_on_a_real_tmpfs(inputs, tmp_path: Path):
         subprocess.run(["umount", str(mnt)], check=False)
 
 
-def test_input_truncated_while_mapped_is_an_error(tmp_path: Path):
-    path = tmp_path / "a.safetensors"
-    save_file({"w": np.ones(1 << 21, np.float32)}, str(path))
+def _mapped_then_truncated(path: Path, n_elems: int) -> tuple[_core.Plan, int, int]:
+    """A plan mapping a one-tensor file ``w`` of n_elems fp32, then the file cut to 3
+    pages. Returns (plan, source index, data start)."""
+    save_file({"w": np.ones(n_elems, np.float32)}, str(path))
     header = _core.read_header(str(path))
     plan = _core.Plan()
     src = plan.add_file_source(str(path), header["file_n_bytes"])
+    os.truncate(path, 3 * 4096)
+    return plan, src, header["data_start"]
+
+
+def test_input_truncated_while_mapped_is_an_error(tmp_path: Path):
+    plan, src, start = _mapped_then_truncated(tmp_path / "a.safetensors", 1 << 21)
     out = np.zeros(1 << 21, np.float32)
     sink = plan.add_memory_sink("out", out.ctypes.data, out.nbytes)
-    plan.add_job("w", "sum", 1 << 21, sink, 0, "F32", [(src, header["data_start"], "F32", 2.0)])
-    os.truncate(path, 3 * 4096)
+    plan.add_job("w", "sum", 1 << 21, sink, 0, "F32", [(src, start, "F32", 2.0)])
     with pytest.raises(LadleIOError, match=r"a\.safetensors: tensor 'w': input changed while "
                                            r"being read \(bus error at byte 12288") as info:
         # One thread: the first fault is then always the first page past the new end;
@@ -394,13 +400,8 @@ def test_input_truncated_during_a_method_merge_is_an_error(tmp_path: Path, monke
 
 
 def test_input_truncated_during_dot_products_is_an_error(tmp_path: Path):
-    path = tmp_path / "m1.safetensors"
-    save_file({"w": np.ones(1 << 20, np.float32)}, str(path))
-    header = _core.read_header(str(path))
-    plan = _core.Plan()
-    src = plan.add_file_source(str(path), header["file_n_bytes"])
-    os.truncate(path, 3 * 4096)
-    x = (src, header["data_start"], "F32")
+    plan, src, start = _mapped_then_truncated(tmp_path / "m1.safetensors", 1 << 20)
+    x = (src, start, "F32")
     with pytest.raises(LadleIOError, match=TRUNCATED):
         _core.dot_products(plan, [("w", 1 << 20, x, [x])], threads=1, chunk_elems=16384)
 

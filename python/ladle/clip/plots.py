@@ -31,6 +31,15 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: str | os.PathLike) -> Path:
+    """Lay out, write and close ``fig``; returns the path."""
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _setup(ax: Any, xs: list[float], ys: list[float]) -> None:
     lo_x, hi_x = logit(max(0.01, min(xs) - 0.03)), logit(min(0.995, max(xs) + 0.02))
     lo_y, hi_y = logit(max(0.01, min(ys) - 0.03)), logit(min(0.995, max(ys) + 0.02))
@@ -106,11 +115,7 @@ def plot_wiseft(curve: list[dict[str, Any]], path: str | os.PathLike, *,
         ax.set_ylabel(("avg OOD" if key == "avg_ood" else key) + " accuracy (%)")
     axes[0][0].legend(fontsize=7, loc="best", framealpha=0.6)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_soups(points: dict[str, dict[str, float]], path: str | os.PathLike, *,
@@ -162,11 +167,7 @@ def plot_soups(points: dict[str, dict[str, float]], path: str | os.PathLike, *,
     ax.set_ylabel("avg OOD accuracy (%), logit scale")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_connectivity(connectivity: dict[str, Any], path: str | os.PathLike, *,
@@ -208,11 +209,7 @@ def plot_connectivity(connectivity: dict[str, Any], path: str | os.PathLike, *,
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="best", framealpha=0.6)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_angle_advantage(angles: dict[str, Any], path: str | os.PathLike, *,
@@ -243,11 +240,7 @@ def plot_angle_advantage(angles: dict[str, Any], path: str | os.PathLike, *,
     ax.set_ylabel("interpolation advantage (pp, held-out)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_reliability(models: dict[str, dict[str, Any]], sets: dict[str, Any],
@@ -294,8 +287,4 @@ def plot_reliability(models: dict[str, dict[str, Any]], sets: dict[str, Any],
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="best", framealpha=0.6)
     fig.suptitle(title + " — ECE in %, before → after temperature scaling")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
