@@ -67,18 +67,19 @@ def test_import_ladle_does_not_load_cuda_module():
     assert out.stdout.strip() == "False"
 
 
-@pytest.mark.skipif(HAVE_GPU, reason="a GPU is present")
-def test_device_cuda_without_gpu_is_a_clear_backend_error(tmp_path):
+def test_unusable_cuda_device_is_a_clear_backend_error(tmp_path):
+    """Without a GPU every CUDA device is unusable; with one, an index past the last."""
+    bad = f"cuda:{INFO['device_count']}" if HAVE_GPU else "cuda"
     a = write_raw(tmp_path / "a.safetensors", {"w": ("F32", [3], b"\0" * 12)})
     out = tmp_path / "o.safetensors"
-    with pytest.raises(ladle.BackendError, match="device 'cuda' requested but"):
-        ladle.merge([a, a], [0.5, 0.5], out, device="cuda", progress=False)
+    with pytest.raises(ladle.BackendError, match=f"device '{bad}' requested but"):
+        ladle.merge([a, a], [0.5, 0.5], out, device=bad, progress=False)
     with pytest.raises(ladle.BackendError):
-        ladle.interpolate(a, a, 0.5, out, device="cuda:0", progress=False)
+        ladle.interpolate(a, a, 0.5, out, device=bad, progress=False)
     assert not out.exists() and not list(tmp_path.glob("*partial*"))
     # The CLI turns it into one line and exit status 2.
     rc = cli.main(["merge", str(a), str(a), "--alpha", "0.5", "-o", str(out), "--device",
-                   "cuda", "--quiet"])
+                   bad, "--quiet"])
     assert rc == 2 and not out.exists()
 
 
