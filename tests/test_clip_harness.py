@@ -133,6 +133,22 @@ def test_lc_wiseft_equals_logit_ensemble(tiny, digits, tmp_path):
         torch.testing.assert_close(p.score, output_ensemble(l0, l1, a), rtol=1e-5, atol=1e-4)
 
 
+def test_output_space_baselines_known_answers():
+    g = torch.Generator().manual_seed(0)
+    l0, l1 = torch.randn(500, 4, generator=g), torch.randn(500, 4, generator=g)
+    for kind in ("logit", "softmax", "random"):
+        for a, end in ((0.0, l0), (1.0, l1)):
+            got = output_ensemble(l0, l1, a, kind=kind)
+            same = got.argmax(1) == end.argmax(1)
+            assert bool(same.all()), (kind, a)  # the endpoints' predictions
+    mixed = output_ensemble(l0, l1, 0.3, kind="random")
+    from_1 = (mixed == l1).all(1)
+    assert bool(((mixed == l0).all(1) | from_1).all())  # each row is one model's
+    assert abs(float(from_1.double().mean()) - 0.3) < 0.06  # ~α of them from θ1
+    probs = output_ensemble(l0, l1, 0.3, kind="softmax")
+    torch.testing.assert_close(probs.sum(1), torch.ones(500, dtype=probs.dtype))
+
+
 def test_heldout_split_disjoint_deterministic():
     tr, ho = heldout_split(1000, 0.02, seed=3)
     assert len(ho) == 20 and len(tr) == 980
@@ -223,7 +239,8 @@ def test_cli_pipeline_end_to_end(tmp_path):
         assert (out / name).is_file(), name
     records = [json.loads(ln) for ln in (out / "results.jsonl").read_text().splitlines()]
     methods = {r["method"] for r in records}
-    assert {"wiseft/alpha", "greedy-soup", "logit-ensemble", "finetune/epoch"} <= methods
+    assert {"wiseft/alpha", "greedy-soup", "logit-ensemble", "finetune/epoch",
+            "logit-ensemble/alpha", "softmax-ensemble/alpha", "random-ensemble/alpha"} <= methods
     assert "reproduce" in (out / "report.md").read_text()
     from test_clip_report import check_demo_analyses  # the report's analysis sections
 

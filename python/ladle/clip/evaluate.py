@@ -128,7 +128,8 @@ def evaluate_model(model: Any, sets: dict[str, ImageSet], *, id_name: str | None
 def output_ensemble(logits0: torch.Tensor, logits1: torch.Tensor, alpha: float, *,
                     kind: str = "logit") -> torch.Tensor:
     """Output-space ensemble of two models (SPEC §1.4): ``logit`` mixes logits,
-    ``softmax`` mixes probabilities.
+    ``softmax`` mixes probabilities, ``random`` takes each example's prediction from θ1
+    with probability α and from θ0 otherwise (random interpolation, fixed seed).
 
     Example:
         >>> output_ensemble(torch.zeros(1, 2), torch.ones(1, 2), 0.25)
@@ -138,7 +139,11 @@ def output_ensemble(logits0: torch.Tensor, logits1: torch.Tensor, alpha: float, 
         return (1 - alpha) * logits0 + alpha * logits1
     if kind == "softmax":
         return (1 - alpha) * logits0.softmax(-1) + alpha * logits1.softmax(-1)
-    raise ValueError(f"unknown ensemble kind {kind!r} (logit|softmax)")
+    if kind == "random":
+        from ..analysis.baselines import random_interpolation
+
+        return torch.from_numpy(random_interpolation(logits0, logits1, alpha))
+    raise ValueError(f"unknown ensemble kind {kind!r} (logit|softmax|random)")
 
 
 def mean_logits(logits: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -40,9 +40,16 @@ def acc_table(rows: list[tuple[str, dict[str, Any]]], shift_names: list[str], *,
     return "\n".join(lines)
 
 
-def wiseft_markdown(curve: list[dict[str, Any]], ensemble: list[dict[str, Any]],
+ENSEMBLE_TITLES = {
+    "logit": "logit ensemble (1 − α)·f(x, θ0) + α·f(x, θ1)",
+    "softmax": "softmax ensemble (1 − α)·softmax f(x, θ0) + α·softmax f(x, θ1)",
+    "random": "random interpolation (each example from θ1 with probability α)"}
+
+
+def wiseft_markdown(curve: list[dict[str, Any]], ensembles: dict[str, list[dict[str, Any]]],
                     selection: dict[str, float], exp: Any, cfg: Any, plot_name: str) -> str:
-    """The WiSE-FT report: set-up, the α table, the output-ensemble table, selections."""
+    """The WiSE-FT report: set-up, the α table, the output-space baselines' tables
+    (kind -> curve), selections."""
     shifts = list(exp.shifts)
     zs, ft = curve[0]["acc"], curve[-1]["acc"]
     best = max(curve, key=lambda p: p["acc"]["avg_ood"])
@@ -56,8 +63,11 @@ def wiseft_markdown(curve: list[dict[str, Any]], ensemble: list[dict[str, Any]],
         f"![WiSE-FT]({plot_name})", "",
         "## θα = (1 − α)·θ0 + α·θ1 (weight space, streamed by `ladle.wiseft_sweep`)", "",
         acc_table([(f"α = {p['alpha']:g}", p["acc"]) for p in curve], shifts), "",
-        "## Output-space ensemble (1 − α)·f(x, θ0) + α·f(x, θ1)", "",
-        acc_table([(f"α = {p['alpha']:g}", p["acc"]) for p in ensemble], shifts), "",
+    ]
+    for kind, points in ensembles.items():
+        lines += [f"## Output-space baseline: {ENSEMBLE_TITLES.get(kind, kind)}", "",
+                  acc_table([(f"α = {p['alpha']:g}", p["acc"]) for p in points], shifts), ""]
+    lines += [
         "## α selection", "",
         "| rule | α | ID | avg OOD |", "|---|---|---|---|",
     ]

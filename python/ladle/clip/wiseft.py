@@ -60,10 +60,18 @@ def sweep_curve(exp: Experiment, theta0: Any, theta1: Any, alphas: list[float], 
     return out
 
 
+# Output-space baselines of the WiSE-FT pipeline (config ``ensembles``), the first drawn
+# as "output-space ensemble".
+ENSEMBLE_KINDS = ("logit", "softmax", "random")
+ENSEMBLE_LABELS = {"logit": "logit ensemble", "softmax": "softmax ensemble",
+                   "random": "random interpolation"}
+
+
 def ensemble_curve(exp: Experiment, theta0: Any, theta1: Any, alphas: list[float], *,
                    kind: str = "logit",
                    endpoint_logits: tuple[Any, Any] | None = None) -> list[dict[str, Any]]:
-    """Output-space ensemble (1 − α)·f(x, θ0) + α·f(x, θ1) for every α (two passes).
+    """Output-space ensemble (1 − α)·f(x, θ0) + α·f(x, θ1) for every α (two passes);
+    ``kind`` as :func:`~ladle.clip.evaluate.output_ensemble`.
 
     Args:
         endpoint_logits: the two endpoints' logits per evaluation set when already
@@ -136,8 +144,10 @@ def run_wiseft(config: dict[str, Any], out_dir: str | os.PathLike, *,
         quiet: no console summary.
 
     Returns:
-        ``{"curve", "ensemble", "selection", "zeroshot", "finetuned", "epochs",
-        "logits", "report", "plot"}``; ``logits`` maps α ∈ {0, 0.5, 1} (those on the
+        ``{"curve", "ensemble", "ensembles", "selection", "zeroshot", "finetuned",
+        "epochs", "logits", "report", "plot"}`` (``ensembles``: kind -> curve for the
+        config's ``ensembles``, default logit, softmax and random interpolation;
+        ``ensemble`` is the first); ``logits`` maps α ∈ {0, 0.5, 1} (those on the
         grid) to the logits of every evaluation set.
 
     Example:
@@ -164,8 +174,13 @@ def run_wiseft(config: dict[str, Any], out_dir: str | os.PathLike, *,
     curve = sweep_curve(exp, exp.theta0, finetuned, alphas, progress=progress,
                         keep_logits=(0.0, 0.5, 1.0))
     logits = {p["alpha"]: p.pop("logits") for p in curve if "logits" in p}
-    ens = ensemble_curve(exp, exp.theta0, finetuned, alphas, endpoint_logits=(
-        (logits[0.0], logits[1.0]) if {0.0, 1.0} <= set(logits) else None))
+    # Output-space baselines (SPEC §1.4); with the endpoints' logits kept they cost no
+    # evaluation pass.
+    endpoints = (logits[0.0], logits[1.0]) if {0.0, 1.0} <= set(logits) else None
+    ensembles = {kind: ensemble_curve(exp, exp.theta0, finetuned, alphas, kind=kind,
+                                      endpoint_logits=endpoints)
+                 for kind in config.get("ensembles", ENSEMBLE_KINDS)}
+    ens = next(iter(ensembles.values()), [])
     selection = select_alphas(curve)
     exp.log.append("wiseft/selection", **{k.replace("-", "_"): v for k, v in selection.items()})
     if fit is None and len(epochs) >= 2:
@@ -173,11 +188,14 @@ def run_wiseft(config: dict[str, Any], out_dir: str | os.PathLike, *,
 
         fit = fit_logit_linear([e["acc"]["id"] for e in epochs],
                                [e["acc"]["avg_ood"] for e in epochs])
+    others = {ENSEMBLE_LABELS[k]: c for k, c in list(ensembles.items())[1:]}
     plot = plot_wiseft(curve, out / "wiseft.png", ensemble=ens, epochs=epochs, fit=fit,
-                       shift_names=list(exp.shifts), title=config.get("title", "WiSE-FT"))
+                       shift_names=list(exp.shifts), extra=others,
+                       title=config.get("title", "WiSE-FT"))
     report = out / "wiseft_report.md"
-    report.write_text(wiseft_markdown(curve, ens, selection, exp, cfg, plot.name))
-    result = {"curve": curve, "ensemble": ens, "selection": selection, "epochs": epochs,
+    report.write_text(wiseft_markdown(curve, ensembles, selection, exp, cfg, plot.name))
+    result = {"curve": curve, "ensemble": ens, "ensembles": ensembles,
+              "selection": selection, "epochs": epochs,
               "zeroshot": exp.theta0, "finetuned": finetuned, "logits": logits,
               "report": report, "plot": plot}
     if not quiet:
