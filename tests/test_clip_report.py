@@ -25,6 +25,7 @@ from ladle.clip.report import (
     calibration_markdown,
     connectivity_markdown,
     diversity_markdown,
+    soup_gap_markdown,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -177,7 +178,7 @@ def check_demo_analyses(out) -> None:
     for header in ("## Analyses", "### Prediction diversity", "### Linear mode connectivity",
                    "### Angle between fine-tuned ingredients", "### Calibration before and after"):
         assert header in text, header
-    for name in ("connectivity", "angles", "calibration"):
+    for name in ("connectivity", "angles", "soup_gap", "calibration"):
         assert f"![{name}]({name}.png)" in text
         assert_png(out / f"{name}.png")
 
@@ -233,3 +234,11 @@ def check_demo_analyses(out) -> None:
     assert np.array_equal(adv, adv.T) and np.all(np.diag(adv) == 0)
     assert advantage_markdown({**rec, "phi": np.array(rec["phi_degrees"]), "accs": accs,
                                "advantage": adv}) in text
+    # Soup vs ensemble: the table shows the logged rows; each estimate is its two terms.
+    (gap,) = [r for r in records if r["method"] == "analysis/soup_vs_ensemble"]
+    assert soup_gap_markdown(gap) in text and [r["alpha"] for r in gap["rows"]] == [
+        0.25, 0.5, 0.75]
+    for r in gap["rows"]:
+        c = r["alpha"] * (1 - r["alpha"]) / 2
+        assert r["estimate"] == pytest.approx(c * (r["variance"] - r["curvature"]), rel=1e-12)
+        assert r["gap"] == pytest.approx(r["loss_soup"] - r["loss_ens"], rel=1e-12)

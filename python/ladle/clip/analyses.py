@@ -3,8 +3,9 @@ the demo after WiSE-FT and the soups: prediction diversity between the zero-shot
 fine-tuned models, linear mode connectivity along the WiSE-FT sweep, the angle φ
 between fine-tuned ingredients (streamed from their safetensors) and calibration
 before and after temperature scaling. Everything reuses logits the pipelines already
-computed; the one new evaluation is each ingredient pair's midpoint on the held-out
-split, for the interpolation advantage plotted against φ (Model soups Fig. 3).
+computed; the new evaluations, all on the held-out split, are each ingredient pair's
+midpoint (interpolation advantage against φ, Model soups Fig. 3) and the soups of the
+two best ingredients along α (the soup-vs-ensemble estimate, Model soups §4).
 
 Example:
     >>> res = run_analyses(exp, wise, soups)                       # doctest: +SKIP
@@ -24,6 +25,7 @@ from ..analysis.calibration import expected_calibration_error, fit_temperature
 from ..analysis.connectivity import connectivity_report
 from ..analysis.diversity import confidence_margin, diversity_report, override_analysis
 from ..analysis.geometry import angle_from_deltas, pairwise_interpolation_advantage, streamed_gram
+from ..analysis.soup_vs_ensemble import module_predict, soup_ensemble_gap
 from .data import ImageSet
 
 Logits = Mapping[str, Any]  # evaluation set name -> logits (N, C)
@@ -118,6 +120,19 @@ def ingredient_advantages(exp: Any, ingredients: Sequence[Any]) -> dict[str, Any
     return {"accs": r["accs"], "advantage": r["advantage"]}
 
 
+def soup_vs_ensemble(exp: Any, theta1: Any, theta2: Any,
+                     alphas: Sequence[float] = (0.25, 0.5, 0.75)) -> list[dict[str, float]]:
+    """Model soups §4: the measured held-out loss gap between the soup
+    (1 − α)θ1 + αθ2 and the logit ensemble of θ1 and θ2, next to its analytic
+    estimate, per α. Each θ_α (and the finite-difference points α ± h) is streamed into
+    one classifier and evaluated on the held-out split."""
+    from .evaluate import predict
+
+    forward = module_predict(exp.fresh_model(), theta1, theta2,
+                             lambda m: predict(m, exp.heldout))
+    return soup_ensemble_gap(forward, exp.heldout.labels, alphas)
+
+
 def calibration(models: Mapping[str, Logits], sets: Mapping[str, ImageSet],
                 heldout: ImageSet, *, fit_on: str = "heldout",
                 n_bins: int = 15) -> dict[str, dict[str, Any]]:
@@ -182,15 +197,16 @@ def run_analyses(exp: Any, wise: Mapping[str, Any], soups: Mapping[str, Any], *,
         exp: the :class:`~ladle.clip.experiment.Experiment`.
         wise: :func:`~ladle.clip.wiseft.run_wiseft`'s result (with ``logits``).
         soups: :func:`~ladle.clip.soups.run_soups`'s result.
-        plots: write ``connectivity.png``, ``angles.png`` and ``calibration.png`` to
-            ``exp.out_dir``.
+        plots: write ``connectivity.png``, ``angles.png``, ``soup_gap.png`` and
+            ``calibration.png`` to ``exp.out_dir``.
 
     Returns:
         ``diversity``, ``connectivity``, ``angles`` (with the pairs' held-out
-        interpolation advantage), ``calibration``, ``plots``
+        interpolation advantage), ``soup_gap`` (``pair`` and the rows of
+        :func:`soup_vs_ensemble`), ``calibration``, ``plots``
         (file names), ``mid_source`` (what the α = 0.5 model is).
     """
-    from .plots import plot_angle_advantage, plot_connectivity, plot_reliability
+    from .plots import plot_angle_advantage, plot_connectivity, plot_reliability, plot_soup_gap
 
     out = Path(exp.out_dir)
     w = wise["logits"]
@@ -202,6 +218,10 @@ def run_analyses(exp: Any, wise: Mapping[str, Any], soups: Mapping[str, Any], *,
     angles = ingredient_angles(exp.theta0, [r["final"] for r in runs],
                                [r["name"] for r in runs])
     angles.update(ingredient_advantages(exp, [r["final"] for r in runs]))
+    # The soup-vs-ensemble estimate on the two best ingredients (held-out).
+    top = sorted(range(len(runs)), key=lambda i: -runs[i]["acc"]["heldout"])[:2]
+    gap = {"pair": [runs[i]["name"] for i in top],
+           "rows": soup_vs_ensemble(exp, runs[top[0]]["final"], runs[top[1]]["final"])}
     models = calibration_models(wise, soups)
     cal = calibration(models, exp.eval_sets, exp.heldout)
     for name, row in div.items():
@@ -212,6 +232,7 @@ def run_analyses(exp: Any, wise: Mapping[str, Any], soups: Mapping[str, Any], *,
     exp.log.append("analysis/angles", labels=angles["labels"], phi_degrees=angles["phi"],
                    norms=angles["norms"], heldout_acc=angles["accs"],
                    advantage=angles["advantage"])
+    exp.log.append("analysis/soup_vs_ensemble", pair=gap["pair"], rows=gap["rows"])
     for label, row in cal.items():
         exp.log.append("analysis/calibration", model=label, **row)
     save_logits(models, exp.eval_sets, out / "analysis_logits.safetensors")
@@ -219,9 +240,11 @@ def run_analyses(exp: Any, wise: Mapping[str, Any], soups: Mapping[str, Any], *,
     if plots:
         files["connectivity"] = plot_connectivity(conn, out / "connectivity.png").name
         files["angles"] = plot_angle_advantage(angles, out / "angles.png").name
+        files["soup_gap"] = plot_soup_gap(gap, out / "soup_gap.png").name
         files["calibration"] = plot_reliability(
             models, plain_sets(report_sets), out / "calibration.png",
             temperatures={label: row["temperature"] for label, row in cal.items()}).name
-    return {"diversity": div, "connectivity": conn, "angles": angles, "calibration": cal,
+    return {"diversity": div, "connectivity": conn, "angles": angles, "soup_gap": gap,
+            "calibration": cal,
             "plots": files,
             "mid_source": "WiSE-FT α=0.5" if 0.5 in w else "output-space mix at α=0.5"}

@@ -243,6 +243,40 @@ def plot_angle_advantage(angles: dict[str, Any], path: str | os.PathLike, *,
     return _save(plt, fig, path)
 
 
+def plot_soup_gap(gap: dict[str, Any], path: str | os.PathLike, *,
+                  title: str = "Soup vs ensemble: measured gap and estimate") -> Path:
+    """Per α, the measured held-out loss gap L_soup − L_ens next to its analytic estimate
+    and the estimate's two terms (Model soups §4, App K).
+
+    Args:
+        gap: ``{"pair": [a, b], "rows": soup_ensemble_gap rows}``.
+        path: output PNG.
+        title: figure title.
+
+    Returns:
+        The PNG path.
+    """
+    plt = _pyplot()
+    rows = gap["rows"]
+    x = np.arange(len(rows))
+    c = np.array([r["alpha"] * (1 - r["alpha"]) / 2 for r in rows])
+    bars = {"measured gap": [r["gap"] for r in rows],
+            "estimate": [r["estimate"] for r in rows],
+            "c·(−L″) (curvature term)": c * -np.array([r["curvature"] for r in rows]),
+            "c·β²·Var (variance term)": c * np.array([r["variance"] for r in rows])}
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    width = 0.8 / len(bars)
+    for k, (label, values) in enumerate(bars.items()):
+        ax.bar(x + (k - (len(bars) - 1) / 2) * width, values, width, label=label)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xticks(x, [f"α = {r['alpha']:g}" for r in rows])
+    ax.set_ylabel("held-out cross-entropy difference")
+    ax.set_title(f"{title}\n{gap['pair'][0]} → {gap['pair'][1]}", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(plt, fig, path)
+
+
 def plot_reliability(models: dict[str, dict[str, Any]], sets: dict[str, Any],
                      path: str | os.PathLike, *, temperatures: dict[str, float] | None = None,
                      n_bins: int = 15, title: str = "Calibration (equal-mass bins)") -> Path:
