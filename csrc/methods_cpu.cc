@@ -464,6 +464,18 @@ class TaskRunner {
     raise(ErrorKind::kValue, "internal: rank beyond histogram");
   }
 
+  // Calls fn(elem, n) for every tile of `item` (n <= kTile elements from elem),
+  // with the base model's tile already loaded into s->base.
+  template <class Fn>
+  void for_each_base_tile(const TaskJob& job, const Item& item, TaskScratch* s, Fn&& fn) const {
+    for (uint64_t t = 0; t < item.n_elems; t += kTile) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
+      uint64_t elem = item.first_elem + t;
+      load(job, job.base, elem, n, s->base.data());
+      fn(elem, n);
+    }
+  }
+
   // delta = x_k - base for one tile into s->x.
   void load_delta(const TaskJob& job, size_t k, uint64_t elem, size_t n, TaskScratch* s) const {
     load(job, job.models[k].input, elem, n, s->x.data());
@@ -475,17 +487,14 @@ class TaskRunner {
     JobState& st = *states_[item.job - batch_begin_];
     size_t n_models = job.models.size();
     s->hist.assign(n_models * kHiBins, 0);
-    for (uint64_t t = 0; t < item.n_elems; t += kTile) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
-      uint64_t elem = item.first_elem + t;
-      load(job, job.base, elem, n, s->base.data());
+    for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
       for (size_t k = 0; k < n_models; ++k) {
         if (!st.models[k].selects()) continue;
         load_delta(job, k, elem, n, s);
         uint32_t* h = s->hist.data() + k * kHiBins;
         for (size_t i = 0; i < n; ++i) ++h[abs_bits(s->x[i]) >> 16];
       }
-    }
+    });
     std::lock_guard<std::mutex> guard(st.mu);
     for (size_t k = 0; k < n_models; ++k) {
       if (!st.models[k].selects()) continue;
@@ -500,10 +509,7 @@ class TaskRunner {
     JobState& st = *states_[item.job - batch_begin_];
     size_t n_models = job.models.size();
     s->hist.assign(2 * n_models * kLoBins, 0);
-    for (uint64_t t = 0; t < item.n_elems; t += kTile) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
-      uint64_t elem = item.first_elem + t;
-      load(job, job.base, elem, n, s->base.data());
+    for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
       for (size_t k = 0; k < n_models; ++k) {
         ModelState& ms = st.models[k];
         if (!ms.selects()) continue;
@@ -518,7 +524,7 @@ class TaskRunner {
           }
         }
       }
-    }
+    });
     std::lock_guard<std::mutex> guard(st.mu);
     for (size_t k = 0; k < n_models; ++k) {
       ModelState& ms = st.models[k];
@@ -534,10 +540,7 @@ class TaskRunner {
   void count_ties(const Item& item, TaskScratch* s) {
     const TaskJob& job = jobs_[item.job];
     JobState& st = *states_[item.job - batch_begin_];
-    for (uint64_t t = 0; t < item.n_elems; t += kTile) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
-      uint64_t elem = item.first_elem + t;
-      load(job, job.base, elem, n, s->base.data());
+    for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
       for (size_t k = 0; k < job.models.size(); ++k) {
         ModelState& ms = st.models[k];
         if (!ms.lo.need_ties && !ms.hi.need_ties) continue;
@@ -549,7 +552,7 @@ class TaskRunner {
           sel->tie_prefix[elem / kTile] = count;  // each tile is written by one thread
         }
       }
-    }
+    });
   }
 
   // Sparsifies one tile of model k's delta in place: dropped elements become +0,
@@ -581,10 +584,7 @@ class TaskRunner {
   void l1_norms(const Item& item, TaskScratch* s) {
     const TaskJob& job = jobs_[item.job];
     JobState& st = *states_[item.job - batch_begin_];
-    for (uint64_t t = 0; t < item.n_elems; t += kTile) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
-      uint64_t elem = item.first_elem + t;
-      load(job, job.base, elem, n, s->base.data());
+    for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
       for (size_t k = 0; k < job.models.size(); ++k) {
         ModelState& ms = st.models[k];
         load_delta(job, k, elem, n, s);
@@ -595,7 +595,7 @@ class TaskRunner {
         ms.l1_before[elem / kTile] = before;  // each tile is written by one thread
         ms.l1_after[elem / kTile] = after;
       }
-    }
+    });
   }
 
   void apply(const Item& item, TaskScratch* s) {
@@ -617,10 +617,7 @@ class TaskRunner {
     float weight_sum = 0.0f;
     for (const TaskModel& m : job.models) weight_sum = weight_sum + m.input.weight;
     float plain_divisor = std::fabs(weight_sum) < 1e-8f ? 1.0f : weight_sum;
-    for (uint64_t t = 0; t < item.n_elems; t += kTile) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
-      uint64_t elem = item.first_elem + t;
-      load(job, job.base, elem, n, s->base.data());
+    for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
       if (options_.check_finite) check_finite_input(job, job.base, elem, n);
       for (size_t k = 0; k < n_models; ++k) {
         const TaskModel& m = job.models[k];
@@ -635,7 +632,7 @@ class TaskRunner {
       float* mixed = s->x.data();
       mix(job, n_models, n, s->wd.data(), plain_divisor, mixed);
       for (size_t i = 0; i < n; ++i) mixed[i] = s->base[i] + mixed[i];
-      uint8_t* dst = out + t * out_size;
+      uint8_t* dst = out + (elem - item.first_elem) * out_size;
       kernels_.store(job.out_dtype, mixed, 1.0f, dst, n);
       if (options_.check_finite) {
         size_t bad = find_nonfinite(job.out_dtype, dst, n);
@@ -644,7 +641,7 @@ class TaskRunner {
                     sink.label.c_str(), job.name.c_str(), (unsigned long long)(elem + bad),
                     dtype_name(job.out_dtype));
       }
-    }
+    });
     if (sink.writer) sink.writer->write_at(out_offset, out, out_n_bytes);
   }
 
