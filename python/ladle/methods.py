@@ -281,6 +281,17 @@ def _rank_range(sparsify: str, density: float, gamma: float, n: int) -> tuple[in
     return 0, n
 
 
+def check_method_name(method: str, where: str = "", label: str = "merge method") -> None:
+    """Refuse a method ladle does not implement, naming the ones it does; ``where``
+    prefixes the message and ``label`` names the setting (a recipe's file and key)."""
+    if method in UNIMPLEMENTED:
+        raise LadleValueError(f"{where}{label} '{method}' is not implemented by ladle "
+                              f"(implemented: {', '.join(METHODS)})")
+    if method not in METHODS:
+        raise LadleValueError(f"{where}unknown {label} '{method}' (implemented: "
+                              f"{', '.join(METHODS)})")
+
+
 def check_parameter_names(method: str, parameters: dict[str, Any],
                           model_parameters: Sequence[dict[str, Any]], where: str = "") -> None:
     """Refuse parameter names ``method`` does not take; ``where`` prefixes the message
@@ -309,12 +320,7 @@ def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpo
     """Plan ``method`` over ``base`` and ``models`` tensor by tensor (see module doc)."""
     from .plan import _selected
 
-    if method in UNIMPLEMENTED:
-        raise LadleValueError(f"merge method '{method}' is not implemented by ladle "
-                              f"(implemented: {', '.join(METHODS)})")
-    if method not in METHODS:
-        raise LadleValueError(f"unknown merge method '{method}' (choose from "
-                              f"{', '.join(METHODS)})")
+    check_method_name(method)
     spec = METHODS[method]
     parameters = dict(parameters or {})
     model_parameters = [dict(p or {}) for p in (model_parameters or [{} for _ in models])]

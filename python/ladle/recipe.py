@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LadleValueError
-from .methods import METHODS, UNIMPLEMENTED, check_parameter_names
+from .methods import check_method_name, check_parameter_names
 
 TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype",
             "tokenizer_source", "chat_template", "seed"}
@@ -99,12 +99,7 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
     method = data.get("merge_method")
     if not isinstance(method, str):
         raise LadleValueError(f"{where}'merge_method' is required")
-    if method in UNIMPLEMENTED:
-        raise LadleValueError(f"{where}merge_method '{method}' is not implemented by ladle "
-                              f"(implemented: {', '.join(METHODS)})")
-    if method not in METHODS:
-        raise LadleValueError(f"{where}unknown merge_method '{method}' (implemented: "
-                              f"{', '.join(METHODS)})")
+    check_method_name(method, where, "merge_method")
     models_in = data.get("models")
     if not isinstance(models_in, list) or not models_in:
         raise LadleValueError(f"{where}'models' must be a non-empty list")
