@@ -232,6 +232,11 @@ def calibration_markdown(cal: dict[str, dict[str, Any]]) -> str:
         "", "ECE in %, 15 equal-mass bins; temperature scaling leaves accuracy unchanged."])
 
 
+def _image(plots: dict[str, str], name: str) -> list[str]:
+    """The Markdown lines embedding plot ``name`` when it was drawn."""
+    return [f"![{name}]({plots[name]})", ""] if name in plots else []
+
+
 def analyses_markdown(res: dict[str, Any] | None, *, seconds: float | None = None) -> str:
     """The demo report's analysis sections (see :func:`ladle.clip.analyses.run_analyses`).
 
@@ -259,19 +264,15 @@ def analyses_markdown(res: dict[str, Any] | None, *, seconds: float | None = Non
              "interior α is at or above both endpoints on "
              f"{', '.join(above) or 'none'} (WiSE-FT observes Def. 1 on ImageNet and all five "
              "shifts)."), ""]
-    if "connectivity" in plots:
-        lines += [f"![connectivity]({plots['connectivity']})", ""]
+    lines += _image(plots, "connectivity")
     lines += ["### Angle between fine-tuned ingredients (Model soups §3.2)", "",
               angles_markdown(res["angles"]), ""]
-    if "angles" in plots:
-        lines += [f"![angles]({plots['angles']})", ""]
+    lines += _image(plots, "angles")
     if "soup_gap" in res:
         lines += ["### Soup vs ensemble: measured gap and analytic estimate (Model soups §4)",
                   "", soup_gap_markdown(res["soup_gap"]), ""]
-        if "soup_gap" in plots:
-            lines += [f"![soup_gap]({plots['soup_gap']})", ""]
+        lines += _image(plots, "soup_gap")
     lines += ["### Calibration before and after temperature scaling (Model soups §5)", "",
               calibration_markdown(res["calibration"]), ""]
-    if "calibration" in plots:
-        lines += [f"![calibration]({plots['calibration']})", ""]
+    lines += _image(plots, "calibration")
     return "\n".join(lines)
