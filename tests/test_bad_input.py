@@ -520,23 +520,34 @@ def _pair(tmp_path: Path, step_b: int = 1) -> tuple[Path, Path]:
     return a, b
 
 
-@pytest.mark.parametrize("dest_name", ["out", "out.safetensors"])
-def test_destination_exists_is_refused(tmp_path: Path, dest_name: str):
-    a, b = _pair(tmp_path)
-    dest = tmp_path / dest_name
+def make_old_destination(dest: Path, file_name: str) -> None:
+    """An existing destination: a file holding b"old", or a directory with one file."""
     if dest.suffix:
         dest.write_bytes(b"old")
     else:
         dest.mkdir()
-        (dest / "keep.txt").write_text("old")
-    with pytest.raises(LadleValueError, match=re.escape(f"{dest}: destination exists")):
-        merge_quiet([a, b], [0.5, 0.5], dest)
-    with pytest.raises(LadleValueError, match="destination exists"):
-        merge_quiet([a, b], [0.5, 0.5], dest, dry_run=True)
+        (dest / file_name).write_text("old")
+
+
+def assert_old_destination(dest: Path) -> None:
+    """``dest`` is still what make_old_destination(dest, "keep.txt") made."""
     if dest.suffix:
         assert dest.read_bytes() == b"old"
     else:
         assert [p.name for p in dest.iterdir()] == ["keep.txt"]
+        assert (dest / "keep.txt").read_text() == "old"
+
+
+@pytest.mark.parametrize("dest_name", ["out", "out.safetensors"])
+def test_destination_exists_is_refused(tmp_path: Path, dest_name: str):
+    a, b = _pair(tmp_path)
+    dest = tmp_path / dest_name
+    make_old_destination(dest, "keep.txt")
+    with pytest.raises(LadleValueError, match=re.escape(f"{dest}: destination exists")):
+        merge_quiet([a, b], [0.5, 0.5], dest)
+    with pytest.raises(LadleValueError, match="destination exists"):
+        merge_quiet([a, b], [0.5, 0.5], dest, dry_run=True)
+    assert_old_destination(dest)
     assert not dest.with_name(dest.name + PARTIAL).exists()
 
 
@@ -544,11 +555,7 @@ def test_destination_exists_is_refused(tmp_path: Path, dest_name: str):
 def test_overwrite_replaces_destination(tmp_path: Path, dest_name: str):
     a, b = _pair(tmp_path)
     dest = tmp_path / dest_name
-    if dest.suffix:
-        dest.write_bytes(b"old")
-    else:
-        dest.mkdir()
-        (dest / "stale.txt").write_text("old")
+    make_old_destination(dest, "stale.txt")
     report = merge_quiet([a, b], [0.5, 0.5], dest, overwrite=True)
     assert report.out == dest
     file = dest if dest.suffix else dest / "model.safetensors"
@@ -563,18 +570,10 @@ def test_overwrite_replaces_destination(tmp_path: Path, dest_name: str):
 def test_failed_overwrite_keeps_old_destination(tmp_path: Path, dest_name: str):
     a, b = _pair(tmp_path, step_b=2)  # 'step' differs: the engine fails mid-run
     dest = tmp_path / dest_name
-    if dest.suffix:
-        dest.write_bytes(b"old")
-    else:
-        dest.mkdir()
-        (dest / "keep.txt").write_text("old")
+    make_old_destination(dest, "keep.txt")
     with pytest.raises(MismatchError, match=r"tensor 'step' \(I64\) differs .* at element 0"):
         merge_quiet([a, b], [0.5, 0.5], dest, overwrite=True)
-    if dest.suffix:
-        assert dest.read_bytes() == b"old"
-    else:
-        assert [p.name for p in dest.iterdir()] == ["keep.txt"]
-        assert (dest / "keep.txt").read_text() == "old"
+    assert_old_destination(dest)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.safetensors",
                                                                  "b.safetensors", dest_name])
 

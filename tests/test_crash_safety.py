@@ -180,13 +180,19 @@ def interrupt_after(monkeypatch, n_shards: int) -> None:
     monkeypatch.setattr(OutputDir, "record_shard", record)
 
 
-def test_resume_keeps_finished_shards(inputs, reference, tmp_path: Path, monkeypatch):
-    dest = tmp_path / "out"
-    partial = tmp_path / ("out" + PARTIAL)
-    interrupt_after(monkeypatch, 2)
+def interrupted_merge(inputs, dest: Path, monkeypatch, n_shards: int) -> Path:
+    """Merge into ``dest`` in 2 MB shards, interrupted after ``n_shards`` are recorded;
+    returns the partial directory left behind."""
+    interrupt_after(monkeypatch, n_shards)
     with pytest.raises(KeyboardInterrupt):
         merge_quiet(inputs, dest, max_shard_size="2MB")
     monkeypatch.undo()
+    return dest.parent / (dest.name + PARTIAL)
+
+
+def test_resume_keeps_finished_shards(inputs, reference, tmp_path: Path, monkeypatch):
+    dest = tmp_path / "out"
+    partial = interrupted_merge(inputs, dest, monkeypatch, 2)
     assert not dest.exists()
     manifest = json.loads((partial / MANIFEST_NAME).read_text())
     kept = sorted(manifest["shards"])
@@ -208,11 +214,7 @@ def test_resume_keeps_finished_shards(inputs, reference, tmp_path: Path, monkeyp
 
 def test_resume_rewrites_a_corrupted_shard(inputs, reference, tmp_path: Path, monkeypatch):
     dest = tmp_path / "out"
-    partial = tmp_path / ("out" + PARTIAL)
-    interrupt_after(monkeypatch, 3)
-    with pytest.raises(KeyboardInterrupt):
-        merge_quiet(inputs, dest, max_shard_size="2MB")
-    monkeypatch.undo()
+    partial = interrupted_merge(inputs, dest, monkeypatch, 3)
     victim = sorted(json.loads((partial / MANIFEST_NAME).read_text())["shards"])[1]
     with open(partial / victim, "r+b") as f:
         f.seek(-1, os.SEEK_END)
@@ -223,10 +225,7 @@ def test_resume_rewrites_a_corrupted_shard(inputs, reference, tmp_path: Path, mo
 
 def test_resume_refuses_a_different_plan(inputs, tmp_path: Path, monkeypatch):
     dest = tmp_path / "out"
-    interrupt_after(monkeypatch, 1)
-    with pytest.raises(KeyboardInterrupt):
-        merge_quiet(inputs, dest, max_shard_size="2MB")
-    monkeypatch.undo()
+    interrupted_merge(inputs, dest, monkeypatch, 1)
     with pytest.raises(LadleValueError, match="belongs to a different merge"):
         ladle.merge(inputs, [0.5, 0.5], dest, max_shard_size="2MB", resume=True, progress=False)
     merge_quiet(inputs, dest, max_shard_size="2MB")  # without resume: starts over
