@@ -164,7 +164,7 @@ def not_a_ladle_directory(path: Path) -> str:
     if not isinstance(weights, str) or weights not in names:
         return "holds no safetensors checkpoint"
     try:
-        metadata = dict(_core.read_header(str(path / weights))["metadata"])
+        metadata = _core.read_header(str(path / weights))["metadata"] or {}
     except Exception:  # noqa: BLE001 - any unreadable header means "not ladle's"
         return f"has an unreadable {weights}"
     if not any(k.startswith("ladle_") for k in metadata):
@@ -253,12 +253,12 @@ def read_regular_file(path: Path, max_bytes: int) -> bytes:
 
 def copy_regular_file(src: Path, dst: Path) -> None:
     """Copy ``src`` (a regular file inside its directory's :func:`hf_cache_root`)
-    to a new file ``dst`` with the output's own permissions (0o666 & ~umask),
+    to a new file ``dst`` with the permissions of the output's shards (0o644 & ~umask),
     never the source's mode; ``dst`` must not exist (O_EXCL, no link followed)."""
     fd = open_regular(src, root=hf_cache_root(src.parent))
     try:
         out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                      0o666)
+                      0o644)
         try:
             while chunk := os.read(fd, 1 << 20):
                 view = memoryview(chunk)
