@@ -162,6 +162,26 @@ def test_python_api_refuses_before_reading_inputs(tmp_path, zs_ft):
     assert tree(ft) == before and (zs / "config.json").exists()
 
 
+def test_soup_outputs_are_checked_before_any_evaluation(tmp_path):
+    paths = [_model(tmp_path / f"ing{k}.safetensors", float(k)) for k in range(3)]
+    before = tree(tmp_path)
+    calls = []
+
+    def evaluate(module) -> float:
+        calls.append(1)
+        return 0.0
+
+    model = {"w": np.zeros(4, np.float32)}
+    for out in (paths[2], tmp_path):  # an ingredient (not the first), or their directory
+        with pytest.raises(LadleValueError, match="the output (is|contains) the input"):
+            ladle.greedy_soup(model, paths, evaluate, out=out, overwrite=True)
+        with pytest.raises(LadleValueError, match="the output (is|contains) the input"):
+            ladle.learned_soup(model, paths, [], out=out, overwrite=True)
+        with pytest.raises(LadleValueError, match="the output (is|contains) the input"):
+            ladle.uniform_soup(model, paths, evaluate, out=out, overwrite=True)
+    assert calls == [] and tree(tmp_path) == before
+
+
 # ------------------------------------------------------ 2. what --overwrite replaces
 
 def _special(kind: str, tmp_path: Path) -> Path:
