@@ -336,13 +336,18 @@ def _open_lock_file(path: Path) -> int:
     """Open (creating) the lock file without following a link and without
     blocking; anything but a regular file there is refused, never removed."""
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    refused = UnsafePathError(f"{path}: the lock path is a symbolic link or not a regular "
+                              f"file; ladle does not follow or delete it: remove it yourself")
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):  # never open a device: side effects
+            raise refused
+    except FileNotFoundError:
+        pass
     try:
         fd = os.open(path, flags, 0o644)
     except OSError as e:
-        if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-            raise UnsafePathError(f"{path}: the lock path is a symbolic link or not a regular "
-                                  f"file; ladle does not follow or delete it: remove it "
-                                  f"yourself") from None
+        if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):  # swapped in since lstat
+            raise refused from None
         raise LadleIOError(e.errno, f"{path}: cannot create the lock file: "
                                     f"{e.strerror}") from None
     st = os.fstat(fd)
