@@ -26,6 +26,7 @@ import ladle
 from ladle import output as output_module
 from ladle.cli import main
 from ladle.errors import FormatError, LadleValueError, LadleWarning
+from ladle.recipe import load_recipe, run_recipe
 from ladle.verify import verify
 
 from child_env import child_env
@@ -156,9 +157,12 @@ def test_python_api_refuses_before_reading_inputs(tmp_path, zs_ft):
     with pytest.raises(LadleValueError, match="lies inside the input directory"):
         ladle.methods.merge_models("ties", [ft], ft / "out", base_model=zs,
                                    parameters={"density": 1.0}, progress=False)
+    broken = _model(tmp_path / "broken", 0.0)
+    (broken / "model.safetensors").write_bytes(b"\xff" * 16)  # its header is never parsed
     recipe = tmp_path / "r.yml"
-    recipe.write_text(f"merge_method: linear\nmodels: [{{model: {zs}}}, {{model: {ft}}}]\n")
-    assert main(["merge", "--config", str(recipe), "-o", str(zs), "--overwrite"]) == 2
+    recipe.write_text(f"merge_method: linear\nmodels: [{{model: {broken}}}, {{model: {ft}}}]\n")
+    with pytest.raises(LadleValueError, match=f"{re.escape(str(broken))}: the output is the"):
+        run_recipe(load_recipe(recipe), broken, overwrite=True)
     assert tree(ft) == before and (zs / "config.json").exists()
 
 

@@ -279,7 +279,10 @@ def extra_files(recipe: Recipe) -> list[Path]:
 def run_recipe(recipe: Recipe, out: str | os.PathLike, **options):
     """Run a parsed recipe; options are those of :func:`ladle.methods.merge_models`."""
     from .methods import merge_models
+    from .output import checked_output
 
+    checked_output(out, [recipe.base_model, *recipe.models, recipe.tokenizer_source],
+                   overwrite=options.get("overwrite", False))  # before reading any header
     models = list(recipe.models)
     params = list(recipe.model_parameters)
     options.setdefault("dtype", recipe.dtype)
