@@ -33,6 +33,8 @@ from ladle.errors import (
     NonFiniteError,
 )
 
+from st_io import write_old_ladle_output
+
 PARTIAL = ".ladle-partial"
 INDEX = "model.safetensors.index.json"
 
@@ -521,11 +523,12 @@ def _pair(tmp_path: Path, step_b: int = 1) -> tuple[Path, Path]:
 
 
 def make_old_destination(dest: Path, file_name: str) -> None:
-    """An existing destination: a file holding b"old", or a directory with one file."""
+    """An existing destination: a file holding b"old", or a directory ladle wrote
+    (--overwrite replaces only those, issue 14) with one more file."""
     if dest.suffix:
         dest.write_bytes(b"old")
     else:
-        dest.mkdir()
+        write_old_ladle_output(dest, b"old")
         (dest / file_name).write_text("old")
 
 
@@ -534,8 +537,9 @@ def assert_old_destination(dest: Path) -> None:
     if dest.suffix:
         assert dest.read_bytes() == b"old"
     else:
-        assert [p.name for p in dest.iterdir()] == ["keep.txt"]
+        assert sorted(p.name for p in dest.iterdir()) == ["keep.txt", "model.safetensors"]
         assert (dest / "keep.txt").read_text() == "old"
+        assert load_file(str(dest / "model.safetensors"))["old"].tobytes() == b"old"
 
 
 @pytest.mark.parametrize("dest_name", ["out", "out.safetensors"])
@@ -602,6 +606,9 @@ def test_stale_partial_directory_is_replaced(tmp_path: Path):
     stale = tmp_path / ("out" + PARTIAL)
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"junk from a crashed run")
+    # Only a partial directory that is recognisably ladle's is removed (issue 14):
+    # this one holds ladle's manifest, cut short by the crash.
+    (stale / ".ladle-manifest.json").write_bytes(b'{"version": 1, "pla')
     merge_quiet([a, b], [0.5, 0.5], dest)
     assert not stale.exists()
     np.testing.assert_array_equal(load_file(str(dest / "model.safetensors"))["w"],

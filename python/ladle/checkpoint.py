@@ -15,9 +15,12 @@ from . import _core
 from .errors import FormatError, LadleIOError
 
 INDEX_NAME = "model.safetensors.index.json"
-# Files in a model directory that hold weights; everything else (config.json,
-# tokenizer files, ...) is copied to merged outputs.
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+# Files in a model directory that hold weights, in any format; they are never
+# copied to merged outputs (output.copy_extra_files skips them with a warning).
+# Everything else that is a regular file (config.json, tokenizer files, ...) is.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".hdf5",
+                   ".msgpack", ".onnx", ".onnx_data", ".gguf", ".ggml", ".npz", ".npy",
+                   ".pkl", ".pickle", ".tflite", ".pb", ".pdparams", ".ot", ".nemo")
 
 
 @dataclass(frozen=True)
@@ -64,8 +67,10 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read the headers of a checkpoint.
 
     Args:
-        path: a ``.safetensors`` file, or a directory with
-            ``model.safetensors.index.json`` or exactly one ``.safetensors`` file.
+        path: a ``.safetensors`` file, a directory with
+            ``model.safetensors.index.json`` or exactly one ``.safetensors`` file,
+            or the index.json file itself (picks the sharded layout of a
+            directory that also holds ``model.safetensors``).
 
     Returns:
         A :class:`Checkpoint` describing every tensor without reading data.
@@ -80,23 +85,39 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     if not path.exists():
         raise LadleIOError(2, f"{path}: no such file or directory")
+    if path.is_file() and path.name == INDEX_NAME:  # the sharded layout, picked by name
+        shards, weight_map = _read_index(path.parent, path)
+        return _from_files(path, shards, weight_map, _extras(path.parent, shards),
+                           directory=path.parent)
     if path.is_file():
         return _from_files(path, [path], None, [])
     if not path.is_dir():
         raise FormatError(f"{path}: neither a file nor a directory")
-    extras = sorted(p for p in path.iterdir()
-                    if p.is_file() and not p.name.startswith(".")
-                    and not p.name.endswith(WEIGHT_SUFFIXES) and p.name != INDEX_NAME)
     index = path / INDEX_NAME
+    single = path / "model.safetensors"
+    if index.exists() and single.exists():
+        raise FormatError(f"{path}: ambiguous: holds both {single} and {index}; pass the one "
+                          f"to use instead of the directory ({single} for the single file, "
+                          f"{index} for the sharded layout)")
     if index.exists():
         shards, weight_map = _read_index(path, index)
-        return _from_files(path, shards, weight_map, extras)
+        return _from_files(path, shards, weight_map, _extras(path, shards))
     candidates = sorted(p for p in path.iterdir() if p.suffix == ".safetensors")
     if len(candidates) != 1:
         raise FormatError(
             f"{path}: expected {INDEX_NAME} or exactly one .safetensors file, "
             f"found {len(candidates)} .safetensors files")
-    return _from_files(path, candidates, None, extras)
+    return _from_files(path, candidates, None, _extras(path, candidates))
+
+
+def _extras(directory: Path, weights: list[Path]) -> list[Path]:
+    """The directory's other entries (not hidden, not subdirectories, not the
+    checkpoint's own files): candidates for copying, which output.copy_extra_files
+    narrows to regular non-weight files with a warning for each one skipped."""
+    own = {*weights, directory / INDEX_NAME}
+    return sorted(p for p in directory.iterdir()
+                  if not p.name.startswith(".") and p not in own
+                  and (p.is_symlink() or not p.is_dir()))
 
 
 def _read_index(directory: Path, index: Path) -> tuple[list[Path], dict[str, str]]:
@@ -127,7 +148,8 @@ def _read_index(directory: Path, index: Path) -> tuple[list[Path], dict[str, str
 
 
 def _from_files(path: Path, files: list[Path], weight_map: dict[str, str] | None,
-                extras: list[Path]) -> Checkpoint:
+                extras: list[Path], directory: Path | None = None) -> Checkpoint:
+    directory = path if directory is None else directory
     tensors: dict[str, TensorInfo] = {}
     metadata: dict[str, str] = {}
     sizes: dict[Path, int] = {}
@@ -141,7 +163,7 @@ def _from_files(path: Path, files: list[Path], weight_map: dict[str, str] | None
             if name in tensors:
                 raise FormatError(f"{file}: tensor '{name}' also appears in "
                                   f"{tensors[name].file}")
-            if weight_map is not None and weight_map.get(name) != _index_name(path, file):
+            if weight_map is not None and weight_map.get(name) != _index_name(directory, file):
                 where = weight_map.get(name)
                 raise FormatError(
                     f"{file}: tensor '{name}' is not listed for this shard in "
@@ -151,7 +173,7 @@ def _from_files(path: Path, files: list[Path], weight_map: dict[str, str] | None
     if weight_map is not None:
         missing = sorted(set(weight_map) - set(tensors))
         if missing:
-            raise FormatError(f"{path / INDEX_NAME}: {len(missing)} tensor(s) listed in the "
+            raise FormatError(f"{directory / INDEX_NAME}: {len(missing)} tensor(s) listed in the "
                               f"index are absent from their shards: {_preview(missing)}")
     return Checkpoint(path, tensors, metadata, sizes, extras)
 

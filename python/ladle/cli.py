@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from ._units import format_size, parse_size
 from .cli_soups import add_greedy_options, add_subcommands
-from .errors import LadleError
+from .errors import LadleError, LadleWarning
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -90,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return _dispatch(args)
+        with warnings.catch_warnings():
+            _show_notices(quiet=getattr(args, "quiet", False))
+            return _dispatch(args)
     except (LadleError, OSError, ValueError) as e:
         if os.environ.get("LADLE_DEBUG"):
             raise
@@ -106,6 +109,23 @@ def main(argv: list[str] | None = None) -> int:
                 message += f"; finished shards kept in {partial} (rerun with --resume)"
         print(message, file=sys.stderr)
         return 130
+
+
+def _show_notices(quiet: bool) -> None:
+    """ladle's warnings (files skipped, ...) as ``ladle: warning: ...`` lines on
+    stderr, each one shown; none with --quiet. Call inside catch_warnings()."""
+    if quiet:
+        warnings.simplefilter("ignore", LadleWarning)
+        return
+    warnings.simplefilter("always", LadleWarning)
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, LadleWarning):
+            return shown(message, category, filename, lineno, file, line)
+        print(f"ladle: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ from typing import Any
 
 from .errors import BackendError, LadleError, LadleValueError
 from .output import MANIFEST_NAME, OutputDir, file_crc32c
+from .output import is_manifest_name as _is_manifest
 
 RANK_MANIFEST = ".ladle-manifest.rank{:05d}.json"
 _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -242,11 +243,6 @@ def shard_costs(plan: Any) -> list[int]:
     for t in plan.tensors:
         costs[t.shard] += sum(info.n_bytes for info, w in t.inputs if w != 0.0 or t.op == "copy")
     return costs
-
-
-def _is_manifest(name: str) -> bool:
-    return name == MANIFEST_NAME or (name.startswith(".ladle-manifest.rank")
-                                     and name.endswith(".json"))
 
 
 def _read_manifests(partial: Path, plan_hash: str) -> dict[str, dict] | None:

@@ -38,3 +38,8 @@ class CancelledError(LadleError, KeyboardInterrupt):
 
 class BackendError(LadleError, RuntimeError):
     """A compute backend (CUDA) failed or is unavailable."""
+
+
+class LadleWarning(UserWarning):
+    """Something was skipped or changed on the way, e.g. a weight file of another
+    format in an input directory that is not copied into the merged output."""

@@ -21,6 +21,7 @@ from typing import Any
 from .errors import LadleValueError
 from .keymap import KeyMap
 from .live import Loader
+from .output import checked_output
 from .results import ResultsLog, as_log
 from .sources import from_tensors, module_tensors, open_input, target_set
 from .writer import WriteTensor, write_tensors
@@ -253,6 +254,8 @@ def learned_soup(module: Any, ingredients: Sequence[Any], batches: Sequence[Any]
         >>> r = ladle.learned_soup(model, paths, heldout_batches, by_layer=True)  # doctest: +SKIP
         >>> r.alphas                                                              # doctest: +SKIP
     """
+    if out is not None:
+        checked_output(out, ingredients, overwrite=overwrite)  # before reading ingredients
     soup = LearnedSoup(module, ingredients, by_layer=by_layer, beta=beta, key_map=key_map,
                        strict=strict, threads=threads, memory_budget=memory_budget,
                        distributed=distributed, batch_weight=batch_weight)

@@ -18,7 +18,7 @@ from ._units import parse_size
 from .checkpoint import Checkpoint, add_file_sources, open_checkpoint
 from .cuda import parse_device
 from .errors import LadleValueError
-from .output import OutputDir, write_atomically
+from .output import OutputDir, checked_output, write_atomically
 from .plan import MergePlan, build_plan, check_weights, describe
 
 PathLike = str | os.PathLike
@@ -98,6 +98,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
     Example:
         >>> ladle.merge(["a/", "b/"], [0.3, 0.7], "out/")   # doctest: +SKIP
     """
+    output = checked_output(out, checkpoints, overwrite=overwrite)  # before reading inputs
     if any(_needs_live_path(c) for c in checkpoints):  # modules, dicts, .pt/.bin files
         from .writer import merge_live
 
@@ -113,7 +114,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
     _check_device(device, kernel, dry_run)
     ckpts = _open_all(checkpoints)
     weights = check_weights(list(weights), len(ckpts))
-    output = OutputDir(out, overwrite=overwrite)
+    output.inputs = [*output.inputs, *(f for c in ckpts for f in c.files)]  # shards behind links
     metadata = {
         "ladle_method": method,
         "ladle_inputs": json.dumps([str(c.path) for c in ckpts]),

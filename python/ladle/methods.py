@@ -44,7 +44,7 @@ from ._units import parse_size
 from .checkpoint import Checkpoint, TensorInfo, _preview, add_file_sources
 from .errors import LadleValueError, MismatchError
 from .merge import CheckpointLike, MergeReport, PathLike, _open_all, _progress_bar
-from .output import OutputDir, write_atomically
+from .output import OutputDir, checked_output, write_atomically
 from .plan import _ITEM_BYTES, Shard, _assign_shards, normalize_dtype
 
 
@@ -543,6 +543,9 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
     """
     if rescale_mode not in ("l1", "density"):
         raise LadleValueError(f"rescale_mode must be 'l1' or 'density', got {rescale_mode!r}")
+    donors = [f.parent for f in extra_files or []]  # e.g. a recipe's tokenizer_source
+    output = checked_output(out, [base_model, *models, *(extra_files or []), *donors],
+                            overwrite=overwrite)  # before reading inputs
     base = _open_all([base_model])[0] if base_model is not None else None
     model_list = list(models)
     if method == "linear":  # no base: every listed model is an input with a weight
@@ -559,7 +562,6 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
     if rescale_mode == "density" and METHODS.get(method, METHODS["linear"]).sparsify not in (
             "random", "none"):
         raise LadleValueError(f"{method}: rescale_mode='density' applies to DARE only")
-    output = OutputDir(out, overwrite=overwrite)
     inputs = ([str(base.path)] if base is not None else []) + [str(c.path) for c in ckpts]
     metadata = {
         "ladle_method": method,

@@ -31,6 +31,7 @@ from .accumulator import Accumulators
 from .errors import LadleValueError
 from .keymap import KeyMap
 from .live import Loader
+from .output import checked_output
 from .results import ResultsLog, as_log
 from .sources import TensorSet, open_input, target_set
 from .writer import WriteTensor, write_tensors
@@ -158,6 +159,8 @@ def uniform_soup(module: Any, ingredients: Sequence[Any], evaluate: Evaluate | N
     Example:
         >>> ladle.uniform_soup(model, ["a/", "b/"], evaluate).score   # doctest: +SKIP
     """
+    if out is not None:
+        checked_output(out, ingredients, overwrite=overwrite)  # before reading ingredients
     sets = [open_input(x) for x in ingredients]
     n = len(sets)
     loader = Loader(target_set(module), sets, key_map=key_map, strict=strict, threads=threads,
@@ -236,6 +239,8 @@ def greedy_soup(module: Any, ingredients: Sequence[Any], evaluate: Evaluate, *,
         >>> r = ladle.greedy_soup(model, paths, evaluate, out="soup/")  # doctest: +SKIP
         >>> r.selected, r.score                                          # doctest: +SKIP
     """
+    if out is not None:
+        checked_output(out, ingredients, overwrite=overwrite)  # before reading ingredients
     sets = [open_input(x) for x in ingredients]
     n = len(sets)
     if n == 0:

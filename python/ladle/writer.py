@@ -17,7 +17,8 @@ from typing import Any
 from . import _core
 from ._units import parse_size
 from .errors import LadleValueError
-from .output import OutputDir, write_atomically
+from .output import OutputDir, checked_output, write_atomically
+from .path_safety import input_paths
 from .plan import OutputTensor, _assign_shards, build_plan, check_weights, describe
 from .sources import TensorRef, TensorSet, open_input
 
@@ -47,7 +48,7 @@ def write_tensors(out: PathLike, tensors: Sequence[OutputTensor], sets: Sequence
     Returns:
         dict(out, n_tensors, n_shards, bytes_read, bytes_written, seconds).
     """
-    output = OutputDir(out, overwrite=overwrite)
+    output = OutputDir(out, overwrite=overwrite, inputs=input_paths(sets))
     tensors = list(tensors)
     shards = _assign_shards(tensors, parse_size(max_shard_size), output.single_file)
     meta = {"format": "pt", **(metadata or {})}
@@ -116,6 +117,7 @@ def save(obj: Any, out: PathLike, *, max_shard_size: int | str = "5GB",
     """
     from .live import alias_groups
 
+    checked_output(out, [obj], overwrite=overwrite)  # before reading the input
     tensors = open_input(obj)
     outputs = [copy_tensor(name, ref) for name, _, ref in alias_groups(tensors)]
     meta = {"ladle_method": "save", **(metadata or {})}
