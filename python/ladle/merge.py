@@ -56,7 +56,7 @@ def _open_all(checkpoints: Sequence[CheckpointLike]) -> list[Checkpoint]:
 
 def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: PathLike, *,
           dtype: str | None = None, max_shard_size: int | str = "5GB",
-          include: list[str] | None = None, exclude: list[str] | None = None,
+          include: str | list[str] | None = None, exclude: str | list[str] | None = None,
           threads: int = 0, memory_budget: int | str = "256MiB", check_finite: bool = False,
           overwrite: bool = False, progress: bool = True, dry_run: bool = False,
           method: str = "linear", kernel: str = "auto", resume: bool = False,
@@ -74,7 +74,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
         out: ``*.safetensors`` for one file, otherwise a directory (HF layout).
         dtype: output dtype for float tensors (default: the inputs' dtype).
         max_shard_size: shard size for directory outputs, e.g. ``"5GB"``.
-        include, exclude: fnmatch patterns on tensor names.
+        include, exclude: fnmatch patterns on tensor names; a str is one pattern.
         threads: worker threads (0: all cores).
         memory_budget: bound on buffers and resident input pages, e.g. ``"256MiB"``.
         check_finite: raise NonFiniteError on NaN/Inf instead of passing it through.

@@ -313,14 +313,16 @@ def check_parameter_names(method: str, parameters: dict[str, Any],
 def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpoint], *,
                       parameters: dict[str, Any] | None = None,
                       model_parameters: list[dict[str, Any]] | None = None,
-                      dtype: str | None = None, include: list[str] | None = None,
-                      exclude: list[str] | None = None, max_shard_bytes: int = 5 * 10**9,
+                      dtype: str | None = None, include: str | list[str] | None = None,
+                      exclude: str | list[str] | None = None, max_shard_bytes: int = 5 * 10**9,
                       single_file: bool = False, rescale_mode: str = "l1",
                       metadata: dict[str, str] | None = None) -> MethodPlan:
     """Plan ``method`` over ``base`` and ``models`` tensor by tensor (see module doc)."""
-    from .plan import _selected
+    from .patterns import as_patterns
+    from .patterns import selected as name_selected
 
     check_method_name(method)
+    include, exclude = as_patterns(include, "include"), as_patterns(exclude, "exclude")
     spec = METHODS[method]
     parameters = dict(parameters or {})
     model_parameters = [dict(p or {}) for p in (model_parameters or [{} for _ in models])]
@@ -342,7 +344,7 @@ def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpo
     others = models if base is not None else models[1:]
 
     def selected(n):
-        return _selected(n, include, exclude)
+        return name_selected(n, include, exclude)
 
     _check_extra(reference, others, selected)
     names = [n for n in reference.tensors if selected(n)]
@@ -505,8 +507,8 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
                  parameters: dict[str, Any] | None = None,
                  model_parameters: Sequence[dict[str, Any]] | None = None,
                  seed: int = 0, dtype: str | None = None, rescale_mode: str = "l1",
-                 max_shard_size: int | str = "5GB", include: list[str] | None = None,
-                 exclude: list[str] | None = None, threads: int = 0,
+                 max_shard_size: int | str = "5GB", include: str | list[str] | None = None,
+                 exclude: str | list[str] | None = None, threads: int = 0,
                  memory_budget: int | str = "256MiB", chunk_elems: int = 0,
                  check_finite: bool = False, overwrite: bool = False, progress: bool = True,
                  dry_run: bool = False, kernel: str = "auto",

@@ -5,13 +5,13 @@ plan is plain data; :func:`describe` prints it for ``--dry-run``.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from dataclasses import dataclass, field
 
 from . import _core
 from .checkpoint import Checkpoint, TensorInfo, _preview
 from .errors import LadleValueError, MismatchError
+from .patterns import as_patterns, selected
 
 _DTYPE_ALIASES = {
     "f32": "F32", "float32": "F32", "fp32": "F32", "float": "F32",
@@ -85,11 +85,12 @@ def match_tensors(checkpoints: list[Checkpoint], include: list[str] | None,
 
     Raises MismatchError listing missing/extra names, shapes or dtypes that differ.
     """
+    include, exclude = as_patterns(include, "include"), as_patterns(exclude, "exclude")
     first = checkpoints[0]
-    names = [n for n in first.tensors if _selected(n, include, exclude)]
+    names = [n for n in first.tensors if selected(n, include, exclude)]
     wanted = set(names)
     for ckpt in checkpoints[1:]:
-        theirs = {n for n in ckpt.tensors if _selected(n, include, exclude)}
+        theirs = {n for n in ckpt.tensors if selected(n, include, exclude)}
         missing, extra = sorted(wanted - theirs), sorted(theirs - wanted)
         if missing or extra:
             parts = []
@@ -114,12 +115,6 @@ def match_tensors(checkpoints: list[Checkpoint], include: list[str] | None,
     return names
 
 
-def _selected(name: str, include: list[str] | None, exclude: list[str] | None) -> bool:
-    if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
-        return False
-    return not (exclude and any(fnmatch.fnmatchcase(name, p) for p in exclude))
-
-
 # Smallest magnitude that rounds to Inf in fp32 (FLT_MAX + half an ulp).
 FP32_OVERFLOW = 3.4028235677973366e38
 
@@ -136,7 +131,7 @@ def check_weights(weights: list[float], n_inputs: int) -> list[float]:
 
 
 def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: str | None = None,
-               include: list[str] | None = None, exclude: list[str] | None = None,
+               include: str | list[str] | None = None, exclude: str | list[str] | None = None,
                max_shard_bytes: int = 5 * 10**9, single_file: bool = False,
                metadata: dict[str, str] | None = None) -> MergePlan:
     """Plan a merge ``out = Σ_k weights[k] · checkpoints[k]`` tensor by tensor.

@@ -127,7 +127,7 @@ def save(obj: Any, out: PathLike, *, max_shard_size: int | str = "5GB",
 
 def merge_live(checkpoints: Sequence[Any], weights: Sequence[float], out: PathLike, *,
                dtype: str | None = None, max_shard_size: int | str = "5GB",
-               include: list[str] | None = None, exclude: list[str] | None = None,
+               include: str | list[str] | None = None, exclude: str | list[str] | None = None,
                threads: int = 0, memory_budget: int | str = "256MiB",
                check_finite: bool = False, overwrite: bool = False, progress: bool = True,
                dry_run: bool = False, method: str = "linear", kernel: str = "auto") -> Any:
