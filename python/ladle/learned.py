@@ -185,6 +185,8 @@ class LearnedSoup:
         """
         import torch
 
+        if out is not None:  # before any step: a bad destination fails first
+            checked_output(out, self.sets, overwrite=overwrite)
         log = as_log(log if self.group is None or self.group.rank == 0 else None)
         opt = torch.optim.AdamW([self.logits, self.beta], lr=lr, weight_decay=weight_decay)
         losses = []

@@ -33,6 +33,7 @@ from .keymap import KeyMap
 from .live import Loader
 from .output import checked_output
 from .results import ResultsLog, as_log
+from .scores import as_score
 from .sources import TensorSet, open_input, target_set
 from .writer import WriteTensor, write_tensors
 
@@ -167,7 +168,8 @@ def uniform_soup(module: Any, ingredients: Sequence[Any], evaluate: Evaluate | N
                     memory_budget=memory_budget)
     t0 = time.perf_counter()
     loader.run([1.0] * n, post_scale=fp32_reciprocal(n), nonfloat="first")
-    score = float(evaluate(module)) if evaluate is not None else None
+    score = (as_score(evaluate(module), f"evaluate(module) for the uniform soup of {n} "
+                      f"ingredients") if evaluate is not None else None)
     result = SoupResult("uniform-soup", _labels(sets), [1] * n, score)
     as_log(log).append("uniform-soup", ingredients=result.ingredients, weights=result.weights,
                        score=score, seconds=time.perf_counter() - t0)
@@ -245,6 +247,11 @@ def greedy_soup(module: Any, ingredients: Sequence[Any], evaluate: Evaluate, *,
     n = len(sets)
     if n == 0:
         raise LadleValueError("greedy_soup needs at least one ingredient")
+    if scores is not None:
+        if len(scores) != n:
+            raise LadleValueError(f"got {len(scores)} score(s) for {n} ingredient(s)")
+        scores = [as_score(v, f"scores[{k}] (ingredient {k} {sets[k].label!r})")
+                  for k, v in enumerate(scores)]
     from .distributed import soup_group
 
     group = soup_group(distributed)
@@ -283,7 +290,8 @@ def _greedy(module: Any, sets: list[TensorSet], labels: list[str], singles: list
         for k in range(n):
             t0 = time.perf_counter()
             singles[k].run([1.0], nonfloat="first")
-            individual[k] = float(evaluate(module))
+            individual[k] = as_score(evaluate(module), f"evaluate(module) for ingredient {k} "
+                                     f"{labels[k]!r} alone")
             log.append("greedy-soup/individual", ingredients=[labels[k]], weights=[1.0],
                        score=individual[k], seconds=time.perf_counter() - t0)
     sequence = candidate_order(n, order=order, scores=individual, seed=seed,
@@ -316,7 +324,10 @@ def _greedy(module: Any, sets: list[TensorSet], labels: list[str], singles: list
         if n_acc == 0 and individual[k] is not None and not with_replacement:
             score = float(individual[k])  # the soup {θ_k} is θ_k: already scored
         else:
-            score = float(evaluate(module))
+            members = [labels[i] for i in range(n) if counts[i] or i == k]
+            score = as_score(evaluate(module), f"evaluate(module) at greedy step {step} for "
+                             f"candidate ingredient {k} {labels[k]!r} (tentative soup of "
+                             f"{members})")
         ok = n_acc == 0 or accepts(score, best, strict)
         weights = [c / (n_acc + 1) for c in counts]
         weights[k] += 1 / (n_acc + 1)
