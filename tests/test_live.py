@@ -61,8 +61,8 @@ def test_nonfloat_buffers_copied_and_checked():
     assert target.norm.num_batches_tracked.item() == 7
     b.norm.num_batches_tracked.fill_(8)
     with pytest.raises(MismatchError, match="num_batches_tracked"):
-        ladle.load_into(target, [a, b], [0.5, 0.5])
-    ladle.load_into(target, [a, b], [0.5, 0.5], nonfloat="first")
+        ladle.load_into(target, [a, b], [0.5, 0.5], int_policy="error")
+    ladle.load_into(target, [a, b], [0.5, 0.5], int_policy="first")
     assert target.norm.num_batches_tracked.item() == 7
 
 

@@ -243,7 +243,7 @@ def shard_costs(plan: Any) -> list[int]:
     """Bytes each output shard reads and writes."""
     costs = [s.n_bytes for s in plan.shards]
     for t in plan.tensors:
-        costs[t.shard] += sum(info.n_bytes for info, w in t.inputs if w != 0.0 or t.op == "copy")
+        costs[t.shard] += sum(info.n_bytes for info, w in t.inputs if w != 0.0 or t.op != "sum")
     return costs
 
 

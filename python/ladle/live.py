@@ -18,7 +18,7 @@ from . import _core
 from ._units import parse_size
 from .errors import LadleValueError, MismatchError
 from .keymap import KeyMap, key_diff, make_key_fn
-from .plan import check_weights
+from .plan import check_int_policy, check_weights, nonfloat_inputs
 from .sources import TensorRef, TensorSet, open_input, target_set
 
 Weights = Sequence[float] | Callable[[str], Sequence[float]]
@@ -123,25 +123,25 @@ class Loader:
         """Groups the engine combines arithmetically (present in every input)."""
         return [g for g in self.groups if g.ref.is_float and None not in g.inputs]
 
-    def run(self, weights: Weights, *, post_scale: float = 1.0, nonfloat: str = "identical",
-            floats: bool = True, check_finite: bool = False) -> dict:
+    def run(self, weights: Weights, *, post_scale: float = 1.0, int_policy: str = "first",
+            floats: bool = True, nonfloats: bool = True, check_finite: bool = False) -> dict:
         """Write ``round(post_scale · Σ_k w_k x_k)`` into every target.
 
         Args:
             weights: one weight per input, or a function of a float target's name
                 giving them (non-float targets then treat every input as weighted).
             post_scale: multiplier applied to the fp32 sum before rounding (fp32).
-            nonfloat: non-float targets: ``"identical"`` (copy, inputs with non-zero
-                weight must agree), ``"first"`` (copy from the first input with a
-                non-zero weight) or ``"skip"``.
+            int_policy: non-float targets, over the inputs with a non-zero weight:
+                ``"first"``, ``"max"`` or ``"error"`` (see
+                :func:`ladle.plan.nonfloat_inputs`).
             floats: write float targets (False: only non-float ones).
+            nonfloats: write non-float targets (False: only float ones).
             check_finite: raise on NaN/Inf.
 
         Returns:
             The engine's statistics (bytes read/written, seconds, ...).
         """
-        if nonfloat not in ("identical", "first", "skip"):
-            raise LadleValueError(f"nonfloat must be identical, first or skip, not {nonfloat!r}")
+        check_int_policy(int_policy)
         self.plan.clear_jobs()
         fixed = None if callable(weights) else check_weights(list(weights), len(self.inputs))
         written: list[TargetGroup] = []
@@ -155,14 +155,12 @@ class Loader:
                                                                    len(self.inputs))
                 self._add_job(g, "sum", [(r, w) for r, w in zip(g.inputs, ws)], post_scale,
                               written)
-            elif nonfloat != "skip":
+            elif nonfloats:
                 ws = fixed if fixed is not None else [1.0] * len(self.inputs)
-                chosen = [r for r, w in zip(g.inputs, ws) if w != 0.0] or list(g.inputs)
-                if nonfloat == "first":
-                    chosen = chosen[:1]
-                if len(chosen) == 1 and self._same_memory(chosen[0], g.ref):
+                op, chosen = nonfloat_inputs(g.inputs, ws, int_policy)
+                if op == "copy" and len(chosen) == 1 and self._same_memory(chosen[0], g.ref):
                     continue  # copying a tensor onto itself
-                self._add_job(g, "copy", [(r, 1.0) for r in chosen], 1.0, written)
+                self._add_job(g, op, [(r, 1.0) for r in chosen], 1.0, written)
         if self.plan.n_jobs == 0:
             return {"bytes_read": 0, "bytes_written": 0, "seconds": 0.0}
         try:
@@ -241,14 +239,14 @@ def _check_compatible(label: str, name: str, target: TensorRef, ref: TensorRef) 
 
 
 def load_into(module: Any, checkpoints: Sequence[Any], weights: Sequence[float] | None = None,
-              *, key_map: KeyMap = None, strict: bool = True, nonfloat: str = "identical",
+              *, key_map: KeyMap = None, strict: bool = True, int_policy: str = "first",
               threads: int = 0, memory_budget: int | str = "256MiB",
               check_finite: bool = False) -> dict:
     """Stream ``Σ_k weights[k] · θ_k`` into ``module``'s parameters and buffers in place.
 
     Float tensors follow ladle's arithmetic contract (fp32 accumulation in input
-    order, one rounding to the parameter's dtype); non-float buffers are copied
-    (see ``nonfloat``). Weights are checked as :func:`ladle.merge` checks them (finite
+    order, one rounding to the parameter's dtype); non-float buffers follow
+    ``int_policy``. Weights are checked as :func:`ladle.merge` checks them (finite
     in fp32). Tied parameters are written once; when a checkpoint holds different
     values under tied names, the last name in the model's order wins, as with
     ``module.load_state_dict``. No state dict is built: the engine writes into each
@@ -262,7 +260,9 @@ def load_into(module: Any, checkpoints: Sequence[Any], weights: Sequence[float] 
         weights: one weight per input (default: 1 for a single input).
         key_map: input-key -> model-key mapping (default: automatic prefixes).
         strict: require the key sets to match (the error lists the diff).
-        nonfloat: ``"identical"``, ``"first"`` or ``"skip"`` (see :meth:`Loader.run`).
+        int_policy: integer/bool buffers (e.g. ``num_batches_tracked``), over the inputs
+            with a non-zero weight: ``"first"`` (default) copies the first,
+            ``"max"`` takes the elementwise max, ``"error"`` requires them identical.
         threads, memory_budget, check_finite: engine options.
 
     Returns:
@@ -278,4 +278,4 @@ def load_into(module: Any, checkpoints: Sequence[Any], weights: Sequence[float] 
         weights = [1.0]
     loader = Loader(target_set(module), [open_input(c) for c in checkpoints], key_map=key_map,
                     strict=strict, threads=threads, memory_budget=memory_budget)
-    return loader.run(weights, nonfloat=nonfloat, check_finite=check_finite)
+    return loader.run(weights, int_policy=int_policy, check_finite=check_finite)

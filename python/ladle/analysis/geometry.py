@@ -232,7 +232,7 @@ def pairwise_interpolation_advantage(module: Any, thetas: Sequence[Any],
                     strict=strict, threads=threads)
 
     def score(weights: list[float]) -> float:
-        loader.run(weights, nonfloat="first")
+        loader.run(weights)
         return float(evaluate(module))
 
     accs = np.array([score([float(i == j) for j in range(k)]) for i in range(k)])
