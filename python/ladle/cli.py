@@ -26,8 +26,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include", action="append", help="only tensors matching this glob")
     p.add_argument("--exclude", action="append", help="skip tensors matching this glob")
     p.add_argument("--check-finite", action="store_true", help="fail on NaN/Inf values")
-    p.add_argument("--int-policy", default="first", choices=["first", "max", "error"],
-                   help="integer/bool tensors (e.g. num_batches_tracked) that differ across "
+    p.add_argument("--int-policy", default="first",  # checked by the API: one-line error
+                   help="first, max or error: integer/bool tensors (e.g. num_batches_tracked) that differ across "
                         "inputs with a non-zero weight: copy the first input's (default), "
                         "take the elementwise max, or refuse")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
