@@ -215,7 +215,7 @@ def test_check_finite_and_mismatch_errors(tmp_path, device):
     d = write_raw(tmp_path / "d.safetensors", {"ids": ("I32", [2], b"\1\0\0\0\3\0\0\0")})
     with pytest.raises(ladle.MismatchError, match="element 1"):
         ladle.merge([c, d], [0.5, 0.5], tmp_path / "o.safetensors", device=device,
-                    progress=False)
+                    int_policy="error", progress=False)
     assert not (tmp_path / "o.safetensors").exists()
 
 
