@@ -143,7 +143,11 @@ def test_learned_soup_checks_out_before_any_step(tmp_path):
 
     with pytest.raises(ladle.errors.LadleValueError, match="destination exists"):
         ladle.learned_soup(mlp(9), paths, [(x, y)], epochs=1, loss_fn=loss_fn, out=taken)
+    # The class API too: fit() checks out= before its first step.
+    soup = ladle.learned.LearnedSoup(mlp(9), paths)
+    with pytest.raises(ladle.errors.LadleValueError, match="destination exists"):
+        soup.fit([(x, y)], epochs=1, loss_fn=loss_fn, out=taken)
     with pytest.raises(OSError, match="parent directory does not exist"):
-        ladle.learned_soup(mlp(9), paths, [(x, y)], epochs=1, loss_fn=loss_fn,
-                           out=tmp_path / "missing" / "soup.safetensors")
+        soup.fit([(x, y)], epochs=1, loss_fn=loss_fn,
+                 out=tmp_path / "missing" / "soup.safetensors")
     assert steps == [] and taken.read_bytes() == b"keep me"

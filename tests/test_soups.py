@@ -223,30 +223,3 @@ def test_greedy_soup_numpy_and_torch_scalars_are_scores(tmp_path):
     r = ladle.greedy_soup(mlp(9), paths, lambda m: next(values))
     assert r.individual_scores == [0.5, 0.25, 1.0] and r.score == 3.0
     assert r.counts == [1, 1, 1]
-
-
-@pytest.mark.parametrize("case", ["exists", "no-parent", "kind"])
-def test_soup_out_is_checked_before_any_evaluation(tmp_path, case):
-    paths = ingredients(tmp_path, 2, mlp(0), noise=0.2)
-    out = {"exists": tmp_path / "taken.safetensors", "no-parent": tmp_path / "no" / "s.st",
-           "kind": tmp_path / "adir.safetensors"}[case]
-    if case == "exists":
-        out.write_bytes(b"keep me")
-    if case == "kind":
-        out.mkdir()
-    calls = []
-
-    def evaluate(m):
-        calls.append(1)
-        return 1.0
-
-    runs = [lambda: ladle.greedy_soup(mlp(9), paths, evaluate, out=out),
-            lambda: ladle.uniform_soup(mlp(9), paths, evaluate, out=out)]
-    if case != "exists":  # overwrite does not cure a missing parent or the wrong kind
-        runs.append(lambda: ladle.greedy_soup(mlp(9), paths, evaluate, out=out, overwrite=True))
-    for run in runs:
-        with pytest.raises((LadleValueError, OSError)):
-            run()
-    assert calls == []
-    if case == "exists":
-        assert out.read_bytes() == b"keep me"
