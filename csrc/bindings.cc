@@ -71,7 +71,8 @@ class PyPlan {
     job.name = name;
     if (op == "sum") job.op = JobOp::kWeightedSum;
     else if (op == "copy") job.op = JobOp::kCopyIdentical;
-    else raise(ErrorKind::kValue, format("unknown job op '%s' (sum, copy)", op.c_str()));
+    else if (op == "max") job.op = JobOp::kMax;
+    else raise(ErrorKind::kValue, format("unknown job op '%s' (sum, copy, max)", op.c_str()));
     job.n_elems = n_elems;
     job.sink = sink;
     job.out_offset = out_offset;

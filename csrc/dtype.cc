@@ -37,6 +37,7 @@ bool parse_dtype(const std::string& name, DType* out) {
 const char* dtype_name(DType dtype) { return kTable[static_cast<size_t>(dtype)].name; }
 int dtype_bits(DType dtype) { return kTable[static_cast<size_t>(dtype)].bits; }
 bool dtype_is_mergeable(DType dtype) { return kTable[static_cast<size_t>(dtype)].mergeable; }
+bool dtype_is_integer(DType dtype) { return dtype <= DType::kU64; }
 
 float f16_to_f32(uint16_t h) {
   uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;

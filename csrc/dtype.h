@@ -23,6 +23,8 @@ const char* dtype_name(DType dtype);
 int dtype_bits(DType dtype);
 // True for the dtypes the engine combines arithmetically (F16, BF16, F32, F64).
 bool dtype_is_mergeable(DType dtype);
+// True for the integer dtypes and BOOL (an elementwise max is defined on them).
+bool dtype_is_integer(DType dtype);
 
 inline float f32_from_bits(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline uint32_t bits_from_f32(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }

@@ -76,6 +76,8 @@ class Runner {
     chunks_.guard_inputs(job, [&] {
       if (job.op == JobOp::kCopyIdentical)
         std::memcpy(out, chunks_.check_identical(item), out_n_bytes);
+      else if (job.op == JobOp::kMax)
+        chunks_.elementwise_max(item, out);
       else
         weighted_sum(job, item, out, scratch->acc);
     });
@@ -155,6 +157,10 @@ void validate_plan(const Plan& plan) {
       LADLE_CHECK(dtype_is_mergeable(job.out_dtype), ErrorKind::kValue,
                   "tensor '%s': cannot write merged values as %s", job.name.c_str(),
                   dtype_name(job.out_dtype));
+    if (job.op == JobOp::kMax)
+      LADLE_CHECK(dtype_is_integer(job.out_dtype), ErrorKind::kValue,
+                  "tensor '%s': an elementwise max needs an integer or bool dtype, not %s",
+                  job.name.c_str(), dtype_name(job.out_dtype));
     LADLE_CHECK(dtype_bits(job.out_dtype) % 8 == 0, ErrorKind::kValue,
                 "tensor '%s': sub-byte dtype %s must be planned as bytes", job.name.c_str(),
                 dtype_name(job.out_dtype));

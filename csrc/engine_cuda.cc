@@ -211,8 +211,10 @@ class Runner {
   Runner(const Plan& plan, const Options& options, uint64_t chunk_elems)
       : chunks_(plan, chunk_elems), options_(options) {
     for (const Job& job : plan.jobs) {
-      if (job.op != JobOp::kWeightedSum) continue;
       uint64_t n = std::min(chunk_elems, job.n_elems);
+      if (job.op == JobOp::kMax)  // computed on the host into host_out
+        out_capacity_ = std::max(out_capacity_, n * item_n_bytes(job.out_dtype));
+      if (job.op != JobOp::kWeightedSum) continue;
       in_capacity_ = std::max(in_capacity_, staging_in_n_bytes(job, n));
       out_capacity_ = std::max(out_capacity_, n * item_n_bytes(job.out_dtype));
     }
@@ -283,6 +285,7 @@ class Runner {
     chunks_.guard_inputs(job, [&] {
       // Pass-through tensors never touch the GPU: compared on the CPU, written from the map.
       if (job.op == JobOp::kCopyIdentical) out = chunks_.check_identical(item);
+      else if (job.op == JobOp::kMax) chunks_.elementwise_max(item, worker->host_out);
       else stage_inputs(job, item, worker);
     });
     if (job.op == JobOp::kWeightedSum) weighted_sum(job, item, worker);
@@ -383,6 +386,7 @@ uint64_t choose_chunk_elems(const Plan& plan, const Options& options) {
   // Per element in flight per worker: its pinned input and output bytes.
   uint64_t per_elem = 1;
   for (const Job& job : plan.jobs) {
+    if (job.op == JobOp::kMax) per_elem = std::max(per_elem, item_n_bytes(job.out_dtype));
     if (job.op != JobOp::kWeightedSum) continue;
     uint64_t bytes = item_n_bytes(job.out_dtype);
     for (const JobInput& in : job.inputs) bytes += item_n_bytes(in.dtype);

@@ -42,6 +42,9 @@ enum class JobOp : uint8_t {
   kWeightedSum,
   // out = x1, after checking every other input holds identical bytes.
   kCopyIdentical,
+  // out = elementwise max of the inputs (integer and bool dtypes: ladle's
+  // --int-policy max for buffers such as BatchNorm's num_batches_tracked).
+  kMax,
 };
 
 struct Job {

@@ -360,7 +360,7 @@ def test_integer_tensors_that_differ(tmp_path: Path):
     for out in (tmp_path / "out", tmp_path / "out.safetensors"):
         with pytest.raises(MismatchError, match=re.escape(
                 f"tensor 'step' (I64) differs between {a} and {b} at element 37")):
-            merge_quiet([a, b], [0.5, 0.5], out)
+            merge_quiet([a, b], [0.5, 0.5], out, int_policy="error")
         assert_no_output(out)
 
 
@@ -373,7 +373,8 @@ def test_integer_difference_found_in_a_later_chunk(tmp_path: Path):
     b = _save(tmp_path / "b.safetensors", {"ids": other})
     out = tmp_path / "out"
     with pytest.raises(MismatchError, match=r"tensor 'ids' \(I32\) differs .* at element 150001"):
-        merge_quiet([a, b], [0.5, 0.5], out, threads=2, memory_budget="64KiB")
+        merge_quiet([a, b], [0.5, 0.5], out, threads=2, memory_budget="64KiB",
+                    int_policy="error")
     assert_no_output(out)
 
 
@@ -576,7 +577,7 @@ def test_failed_overwrite_keeps_old_destination(tmp_path: Path, dest_name: str):
     dest = tmp_path / dest_name
     make_old_destination(dest, "keep.txt")
     with pytest.raises(MismatchError, match=r"tensor 'step' \(I64\) differs .* at element 0"):
-        merge_quiet([a, b], [0.5, 0.5], dest, overwrite=True)
+        merge_quiet([a, b], [0.5, 0.5], dest, overwrite=True, int_policy="error")
     assert_old_destination(dest)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.safetensors",
                                                                  "b.safetensors", dest_name])

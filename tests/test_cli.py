@@ -195,7 +195,7 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path: Path, models: list[Pat
     out = tmp_path / "out"
     before = sorted(tmp_path.iterdir())
     rc, stdout, stderr = run_cli(capsys, "merge", models[0], models[1], "--alpha", "0.25",
-                                 "-o", out, "--dry-run")
+                                 "-o", out, "--dry-run", "--int-policy", "error")
     assert rc == 0, stderr
     assert sorted(tmp_path.iterdir()) == before
     lines = stdout.splitlines()
@@ -285,7 +285,8 @@ def test_engine_failure_one_line_error(tmp_path: Path, capsys):
     save_file({"w": np.ones(4, np.float32), "step": np.array([1, 2], np.int64)}, str(a))
     save_file({"w": np.ones(4, np.float32), "step": np.array([1, 3], np.int64)}, str(b))
     out = tmp_path / "out"
-    rc, _, err = run_cli(capsys, "merge", a, b, "--alpha", "0.5", "-o", out)
+    rc, _, err = run_cli(capsys, "merge", a, b, "--alpha", "0.5", "-o", out, "--int-policy",
+                         "error")
     assert_one_line_error(rc, err, r"tensor 'step' \(I64\) differs between .* at element 1")
     assert not out.exists() and not (tmp_path / "out.ladle-partial").exists()
 

@@ -26,6 +26,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include", action="append", help="only tensors matching this glob")
     p.add_argument("--exclude", action="append", help="skip tensors matching this glob")
     p.add_argument("--check-finite", action="store_true", help="fail on NaN/Inf values")
+    p.add_argument("--int-policy", default="first",  # checked by the API: one-line error
+                   help="first, max or error: integer/bool tensors (e.g. num_batches_tracked) that differ across "
+                        "inputs with a non-zero weight: copy the first input's (default), "
+                        "take the elementwise max, or refuse")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -155,6 +159,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                "threads": args.threads, "memory_budget": args.memory_budget,
                "include": args.include, "exclude": args.exclude,
                "check_finite": args.check_finite, "overwrite": args.overwrite,
+               "int_policy": args.int_policy,
                "dry_run": args.dry_run, "progress": not args.quiet,
                "device": args.device}
     if args.resume:

@@ -19,7 +19,7 @@ from .checkpoint import Checkpoint, add_file_sources, open_checkpoint
 from .cuda import parse_device
 from .errors import LadleValueError
 from .output import OutputDir, checked_output, write_atomically
-from .plan import MergePlan, build_plan, check_weights, describe
+from .plan import MergePlan, build_plan, check_int_policy, check_weights, describe
 
 PathLike = str | os.PathLike
 CheckpointLike = PathLike | Checkpoint
@@ -56,11 +56,12 @@ def _open_all(checkpoints: Sequence[CheckpointLike]) -> list[Checkpoint]:
 
 def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: PathLike, *,
           dtype: str | None = None, max_shard_size: int | str = "5GB",
-          include: list[str] | None = None, exclude: list[str] | None = None,
+          include: str | list[str] | None = None, exclude: str | list[str] | None = None,
           threads: int = 0, memory_budget: int | str = "256MiB", check_finite: bool = False,
           overwrite: bool = False, progress: bool = True, dry_run: bool = False,
           method: str = "linear", kernel: str = "auto", resume: bool = False,
-          device: str = "cpu", distributed: bool | None = None) -> MergeReport:
+          device: str = "cpu", distributed: bool | None = None,
+          int_policy: str = "first") -> MergeReport:
     """Write ``out = Σ_k weights[k] · checkpoints[k]`` tensor by tensor.
 
     Weights are used as given (they may be negative or not sum to one, so task
@@ -74,7 +75,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
         out: ``*.safetensors`` for one file, otherwise a directory (HF layout).
         dtype: output dtype for float tensors (default: the inputs' dtype).
         max_shard_size: shard size for directory outputs, e.g. ``"5GB"``.
-        include, exclude: fnmatch patterns on tensor names.
+        include, exclude: fnmatch patterns on tensor names; a str is one pattern.
         threads: worker threads (0: all cores).
         memory_budget: bound on buffers and resident input pages, e.g. ``"256MiB"``.
         check_finite: raise NonFiniteError on NaN/Inf instead of passing it through.
@@ -91,6 +92,10 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
             with the same arguments and gets the same report. ``None`` (default):
             on when launched with ``WORLD_SIZE`` > 1. Inputs and output must be on
             a file system all ranks share.
+        int_policy: integer/bool tensors (e.g. BatchNorm's ``num_batches_tracked``)
+            over the inputs with a non-zero weight: ``"first"`` (default) copies the
+            first of them, ``"max"`` takes the elementwise max, ``"error"`` requires
+            them to be identical. Recorded as ``ladle_int_policy`` in the metadata.
 
     Returns:
         A :class:`MergeReport` with byte counts and timing.
@@ -110,7 +115,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
                           include=include, exclude=exclude, threads=threads,
                           memory_budget=memory_budget, check_finite=check_finite,
                           overwrite=overwrite, progress=progress, dry_run=dry_run,
-                          method=method, kernel=kernel)
+                          method=method, kernel=kernel, int_policy=int_policy)
     _check_device(device, kernel, dry_run)
     ckpts = _open_all(checkpoints)
     weights = check_weights(list(weights), len(ckpts))
@@ -119,11 +124,12 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
         "ladle_method": method,
         "ladle_inputs": json.dumps([str(c.path) for c in ckpts]),
         "ladle_weights": json.dumps(weights),
+        "ladle_int_policy": check_int_policy(int_policy),
         "ladle_version": _core.build_info()["version"],
     }
     plan = build_plan(ckpts, weights, dtype=dtype, include=include, exclude=exclude,
                       max_shard_bytes=parse_size(max_shard_size),
-                      single_file=output.single_file, metadata=metadata)
+                      single_file=output.single_file, metadata=metadata, int_policy=int_policy)
     if dry_run:
         output.check_destination()
         print(describe(plan))

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -178,6 +179,37 @@ void engine_runs(const std::string& work) {
     auto m = plan_merge(a, b, 1.0f, 0.0f, work + "/copy.safetensors", JobOp::kCopyIdentical);
     expect_error(ErrorKind::kMismatch, "pass-through of different bytes",
                  [&] { run_plan(m->plan, EngineOptions(), nullptr); });
+  }
+  {
+    auto m = plan_merge(a, b, 1.0f, 1.0f, work + "/maxf.safetensors", JobOp::kMax);
+    expect_error(ErrorKind::kValue, "elementwise max of float tensors",
+                 [&] { run_plan(m->plan, EngineOptions(), nullptr); });
+  }
+  {
+    // The same bytes read as I32: out[i] = max of the two inputs' bit patterns, across
+    // chunk boundaries and threads (int policy 'max').
+    auto m = plan_merge(a, b, 1.0f, 1.0f, work + "/max.safetensors", JobOp::kMax);
+    Job& job = m->plan.jobs[0];
+    job.out_dtype = DType::kI32;
+    for (JobInput& in : job.inputs) in.dtype = DType::kI32;
+    EngineOptions options;
+    options.threads = 2;
+    options.chunk_elems = 8192;
+    run_plan(m->plan, options, nullptr);
+    m->plan.sinks[0].writer->finish();
+    std::ifstream f(m->out_path, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    bool same = bytes.size() == m->header_n_bytes + 4 * n;
+    for (uint64_t i = 0; i < n && same; ++i) {
+      float fa = 0.5f * i, fb = 1.0f - i;
+      int32_t xa, xb, got;
+      std::memcpy(&xa, &fa, 4);
+      std::memcpy(&xb, &fb, 4);
+      std::memcpy(&got, bytes.data() + m->header_n_bytes + 4 * i, 4);
+      same = got == std::max(xa, xb);
+    }
+    expect(same, "elementwise max of I32 inputs equals the reference");
+    std::printf("  ok  elementwise max of %llu I32 elements\n", (unsigned long long)n);
   }
   {
     auto m = plan_merge(a, b, 0.5f, 0.5f, work + "/range.safetensors");
