@@ -9,6 +9,7 @@
 
 #include "chunk_runner.h"
 #include "common.h"
+#include "f64_sum.h"
 #include "safetensors.h"
 
 namespace ladle {
@@ -23,7 +24,6 @@ constexpr size_t kPrefetchDepth = 2;
 struct Scratch {
   std::vector<uint8_t> out;
   float acc[kTileElems];
-  double acc64[kTileElems];  // fp64 jobs (job_in_f64)
 };
 
 class Runner {
@@ -78,7 +78,7 @@ class Runner {
       if (job.op == JobOp::kCopyIdentical)
         std::memcpy(out, chunks_.check_identical(item), out_n_bytes);
       else if (job_in_f64(job))
-        weighted_sum_f64(job, item, out, scratch->acc64);
+        weighted_sum_f64(chunks_, job, item, options_.check_finite, out);
       else
         weighted_sum(job, item, out, scratch->acc);
     });
@@ -104,27 +104,6 @@ class Runner {
       if (first) std::fill(acc, acc + n, 0.0f);  // every weight was zero
       uint8_t* dst = out + t * out_size;
       kernels_.store(job.out_dtype, acc, job.post_scale, dst, n);
-      if (options_.check_finite) chunks_.check_output_finite(job, dst, n, elem);
-    }
-  }
-
-  // weighted_sum's loop in fp64 (kernels.h: accumulate_f64 / store_f64).
-  void weighted_sum_f64(const Job& job, const WorkItem& item, uint8_t* out, double* acc) const {
-    uint64_t out_size = item_n_bytes(job.out_dtype);
-    for (uint64_t t = 0; t < item.n_elems; t += kTileElems) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(kTileElems, item.n_elems - t));
-      uint64_t elem = item.first_elem + t;
-      bool first = true;
-      for (const JobInput& in : job.inputs) {
-        if (in.weight_f64 == 0.0) continue;
-        const uint8_t* src = chunks_.input_ptr(in, elem);
-        if (options_.check_finite) chunks_.check_input_finite(job, in, src, n, elem);
-        accumulate_f64(in.dtype, src, in.weight_f64, acc, n, first);
-        first = false;
-      }
-      if (first) std::fill(acc, acc + n, 0.0);
-      uint8_t* dst = out + t * out_size;
-      store_f64(job.out_dtype, acc, job.post_scale, dst, n);
       if (options_.check_finite) chunks_.check_output_finite(job, dst, n, elem);
     }
   }

@@ -24,6 +24,19 @@ SIZES = [1, 7, 2049, 40_000]
 def test_mixed_inputs_match_contract(tmp_path, out_dtype, kernel):
     if kernel == "avx2" and not ladle.build_info()["avx2_cpu"]:
         pytest.skip("CPU lacks AVX2/F16C")
+    _check_mixed(tmp_path, out_dtype, kernel=kernel)
+
+
+@pytest.mark.parametrize("out_dtype", [None, "F8_E4M3", "F64", "BF16"])
+def test_mixed_inputs_on_cuda_emulator(tmp_path, out_dtype):
+    from ladle.cuda import EMULATOR, cuda_info
+
+    if not cuda_info()["compiled"]:
+        pytest.skip(f"CUDA backend not built: {cuda_info()['error']}")
+    _check_mixed(tmp_path, out_dtype, device=EMULATOR)
+
+
+def _check_mixed(tmp_path, out_dtype: str | None, **engine) -> None:
     rng = np.random.default_rng(FLOATS.index(out_dtype) + 1 if out_dtype else 0)
     combos = [["F16", "F32"], ["BF16", "F16"], ["F32", "F64"], ["F8_E4M3", "F8_E5M2", "BF16"],
               ["F16", "F8_E4M3", "F32", "F64"]]
@@ -38,8 +51,7 @@ def test_mixed_inputs_match_contract(tmp_path, out_dtype, kernel):
         raws.append(tensors)
     weights = [0.3, -1.25, 0.0, 1.1]
     out = tmp_path / "out.safetensors"
-    ladle.merge(paths, weights, out, dtype=out_dtype, kernel=kernel, progress=False,
-                memory_budget=1)
+    ladle.merge(paths, weights, out, dtype=out_dtype, progress=False, memory_budget=1, **engine)
     got, meta = read_raw(out)
     assert meta["ladle_dtype"] == (out_dtype or "widest")
     for name in raws[0]:
