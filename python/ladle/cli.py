@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ._units import format_size, parse_size
 from .cli_soups import add_greedy_options, add_subcommands
-from .errors import LadleError
+from .errors import LadleError, printable
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     except (LadleError, OSError, ValueError) as e:
         if os.environ.get("LADLE_DEBUG"):
             raise
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"ladle: error: {message}", file=sys.stderr)
+        message = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"ladle: error: {printable(message, keep_newlines=False)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         message = "ladle: interrupted; no output was written"
