@@ -18,7 +18,8 @@ from .errors import LadleError, printable
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", required=True, help="output .safetensors file or directory")
-    p.add_argument("--dtype", help="output dtype of float tensors: bf16, f16, f32, f64")
+    p.add_argument("--dtype", help="output dtype of float tensors: bf16, f16, f32, f64, "
+                   "f8_e4m3, f8_e5m2 (default: the widest input dtype of each tensor)")
     p.add_argument("--max-shard-size", default="5GB", help="shard size of directory outputs")
     p.add_argument("--threads", type=int, default=0, help="worker threads (0: all cores)")
     p.add_argument("--memory-budget", default="256MiB", help="bound on buffers, e.g. 256MiB")
@@ -35,6 +36,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distributed", action="store_true", default=None,
                    help="split the output shards across torch.distributed ranks (torchrun); "
                         "on by default when WORLD_SIZE > 1")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="load whole-module .pt/.bin pickles (runs their code; refused by default)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +144,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         options["resume"] = True
     if getattr(args, "distributed", None):
         options["distributed"] = True
+    if getattr(args, "trust_pickle", False):
+        options["trust_pickle"] = True
     if args.command == "merge" and args.config is not None:
         from .recipe import load_recipe, run_recipe
 
@@ -151,9 +156,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.dtype is None:
             del options["dtype"]
         if (options.pop("device") != "cpu" or options.pop("resume", False)
-                or options.pop("distributed", False)):
-            raise LadleError("--config recipes run on the CPU engine without --resume "
-                             "or --distributed")
+                or options.pop("distributed", False) or options.pop("trust_pickle", False)):
+            raise LadleError("--config recipes run on the CPU engine without --resume, "
+                             "--distributed or --trust-pickle")
         report = run_recipe(recipe, args.out, **options)
     elif not args.checkpoints:
         raise LadleError(f"{args.command}: no checkpoints given")

@@ -48,10 +48,12 @@ class MergeReport:
         return (self.bytes_read + self.bytes_written) / max(self.seconds, 1e-9) / 1e9
 
 
-def _open_all(checkpoints: Sequence[CheckpointLike]) -> list[Checkpoint]:
+def _open_all(checkpoints: Sequence[CheckpointLike],
+              trust_pickle: bool = False) -> list[Checkpoint]:
     if not checkpoints:
         raise LadleValueError("no input checkpoints given")
-    return [c if isinstance(c, Checkpoint) else open_checkpoint(c) for c in checkpoints]
+    return [c if isinstance(c, Checkpoint) else open_checkpoint(c, trust_pickle)
+            for c in checkpoints]
 
 
 def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: PathLike, *,
@@ -60,7 +62,8 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
           threads: int = 0, memory_budget: int | str = "256MiB", check_finite: bool = False,
           overwrite: bool = False, progress: bool = True, dry_run: bool = False,
           method: str = "linear", kernel: str = "auto", resume: bool = False,
-          device: str = "cpu", distributed: bool | None = None) -> MergeReport:
+          device: str = "cpu", distributed: bool | None = None,
+          trust_pickle: bool = False) -> MergeReport:
     """Write ``out = Σ_k weights[k] · checkpoints[k]`` tensor by tensor.
 
     Weights are used as given (they may be negative or not sum to one, so task
@@ -91,6 +94,8 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
             with the same arguments and gets the same report. ``None`` (default):
             on when launched with ``WORLD_SIZE`` > 1. Inputs and output must be on
             a file system all ranks share.
+        trust_pickle: accept whole-module pickles among ``.pt``/``.bin`` inputs
+            (loading them runs their code; refused by default).
 
     Returns:
         A :class:`MergeReport` with byte counts and timing.
@@ -111,7 +116,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
                           overwrite=overwrite, progress=progress, dry_run=dry_run,
                           method=method, kernel=kernel)
     _check_device(device, kernel, dry_run)
-    ckpts = _open_all(checkpoints)
+    ckpts = _open_all(checkpoints, trust_pickle)
     weights = check_weights(list(weights), len(ckpts))
     output = OutputDir(out, overwrite=overwrite)
     metadata = {
@@ -194,11 +199,7 @@ def plan_hash(plan: MergePlan, ckpts: list[Checkpoint]) -> str:
 def _needs_live_path(c: object) -> bool:
     if isinstance(c, Checkpoint):
         return False
-    if isinstance(c, (str, os.PathLike)):
-        from .sources import TORCH_SUFFIXES
-
-        return Path(c).suffix in TORCH_SUFFIXES and Path(c).is_file()
-    return True
+    return not isinstance(c, (str, os.PathLike))  # files, .pt/.bin included, stream
 
 
 def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, threads: int,
