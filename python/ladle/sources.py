@@ -21,7 +21,6 @@ from . import _core
 from .checkpoint import TORCH_SUFFIXES, Checkpoint, open_checkpoint
 from .errors import BackendError, LadleValueError
 
-
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 
 _TORCH_TO_ST = {
