@@ -59,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     add_greedy_options(p)
 
+    p = sub.add_parser("check", help="pre-flight a merge from headers only: missing/extra/"
+                       "mismatched tensors, dtype plan, FP8 scales, output size, free disk")
+    p.add_argument("checkpoints", nargs="+")
+    p.add_argument("-o", "--out", help="destination to check the free disk space of")
+    p.add_argument("--dtype", help="output dtype of float tensors (default: widest input)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="load whole-module .pt/.bin pickles (runs their code)")
+
     p = sub.add_parser("inspect", help="list tensors, dtypes, shapes, bytes and metadata")
     p.add_argument("checkpoint")
 
@@ -118,6 +126,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         return clip_main(args.clip_args)
     if args.command == "inspect":
         return _inspect(args.checkpoint)
+    if args.command == "check":
+        from .checkpoint import open_checkpoint
+        from .preflight import preflight
+
+        report = preflight([open_checkpoint(c, args.trust_pickle) for c in args.checkpoints],
+                           args.dtype, args.out)
+        print(report.text())
+        return 0 if report.ok else 1
     if args.command == "verify":
         return _verify(args)
     if args.command == "demo":

@@ -17,7 +17,7 @@ from . import _core
 from ._units import parse_size
 from .checkpoint import Checkpoint, add_file_sources, open_checkpoint
 from .cuda import parse_device
-from .errors import LadleValueError
+from .errors import LadleValueError, MismatchError
 from .output import OutputDir, write_atomically
 from .plan import MergePlan, build_plan, check_weights, describe
 
@@ -119,6 +119,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
     ckpts = _open_all(checkpoints, trust_pickle)
     weights = check_weights(list(weights), len(ckpts))
     output = OutputDir(out, overwrite=overwrite)
+    checked = _preflight(ckpts, dtype, out) if dry_run else None  # headers only
     metadata = {
         "ladle_method": method,
         "ladle_inputs": json.dumps([str(c.path) for c in ckpts]),
@@ -131,6 +132,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
     if dry_run:
         output.check_destination()
         print(describe(plan))
+        print(checked)
         return MergeReport(None, len(plan.tensors), len(plan.shards), plan.bytes_read,
                            plan.bytes_written, 0.0, plan=plan)
     t0 = time.perf_counter()
@@ -194,6 +196,17 @@ def plan_hash(plan: MergePlan, ckpts: list[Checkpoint]) -> str:
             st = os.stat(file)
             h.update(f"{file}\0{size}\0{st.st_mtime_ns}\0".encode())
     return h.hexdigest()
+
+
+def _preflight(ckpts: list[Checkpoint], dtype: str | None, out: PathLike) -> str:
+    """The pre-flight report of a dry run; printed and raised when it finds problems."""
+    from .preflight import preflight
+
+    report = preflight(ckpts, dtype, out)
+    if not report.ok:
+        print(report.text())
+        raise MismatchError(f"{len(report.problems)} problem(s); first: {report.problems[0]}")
+    return report.text()
 
 
 def _needs_live_path(c: object) -> bool:
