@@ -13,7 +13,8 @@ dtype holding both (BF16 holds them too; F16 keeps more mantissa).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 # dtype -> the float dtypes it represents exactly.
 _HOLDS = {
@@ -37,3 +38,23 @@ def widest_dtype(dtypes: Iterable[str]) -> str:
     """
     wanted = set(dtypes)
     return next(d for d in _BY_WIDTH if wanted <= _HOLDS[d])
+
+
+# Companions holding FP8 scales: DeepSeek-V3 ``W_scale_inv`` (128x128 blocks) and
+# compressed-tensors ``W_scale`` (``layer.weight_scale``: per tensor or channel).
+SCALE_SUFFIXES = ("_scale_inv", "_scale")
+
+
+def fp8_scale_pairs(tensors: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(weight, scale) name pairs: an FP8 tensor with a scale companion.
+
+    ``tensors`` maps names to objects with a ``dtype`` attribute (TensorInfo).
+    """
+    pairs = []
+    for name in tensors:
+        for suffix in SCALE_SUFFIXES:
+            base = name.removesuffix(suffix)
+            if base != name and base in tensors and tensors[base].dtype.startswith("F8_"):
+                pairs.append((base, name))
+                break
+    return pairs

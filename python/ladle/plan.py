@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from . import _core
 from .checkpoint import Checkpoint, TensorInfo, _preview
-from .dtype_rules import widest_dtype
+from .dtype_rules import fp8_scale_pairs, widest_dtype
 from .errors import LadleValueError, MismatchError
 
 _DTYPE_ALIASES = {
@@ -153,6 +153,12 @@ def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: st
     """
     weights = check_weights(weights, len(checkpoints))
     out_dtype = normalize_dtype(dtype)
+    for ckpt in checkpoints:
+        pairs = fp8_scale_pairs(ckpt.tensors)
+        if pairs:
+            from .preflight import BLOCK_SCALED
+
+            raise LadleValueError(BLOCK_SCALED.format(ckpt.path, *pairs[0]))
     outputs: list[OutputTensor] = []
     for name in match_tensors(checkpoints, include, exclude):
         infos = [c.tensors[name] for c in checkpoints]

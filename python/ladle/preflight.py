@@ -15,11 +15,13 @@ from pathlib import Path
 
 from . import _core
 from .checkpoint import Checkpoint, _preview
-from .dtype_rules import widest_dtype
+from .dtype_rules import fp8_scale_pairs, widest_dtype
 from .plan import normalize_dtype
 
-# Companion tensors holding FP8 scales (DeepSeek-V3 / compressed-tensors layouts).
-SCALE_SUFFIXES = ("_scale_inv", "_scale")
+# Block-scaled FP8 is refused rather than merged wrongly (averaging scales as weights).
+BLOCK_SCALED = ("{}: tensor '{}' is FP8 with scales in '{}': block-scaled FP8 checkpoints are "
+                 "not merged yet (the scales would be averaged as if they were weights); "
+                 "dequantize to BF16 first")
 
 
 @dataclass
@@ -87,9 +89,9 @@ def preflight(ckpts: list[Checkpoint], dtype: str | None = None,
         else:
             report.dtype_plan[f"{dtypes[0]} copied"] += 1
             report.output_n_bytes += t.n_bytes
-        for suffix in SCALE_SUFFIXES:
-            if name.endswith(suffix) and name.removesuffix(suffix) in first.tensors:
-                report.scale_pairs.append((name.removesuffix(suffix), name))
+    report.scale_pairs = fp8_scale_pairs(first.tensors)
+    if report.scale_pairs:
+        report.problems.append(BLOCK_SCALED.format(first.path, *report.scale_pairs[0]))
     n_out_files = max(1, -(-report.output_n_bytes // (5 * 10**9)))
     report.files_open = len({f for c in ckpts for f in c.files}) + n_out_files
     report.files_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
