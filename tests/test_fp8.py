@@ -66,3 +66,12 @@ def test_fp32_to_fp8_matches_torch(tmp_path, dtype):
                           f"vs torch {want[bad[:5]]}"
     assert set(got[nan]) <= {0x7F}
     assert np.array_equal(got, fp8_encode(x, dtype))  # the numpy reference agrees too
+
+
+@pytest.mark.parametrize("dtype,bad", [("F8_E4M3", 0xFF), ("F8_E5M2", 0x7C)])
+def test_check_finite_sees_fp8_nan_and_inf(tmp_path, dtype, bad):
+    from ladle.errors import NonFiniteError
+
+    src = write_raw(tmp_path / "x.safetensors", {"x": (dtype, [3], bytes([0x38, bad, 0x38]))})
+    with pytest.raises(NonFiniteError, match="element 1"):
+        ladle.merge([src], [1.0], tmp_path / "o.safetensors", check_finite=True, progress=False)
