@@ -69,16 +69,31 @@ def test_bin_dirs_stream_verify_and_copy_config(tmp_path):
     assert json.loads(meta["ladle_inputs"]) == [str(da), str(db)]
 
 
-def test_resume_with_bin_inputs(tmp_path):
+def test_resume_with_bin_inputs(tmp_path, monkeypatch):
+    from test_crash_safety import interrupt_after
+
+    from ladle.output import MANIFEST_NAME, OutputDir
+
     da = _hf_bin_dir(tmp_path / "a", _state(0), 2)
     db = _hf_bin_dir(tmp_path / "b", _state(1), 2)
+    whole = tmp_path / "whole"
+    ladle.merge([da, db], [0.5, 0.5], whole, progress=False, max_shard_size=500)
     out = tmp_path / "out"
-    ladle.merge([da, db], [0.5, 0.5], out, progress=False)
-    first = read_checkpoint(out / "model.safetensors")
-    partial = tmp_path / "out2.ladle-partial"
-    partial.mkdir()  # resume of an empty partial directory: the same result
-    ladle.merge([da, db], [0.5, 0.5], tmp_path / "out2", progress=False, resume=True)
-    assert read_checkpoint(tmp_path / "out2" / "model.safetensors") == first
+    interrupt_after(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        ladle.merge([da, db], [0.5, 0.5], out, progress=False, max_shard_size=500)
+    monkeypatch.undo()
+    kept = json.loads((tmp_path / "out.ladle-partial" / MANIFEST_NAME).read_text())
+    assert len(kept["shards"]) == 1
+    rewritten = []
+    real = OutputDir.record_shard
+    monkeypatch.setattr(OutputDir, "record_shard",
+                        lambda self, f: (rewritten.append(f), real(self, f))[1])
+    ladle.merge([da, db], [0.5, 0.5], out, progress=False, max_shard_size=500, resume=True)
+    assert not set(rewritten) & set(kept["shards"])  # the finished shard was kept
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in whole.iterdir())
+    for f in whole.glob("*.safetensors"):
+        assert read_checkpoint(out / f.name) == read_checkpoint(f)
 
 
 def test_dot_slash_safetensors_index(tmp_path):
