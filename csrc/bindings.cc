@@ -79,7 +79,7 @@ class PyPlan {
     job.out_dtype = dtype_from(out_dtype);
     job.post_scale = static_cast<float>(post_scale);
     for (const auto& [source, offset, dtype, weight] : inputs)
-      job.inputs.push_back({source, offset, dtype_from(dtype), static_cast<float>(weight)});
+      job.inputs.push_back({source, offset, dtype_from(dtype), static_cast<float>(weight), weight});
     plan_.jobs.push_back(std::move(job));
   }
   // fsyncs and closes every shard; the files are complete after this.
@@ -171,7 +171,7 @@ class PyMethodJobs {
     job.out_dtype = dtype_from(out_dtype);
     job.base = {std::get<0>(base), std::get<1>(base), dtype_from(std::get<2>(base)), 1.0f};
     for (const auto& [source, offset, dtype, weight, density, lo, hi] : models)
-      job.models.push_back({{source, offset, dtype_from(dtype), static_cast<float>(weight)},
+      job.models.push_back({{source, offset, dtype_from(dtype), static_cast<float>(weight), weight},
                             static_cast<float>(density), lo, hi});
     if (sparsify == "none") job.sparsify = Sparsify::kNone;
     else if (sparsify == "magnitude") job.sparsify = Sparsify::kMagnitude;

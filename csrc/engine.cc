@@ -9,6 +9,7 @@
 
 #include "chunk_runner.h"
 #include "common.h"
+#include "f64_sum.h"
 #include "safetensors.h"
 
 namespace ladle {
@@ -78,6 +79,8 @@ class Runner {
         std::memcpy(out, chunks_.check_identical(item), out_n_bytes);
       else if (job.op == JobOp::kMax)
         chunks_.elementwise_max(item, out);
+      else if (job_in_f64(job))
+        weighted_sum_f64(chunks_, job, item, options_.check_finite, out);
       else
         weighted_sum(job, item, out, scratch->acc);
     });

@@ -35,6 +35,7 @@ struct JobInput {
   uint64_t offset = 0;  // byte offset of the tensor's first element in the source
   DType dtype = DType::kF32;
   float weight = 1.0f;  // already rounded to fp32 (the arithmetic contract)
+  double weight_f64 = 1.0;  // the same weight rounded to fp64 once, for fp64 jobs
 };
 
 enum class JobOp : uint8_t {
@@ -57,6 +58,15 @@ struct Job {
   float post_scale = 1.0f;  // 1 skips the multiplication
   std::vector<JobInput> inputs;
 };
+
+// A weighted sum with an F64 input (nonzero weight) or output runs in fp64.
+inline bool job_in_f64(const Job& job) {
+  if (job.op != JobOp::kWeightedSum) return false;
+  if (job.out_dtype == DType::kF64) return true;
+  for (const JobInput& in : job.inputs)
+    if (in.dtype == DType::kF64 && in.weight_f64 != 0.0) return true;
+  return false;
+}
 
 struct Plan {
   std::vector<Source> sources;

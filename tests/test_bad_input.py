@@ -338,13 +338,11 @@ def test_shape_mismatch(tmp_path: Path):
 
 
 def test_dtype_mismatch(tmp_path: Path):
+    # F16 with F32 merges since issue 15 (tests/test_mixed_dtypes.py); float with
+    # integer still differs.
     a = _save(tmp_path / "a.safetensors", {"w": np.zeros((2, 3), np.float32)})
-    b = _save(tmp_path / "b.safetensors", {"w": np.zeros((2, 3), np.float16)})
     c = _save(tmp_path / "c.safetensors", {"w": np.zeros((2, 3), np.int32)})
     out = tmp_path / "out"
-    with pytest.raises(MismatchError, match=re.escape(
-            f"tensor 'w': dtype F16 in {b} differs from F32 in {a}")):
-        merge_quiet([a, b], [0.5, 0.5], out)
     with pytest.raises(MismatchError, match=re.escape(
             f"tensor 'w': dtype I32 in {c} differs from F32 in {a}")):
         ladle.soup([a, c], out, progress=False)

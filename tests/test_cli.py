@@ -202,7 +202,9 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path: Path, models: list[Pat
     assert re.fullmatch(r"3 tensors -> 1 shard\(s\); reads 352 bytes, writes \d+ bytes", lines[0])
     assert re.fullmatch(r"  model\.safetensors: 3 tensors, \d+ bytes", lines[1])
     rows = {}
-    for line in lines[2:]:
+    # issue 15: the pre-flight report (dtype plan, output size, ...) follows the plan
+    assert "dtype plan: 2 tensor(s) F32 -> F32" in lines and lines[-1] == "ok"
+    for line in [ln for ln in lines[2:] if ln.startswith("    ")]:
         m = re.fullmatch(r"    (\w+) (\w+)\[([\d, ]*)\] (\w+)\((.*)\) -> model\.safetensors@(\d+)",
                          line)
         assert m, line

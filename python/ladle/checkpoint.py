@@ -1,6 +1,8 @@
 """Open a checkpoint (headers only): a ``.safetensors`` file, a Hugging Face
 sharded directory with ``model.safetensors.index.json``, or a directory holding
-exactly one ``.safetensors`` file. No tensor data is read here.
+exactly one ``.safetensors`` file; PyTorch zip files and directories
+(``pytorch_model.bin``, ``pytorch_model.bin.index.json`` + shards) through
+:mod:`ladle.torch_bin`. No tensor data is read here.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from . import _core
 from .errors import FormatError, LadleIOError
 
 INDEX_NAME = "model.safetensors.index.json"
+TORCH_INDEX_NAME = "pytorch_model.bin.index.json"
+TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 # Files in a model directory that hold weights, in any format; they are never
 # copied to merged outputs (output.copy_extra_files skips them with a warning).
 # Everything else that is a regular file (config.json, tokenizer files, ...) is.
@@ -63,14 +67,18 @@ class Checkpoint:
                 f"{len(self.file_sizes)} file(s), {self.n_bytes} bytes)")
 
 
-def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def open_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Checkpoint:
     """Read the headers of a checkpoint.
 
     Args:
         path: a ``.safetensors`` file, a directory with
             ``model.safetensors.index.json`` or exactly one ``.safetensors`` file,
             or the index.json file itself (picks the sharded layout of a
-            directory that also holds ``model.safetensors``).
+            directory that also holds ``model.safetensors``); or a PyTorch
+            ``.bin``/``.pt`` file, or a directory with
+            ``pytorch_model.bin.index.json`` or exactly one ``.bin`` file.
+        trust_pickle: accept whole-module pickles (their code runs; see
+            :mod:`ladle.torch_bin`).
 
     Returns:
         A :class:`Checkpoint` describing every tensor without reading data.
@@ -89,6 +97,8 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
         shards, weight_map = _read_index(path.parent, path)
         return _from_files(path, shards, weight_map, _extras(path.parent, shards),
                            directory=path.parent)
+    if path.is_file() and path.suffix in TORCH_SUFFIXES:
+        return _from_torch_files(path, [path], None, [], trust_pickle)
     if path.is_file():
         return _from_files(path, [path], None, [])
     if not path.is_dir():
@@ -103,6 +113,12 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
         shards, weight_map = _read_index(path, index)
         return _from_files(path, shards, weight_map, _extras(path, shards))
     candidates = sorted(p for p in path.iterdir() if p.suffix == ".safetensors")
+    if not candidates and (path / TORCH_INDEX_NAME).exists():
+        shards, weight_map = _read_index(path, path / TORCH_INDEX_NAME)
+        return _from_torch_files(path, shards, weight_map, _extras(path, shards), trust_pickle)
+    bins = sorted(p for p in path.iterdir() if p.suffix == ".bin")
+    if not candidates and len(bins) == 1:
+        return _from_torch_files(path, bins, None, _extras(path, bins), trust_pickle)
     if len(candidates) != 1:
         raise FormatError(
             f"{path}: expected {INDEX_NAME} or exactly one .safetensors file, "
@@ -114,7 +130,7 @@ def _extras(directory: Path, weights: list[Path]) -> list[Path]:
     """The directory's other entries (not hidden, not subdirectories, not the
     checkpoint's own files): candidates for copying, which output.copy_extra_files
     narrows to regular non-weight files with a warning for each one skipped."""
-    own = {*weights, directory / INDEX_NAME}
+    own = {*weights, directory / INDEX_NAME, directory / TORCH_INDEX_NAME}
     return sorted(p for p in directory.iterdir()
                   if not p.name.startswith(".") and p not in own
                   and (p.is_symlink() or not p.is_dir()))
@@ -131,6 +147,8 @@ def _read_index(directory: Path, index: Path) -> tuple[list[Path], dict[str, str
     if not isinstance(weight_map, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
         raise FormatError(f"{index}: 'weight_map' must map tensor names to shard file names")
+    # "./shard.safetensors" names the same file as "shard.safetensors"
+    weight_map = {k: PurePosixPath(v).as_posix() if v else v for k, v in weight_map.items()}
     root = directory.resolve()
     shards: list[Path] = []
     for shard_name in dict.fromkeys(weight_map.values()):
@@ -176,6 +194,27 @@ def _from_files(path: Path, files: list[Path], weight_map: dict[str, str] | None
             raise FormatError(f"{directory / INDEX_NAME}: {len(missing)} tensor(s) listed in the "
                               f"index are absent from their shards: {_preview(missing)}")
     return Checkpoint(path, tensors, metadata, sizes, extras)
+
+
+def _from_torch_files(path: Path, files: list[Path], weight_map: dict[str, str] | None,
+                      extras: list[Path], trust_pickle: bool) -> Checkpoint:
+    from .torch_bin import torch_file_tensors
+
+    tensors: dict[str, TensorInfo] = {}
+    for file in files:
+        for name, info in torch_file_tensors(file, trust_pickle).items():
+            if name in tensors:
+                raise FormatError(f"{file}: tensor '{name}' also appears in "
+                                  f"{tensors[name].file}")
+            if weight_map is not None and weight_map.get(name) != _index_name(path, file):
+                raise FormatError(f"{file}: tensor '{name}' is not listed for this shard in "
+                                  f"{TORCH_INDEX_NAME} (index says {weight_map.get(name)!r})")
+            tensors[name] = info
+    if weight_map is not None and set(weight_map) - set(tensors):
+        missing = sorted(set(weight_map) - set(tensors))
+        raise FormatError(f"{path / TORCH_INDEX_NAME}: {len(missing)} tensor(s) listed in the "
+                          f"index are absent from their shards: {_preview(missing)}")
+    return Checkpoint(path, tensors, {}, {f: f.stat().st_size for f in files}, extras)
 
 
 def add_file_sources(core_plan: _core.Plan, ckpts: list[Checkpoint]) -> dict[Path, int]:

@@ -17,7 +17,7 @@ from . import _core
 from ._units import parse_size
 from .checkpoint import Checkpoint, add_file_sources, open_checkpoint
 from .cuda import parse_device
-from .errors import LadleValueError
+from .errors import LadleValueError, MismatchError
 from .output import OutputDir, checked_output, write_atomically
 from .plan import MergePlan, build_plan, check_int_policy, check_weights, describe
 
@@ -48,10 +48,12 @@ class MergeReport:
         return (self.bytes_read + self.bytes_written) / max(self.seconds, 1e-9) / 1e9
 
 
-def _open_all(checkpoints: Sequence[CheckpointLike]) -> list[Checkpoint]:
+def _open_all(checkpoints: Sequence[CheckpointLike],
+              trust_pickle: bool = False) -> list[Checkpoint]:
     if not checkpoints:
         raise LadleValueError("no input checkpoints given")
-    return [c if isinstance(c, Checkpoint) else open_checkpoint(c) for c in checkpoints]
+    return [c if isinstance(c, Checkpoint) else open_checkpoint(c, trust_pickle)
+            for c in checkpoints]
 
 
 def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: PathLike, *,
@@ -61,7 +63,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
           overwrite: bool = False, progress: bool = True, dry_run: bool = False,
           method: str = "linear", kernel: str = "auto", resume: bool = False,
           device: str = "cpu", distributed: bool | None = None,
-          int_policy: str = "first") -> MergeReport:
+          int_policy: str = "first", trust_pickle: bool = False) -> MergeReport:
     """Write ``out = Σ_k weights[k] · checkpoints[k]`` tensor by tensor.
 
     Weights are used as given (they may be negative or not sum to one, so task
@@ -96,6 +98,8 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
             over the inputs with a non-zero weight: ``"first"`` (default) copies the
             first of them, ``"max"`` takes the elementwise max, ``"error"`` requires
             them to be identical. Recorded as ``ladle_int_policy`` in the metadata.
+        trust_pickle: accept whole-module pickles among ``.pt``/``.bin`` inputs
+            (loading them runs their code; refused by default).
 
     Returns:
         A :class:`MergeReport` with byte counts and timing.
@@ -117,9 +121,10 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
                           overwrite=overwrite, progress=progress, dry_run=dry_run,
                           method=method, kernel=kernel, int_policy=int_policy)
     _check_device(device, kernel, dry_run)
-    ckpts = _open_all(checkpoints)
+    ckpts = _open_all(checkpoints, trust_pickle)
     weights = check_weights(list(weights), len(ckpts))
     output.inputs = [*output.inputs, *(f for c in ckpts for f in c.files)]  # shards behind links
+    checked = _preflight(ckpts, dtype, out) if dry_run else None  # headers only
     metadata = {
         "ladle_method": method,
         "ladle_inputs": json.dumps([str(c.path) for c in ckpts]),
@@ -133,6 +138,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
     if dry_run:
         output.check_destination()
         print(describe(plan))
+        print(checked)
         return MergeReport(None, len(plan.tensors), len(plan.shards), plan.bytes_read,
                            plan.bytes_written, 0.0, plan=plan)
     t0 = time.perf_counter()
@@ -198,14 +204,21 @@ def plan_hash(plan: MergePlan, ckpts: list[Checkpoint]) -> str:
     return h.hexdigest()
 
 
+def _preflight(ckpts: list[Checkpoint], dtype: str | None, out: PathLike) -> str:
+    """The pre-flight report of a dry run; printed and raised when it finds problems."""
+    from .preflight import preflight
+
+    report = preflight(ckpts, dtype, out)
+    if not report.ok:
+        print(report.text())
+        raise MismatchError(f"{len(report.problems)} problem(s); first: {report.problems[0]}")
+    return report.text()
+
+
 def _needs_live_path(c: object) -> bool:
     if isinstance(c, Checkpoint):
         return False
-    if isinstance(c, (str, os.PathLike)):
-        from .sources import TORCH_SUFFIXES
-
-        return Path(c).suffix in TORCH_SUFFIXES and Path(c).is_file()
-    return True
+    return not isinstance(c, (str, os.PathLike))  # files, .pt/.bin included, stream
 
 
 def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, threads: int,

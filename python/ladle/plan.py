@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from . import _core
 from .checkpoint import Checkpoint, TensorInfo, _preview
+from .dtype_rules import fp8_scale_pairs, widest_dtype
 from .errors import LadleValueError, MismatchError
 from .patterns import as_patterns, selected
 
@@ -18,8 +19,10 @@ _DTYPE_ALIASES = {
     "f16": "F16", "float16": "F16", "fp16": "F16", "half": "F16",
     "bf16": "BF16", "bfloat16": "BF16",
     "f64": "F64", "float64": "F64", "fp64": "F64", "double": "F64",
+    "f8_e4m3": "F8_E4M3", "float8_e4m3fn": "F8_E4M3", "fp8_e4m3": "F8_E4M3", "e4m3": "F8_E4M3",
+    "f8_e5m2": "F8_E5M2", "float8_e5m2": "F8_E5M2", "fp8_e5m2": "F8_E5M2", "e5m2": "F8_E5M2",
 }
-_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 def normalize_dtype(dtype: str | None) -> str | None:
@@ -29,7 +32,8 @@ def normalize_dtype(dtype: str | None) -> str | None:
     key = str(dtype).removeprefix("torch.").lower()
     if key in _DTYPE_ALIASES:
         return _DTYPE_ALIASES[key]
-    raise LadleValueError(f"unsupported output dtype {dtype!r} (choose from bf16, f16, f32, f64)")
+    raise LadleValueError(f"unsupported output dtype {dtype!r} (choose from bf16, f16, f32, f64, "
+                          "f8_e4m3, f8_e5m2)")
 
 
 @dataclass
@@ -106,7 +110,8 @@ def match_tensors(checkpoints: list[Checkpoint], include: list[str] | None,
             if a.shape != b.shape:
                 raise MismatchError(f"tensor '{name}': shape {list(b.shape)} in {b.file} differs "
                                     f"from {list(a.shape)} in {a.file}")
-            if a.dtype != b.dtype:
+            if a.dtype != b.dtype and not (_core.dtype_is_mergeable(a.dtype)
+                                           and _core.dtype_is_mergeable(b.dtype)):
                 raise MismatchError(f"tensor '{name}': dtype {b.dtype} in {b.file} differs "
                                     f"from {a.dtype} in {a.file}")
     if not names:
@@ -172,17 +177,25 @@ def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: st
                metadata: dict[str, str] | None = None, int_policy: str = "first") -> MergePlan:
     """Plan a merge ``out = Σ_k weights[k] · checkpoints[k]`` tensor by tensor.
 
-    Float tensors (F16/BF16/F32/F64) are combined; every other dtype follows
-    ``int_policy`` over the inputs with a non-zero weight (see :func:`nonfloat_inputs`).
+    Float tensors (F16/BF16/F32/F64/F8_E4M3/F8_E5M2, mixed freely) are combined
+    and written as ``dtype``, else as the widest input dtype of that tensor
+    (:mod:`ladle.dtype_rules`); every other dtype follows ``int_policy`` over the
+    inputs with a non-zero weight (see :func:`nonfloat_inputs`).
     """
     weights = check_weights(weights, len(checkpoints))
     out_dtype = normalize_dtype(dtype)
+    for ckpt in checkpoints:
+        pairs = fp8_scale_pairs(ckpt.tensors)
+        if pairs:
+            from .preflight import BLOCK_SCALED
+
+            raise LadleValueError(BLOCK_SCALED.format(ckpt.path, *pairs[0]))
     outputs: list[OutputTensor] = []
     for name in match_tensors(checkpoints, include, exclude):
         infos = [c.tensors[name] for c in checkpoints]
         first = infos[0]
         if _core.dtype_is_mergeable(first.dtype):
-            odt = out_dtype or first.dtype
+            odt = out_dtype or widest_dtype(i.dtype for i in infos)
             n_bytes = first.n_elems * _ITEM_BYTES[odt]
             outputs.append(OutputTensor(name, odt, first.shape, "sum",
                                         list(zip(infos, weights)), n_bytes, first.n_elems))
@@ -192,7 +205,7 @@ def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: st
                                         [(i, 1.0) for i in chosen], first.n_bytes,
                                         first.n_elems))
     shards = _assign_shards(outputs, max_shard_bytes, single_file)
-    meta = {"format": "pt", **(metadata or {})}
+    meta = {"format": "pt", "ladle_dtype": out_dtype or "widest", **(metadata or {})}
     for shard in shards:
         shard.header = _core.serialize_header(
             [(t.name, t.dtype, list(t.shape), t.offset, t.offset + t.n_bytes)
