@@ -18,6 +18,8 @@ import ladle
 from ladle.errors import LadleValueError, MismatchError
 from ladle.verify import verify
 
+from st_io import write_raw
+
 BN_COUNT = "bn.num_batches_tracked"
 
 
@@ -216,8 +218,9 @@ def test_max_refuses_non_integer_dtypes(tmp_path):
     paths = []
     for k in range(2):
         paths.append(tmp_path / f"{k}.safetensors")
-        ladle.save({"f8": torch.full((4,), float(k)).to(torch.float8_e4m3fn)}, paths[-1])
-    with pytest.raises(LadleValueError, match="'f8'.*integer or bool dtype, not F8_E4M3"):
+        # E8M0 (block-scale exponents) is neither integer nor combinable float
+        write_raw(paths[-1], {"f8": ("F8_E8M0", [4], bytes([127 + k] * 4))})
+    with pytest.raises(LadleValueError, match="'f8'.*integer or bool dtype, not F8_E8M0"):
         ladle.merge(paths, [0.5, 0.5], tmp_path / "o.safetensors", int_policy="max",
                     progress=False)
     ladle.merge(paths, [0.0, 1.0], tmp_path / "o.safetensors", int_policy="max",

@@ -115,7 +115,8 @@ def open_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Chec
     candidates = sorted(p for p in path.iterdir() if p.suffix == ".safetensors")
     if not candidates and (path / TORCH_INDEX_NAME).exists():
         shards, weight_map = _read_index(path, path / TORCH_INDEX_NAME)
-        return _from_torch_files(path, shards, weight_map, _extras(path, shards), trust_pickle)
+        return _from_torch_files(path, shards, weight_map,
+                                 _extras(path, shards, TORCH_INDEX_NAME), trust_pickle)
     bins = sorted(p for p in path.iterdir() if p.suffix == ".bin")
     if not candidates and len(bins) == 1:
         return _from_torch_files(path, bins, None, _extras(path, bins), trust_pickle)
@@ -126,11 +127,11 @@ def open_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Chec
     return _from_files(path, candidates, None, _extras(path, candidates))
 
 
-def _extras(directory: Path, weights: list[Path]) -> list[Path]:
+def _extras(directory: Path, weights: list[Path], index_name: str = INDEX_NAME) -> list[Path]:
     """The directory's other entries (not hidden, not subdirectories, not the
     checkpoint's own files): candidates for copying, which output.copy_extra_files
     narrows to regular non-weight files with a warning for each one skipped."""
-    own = {*weights, directory / INDEX_NAME, directory / TORCH_INDEX_NAME}
+    own = {*weights, directory / index_name}
     return sorted(p for p in directory.iterdir()
                   if not p.name.startswith(".") and p not in own
                   and (p.is_symlink() or not p.is_dir()))
