@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import _core
-from ._units import parse_size
+from ._units import engine_options
 from .checkpoint import Checkpoint, add_file_sources, open_checkpoint
 from .cuda import parse_device
 from .errors import LadleValueError
@@ -98,6 +98,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
     Example:
         >>> ladle.merge(["a/", "b/"], [0.3, 0.7], "out/")   # doctest: +SKIP
     """
+    threads, budget, shard_bytes = engine_options(threads, memory_budget, max_shard_size)
     if any(_needs_live_path(c) for c in checkpoints):  # modules, dicts, .pt/.bin files
         from .writer import merge_live
 
@@ -105,9 +106,9 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
             raise LadleValueError("distributed merges take checkpoint files (safetensors), "
                                   "not live models, dicts or .pt/.bin files")
 
-        return merge_live(checkpoints, weights, out, dtype=dtype, max_shard_size=max_shard_size,
+        return merge_live(checkpoints, weights, out, dtype=dtype, max_shard_size=shard_bytes,
                           include=include, exclude=exclude, threads=threads,
-                          memory_budget=memory_budget, check_finite=check_finite,
+                          memory_budget=budget, check_finite=check_finite,
                           overwrite=overwrite, progress=progress, dry_run=dry_run,
                           method=method, kernel=kernel)
     _check_device(device, kernel, dry_run)
@@ -121,7 +122,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
         "ladle_version": _core.build_info()["version"],
     }
     plan = build_plan(ckpts, weights, dtype=dtype, include=include, exclude=exclude,
-                      max_shard_bytes=parse_size(max_shard_size),
+                      max_shard_bytes=shard_bytes,
                       single_file=output.single_file, metadata=metadata)
     if dry_run:
         output.check_destination()
@@ -133,13 +134,13 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
 
     if wanted(distributed):
         return _merge_distributed(plan, ckpts, output, resume=resume, threads=threads,
-                                  memory_budget=parse_size(memory_budget),
+                                  memory_budget=budget,
                                   check_finite=check_finite, progress=progress, kernel=kernel,
                                   device=device)
 
     def work(output: OutputDir) -> dict:
         stats = execute(plan, ckpts, output, threads=threads,
-                        memory_budget=parse_size(memory_budget), check_finite=check_finite,
+                        memory_budget=budget, check_finite=check_finite,
                         progress=progress, kernel=kernel, device=device)
         if plan.sharded:
             output.write_index({t.name: plan.shards[t.shard].file_name for t in plan.tensors},

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._units import parse_size
+from ._units import engine_options
 from .checkpoint import Checkpoint, TensorInfo, _preview, add_file_sources
 from .errors import LadleValueError, MismatchError
 from .merge import CheckpointLike, MergeReport, PathLike, _open_all, _progress_bar
@@ -541,6 +541,7 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
         >>> ladle.methods.merge_models("slerp", ["b/"], "out/", base_model="a/",
         ...                            parameters={"t": [0, 0.5, 1]})   # doctest: +SKIP
     """
+    threads, budget, shard_bytes = engine_options(threads, memory_budget, max_shard_size)
     if rescale_mode not in ("l1", "density"):
         raise LadleValueError(f"rescale_mode must be 'l1' or 'density', got {rescale_mode!r}")
     base = _open_all([base_model])[0] if base_model is not None else None
@@ -570,7 +571,7 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
     }
     plan = build_method_plan(method, base, ckpts, parameters=parameters,
                              model_parameters=params_list, dtype=dtype, include=include,
-                             exclude=exclude, max_shard_bytes=parse_size(max_shard_size),
+                             exclude=exclude, max_shard_bytes=shard_bytes,
                              single_file=output.single_file, rescale_mode=rescale_mode,
                              metadata=metadata)
     if dry_run:
@@ -583,7 +584,7 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
 
     def work(output: OutputDir) -> dict:
         stats = execute_method_plan(plan, all_ckpts, output, seed=seed, threads=threads,
-                                    memory_budget=parse_size(memory_budget),
+                                    memory_budget=budget,
                                     chunk_elems=chunk_elems, check_finite=check_finite,
                                     progress=progress, kernel=kernel)
         if plan.sharded:
