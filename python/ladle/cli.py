@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from ._units import format_size
-from .cli_types import SIZE, THREADS
 from .cli_soups import add_greedy_options, add_subcommands
+from .cli_types import SIZE, THREADS
 from .errors import LadleError
 
 
