@@ -1,9 +1,13 @@
 // Writes one output safetensors file: created exclusively, space reserved up
 // front (so a full disk fails before any data is written), header first, then
 // data chunks at planned offsets from any thread, fsynced when finished.
+// Descriptors are opened lazily and at most kMaxOpenShards stay open across all
+// writers (least recently used idle ones are closed), so an output of thousands
+// of shards runs under a low `ulimit -n`.
 #pragma once
 
 #include <cstdint>
+#include <list>
 #include <string>
 
 namespace ladle {
@@ -25,10 +29,23 @@ class ShardWriter {
   uint64_t n_bytes() const { return n_bytes_; }
 
  private:
+  friend class OpenShards;
+  int acquire();   // opens (or reuses) the descriptor and pins it for one write
+  void release();  // unpins it; it may then be closed to make room for another
+  void close_fd();
+
   std::string path_;
   uint64_t n_bytes_;
-  int fd_ = -1;
+  int fd_ = -1;            // -1 while closed (not yet opened, evicted or finished)
+  int users_ = 0;          // writes in flight on fd_ (never evicted while > 0)
+  bool finished_ = false;
+  std::list<ShardWriter*>::iterator lru_;  // place among the open writers
 };
+
+// Most shard descriptors open at once across every writer of the process.
+constexpr int kMaxOpenShards = 16;
+// Number of shard descriptors open right now (for tests).
+int n_open_shards();
 
 // Test hook: make writes fail with ENOSPC once `n_bytes` more bytes have been
 // written (0 disables). Lets tests exercise the disk-full path in-process.

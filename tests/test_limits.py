@@ -93,11 +93,13 @@ def test_cli_refuses_out_of_range_option_in_process(tmp_path: Path, capsys, opti
     from ladle.cli import main
 
     inputs = make_pair(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["merge", *map(str, inputs), "--alpha", "0.5", "-o", str(tmp_path / "out.safetensors"),
-              "--quiet", *option])
+    try:  # argparse exits for --threads; sizes are checked by the API (returns 2)
+        rc = main(["merge", *map(str, inputs), "--alpha", "0.5", "-o",
+                   str(tmp_path / "out.safetensors"), "--quiet", *option])
+    except SystemExit as e:
+        rc = e.code
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2
+    assert rc == 2
     assert err.count("\n") == 1 and err.startswith("ladle: error: ") and pattern in err, err
     assert_nothing_left(tmp_path, inputs)
 
@@ -179,3 +181,57 @@ def test_analyze_counts_are_checked(tmp_path: Path, option: list[str]):
                                                 "m:g"], "angle": ["a", "b", "c"]}[sub]
     proc = run_ladle("analyze", sub, *args, *option)
     assert_cli_error(proc, "argument " + option[0])
+
+
+# ------------------------------------------------------------- open-file limit
+
+_LOW_FD_SCRIPT = r"""
+import os, resource, sys
+from pathlib import Path
+import ladle
+from ladle import _core
+from safetensors.torch import load_file
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+tmp = Path(sys.argv[1])
+a, b = tmp / "in0.safetensors", tmp / "in1.safetensors"
+ladle.merge([a, b], [0.5, 0.5], tmp / "files", max_shard_size=1, progress=False)
+ladle.merge([tmp / "files", tmp / "files"], [0.5, 0.5], tmp / "from_many", max_shard_size=1,
+            progress=False)
+live = load_file(str(a))
+ladle.merge([live, live], [0.5, 0.5], tmp / "live", max_shard_size=1, progress=False)
+ladle.methods.merge_models("linear", [a, b], tmp / "method", max_shard_size=1, progress=False,
+                           model_parameters=[{"weight": 0.5}] * 2)
+_core._set_enospc_fault_after(int(sys.argv[2]))
+try:
+    ladle.merge([a, b], [0.5, 0.5], tmp / "failed", max_shard_size=1, progress=False)
+except ladle.errors.LadleIOError as e:
+    print("failed as expected:", e)
+"""
+
+
+def test_many_output_shards_under_a_low_open_file_limit(tmp_path: Path):
+    """200 one-tensor shards with RLIMIT_NOFILE = 64: every writer path finishes
+    (file inputs, a 200-file input, live tensors, a method recipe), and a disk
+    that fills up mid-run still leaves no partial directory behind."""
+    inputs = make_pair(tmp_path, n=200, shape=(16,))
+    script = tmp_path / "low_fd.py"
+    script.write_text(_LOW_FD_SCRIPT)
+    fault_after = 200 * 64 + 200 * 200 + 4000  # past preallocation, inside the data writes
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path), str(fault_after)],
+                          env=child_env(), capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "failed as expected" in proc.stdout and "disk full" in proc.stdout, proc.stdout
+    for name in ("files", "from_many", "live", "method"):
+        shards = sorted((tmp_path / name).glob("model-*.safetensors"))
+        assert len(shards) == 200, name
+        index = ladle.open(tmp_path / name)
+        assert len(index.tensors) == 200
+    from safetensors.numpy import load_file
+
+    xa, xb = load_file(str(inputs[0])), load_file(str(inputs[1]))
+    for name, want in (("files", 0.5 * xa["t7"] + 0.5 * xb["t7"]), ("live", xa["t7"])):
+        got = ladle.open(tmp_path / name).tensors["t7"].file
+        np.testing.assert_array_equal(load_file(str(got))["t7"], want)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("failed")]

@@ -52,7 +52,7 @@ def parse_size(value: int | str, what: str = "size", minimum: int = 0) -> int:
     else:
         match = _SIZE.fullmatch(value)
         if not match or match.group(2).lower() not in _UNITS:
-            raise LadleValueError(f"cannot parse {what} {value!r} "
+            raise LadleValueError(f"cannot parse size {value!r} for {what} "
                                   f"(examples: 5GB, 256MiB, 1048576)")
         n_bytes = int(Fraction(match.group(1)) * _UNITS[match.group(2).lower()])
     if n_bytes < minimum:

@@ -11,9 +11,9 @@ import os
 import sys
 from pathlib import Path
 
-from ._units import format_size
+from ._units import format_size, parse_size
 from .cli_soups import add_greedy_options, add_subcommands
-from .cli_types import SIZE, THREADS
+from .cli_types import THREADS
 from .errors import LadleError
 
 
@@ -27,11 +27,9 @@ class _Parser(argparse.ArgumentParser):
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", required=True, help="output .safetensors file or directory")
     p.add_argument("--dtype", help="output dtype of float tensors: bf16, f16, f32, f64")
-    p.add_argument("--max-shard-size", default="5GB", type=SIZE,
-                   help="shard size of directory outputs")
+    p.add_argument("--max-shard-size", default="5GB", help="shard size of directory outputs")
     p.add_argument("--threads", type=THREADS, default=0, help="worker threads (0: all cores)")
-    p.add_argument("--memory-budget", default="256MiB", type=SIZE,
-                   help="bound on buffers, e.g. 256MiB")
+    p.add_argument("--memory-budget", default="256MiB", help="bound on buffers, e.g. 256MiB")
     p.add_argument("--include", action="append", help="only tensors matching this glob")
     p.add_argument("--exclude", action="append", help="skip tensors matching this glob")
     p.add_argument("--check-finite", action="store_true", help="fail on NaN/Inf values")
@@ -80,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="merge generated Llama-shaped checkpoints and verify")
     p.add_argument("--workdir", default="demo-work", help="where checkpoints are generated")
-    p.add_argument("--size", default="1GB", type=SIZE, help="approximate size of each checkpoint")
+    p.add_argument("--size", default="1GB", help="approximate size of each checkpoint")
     add_subcommands(sub)  # sweep, convert
     from .analysis.cli import add_subcommands as add_analyze
 
@@ -130,7 +128,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from .demo import run_demo
 
-        return run_demo(Path(args.workdir), args.size)
+        return run_demo(Path(args.workdir), parse_size(args.size, "--size", 1))
     if args.command == "analyze":
         from .analysis.cli import dispatch as analyze
 

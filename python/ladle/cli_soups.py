@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .cli_types import FINITE, SIZE
+from .cli_types import FINITE
 from .errors import LadleValueError
 
 
@@ -46,7 +46,7 @@ def add_subcommands(sub: Any) -> None:
     p = sub.add_parser("convert", help="write a .pt/.bin checkpoint as sharded safetensors")
     p.add_argument("checkpoint")
     p.add_argument("-o", "--out", required=True)
-    p.add_argument("--max-shard-size", default="5GB", type=SIZE)
+    p.add_argument("--max-shard-size", default="5GB")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
 

@@ -1,6 +1,8 @@
 """argparse ``type=`` converters built on the shared validators of
 :mod:`ladle._units`, so the CLI refuses a bad number with the same message as
-the Python API, at parse time, as one ``ladle: error:`` line (exit 2).
+the Python API, at parse time, as one ``ladle: error:`` line (exit 2). Byte
+sizes stay strings here: the API's :func:`ladle._units.engine_options` checks
+them first thing, before any file is opened or locked.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import argparse
 import math
 from collections.abc import Callable
 
-from ._units import parse_size, parse_threads
+from ._units import parse_threads
 from .errors import LadleError, LadleValueError
 
 
@@ -45,6 +47,5 @@ def _finite(text: str) -> float:
 
 
 THREADS = option_type(parse_threads, "threads")
-SIZE = option_type(lambda text: parse_size(text, "size", minimum=1), "size")
 COUNT = option_type(_count, "count")  # steps, grid points, bins: at least one
 FINITE = option_type(_finite, "finite")  # alphas, margins: a real number
