@@ -45,7 +45,8 @@ py::dict header_to_dict(const Header& h) {
 // Python-facing wrapper that owns the plan's files and writers.
 class PyPlan {
  public:
-  uint32_t add_file_source(const std::string& path, uint64_t expected_n_bytes) {
+  uint32_t add_file_source(const py::object& path_arg, uint64_t expected_n_bytes) {
+    std::string path = fs_path(path_arg);
     auto file = std::make_shared<MappedFile>(path, expected_n_bytes);
     plan_.sources.push_back({path, file->data(), file->n_bytes(), file});
     return static_cast<uint32_t>(plan_.sources.size() - 1);
@@ -54,7 +55,8 @@ class PyPlan {
     plan_.sources.push_back({label, reinterpret_cast<const uint8_t*>(address), n_bytes, nullptr});
     return static_cast<uint32_t>(plan_.sources.size() - 1);
   }
-  uint32_t add_file_sink(const std::string& path, uint64_t n_bytes, const py::bytes& header) {
+  uint32_t add_file_sink(const py::object& path_arg, uint64_t n_bytes, const py::bytes& header) {
+    std::string path = fs_path(path_arg);
     auto writer = std::make_shared<ShardWriter>(path, n_bytes, std::string(header));
     plan_.sinks.push_back({path, nullptr, n_bytes, writer});
     return static_cast<uint32_t>(plan_.sinks.size() - 1);
@@ -275,7 +277,7 @@ PYBIND11_MODULE(_core, m) {
 
   register_error_translator();
 
-  m.def("read_header", [](const std::string& path) { return header_to_dict(read_header(path)); },
+  m.def("read_header", [](const py::object& path) { return header_to_dict(read_header(fs_path(path))); },
         py::arg("path"), "Read and validate a safetensors header (no tensor data is read).");
   m.def("parse_header",
         [](const std::string& label, const py::bytes& json, uint64_t file_n_bytes) {
@@ -287,8 +289,15 @@ PYBIND11_MODULE(_core, m) {
   m.def("dtype_n_bits", [](const std::string& d) { return dtype_bits(dtype_from(d)); });
   m.def("dtype_is_mergeable", [](const std::string& d) { return dtype_is_mergeable(dtype_from(d)); });
   m.def("build_info", &build_info);
-  m.def("file_crc32c", &file_crc32c, py::arg("path"), py::call_guard<py::gil_scoped_release>(),
-        "CRC-32C of a whole file (SSE4.2 when available).");
+  m.def("file_crc32c", [](const py::object& path, uint32_t crc, uint64_t offset, uint64_t n_bytes) {
+          std::string p = fs_path(path);
+          py::gil_scoped_release release;
+          return file_crc32c(p, crc, offset, n_bytes);
+        }, py::arg("path"), py::arg("crc") = 0, py::arg("offset") = 0,
+        py::arg("n_bytes") = UINT64_MAX,
+        "CRC-32C of a file, or of n_bytes from offset continuing crc (SSE4.2 when available).");
+  m.attr("FILE_CHECKSUM_KEY") = kFileChecksumKey;
+  m.attr("FILE_CHECKSUM_PLACEHOLDER") = kFileChecksumPlaceholder;
   m.def("crc32c", [](const py::bytes& data, uint32_t crc) {
           std::string s(data);
           return crc32c(crc, s.data(), s.size());

@@ -225,6 +225,11 @@ std::string serialize_header(const std::vector<TensorEntry>& tensors,
   }
   json += "}";
   while ((8 + json.size()) % 8 != 0) json.push_back(' ');
+  LADLE_CHECK(json.size() <= kMaxHeaderBytes, ErrorKind::kValue,
+              "header of %zu tensors would be %zu bytes, over the safetensors format's limit of "
+              "%llu bytes (write a directory output with a smaller max_shard_size, or fewer "
+              "tensors per file)", tensors.size(), json.size(),
+              (unsigned long long)kMaxHeaderBytes);
   std::string out(8, '\0');
   uint64_t n = json.size();
   for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xFF);

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <mutex>
 
+#include "checksum.h"
 #include "common.h"
 
 namespace ladle {
@@ -137,6 +138,11 @@ ShardWriter::ShardWriter(const std::string& path, uint64_t n_bytes, const std::s
   fd_ = fd;
   open.lru.push_front(this);
   lru_ = open.lru.begin();
+  const std::string field = std::string("\"") + kFileChecksumKey + "\":\"" +
+                            kFileChecksumPlaceholder + "\"";
+  size_t at = header.find(field);
+  if (at != std::string::npos && header.find(field, at + 1) == std::string::npos)
+    checksum_at_ = at + field.size() - 1 - std::strlen(kFileChecksumPlaceholder);
 }
 
 ShardWriter::~ShardWriter() {
@@ -190,19 +196,31 @@ void ShardWriter::write_at(uint64_t offset, const void* data, uint64_t n) {
 }
 
 void ShardWriter::finish() {
-  OpenShards& open = OpenShards::get();
-  std::lock_guard<std::mutex> guard(open.mu);
-  if (finished_) return;
-  finished_ = true;
-  if (fd_ < 0) {  // evicted: reopen to fsync what was written through other descriptors
-    fd_ = open.open_for_write(path_, O_WRONLY | O_CLOEXEC);
-    LADLE_CHECK(fd_ >= 0, ErrorKind::kIO, "%s: cannot reopen to fsync: %s", path_.c_str(),
-                std::strerror(errno));
-  } else {
-    open.lru.erase(lru_);
+  int fd = -1;
+  {
+    OpenShards& open = OpenShards::get();
+    std::lock_guard<std::mutex> guard(open.mu);
+    if (finished_) return;
+    finished_ = true;
+    if (fd_ < 0) {  // evicted: reopen to fsync what was written through other descriptors
+      fd = open.open_for_write(path_, O_WRONLY | O_CLOEXEC);
+      LADLE_CHECK(fd >= 0, ErrorKind::kIO, "%s: cannot reopen to fsync: %s", path_.c_str(),
+                  std::strerror(errno));
+    } else {
+      open.lru.erase(lru_);
+      fd = fd_;
+      fd_ = -1;
+    }
   }
-  int fd = fd_;
-  fd_ = -1;
+  if (checksum_at_ > 0) {
+    try {
+      std::string digits = format("%08x", file_crc32c(path_, 0, 0, n_bytes_));
+      pwrite_all(path_, fd, checksum_at_, digits.data(), digits.size());
+    } catch (...) {
+      ::close(fd);
+      throw;
+    }
+  }
   if (::fsync(fd) != 0) {
     int e = errno;
     ::close(fd);

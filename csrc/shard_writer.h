@@ -4,6 +4,11 @@
 // Descriptors are opened lazily and at most kMaxOpenShards stay open across all
 // writers (least recently used idle ones are closed), so an output of thousands
 // of shards runs under a low `ulimit -n`.
+// Self-checksummed files: a header whose metadata holds
+// "ladle_file_crc32c":"00000000" gets those 8 digits replaced, before the
+// fsync, by the CRC-32C (lowercase hex) of the whole file as written with the
+// zeros in place; `ladle verify` recomputes it the same way. The file stays a
+// plain safetensors file (the value is an ordinary metadata string).
 #pragma once
 
 #include <cstdint>
@@ -22,7 +27,7 @@ class ShardWriter {
 
   // Thread-safe positional write of [data, data + n) at absolute `offset`.
   void write_at(uint64_t offset, const void* data, uint64_t n);
-  // fsyncs and closes; further writes fail.
+  // Seals the checksum field (if any), fsyncs and closes; further writes fail.
   void finish();
 
   const std::string& path() const { return path_; }
@@ -39,8 +44,13 @@ class ShardWriter {
   int fd_ = -1;            // -1 while closed (not yet opened, evicted or finished)
   int users_ = 0;          // writes in flight on fd_ (never evicted while > 0)
   bool finished_ = false;
+  uint64_t checksum_at_ = 0;  // file offset of the checksum field's digits; 0: none
   std::list<ShardWriter*>::iterator lru_;  // place among the open writers
 };
+
+// Metadata key of the whole-file checksum and its placeholder value.
+constexpr const char* kFileChecksumKey = "ladle_file_crc32c";
+constexpr const char* kFileChecksumPlaceholder = "00000000";
 
 // Most shard descriptors open at once across every writer of the process.
 constexpr int kMaxOpenShards = 16;

@@ -184,11 +184,11 @@ def plan_hash(plan: MergePlan, ckpts: list[Checkpoint]) -> str:
     offsets, metadata with inputs and weights) and every input file's size and mtime."""
     h = hashlib.sha256()
     for shard in plan.shards:
-        h.update(shard.file_name.encode() + b"\0" + shard.header)
+        h.update(os.fsencode(shard.file_name) + b"\0" + shard.header)
     for ckpt in ckpts:
         for file, size in ckpt.file_sizes.items():
             st = os.stat(file)
-            h.update(f"{file}\0{size}\0{st.st_mtime_ns}\0".encode())
+            h.update(os.fsencode(file) + f"\0{size}\0{st.st_mtime_ns}\0".encode())
     return h.hexdigest()
 
 

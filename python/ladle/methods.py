@@ -45,7 +45,7 @@ from .checkpoint import Checkpoint, TensorInfo, _preview, add_file_sources
 from .errors import LadleValueError, MismatchError
 from .merge import CheckpointLike, MergeReport, PathLike, _open_all, _progress_bar
 from .output import OutputDir, write_atomically
-from .plan import _ITEM_BYTES, Shard, _assign_shards, normalize_dtype
+from .plan import _ITEM_BYTES, Shard, layout_shards, normalize_dtype
 
 
 @dataclass(frozen=True)
@@ -418,12 +418,8 @@ def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpo
                 "models": task_models,
             }
         outputs.append(t)
-    shards = _assign_shards(outputs, max_shard_bytes, single_file)  # type: ignore[arg-type]
-    meta = {"format": "pt", **(metadata or {})}
-    for shard in shards:
-        shard.header = _core.serialize_header(
-            [(t.name, t.dtype, list(t.shape), t.offset, t.offset + t.n_bytes)
-             for t in shard.tensors], list(meta.items()))
+    shards, meta = layout_shards(outputs, max_shard_bytes, single_file,  # type: ignore[arg-type]
+                                 metadata)
     return MethodPlan(method, outputs, shards, sharded=len(shards) > 1, metadata=meta)
 
 

@@ -159,25 +159,58 @@ def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: st
             outputs.append(OutputTensor(name, first.dtype, first.shape, "copy",
                                         [(i, 1.0) for i in infos], first.n_bytes,
                                         first.n_elems))
+    shards, meta = layout_shards(outputs, max_shard_bytes, single_file, metadata)
+    return MergePlan(outputs, shards, sharded=len(shards) > 1, metadata=meta)
+
+
+# A directory output starts a new shard before its header could pass this
+# (the format's limit is 100 MB, checked exactly when the header is serialised).
+HEADER_SPLIT_BYTES = 90 * 10**6
+
+
+def layout_shards(outputs: list[OutputTensor], max_shard_bytes: int, single_file: bool,
+                  metadata: dict[str, str] | None) -> tuple[list[Shard], dict[str, str]]:
+    """Assign ``outputs`` to shards and serialise every shard's header.
+
+    An output that is one file gets the ``ladle_file_crc32c`` placeholder in its
+    metadata; the C++ writer fills in the file's CRC-32C before the fsync, so
+    ``ladle verify`` can check a single file as the index's checksums check shards.
+    A header over the format's 100 MB limit is refused here, before anything is
+    written.
+
+    Returns:
+        ``(shards, metadata)``; the metadata as written (``format: pt`` first).
+    """
     shards = _assign_shards(outputs, max_shard_bytes, single_file)
     meta = {"format": "pt", **(metadata or {})}
+    if len(shards) == 1:
+        meta[_core.FILE_CHECKSUM_KEY] = _core.FILE_CHECKSUM_PLACEHOLDER
     for shard in shards:
         shard.header = _core.serialize_header(
             [(t.name, t.dtype, list(t.shape), t.offset, t.offset + t.n_bytes)
              for t in shard.tensors], list(meta.items()))
-    return MergePlan(outputs, shards, sharded=len(shards) > 1, metadata=meta)
+    return shards, meta
+
+
+def _header_bound(t: OutputTensor) -> int:
+    """Upper bound of the bytes ``t`` adds to a header (names JSON-escaped at
+    worst 6 bytes per byte, 21 digits per number)."""
+    return 6 * len(t.name.encode("utf-8", "surrogatepass")) + 80 + 21 * len(t.shape)
 
 
 def _assign_shards(outputs: list[OutputTensor], max_shard_bytes: int,
                    single_file: bool) -> list[Shard]:
     groups: list[list[OutputTensor]] = [[]]
-    size = 0
+    size = header = 0
     for t in outputs:
-        if not single_file and groups[-1] and size + t.n_bytes > max_shard_bytes:
+        t_header = _header_bound(t)
+        if not single_file and groups[-1] and (size + t.n_bytes > max_shard_bytes
+                                               or header + t_header > HEADER_SPLIT_BYTES):
             groups.append([])
-            size = 0
+            size = header = 0
         groups[-1].append(t)
         size += t.n_bytes
+        header += t_header
     n = len(groups)
     shards = []
     for i, group in enumerate(groups):

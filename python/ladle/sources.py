@@ -155,6 +155,7 @@ def from_tensors(label: str, tensors: Mapping[str, Any], writable: bool = False)
     live: dict[str, Any] = {}
     for name, t in tensors.items():
         if hasattr(t, "data_ptr"):
+            _check_dense(label, name, t)
             if writable and not t.is_contiguous():
                 raise LadleValueError(f"{label}: tensor '{name}' is not contiguous and cannot "
                                       f"be written in place")
@@ -170,6 +171,17 @@ def from_tensors(label: str, tensors: Mapping[str, Any], writable: bool = False)
         if key not in sources:
             sources[key] = spec
     return TensorSet(label, refs, sources, keep, live)
+
+
+def _check_dense(label: str, name: str, t: Any) -> None:
+    """Only dense (strided), unquantized tensors have one flat buffer to stream."""
+    layout = str(getattr(t, "layout", "torch.strided"))
+    if layout != "torch.strided":
+        raise LadleValueError(f"{label}: tensor '{name}' is sparse ({layout}); ladle merges "
+                              f"dense tensors only: convert it with .to_dense() first")
+    if getattr(t, "is_quantized", False):
+        raise LadleValueError(f"{label}: tensor '{name}' is quantized ({t.dtype}); ladle "
+                              f"merges unquantized tensors only: .dequantize() it first")
 
 
 def _torch_ref(label: str, name: str, t: Any) -> tuple[TensorRef, Hashable, SourceSpec, Any]:

@@ -7,6 +7,7 @@ and no arbitrary code is ever unpickled. open_clip's ``{"state_dict": ...}`` wra
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,9 @@ def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
     path = Path(path)
     try:
-        obj = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on sparse/legacy storages: ladle
+            warnings.simplefilter("ignore", UserWarning)  # reports what it refuses itself
+            obj = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for bad files
         raise FormatError(f"{path}: not a weights-only PyTorch checkpoint: "
                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None

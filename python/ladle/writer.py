@@ -18,7 +18,7 @@ from . import _core
 from ._units import engine_options
 from .errors import LadleValueError
 from .output import OutputDir, write_atomically
-from .plan import OutputTensor, _assign_shards, build_plan, check_weights, describe
+from .plan import OutputTensor, build_plan, check_weights, describe, layout_shards
 from .sources import TensorRef, TensorSet, open_input
 
 PathLike = str | os.PathLike
@@ -50,12 +50,7 @@ def write_tensors(out: PathLike, tensors: Sequence[OutputTensor], sets: Sequence
     threads, budget, shard_bytes = engine_options(threads, memory_budget, max_shard_size)
     output = OutputDir(out, overwrite=overwrite)
     tensors = list(tensors)
-    shards = _assign_shards(tensors, shard_bytes, output.single_file)
-    meta = {"format": "pt", **(metadata or {})}
-    for shard in shards:
-        shard.header = _core.serialize_header(
-            [(t.name, t.dtype, list(t.shape), t.offset, t.offset + t.n_bytes)
-             for t in shard.tensors], list(meta.items()))
+    shards, _ = layout_shards(tensors, shard_bytes, output.single_file, metadata)
     t0 = time.perf_counter()
 
     def work(output: OutputDir) -> dict:
