@@ -35,9 +35,19 @@ py::dict header_to_dict(const Header& h) {
   py::dict metadata;
   for (const auto& [k, v] : h.metadata) metadata[py::str(k)] = py::str(v);
   out["metadata"] = h.has_metadata ? py::object(metadata) : py::object(py::none());
-  py::list tensors;
-  for (const TensorEntry& t : h.tensors)
-    tensors.append(py::make_tuple(t.name, dtype_name(t.dtype), t.shape, t.begin, t.end));
+  // One str per dtype and the shape as a tuple: a header may hold 10^6 tensors,
+  // so per-tensor Python objects are kept to what the caller stores.
+  std::vector<py::str> dtype_names;
+  for (int d = 0; d < static_cast<int>(DType::kCount); ++d)
+    dtype_names.emplace_back(dtype_name(static_cast<DType>(d)));
+  py::list tensors(h.tensors.size());
+  for (size_t i = 0; i < h.tensors.size(); ++i) {
+    const TensorEntry& t = h.tensors[i];
+    py::tuple shape(t.shape.size());
+    for (size_t k = 0; k < t.shape.size(); ++k) shape[k] = py::int_(t.shape[k]);
+    tensors[i] = py::make_tuple(py::str(t.name), dtype_names[static_cast<int>(t.dtype)],
+                                std::move(shape), t.begin, t.end);
+  }
   out["tensors"] = tensors;
   return out;
 }

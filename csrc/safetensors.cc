@@ -131,10 +131,11 @@ Header parse_header(const std::string& label, const std::string& json, uint64_t 
     }
     h.tensors.push_back(parse_tensor(label, key, value));
   }
-  std::stable_sort(h.tensors.begin(), h.tensors.end(),
-                   [](const TensorEntry& a, const TensorEntry& b) {
-                     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-                   });
+  auto by_offset = [](const TensorEntry& a, const TensorEntry& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  };
+  if (!std::is_sorted(h.tensors.begin(), h.tensors.end(), by_offset))  // often already in order
+    std::stable_sort(h.tensors.begin(), h.tensors.end(), by_offset);
   uint64_t buffer_n_bytes = file_n_bytes - h.data_start;
   uint64_t cursor = 0;
   for (const TensorEntry& t : h.tensors) {

@@ -10,8 +10,10 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from . import _core
+from ._bulk import bulk_objects
 from .errors import FormatError, LadleIOError
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -20,9 +22,10 @@ INDEX_NAME = "model.safetensors.index.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """Where one tensor's bytes live on disk."""
+class TensorInfo(NamedTuple):
+    """Where one tensor's bytes live on disk. (A named tuple: a checkpoint may
+    hold 10^6 of them, and a tuple is built ~4x faster than a frozen dataclass
+    and takes half the memory.)"""
 
     name: str
     dtype: str
@@ -60,6 +63,7 @@ class Checkpoint:
                 f"{len(self.file_sizes)} file(s), {self.n_bytes} bytes)")
 
 
+@bulk_objects()
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read the headers of a checkpoint.
 
@@ -146,8 +150,7 @@ def _from_files(path: Path, files: list[Path], weight_map: dict[str, str] | None
                 raise FormatError(
                     f"{file}: tensor '{name}' is not listed for this shard in "
                     f"{INDEX_NAME} (index says {where!r})")
-            tensors[name] = TensorInfo(name, dtype, tuple(shape), file, start + begin,
-                                       end - begin)
+            tensors[name] = TensorInfo(name, dtype, shape, file, start + begin, end - begin)
     if weight_map is not None:
         missing = sorted(set(weight_map) - set(tensors))
         if missing:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import _core
+from ._bulk import bulk_objects
 from ._units import engine_options
 from .checkpoint import Checkpoint, add_file_sources, open_checkpoint
 from .cuda import parse_device
@@ -202,6 +203,7 @@ def _needs_live_path(c: object) -> bool:
     return True
 
 
+@bulk_objects()
 def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, threads: int,
             memory_budget: int, check_finite: bool, progress: bool, kernel: str,
             device: str = "cpu", only: list[int] | None = None) -> dict:

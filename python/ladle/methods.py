@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
+from ._bulk import bulk_objects
 from ._units import engine_options
 from .checkpoint import Checkpoint, TensorInfo, _preview, add_file_sources
 from .errors import LadleValueError, MismatchError
@@ -310,6 +311,7 @@ def check_parameter_names(method: str, parameters: dict[str, Any],
                     f"(allowed per model: {', '.join(sorted(spec.model_params)) or 'none'})")
 
 
+@bulk_objects()
 def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpoint], *,
                       parameters: dict[str, Any] | None = None,
                       model_parameters: list[dict[str, Any]] | None = None,
@@ -609,6 +611,7 @@ def _write_chat_template(output: OutputDir, template: str) -> None:
         config.write_text(json.dumps(data, indent=2) + "\n")
 
 
+@bulk_objects()
 def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: OutputDir, *,
                         seed: int, threads: int, memory_budget: int, chunk_elems: int,
                         check_finite: bool, progress: bool, kernel: str) -> dict:

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from . import _core
+from ._bulk import bulk_objects
 from .checkpoint import Checkpoint, TensorInfo, _preview
 from .errors import LadleValueError, MismatchError
 
@@ -32,7 +33,7 @@ def normalize_dtype(dtype: str | None) -> str | None:
     raise LadleValueError(f"unsupported output dtype {dtype!r} (choose from bf16, f16, f32, f64)")
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a plan may hold 10^6 of them
 class OutputTensor:
     """One tensor of the output and the inputs it is computed from."""
 
@@ -114,6 +115,18 @@ def match_tensors(checkpoints: list[Checkpoint], include: list[str] | None,
     return names
 
 
+class _DTypeTable(dict):
+    """``fn(dtype)`` computed once per dtype (a plan asks per tensor, up to 10^6 times)."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def __missing__(self, dtype: str):
+        self[dtype] = value = self.fn(dtype)
+        return value
+
+
 def _selected(name: str, include: list[str] | None, exclude: list[str] | None) -> bool:
     if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
         return False
@@ -135,6 +148,7 @@ def check_weights(weights: list[float], n_inputs: int) -> list[float]:
     return weights
 
 
+@bulk_objects()
 def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: str | None = None,
                include: list[str] | None = None, exclude: list[str] | None = None,
                max_shard_bytes: int = 5 * 10**9, single_file: bool = False,
@@ -147,10 +161,11 @@ def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: st
     weights = check_weights(weights, len(checkpoints))
     out_dtype = normalize_dtype(dtype)
     outputs: list[OutputTensor] = []
+    mergeable = _DTypeTable(_core.dtype_is_mergeable)
     for name in match_tensors(checkpoints, include, exclude):
         infos = [c.tensors[name] for c in checkpoints]
         first = infos[0]
-        if _core.dtype_is_mergeable(first.dtype):
+        if mergeable[first.dtype]:
             odt = out_dtype or first.dtype
             n_bytes = first.n_elems * _ITEM_BYTES[odt]
             outputs.append(OutputTensor(name, odt, first.shape, "sum",
@@ -187,7 +202,7 @@ def layout_shards(outputs: list[OutputTensor], max_shard_bytes: int, single_file
         meta[_core.FILE_CHECKSUM_KEY] = _core.FILE_CHECKSUM_PLACEHOLDER
     for shard in shards:
         shard.header = _core.serialize_header(
-            [(t.name, t.dtype, list(t.shape), t.offset, t.offset + t.n_bytes)
+            [(t.name, t.dtype, t.shape, t.offset, t.offset + t.n_bytes)
              for t in shard.tensors], list(meta.items()))
     return shards, meta
 
@@ -217,7 +232,8 @@ def _assign_shards(outputs: list[OutputTensor], max_shard_bytes: int,
         name = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
         # Larger items first keeps every tensor aligned to its item size, as the
         # safetensors library does; the sort is stable so model order survives.
-        group = sorted(group, key=lambda t: -_item_alignment(t.dtype))
+        alignment = _DTypeTable(_item_alignment)
+        group = sorted(group, key=lambda t: -alignment[t.dtype])
         offset = 0
         for t in group:
             t.shard, t.offset = i, offset
