@@ -2,6 +2,7 @@
 // ladle._core, releases the GIL while the engine runs, and maps ladle::Error
 // kinds onto the exception classes of ladle.errors.
 #include <Python.h>
+#include <map>
 #include <pybind11/functional.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -35,18 +36,23 @@ py::dict header_to_dict(const Header& h) {
   py::dict metadata;
   for (const auto& [k, v] : h.metadata) metadata[py::str(k)] = py::str(v);
   out["metadata"] = h.has_metadata ? py::object(metadata) : py::object(py::none());
-  // One str per dtype and the shape as a tuple: a header may hold 10^6 tensors,
-  // so per-tensor Python objects are kept to what the caller stores.
+  // One str per dtype and one tuple per distinct shape: a header may hold 10^6
+  // tensors (mostly of a few shapes), so per-tensor Python objects are kept to
+  // what the caller must store.
   std::vector<py::str> dtype_names;
   for (int d = 0; d < static_cast<int>(DType::kCount); ++d)
     dtype_names.emplace_back(dtype_name(static_cast<DType>(d)));
+  std::map<std::vector<uint64_t>, py::tuple> shapes;
   py::list tensors(h.tensors.size());
   for (size_t i = 0; i < h.tensors.size(); ++i) {
     const TensorEntry& t = h.tensors[i];
-    py::tuple shape(t.shape.size());
-    for (size_t k = 0; k < t.shape.size(); ++k) shape[k] = py::int_(t.shape[k]);
+    auto [it, added] = shapes.try_emplace(t.shape);
+    if (added) {
+      it->second = py::tuple(t.shape.size());
+      for (size_t k = 0; k < t.shape.size(); ++k) it->second[k] = py::int_(t.shape[k]);
+    }
     tensors[i] = py::make_tuple(py::str(t.name), dtype_names[static_cast<int>(t.dtype)],
-                                std::move(shape), t.begin, t.end);
+                                it->second, t.begin, t.end);
   }
   out["tensors"] = tensors;
   return out;

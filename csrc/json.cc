@@ -283,21 +283,30 @@ bool parse_json(const std::string& text, JsonValue* out, std::string* error, int
 }
 
 std::string json_quote(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
+  std::string out;
+  append_json_quoted(&out, s);
+  return out;
+}
+
+void append_json_quoted(std::string* out, const std::string& s) {
+  out->push_back('"');
+  size_t run = 0;  // start of the pending run of characters that need no escape
+  for (size_t i = 0; i < s.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    out->append(s, run, i - run);
+    run = i + 1;
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) out += format("\\u%04x", c);
-        else out.push_back(static_cast<char>(c));
+      case '"': *out += "\\\""; break;
+      case '\\': *out += "\\\\"; break;
+      case '\n': *out += "\\n"; break;
+      case '\r': *out += "\\r"; break;
+      case '\t': *out += "\\t"; break;
+      default: *out += format("\\u%04x", c);
     }
   }
-  out += "\"";
-  return out;
+  out->append(s, run, s.size() - run);
+  out->push_back('"');
 }
 
 const char* json_kind_name(JsonValue::Kind kind) {

@@ -235,3 +235,34 @@ def test_many_output_shards_under_a_low_open_file_limit(tmp_path: Path):
         got = ladle.open(tmp_path / name).tensors["t7"].file
         np.testing.assert_array_equal(load_file(str(got))["t7"], want)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("failed")]
+
+
+# ------------------------------------------------------------------ header size
+
+
+def _long_named_tensors(n: int, name_bytes: int) -> dict:
+    return {f"{i:06d}" + "x" * (name_bytes - 6): np.zeros(1, np.float32) for i in range(n)}
+
+
+def test_single_file_header_over_the_format_limit_is_refused_before_writing(tmp_path: Path):
+    """110 tensors with 1 MB names need a ~110 MB header: more than safetensors
+    allows (100 MB). A single-file output is refused while planning; nothing is
+    written, locked or left behind."""
+    tensors = _long_named_tensors(110, 1_000_000)
+    with pytest.raises(LadleValueError, match="over the safetensors format's limit"):
+        ladle.save(tensors, tmp_path / "big.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_directory_output_splits_shards_before_the_header_limit(monkeypatch):
+    """Into a directory, shards are split so that no header nears the limit
+    (here lowered to 2.5 MB so the test stays small), whatever max_shard_size."""
+    from ladle import plan
+
+    monkeypatch.setattr(plan, "HEADER_SPLIT_BYTES", 2_500_000)
+    outputs = [plan.OutputTensor(f"{i:06d}" + "x" * 99_994, "F32", (1,), "copy", [], 4, 1)
+               for i in range(100)]
+    shards, _ = plan.layout_shards(outputs, 5 * 10**9, single_file=False, metadata={"k": "v"})
+    assert len(shards) >= 3
+    assert all(len(s.header) <= 2_500_000 for s in shards)
+    assert [t.name for s in shards for t in s.tensors] == [t.name for t in outputs]
