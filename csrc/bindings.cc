@@ -2,6 +2,10 @@
 // ladle._core, releases the GIL while the engine runs, and maps ladle::Error
 // kinds onto the exception classes of ladle.errors.
 #include <Python.h>
+#include <map>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <pybind11/functional.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -27,6 +31,14 @@ KernelImpl kernel_from(const std::string& name) {
   raise(ErrorKind::kValue, format("unknown kernel '%s' (auto, scalar, avx2)", name.c_str()));
 }
 
+// Hands memory freed by a large header parse back to the OS (glibc keeps it in
+// its arenas otherwise, and the process's RSS would count it until exit).
+void release_free_heap() {
+#if defined(__GLIBC__)
+  ::malloc_trim(0);
+#endif
+}
+
 py::dict header_to_dict(const Header& h) {
   py::dict out;
   out["header_n_bytes"] = h.header_n_bytes;
@@ -35,9 +47,24 @@ py::dict header_to_dict(const Header& h) {
   py::dict metadata;
   for (const auto& [k, v] : h.metadata) metadata[py::str(k)] = py::str(v);
   out["metadata"] = h.has_metadata ? py::object(metadata) : py::object(py::none());
-  py::list tensors;
-  for (const TensorEntry& t : h.tensors)
-    tensors.append(py::make_tuple(t.name, dtype_name(t.dtype), t.shape, t.begin, t.end));
+  // One str per dtype and one tuple per distinct shape: a header may hold 10^6
+  // tensors (mostly of a few shapes), so per-tensor Python objects are kept to
+  // what the caller must store.
+  std::vector<py::str> dtype_names;
+  for (int d = 0; d < static_cast<int>(DType::kCount); ++d)
+    dtype_names.emplace_back(dtype_name(static_cast<DType>(d)));
+  std::map<std::vector<uint64_t>, py::tuple> shapes;
+  py::list tensors(h.tensors.size());
+  for (size_t i = 0; i < h.tensors.size(); ++i) {
+    const TensorEntry& t = h.tensors[i];
+    auto [it, added] = shapes.try_emplace(t.shape);
+    if (added) {
+      it->second = py::tuple(t.shape.size());
+      for (size_t k = 0; k < t.shape.size(); ++k) it->second[k] = py::int_(t.shape[k]);
+    }
+    tensors[i] = py::make_tuple(py::str(t.name), dtype_names[static_cast<int>(t.dtype)],
+                                it->second, t.begin, t.end);
+  }
   out["tensors"] = tensors;
   return out;
 }
@@ -45,7 +72,8 @@ py::dict header_to_dict(const Header& h) {
 // Python-facing wrapper that owns the plan's files and writers.
 class PyPlan {
  public:
-  uint32_t add_file_source(const std::string& path, uint64_t expected_n_bytes) {
+  uint32_t add_file_source(const py::object& path_arg, uint64_t expected_n_bytes) {
+    std::string path = fs_path(path_arg);
     auto file = std::make_shared<MappedFile>(path, expected_n_bytes);
     plan_.sources.push_back({path, file->data(), file->n_bytes(), file});
     return static_cast<uint32_t>(plan_.sources.size() - 1);
@@ -54,7 +82,8 @@ class PyPlan {
     plan_.sources.push_back({label, reinterpret_cast<const uint8_t*>(address), n_bytes, nullptr});
     return static_cast<uint32_t>(plan_.sources.size() - 1);
   }
-  uint32_t add_file_sink(const std::string& path, uint64_t n_bytes, const py::bytes& header) {
+  uint32_t add_file_sink(const py::object& path_arg, uint64_t n_bytes, const py::bytes& header) {
+    std::string path = fs_path(path_arg);
     auto writer = std::make_shared<ShardWriter>(path, n_bytes, std::string(header));
     plan_.sinks.push_back({path, nullptr, n_bytes, writer});
     return static_cast<uint32_t>(plan_.sinks.size() - 1);
@@ -276,7 +305,15 @@ PYBIND11_MODULE(_core, m) {
 
   register_error_translator();
 
-  m.def("read_header", [](const std::string& path) { return header_to_dict(read_header(path)); },
+  m.def("read_header", [](const py::object& path) {
+          py::dict out;
+          {
+            Header header = read_header(fs_path(path));
+            out = header_to_dict(header);
+          }
+          release_free_heap();  // the parse of a 10^6-tensor header freed ~1 GB
+          return out;
+        },
         py::arg("path"), "Read and validate a safetensors header (no tensor data is read).");
   m.def("parse_header",
         [](const std::string& label, const py::bytes& json, uint64_t file_n_bytes) {
@@ -288,8 +325,15 @@ PYBIND11_MODULE(_core, m) {
   m.def("dtype_n_bits", [](const std::string& d) { return dtype_bits(dtype_from(d)); });
   m.def("dtype_is_mergeable", [](const std::string& d) { return dtype_is_mergeable(dtype_from(d)); });
   m.def("build_info", &build_info);
-  m.def("file_crc32c", &file_crc32c, py::arg("path"), py::call_guard<py::gil_scoped_release>(),
-        "CRC-32C of a whole file (SSE4.2 when available).");
+  m.def("file_crc32c", [](const py::object& path, uint32_t crc, uint64_t offset, uint64_t n_bytes) {
+          std::string p = fs_path(path);
+          py::gil_scoped_release release;
+          return file_crc32c(p, crc, offset, n_bytes);
+        }, py::arg("path"), py::arg("crc") = 0, py::arg("offset") = 0,
+        py::arg("n_bytes") = UINT64_MAX,
+        "CRC-32C of a file, or of n_bytes from offset continuing crc (SSE4.2 when available).");
+  m.attr("FILE_CHECKSUM_KEY") = kFileChecksumKey;
+  m.attr("FILE_CHECKSUM_PLACEHOLDER") = kFileChecksumPlaceholder;
   m.def("crc32c", [](const py::bytes& data, uint32_t crc) {
           std::string s(data);
           return crc32c(crc, s.data(), s.size());

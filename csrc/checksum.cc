@@ -71,14 +71,14 @@ uint32_t crc32c(uint32_t crc, const void* data, size_t n) {
   return ~crc;
 }
 
-uint32_t file_crc32c(const std::string& path) {
+uint32_t file_crc32c(const std::string& path, uint32_t crc, uint64_t offset, uint64_t n_bytes) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   LADLE_CHECK(fd >= 0, ErrorKind::kIO, "%s: cannot open: %s", path.c_str(), std::strerror(errno));
-  std::vector<uint8_t> buffer(8u << 20);
-  uint32_t crc = 0;
-  uint64_t offset = 0;
-  while (true) {
-    ssize_t r = ::pread(fd, buffer.data(), buffer.size(), static_cast<off_t>(offset));
+  std::vector<uint8_t> buffer(static_cast<size_t>(std::min<uint64_t>(8u << 20, n_bytes)));
+  const bool whole = n_bytes == UINT64_MAX;
+  while (n_bytes > 0) {
+    size_t want = static_cast<size_t>(std::min<uint64_t>(buffer.size(), n_bytes));
+    ssize_t r = ::pread(fd, buffer.data(), want, static_cast<off_t>(offset));
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) {
       int e = errno;
@@ -86,9 +86,16 @@ uint32_t file_crc32c(const std::string& path) {
       raise(ErrorKind::kIO, format("%s: read failed at offset %llu: %s", path.c_str(),
                                    (unsigned long long)offset, std::strerror(e)), e);
     }
-    if (r == 0) break;
+    if (r == 0 && whole) break;
+    if (r == 0) {
+      ::close(fd);
+      raise(ErrorKind::kIO, format("%s: ends at offset %llu, %llu bytes short of the checksummed "
+                                   "range", path.c_str(), (unsigned long long)offset,
+                                   (unsigned long long)n_bytes));
+    }
     crc = crc32c(crc, buffer.data(), static_cast<size_t>(r));
     offset += static_cast<uint64_t>(r);
+    if (!whole) n_bytes -= static_cast<uint64_t>(r);
   }
   ::close(fd);
   return crc;

@@ -12,7 +12,10 @@ namespace ladle {
 // Continues `crc` (0 to start) over [data, data + n).
 uint32_t crc32c(uint32_t crc, const void* data, size_t n);
 
-// CRC-32C of a whole file, read with pread through one reused buffer.
-uint32_t file_crc32c(const std::string& path);
+// CRC-32C of a file (or of its bytes [offset, offset + n_bytes), continuing
+// `crc`), read with pread through one reused buffer. Reading stops at the end
+// of the file; a range past it is an IO error.
+uint32_t file_crc32c(const std::string& path, uint32_t crc = 0, uint64_t offset = 0,
+                     uint64_t n_bytes = UINT64_MAX);
 
 }  // namespace ladle

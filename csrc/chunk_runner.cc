@@ -7,6 +7,7 @@
 #include <cstring>
 #include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
 #include "common.h"
@@ -157,6 +158,14 @@ void guard_reads(const Plan& plan, const std::string& tensor, const std::functio
         EIO);
 }
 
+int resolve_threads(int threads) {
+  LADLE_CHECK(threads >= 0 && threads <= kMaxThreads, ErrorKind::kValue,
+              "threads must be from 0 (all cores) to %d, got %d", kMaxThreads, threads);
+  if (threads > 0) return threads;
+  return static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u,
+                                     static_cast<unsigned>(kMaxThreads)));
+}
+
 void run_workers(size_t n_items, int n_workers, const std::function<void(int)>& setup,
                  const std::function<void(int, size_t)>& process, const ProgressFn& progress,
                  const std::atomic<uint64_t>& bytes_done, uint64_t total_bytes) {
@@ -173,8 +182,9 @@ void run_workers(size_t n_items, int n_workers, const std::function<void(int)>& 
   };
   install_sigbus_handler();
   std::vector<std::thread> threads;
+  threads.reserve(static_cast<size_t>(std::max(0, n_workers)));
   for (int w = 0; w < n_workers; ++w) {
-    threads.emplace_back([&, w] {
+    auto worker = [&, w] {
       try {
         if (setup) setup(w);
         while (!cancelled.load()) {
@@ -188,7 +198,18 @@ void run_workers(size_t n_items, int n_workers, const std::function<void(int)>& 
       std::lock_guard<std::mutex> guard(mu);
       ++finished;
       done_cv.notify_all();
-    });
+    };
+    try {
+      threads.emplace_back(worker);
+    } catch (const std::system_error& e) {
+      // The OS refused another thread: stop the ones started (never leave a
+      // joinable std::thread behind, which would abort) and report it.
+      record_error(std::make_exception_ptr(
+          Error(ErrorKind::kIO, format("cannot start worker thread %d of %d: %s (use fewer "
+                                       "threads)", w + 1, n_workers, e.what()))));
+      n_workers = w;
+      break;
+    }
   }
   std::unique_lock<std::mutex> lock(mu);
   while (finished < n_workers) {

@@ -72,6 +72,13 @@ class ChunkSet {
 // no object with a destructor (plain loads: kernels, memcpy, conversions).
 void guard_reads(const Plan& plan, const std::string& tensor, const std::function<void()>& body);
 
+// Most worker threads a run may ask for (the Python layer refuses more, too).
+constexpr int kMaxThreads = 1024;
+
+// The worker count for a requested `threads`: 0 means every hardware thread;
+// negative or more than kMaxThreads is a kValue error, never an abort.
+int resolve_threads(int threads);
+
 // Calls process(worker, index) for every index < n_items on n_workers threads
 // (after setup(worker) on each), polling progress(bytes_done, total) every
 // ~100 ms on the calling thread. The first error (or progress returning false)

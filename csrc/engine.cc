@@ -187,8 +187,7 @@ uint64_t choose_chunk_elems(const Plan& plan, const EngineOptions& options, int 
 
 RunStats run_plan(const Plan& plan, const EngineOptions& options, const ProgressFn& progress) {
   validate_plan(plan);
-  int threads = options.threads > 0 ? options.threads
-                                    : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int threads = resolve_threads(options.threads);
   uint64_t chunk_elems = choose_chunk_elems(plan, options, threads);
   Runner runner(plan, options, threads, chunk_elems);
   return runner.run(progress);

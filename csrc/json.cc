@@ -1,6 +1,7 @@
 #include "json.h"
 
-#include <set>
+#include <functional>
+#include <string_view>
 
 #include "common.h"
 
@@ -56,17 +57,40 @@ class Parser {
     fail(format("unexpected character 0x%02x", static_cast<unsigned char>(c)));
   }
 
+  // Duplicate keys: a linear scan while an object is small (tensor entries have
+  // 3 keys); a large one (a header's 10^6 tensor names) is checked once it is
+  // complete, with an open-addressing table of member indices (no allocation per key).
+  static constexpr size_t kLinearKeys = 8;
+
+  void check_duplicate_keys(const std::vector<std::pair<std::string, JsonValue>>& members) {
+    size_t n_slots = 16;
+    while (n_slots < 2 * members.size()) n_slots *= 2;
+    std::vector<uint32_t> slots(n_slots, 0);  // member index + 1; 0: empty
+    std::hash<std::string_view> hash;
+    for (size_t i = 0; i < members.size(); ++i) {
+      const std::string& key = members[i].first;
+      for (size_t at = hash(key) & (n_slots - 1);; at = (at + 1) & (n_slots - 1)) {
+        if (slots[at] == 0) {
+          slots[at] = static_cast<uint32_t>(i + 1);
+          break;
+        }
+        if (members[slots[at] - 1].first == key) fail("duplicate key \"" + key + "\"");
+      }
+    }
+  }
+
   void parse_object(JsonValue* out, int depth) {
     out->kind = JsonValue::Kind::kObject;
     ++pos_;
     skip_ws();
-    std::set<std::string> seen;
     if (pos_ < s_.size() && s_[pos_] == '}') { ++pos_; return; }
     while (true) {
       skip_ws();
       if (pos_ >= s_.size() || s_[pos_] != '"') fail("expected a string key");
       std::string key = parse_string();
-      if (!seen.insert(key).second) fail("duplicate key \"" + key + "\"");
+      if (out->object.size() < kLinearKeys)
+        for (const auto& member : out->object)
+          if (member.first == key) fail("duplicate key \"" + key + "\"");
       skip_ws();
       if (pos_ >= s_.size() || s_[pos_] != ':') fail("expected ':'");
       ++pos_;
@@ -75,7 +99,11 @@ class Parser {
       parse_value(&out->object.back().second, depth + 1);
       skip_ws();
       if (pos_ < s_.size() && s_[pos_] == ',') { ++pos_; continue; }
-      if (pos_ < s_.size() && s_[pos_] == '}') { ++pos_; return; }
+      if (pos_ < s_.size() && s_[pos_] == '}') {
+        if (out->object.size() > kLinearKeys) check_duplicate_keys(out->object);
+        ++pos_;
+        return;
+      }
       fail("expected ',' or '}'");
     }
   }
@@ -194,6 +222,15 @@ class Parser {
     std::string out;
     while (true) {
       if (pos_ >= s_.size()) fail("unterminated string");
+      size_t run = pos_;  // plain printable ASCII is copied in one go
+      while (run < s_.size() && s_[run] != '"' && s_[run] != '\\' &&
+             static_cast<unsigned char>(s_[run]) >= 0x20 && static_cast<unsigned char>(s_[run]) < 0x80)
+        ++run;
+      if (run > pos_) {
+        out.append(s_, pos_, run - pos_);
+        pos_ = run;
+        continue;
+      }
       char c = s_[pos_];
       if (c == '"') { ++pos_; return out; }
       if (static_cast<unsigned char>(c) < 0x20) fail("control character in string");
@@ -246,21 +283,30 @@ bool parse_json(const std::string& text, JsonValue* out, std::string* error, int
 }
 
 std::string json_quote(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
+  std::string out;
+  append_json_quoted(&out, s);
+  return out;
+}
+
+void append_json_quoted(std::string* out, const std::string& s) {
+  out->push_back('"');
+  size_t run = 0;  // start of the pending run of characters that need no escape
+  for (size_t i = 0; i < s.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    out->append(s, run, i - run);
+    run = i + 1;
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) out += format("\\u%04x", c);
-        else out.push_back(static_cast<char>(c));
+      case '"': *out += "\\\""; break;
+      case '\\': *out += "\\\\"; break;
+      case '\n': *out += "\\n"; break;
+      case '\r': *out += "\\r"; break;
+      case '\t': *out += "\\t"; break;
+      default: *out += format("\\u%04x", c);
     }
   }
-  out += "\"";
-  return out;
+  out->append(s, run, s.size() - run);
+  out->push_back('"');
 }
 
 const char* json_kind_name(JsonValue::Kind kind) {

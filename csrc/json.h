@@ -29,6 +29,8 @@ bool parse_json(const std::string& text, JsonValue* out, std::string* error,
 
 // Serialises a string as a JSON string literal (quotes and escapes).
 std::string json_quote(const std::string& s);
+// The same, appended to `out` (no temporary: headers may hold 10^6 names).
+void append_json_quoted(std::string* out, const std::string& s);
 
 const char* json_kind_name(JsonValue::Kind kind);
 

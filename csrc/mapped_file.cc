@@ -56,8 +56,10 @@ MappedFile::~MappedFile() {
 }
 
 void MappedFile::prefetch(uint64_t offset, uint64_t n) const {
-  if (!data_ || n == 0 || offset >= n_bytes_) return;
   uint64_t page = page_n_bytes();
+  // Ranges under a page are left to the kernel's sequential read-ahead: a hint
+  // per tiny tensor would cost a system call each (10^6 of them in some models).
+  if (!data_ || n < page || offset >= n_bytes_) return;
   uint64_t begin = offset / page * page;
   uint64_t end = std::min(offset + n, n_bytes_);
   ::madvise(data_ + begin, end - begin, MADV_WILLNEED);

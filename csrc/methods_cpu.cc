@@ -100,11 +100,6 @@ class ChunkPool {
   std::atomic<uint64_t> read_{0};
 };
 
-int resolve_threads(const EngineOptions& options) {
-  return options.threads > 0 ? options.threads
-                             : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-}
-
 // Chunk length: a whole number of tiles, derived from the budget like the engine's.
 uint64_t method_chunk_elems(uint64_t per_elem_bytes, const EngineOptions& options, int threads) {
   uint64_t chunk = options.chunk_elems;
@@ -203,7 +198,7 @@ class TaskRunner {
  public:
   TaskRunner(const Plan& plan, const std::vector<TaskJob>& jobs, const EngineOptions& options)
       : plan_(plan), jobs_(jobs), options_(options), kernels_(select_kernels(options.kernel)),
-        threads_(resolve_threads(options)) {}
+        threads_(resolve_threads(options.threads)) {}
 
   RunStats run(const ProgressFn& progress) {
     auto t0 = std::chrono::steady_clock::now();
@@ -729,7 +724,7 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
                                                const ProgressFn& progress, RunStats* stats) {
   auto t0 = std::chrono::steady_clock::now();
   const KernelSet& kernels = select_kernels(options.kernel);
-  int threads = resolve_threads(options);
+  int threads = resolve_threads(options.threads);
   std::vector<std::vector<JobInput>> inputs(jobs.size());
   uint64_t per_elem = 1, total = 0;
   for (size_t j = 0; j < jobs.size(); ++j) {

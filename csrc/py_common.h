@@ -6,6 +6,7 @@
 #include <Python.h>
 #include <pybind11/pybind11.h>
 
+#include <cstring>
 #include <string>
 
 #include "common.h"
@@ -18,6 +19,27 @@ inline DType dtype_from(const std::string& name) {
   DType d;
   LADLE_CHECK(parse_dtype(name, &d), ErrorKind::kValue, "unknown dtype '%s'", name.c_str());
   return d;
+}
+
+// A file-system path from Python (str, bytes or os.PathLike) as the bytes the
+// OS uses: os.fsencode, so names that are not UTF-8 (surrogate-escaped by
+// Python) reach open() unchanged instead of failing the argument conversion.
+inline std::string fs_path(const pybind11::handle& path) {
+  namespace py = pybind11;
+  PyObject* encoded = nullptr;
+  if (!PyUnicode_FSConverter(path.ptr(), &encoded)) throw py::error_already_set();
+  py::bytes bytes = py::reinterpret_steal<py::bytes>(encoded);
+  return std::string(bytes);
+}
+
+// An error message (which may quote non-UTF-8 file names) as a Python str,
+// undecodable bytes surrogate-escaped as os.fsdecode does.
+inline pybind11::str message_str(const char* message) {
+  namespace py = pybind11;
+  PyObject* s = PyUnicode_DecodeUTF8(message, static_cast<Py_ssize_t>(std::strlen(message)),
+                                     "surrogateescape");
+  if (s == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::str>(s);
 }
 
 inline void register_error_translator() {
@@ -44,9 +66,10 @@ inline void register_error_translator() {
         case ErrorKind::kCancelled: cls = cancelled_error; break;
         case ErrorKind::kBackend: cls = backend_error; break;
       }
+      py::str message = message_str(e.what());
       py::object exc = e.kind() == ErrorKind::kIO && e.os_errno() != 0
-                           ? cls(e.os_errno(), e.what())
-                           : cls(e.what());
+                           ? cls(e.os_errno(), message)
+                           : cls(message);
       PyErr_SetObject(cls.ptr(), exc.ptr());
     }
   });

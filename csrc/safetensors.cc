@@ -131,10 +131,11 @@ Header parse_header(const std::string& label, const std::string& json, uint64_t 
     }
     h.tensors.push_back(parse_tensor(label, key, value));
   }
-  std::stable_sort(h.tensors.begin(), h.tensors.end(),
-                   [](const TensorEntry& a, const TensorEntry& b) {
-                     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-                   });
+  auto by_offset = [](const TensorEntry& a, const TensorEntry& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  };
+  if (!std::is_sorted(h.tensors.begin(), h.tensors.end(), by_offset))  // often already in order
+    std::stable_sort(h.tensors.begin(), h.tensors.end(), by_offset);
   uint64_t buffer_n_bytes = file_n_bytes - h.data_start;
   uint64_t cursor = 0;
   for (const TensorEntry& t : h.tensors) {
@@ -203,28 +204,44 @@ Header read_header(const std::string& path) {
 std::string serialize_header(const std::vector<TensorEntry>& tensors,
                              const std::vector<std::pair<std::string, std::string>>& metadata) {
   std::string json = "{";
+  auto check_size = [&](size_t n_tensors_done) {
+    LADLE_CHECK(json.size() <= kMaxHeaderBytes, ErrorKind::kValue,
+                "header of %zu tensors would be %s%zu bytes, over the safetensors format's limit "
+                "of %llu bytes (write a directory output with a smaller max_shard_size, or "
+                "fewer tensors per file)", tensors.size(),
+                n_tensors_done < tensors.size() ? "more than " : "", json.size(),
+                (unsigned long long)kMaxHeaderBytes);
+  };
   bool first = true;
   if (!metadata.empty()) {
     json += "\"__metadata__\":{";
     for (size_t i = 0; i < metadata.size(); ++i) {
       if (i) json += ",";
-      json += json_quote(metadata[i].first) + ":" + json_quote(metadata[i].second);
+      append_json_quoted(&json, metadata[i].first);
+      json += ":";
+      append_json_quoted(&json, metadata[i].second);
     }
     json += "}";
     first = false;
   }
-  for (const TensorEntry& t : tensors) {
+  for (size_t k = 0; k < tensors.size(); ++k) {
+    const TensorEntry& t = tensors[k];
     if (!first) json += ",";
     first = false;
-    json += json_quote(t.name) + ":{\"dtype\":\"" + dtype_name(t.dtype) + "\",\"shape\":[";
+    append_json_quoted(&json, t.name);
+    json += ":{\"dtype\":\"";
+    json += dtype_name(t.dtype);
+    json += "\",\"shape\":[";
     for (size_t i = 0; i < t.shape.size(); ++i) {
       if (i) json += ",";
       json += std::to_string(t.shape[i]);
     }
     json += "],\"data_offsets\":[" + std::to_string(t.begin) + "," + std::to_string(t.end) + "]}";
+    if (json.size() > kMaxHeaderBytes) check_size(k + 1);  // stop early, before 10^6 more
   }
   json += "}";
   while ((8 + json.size()) % 8 != 0) json.push_back(' ');
+  check_size(tensors.size());
   std::string out(8, '\0');
   uint64_t n = json.size();
   for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xFF);

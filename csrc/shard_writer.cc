@@ -6,7 +6,9 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 
+#include "checksum.h"
 #include "common.h"
 
 namespace ladle {
@@ -37,7 +39,64 @@ bool fault_fires(uint64_t n) {
         e);
 }
 
+void pwrite_all(const std::string& path, int fd, uint64_t offset, const void* data, uint64_t n) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  uint64_t done = 0;
+  while (done < n) {
+    ssize_t r = ::pwrite(fd, p + done, n - done, static_cast<off_t>(offset + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) raise_write_error(path, r < 0 ? errno : EIO, offset + done, n - done);
+    done += static_cast<uint64_t>(r);
+  }
+}
+
 }  // namespace
+
+// The writers whose descriptor is open, most recently used first. One mutex
+// guards every writer's fd_/users_/lru_; writes themselves run unlocked.
+class OpenShards {
+ public:
+  static OpenShards& get() {
+    static OpenShards instance;
+    return instance;
+  }
+  std::mutex mu;
+  std::list<ShardWriter*> lru;
+
+  // Closes idle writers, least recently used first, until fewer than `keep` are open.
+  void evict_down_to(size_t keep) {
+    for (auto it = lru.end(); lru.size() >= keep && it != lru.begin();) {
+      --it;
+      ShardWriter* w = *it;
+      if (w->users_ > 0) continue;
+      it = lru.erase(it);
+      ::close(w->fd_);
+      w->fd_ = -1;
+    }
+  }
+  // Opens `path` for writing, making room among the open shards first; on
+  // EMFILE/ENFILE closes every idle shard and tries once more.
+  int open_for_write(const std::string& path, int flags, mode_t mode = 0) {
+    evict_down_to(kMaxOpenShards);
+    int fd = ::open(path.c_str(), flags, mode);
+    if (fd < 0 && (errno == EMFILE || errno == ENFILE)) {
+      evict_down_to(1);
+      fd = ::open(path.c_str(), flags, mode);
+    }
+    if (fd < 0 && (errno == EMFILE || errno == ENFILE))
+      raise(ErrorKind::kIO,
+            format("%s: cannot open: %s (the process's open-file limit is used up by other "
+                   "files; raise `ulimit -n`)", path.c_str(), std::strerror(errno)),
+            errno);
+    return fd;
+  }
+};
+
+int n_open_shards() {
+  OpenShards& open = OpenShards::get();
+  std::lock_guard<std::mutex> guard(open.mu);
+  return static_cast<int>(open.lru.size());
+}
 
 void set_enospc_fault_after(uint64_t n_bytes) {
   g_fault_budget.store(n_bytes);
@@ -49,51 +108,119 @@ ShardWriter::ShardWriter(const std::string& path, uint64_t n_bytes, const std::s
   LADLE_CHECK(header.size() <= n_bytes, ErrorKind::kValue,
               "%s: header of %zu bytes larger than the file size %llu", path.c_str(),
               header.size(), (unsigned long long)n_bytes);
-  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  LADLE_CHECK(fd_ >= 0, ErrorKind::kIO, "%s: cannot create: %s", path.c_str(),
+  OpenShards& open = OpenShards::get();
+  std::lock_guard<std::mutex> guard(open.mu);
+  int fd = open.open_for_write(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  LADLE_CHECK(fd >= 0, ErrorKind::kIO, "%s: cannot create: %s", path.c_str(),
               std::strerror(errno));
+  auto fail = [&](int rc, uint64_t offset, uint64_t n) {
+    ::close(fd);
+    ::unlink(path.c_str());
+    raise_write_error(path, rc, offset, n);
+  };
   if (n_bytes > 0) {
     int rc = fault_fires(n_bytes) ? ENOSPC
-                                  : ::posix_fallocate(fd_, 0, static_cast<off_t>(n_bytes));
+                                  : ::posix_fallocate(fd, 0, static_cast<off_t>(n_bytes));
     if (rc == EOPNOTSUPP || rc == EINVAL) {
       // File systems without fallocate: size the file; ENOSPC surfaces on write.
-      rc = ::ftruncate(fd_, static_cast<off_t>(n_bytes)) == 0 ? 0 : errno;
+      rc = ::ftruncate(fd, static_cast<off_t>(n_bytes)) == 0 ? 0 : errno;
     }
-    if (rc != 0) {
-      ::close(fd_);
-      fd_ = -1;
-      ::unlink(path.c_str());
-      raise_write_error(path, rc, 0, n_bytes);
-    }
+    if (rc != 0) fail(rc, 0, n_bytes);
   }
-  write_at(0, header.data(), header.size());
+  if (fault_fires(header.size())) fail(ENOSPC, 0, header.size());
+  try {
+    pwrite_all(path, fd, 0, header.data(), header.size());
+  } catch (...) {
+    ::close(fd);
+    ::unlink(path.c_str());
+    throw;
+  }
+  fd_ = fd;
+  open.lru.push_front(this);
+  lru_ = open.lru.begin();
+  const std::string field = std::string("\"") + kFileChecksumKey + "\":\"" +
+                            kFileChecksumPlaceholder + "\"";
+  size_t at = header.find(field);
+  if (at != std::string::npos && header.find(field, at + 1) == std::string::npos)
+    checksum_at_ = at + field.size() - 1 - std::strlen(kFileChecksumPlaceholder);
 }
 
 ShardWriter::~ShardWriter() {
-  if (fd_ >= 0) ::close(fd_);
+  std::lock_guard<std::mutex> guard(OpenShards::get().mu);
+  close_fd();
+}
+
+void ShardWriter::close_fd() {  // caller holds OpenShards::mu
+  if (fd_ < 0) return;
+  OpenShards::get().lru.erase(lru_);
+  ::close(fd_);
+  fd_ = -1;
+}
+
+int ShardWriter::acquire() {
+  OpenShards& open = OpenShards::get();
+  std::lock_guard<std::mutex> guard(open.mu);
+  LADLE_CHECK(!finished_, ErrorKind::kValue, "%s: write after finish", path_.c_str());
+  if (fd_ < 0) {
+    fd_ = open.open_for_write(path_, O_WRONLY | O_CLOEXEC);
+    LADLE_CHECK(fd_ >= 0, ErrorKind::kIO, "%s: cannot reopen for writing: %s", path_.c_str(),
+                std::strerror(errno));
+  } else {
+    open.lru.erase(lru_);
+  }
+  open.lru.push_front(this);
+  lru_ = open.lru.begin();
+  ++users_;
+  return fd_;
+}
+
+void ShardWriter::release() {
+  std::lock_guard<std::mutex> guard(OpenShards::get().mu);
+  --users_;
 }
 
 void ShardWriter::write_at(uint64_t offset, const void* data, uint64_t n) {
-  LADLE_CHECK(fd_ >= 0, ErrorKind::kValue, "%s: write after finish", path_.c_str());
   LADLE_CHECK(offset <= n_bytes_ && n <= n_bytes_ - offset, ErrorKind::kValue,
               "%s: write of %llu bytes at offset %llu exceeds the planned size %llu",
               path_.c_str(), (unsigned long long)n, (unsigned long long)offset,
               (unsigned long long)n_bytes_);
   if (fault_fires(n)) raise_write_error(path_, ENOSPC, offset, n);
-  const auto* p = static_cast<const uint8_t*>(data);
-  uint64_t done = 0;
-  while (done < n) {
-    ssize_t r = ::pwrite(fd_, p + done, n - done, static_cast<off_t>(offset + done));
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) raise_write_error(path_, r < 0 ? errno : EIO, offset + done, n - done);
-    done += static_cast<uint64_t>(r);
+  int fd = acquire();
+  try {
+    pwrite_all(path_, fd, offset, data, n);
+  } catch (...) {
+    release();
+    throw;
   }
+  release();
 }
 
 void ShardWriter::finish() {
-  if (fd_ < 0) return;
-  int fd = fd_;
-  fd_ = -1;
+  int fd = -1;
+  {
+    OpenShards& open = OpenShards::get();
+    std::lock_guard<std::mutex> guard(open.mu);
+    if (finished_) return;
+    finished_ = true;
+    if (fd_ < 0) {  // evicted: reopen to fsync what was written through other descriptors
+      fd = open.open_for_write(path_, O_WRONLY | O_CLOEXEC);
+      LADLE_CHECK(fd >= 0, ErrorKind::kIO, "%s: cannot reopen to fsync: %s", path_.c_str(),
+                  std::strerror(errno));
+    } else {
+      open.lru.erase(lru_);
+      fd = fd_;
+      fd_ = -1;
+    }
+  }
+  if (checksum_at_ > 0) {
+    try {
+      std::string digits = format("%08x", file_crc32c(path_, 0, 0, n_bytes_));
+      pwrite_all(path_, fd, checksum_at_, digits.data(), digits.size());
+    } catch (...) {
+      ::close(fd);
+      throw;
+    }
+  }
   if (::fsync(fd) != 0) {
     int e = errno;
     ::close(fd);

@@ -1,9 +1,18 @@
 // Writes one output safetensors file: created exclusively, space reserved up
 // front (so a full disk fails before any data is written), header first, then
 // data chunks at planned offsets from any thread, fsynced when finished.
+// Descriptors are opened lazily and at most kMaxOpenShards stay open across all
+// writers (least recently used idle ones are closed), so an output of thousands
+// of shards runs under a low `ulimit -n`.
+// Self-checksummed files: a header whose metadata holds
+// "ladle_file_crc32c":"00000000" gets those 8 digits replaced, before the
+// fsync, by the CRC-32C (lowercase hex) of the whole file as written with the
+// zeros in place; `ladle verify` recomputes it the same way. The file stays a
+// plain safetensors file (the value is an ordinary metadata string).
 #pragma once
 
 #include <cstdint>
+#include <list>
 #include <string>
 
 namespace ladle {
@@ -18,17 +27,35 @@ class ShardWriter {
 
   // Thread-safe positional write of [data, data + n) at absolute `offset`.
   void write_at(uint64_t offset, const void* data, uint64_t n);
-  // fsyncs and closes; further writes fail.
+  // Seals the checksum field (if any), fsyncs and closes; further writes fail.
   void finish();
 
   const std::string& path() const { return path_; }
   uint64_t n_bytes() const { return n_bytes_; }
 
  private:
+  friend class OpenShards;
+  int acquire();   // opens (or reuses) the descriptor and pins it for one write
+  void release();  // unpins it; it may then be closed to make room for another
+  void close_fd();
+
   std::string path_;
   uint64_t n_bytes_;
-  int fd_ = -1;
+  int fd_ = -1;            // -1 while closed (not yet opened, evicted or finished)
+  int users_ = 0;          // writes in flight on fd_ (never evicted while > 0)
+  bool finished_ = false;
+  uint64_t checksum_at_ = 0;  // file offset of the checksum field's digits; 0: none
+  std::list<ShardWriter*>::iterator lru_;  // place among the open writers
 };
+
+// Metadata key of the whole-file checksum and its placeholder value.
+constexpr const char* kFileChecksumKey = "ladle_file_crc32c";
+constexpr const char* kFileChecksumPlaceholder = "00000000";
+
+// Most shard descriptors open at once across every writer of the process.
+constexpr int kMaxOpenShards = 16;
+// Number of shard descriptors open right now (for tests).
+int n_open_shards();
 
 // Test hook: make writes fail with ENOSPC once `n_bytes` more bytes have been
 // written (0 disables). Lets tests exercise the disk-full path in-process.

@@ -614,6 +614,20 @@ def test_stale_partial_directory_is_replaced(tmp_path: Path):
                                   np.full(4, 2.0, np.float32))
 
 
+def test_partial_killed_before_its_first_manifest_is_replaced(tmp_path: Path):
+    # SIGKILL between mkdir and the first manifest's rename leaves only the
+    # manifest's temporary file: still ladle's, so the next run removes it.
+    a, b = _pair(tmp_path)
+    dest = tmp_path / "out"
+    stale = tmp_path / ("out" + PARTIAL)
+    stale.mkdir()
+    (stale / ".ladle-manifest.json.tmp").write_bytes(b'{"vers')
+    merge_quiet([a, b], [0.5, 0.5], dest)
+    assert not stale.exists()
+    np.testing.assert_array_equal(load_file(str(dest / "model.safetensors"))["w"],
+                                  np.full(4, 2.0, np.float32))
+
+
 # ------------------------------------------------------------------- weights
 
 

@@ -12,8 +12,10 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from . import _core
+from ._bulk import bulk_objects
 from .errors import FormatError, LadleIOError
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -27,9 +29,10 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".hdf5
                    ".pkl", ".pickle", ".tflite", ".pb", ".pdparams", ".ot", ".nemo")
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """Where one tensor's bytes live on disk."""
+class TensorInfo(NamedTuple):
+    """Where one tensor's bytes live on disk. (A named tuple: a checkpoint may
+    hold 10^6 of them, and a tuple is built ~4x faster than a frozen dataclass
+    and takes half the memory.)"""
 
     name: str
     dtype: str
@@ -67,6 +70,7 @@ class Checkpoint:
                 f"{len(self.file_sizes)} file(s), {self.n_bytes} bytes)")
 
 
+@bulk_objects()
 def open_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Checkpoint:
     """Read the headers of a checkpoint.
 
@@ -187,8 +191,7 @@ def _from_files(path: Path, files: list[Path], weight_map: dict[str, str] | None
                 raise FormatError(
                     f"{file}: tensor '{name}' is not listed for this shard in "
                     f"{INDEX_NAME} (index says {where!r})")
-            tensors[name] = TensorInfo(name, dtype, tuple(shape), file, start + begin,
-                                       end - begin)
+            tensors[name] = TensorInfo(name, dtype, shape, file, start + begin, end - begin)
     if weight_map is not None:
         missing = sorted(set(weight_map) - set(tensors))
         if missing:

@@ -14,7 +14,15 @@ from pathlib import Path
 
 from ._units import format_size, parse_size
 from .cli_soups import add_greedy_options, add_subcommands
+from .cli_types import THREADS
 from .errors import LadleError, LadleWarning, printable
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with ladle's one-line error (exit 2) instead of usage + message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"ladle: error: {message.splitlines()[0] if message else 'bad arguments'}\n")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -22,7 +30,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", help="output dtype of float tensors: bf16, f16, f32, f64, "
                    "f8_e4m3, f8_e5m2 (default: the widest input dtype of each tensor)")
     p.add_argument("--max-shard-size", default="5GB", help="shard size of directory outputs")
-    p.add_argument("--threads", type=int, default=0, help="worker threads (0: all cores)")
+    p.add_argument("--threads", type=THREADS, default=0, help="worker threads (0: all cores)")
     p.add_argument("--memory-budget", default="256MiB", help="bound on buffers, e.g. 256MiB")
     p.add_argument("--include", action="append", help="only tensors matching this glob")
     p.add_argument("--exclude", action="append", help="skip tensors matching this glob")
@@ -46,7 +54,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ladle", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="ladle", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("merge", help="weighted sum of checkpoints (or WiSE-FT with --alpha), "
@@ -163,7 +171,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from .demo import run_demo
 
-        return run_demo(Path(args.workdir), parse_size(args.size))
+        return run_demo(Path(args.workdir), parse_size(args.size, "--size", 1))
     if args.command == "analyze":
         from .analysis.cli import dispatch as analyze
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .cli_types import FINITE
 from .errors import LadleValueError
 
 
@@ -38,7 +39,7 @@ def add_subcommands(sub: Any) -> None:
     p.add_argument("theta1")
     p.add_argument("--model", required=True, help="MODULE:FUNCTION returning the nn.Module")
     p.add_argument("--evaluate", required=True, help="MODULE:FUNCTION, evaluate(module)")
-    p.add_argument("--alphas", type=float, nargs="+", help="default 0, 0.05, ..., 1")
+    p.add_argument("--alphas", type=FINITE, nargs="+", help="default 0, 0.05, ..., 1")
     p.add_argument("--log", help="append every evaluation to this JSONL file")
     p.add_argument("--quiet", action="store_true")
 

@@ -194,7 +194,11 @@ class LearnedSoup:
         log = as_log(log if self.group is None or self.group.rank == 0 else None)
         opt = torch.optim.AdamW([self.logits, self.beta], lr=lr, weight_decay=weight_decay)
         losses = []
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise LadleValueError(f"epochs must be a whole number >= 1, got {epochs!r}")
         steps = [b for _ in range(epochs) for b in batches]
+        if not steps:
+            raise LadleValueError("no held-out batches: a learned soup needs at least one step")
         if progress:
             from tqdm import tqdm
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _core
-from ._units import parse_size
+from ._units import engine_options
 from .errors import LadleValueError, MismatchError
 from .keymap import KeyMap, key_diff, make_key_fn
 from .plan import check_int_policy, check_weights, nonfloat_inputs
@@ -71,8 +71,7 @@ class Loader:
             raise LadleValueError("no inputs given")
         self.targets = targets
         self.inputs = list(inputs)
-        self.threads = threads
-        self.memory_budget = parse_size(memory_budget)
+        self.threads, self.memory_budget, _ = engine_options(threads, memory_budget)
         self.groups = self._match(key_map, strict)
         self.plan = _core.Plan()
         self.registry: dict[Hashable, int] = {}

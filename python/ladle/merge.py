@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import _core
-from ._units import parse_size
+from ._bulk import bulk_objects
+from ._units import engine_options
 from .checkpoint import Checkpoint, add_file_sources, open_checkpoint
 from .cuda import parse_device
 from .errors import LadleValueError, MismatchError
@@ -107,6 +108,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
     Example:
         >>> ladle.merge(["a/", "b/"], [0.3, 0.7], "out/")   # doctest: +SKIP
     """
+    threads, budget, shard_bytes = engine_options(threads, memory_budget, max_shard_size)
     output = checked_output(out, checkpoints, overwrite=overwrite)  # before reading inputs
     if any(_needs_live_path(c) for c in checkpoints):  # modules, dicts, .pt/.bin files
         from .writer import merge_live
@@ -115,9 +117,9 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
             raise LadleValueError("distributed merges take checkpoint files (safetensors), "
                                   "not live models, dicts or .pt/.bin files")
 
-        return merge_live(checkpoints, weights, out, dtype=dtype, max_shard_size=max_shard_size,
+        return merge_live(checkpoints, weights, out, dtype=dtype, max_shard_size=shard_bytes,
                           include=include, exclude=exclude, threads=threads,
-                          memory_budget=memory_budget, check_finite=check_finite,
+                          memory_budget=budget, check_finite=check_finite,
                           overwrite=overwrite, progress=progress, dry_run=dry_run,
                           method=method, kernel=kernel, int_policy=int_policy)
     _check_device(device, kernel, dry_run)
@@ -133,7 +135,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
         "ladle_version": _core.build_info()["version"],
     }
     plan = build_plan(ckpts, weights, dtype=dtype, include=include, exclude=exclude,
-                      max_shard_bytes=parse_size(max_shard_size),
+                      max_shard_bytes=shard_bytes,
                       single_file=output.single_file, metadata=metadata, int_policy=int_policy)
     if dry_run:
         output.check_destination()
@@ -146,13 +148,13 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
 
     if wanted(distributed):
         return _merge_distributed(plan, ckpts, output, resume=resume, threads=threads,
-                                  memory_budget=parse_size(memory_budget),
+                                  memory_budget=budget,
                                   check_finite=check_finite, progress=progress, kernel=kernel,
                                   device=device)
 
     def work(output: OutputDir) -> dict:
         stats = execute(plan, ckpts, output, threads=threads,
-                        memory_budget=parse_size(memory_budget), check_finite=check_finite,
+                        memory_budget=budget, check_finite=check_finite,
                         progress=progress, kernel=kernel, device=device)
         if plan.sharded:
             output.write_index({t.name: plan.shards[t.shard].file_name for t in plan.tensors},
@@ -196,11 +198,11 @@ def plan_hash(plan: MergePlan, ckpts: list[Checkpoint]) -> str:
     offsets, metadata with inputs and weights) and every input file's size and mtime."""
     h = hashlib.sha256()
     for shard in plan.shards:
-        h.update(shard.file_name.encode() + b"\0" + shard.header)
+        h.update(os.fsencode(shard.file_name) + b"\0" + shard.header)
     for ckpt in ckpts:
         for file, size in ckpt.file_sizes.items():
             st = os.stat(file)
-            h.update(f"{file}\0{size}\0{st.st_mtime_ns}\0".encode())
+            h.update(os.fsencode(file) + f"\0{size}\0{st.st_mtime_ns}\0".encode())
     return h.hexdigest()
 
 
@@ -221,6 +223,7 @@ def _needs_live_path(c: object) -> bool:
     return not isinstance(c, (str, os.PathLike))  # files, .pt/.bin included, stream
 
 
+@bulk_objects()
 def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, threads: int,
             memory_budget: int, check_finite: bool, progress: bool, kernel: str,
             device: str = "cpu", only: list[int] | None = None) -> dict:

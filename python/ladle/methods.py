@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._units import parse_size
+from ._bulk import bulk_objects
+from ._units import engine_options
 from .checkpoint import Checkpoint, TensorInfo, _preview, add_file_sources
 from .errors import LadleValueError, MismatchError
 from .merge import CheckpointLike, MergeReport, PathLike, _open_all, _progress_bar
@@ -48,9 +49,9 @@ from .output import OutputDir, checked_output, write_atomically
 from .plan import (
     _ITEM_BYTES,
     Shard,
-    _assign_shards,
     check_int_policy,
     describe_op,
+    layout_shards,
     nonfloat_inputs,
     normalize_dtype,
 )
@@ -318,6 +319,7 @@ def check_parameter_names(method: str, parameters: dict[str, Any],
                     f"(allowed per model: {', '.join(sorted(spec.model_params)) or 'none'})")
 
 
+@bulk_objects()
 def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpoint], *,
                       parameters: dict[str, Any] | None = None,
                       model_parameters: list[dict[str, Any]] | None = None,
@@ -431,12 +433,8 @@ def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpo
                 "models": task_models,
             }
         outputs.append(t)
-    shards = _assign_shards(outputs, max_shard_bytes, single_file)  # type: ignore[arg-type]
-    meta = {"format": "pt", **(metadata or {})}
-    for shard in shards:
-        shard.header = _core.serialize_header(
-            [(t.name, t.dtype, list(t.shape), t.offset, t.offset + t.n_bytes)
-             for t in shard.tensors], list(meta.items()))
+    shards, meta = layout_shards(outputs, max_shard_bytes, single_file,  # type: ignore[arg-type]
+                                 metadata)
     return MethodPlan(method, outputs, shards, sharded=len(shards) > 1, metadata=meta)
 
 
@@ -555,6 +553,7 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
         >>> ladle.methods.merge_models("slerp", ["b/"], "out/", base_model="a/",
         ...                            parameters={"t": [0, 0.5, 1]})   # doctest: +SKIP
     """
+    threads, budget, shard_bytes = engine_options(threads, memory_budget, max_shard_size)
     if rescale_mode not in ("l1", "density"):
         raise LadleValueError(f"rescale_mode must be 'l1' or 'density', got {rescale_mode!r}")
     donors = [f.parent for f in extra_files or []]  # e.g. a recipe's tokenizer_source
@@ -587,7 +586,7 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
     }
     plan = build_method_plan(method, base, ckpts, parameters=parameters,
                              model_parameters=params_list, dtype=dtype, include=include,
-                             exclude=exclude, max_shard_bytes=parse_size(max_shard_size),
+                             exclude=exclude, max_shard_bytes=shard_bytes,
                              single_file=output.single_file, rescale_mode=rescale_mode,
                              metadata=metadata, int_policy=int_policy)
     if dry_run:
@@ -600,7 +599,7 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
 
     def work(output: OutputDir) -> dict:
         stats = execute_method_plan(plan, all_ckpts, output, seed=seed, threads=threads,
-                                    memory_budget=parse_size(memory_budget),
+                                    memory_budget=budget,
                                     chunk_elems=chunk_elems, check_finite=check_finite,
                                     progress=progress, kernel=kernel)
         if plan.sharded:
@@ -629,6 +628,7 @@ def _write_chat_template(output: OutputDir, template: str) -> None:
         config.write_text(json.dumps(data, indent=2) + "\n")
 
 
+@bulk_objects()
 def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: OutputDir, *,
                         seed: int, threads: int, memory_budget: int, chunk_elems: int,
                         check_finite: bool, progress: bool, kernel: str) -> dict:

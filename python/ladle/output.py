@@ -327,7 +327,10 @@ def _notice(message: str) -> None:
 
 
 def is_manifest_name(name: str) -> bool:
-    """ladle's manifest, or a rank's manifest of a distributed merge."""
+    """ladle's manifest, or a rank's manifest of a distributed merge, or either's
+    temporary name (a run killed between creating the partial directory and
+    renaming its first manifest into place leaves only that)."""
+    name = name.removesuffix(".tmp")
     return name == MANIFEST_NAME or (name.startswith(".ladle-manifest.rank")
                                      and name.endswith(".json"))
 

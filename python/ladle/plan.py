@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, field
 
 from . import _core
+from ._bulk import bulk_objects
 from .checkpoint import Checkpoint, TensorInfo, _preview
 from .dtype_rules import fp8_scale_pairs, widest_dtype
 from .errors import LadleValueError, MismatchError
@@ -36,7 +37,7 @@ def normalize_dtype(dtype: str | None) -> str | None:
                           "f8_e4m3, f8_e5m2)")
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a plan may hold 10^6 of them
 class OutputTensor:
     """One tensor of the output and the inputs it is computed from."""
 
@@ -156,6 +157,19 @@ def nonfloat_inputs(infos: list, weights: list[float], policy: str) -> tuple[str
     return "copy", live
 
 
+class _DTypeTable(dict):
+    """``fn(dtype)`` computed once per dtype (a plan asks per tensor, up to 10^6 times)."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def __missing__(self, dtype: str):
+        self[dtype] = value = self.fn(dtype)
+        return value
+
+
+
 # Smallest magnitude that rounds to Inf in fp32 (FLT_MAX + half an ulp).
 FP32_OVERFLOW = 3.4028235677973366e38
 
@@ -171,6 +185,7 @@ def check_weights(weights: list[float], n_inputs: int) -> list[float]:
     return weights
 
 
+@bulk_objects()
 def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: str | None = None,
                include: str | list[str] | None = None, exclude: str | list[str] | None = None,
                max_shard_bytes: int = 5 * 10**9, single_file: bool = False,
@@ -191,10 +206,11 @@ def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: st
 
             raise LadleValueError(BLOCK_SCALED.format(ckpt.path, *pairs[0]))
     outputs: list[OutputTensor] = []
+    mergeable = _DTypeTable(_core.dtype_is_mergeable)
     for name in match_tensors(checkpoints, include, exclude):
         infos = [c.tensors[name] for c in checkpoints]
         first = infos[0]
-        if _core.dtype_is_mergeable(first.dtype):
+        if mergeable[first.dtype]:
             odt = out_dtype or widest_dtype(i.dtype for i in infos)
             n_bytes = first.n_elems * _ITEM_BYTES[odt]
             outputs.append(OutputTensor(name, odt, first.shape, "sum",
@@ -204,32 +220,67 @@ def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: st
             outputs.append(OutputTensor(name, first.dtype, first.shape, op,
                                         [(i, 1.0) for i in chosen], first.n_bytes,
                                         first.n_elems))
+    metadata = {"ladle_dtype": out_dtype or "widest", **(metadata or {})}
+    shards, meta = layout_shards(outputs, max_shard_bytes, single_file, metadata)
+    return MergePlan(outputs, shards, sharded=len(shards) > 1, metadata=meta)
+
+
+# A directory output starts a new shard before its header could pass this
+# (the format's limit is 100 MB, checked exactly when the header is serialised).
+HEADER_SPLIT_BYTES = 90 * 10**6
+
+
+def layout_shards(outputs: list[OutputTensor], max_shard_bytes: int, single_file: bool,
+                  metadata: dict[str, str] | None) -> tuple[list[Shard], dict[str, str]]:
+    """Assign ``outputs`` to shards and serialise every shard's header.
+
+    An output that is one file gets the ``ladle_file_crc32c`` placeholder in its
+    metadata; the C++ writer fills in the file's CRC-32C before the fsync, so
+    ``ladle verify`` can check a single file as the index's checksums check shards.
+    A header over the format's 100 MB limit is refused here, before anything is
+    written.
+
+    Returns:
+        ``(shards, metadata)``; the metadata as written (``format: pt`` first).
+    """
     shards = _assign_shards(outputs, max_shard_bytes, single_file)
-    meta = {"format": "pt", "ladle_dtype": out_dtype or "widest", **(metadata or {})}
+    meta = {"format": "pt", **(metadata or {})}
+    if len(shards) == 1:
+        meta[_core.FILE_CHECKSUM_KEY] = _core.FILE_CHECKSUM_PLACEHOLDER
     for shard in shards:
         shard.header = _core.serialize_header(
-            [(t.name, t.dtype, list(t.shape), t.offset, t.offset + t.n_bytes)
+            [(t.name, t.dtype, t.shape, t.offset, t.offset + t.n_bytes)
              for t in shard.tensors], list(meta.items()))
-    return MergePlan(outputs, shards, sharded=len(shards) > 1, metadata=meta)
+    return shards, meta
+
+
+def _header_bound(t: OutputTensor) -> int:
+    """Upper bound of the bytes ``t`` adds to a header (names JSON-escaped at
+    worst 6 bytes per byte, 21 digits per number)."""
+    return 6 * len(t.name.encode("utf-8", "surrogatepass")) + 80 + 21 * len(t.shape)
 
 
 def _assign_shards(outputs: list[OutputTensor], max_shard_bytes: int,
                    single_file: bool) -> list[Shard]:
     groups: list[list[OutputTensor]] = [[]]
-    size = 0
+    size = header = 0
     for t in outputs:
-        if not single_file and groups[-1] and size + t.n_bytes > max_shard_bytes:
+        t_header = _header_bound(t)
+        if not single_file and groups[-1] and (size + t.n_bytes > max_shard_bytes
+                                               or header + t_header > HEADER_SPLIT_BYTES):
             groups.append([])
-            size = 0
+            size = header = 0
         groups[-1].append(t)
         size += t.n_bytes
+        header += t_header
     n = len(groups)
     shards = []
     for i, group in enumerate(groups):
         name = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
         # Larger items first keeps every tensor aligned to its item size, as the
         # safetensors library does; the sort is stable so model order survives.
-        group = sorted(group, key=lambda t: -_item_alignment(t.dtype))
+        alignment = _DTypeTable(_item_alignment)
+        group = sorted(group, key=lambda t: -alignment[t.dtype])
         offset = 0
         for t in group:
             t.shard, t.offset = i, offset

@@ -280,7 +280,7 @@ def greedy_soup(module: Any, ingredients: Sequence[Any], evaluate: Evaluate, *,
                        memory_budget=memory_budget)
     floats = singles[0].float_groups
     acc = Accumulators([(g.name, g.ref.shape) for g in floats],
-                       parse_size(accumulator_budget), accumulator, workdir)
+                       parse_size(accumulator_budget, "accumulator_budget"), accumulator, workdir)
     try:
         return _greedy(module, sets, labels, singles, nonfloats, acc, evaluate, log, out=out,
                        strict=strict, order=order, seed=seed,

@@ -20,6 +20,7 @@ from typing import Any
 from . import _core
 from .checkpoint import TORCH_SUFFIXES, Checkpoint, open_checkpoint
 from .errors import BackendError, LadleValueError
+from .torch_io import check_dense
 
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 
@@ -154,6 +155,7 @@ def from_tensors(label: str, tensors: Mapping[str, Any], writable: bool = False)
     live: dict[str, Any] = {}
     for name, t in tensors.items():
         if hasattr(t, "data_ptr"):
+            check_dense(label, name, t)
             if writable and not t.is_contiguous():
                 raise LadleValueError(f"{label}: tensor '{name}' is not contiguous and cannot "
                                       f"be written in place")
@@ -169,6 +171,7 @@ def from_tensors(label: str, tensors: Mapping[str, Any], writable: bool = False)
         if key not in sources:
             sources[key] = spec
     return TensorSet(label, refs, sources, keep, live)
+
 
 
 def _torch_ref(label: str, name: str, t: Any) -> tuple[TensorRef, Hashable, SourceSpec, Any]:

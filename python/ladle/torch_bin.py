@@ -69,7 +69,9 @@ def torch_file_tensors(file: Path, trust_pickle: bool = False) -> dict[str, Tens
 
 def _load(torch: Any, file: Path, trust_pickle: bool) -> Any:
     try:
-        return torch.load(str(file), map_location="cpu", mmap=True, weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on sparse tensors: ladle
+            warnings.simplefilter("ignore", UserWarning)  # reports what it refuses itself
+            return torch.load(str(file), map_location="cpu", mmap=True, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for bad files
         text = str(e)
         if "weights_only" not in text and "Unsupported global" not in text:

@@ -7,10 +7,11 @@ and no arbitrary code is ever unpickled. open_clip's ``{"state_dict": ...}`` wra
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
-from .errors import FormatError
+from .errors import FormatError, LadleValueError
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
 
@@ -37,7 +38,9 @@ def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
     path = Path(path)
     try:
-        obj = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on sparse/legacy storages: ladle
+            warnings.simplefilter("ignore", UserWarning)  # reports what it refuses itself
+            obj = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for bad files
         raise FormatError(f"{path}: not a weights-only PyTorch checkpoint: "
                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
@@ -59,9 +62,22 @@ def state_dict_of(obj: Any, label: str) -> dict[str, Any]:
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise FormatError(f"{label}: {len(bad)} entries are not tensors, e.g. {bad[0]!r}")
+    for name, t in obj.items():
+        check_dense(label, name, t)
     if all(k.startswith("module.") for k in obj):
         obj = {k.removeprefix("module."): v for k, v in obj.items()}
     return dict(obj)
+
+
+def check_dense(label: str, name: str, t: Any) -> None:
+    """Only dense (strided), unquantized tensors have one flat buffer to stream."""
+    layout = str(getattr(t, "layout", "torch.strided"))
+    if layout != "torch.strided":
+        raise LadleValueError(f"{label}: tensor '{name}' is sparse ({layout}); ladle merges "
+                              f"dense tensors only: convert it with .to_dense() first")
+    if getattr(t, "is_quantized", False):
+        raise LadleValueError(f"{label}: tensor '{name}' is quantized ({t.dtype}); ladle "
+                              f"merges unquantized tensors only: .dequantize() it first")
 
 
 def _all_tensors(d: dict) -> bool:

@@ -2,17 +2,26 @@
 
 Checks, in order: structure (every header through the strict parser, the
 index consistent with its shards), the CRC-32 of each shard when the index
-records them (``ladle_crc32c``), optionally that every float value is finite,
+records them (``ladle_crc32c``) or of the file when a single-file output
+records its own (``ladle_file_crc32c``: header and data, so a flipped bit or two
+swapped tensors are caught), optionally that every float value is finite,
 and finally recomputes a sample of tensors from the inputs with the recipe
 recorded in ``__metadata__`` (``ladle_inputs``, ``ladle_weights``,
 ``ladle_int_policy``) or given explicitly, comparing bytes exactly.
+
+A mismatch is a problem in the report (CLI exit 1); an output or recipe that
+cannot be checked at all (malformed file or metadata, missing inputs) raises a
+:class:`~ladle.errors.LadleError` (CLI exit 2).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
+import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +69,8 @@ def verify(out: str | os.PathLike, inputs: list[str] | None = None,
         A :class:`VerifyReport`; ``report.ok`` is False on any mismatch.
 
     Raises:
-        FormatError etc. when the output cannot be parsed at all.
+        FormatError etc. when the output or its recorded recipe cannot be read
+        (cannot verify, as opposed to a mismatch); LadleIOError for missing inputs.
 
     Example:
         >>> from ladle.verify import verify
@@ -69,18 +79,13 @@ def verify(out: str | os.PathLike, inputs: list[str] | None = None,
     ckpt = open_checkpoint(out)  # structure: strict parser + index consistency
     report = VerifyReport(ckpt.path, len(ckpt.tensors), len(ckpt.file_sizes))
     _check_checksums(ckpt, report)
+    _check_file_checksum(ckpt, report)
     if check_finite:
         _check_finite(ckpt, report)
     if inputs is None and "ladle_inputs" in ckpt.metadata:
-        try:
-            inputs = json.loads(ckpt.metadata["ladle_inputs"])
-        except ValueError:
-            raise FormatError(f"{ckpt.path}: metadata ladle_inputs is not JSON") from None
+        inputs = _recorded_list(ckpt, "ladle_inputs", str, "a path")
     if weights is None and "ladle_weights" in ckpt.metadata:
-        try:
-            weights = json.loads(ckpt.metadata["ladle_weights"])
-        except ValueError:
-            raise FormatError(f"{ckpt.path}: metadata ladle_weights is not JSON") from None
+        weights = _recorded_list(ckpt, "ladle_weights", (int, float), "a finite number")
     if inputs is not None and weights is not None and sample != 0:
         if len(inputs) != len(weights):
             raise LadleValueError(f"{len(weights)} weight(s) for {len(inputs)} input(s)")
@@ -92,14 +97,35 @@ def verify(out: str | os.PathLike, inputs: list[str] | None = None,
     return report
 
 
+def _recorded_list(ckpt: Checkpoint, key: str, kind: type | tuple[type, ...],
+                   what: str) -> list:
+    """A JSON list recorded in the output's metadata, every item of ``kind``;
+    anything else means the recipe cannot be read (FormatError)."""
+    try:
+        value = json.loads(ckpt.metadata[key])
+    except (ValueError, RecursionError):
+        raise FormatError(f"{ckpt.path}: metadata {key} is not JSON") from None
+    if not isinstance(value, list) or not all(
+            isinstance(v, kind) and not isinstance(v, bool)
+            and (not isinstance(v, float) or math.isfinite(v)) for v in value):
+        raise FormatError(f"{ckpt.path}: metadata {key} must be a JSON list of {what} per "
+                          f"input, got {_short(ckpt.metadata[key])}")
+    return value
+
+
+def _short(text: str, n: int = 60) -> str:
+    return repr(text if len(text) <= n else text[:n] + "...")
+
+
 def _check_checksums(ckpt: Checkpoint, report: VerifyReport) -> None:
     index = ckpt.path / INDEX_NAME if ckpt.path.is_dir() else None
     if index is None or not index.is_file():
         return
-    recorded = json.loads(index.read_bytes()).get("metadata", {}).get("ladle_crc32c", {})
+    metadata = json.loads(index.read_bytes()).get("metadata", {})
+    recorded = metadata.get("ladle_crc32c", {}) if isinstance(metadata, dict) else None
     if not isinstance(recorded, dict):
-        report.problems.append(f"{index}: metadata ladle_crc32c is not an object")
-        return
+        raise FormatError(f"{index}: metadata ladle_crc32c is not an object of shard "
+                          f"checksums; cannot check the shards")
     for name, crc in sorted(recorded.items()):
         shard = ckpt.path / name
         if shard not in ckpt.file_sizes:
@@ -110,6 +136,37 @@ def _check_checksums(ckpt: Checkpoint, report: VerifyReport) -> None:
         if got != crc:
             report.problems.append(f"{shard}: CRC-32 {got} differs from {crc} recorded in "
                                    f"{INDEX_NAME}")
+
+
+_CHECKSUM_VALUE = re.compile(r"[0-9a-f]{8}")
+
+
+def _check_file_checksum(ckpt: Checkpoint, report: VerifyReport) -> None:
+    """A single-file output's ``ladle_file_crc32c``: CRC-32C of the whole file
+    with the field's 8 digits read as zeros (how the writer computed it)."""
+    key = _core.FILE_CHECKSUM_KEY
+    if len(ckpt.file_sizes) != 1 or key not in ckpt.metadata:
+        return
+    file, size = next(iter(ckpt.file_sizes.items()))
+    recorded = ckpt.metadata[key]
+    if not isinstance(recorded, str) or not _CHECKSUM_VALUE.fullmatch(recorded):
+        raise FormatError(f"{file}: metadata {key} must be 8 lowercase hex digits, got "
+                          f"{_short(str(recorded))}; cannot check the file")
+    with open(file, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = f.read(n)
+    field = f'"{key}":"{recorded}"'.encode()
+    if header.count(field) != 1:
+        raise FormatError(f"{file}: metadata {key} is not written as the writer writes it "
+                          f"(compact JSON, once); cannot check the file")
+    zeroed = header.replace(field, f'"{key}":"{_core.FILE_CHECKSUM_PLACEHOLDER}"'.encode())
+    crc = _core.crc32c(struct.pack("<Q", n) + zeroed)
+    got = f"{_core.file_crc32c(str(file), crc, 8 + n, size - 8 - n):08x}"
+    report.checksums_checked += 1
+    if got != recorded:
+        report.problems.append(f"{file}: CRC-32C {got} of the file differs from {recorded} "
+                               f"recorded in its metadata ({key}): the header or the tensor "
+                               f"data changed since it was written")
 
 
 _FLOAT_VIEWS = {"F64": np.float64, "F32": np.float32, "F16": np.float16}

@@ -61,8 +61,10 @@ def wiseft_sweep(module: Any, theta0: Any, theta1: Any, alphas: Sequence[float] 
     if evaluate is None:
         raise LadleValueError("wiseft_sweep needs an evaluate(module) callback")
     alphas = list(DEFAULT_ALPHAS if alphas is None else alphas)
-    if any(math.isnan(a) for a in alphas):
-        raise LadleValueError("alphas must not be NaN")
+    if not alphas:
+        raise LadleValueError("alphas is empty: a sweep needs at least one alpha")
+    if not all(math.isfinite(a) for a in alphas):
+        raise LadleValueError(f"alphas must be finite numbers, got {alphas}")
     target = target_set(module)
     inputs = [open_input(theta0), open_input(theta1)]
     overlap = [s.label for s in inputs if set(s.sources) & set(target.sources)]

@@ -15,17 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from . import _core
-from ._units import parse_size
+from ._units import engine_options
 from .errors import LadleValueError
 from .output import OutputDir, checked_output, write_atomically
 from .path_safety import input_paths
 from .plan import (
     OutputTensor,
-    _assign_shards,
     build_plan,
     check_int_policy,
     check_weights,
     describe,
+    layout_shards,
 )
 from .sources import TensorRef, TensorSet, open_input
 
@@ -55,14 +55,10 @@ def write_tensors(out: PathLike, tensors: Sequence[OutputTensor], sets: Sequence
     Returns:
         dict(out, n_tensors, n_shards, bytes_read, bytes_written, seconds).
     """
+    threads, budget, shard_bytes = engine_options(threads, memory_budget, max_shard_size)
     output = OutputDir(out, overwrite=overwrite, inputs=input_paths(sets))
     tensors = list(tensors)
-    shards = _assign_shards(tensors, parse_size(max_shard_size), output.single_file)
-    meta = {"format": "pt", **(metadata or {})}
-    for shard in shards:
-        shard.header = _core.serialize_header(
-            [(t.name, t.dtype, list(t.shape), t.offset, t.offset + t.n_bytes)
-             for t in shard.tensors], list(meta.items()))
+    shards, _ = layout_shards(tensors, shard_bytes, output.single_file, metadata)
     t0 = time.perf_counter()
 
     def work(output: OutputDir) -> dict:
@@ -79,7 +75,7 @@ def write_tensors(out: PathLike, tensors: Sequence[OutputTensor], sets: Sequence
             plan.add_job(t.name, t.op, t.n_elems, sinks[t.shard],
                          len(shards[t.shard].header) + t.offset, t.dtype,
                          [(registry[r.source], r.offset, r.dtype, w) for r, w in t.inputs], scale)
-        stats = _core.run(plan, threads=threads, memory_budget=parse_size(memory_budget),
+        stats = _core.run(plan, threads=threads, memory_budget=budget,
                           check_finite=check_finite)
         plan.finish_sinks()
         if len(shards) > 1:
@@ -144,6 +140,7 @@ def merge_live(checkpoints: Sequence[Any], weights: Sequence[float], out: PathLi
     """
     from .merge import MergeReport
 
+    threads, memory_budget, shard_bytes = engine_options(threads, memory_budget, max_shard_size)
     del progress, kernel  # the live path has no progress bar and uses the default kernel
     sets = [open_input(c) for c in checkpoints]
     weights = check_weights(list(weights), len(sets))
@@ -152,7 +149,7 @@ def merge_live(checkpoints: Sequence[Any], weights: Sequence[float], out: PathLi
                 "ladle_int_policy": check_int_policy(int_policy),
                 "ladle_version": _core.build_info()["version"]}
     plan = build_plan(sets, weights, dtype=dtype, include=include, exclude=exclude,
-                      max_shard_bytes=parse_size(max_shard_size),
+                      max_shard_bytes=shard_bytes,
                       single_file=OutputDir(out).single_file, metadata=metadata,
                       int_policy=int_policy)
     if dry_run:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cli_types import COUNT, FINITE, THREADS
 from ..errors import LadleValueError
 
 
@@ -39,11 +40,11 @@ def add_subcommands(sub: Any) -> None:
     gains.add_argument("--include-gains", dest="exclude_gains", action="store_false",
                        help="use every float tensor")
     q.add_argument("--exclude", action="append", help="further tensor-name globs to drop")
-    q.add_argument("--threads", type=int, default=0)
+    q.add_argument("--threads", type=THREADS, default=0)
     q.add_argument("--json", action="store_true", help="print the result as JSON")
     q = a.add_parser("calibration", help="accuracy, NLL, ECE (equal-mass bins), temperature")
     q.add_argument("preds", help=".npz with logits (or probs) and labels")
-    q.add_argument("--bins", type=int, default=15)
+    q.add_argument("--bins", type=COUNT, default=15)
     q.add_argument("--json", action="store_true")
     q = a.add_parser("diversity", help="PD, CC, KL, CKAC, McNemar between two models")
     q.add_argument("a", help=".npz with logits and labels")
@@ -54,8 +55,8 @@ def add_subcommands(sub: Any) -> None:
     for name in ("theta0", "theta1", "theta2"):
         q.add_argument(name)
     _add_model_options(q)
-    q.add_argument("--n", type=int, default=11, help="grid points per axis")
-    q.add_argument("--margin", type=float, default=0.2, help="grid margin around the points")
+    q.add_argument("--n", type=COUNT, default=11, help="grid points per axis")
+    q.add_argument("--margin", type=FINITE, default=0.2, help="grid margin around the points")
     q.add_argument("--out", default="plane.png", help="contour plot (png, pdf, svg)")
     q = a.add_parser("advantage", help="interpolation advantage of every pair of checkpoints")
     q.add_argument("checkpoints", nargs="+")
@@ -66,7 +67,7 @@ def _add_model_options(q: argparse.ArgumentParser) -> None:
     q.add_argument("--model", required=True, help="MODULE:FUNCTION returning the live module")
     q.add_argument("--evaluate", required=True,
                    help="MODULE:FUNCTION scoring a module (higher is better)")
-    q.add_argument("--threads", type=int, default=0)
+    q.add_argument("--threads", type=THREADS, default=0)
     q.add_argument("--json", action="store_true")
 
 

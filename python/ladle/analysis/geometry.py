@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from .._units import parse_size
+from .._units import engine_options
 from ..errors import LadleValueError, MismatchError
 from ..patterns import as_patterns
 from ..sources import TensorSet, open_input
@@ -129,7 +129,8 @@ def streamed_gram(checkpoints: Sequence[Any], *, names: Sequence[str] | None = N
         n_elems = first.tensors[name].n_elems
         for i in range(len(sets)):
             jobs.append((name, n_elems, refs[i], refs[i:]))
-    out = _core.dot_products(plan, jobs, threads=threads, memory_budget=parse_size(memory_budget))
+    threads, budget, _ = engine_options(threads, memory_budget)
+    out = _core.dot_products(plan, jobs, threads=threads, memory_budget=budget)
     k = len(sets)
     per_tensor: dict[str, np.ndarray] = {}
     it = iter(out)
