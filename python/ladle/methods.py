@@ -85,10 +85,13 @@ METHODS: dict[str, MethodSpec] = {
                                    dict(_TASK_GLOBALS), "outliers", "sum"),
     "slerp": MethodSpec("slerp", True, {}, {"t": None}, min_models=1, max_models=1),
     "model_stock": MethodSpec("model_stock", True, {}, {"filter_wise": False}, min_models=2),
+    # mergekit's passthrough: one input, optionally scaled (frankenmerges use it per slice)
+    "passthrough": MethodSpec("passthrough", False, {"scale": 1.0}, {}, min_models=1,
+                              max_models=1),
 }
 
 # mergekit methods ladle recognises but does not implement, refused by name.
-UNIMPLEMENTED = ("passthrough", "nuslerp", "multislerp", "karcher", "della", "della_linear",
+UNIMPLEMENTED = ("nuslerp", "multislerp", "karcher", "della", "della_linear",
                  "sce", "nearswap", "arcee_fusion", "ram")
 
 _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
@@ -318,6 +321,35 @@ def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpo
                       single_file: bool = False, rescale_mode: str = "l1",
                       metadata: dict[str, str] | None = None) -> MethodPlan:
     """Plan ``method`` over ``base`` and ``models`` tensor by tensor (see module doc)."""
+    outputs = method_tensors(method, base, models, parameters=parameters,
+                             model_parameters=model_parameters, dtype=dtype, include=include,
+                             exclude=exclude, rescale_mode=rescale_mode)
+    return layout_method_plan(method, outputs, max_shard_bytes, single_file, metadata)
+
+
+def layout_method_plan(method: str, outputs: list[MethodTensor], max_shard_bytes: int,
+                       single_file: bool, metadata: dict[str, str] | None) -> MethodPlan:
+    """Assign planned tensors to output shards (in order) and serialize their headers."""
+    shards = _assign_shards(outputs, max_shard_bytes, single_file)  # type: ignore[arg-type]
+    meta = {"format": "pt", **(metadata or {})}
+    for shard in shards:
+        shard.header = _core.serialize_header(
+            [(t.name, t.dtype, list(t.shape), t.offset, t.offset + t.n_bytes)
+             for t in shard.tensors], list(meta.items()))
+    return MethodPlan(method, outputs, shards, sharded=len(shards) > 1, metadata=meta)
+
+
+def method_tensors(method: str, base: Checkpoint | None, models: list[Checkpoint], *,
+                   parameters: dict[str, Any] | None = None,
+                   model_parameters: list[dict[str, Any]] | None = None,
+                   dtype: str | None = None, include: list[str] | None = None,
+                   exclude: list[str] | None = None, rescale_mode: str = "l1",
+                   positions: dict[str, float] | None = None) -> list[MethodTensor]:
+    """The output tensors of ``method`` over ``base`` and ``models``, without a layout.
+
+    ``positions`` overrides each tensor's layer position ``t`` (a slice of a
+    ``slices:`` recipe counts its own layers, as mergekit does).
+    """
     from .plan import _selected
 
     check_method_name(method)
@@ -349,7 +381,7 @@ def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpo
     if not names:
         raise LadleValueError(f"{reference.path}: no tensors selected (include={include}, "
                               f"exclude={exclude})")
-    positions = layer_positions(names)
+    positions = {**layer_positions(names), **(positions or {})}
     outputs: list[MethodTensor] = []
     for name in names:
         first = reference.tensors[name]
@@ -383,6 +415,11 @@ def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpo
                                           f"({weights}); set normalize: false")
                 weights = [w / total for w in weights]
             t.inputs = list(zip(model_infos, weights))
+        elif method == "passthrough":
+            scale = _as_float(method, "scale", per_model[0]["scale"], name)
+            if scale == 1.0 and odt == first.dtype:
+                t.op = "copy"  # the input's bytes, NaN payloads included
+            t.inputs = [(model_infos[0], scale)]
         elif method in ("slerp", "model_stock"):
             t.op = method
             t.inputs = [(i, 0.0) for i in infos]
@@ -418,13 +455,7 @@ def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpo
                 "models": task_models,
             }
         outputs.append(t)
-    shards = _assign_shards(outputs, max_shard_bytes, single_file)  # type: ignore[arg-type]
-    meta = {"format": "pt", **(metadata or {})}
-    for shard in shards:
-        shard.header = _core.serialize_header(
-            [(t.name, t.dtype, list(t.shape), t.offset, t.offset + t.n_bytes)
-             for t in shard.tensors], list(meta.items()))
-    return MethodPlan(method, outputs, shards, sharded=len(shards) > 1, metadata=meta)
+    return outputs
 
 
 def describe_method_plan(plan: MethodPlan) -> str:
@@ -548,7 +579,7 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
                             overwrite=overwrite)  # before reading inputs
     base = _open_all([base_model])[0] if base_model is not None else None
     model_list = list(models)
-    if method == "linear":  # no base: every listed model is an input with a weight
+    if method in ("linear", "passthrough"):  # no base: every listed model is an input
         base = None
     params_list = list(model_parameters) if model_parameters is not None else [{}] * len(models)
     if len(params_list) != len(model_list):
@@ -575,24 +606,43 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
                              exclude=exclude, max_shard_bytes=parse_size(max_shard_size),
                              single_file=output.single_file, rescale_mode=rescale_mode,
                              metadata=metadata)
+    all_ckpts = ([base] if base is not None else []) + ckpts
+    return write_method_plan(plan, all_ckpts, output,
+                             extra_files if extra_files is not None
+                             else all_ckpts[0].extra_files,
+                             chat_template=chat_template, dry_run=dry_run, seed=seed,
+                             threads=threads, memory_budget=memory_budget,
+                             chunk_elems=chunk_elems, check_finite=check_finite,
+                             progress=progress, kernel=kernel)
+
+
+def write_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: OutputDir,
+                      extra_files: list[Path], *, chat_template: str | None = None,
+                      finish: Any = None, dry_run: bool = False, seed: int = 0,
+                      threads: int = 0, memory_budget: int | str = "256MiB",
+                      chunk_elems: int = 0, check_finite: bool = False, progress: bool = True,
+                      kernel: str = "auto") -> MergeReport:
+    """Run ``plan`` over the files of ``ckpts`` into ``output``, atomically: shards,
+    index, ``extra_files``, the chat template, then ``finish(output)`` (a hook that
+    writes further files into the partial directory, e.g. a rewritten config)."""
     if dry_run:
         output.check_destination()
         print(describe_method_plan(plan))
         return MergeReport(None, len(plan.tensors), len(plan.shards), plan.bytes_read,
                            plan.bytes_written, 0.0)
-    all_ckpts = ([base] if base is not None else []) + ckpts
     t0 = time.perf_counter()
 
     def work(output: OutputDir) -> dict:
-        stats = execute_method_plan(plan, all_ckpts, output, seed=seed, threads=threads,
+        stats = execute_method_plan(plan, ckpts, output, seed=seed, threads=threads,
                                     memory_budget=parse_size(memory_budget),
                                     chunk_elems=chunk_elems, check_finite=check_finite,
                                     progress=progress, kernel=kernel)
         if plan.sharded:
             output.write_index({t.name: plan.shards[t.shard].file_name for t in plan.tensors},
                                sum(t.n_bytes for t in plan.tensors))
-        output.copy_extra_files(extra_files if extra_files is not None
-                                else all_ckpts[0].extra_files)
+        output.copy_extra_files(extra_files)
+        if finish is not None:
+            finish(output)
         if chat_template is not None:
             _write_chat_template(output, chat_template)
         return stats

@@ -32,16 +32,14 @@ from typing import Any
 
 from .errors import LadleIOError, LadleValueError
 from .methods import check_method_name, check_parameter_names
+from .slices import OutputModule, OutputSlice, SliceSource
 
-TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype",
-            "tokenizer_source", "chat_template", "seed"}
-REFUSED_KEYS = {
-    "slices": "'slices' (layer stacking / passthrough) is not implemented by ladle",
-    "modules": "'modules' (per-module slices) is not implemented by ladle",
-    "tokenizer": "'tokenizer' (vocabulary merging) is not implemented by ladle; "
-                 "use tokenizer_source: base or a model path",
-}
+TOP_KEYS = {"merge_method", "base_model", "models", "slices", "modules", "parameters", "dtype",
+            "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "seed"}
+REFUSED_KEYS: dict[str, str] = {}
 MODEL_KEYS = {"model", "parameters"}
+SLICE_KEYS = {"sources", "base_model", "parameters"}
+SOURCE_KEYS = {"model", "layer_range", "parameters"}
 TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
                    "tokenizer.model", "added_tokens.json", "merges.txt", "vocab.json",
                    "vocab.txt", "chat_template.jinja", "chat_template.json")
@@ -69,6 +67,18 @@ class Recipe:
     chat_template: str | None
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    modules: dict[str, OutputModule] | None = None  # slices:/modules: recipes
+
+    def referenced_models(self) -> list[Path]:
+        """Every model the recipe names, base first, each once."""
+        seen = [self.base_model] if self.base_model is not None else []
+        for m in self.models:
+            seen.append(m)
+        for module in (self.modules or {}).values():
+            seen += [s.model for sl in module.slices or [] for s in sl.sources]
+            seen += [sl.base_model for sl in module.slices or [] if sl.base_model]
+            seen += [m for m, _ in module.models or []]
+        return list(dict.fromkeys(seen))
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
@@ -151,11 +161,26 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
     if not isinstance(method, str):
         raise LadleValueError(f"{where}'merge_method' is required")
     check_method_name(method, where, "merge_method")
-    models_in = data.get("models")
-    if not isinstance(models_in, list) or not models_in:
-        raise LadleValueError(f"{where}'models' must be a non-empty list")
+    forms = [k for k in ("models", "slices", "modules") if data.get(k) is not None]
+    if len(forms) != 1:
+        raise LadleValueError(f"{where}exactly one of 'models', 'slices' or 'modules' is "
+                              f"required, got {', '.join(map(repr, forms)) or 'none'}")
     base = _model_path(data["base_model"], where, "base_model", path) \
         if data.get("base_model") is not None else None
+    parameters = data.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise LadleValueError(f"{where}'parameters' must be a mapping")
+    modules = None
+    if forms[0] == "slices":
+        modules = {"default": _module({"slices": data["slices"]}, f"{where}slices", path)}
+    elif forms[0] == "modules":
+        if not isinstance(data["modules"], dict) or not data["modules"]:
+            raise LadleValueError(f"{where}'modules' must be a non-empty mapping")
+        modules = {str(k): _module(v, f"{where}modules.{k}", path)
+                   for k, v in data["modules"].items()}
+    models_in = data.get("models") if modules is None else []
+    if not isinstance(models_in, list) or (modules is None and not models_in):
+        raise LadleValueError(f"{where}'models' must be a non-empty list")
     models, model_params = [], []
     for i, entry in enumerate(models_in):
         if isinstance(entry, str):
@@ -170,18 +195,22 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
         params = entry.get("parameters") or {}
         if not isinstance(params, dict):
             raise LadleValueError(f"{where}models[{i}].parameters must be a mapping")
-        if base is not None and model.resolve() == base.resolve() and method != "linear":
+        if (base is not None and model.resolve() == base.resolve()
+                and method not in ("linear", "passthrough")):
             continue  # the base listed among the models (its parameters are unused)
         for key, value in params.items():
             _check_setting(value, f"{where}models[{i}].parameters.{key}")
         models.append(model)
         model_params.append(params)
-    parameters = data.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise LadleValueError(f"{where}'parameters' must be a mapping")
     for key, value in parameters.items():
         _check_setting(value, f"{where}parameters.{key}")
     check_parameter_names(method, parameters, model_params, where)
+    for module in (modules or {}).values():
+        levels = [module.parameters] + [sl.parameters for sl in module.slices or []]
+        sources = [s.parameters for sl in module.slices or [] for s in sl.sources]
+        sources += [p for _, p in module.models or []]
+        for level in levels:
+            check_parameter_names(method, level, sources, where)
     dtype = None
     for key in ("out_dtype", "dtype"):
         value = data.get(key)
@@ -210,7 +239,74 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise LadleValueError(f"{where}seed must be a non-negative integer, got {seed!r}")
     return Recipe(path, method, base, models, model_params, parameters, dtype,
-                  tokenizer_source, template, seed)
+                  tokenizer_source, template, seed, modules=modules)
+
+
+def _module(data: Any, where: str, path: Path | None) -> OutputModule:
+    """One ``modules:`` entry (or the ``slices:`` list): slices or models."""
+    if not isinstance(data, dict):
+        raise LadleValueError(f"{where}: expected a mapping with 'slices' or 'models'")
+    bad = sorted(set(data) - {"slices", "models", "parameters"})
+    if bad:
+        raise LadleValueError(f"{where}: unknown key(s) {', '.join(map(repr, bad))} "
+                              f"(allowed: slices, models, parameters)")
+    params = _settings(data.get("parameters"), f"{where}.parameters")
+    if (data.get("slices") is None) == (data.get("models") is None):
+        raise LadleValueError(f"{where}: exactly one of 'slices' or 'models' is required")
+    if data.get("models") is not None:
+        if not isinstance(data["models"], list) or not data["models"]:
+            raise LadleValueError(f"{where}.models must be a non-empty list")
+        models = []
+        for i, entry in enumerate(data["models"]):
+            entry = {"model": entry} if isinstance(entry, str) else entry
+            if not isinstance(entry, dict) or "model" not in entry or set(entry) - MODEL_KEYS:
+                raise LadleValueError(f"{where}.models[{i}]: expected a mapping with 'model' "
+                                      f"(and 'parameters')")
+            models.append((_model_path(entry["model"], f"{where}.models[{i}]: ", "model", path),
+                           _settings(entry.get("parameters"), f"{where}.models[{i}].parameters")))
+        return OutputModule(None, models, params)
+    slices_in = data["slices"]
+    if not isinstance(slices_in, list) or not slices_in:
+        raise LadleValueError(f"{where}: 'slices' must be a non-empty list")
+    slices = []
+    for i, sl in enumerate(slices_in):
+        at = f"{where}[{i}]"
+        if not isinstance(sl, dict) or not isinstance(sl.get("sources"), list) \
+                or not sl["sources"]:
+            raise LadleValueError(f"{at}: expected a mapping with a non-empty 'sources' list")
+        bad = sorted(set(sl) - SLICE_KEYS)
+        if bad:
+            raise LadleValueError(f"{at}: unknown key(s) {', '.join(map(repr, bad))} (allowed: "
+                                  f"{', '.join(sorted(SLICE_KEYS))})")
+        sources = []
+        for j, src in enumerate(sl["sources"]):
+            sat = f"{at}.sources[{j}]"
+            if not isinstance(src, dict) or set(src) - SOURCE_KEYS or "model" not in src:
+                raise LadleValueError(f"{sat}: expected a mapping with 'model', 'layer_range' "
+                                      f"(and 'parameters')")
+            lr = src.get("layer_range")
+            if (not isinstance(lr, list) or len(lr) != 2
+                    or not all(isinstance(x, int) and not isinstance(x, bool) for x in lr)):
+                raise LadleValueError(f"{sat}.layer_range: expected [start, end) integers, "
+                                      f"got {lr!r}")
+            sources.append(SliceSource(_model_path(src["model"], f"{sat}: ", "model", path),
+                                       (lr[0], lr[1]),
+                                       _settings(src.get("parameters"), f"{sat}.parameters")))
+        base = (_model_path(sl["base_model"], f"{at}: ", "base_model", path)
+                if sl.get("base_model") is not None else None)
+        slices.append(OutputSlice(sources, base, _settings(sl.get("parameters"),
+                                                           f"{at}.parameters")))
+    return OutputModule(slices, None, params)
+
+
+def _settings(data: Any, where: str) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LadleValueError(f"{where} must be a mapping")
+    for key, value in data.items():
+        _check_setting(value, f"{where}.{key}")
+    return data
 
 
 def _check_setting(value: Any, where: str) -> None:
@@ -261,7 +357,7 @@ def extra_files(recipe: Recipe) -> list[Path]:
     tokenizer files taken from ``tokenizer_source`` instead when it is set."""
     from .checkpoint import open_checkpoint
 
-    donor = open_checkpoint(recipe.base_model or recipe.models[0])
+    donor = open_checkpoint(recipe.referenced_models()[0])
     files = list(donor.extra_files)
     if recipe.tokenizer_source is None:
         return files
@@ -281,8 +377,13 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, **options):
     from .methods import merge_models
     from .output import checked_output
 
-    checked_output(out, [recipe.base_model, *recipe.models, recipe.tokenizer_source],
+    checked_output(out, [*recipe.referenced_models(), recipe.tokenizer_source],
                    overwrite=options.get("overwrite", False))  # before reading any header
+    if recipe.modules is not None:
+        from .slices import merge_slices
+
+        options.setdefault("dtype", recipe.dtype)
+        return merge_slices(recipe, out, extra_files=extra_files(recipe), **options)
     models = list(recipe.models)
     params = list(recipe.model_parameters)
     options.setdefault("dtype", recipe.dtype)
