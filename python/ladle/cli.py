@@ -57,6 +57,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     add_greedy_options(p)
 
+    p = sub.add_parser("extract-lora", help="PEFT LoRA adapter from FINETUNED - BASE by "
+                                            "truncated SVD, one weight at a time")
+    p.add_argument("base")
+    p.add_argument("finetuned")
+    p.add_argument("--rank", type=int, required=True, help="LoRA rank r")
+    p.add_argument("-o", "--out", required=True, help="adapter directory")
+    p.add_argument("--dtype", help="dtype of the factors: bf16, f16, f32 (default: the "
+                                   "fine-tuned weights')")
+    p.add_argument("--device", help="torch device for the SVD (default: cuda if available)")
+    p.add_argument("--lowrank", action="store_true",
+                   help="randomized torch.svd_lowrank instead of the exact SVD")
+    p.add_argument("--include", action="append", help="only tensors matching this glob")
+    p.add_argument("--exclude", action="append", help="skip tensors matching this glob")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--quiet", action="store_true", help="no progress or summary")
+
     p = sub.add_parser("inspect", help="list tensors, dtypes, shapes, bytes and metadata")
     p.add_argument("checkpoint")
 
@@ -135,6 +151,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         return clip_main(args.clip_args)
     if args.command == "inspect":
         return _inspect(args.checkpoint)
+    if args.command == "extract-lora":
+        from .lora import extract_lora
+
+        r = extract_lora(args.base, args.finetuned, args.out, args.rank, device=args.device,
+                         dtype=args.dtype, method="lowrank" if args.lowrank else "svd",
+                         include=args.include, exclude=args.exclude,
+                         overwrite=args.overwrite, progress=not args.quiet)
+        if not args.quiet:
+            print(f"wrote {r.out}: {r.n_modules} LoRA modules of rank <= {r.rank} in "
+                  f"{r.seconds:.2f} s")
+        return 0
     if args.command == "verify":
         return _verify(args)
     if args.command == "demo":
