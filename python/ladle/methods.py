@@ -542,7 +542,7 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
                  check_finite: bool = False, overwrite: bool = False, progress: bool = True,
                  dry_run: bool = False, kernel: str = "auto",
                  extra_files: list[Path] | None = None,
-                 chat_template: str | None = None) -> MergeReport:
+                 chat_template: str | None = None, finish: Any = None) -> MergeReport:
     """Merge ``models`` (and ``base_model``) with ``method``, streamed.
 
     Args:
@@ -563,6 +563,8 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
             files of the base, or of the first model).
         chat_template: Jinja template text written to ``chat_template.jinja`` (and
             into ``tokenizer_config.json`` when present).
+        finish: called with the :class:`~ladle.output.OutputDir` once the shards
+            and extra files are in its partial directory (writes further files).
         Other options are those of :func:`ladle.merge`.
 
     Returns:
@@ -610,7 +612,8 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
     return write_method_plan(plan, all_ckpts, output,
                              extra_files if extra_files is not None
                              else all_ckpts[0].extra_files,
-                             chat_template=chat_template, dry_run=dry_run, seed=seed,
+                             chat_template=chat_template, finish=finish, dry_run=dry_run,
+                             seed=seed,
                              threads=threads, memory_budget=memory_budget,
                              chunk_elems=chunk_elems, check_finite=check_finite,
                              progress=progress, kernel=kernel)

@@ -33,6 +33,7 @@ from typing import Any
 from .errors import LadleIOError, LadleValueError
 from .methods import check_method_name, check_parameter_names
 from .slices import OutputModule, OutputSlice, SliceSource
+from .tokenizer import TokenizerSpec, parse_tokenizer
 
 TOP_KEYS = {"merge_method", "base_model", "models", "slices", "modules", "parameters", "dtype",
             "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "seed"}
@@ -68,6 +69,7 @@ class Recipe:
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     modules: dict[str, OutputModule] | None = None  # slices:/modules: recipes
+    tokenizer: TokenizerSpec | None = None  # tokenizer_source / tokenizer: block
 
     def referenced_models(self) -> list[Path]:
         """Every model the recipe names, base first, each once."""
@@ -220,26 +222,30 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
                 raise LadleValueError(f"{where}{key}: unsupported dtype {value!r} "
                                       f"(bfloat16, float16, float32, float64)")
             dtype = dtype or _DTYPES[name]
-    tokenizer_source = None
+    tokenizer = None
     ts = data.get("tokenizer_source")
+    if ts is not None and data.get("tokenizer") is not None:
+        raise LadleValueError(f"{where}give either tokenizer_source or a tokenizer: block, "
+                              f"not both")
     if ts is not None:
-        if ts == "union":
-            raise LadleValueError(f"{where}tokenizer_source: union (vocabulary merging) is not "
-                                  f"implemented by ladle; use base or a model path")
-        if ts == "base":
-            if base is None:
-                raise LadleValueError(f"{where}tokenizer_source: base needs base_model")
-            tokenizer_source = base
-        else:
-            tokenizer_source = _model_path(ts, where, "tokenizer_source", path)
+        ref = ts.removeprefix("model:") if isinstance(ts, str) else ts
+        tokenizer = TokenizerSpec(ts if ts in ("base", "union") else
+                                  _model_path(ref, where, "tokenizer_source", path))
+    elif data.get("tokenizer") is not None:
+        tokenizer = parse_tokenizer(data["tokenizer"], where,
+                                    lambda ref, key: _model_path(ref, where, key, path))
     template = data.get("chat_template")
     if template is not None:
         template = _chat_template(str(template), where)
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise LadleValueError(f"{where}seed must be a non-negative integer, got {seed!r}")
-    return Recipe(path, method, base, models, model_params, parameters, dtype,
-                  tokenizer_source, template, seed, modules=modules)
+    recipe = Recipe(path, method, base, models, model_params, parameters, dtype,
+                    None, template, seed, modules=modules, tokenizer=tokenizer)
+    if tokenizer is not None and tokenizer.source != "union":
+        recipe.tokenizer_source = (recipe.referenced_models()[0] if tokenizer.source == "base"
+                                   else Path(tokenizer.source))
+    return recipe
 
 
 def _module(data: Any, where: str, path: Path | None) -> OutputModule:
@@ -343,13 +349,14 @@ def _model_path(ref: Any, where: str, key: str, recipe_path: Path | None) -> Pat
 
 
 def _chat_template(value: str, where: str) -> str:
-    if value in BUILTIN_TEMPLATES:
-        return BUILTIN_TEMPLATES[value]
+    if value in BUILTIN_TEMPLATES or value == "auto":
+        return BUILTIN_TEMPLATES.get(value, value)
     if len(value) >= 20 and "{" in value:
         return value
     raise LadleValueError(f"{where}chat_template: '{value}' is neither Jinja text nor a "
-                          f"built-in name ({', '.join(BUILTIN_TEMPLATES)}); 'auto' and other "
-                          f"mergekit template names are not implemented by ladle")
+                          f"built-in name ({', '.join(BUILTIN_TEMPLATES)}); other mergekit "
+                          f"template names (alpaca, llama3, mistral, exaone) are not shipped "
+                          f"with ladle: paste the template text")
 
 
 def extra_files(recipe: Recipe) -> list[Path]:
@@ -373,21 +380,104 @@ def extra_files(recipe: Recipe) -> list[Path]:
 
 
 def run_recipe(recipe: Recipe, out: str | os.PathLike, **options):
-    """Run a parsed recipe; options are those of :func:`ladle.methods.merge_models`."""
-    from .methods import merge_models
+    """Run a parsed recipe; options are those of :func:`ladle.methods.merge_models`.
+
+    With a tokenizer source, the output vocabulary is built first and every
+    model's embedding rows are permuted into it (:mod:`ladle.tokenizer`), in a
+    scratch directory beside the output that is removed afterwards.
+    """
+    import warnings
+
+    from .checkpoint import open_checkpoint
+    from .errors import LadleWarning
     from .output import checked_output
+    from .tokenizer import build_vocabulary, permute_embeddings, remove_scratch, scratch_dir
 
     checked_output(out, [*recipe.referenced_models(), recipe.tokenizer_source],
                    overwrite=options.get("overwrite", False))  # before reading any header
+    options.setdefault("dtype", recipe.dtype)
+    template = resolve_chat_template(recipe)
+    files = extra_files(recipe)
+    spec = recipe.tokenizer
+    if spec is None:
+        return _merge(recipe, out, files, None, None, template, **options)
+    try:
+        vocab = build_vocabulary(spec, recipe.base_model, recipe.referenced_models())
+    except LadleValueError as e:
+        if spec.block or spec.source == "union":
+            raise
+        warnings.warn(f"{e}; copying the tokenizer files of {recipe.tokenizer_source} "
+                      f"without remapping embedding rows", LadleWarning, stacklevel=2)
+        return _merge(recipe, out, files, None, None, template, **options)
+    files = [f for f in files if f.name not in TOKENIZER_FILES]
+    scratch = scratch_dir(Path(out))
+    try:
+        ckpts = {m: open_checkpoint(m) for m in recipe.referenced_models()}
+        views = permute_embeddings(spec, vocab, ckpts, recipe.base_model, scratch)
+        return _merge(recipe, out, files, views, vocab, template, **options)
+    finally:
+        remove_scratch(scratch)
+
+
+def _merge(recipe: Recipe, out, files: list[Path], views, vocab, template: str | None,
+           **options):
+    """The recipe's merge over ``views`` (checkpoints with permuted embeddings)
+    when given; with ``vocab``, the output tokenizer and config's vocab_size too."""
+    import json
+
+    from .methods import merge_models
+    from .tokenizer import with_vocabulary
+
+    finish = None
+    if vocab is not None:
+        def finish(output) -> None:
+            if template is not None:
+                vocab.tokenizer.chat_template = template
+            vocab.tokenizer.save_pretrained(str(output.partial))
+            config = output.partial / "config.json"
+            if config.is_file():
+                data = with_vocabulary(json.loads(config.read_text()), vocab)
+                config.write_text(json.dumps(data, indent=2) + "\n")
     if recipe.modules is not None:
         from .slices import merge_slices
 
-        options.setdefault("dtype", recipe.dtype)
-        return merge_slices(recipe, out, extra_files=extra_files(recipe), **options)
-    models = list(recipe.models)
-    params = list(recipe.model_parameters)
-    options.setdefault("dtype", recipe.dtype)
-    return merge_models(recipe.method, models, out, base_model=recipe.base_model,
-                        parameters=recipe.parameters, model_parameters=params,
-                        seed=recipe.seed, extra_files=extra_files(recipe),
-                        chat_template=recipe.chat_template, **options)
+        return merge_slices(recipe, out, extra_files=files, ckpts=views, finish=finish,
+                            chat_template=template, **options)
+
+    def view(m):
+        return views[m] if views is not None else m
+
+    return merge_models(recipe.method, [view(m) for m in recipe.models], out,
+                        base_model=view(recipe.base_model) if recipe.base_model else None,
+                        parameters=recipe.parameters,
+                        model_parameters=list(recipe.model_parameters), seed=recipe.seed,
+                        extra_files=files, chat_template=template, finish=finish, **options)
+
+
+def resolve_chat_template(recipe: Recipe) -> str | None:
+    """The recipe's template text; ``auto`` is the most common template among the
+    models (mergekit's rule; the first seen wins a tie)."""
+    from collections import Counter
+
+    from .path_safety import read_regular_file
+
+    if recipe.chat_template != "auto":
+        return recipe.chat_template
+    counts: Counter[str] = Counter()
+    for m in recipe.referenced_models():
+        text = None
+        try:
+            if (m / "chat_template.jinja").is_file():
+                text = read_regular_file(m / "chat_template.jinja", MAX_RECIPE_BYTES).decode()
+            elif (m / "tokenizer_config.json").is_file():
+                import json
+
+                cfg = json.loads(read_regular_file(m / "tokenizer_config.json", 1 << 26))
+                text = cfg.get("chat_template") if isinstance(cfg, dict) else None
+        except (OSError, ValueError):
+            text = None
+        if isinstance(text, str) and text:
+            counts[text] += 1
+    if not counts:
+        raise LadleValueError("chat_template: auto: none of the models has a chat template")
+    return counts.most_common(1)[0][0]

@@ -300,10 +300,13 @@ def rewritten_config(config: dict[str, Any], plan: SlicePlan,
 def merge_slices(recipe, out, *, extra_files: list[Path], dtype: str | None = None,
                  include: list[str] | None = None, exclude: list[str] | None = None,
                  max_shard_size: int | str = "5GB", overwrite: bool = False,
-                 rescale_mode: str = "l1", **run_options):
+                 rescale_mode: str = "l1", ckpts: dict[Path, Checkpoint] | None = None,
+                 finish=None, **run_options):
     """Run a ``slices:``/``modules:`` recipe (:class:`ladle.recipe.Recipe`) into
     ``out``: the stacked tensors, the donor's files and a config.json whose layer
-    count matches. ``run_options`` are those of :func:`ladle.methods.write_method_plan`."""
+    count matches. ``ckpts`` replaces the opened models (views with permuted
+    embeddings); ``finish(output)`` runs after the config is written.
+    ``run_options`` are those of :func:`ladle.methods.write_method_plan`."""
     from . import _core
     from ._units import parse_size
     from .checkpoint import open_checkpoint
@@ -314,7 +317,7 @@ def merge_slices(recipe, out, *, extra_files: list[Path], dtype: str | None = No
     models = recipe.referenced_models()
     output = checked_output(out, [*models, *extra_files, *(f.parent for f in extra_files)],
                             overwrite=overwrite)
-    ckpts = {m: open_checkpoint(m) for m in models}
+    ckpts = ckpts or {m: open_checkpoint(m) for m in models}
     plan = plan_slices(recipe.method, recipe.modules, recipe.base_model, recipe.parameters,
                        ckpts, dtype=dtype, include=include, exclude=exclude,
                        rescale_mode=rescale_mode)
@@ -326,7 +329,8 @@ def merge_slices(recipe, out, *, extra_files: list[Path], dtype: str | None = No
                                      output.single_file, metadata)
     donor = models[0]
     config_file = next((f for f in extra_files if f.name == "config.json"), None)
-    finish = None
+    then = finish
+    finish = then
     if config_file is not None:
         def read_config(path: Path) -> dict:
             try:
@@ -342,6 +346,9 @@ def merge_slices(recipe, out, *, extra_files: list[Path], dtype: str | None = No
 
         def finish(output) -> None:
             (output.partial / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            if then is not None:
+                then(output)
+    run_options.setdefault("chat_template", recipe.chat_template)
     return write_method_plan(method_plan, list(ckpts.values()), output, extra_files,
-                             chat_template=recipe.chat_template, finish=finish,
+                             finish=finish,
                              seed=recipe.seed, **run_options)
