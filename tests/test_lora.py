@@ -127,7 +127,7 @@ def test_dtype_rank_pattern_lowrank_and_errors(tmp_path, capsys):
 
 def test_adapter_loads_with_peft(tmp_path):
     peft = pytest.importorskip("peft")
-    base_sd, tuned_sd = _pair(tmp_path, delta_rank=2)
+    _, tuned_sd = _pair(tmp_path, delta_rank=2)
     ladle.extract_lora(tmp_path / "base", tmp_path / "tuned", tmp_path / "lora", rank=2,
                        device="cpu", progress=False)
     model = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "base")

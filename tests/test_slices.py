@@ -65,9 +65,7 @@ def test_upscaled_llama_loads_with_source_layers_bit_for_bit(tmp_path):
     expected = {}
     for name, t in a.items():
         m = re.search(r"layers\.(\d+)\.", name)
-        if m is None and "embed" in name:
-            expected[name] = t
-        elif m and int(m.group(1)) < 3:
+        if m is None and "embed" in name or m and int(m.group(1)) < 3:
             expected[name] = t
     for name, t in b.items():
         m = re.search(r"layers\.(\d+)\.", name)
@@ -231,3 +229,19 @@ def test_slices_dry_run_and_api(tmp_path, capsys):
     with pytest.raises(LadleValueError, match="destination exists"):
         (tmp_path / "out").mkdir()
         run_recipe(load_recipe(cfg), tmp_path / "out", progress=False)
+
+
+def test_slices_include_exclude(tmp_path):
+    a = _tiny_llama(tmp_path / "a", 0)
+    recipe = {"merge_method": "passthrough", "slices": [
+        {"sources": [{"model": str(tmp_path / "a"), "layer_range": [1, 3]}]}]}
+    rc, out = _recipe(tmp_path, recipe, "out", "--exclude", "*lm_head*", "--exclude", "*mlp*")
+    assert rc == 0
+    from safetensors.torch import load_file
+
+    got = load_file(out / "model.safetensors")
+    assert not any("lm_head" in n or "mlp" in n for n in got)
+    assert torch.equal(_bits(got["model.layers.0.self_attn.q_proj.weight"]),
+                       _bits(a["model.layers.1.self_attn.q_proj.weight"]))
+    rc, _ = _recipe(tmp_path, recipe, "none", "--include", "nothing*")
+    assert rc == 2

@@ -16,7 +16,7 @@ from ladle.cli import main
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
-from safetensors.numpy import load_file, save_file  # noqa: E402
+from safetensors.numpy import load_file, save_file
 
 DIM = 6
 F32 = np.float32
@@ -38,7 +38,8 @@ def _model(path: Path, words: list[str], added: list[str], seed: int) -> dict:
                "model.norm.weight": rng.standard_normal(DIM).astype(F32),
                "lm_head.weight": rng.standard_normal((n, DIM)).astype(F32)}
     save_file(tensors, str(path / "model.safetensors"))
-    (path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": n}))
+    (path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": n,
+                                                      "num_hidden_layers": 1}))
     return {"vocab": fast.get_vocab(), "tensors": tensors}
 
 
@@ -195,3 +196,26 @@ def test_tokenizer_errors_are_clear(two_models, capsys):
         assert rc == 2 and err.startswith("ladle: error:") and re.search(message, err), err
         assert not (tmp_path / "bad").exists()
         assert not list(tmp_path.glob(".bad.ladle-tokens-*"))
+
+
+def test_union_with_slices_uses_each_slice_sources(two_models):
+    """passthrough slices: the embedding comes from the first slice's model (A = base),
+    lm_head from the last's (ft); rows a model lacks follow the rules among those
+    contributors and the base (mergekit's PermutedEmbeddings over a slice)."""
+    tmp_path, base, ft = two_models
+    out = _run(tmp_path, {"merge_method": "passthrough", "tokenizer_source": "union",
+                          "base_model": str(tmp_path / "base"),
+                          "slices": [{"sources": [{"model": str(tmp_path / "base"),
+                                                   "layer_range": [0, 1]}]},
+                                     {"sources": [{"model": str(tmp_path / "ft"),
+                                                   "layer_range": [0, 1]}]}]})
+    vocab = transformers.AutoTokenizer.from_pretrained(out).get_vocab()
+    got = load_file(str(out / "model.safetensors"))
+    config = json.loads((out / "config.json").read_text())
+    assert config["vocab_size"] == len(vocab) and config["num_hidden_layers"] == 2
+    embed = "model.embed_tokens.weight"
+    (r_base,) = _reference_rows(vocab, [base], 0, {}, embed, len(vocab))
+    np.testing.assert_array_equal(got[embed], r_base)
+    r_base, r_ft = _reference_rows(vocab, [base, ft], 0, {}, "lm_head.weight", len(vocab))
+    np.testing.assert_array_equal(got["lm_head.weight"], r_ft)
+    assert "model.layers.1.mlp.weight" in got

@@ -3,7 +3,8 @@
 Accepted keys (mergekit's schema for the methods ladle implements)::
 
     merge_method: ties            # linear, task_arithmetic, ties, dare_ties, dare_linear,
-                                  # breadcrumbs, breadcrumbs_ties, slerp, model_stock
+                                  # breadcrumbs, breadcrumbs_ties, slerp, model_stock,
+                                  # passthrough
     base_model: path/to/base
     models:
       - model: path/to/ft1
@@ -14,13 +15,16 @@ Accepted keys (mergekit's schema for the methods ladle implements)::
     parameters: {normalize: true, lambda: 1.0, int8_mask: true}
     dtype: bfloat16               # mergekit's compute dtype; ladle computes in fp32 and
     out_dtype: bfloat16           # writes out_dtype, else dtype, else the base's dtype
-    tokenizer_source: base        # or a model path: copy its tokenizer files
-    chat_template: chatml         # or Jinja text
+    tokenizer_source: base        # union, or a model path (ladle.tokenizer); or a
+                                  # tokenizer: {source, tokens, pad_to_multiple_of} block
+    chat_template: chatml         # Jinja text, chatml or auto
     seed: 0                       # ladle extension: DARE's RNG seed
 
-Models are local paths (ladle downloads nothing). Features ladle does not implement
-(``slices``, ``modules``, ``tokenizer:``, ``tokenizer_source: union``, LoRA ``+``
-references, other methods) are refused by name; unknown keys are errors.
+Instead of ``models:``, ``slices:`` (layer ranges stacked, each slice with
+``sources: [{model, layer_range, parameters}]``) or ``modules:`` (per layer prefix)
+describe frankenmerges (:mod:`ladle.slices`). Models are local paths (ladle
+downloads nothing). Features ladle does not implement (LoRA ``+`` references, other
+methods) are refused by name; unknown keys are errors.
 """
 
 from __future__ import annotations
@@ -74,8 +78,7 @@ class Recipe:
     def referenced_models(self) -> list[Path]:
         """Every model the recipe names, base first, each once."""
         seen = [self.base_model] if self.base_model is not None else []
-        for m in self.models:
-            seen.append(m)
+        seen += self.models
         for module in (self.modules or {}).values():
             seen += [s.model for sl in module.slices or [] for s in sl.sources]
             seen += [sl.base_model for sl in module.slices or [] if sl.base_model]
@@ -413,10 +416,27 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, **options):
     scratch = scratch_dir(Path(out))
     try:
         ckpts = {m: open_checkpoint(m) for m in recipe.referenced_models()}
-        views = permute_embeddings(spec, vocab, ckpts, recipe.base_model, scratch)
+        views = permute_embeddings(spec, vocab, ckpts, recipe.base_model, scratch,
+                                   _contributors(recipe))
         return _merge(recipe, out, files, views, vocab, template, **options)
     finally:
         remove_scratch(scratch)
+
+
+def _contributors(recipe: Recipe):
+    """Which models a recipe merges into an embedding: all of them for ``models:``;
+    for slices, the first slice's sources (input embeddings) or the last slice's
+    (output heads) of the first module, as mergekit's pre/post weights."""
+    if recipe.modules is None:
+        return None
+    from .slices import PRE_WEIGHT
+
+    module = next(iter(recipe.modules.values()))
+    if module.slices is None:
+        return None
+    first = [s.model for s in module.slices[0].sources]
+    last = [s.model for s in module.slices[-1].sources]
+    return lambda name: first if PRE_WEIGHT.search(name) else last
 
 
 def _merge(recipe: Recipe, out, files: list[Path], views, vocab, template: str | None,

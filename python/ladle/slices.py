@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import Checkpoint, TensorInfo
+from .checkpoint import Checkpoint
 from .errors import LadleValueError, MismatchError
 
 LAYER = re.compile(r"\.(\d+)\.")
@@ -108,6 +108,7 @@ def plan_slices(method: str, modules: dict[str, OutputModule], base_model: Path 
                 rescale_mode: str) -> SlicePlan:
     """Output tensors of a ``modules:`` recipe (``slices:`` is the one-module case)."""
     from .methods import method_tensors
+    from .plan import _selected
 
     layouts = {p: split_layers(c) for p, c in ckpts.items()}
     donor = base_model or _first_model(modules)
@@ -160,14 +161,19 @@ def plan_slices(method: str, modules: dict[str, OutputModule], base_model: Path 
             groups.append((slices[-1], {n: [n] * len(slices[-1].sources) for n in post},
                            {n: 0.0 for n in post}))
         for sl, names, positions in groups:
+            names = {o: i for o, i in names.items() if _selected(o, include, exclude)}
+            if not names:
+                continue
             base, models, model_params = _group_inputs(method, sl, base_model, ckpts, names)
             result.tensors += method_tensors(
                 method, base, models,
                 parameters=chain_settings(sl.parameters, module.parameters, parameters),
-                model_parameters=model_params, dtype=dtype, include=include, exclude=exclude,
-                rescale_mode=rescale_mode, positions=positions)
+                model_parameters=model_params, dtype=dtype, rescale_mode=rescale_mode,
+                positions=positions)
         result.module_layers[prefix] = out_idx
         result.layer_sources[prefix] = layer_sources
+    if not result.tensors:
+        raise LadleValueError(f"no tensors selected (include={include}, exclude={exclude})")
     return result
 
 
@@ -207,11 +213,12 @@ def _assign_loose(names: list[str], prefixes: list[str]) -> dict[str, list[str]]
     """Tensors outside the layers go with the module whose parent path they share
     most of (``model.embed_tokens`` with ``model.layers``); else the first module."""
     out: dict[str, list[str]] = {p: [] for p in prefixes}
+    def shared(name: str, prefix: str) -> int:
+        parent = prefix.rsplit(".", 1)[0] + "." if "." in prefix else ""
+        return len(parent) if name.startswith(parent) else -1
+
     for name in names:
-        def shared(prefix: str) -> int:
-            parent = prefix.rsplit(".", 1)[0] + "." if "." in prefix else ""
-            return len(parent) if name.startswith(parent) else -1
-        best = max(prefixes, key=shared)  # max keeps the first of equals
+        best = max(prefixes, key=lambda p: shared(name, p))  # max keeps the first of equals
         out[best].append(name)
     return out
 

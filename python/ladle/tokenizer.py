@@ -24,6 +24,7 @@ import math
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -202,7 +203,7 @@ def _row_sources(spec: TokenizerSpec, vocab: Vocabulary, models: list[Path], bas
             if isinstance(src, dict) and src["kind"] == "zero":
                 rows = []
             elif isinstance(src, dict):
-                model = _member(src["model"], models, token)
+                model = _member(src["model"], list(vocab.permutations), token)
                 row = src.get("token_id")
                 if row is None:
                     row = vocab.vocabs[model].get(src["token"])
@@ -211,7 +212,7 @@ def _row_sources(spec: TokenizerSpec, vocab: Vocabulary, models: list[Path], bas
                                               f"{src['token']!r} is not in {model}'s vocabulary")
                 rows = [(model, int(row))]
             else:
-                model = _member(src, models, token)
+                model = _member(src, list(vocab.permutations), token)
                 if vocab.permutations[model][new_id] < 0:
                     raise LadleValueError(f"tokenizer.tokens[{token!r}]: {model} does not have "
                                           f"this token")
@@ -263,24 +264,31 @@ _NP = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.uint1
 
 
 def _mapped(info: TensorInfo) -> np.ndarray:
-    if info.dtype not in _NP:
-        raise LadleValueError(f"{info.file}: embedding '{info.name}' has dtype {info.dtype}; "
-                              f"only float embeddings can be permuted")
+    _mapped_dtype(info)
     return np.memmap(info.file, dtype=_NP[info.dtype], mode="r", offset=info.offset,
                      shape=info.shape)
 
 
 def permute_embeddings(spec: TokenizerSpec, vocab: Vocabulary, ckpts: dict[Path, Checkpoint],
-                       base: Path | None, tmpdir: Path) -> dict[Path, Checkpoint]:
+                       base: Path | None, tmpdir: Path,
+                       contributors: Callable[[str], list[Path]] | None = None
+                       ) -> dict[Path, Checkpoint]:
     """Views of ``ckpts`` whose embeddings are the permuted ones, written into
-    ``tmpdir`` (one safetensors file per model) one range of rows at a time."""
+    ``tmpdir`` (one safetensors file per model) one range of rows at a time.
+
+    ``contributors(name)`` are the models merged into that tensor (default: all);
+    as in mergekit, they and the base decide a token's default row."""
     from . import _core
 
     models = list(ckpts)
-    defaults = _row_sources(spec, vocab, models, base)
-    views = {}
     names = embedding_names(ckpts[models[0]])
-    files: dict[Path, dict[str, TensorInfo]] = {m: {} for m in models}
+    defaults = {}
+    for name in names:
+        group = list(contributors(name)) if contributors else models
+        if base is not None and base not in group:
+            group.append(base)
+        defaults[name] = _row_sources(spec, vocab, group, base)
+    views = {}
     for k, m in enumerate(models):
         ckpt = ckpts[m]
         entries, offset = [], 0
@@ -289,22 +297,28 @@ def permute_embeddings(spec: TokenizerSpec, vocab: Vocabulary, ckpts: dict[Path,
             if info is None:
                 continue
             shape = [vocab.size, info.shape[1]]
-            n_bytes = math.prod(shape) * np.dtype(_NP[info.dtype]).itemsize
+            n_bytes = math.prod(shape) * np.dtype(_NP[_mapped_dtype(info)]).itemsize
             entries.append((name, info.dtype, shape, offset, offset + n_bytes))
             offset += n_bytes
         header = _core.serialize_header(entries, [("format", "pt")])
         path = tmpdir / f"embeddings-{k}.safetensors"
         with open(path, "wb") as fh:
             fh.write(header)
-            for name, dtype, shape, _, _ in entries:
-                _write_rows(fh, name, shape, vocab, defaults, ckpts, m)
-        size = path.stat().st_size
-        for name, dtype, shape, begin, end in entries:
-            files[m][name] = TensorInfo(name, dtype, tuple(shape), path, len(header) + begin,
-                                        end - begin)
-        tensors = {**ckpt.tensors, **files[m]}
-        views[m] = replace(ckpt, tensors=tensors, file_sizes={**ckpt.file_sizes, path: size})
+            for name, _, shape, _, _ in entries:
+                _write_rows(fh, name, shape, vocab, defaults[name], ckpts, m)
+        permuted = {name: TensorInfo(name, dtype, tuple(shape), path, len(header) + begin,
+                                     end - begin)
+                    for name, dtype, shape, begin, end in entries}
+        views[m] = replace(ckpt, tensors={**ckpt.tensors, **permuted},
+                           file_sizes={**ckpt.file_sizes, path: path.stat().st_size})
     return views
+
+
+def _mapped_dtype(info: TensorInfo) -> str:
+    if info.dtype not in _NP:
+        raise LadleValueError(f"{info.file}: embedding '{info.name}' has dtype {info.dtype}; "
+                              f"only float embeddings can be permuted")
+    return info.dtype
 
 
 def _write_rows(fh, name: str, shape: list[int], vocab: Vocabulary, defaults, ckpts, model
