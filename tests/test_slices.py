@@ -190,8 +190,8 @@ def test_modules_form_names_the_layer_prefix(tmp_path):
                               {"model": "A", "layer_range": [1, 3]}]}]},
      "exactly 1 model"),
     ({"slices": [{"sources": [{"model": "A", "layer_range": "0-2"}]}]}, "layer_range"),
-    ({"slices": [{"sources": [{"model": "A", "layer_range": [0, 2]}], "residual_weight": 1}]},
-     "unknown key.*residual_weight"),
+    ({"slices": [{"sources": [{"model": "A", "layer_range": [0, 2]}], "residual": 1}]},
+     "unknown key.*'residual'"),
     ({"modules": {"vision": {"slices": [{"sources": [{"model": "A", "layer_range": [0, 2]}]}]}}},
      "'vision' is not a module"),
     ({"models": [{"model": "A"}], "slices": []}, "exactly one of 'models', 'slices'"),
@@ -231,6 +231,18 @@ def test_slices_dry_run_and_api(tmp_path, capsys):
         run_recipe(load_recipe(cfg), tmp_path / "out", progress=False)
 
 
+def test_residual_weight_is_accepted_with_a_warning(tmp_path, capsys):
+    _tiny_llama(tmp_path / "a", 0)
+    recipe = {"merge_method": "passthrough", "slices": [
+        {"sources": [{"model": str(tmp_path / "a"), "layer_range": [0, 4]}],
+         "residual_weight": 0.5}]}
+    capsys.readouterr()
+    cfg = tmp_path / "r.yml"
+    cfg.write_text(yaml.safe_dump(recipe))
+    assert main(["merge", "--config", str(cfg), "-o", str(tmp_path / "out")]) == 0
+    assert "ladle: warning:" in capsys.readouterr().err
+
+
 def test_slices_include_exclude(tmp_path):
     a = _tiny_llama(tmp_path / "a", 0)
     recipe = {"merge_method": "passthrough", "slices": [
@@ -245,3 +257,20 @@ def test_slices_include_exclude(tmp_path):
                        _bits(a["model.layers.1.self_attn.q_proj.weight"]))
     rc, _ = _recipe(tmp_path, recipe, "none", "--include", "nothing*")
     assert rc == 2
+
+
+def test_modules_models_form_equals_the_models_recipe(tmp_path):
+    _tiny_llama(tmp_path / "a", 0)
+    _tiny_llama(tmp_path / "b", 1)
+    models = [{"model": str(tmp_path / "a"), "parameters": {"weight": [1.0, 0.25]}},
+              {"model": str(tmp_path / "b"), "parameters": {"weight": 0.5}}]
+    rc1, out1 = _recipe(tmp_path, {"merge_method": "linear", "models": models}, "plain")
+    rc2, out2 = _recipe(tmp_path, {"merge_method": "linear",
+                                   "modules": {"default": {"models": models}}}, "modules")
+    assert rc1 == rc2 == 0
+    from safetensors.torch import load_file
+
+    x, y = load_file(out1 / "model.safetensors"), load_file(out2 / "model.safetensors")
+    assert sorted(x) == sorted(y)
+    for name in x:
+        assert torch.equal(_bits(x[name]), _bits(y[name])), name

@@ -43,7 +43,7 @@ TOP_KEYS = {"merge_method", "base_model", "models", "slices", "modules", "parame
             "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "seed"}
 REFUSED_KEYS: dict[str, str] = {}
 MODEL_KEYS = {"model", "parameters"}
-SLICE_KEYS = {"sources", "base_model", "parameters"}
+SLICE_KEYS = {"sources", "base_model", "parameters", "residual_weight"}
 SOURCE_KEYS = {"model", "layer_range", "parameters"}
 TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
                    "tokenizer.model", "added_tokens.json", "merges.txt", "vocab.json",
@@ -287,6 +287,13 @@ def _module(data: Any, where: str, path: Path | None) -> OutputModule:
         if bad:
             raise LadleValueError(f"{at}: unknown key(s) {', '.join(map(repr, bad))} (allowed: "
                                   f"{', '.join(sorted(SLICE_KEYS))})")
+        if sl.get("residual_weight") is not None:
+            import warnings
+
+            from .errors import LadleWarning
+
+            warnings.warn(f"{at}.residual_weight has no effect (mergekit parses it but does "
+                          f"not use it either)", LadleWarning, stacklevel=2)
         sources = []
         for j, src in enumerate(sl["sources"]):
             sat = f"{at}.sources[{j}]"
