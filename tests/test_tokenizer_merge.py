@@ -5,6 +5,7 @@ against a plain-numpy reference of those rules written here."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -219,3 +220,19 @@ def test_union_with_slices_uses_each_slice_sources(two_models):
     r_base, r_ft = _reference_rows(vocab, [base, ft], 0, {}, "lm_head.weight", len(vocab))
     np.testing.assert_array_equal(got["lm_head.weight"], r_ft)
     assert "model.layers.1.mlp.weight" in got
+
+
+def test_chat_template_auto_takes_the_most_common(two_models):
+    tmp_path, _, _ = two_models
+    common, rare = "{{ messages[0]['content'] }} common template", "{{ 'x' }} rare template"
+    (tmp_path / "base" / "chat_template.jinja").write_text(common)
+    (tmp_path / "ft" / "chat_template.jinja").write_text(common)
+    third = tmp_path / "third"
+    shutil.copytree(tmp_path / "ft", third)
+    (third / "chat_template.jinja").write_text(rare)
+    out = _run(tmp_path, {"merge_method": "linear", "tokenizer_source": "base",
+                          "chat_template": "auto",
+                          "models": [{"model": str(p), "parameters": {"weight": 1.0}}
+                                     for p in (third, tmp_path / "base", tmp_path / "ft")]})
+    assert (out / "chat_template.jinja").read_text() == common
+    assert transformers.AutoTokenizer.from_pretrained(out).chat_template == common
