@@ -84,14 +84,16 @@ def test_ties_recipe_runs_and_matches_api(tmp_path, models):
 
 
 @pytest.mark.parametrize("recipe_patch,message", [
-    ({"slices": [{"sources": []}]}, "'slices'"),
-    ({"merge_method": "passthrough"}, "'passthrough' is not implemented"),
+    ({"slices": [{"sources": []}]}, "exactly one of 'models', 'slices'"),
+    ({"merge_method": "nuslerp"}, "'nuslerp' is not implemented"),
     ({"merge_method": "tiess"}, "unknown merge_method 'tiess'"),
     ({"base_modle": "x"}, "unknown key.*'base_modle'"),
     ({"parameters": {"normalise": True}}, "unknown parameter 'normalise'"),
-    ({"tokenizer_source": "union"}, "union"),
-    ({"tokenizer": {"source": "base"}}, "'tokenizer'"),
-    ({"chat_template": "auto"}, "not implemented"),
+    ({"tokenizer_source": "union"}, "base: cannot load its tokenizer"),
+    ({"tokenizer": {"source": "base"}}, "base: cannot load its tokenizer"),
+    ({"tokenizer": {"source": "base"}, "tokenizer_source": "base"}, "not both"),
+    ({"chat_template": "auto"}, "none of the models has a chat template"),
+    ({"chat_template": "llama3"}, "not shipped with ladle"),
     ({"dtype": "int8"}, "unsupported dtype"),
     ({"seed": -1}, "seed"),
 ])

@@ -28,6 +28,7 @@ from .errors import (
 )
 from .learned import LearnedSoup, LearnedSoupResult, learned_soup
 from .live import Loader, load_into
+from .lora import LoraReport, extract_lora
 from .merge import MergeReport, interpolate, merge, soup
 from .results import ResultsLog
 from .selection import (
@@ -48,6 +49,7 @@ __all__ = [
     "TensorInfo", "build_info", "cuda_available", "cuda_info", "errors", "interpolate", "merge",
     "methods", "open", "soup",
 ]
+__all__ += ["LoraReport", "extract_lora"]
 # live models and soups
 __all__ += [
     "EnsembleResult", "LearnedSoup", "LearnedSoupResult", "Loader", "ResultsLog",

@@ -79,6 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", help="output dtype of float tensors (default: widest input)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="load whole-module .pt/.bin pickles (runs their code)")
+    p = sub.add_parser("extract-lora", help="PEFT LoRA adapter from FINETUNED - BASE by "
+                                            "truncated SVD, one weight at a time")
+    p.add_argument("base")
+    p.add_argument("finetuned")
+    p.add_argument("--rank", type=int, required=True, help="LoRA rank r")
+    p.add_argument("-o", "--out", required=True, help="adapter directory")
+    p.add_argument("--dtype", help="dtype of the factors: bf16, f16, f32 (default: the "
+                                   "fine-tuned weights')")
+    p.add_argument("--device", help="torch device for the SVD (default: cuda if available)")
+    p.add_argument("--lowrank", action="store_true",
+                   help="randomized torch.svd_lowrank instead of the exact SVD")
+    p.add_argument("--include", action="append", help="only tensors matching this glob")
+    p.add_argument("--exclude", action="append", help="skip tensors matching this glob")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--quiet", action="store_true", help="no progress or summary")
 
     p = sub.add_parser("inspect", help="list tensors, dtypes, shapes, bytes and metadata")
     p.add_argument("checkpoint")
@@ -166,6 +181,17 @@ def _dispatch(args: argparse.Namespace) -> int:
                            args.dtype, args.out)
         print(report.text())
         return 0 if report.ok else 1
+    if args.command == "extract-lora":
+        from .lora import extract_lora
+
+        r = extract_lora(args.base, args.finetuned, args.out, args.rank, device=args.device,
+                         dtype=args.dtype, method="lowrank" if args.lowrank else "svd",
+                         include=args.include, exclude=args.exclude,
+                         overwrite=args.overwrite, progress=not args.quiet)
+        if not args.quiet:
+            print(f"wrote {r.out}: {r.n_modules} LoRA modules of rank <= {r.rank} in "
+                  f"{r.seconds:.2f} s")
+        return 0
     if args.command == "verify":
         return _verify(args)
     if args.command == "demo":

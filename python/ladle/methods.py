@@ -94,10 +94,13 @@ METHODS: dict[str, MethodSpec] = {
                                    dict(_TASK_GLOBALS), "outliers", "sum"),
     "slerp": MethodSpec("slerp", True, {}, {"t": None}, min_models=1, max_models=1),
     "model_stock": MethodSpec("model_stock", True, {}, {"filter_wise": False}, min_models=2),
+    # mergekit's passthrough: one input, optionally scaled (frankenmerges use it per slice)
+    "passthrough": MethodSpec("passthrough", False, {"scale": 1.0}, {}, min_models=1,
+                              max_models=1),
 }
 
 # mergekit methods ladle recognises but does not implement, refused by name.
-UNIMPLEMENTED = ("passthrough", "nuslerp", "multislerp", "karcher", "della", "della_linear",
+UNIMPLEMENTED = ("nuslerp", "multislerp", "karcher", "della", "della_linear",
                  "sce", "nearswap", "arcee_fusion", "ram")
 
 _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
@@ -329,6 +332,32 @@ def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpo
                       metadata: dict[str, str] | None = None,
                       int_policy: str = "first") -> MethodPlan:
     """Plan ``method`` over ``base`` and ``models`` tensor by tensor (see module doc)."""
+    outputs = method_tensors(method, base, models, parameters=parameters,
+                             model_parameters=model_parameters, dtype=dtype, include=include,
+                             exclude=exclude, rescale_mode=rescale_mode, int_policy=int_policy)
+    return layout_method_plan(method, outputs, max_shard_bytes, single_file, metadata)
+
+
+def layout_method_plan(method: str, outputs: list[MethodTensor], max_shard_bytes: int,
+                       single_file: bool, metadata: dict[str, str] | None) -> MethodPlan:
+    """Assign planned tensors to output shards (in order) and serialize their headers."""
+    shards, meta = layout_shards(outputs, max_shard_bytes, single_file,  # type: ignore[arg-type]
+                                 metadata)
+    return MethodPlan(method, outputs, shards, sharded=len(shards) > 1, metadata=meta)
+
+
+def method_tensors(method: str, base: Checkpoint | None, models: list[Checkpoint], *,
+                   parameters: dict[str, Any] | None = None,
+                   model_parameters: list[dict[str, Any]] | None = None,
+                   dtype: str | None = None, include: str | list[str] | None = None,
+                   exclude: str | list[str] | None = None, rescale_mode: str = "l1",
+                   positions: dict[str, float] | None = None,
+                   int_policy: str = "first") -> list[MethodTensor]:
+    """The output tensors of ``method`` over ``base`` and ``models``, without a layout.
+
+    ``positions`` overrides each tensor's layer position ``t`` (a slice of a
+    ``slices:`` recipe counts its own layers, as mergekit does).
+    """
     from .patterns import as_patterns
     from .patterns import selected as name_selected
 
@@ -362,7 +391,7 @@ def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpo
     if not names:
         raise LadleValueError(f"{reference.path}: no tensors selected (include={include}, "
                               f"exclude={exclude})")
-    positions = layer_positions(names)
+    positions = {**layer_positions(names), **(positions or {})}
     outputs: list[MethodTensor] = []
     for name in names:
         first = reference.tensors[name]
@@ -398,6 +427,11 @@ def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpo
                                           f"({weights}); set normalize: false")
                 weights = [w / total for w in weights]
             t.inputs = list(zip(model_infos, weights))
+        elif method == "passthrough":
+            scale = _as_float(method, "scale", per_model[0]["scale"], name)
+            if scale == 1.0 and odt == first.dtype:
+                t.op = "copy"  # the input's bytes, NaN payloads included
+            t.inputs = [(model_infos[0], scale)]
         elif method in ("slerp", "model_stock"):
             t.op = method
             t.inputs = [(i, 0.0) for i in infos]
@@ -433,9 +467,7 @@ def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpo
                 "models": task_models,
             }
         outputs.append(t)
-    shards, meta = layout_shards(outputs, max_shard_bytes, single_file,  # type: ignore[arg-type]
-                                 metadata)
-    return MethodPlan(method, outputs, shards, sharded=len(shards) > 1, metadata=meta)
+    return outputs
 
 
 def describe_method_plan(plan: MethodPlan) -> str:
@@ -520,7 +552,8 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
                  check_finite: bool = False, overwrite: bool = False, progress: bool = True,
                  dry_run: bool = False, kernel: str = "auto",
                  extra_files: list[Path] | None = None,
-                 chat_template: str | None = None, int_policy: str = "first") -> MergeReport:
+                 chat_template: str | None = None, int_policy: str = "first",
+                 finish: Any = None) -> MergeReport:
     """Merge ``models`` (and ``base_model``) with ``method``, streamed.
 
     Args:
@@ -544,6 +577,8 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
         int_policy: integer/bool tensors: ``"first"`` (default: the base's, or the
             first model's for ``linear``), ``"max"`` (elementwise over all inputs) or
             ``"error"`` (all inputs must hold the same values).
+        finish: called with the :class:`~ladle.output.OutputDir` once the shards
+            and extra files are in its partial directory (writes further files).
         Other options are those of :func:`ladle.merge`.
 
     Returns:
@@ -561,7 +596,7 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
                             overwrite=overwrite)  # before reading inputs
     base = _open_all([base_model])[0] if base_model is not None else None
     model_list = list(models)
-    if method == "linear":  # no base: every listed model is an input with a weight
+    if method in ("linear", "passthrough"):  # no base: every listed model is an input
         base = None
     params_list = list(model_parameters) if model_parameters is not None else [{}] * len(models)
     if len(params_list) != len(model_list):
@@ -589,24 +624,45 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
                              exclude=exclude, max_shard_bytes=shard_bytes,
                              single_file=output.single_file, rescale_mode=rescale_mode,
                              metadata=metadata, int_policy=int_policy)
+    all_ckpts = ([base] if base is not None else []) + ckpts
+    return write_method_plan(plan, all_ckpts, output,
+                             extra_files if extra_files is not None
+                             else all_ckpts[0].extra_files,
+                             chat_template=chat_template, finish=finish, dry_run=dry_run,
+                             seed=seed,
+                             threads=threads, memory_budget=budget,
+                             chunk_elems=chunk_elems, check_finite=check_finite,
+                             progress=progress, kernel=kernel)
+
+
+def write_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: OutputDir,
+                      extra_files: list[Path], *, chat_template: str | None = None,
+                      finish: Any = None, dry_run: bool = False, seed: int = 0,
+                      threads: int = 0, memory_budget: int | str = "256MiB",
+                      chunk_elems: int = 0, check_finite: bool = False, progress: bool = True,
+                      kernel: str = "auto") -> MergeReport:
+    """Run ``plan`` over the files of ``ckpts`` into ``output``, atomically: shards,
+    index, ``extra_files``, the chat template, then ``finish(output)`` (a hook that
+    writes further files into the partial directory, e.g. a rewritten config)."""
+    threads, budget, _ = engine_options(threads, memory_budget)
     if dry_run:
         output.check_destination()
         print(describe_method_plan(plan))
         return MergeReport(None, len(plan.tensors), len(plan.shards), plan.bytes_read,
                            plan.bytes_written, 0.0)
-    all_ckpts = ([base] if base is not None else []) + ckpts
     t0 = time.perf_counter()
 
     def work(output: OutputDir) -> dict:
-        stats = execute_method_plan(plan, all_ckpts, output, seed=seed, threads=threads,
+        stats = execute_method_plan(plan, ckpts, output, seed=seed, threads=threads,
                                     memory_budget=budget,
                                     chunk_elems=chunk_elems, check_finite=check_finite,
                                     progress=progress, kernel=kernel)
         if plan.sharded:
             output.write_index({t.name: plan.shards[t.shard].file_name for t in plan.tensors},
                                sum(t.n_bytes for t in plan.tensors))
-        output.copy_extra_files(extra_files if extra_files is not None
-                                else all_ckpts[0].extra_files)
+        output.copy_extra_files(extra_files)
+        if finish is not None:
+            finish(output)
         if chat_template is not None:
             _write_chat_template(output, chat_template)
         return stats

@@ -3,7 +3,8 @@
 Accepted keys (mergekit's schema for the methods ladle implements)::
 
     merge_method: ties            # linear, task_arithmetic, ties, dare_ties, dare_linear,
-                                  # breadcrumbs, breadcrumbs_ties, slerp, model_stock
+                                  # breadcrumbs, breadcrumbs_ties, slerp, model_stock,
+                                  # passthrough
     base_model: path/to/base
     models:
       - model: path/to/ft1
@@ -14,13 +15,16 @@ Accepted keys (mergekit's schema for the methods ladle implements)::
     parameters: {normalize: true, lambda: 1.0, int8_mask: true}
     dtype: bfloat16               # mergekit's compute dtype; ladle computes in fp32 and
     out_dtype: bfloat16           # writes out_dtype, else dtype, else the base's dtype
-    tokenizer_source: base        # or a model path: copy its tokenizer files
-    chat_template: chatml         # or Jinja text
+    tokenizer_source: base        # union, or a model path (ladle.tokenizer); or a
+                                  # tokenizer: {source, tokens, pad_to_multiple_of} block
+    chat_template: chatml         # Jinja text, chatml or auto
     seed: 0                       # ladle extension: DARE's RNG seed
 
-Models are local paths (ladle downloads nothing). Features ladle does not implement
-(``slices``, ``modules``, ``tokenizer:``, ``tokenizer_source: union``, LoRA ``+``
-references, other methods) are refused by name; unknown keys are errors.
+Instead of ``models:``, ``slices:`` (layer ranges stacked, each slice with
+``sources: [{model, layer_range, parameters}]``) or ``modules:`` (per layer prefix)
+describe frankenmerges (:mod:`ladle.slices`). Models are local paths (ladle
+downloads nothing). Features ladle does not implement (LoRA ``+`` references, other
+methods) are refused by name; unknown keys are errors.
 """
 
 from __future__ import annotations
@@ -32,16 +36,15 @@ from typing import Any
 
 from .errors import LadleIOError, LadleValueError
 from .methods import check_method_name, check_parameter_names
+from .slices import OutputModule, OutputSlice, SliceSource
+from .tokenizer import TokenizerSpec, parse_tokenizer
 
-TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype",
-            "tokenizer_source", "chat_template", "seed"}
-REFUSED_KEYS = {
-    "slices": "'slices' (layer stacking / passthrough) is not implemented by ladle",
-    "modules": "'modules' (per-module slices) is not implemented by ladle",
-    "tokenizer": "'tokenizer' (vocabulary merging) is not implemented by ladle; "
-                 "use tokenizer_source: base or a model path",
-}
+TOP_KEYS = {"merge_method", "base_model", "models", "slices", "modules", "parameters", "dtype",
+            "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "seed"}
+REFUSED_KEYS: dict[str, str] = {}
 MODEL_KEYS = {"model", "parameters"}
+SLICE_KEYS = {"sources", "base_model", "parameters", "residual_weight"}
+SOURCE_KEYS = {"model", "layer_range", "parameters"}
 TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
                    "tokenizer.model", "added_tokens.json", "merges.txt", "vocab.json",
                    "vocab.txt", "chat_template.jinja", "chat_template.json")
@@ -69,6 +72,18 @@ class Recipe:
     chat_template: str | None
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    modules: dict[str, OutputModule] | None = None  # slices:/modules: recipes
+    tokenizer: TokenizerSpec | None = None  # tokenizer_source / tokenizer: block
+
+    def referenced_models(self) -> list[Path]:
+        """Every model the recipe names, base first, each once."""
+        seen = [self.base_model] if self.base_model is not None else []
+        seen += self.models
+        for module in (self.modules or {}).values():
+            seen += [s.model for sl in module.slices or [] for s in sl.sources]
+            seen += [sl.base_model for sl in module.slices or [] if sl.base_model]
+            seen += [m for m, _ in module.models or []]
+        return list(dict.fromkeys(seen))
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
@@ -151,11 +166,26 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
     if not isinstance(method, str):
         raise LadleValueError(f"{where}'merge_method' is required")
     check_method_name(method, where, "merge_method")
-    models_in = data.get("models")
-    if not isinstance(models_in, list) or not models_in:
-        raise LadleValueError(f"{where}'models' must be a non-empty list")
+    forms = [k for k in ("models", "slices", "modules") if data.get(k) is not None]
+    if len(forms) != 1:
+        raise LadleValueError(f"{where}exactly one of 'models', 'slices' or 'modules' is "
+                              f"required, got {', '.join(map(repr, forms)) or 'none'}")
     base = _model_path(data["base_model"], where, "base_model", path) \
         if data.get("base_model") is not None else None
+    parameters = data.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise LadleValueError(f"{where}'parameters' must be a mapping")
+    modules = None
+    if forms[0] == "slices":
+        modules = {"default": _module({"slices": data["slices"]}, f"{where}slices", path)}
+    elif forms[0] == "modules":
+        if not isinstance(data["modules"], dict) or not data["modules"]:
+            raise LadleValueError(f"{where}'modules' must be a non-empty mapping")
+        modules = {str(k): _module(v, f"{where}modules.{k}", path)
+                   for k, v in data["modules"].items()}
+    models_in = data.get("models") if modules is None else []
+    if not isinstance(models_in, list) or (modules is None and not models_in):
+        raise LadleValueError(f"{where}'models' must be a non-empty list")
     models, model_params = [], []
     for i, entry in enumerate(models_in):
         if isinstance(entry, str):
@@ -170,18 +200,22 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
         params = entry.get("parameters") or {}
         if not isinstance(params, dict):
             raise LadleValueError(f"{where}models[{i}].parameters must be a mapping")
-        if base is not None and model.resolve() == base.resolve() and method != "linear":
+        if (base is not None and model.resolve() == base.resolve()
+                and method not in ("linear", "passthrough")):
             continue  # the base listed among the models (its parameters are unused)
         for key, value in params.items():
             _check_setting(value, f"{where}models[{i}].parameters.{key}")
         models.append(model)
         model_params.append(params)
-    parameters = data.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise LadleValueError(f"{where}'parameters' must be a mapping")
     for key, value in parameters.items():
         _check_setting(value, f"{where}parameters.{key}")
     check_parameter_names(method, parameters, model_params, where)
+    for module in (modules or {}).values():
+        levels = [module.parameters] + [sl.parameters for sl in module.slices or []]
+        sources = [s.parameters for sl in module.slices or [] for s in sl.sources]
+        sources += [p for _, p in module.models or []]
+        for level in levels:
+            check_parameter_names(method, level, sources, where)
     dtype = None
     for key in ("out_dtype", "dtype"):
         value = data.get(key)
@@ -191,26 +225,104 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
                 raise LadleValueError(f"{where}{key}: unsupported dtype {value!r} "
                                       f"(bfloat16, float16, float32, float64)")
             dtype = dtype or _DTYPES[name]
-    tokenizer_source = None
+    tokenizer = None
     ts = data.get("tokenizer_source")
+    if ts is not None and data.get("tokenizer") is not None:
+        raise LadleValueError(f"{where}give either tokenizer_source or a tokenizer: block, "
+                              f"not both")
     if ts is not None:
-        if ts == "union":
-            raise LadleValueError(f"{where}tokenizer_source: union (vocabulary merging) is not "
-                                  f"implemented by ladle; use base or a model path")
-        if ts == "base":
-            if base is None:
-                raise LadleValueError(f"{where}tokenizer_source: base needs base_model")
-            tokenizer_source = base
-        else:
-            tokenizer_source = _model_path(ts, where, "tokenizer_source", path)
+        ref = ts.removeprefix("model:") if isinstance(ts, str) else ts
+        tokenizer = TokenizerSpec(ts if ts in ("base", "union") else
+                                  _model_path(ref, where, "tokenizer_source", path))
+    elif data.get("tokenizer") is not None:
+        tokenizer = parse_tokenizer(data["tokenizer"], where,
+                                    lambda ref, key: _model_path(ref, where, key, path))
     template = data.get("chat_template")
     if template is not None:
         template = _chat_template(str(template), where)
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise LadleValueError(f"{where}seed must be a non-negative integer, got {seed!r}")
-    return Recipe(path, method, base, models, model_params, parameters, dtype,
-                  tokenizer_source, template, seed)
+    recipe = Recipe(path, method, base, models, model_params, parameters, dtype,
+                    None, template, seed, modules=modules, tokenizer=tokenizer)
+    if tokenizer is not None and tokenizer.source != "union":
+        recipe.tokenizer_source = (recipe.referenced_models()[0] if tokenizer.source == "base"
+                                   else Path(tokenizer.source))
+    return recipe
+
+
+def _module(data: Any, where: str, path: Path | None) -> OutputModule:
+    """One ``modules:`` entry (or the ``slices:`` list): slices or models."""
+    if not isinstance(data, dict):
+        raise LadleValueError(f"{where}: expected a mapping with 'slices' or 'models'")
+    bad = sorted(set(data) - {"slices", "models", "parameters"})
+    if bad:
+        raise LadleValueError(f"{where}: unknown key(s) {', '.join(map(repr, bad))} "
+                              f"(allowed: slices, models, parameters)")
+    params = _settings(data.get("parameters"), f"{where}.parameters")
+    if (data.get("slices") is None) == (data.get("models") is None):
+        raise LadleValueError(f"{where}: exactly one of 'slices' or 'models' is required")
+    if data.get("models") is not None:
+        if not isinstance(data["models"], list) or not data["models"]:
+            raise LadleValueError(f"{where}.models must be a non-empty list")
+        models = []
+        for i, entry in enumerate(data["models"]):
+            entry = {"model": entry} if isinstance(entry, str) else entry
+            if not isinstance(entry, dict) or "model" not in entry or set(entry) - MODEL_KEYS:
+                raise LadleValueError(f"{where}.models[{i}]: expected a mapping with 'model' "
+                                      f"(and 'parameters')")
+            models.append((_model_path(entry["model"], f"{where}.models[{i}]: ", "model", path),
+                           _settings(entry.get("parameters"), f"{where}.models[{i}].parameters")))
+        return OutputModule(None, models, params)
+    slices_in = data["slices"]
+    if not isinstance(slices_in, list) or not slices_in:
+        raise LadleValueError(f"{where}: 'slices' must be a non-empty list")
+    slices = []
+    for i, sl in enumerate(slices_in):
+        at = f"{where}[{i}]"
+        if not isinstance(sl, dict) or not isinstance(sl.get("sources"), list) \
+                or not sl["sources"]:
+            raise LadleValueError(f"{at}: expected a mapping with a non-empty 'sources' list")
+        bad = sorted(set(sl) - SLICE_KEYS)
+        if bad:
+            raise LadleValueError(f"{at}: unknown key(s) {', '.join(map(repr, bad))} (allowed: "
+                                  f"{', '.join(sorted(SLICE_KEYS))})")
+        if sl.get("residual_weight") is not None:
+            import warnings
+
+            from .errors import LadleWarning
+
+            warnings.warn(f"{at}.residual_weight has no effect (mergekit parses it but does "
+                          f"not use it either)", LadleWarning, stacklevel=2)
+        sources = []
+        for j, src in enumerate(sl["sources"]):
+            sat = f"{at}.sources[{j}]"
+            if not isinstance(src, dict) or set(src) - SOURCE_KEYS or "model" not in src:
+                raise LadleValueError(f"{sat}: expected a mapping with 'model', 'layer_range' "
+                                      f"(and 'parameters')")
+            lr = src.get("layer_range")
+            if (not isinstance(lr, list) or len(lr) != 2
+                    or not all(isinstance(x, int) and not isinstance(x, bool) for x in lr)):
+                raise LadleValueError(f"{sat}.layer_range: expected [start, end) integers, "
+                                      f"got {lr!r}")
+            sources.append(SliceSource(_model_path(src["model"], f"{sat}: ", "model", path),
+                                       (lr[0], lr[1]),
+                                       _settings(src.get("parameters"), f"{sat}.parameters")))
+        base = (_model_path(sl["base_model"], f"{at}: ", "base_model", path)
+                if sl.get("base_model") is not None else None)
+        slices.append(OutputSlice(sources, base, _settings(sl.get("parameters"),
+                                                           f"{at}.parameters")))
+    return OutputModule(slices, None, params)
+
+
+def _settings(data: Any, where: str) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LadleValueError(f"{where} must be a mapping")
+    for key, value in data.items():
+        _check_setting(value, f"{where}.{key}")
+    return data
 
 
 def _check_setting(value: Any, where: str) -> None:
@@ -247,13 +359,14 @@ def _model_path(ref: Any, where: str, key: str, recipe_path: Path | None) -> Pat
 
 
 def _chat_template(value: str, where: str) -> str:
-    if value in BUILTIN_TEMPLATES:
-        return BUILTIN_TEMPLATES[value]
+    if value in BUILTIN_TEMPLATES or value == "auto":
+        return BUILTIN_TEMPLATES.get(value, value)
     if len(value) >= 20 and "{" in value:
         return value
     raise LadleValueError(f"{where}chat_template: '{value}' is neither Jinja text nor a "
-                          f"built-in name ({', '.join(BUILTIN_TEMPLATES)}); 'auto' and other "
-                          f"mergekit template names are not implemented by ladle")
+                          f"built-in name ({', '.join(BUILTIN_TEMPLATES)}); other mergekit "
+                          f"template names (alpaca, llama3, mistral, exaone) are not shipped "
+                          f"with ladle: paste the template text")
 
 
 def extra_files(recipe: Recipe) -> list[Path]:
@@ -261,7 +374,7 @@ def extra_files(recipe: Recipe) -> list[Path]:
     tokenizer files taken from ``tokenizer_source`` instead when it is set."""
     from .checkpoint import open_checkpoint
 
-    donor = open_checkpoint(recipe.base_model or recipe.models[0])
+    donor = open_checkpoint(recipe.referenced_models()[0])
     files = list(donor.extra_files)
     if recipe.tokenizer_source is None:
         return files
@@ -277,16 +390,121 @@ def extra_files(recipe: Recipe) -> list[Path]:
 
 
 def run_recipe(recipe: Recipe, out: str | os.PathLike, **options):
-    """Run a parsed recipe; options are those of :func:`ladle.methods.merge_models`."""
-    from .methods import merge_models
-    from .output import checked_output
+    """Run a parsed recipe; options are those of :func:`ladle.methods.merge_models`.
 
-    checked_output(out, [recipe.base_model, *recipe.models, recipe.tokenizer_source],
+    With a tokenizer source, the output vocabulary is built first and every
+    model's embedding rows are permuted into it (:mod:`ladle.tokenizer`), in a
+    scratch directory beside the output that is removed afterwards.
+    """
+    import warnings
+
+    from .checkpoint import open_checkpoint
+    from .errors import LadleWarning
+    from .output import checked_output
+    from .tokenizer import build_vocabulary, permute_embeddings, remove_scratch, scratch_dir
+
+    checked_output(out, [*recipe.referenced_models(), recipe.tokenizer_source],
                    overwrite=options.get("overwrite", False))  # before reading any header
-    models = list(recipe.models)
-    params = list(recipe.model_parameters)
     options.setdefault("dtype", recipe.dtype)
-    return merge_models(recipe.method, models, out, base_model=recipe.base_model,
-                        parameters=recipe.parameters, model_parameters=params,
-                        seed=recipe.seed, extra_files=extra_files(recipe),
-                        chat_template=recipe.chat_template, **options)
+    template = resolve_chat_template(recipe)
+    files = extra_files(recipe)
+    spec = recipe.tokenizer
+    if spec is None:
+        return _merge(recipe, out, files, None, None, template, **options)
+    try:
+        vocab = build_vocabulary(spec, recipe.base_model, recipe.referenced_models())
+    except LadleValueError as e:
+        if spec.block or spec.source == "union":
+            raise
+        warnings.warn(f"{e}; copying the tokenizer files of {recipe.tokenizer_source} "
+                      f"without remapping embedding rows", LadleWarning, stacklevel=2)
+        return _merge(recipe, out, files, None, None, template, **options)
+    files = [f for f in files if f.name not in TOKENIZER_FILES]
+    scratch = scratch_dir(Path(out))
+    try:
+        ckpts = {m: open_checkpoint(m) for m in recipe.referenced_models()}
+        views = permute_embeddings(spec, vocab, ckpts, recipe.base_model, scratch,
+                                   _contributors(recipe))
+        return _merge(recipe, out, files, views, vocab, template, **options)
+    finally:
+        remove_scratch(scratch)
+
+
+def _contributors(recipe: Recipe):
+    """Which models a recipe merges into an embedding: all of them for ``models:``;
+    for slices, the first slice's sources (input embeddings) or the last slice's
+    (output heads) of the first module, as mergekit's pre/post weights."""
+    if recipe.modules is None:
+        return None
+    from .slices import PRE_WEIGHT
+
+    module = next(iter(recipe.modules.values()))
+    if module.slices is None:
+        return None
+    first = [s.model for s in module.slices[0].sources]
+    last = [s.model for s in module.slices[-1].sources]
+    return lambda name: first if PRE_WEIGHT.search(name) else last
+
+
+def _merge(recipe: Recipe, out, files: list[Path], views, vocab, template: str | None,
+           **options):
+    """The recipe's merge over ``views`` (checkpoints with permuted embeddings)
+    when given; with ``vocab``, the output tokenizer and config's vocab_size too."""
+    import json
+
+    from .methods import merge_models
+    from .tokenizer import with_vocabulary
+
+    finish = None
+    if vocab is not None:
+        def finish(output) -> None:
+            if template is not None:
+                vocab.tokenizer.chat_template = template
+            vocab.tokenizer.save_pretrained(str(output.partial))
+            config = output.partial / "config.json"
+            if config.is_file():
+                data = with_vocabulary(json.loads(config.read_text()), vocab)
+                config.write_text(json.dumps(data, indent=2) + "\n")
+    if recipe.modules is not None:
+        from .slices import merge_slices
+
+        return merge_slices(recipe, out, extra_files=files, ckpts=views, finish=finish,
+                            chat_template=template, **options)
+
+    def view(m):
+        return views[m] if views is not None else m
+
+    return merge_models(recipe.method, [view(m) for m in recipe.models], out,
+                        base_model=view(recipe.base_model) if recipe.base_model else None,
+                        parameters=recipe.parameters,
+                        model_parameters=list(recipe.model_parameters), seed=recipe.seed,
+                        extra_files=files, chat_template=template, finish=finish, **options)
+
+
+def resolve_chat_template(recipe: Recipe) -> str | None:
+    """The recipe's template text; ``auto`` is the most common template among the
+    models (mergekit's rule; the first seen wins a tie)."""
+    from collections import Counter
+
+    from .path_safety import read_regular_file
+
+    if recipe.chat_template != "auto":
+        return recipe.chat_template
+    counts: Counter[str] = Counter()
+    for m in recipe.referenced_models():
+        text = None
+        try:
+            if (m / "chat_template.jinja").is_file():
+                text = read_regular_file(m / "chat_template.jinja", MAX_RECIPE_BYTES).decode()
+            elif (m / "tokenizer_config.json").is_file():
+                import json
+
+                cfg = json.loads(read_regular_file(m / "tokenizer_config.json", 1 << 26))
+                text = cfg.get("chat_template") if isinstance(cfg, dict) else None
+        except (OSError, ValueError):
+            text = None
+        if isinstance(text, str) and text:
+            counts[text] += 1
+    if not counts:
+        raise LadleValueError("chat_template: auto: none of the models has a chat template")
+    return counts.most_common(1)[0][0]
