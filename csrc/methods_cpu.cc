@@ -29,21 +29,9 @@ constexpr uint64_t kBatchStateBytes = 64ull << 20;  // histograms/partials held 
 constexpr uint64_t kMinChunkElems = 16 * 1024;
 constexpr uint64_t kMaxChunkElems = 16ull << 20;
 
-inline uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
 inline uint64_t dare_stream(uint64_t seed, uint64_t key, uint32_t model) {
   return mix64(mix64(mix64(seed) ^ key) ^ (static_cast<uint64_t>(model) + 1));
 }
-
-inline uint32_t dare_draw(uint64_t stream, uint64_t elem) {
-  return static_cast<uint32_t>(mix64(stream + (elem + 1) * 0x9E3779B97F4A7C15ull) >> 40);
-}
-
-inline uint32_t abs_bits(float x) { return bits_from_f32(x) & 0x7FFFFFFFu; }
 
 using Item = WorkItem;
 
@@ -163,19 +151,16 @@ struct Selection {
   bool active() const { return !none && !all; }
 };
 
-// Evaluates "rank < r" element by element, in index order, within one tile.
-struct RankCursor {
-  const Selection* sel;
-  uint64_t ties_seen;
-  RankCursor(const Selection& s, uint64_t tile)
-      : sel(&s), ties_seen(s.need_ties ? s.tie_prefix[tile] : 0) {}
-  inline bool below(uint32_t bits) {
-    if (sel->all) return true;
-    if (sel->none) return false;
-    if (bits != sel->threshold) return bits > sel->threshold;
-    return ties_seen++ < sel->ties_keep;
-  }
-};
+// The kernels' view of "rank < r" for the elements of one tile, in index order.
+RankWindowBound bound_at(const Selection& s, uint64_t tile) {
+  RankWindowBound b;
+  b.all = s.all;
+  b.none = s.none;
+  b.threshold = s.threshold;
+  b.ties_keep = s.ties_keep;
+  b.ties_seen = s.need_ties ? s.tie_prefix[tile] : 0;
+  return b;
+}
 
 struct ModelState {
   std::vector<uint64_t> hist_hi;
@@ -203,7 +188,7 @@ class TaskRunner {
  public:
   TaskRunner(const Plan& plan, const std::vector<TaskJob>& jobs, const EngineOptions& options)
       : plan_(plan), jobs_(jobs), options_(options), kernels_(select_kernels(options.kernel)),
-        threads_(resolve_threads(options)) {}
+        method_kernels_(select_method_kernels(options.kernel)), threads_(resolve_threads(options)) {}
 
   RunStats run(const ProgressFn& progress) {
     auto t0 = std::chrono::steady_clock::now();
@@ -476,10 +461,14 @@ class TaskRunner {
     }
   }
 
-  // delta = x_k - base for one tile into s->x.
-  void load_delta(const TaskJob& job, size_t k, uint64_t elem, size_t n, TaskScratch* s) const {
-    load(job, job.models[k].input, elem, n, s->x.data());
-    for (size_t i = 0; i < n; ++i) s->x[i] = s->x[i] - s->base[i];
+  // delta = x_k - base for one tile into `d` (default s->x).
+  void load_delta(const TaskJob& job, size_t k, uint64_t elem, size_t n, TaskScratch* s,
+                  float* d = nullptr) const {
+    const JobInput& in = job.models[k].input;
+    if (d == nullptr) d = s->x.data();
+    guard_reads(plan_, job.name, [&] {
+      method_kernels_.delta(in.dtype, input_ptr(plan_, in, elem), s->base.data(), d, n);
+    });
   }
 
   void histogram_hi(const Item& item, TaskScratch* s) {
@@ -491,8 +480,7 @@ class TaskRunner {
       for (size_t k = 0; k < n_models; ++k) {
         if (!st.models[k].selects()) continue;
         load_delta(job, k, elem, n, s);
-        uint32_t* h = s->hist.data() + k * kHiBins;
-        for (size_t i = 0; i < n; ++i) ++h[abs_bits(s->x[i]) >> 16];
+        method_kernels_.histogram_hi(s->x.data(), n, s->hist.data() + k * kHiBins);
       }
     });
     std::lock_guard<std::mutex> guard(st.mu);
@@ -517,11 +505,7 @@ class TaskRunner {
         int which = 0;
         for (const Selection* sel : {&ms.lo, &ms.hi}) {
           uint32_t* h = s->hist.data() + (2 * k + which++) * kLoBins;
-          if (!sel->active()) continue;
-          for (size_t i = 0; i < n; ++i) {
-            uint32_t bits = abs_bits(s->x[i]);
-            if ((bits >> 16) == sel->hi_bin) ++h[bits & 0xFFFFu];
-          }
+          if (sel->active()) method_kernels_.histogram_lo(s->x.data(), n, sel->hi_bin, h);
         }
       }
     });
@@ -547,9 +531,8 @@ class TaskRunner {
         load_delta(job, k, elem, n, s);
         for (Selection* sel : {&ms.lo, &ms.hi}) {
           if (!sel->need_ties) continue;
-          uint64_t count = 0;
-          for (size_t i = 0; i < n; ++i) count += abs_bits(s->x[i]) == sel->threshold;
-          sel->tie_prefix[elem / kTile] = count;  // each tile is written by one thread
+          // each tile is written by one thread
+          sel->tie_prefix[elem / kTile] = method_kernels_.count_equal(s->x.data(), n, sel->threshold);
         }
       }
     });
@@ -557,28 +540,18 @@ class TaskRunner {
 
   // Sparsifies one tile of model k's delta in place: dropped elements become +0,
   // kept ones are rescaled (when `rescale` and the job asks for it).
-  static void sparsify_tile(const TaskJob& job, size_t k, const ModelState& ms, uint64_t elem,
-                            size_t n, float* d, bool rescale) {
+  void sparsify_tile(const TaskJob& job, size_t k, const ModelState& ms, uint64_t elem,
+                     size_t n, float* d, bool rescale) const {
     const TaskModel& m = job.models[k];
     if (job.sparsify == Sparsify::kRandom) {
       uint64_t stream = dare_stream(job.seed, job.tensor_key, static_cast<uint32_t>(k));
       bool by_density = rescale && job.rescale == Rescale::kDensity;
-      for (size_t i = 0; i < n; ++i) {
-        bool keep = static_cast<float>(dare_draw(stream, elem + i)) * 0x1p-24f < m.density;
-        d[i] = keep ? (by_density ? d[i] / m.density : d[i]) : 0.0f;
-      }
+      method_kernels_.sparsify_random(d, n, stream, elem, m.density, by_density);
     } else if (job.sparsify != Sparsify::kNone) {
-      RankCursor lo(ms.lo, elem / kTile), hi(ms.hi, elem / kTile);
-      for (size_t i = 0; i < n; ++i) {
-        uint32_t bits = abs_bits(d[i]);
-        bool below_lo = lo.below(bits);
-        bool below_hi = hi.below(bits);
-        d[i] = (!below_lo && below_hi) ? d[i] : 0.0f;
-      }
+      RankWindowBound lo = bound_at(ms.lo, elem / kTile), hi = bound_at(ms.hi, elem / kTile);
+      method_kernels_.sparsify_rank(d, n, &lo, &hi);
     }
-    if (rescale && ms.scaled) {
-      for (size_t i = 0; i < n; ++i) d[i] = d[i] * ms.scale;
-    }
+    if (rescale && ms.scaled) method_kernels_.scale(d, n, ms.scale);
   }
 
   void l1_norms(const Item& item, TaskScratch* s) {
@@ -588,12 +561,10 @@ class TaskRunner {
       for (size_t k = 0; k < job.models.size(); ++k) {
         ModelState& ms = st.models[k];
         load_delta(job, k, elem, n, s);
-        double before = 0.0, after = 0.0;
-        for (size_t i = 0; i < n; ++i) before += std::fabs(static_cast<double>(s->x[i]));
+        // each tile is written by one thread
+        ms.l1_before[elem / kTile] = method_kernels_.l1(s->x.data(), n);
         sparsify_tile(job, k, ms, elem, n, s->x.data(), false);
-        for (size_t i = 0; i < n; ++i) after += std::fabs(static_cast<double>(s->x[i]));
-        ms.l1_before[elem / kTile] = before;  // each tile is written by one thread
-        ms.l1_after[elem / kTile] = after;
+        ms.l1_after[elem / kTile] = method_kernels_.l1(s->x.data(), n);
       }
     });
   }
@@ -616,22 +587,28 @@ class TaskRunner {
     // Unmasked divisor: the weights summed in model order (fp32).
     float weight_sum = 0.0f;
     for (const TaskModel& m : job.models) weight_sum = weight_sum + m.input.weight;
-    float plain_divisor = std::fabs(weight_sum) < 1e-8f ? 1.0f : weight_sum;
+    MixSpec spec;
+    spec.consensus = job.consensus == Consensus::kSum     ? MixConsensus::kSum
+                     : job.consensus == Consensus::kCount ? MixConsensus::kCount
+                                                          : MixConsensus::kNone;
+    spec.normalize = job.normalize;
+    spec.lambda = job.lambda;
+    spec.plain_divisor = std::fabs(weight_sum) < 1e-8f ? 1.0f : weight_sum;
+    std::vector<float> weights;
+    for (const TaskModel& m : job.models) weights.push_back(m.input.weight);
+    spec.weights = weights.data();
     for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
       if (options_.check_finite) check_finite_input(job, job.base, elem, n);
       for (size_t k = 0; k < n_models; ++k) {
         const TaskModel& m = job.models[k];
         if (options_.check_finite) check_finite_input(job, m.input, elem, n);
-        load_delta(job, k, elem, n, s);
-        float* d = s->x.data();
-        sparsify_tile(job, k, st.models[k], elem, n, d, true);
         float* wd = s->wd.data() + k * kTile;
-        float w = m.input.weight;
-        for (size_t i = 0; i < n; ++i) wd[i] = w * d[i];
+        load_delta(job, k, elem, n, s, wd);
+        sparsify_tile(job, k, st.models[k], elem, n, wd, true);
+        method_kernels_.scale(wd, n, m.input.weight);
       }
       float* mixed = s->x.data();
-      mix(job, n_models, n, s->wd.data(), plain_divisor, mixed);
-      for (size_t i = 0; i < n; ++i) mixed[i] = s->base[i] + mixed[i];
+      method_kernels_.mix(spec, s->wd.data(), kTile, n_models, s->base.data(), mixed, n);
       uint8_t* dst = out + (elem - item.first_elem) * out_size;
       kernels_.store(job.out_dtype, mixed, 1.0f, dst, n);
       if (options_.check_finite) {
@@ -643,41 +620,6 @@ class TaskRunner {
       }
     });
     if (sink.writer) sink.writer->write_at(out_offset, out, out_n_bytes);
-  }
-
-  static inline int sign_of(float x) { return (x > 0.0f) - (x < 0.0f); }
-
-  // Mixed delta of one tile from the weighted deltas wd[k * kTile + i].
-  static void mix(const TaskJob& job, size_t n_models, size_t n, const float* wd,
-                  float plain_divisor, float* mixed) {
-    for (size_t i = 0; i < n; ++i) {
-      float sum = 0.0f, divisor = plain_divisor;
-      if (job.consensus == Consensus::kNone) {
-        for (size_t k = 0; k < n_models; ++k) sum = sum + wd[k * kTile + i];
-      } else {
-        int majority;
-        if (job.consensus == Consensus::kSum) {
-          float total = 0.0f;
-          for (size_t k = 0; k < n_models; ++k) total = total + wd[k * kTile + i];
-          majority = total >= 0.0f ? 1 : -1;
-        } else {
-          int count = 0;
-          for (size_t k = 0; k < n_models; ++k) count += sign_of(wd[k * kTile + i]);
-          majority = count >= 0 ? 1 : -1;
-        }
-        float weight = 0.0f;
-        for (size_t k = 0; k < n_models; ++k) {
-          float v = wd[k * kTile + i];
-          if (sign_of(v) != majority) continue;
-          sum = sum + v;
-          weight = weight + job.models[k].input.weight;
-        }
-        divisor = weight == 0.0f ? 1.0f : weight;
-      }
-      if (job.normalize) sum = sum / divisor;
-      if (job.lambda != 1.0f) sum = sum * job.lambda;
-      mixed[i] = sum;
-    }
   }
 
   void check_finite_input(const TaskJob& job, const JobInput& in, uint64_t elem, size_t n) const {
@@ -693,6 +635,7 @@ class TaskRunner {
   const std::vector<TaskJob>& jobs_;
   const EngineOptions& options_;
   const KernelSet& kernels_;
+  const MethodKernels& method_kernels_;
   int threads_;
   std::unique_ptr<ChunkPool> pool_;
   uint64_t chunk_elems_ = 0;
@@ -729,6 +672,7 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
                                                const ProgressFn& progress, RunStats* stats) {
   auto t0 = std::chrono::steady_clock::now();
   const KernelSet& kernels = select_kernels(options.kernel);
+  const MethodKernels& method_kernels = select_method_kernels(options.kernel);
   int threads = resolve_threads(options);
   std::vector<std::vector<JobInput>> inputs(jobs.size());
   uint64_t per_elem = 1, total = 0;
@@ -777,39 +721,40 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
     std::vector<std::vector<float>> scratch(threads);
     pool.run(items, inputs, [&](const Item& item, int thread) {
       const GramJob& job = jobs[item.job];
-      size_t n_in = job.inputs.size(), m = n_vectors(job);
+      size_t n_in = job.inputs.size(), m = n_vectors(job), n_pairs = m * (m + 1) / 2;
+      constexpr uint64_t kGroup = kGramTiles * kTile;
       std::vector<float>& buf = scratch[thread];
-      buf.resize(n_in * kTile);
+      buf.resize(n_in * kGroup);
       uint64_t n_tiles = job.n_elems / kTile + 1;
       double* part = partials[item.job - begin].data();
-      for (uint64_t t = 0; t < item.n_elems; t += kTile) {
-        size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
-        uint64_t elem = item.first_elem + t;
+      std::vector<const float*> v;
+      std::vector<double> sums(n_pairs * kGramTiles);
+      for (uint64_t g = 0; g < item.n_elems; g += kGroup) {
+        // kGramTiles tiles side by side, each input's zero-padded to whole tiles.
+        size_t n = static_cast<size_t>(std::min<uint64_t>(kGroup, item.n_elems - g));
+        uint64_t elem = item.first_elem + g;
         guard_reads(plan, job.name, [&] {
           for (size_t a = 0; a < n_in; ++a)
             kernels.accumulate(job.inputs[a].dtype, input_ptr(plan, job.inputs[a], elem), 1.0f,
-                               buf.data() + a * kTile, n, true);
+                               buf.data() + a * kGroup, n, true);
         });
+        for (size_t a = 0; a < n_in; ++a)
+          std::fill(buf.begin() + a * kGroup + n, buf.begin() + (a + 1) * kGroup, 0.0f);
         // Vectors: inputs in order, the base skipped and subtracted from the others.
-        std::vector<const float*> v;
+        v.clear();
         for (size_t a = 0; a < n_in; ++a) {
           if (static_cast<int32_t>(a) == job.base) continue;
-          float* x = buf.data() + a * kTile;
+          float* x = buf.data() + a * kGroup;
           if (job.base >= 0) {
-            const float* b = buf.data() + job.base * kTile;
+            const float* b = buf.data() + job.base * kGroup;
             for (size_t i = 0; i < n; ++i) x[i] = x[i] - b[i];
           }
           v.push_back(x);
         }
-        size_t pair = 0;
-        for (size_t a = 0; a < m; ++a) {
-          for (size_t b = a; b < m; ++b, ++pair) {
-            double sum = 0.0;
-            for (size_t i = 0; i < n; ++i)
-              sum += static_cast<double>(v[a][i]) * static_cast<double>(v[b][i]);
-            part[pair * n_tiles + elem / kTile] = sum;
-          }
-        }
+        method_kernels.gram(v.data(), m, sums.data());
+        for (uint64_t t = 0; t * kTile < n; ++t)
+          for (size_t p = 0; p < n_pairs; ++p)
+            part[p * n_tiles + (elem / kTile + t)] = sums[p * kGramTiles + t];
       }
     });
     for (size_t j = begin; j < end; ++j) {
