@@ -19,6 +19,11 @@ namespace ladle {
 constexpr uint64_t kMethodTileElems = 2048;
 // Tiles the Gram kernel sums side by side (one fp64 lane each).
 constexpr size_t kGramTiles = 4;
+// Rank selection's first histogram: bins of the high 16 bits of |delta| (sign cleared),
+// counted into kHiHistCopies interleaved copies so equal neighbours do not wait on
+// each other's increments; the caller adds the copies up.
+constexpr uint32_t kHiHistBins = 1u << 15;
+constexpr size_t kHiHistCopies = 4;
 
 inline uint32_t abs_bits(float x) { return bits_from_f32(x) & 0x7FFFFFFFu; }
 
@@ -56,10 +61,13 @@ struct MethodKernels {
   const char* name;
   // d[i] = fp32(x[i]) - base[i]
   void (*delta)(DType dtype, const void* src, const float* base, float* d, size_t n);
-  // ++hist[abs_bits(d[i]) >> 16]
+  // ++hist[(i % kHiHistCopies) * kHiHistBins + (abs_bits(d[i]) >> 16)]
   void (*histogram_hi)(const float* d, size_t n, uint32_t* hist);
-  // For each i with abs_bits(d[i]) >> 16 == bin: ++hist[abs_bits(d[i]) & 0xFFFF].
-  void (*histogram_lo)(const float* d, size_t n, uint32_t bin, uint32_t* hist);
+  // For each i with abs_bits(d[i]) >> 16 == bin: ++hist[abs_bits(d[i]) & 0xFFFF], and
+  // (when `found` is not null) those low 16 bits appended to it in index order.
+  // Returns how many there were.
+  size_t (*histogram_lo)(const float* d, size_t n, uint32_t bin, uint32_t* hist,
+                         uint16_t* found);
   // Elements whose abs_bits equal `bits`.
   uint64_t (*count_equal)(const float* d, size_t n, uint32_t bits);
   // DARE: keep d[i] when float(u24(stream, elem + i)) * 2^-24 < density (then d/density
@@ -70,8 +78,9 @@ struct MethodKernels {
   void (*sparsify_rank)(float* d, size_t n, RankWindowBound* lo, RankWindowBound* hi);
   // d[i] = fp32(d[i] * s)
   void (*scale)(float* d, size_t n, float s);
-  // sum of |double(d[i])| in index order, starting at +0.
-  double (*l1)(const float* d, size_t n);
+  // For kGramTiles tiles side by side (tile t at d + t * kMethodTileElems, zero-padded):
+  // sums[t] = sum of |double(d[i])| over the tile in index order, from +0.
+  void (*l1)(const float* d, double* sums);
   // out[i] = fp32(base[i] + mixed_i) from wd[k * stride + i] (k < n_models), where
   // mixed is the docs/methods.md mix (sign election, normalize, lambda).
   void (*mix)(const MixSpec& spec, const float* wd, size_t stride, size_t n_models,

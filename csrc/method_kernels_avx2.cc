@@ -43,17 +43,22 @@ void delta_avx2(DType dtype, const void* src, const float* base, float* d, size_
 }
 
 void histogram_hi_avx2(const float* d, size_t n, uint32_t* hist) {
+  static_assert(kHiHistCopies == 4, "lane j counts into copy j % 4");
+  const __m256i copy = _mm256_setr_epi32(0, kHiHistBins, 2 * kHiHistBins, 3 * kHiHistBins, 0,
+                                         kHiHistBins, 2 * kHiHistBins, 3 * kHiHistBins);
   alignas(32) uint32_t bins[8];
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    _mm256_store_si256(reinterpret_cast<__m256i*>(bins),
-                       _mm256_srli_epi32(abs_bits8(_mm256_loadu_ps(d + i)), 16));
-    for (uint32_t b : bins) ++hist[b];
+    __m256i b = _mm256_srli_epi32(abs_bits8(_mm256_loadu_ps(d + i)), 16);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(bins), _mm256_add_epi32(b, copy));
+    for (uint32_t bin : bins) ++hist[bin];
   }
   scalar_method_kernels().histogram_hi(d + i, n - i, hist);
 }
 
-void histogram_lo_avx2(const float* d, size_t n, uint32_t bin, uint32_t* hist) {
+size_t histogram_lo_avx2(const float* d, size_t n, uint32_t bin, uint32_t* hist,
+                         uint16_t* found) {
+  size_t count = 0;
   const __m256i want = _mm256_set1_epi32(static_cast<int>(bin));
   alignas(32) uint32_t bits[8];
   size_t i = 0;
@@ -62,10 +67,15 @@ void histogram_lo_avx2(const float* d, size_t n, uint32_t bin, uint32_t* hist) {
     int mask = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_srli_epi32(b, 16), want)));
     if (mask == 0) continue;
     _mm256_store_si256(reinterpret_cast<__m256i*>(bits), b);
-    for (int j = 0; j < 8; ++j)
-      if (mask >> j & 1) ++hist[bits[j] & 0xFFFFu];
+    for (int j = 0; j < 8; ++j) {
+      if (!(mask >> j & 1)) continue;
+      ++hist[bits[j] & 0xFFFFu];
+      if (found) found[count] = static_cast<uint16_t>(bits[j]);
+      ++count;
+    }
   }
-  scalar_method_kernels().histogram_lo(d + i, n - i, bin, hist);
+  return count + scalar_method_kernels().histogram_lo(d + i, n - i, bin, hist,
+                                                      found ? found + count : nullptr);
 }
 
 uint64_t count_equal_avx2(const float* d, size_t n, uint32_t bits) {
@@ -157,8 +167,28 @@ void scale_avx2(float* d, size_t n, float s) {
   scalar_method_kernels().scale(d + i, n - i, s);
 }
 
-// An index-order fp64 sum has no independent lanes: the reference it is.
-double l1_avx2(const float* d, size_t n) { return scalar_method_kernels().l1(d, n); }
+// Element i + j of tiles 0..3 in the four fp64 lanes of x[j].
+inline void load_tiles4(const float* v, size_t i, __m256d x[4]) {
+  __m128 r0 = _mm_loadu_ps(v + i), r1 = _mm_loadu_ps(v + kTile + i);
+  __m128 r2 = _mm_loadu_ps(v + 2 * kTile + i), r3 = _mm_loadu_ps(v + 3 * kTile + i);
+  _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+  x[0] = _mm256_cvtps_pd(r0);
+  x[1] = _mm256_cvtps_pd(r1);
+  x[2] = _mm256_cvtps_pd(r2);
+  x[3] = _mm256_cvtps_pd(r3);
+}
+
+// Lane t sums tile t in index order.
+void l1_avx2(const float* d, double* sums) {
+  static_assert(kGramTiles == 4, "one fp64 lane per tile");
+  const __m256d magnitude = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7FFFFFFFFFFFFFFFll));
+  __m256d acc = _mm256_setzero_pd(), x[4];
+  for (size_t i = 0; i < kTile; i += 4) {
+    load_tiles4(d, i, x);
+    for (int j = 0; j < 4; ++j) acc = _mm256_add_pd(acc, _mm256_and_pd(x[j], magnitude));
+  }
+  _mm256_storeu_pd(sums, acc);
+}
 
 void mix_avx2(const MixSpec& spec, const float* wd, size_t stride, size_t n_models,
               const float* base, float* out, size_t n) {
@@ -215,15 +245,7 @@ void gram_avx2(const float* const* v, size_t m, double* sums) {
   for (size_t p = 0; p < n_pairs; ++p) acc[p] = _mm256_setzero_pd();
   __m256d x[kGramMaxVectors][4];
   for (size_t i = 0; i < kTile; i += 4) {
-    for (size_t a = 0; a < m; ++a) {
-      __m128 r0 = _mm_loadu_ps(v[a] + i), r1 = _mm_loadu_ps(v[a] + kTile + i);
-      __m128 r2 = _mm_loadu_ps(v[a] + 2 * kTile + i), r3 = _mm_loadu_ps(v[a] + 3 * kTile + i);
-      _MM_TRANSPOSE4_PS(r0, r1, r2, r3);  // r_j: element i + j of tiles 0..3
-      x[a][0] = _mm256_cvtps_pd(r0);
-      x[a][1] = _mm256_cvtps_pd(r1);
-      x[a][2] = _mm256_cvtps_pd(r2);
-      x[a][3] = _mm256_cvtps_pd(r3);
-    }
+    for (size_t a = 0; a < m; ++a) load_tiles4(v[a], i, x[a]);
     size_t p = 0;
     for (size_t a = 0; a < m; ++a)
       for (size_t b = a; b < m; ++b, ++p)

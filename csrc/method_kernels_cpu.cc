@@ -13,14 +13,20 @@ void delta_scalar(DType dtype, const void* src, const float* base, float* d, siz
 }
 
 void histogram_hi_scalar(const float* d, size_t n, uint32_t* hist) {
-  for (size_t i = 0; i < n; ++i) ++hist[abs_bits(d[i]) >> 16];
+  for (size_t i = 0; i < n; ++i) ++hist[(i % kHiHistCopies) * kHiHistBins + (abs_bits(d[i]) >> 16)];
 }
 
-void histogram_lo_scalar(const float* d, size_t n, uint32_t bin, uint32_t* hist) {
+size_t histogram_lo_scalar(const float* d, size_t n, uint32_t bin, uint32_t* hist,
+                           uint16_t* found) {
+  size_t count = 0;
   for (size_t i = 0; i < n; ++i) {
     uint32_t bits = abs_bits(d[i]);
-    if ((bits >> 16) == bin) ++hist[bits & 0xFFFFu];
+    if ((bits >> 16) != bin) continue;
+    ++hist[bits & 0xFFFFu];
+    if (found) found[count] = static_cast<uint16_t>(bits);
+    ++count;
   }
+  return count;
 }
 
 uint64_t count_equal_scalar(const float* d, size_t n, uint32_t bits) {
@@ -50,10 +56,13 @@ void scale_scalar(float* d, size_t n, float s) {
   for (size_t i = 0; i < n; ++i) d[i] = d[i] * s;
 }
 
-double l1_scalar(const float* d, size_t n) {
-  double sum = 0.0;
-  for (size_t i = 0; i < n; ++i) sum += std::fabs(static_cast<double>(d[i]));
-  return sum;
+void l1_scalar(const float* d, double* sums) {
+  for (size_t t = 0; t < kGramTiles; ++t) {
+    const float* x = d + t * kMethodTileElems;
+    double sum = 0.0;
+    for (size_t i = 0; i < kMethodTileElems; ++i) sum += std::fabs(static_cast<double>(x[i]));
+    sums[t] = sum;
+  }
 }
 
 inline int sign_of(float x) { return (x > 0.0f) - (x < 0.0f); }

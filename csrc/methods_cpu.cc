@@ -23,9 +23,12 @@ namespace ladle {
 namespace {
 
 constexpr uint64_t kTile = kMethodTileElems;
-constexpr uint32_t kHiBins = 1u << 15;  // (|x| bits) >> 16; the sign bit is cleared
+constexpr uint64_t kGroupElems = kGramTiles * kTile;
+constexpr uint32_t kHiBins = kHiHistBins;  // (|x| bits) >> 16; the sign bit is cleared
 constexpr uint32_t kLoBins = 1u << 16;  // (|x| bits) & 0xFFFF inside the chosen high bin
 constexpr uint64_t kBatchStateBytes = 64ull << 20;  // histograms/partials held at once
+// Pass 2's recorded candidates at once: at most a quarter of the memory budget.
+constexpr uint64_t kCandidateBytes = 32ull << 20;
 constexpr uint64_t kMinChunkElems = 16 * 1024;
 constexpr uint64_t kMaxChunkElems = 16ull << 20;
 
@@ -142,6 +145,12 @@ struct Selection {
   bool need_ties = false;  // some, not all, elements equal to T are below the rank
   std::vector<uint64_t> hist_lo;
   std::vector<uint64_t> tie_prefix;  // per tile: elements equal to T in earlier tiles
+  // Pass 2 keeps the low 16 bits of the elements in hi_bin (in index order, per chunk)
+  // when they fit kCandidateBytes, so the tie counts need no third read.
+  uint64_t in_bin = 0;
+  bool recorded = false;
+  std::vector<std::vector<uint16_t>> chunk_lo;
+  std::vector<uint32_t> tile_in_bin;
 
   void init(uint64_t r, uint64_t n) {
     rank = r;
@@ -180,7 +189,8 @@ struct JobState {
 // Per-thread scratch.
 struct TaskScratch {
   std::vector<float> base, x, wd;  // wd: n_models tiles of weighted deltas
-  std::vector<uint32_t> hist;      // pass 1: n_models * kHiBins; pass 2: 2 * n_models * kLoBins
+  std::vector<uint32_t> hist;      // pass 1: n_models * kHiHistCopies * kHiBins; pass 2: 2 * n_models * kLoBins
+  std::vector<uint16_t> found;     // pass 2: one tile's candidates
   std::vector<uint8_t> out;
 };
 
@@ -214,9 +224,10 @@ class TaskRunner {
     pool_ = std::make_unique<ChunkPool>(plan_, threads_, progress, total);
     scratch_.resize(threads_);
     for (TaskScratch& s : scratch_) {
-      s.base.resize(kTile);
-      s.x.resize(kTile);
+      s.base.resize(kGroupElems);
+      s.x.resize(kGroupElems);
       s.wd.resize(kTile * max_models);
+      s.found.resize(kTile);
     }
     // Batches of consecutive jobs whose selection state fits kBatchStateBytes.
     size_t begin = 0;
@@ -345,6 +356,23 @@ class TaskRunner {
         std::vector<uint64_t>().swap(ms.hist_hi);
       }
     }
+    uint64_t candidate_bytes = 0;
+    uint64_t candidate_limit = std::min(kCandidateBytes, options_.memory_budget / 4);
+    for (size_t j = begin; j < end; ++j) {
+      uint64_t n_tiles = jobs_[j].n_elems / kTile + 1;
+      uint64_t n_chunks = (jobs_[j].n_elems + chunk_elems_ - 1) / chunk_elems_;
+      for (ModelState& ms : states_[j - begin]->models) {
+        for (Selection* sel : {&ms.lo, &ms.hi}) {
+          if (!sel->active()) continue;
+          uint64_t bytes = sel->in_bin * sizeof(uint16_t) + n_tiles * sizeof(uint32_t);
+          if (candidate_bytes + bytes > candidate_limit) continue;
+          candidate_bytes += bytes;
+          sel->recorded = true;
+          sel->chunk_lo.resize(n_chunks);
+          sel->tile_in_bin.assign(n_tiles, 0);
+        }
+      }
+    }
     // Pass 2: histogram of the low 16 bits inside each selection's high bin.
     pool_->run(items_of(begin, end, selecting), inputs_,
               [this](const Item& item, int t) { histogram_lo(item, &scratch_[t]); });
@@ -354,14 +382,18 @@ class TaskRunner {
         for (Selection* s : {&ms.lo, &ms.hi}) {
           pick_threshold(s);
           if (s->need_ties) s->tie_prefix.assign(jobs_[j].n_elems / kTile + 1, 0);
-          any_ties = any_ties || s->need_ties;
+          if (s->need_ties && s->recorded) count_recorded_ties(jobs_[j], s);
+          any_ties = any_ties || (s->need_ties && !s->recorded);
+          std::vector<std::vector<uint16_t>>().swap(s->chunk_lo);
+          std::vector<uint32_t>().swap(s->tile_in_bin);
         }
       }
     }
     // Pass 3: elements equal to the threshold, per tile, when only some are kept.
     auto tying = [&](size_t j) {
       for (ModelState& ms : states_[j - begin]->models)
-        if (ms.lo.need_ties || ms.hi.need_ties) return true;
+        for (const Selection* s : {&ms.lo, &ms.hi})
+          if (s->need_ties && !s->recorded) return true;
       return false;
     };
     for (size_t j = begin; j < end; ++j)
@@ -369,15 +401,15 @@ class TaskRunner {
     if (any_ties) {
       pool_->run(items_of(begin, end, tying), inputs_,
                 [this](const Item& item, int t) { count_ties(item, &scratch_[t]); });
-      for (size_t j = begin; j < end; ++j) {
-        for (ModelState& ms : states_[j - begin]->models) {
-          for (Selection* s : {&ms.lo, &ms.hi}) {
-            uint64_t before = 0;
-            for (uint64_t& c : s->tie_prefix) {
-              uint64_t here = c;
-              c = before;
-              before += here;
-            }
+    }
+    for (size_t j = begin; j < end; ++j) {
+      for (ModelState& ms : states_[j - begin]->models) {
+        for (Selection* s : {&ms.lo, &ms.hi}) {
+          uint64_t before = 0;
+          for (uint64_t& c : s->tie_prefix) {
+            uint64_t here = c;
+            c = before;
+            before += here;
           }
         }
       }
@@ -424,12 +456,28 @@ class TaskRunner {
       if (cum + ms.hist_hi[b] > s->rank) {
         s->hi_bin = b;
         s->above_hi = cum;
+        s->in_bin = ms.hist_hi[b];
         s->hist_lo.assign(kLoBins, 0);
         return;
       }
       cum += ms.hist_hi[b];
     }
     raise(ErrorKind::kValue, "internal: rank beyond histogram");
+  }
+
+  // Per tile, the recorded candidates equal to the threshold (tie_prefix, not yet summed).
+  void count_recorded_ties(const TaskJob& job, Selection* s) const {
+    uint16_t want = static_cast<uint16_t>(s->threshold & 0xFFFFu);
+    for (size_t c = 0; c < s->chunk_lo.size(); ++c) {
+      const uint16_t* lo = s->chunk_lo[c].data();
+      uint64_t first = c * chunk_elems_, last = std::min(job.n_elems, first + chunk_elems_);
+      for (uint64_t t = first / kTile; t * kTile < last; ++t) {
+        uint64_t count = 0;
+        for (uint32_t i = 0; i < s->tile_in_bin[t]; ++i) count += lo[i] == want;
+        s->tie_prefix[t] = count;
+        lo += s->tile_in_bin[t];
+      }
+    }
   }
 
   static void pick_threshold(Selection* s) {
@@ -451,10 +499,12 @@ class TaskRunner {
 
   // Calls fn(elem, n) for every tile of `item` (n <= kTile elements from elem),
   // with the base model's tile already loaded into s->base.
+  // (With group = kGroupElems: runs of up to kGramTiles tiles.)
   template <class Fn>
-  void for_each_base_tile(const TaskJob& job, const Item& item, TaskScratch* s, Fn&& fn) const {
-    for (uint64_t t = 0; t < item.n_elems; t += kTile) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
+  void for_each_base_tile(const TaskJob& job, const Item& item, TaskScratch* s, Fn&& fn,
+                          uint64_t group = kTile) const {
+    for (uint64_t t = 0; t < item.n_elems; t += group) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(group, item.n_elems - t));
       uint64_t elem = item.first_elem + t;
       load(job, job.base, elem, n, s->base.data());
       fn(elem, n);
@@ -475,20 +525,22 @@ class TaskRunner {
     const TaskJob& job = jobs_[item.job];
     JobState& st = *states_[item.job - batch_begin_];
     size_t n_models = job.models.size();
-    s->hist.assign(n_models * kHiBins, 0);
+    constexpr uint64_t kPerModel = kHiHistCopies * kHiBins;
+    s->hist.assign(n_models * kPerModel, 0);
     for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
       for (size_t k = 0; k < n_models; ++k) {
         if (!st.models[k].selects()) continue;
         load_delta(job, k, elem, n, s);
-        method_kernels_.histogram_hi(s->x.data(), n, s->hist.data() + k * kHiBins);
+        method_kernels_.histogram_hi(s->x.data(), n, s->hist.data() + k * kPerModel);
       }
     });
     std::lock_guard<std::mutex> guard(st.mu);
     for (size_t k = 0; k < n_models; ++k) {
       if (!st.models[k].selects()) continue;
-      const uint32_t* h = s->hist.data() + k * kHiBins;
+      const uint32_t* h = s->hist.data() + k * kPerModel;
       uint64_t* g = st.models[k].hist_hi.data();
-      for (uint32_t b = 0; b < kHiBins; ++b) g[b] += h[b];
+      for (size_t c = 0; c < kHiHistCopies; ++c)
+        for (uint32_t b = 0; b < kHiBins; ++b) g[b] += h[c * kHiBins + b];
     }
   }
 
@@ -503,9 +555,16 @@ class TaskRunner {
         if (!ms.selects()) continue;
         load_delta(job, k, elem, n, s);
         int which = 0;
-        for (const Selection* sel : {&ms.lo, &ms.hi}) {
+        for (Selection* sel : {&ms.lo, &ms.hi}) {
           uint32_t* h = s->hist.data() + (2 * k + which++) * kLoBins;
-          if (sel->active()) method_kernels_.histogram_lo(s->x.data(), n, sel->hi_bin, h);
+          if (!sel->active()) continue;
+          uint16_t* found = sel->recorded ? s->found.data() : nullptr;
+          size_t count = method_kernels_.histogram_lo(s->x.data(), n, sel->hi_bin, h, found);
+          if (!found) continue;
+          // each chunk and tile is written by one thread
+          std::vector<uint16_t>& lo = sel->chunk_lo[item.first_elem / chunk_elems_];
+          lo.insert(lo.end(), found, found + count);
+          sel->tile_in_bin[elem / kTile] = static_cast<uint32_t>(count);
         }
       }
     });
@@ -527,10 +586,11 @@ class TaskRunner {
     for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
       for (size_t k = 0; k < job.models.size(); ++k) {
         ModelState& ms = st.models[k];
-        if (!ms.lo.need_ties && !ms.hi.need_ties) continue;
+        if (!(ms.lo.need_ties && !ms.lo.recorded) && !(ms.hi.need_ties && !ms.hi.recorded))
+          continue;
         load_delta(job, k, elem, n, s);
         for (Selection* sel : {&ms.lo, &ms.hi}) {
-          if (!sel->need_ties) continue;
+          if (!sel->need_ties || sel->recorded) continue;
           // each tile is written by one thread
           sel->tie_prefix[elem / kTile] = method_kernels_.count_equal(s->x.data(), n, sel->threshold);
         }
@@ -557,16 +617,25 @@ class TaskRunner {
   void l1_norms(const Item& item, TaskScratch* s) {
     const TaskJob& job = jobs_[item.job];
     JobState& st = *states_[item.job - batch_begin_];
+    // kGramTiles tiles side by side, zero-padded: one fp64 lane per tile.
     for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
+      float* x = s->x.data();
+      std::fill(x + n, x + kGroupElems, 0.0f);
+      double before[kGramTiles], after[kGramTiles];
       for (size_t k = 0; k < job.models.size(); ++k) {
         ModelState& ms = st.models[k];
         load_delta(job, k, elem, n, s);
-        // each tile is written by one thread
-        ms.l1_before[elem / kTile] = method_kernels_.l1(s->x.data(), n);
-        sparsify_tile(job, k, ms, elem, n, s->x.data(), false);
-        ms.l1_after[elem / kTile] = method_kernels_.l1(s->x.data(), n);
+        method_kernels_.l1(x, before);
+        for (size_t t = 0; t * kTile < n; ++t)
+          sparsify_tile(job, k, ms, elem + t * kTile, std::min<size_t>(kTile, n - t * kTile),
+                        x + t * kTile, false);
+        method_kernels_.l1(x, after);
+        for (size_t t = 0; t * kTile < n; ++t) {  // each tile is written by one thread
+          ms.l1_before[elem / kTile + t] = before[t];
+          ms.l1_after[elem / kTile + t] = after[t];
+        }
       }
-    });
+    }, kGroupElems);
   }
 
   void apply(const Item& item, TaskScratch* s) {
