@@ -260,6 +260,7 @@ py::dict build_info() {
 #endif
   info["avx2_cpu"] = cpu_supports_avx2();
   info["kernel"] = select_kernels(KernelImpl::kAuto).name;
+  info["method_kernels"] = select_method_kernels(KernelImpl::kAuto).name;
 #ifdef LADLE_HAVE_CUDA
   info["cuda_compiled"] = true;  // ladle._cuda was built alongside
 #else
