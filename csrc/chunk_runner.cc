@@ -15,6 +15,33 @@
 
 namespace ladle {
 
+int resolve_threads(int requested) {
+  return requested > 0 ? requested
+                       : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+uint64_t budget_chunk_elems(uint64_t memory_budget, uint64_t per_elem_bytes, uint64_t workers,
+                            uint64_t granule, uint64_t min_elems, uint64_t max_elems) {
+  uint64_t chunk = memory_budget / (std::max<uint64_t>(1, workers) *
+                                    std::max<uint64_t>(1, per_elem_bytes));
+  return std::clamp(chunk / granule * granule, min_elems, max_elems);
+}
+
+SinkSpan::SinkSpan(const Sink& sink, uint64_t offset, uint64_t n_bytes,
+                   std::vector<uint8_t>* staging)
+    : sink_(sink), offset_(offset), n_bytes_(n_bytes) {
+  if (sink.writer) {
+    if (staging->size() < n_bytes) staging->resize(n_bytes);
+    out_ = staging->data();
+  } else {
+    out_ = sink.base + offset;
+  }
+}
+
+void SinkSpan::commit() const {
+  if (sink_.writer) sink_.writer->write_at(offset_, out_, n_bytes_);
+}
+
 ChunkSet::ChunkSet(const Plan& plan, uint64_t chunk_elems)
     : plan_(plan), chunk_elems_(chunk_elems) {
   for (uint32_t j = 0; j < plan.jobs.size(); ++j) {

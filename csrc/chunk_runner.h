@@ -25,6 +25,31 @@ struct WorkItem {
   uint64_t n_elems;
 };
 
+// Worker threads of every runner: `requested`, or every hardware thread when 0.
+int resolve_threads(int requested);
+
+// Elements per chunk for every runner, so that `memory_budget` means all bytes in
+// flight: `workers` chunks of `per_elem_bytes` each (input pages of the current and
+// of the prefetched chunks, output staging, per-element scratch) fit the budget;
+// rounded down to a multiple of `granule` and clamped to [min_elems, max_elems].
+uint64_t budget_chunk_elems(uint64_t memory_budget, uint64_t per_elem_bytes, uint64_t workers,
+                            uint64_t granule, uint64_t min_elems, uint64_t max_elems);
+
+// Where one chunk's output goes: straight into a memory sink, or into per-thread
+// staging that commit() writes to the sink's shard at its offset.
+class SinkSpan {
+ public:
+  SinkSpan(const Sink& sink, uint64_t offset, uint64_t n_bytes, std::vector<uint8_t>* staging);
+  uint8_t* out_span() const { return out_; }
+  void commit() const;
+
+ private:
+  const Sink& sink_;
+  uint64_t offset_;
+  uint64_t n_bytes_;
+  uint8_t* out_;
+};
+
 // madvise hint on the mapped range of `in` for elements [first_elem, +n_elems):
 // MADV_WILLNEED when `prefetch`, else drop the pages from RSS (memory sources: no-op).
 void touch_input(const Plan& plan, const JobInput& in, uint64_t first_elem, uint64_t n_elems,

@@ -66,20 +66,15 @@ class Runner {
     uint64_t out_size = item_n_bytes(job.out_dtype);
     uint64_t out_offset = job.out_offset + item.first_elem * out_size;
     uint64_t out_n_bytes = item.n_elems * out_size;
-    uint8_t* out;
-    if (sink.writer) {
-      if (scratch->out.size() < out_n_bytes) scratch->out.resize(out_n_bytes);
-      out = scratch->out.data();
-    } else {
-      out = sink.base + out_offset;
-    }
+    SinkSpan span(sink, out_offset, out_n_bytes, &scratch->out);
+    uint8_t* out = span.out_span();
     chunks_.guard_inputs(job, [&] {
       if (job.op == JobOp::kCopyIdentical)
         std::memcpy(out, chunks_.check_identical(item), out_n_bytes);
       else
         weighted_sum(job, item, out, scratch->acc);
     });
-    if (sink.writer) sink.writer->write_at(out_offset, out, out_n_bytes);
+    span.commit();
     chunks_.release(item);
     bytes_read_.fetch_add(chunks_.input_n_bytes(item));
     bytes_done_.fetch_add(out_n_bytes);
@@ -171,15 +166,13 @@ uint64_t choose_chunk_elems(const Plan& plan, const EngineOptions& options, int 
     for (const JobInput& in : job.inputs) bytes += (1 + kPrefetchDepth) * item_n_bytes(in.dtype);
     per_elem = std::max(per_elem, bytes);
   }
-  uint64_t chunk = options.memory_budget / (static_cast<uint64_t>(threads) * per_elem);
-  chunk = chunk / 4096 * 4096;
-  return std::clamp(chunk, kMinChunkElems, kMaxChunkElems);
+  return budget_chunk_elems(options.memory_budget, per_elem, static_cast<uint64_t>(threads), 4096,
+                            kMinChunkElems, kMaxChunkElems);
 }
 
 RunStats run_plan(const Plan& plan, const EngineOptions& options, const ProgressFn& progress) {
   validate_plan(plan);
-  int threads = options.threads > 0 ? options.threads
-                                    : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int threads = resolve_threads(options.threads);
   uint64_t chunk_elems = choose_chunk_elems(plan, options, threads);
   Runner runner(plan, options, threads, chunk_elems);
   return runner.run(progress);

@@ -26,9 +26,18 @@ constexpr uint64_t kTile = kMethodTileElems;
 constexpr uint64_t kGroupElems = kGramTiles * kTile;
 constexpr uint32_t kHiBins = kHiHistBins;  // (|x| bits) >> 16; the sign bit is cleared
 constexpr uint32_t kLoBins = 1u << 16;  // (|x| bits) & 0xFFFF inside the chosen high bin
-constexpr uint64_t kBatchStateBytes = 64ull << 20;  // histograms/partials held at once
-// Pass 2's recorded candidates at once: at most a quarter of the memory budget.
+// The memory budget covers every byte in flight: per-tensor statistics held at once
+// (histograms, tie counts, partial sums) get up to a quarter of it, pass 2's recorded
+// candidates another quarter, and the chunks (input pages, staging) the rest.
+constexpr uint64_t kBatchStateBytes = 64ull << 20;
 constexpr uint64_t kCandidateBytes = 32ull << 20;
+
+uint64_t state_limit(const EngineOptions& options) {
+  return std::min(kBatchStateBytes, options.memory_budget / 4);
+}
+uint64_t candidate_limit(const EngineOptions& options) {
+  return std::min(kCandidateBytes, options.memory_budget / 4);
+}
 constexpr uint64_t kMinChunkElems = 16 * 1024;
 constexpr uint64_t kMaxChunkElems = 16ull << 20;
 
@@ -91,17 +100,14 @@ class ChunkPool {
   std::atomic<uint64_t> read_{0};
 };
 
-int resolve_threads(const EngineOptions& options) {
-  return options.threads > 0 ? options.threads
-                             : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-}
-
 // Chunk length: a whole number of tiles, derived from the budget like the engine's.
-uint64_t method_chunk_elems(uint64_t per_elem_bytes, const EngineOptions& options, int threads) {
+uint64_t method_chunk_elems(uint64_t per_elem_bytes, const EngineOptions& options, int threads,
+                            uint64_t reserved) {
   uint64_t chunk = options.chunk_elems;
   if (chunk == 0) {
-    chunk = options.memory_budget / (static_cast<uint64_t>(threads) * std::max<uint64_t>(1, per_elem_bytes));
-    chunk = std::clamp(chunk / 4096 * 4096, kMinChunkElems, kMaxChunkElems);
+    chunk = budget_chunk_elems(options.memory_budget - reserved, per_elem_bytes,
+                               static_cast<uint64_t>(threads), 4096, kMinChunkElems,
+                               kMaxChunkElems);
   }
   return (chunk + kTile - 1) / kTile * kTile;
 }
@@ -198,7 +204,8 @@ class TaskRunner {
  public:
   TaskRunner(const Plan& plan, const std::vector<TaskJob>& jobs, const EngineOptions& options)
       : plan_(plan), jobs_(jobs), options_(options), kernels_(select_kernels(options.kernel)),
-        method_kernels_(select_method_kernels(options.kernel)), threads_(resolve_threads(options)) {}
+        method_kernels_(select_method_kernels(options.kernel)),
+        threads_(resolve_threads(options.threads)) {}
 
   RunStats run(const ProgressFn& progress) {
     auto t0 = std::chrono::steady_clock::now();
@@ -220,7 +227,8 @@ class TaskRunner {
       bool norms = job.rescale == Rescale::kL1 && job.sparsify != Sparsify::kNone;
       total += read * ((selects ? 4 : 1) + (norms ? 1 : 0));
     }
-    chunk_elems_ = method_chunk_elems(per_elem, options_, threads_);
+    chunk_elems_ = method_chunk_elems(per_elem, options_, threads_,
+                                      state_limit(options_) + candidate_limit(options_));
     pool_ = std::make_unique<ChunkPool>(plan_, threads_, progress, total);
     scratch_.resize(threads_);
     for (TaskScratch& s : scratch_) {
@@ -229,14 +237,14 @@ class TaskRunner {
       s.wd.resize(kTile * max_models);
       s.found.resize(kTile);
     }
-    // Batches of consecutive jobs whose selection state fits kBatchStateBytes.
+    // Batches of consecutive jobs whose selection state fits state_limit().
     size_t begin = 0;
     while (begin < jobs_.size()) {
       size_t end = begin;
       uint64_t state_bytes = 0;
       while (end < jobs_.size()) {
         uint64_t bytes = selection_bytes(jobs_[end]);
-        if (end > begin && state_bytes + bytes > kBatchStateBytes) break;
+        if (end > begin && state_bytes + bytes > state_limit(options_)) break;
         state_bytes += bytes;
         ++end;
       }
@@ -357,7 +365,7 @@ class TaskRunner {
       }
     }
     uint64_t candidate_bytes = 0;
-    uint64_t candidate_limit = std::min(kCandidateBytes, options_.memory_budget / 4);
+    uint64_t candidates_max = candidate_limit(options_);
     for (size_t j = begin; j < end; ++j) {
       uint64_t n_tiles = jobs_[j].n_elems / kTile + 1;
       uint64_t n_chunks = (jobs_[j].n_elems + chunk_elems_ - 1) / chunk_elems_;
@@ -365,7 +373,7 @@ class TaskRunner {
         for (Selection* sel : {&ms.lo, &ms.hi}) {
           if (!sel->active()) continue;
           uint64_t bytes = sel->in_bin * sizeof(uint16_t) + n_tiles * sizeof(uint32_t);
-          if (candidate_bytes + bytes > candidate_limit) continue;
+          if (candidate_bytes + bytes > candidates_max) continue;
           candidate_bytes += bytes;
           sel->recorded = true;
           sel->chunk_lo.resize(n_chunks);
@@ -646,13 +654,8 @@ class TaskRunner {
     uint64_t out_size = item_n_bytes(job.out_dtype);
     uint64_t out_offset = job.out_offset + item.first_elem * out_size;
     uint64_t out_n_bytes = item.n_elems * out_size;
-    uint8_t* out;
-    if (sink.writer) {
-      if (s->out.size() < out_n_bytes) s->out.resize(out_n_bytes);
-      out = s->out.data();
-    } else {
-      out = sink.base + out_offset;
-    }
+    SinkSpan span(sink, out_offset, out_n_bytes, &s->out);
+    uint8_t* out = span.out_span();
     // Unmasked divisor: the weights summed in model order (fp32).
     float weight_sum = 0.0f;
     for (const TaskModel& m : job.models) weight_sum = weight_sum + m.input.weight;
@@ -688,7 +691,7 @@ class TaskRunner {
                     dtype_name(job.out_dtype));
       }
     });
-    if (sink.writer) sink.writer->write_at(out_offset, out, out_n_bytes);
+    span.commit();
   }
 
   void check_finite_input(const TaskJob& job, const JobInput& in, uint64_t elem, size_t n) const {
@@ -742,7 +745,7 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
   auto t0 = std::chrono::steady_clock::now();
   const KernelSet& kernels = select_kernels(options.kernel);
   const MethodKernels& method_kernels = select_method_kernels(options.kernel);
-  int threads = resolve_threads(options);
+  int threads = resolve_threads(options.threads);
   std::vector<std::vector<JobInput>> inputs(jobs.size());
   uint64_t per_elem = 1, total = 0;
   for (size_t j = 0; j < jobs.size(); ++j) {
@@ -759,7 +762,7 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
     per_elem = std::max(per_elem, bytes);
     inputs[j] = job.inputs;
   }
-  uint64_t chunk_elems = method_chunk_elems(per_elem, options, threads);
+  uint64_t chunk_elems = method_chunk_elems(per_elem, options, threads, state_limit(options));
   ChunkPool pool(plan, threads, progress, total);
   std::vector<std::vector<double>> result(jobs.size());
   auto n_vectors = [&](const GramJob& job) {
@@ -768,13 +771,13 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
   size_t begin = 0;
   uint64_t n_chunks = 0;
   while (begin < jobs.size()) {
-    // Batch: per-tile partial sums of every pair, bounded by kBatchStateBytes.
+    // Batch: per-tile partial sums of every pair, bounded by state_limit().
     size_t end = begin;
     uint64_t bytes = 0;
     while (end < jobs.size()) {
       uint64_t m = n_vectors(jobs[end]);
       uint64_t b = m * (m + 1) / 2 * (jobs[end].n_elems / kTile + 1) * sizeof(double);
-      if (end > begin && bytes + b > kBatchStateBytes) break;
+      if (end > begin && bytes + b > state_limit(options)) break;
       bytes += b;
       ++end;
     }

@@ -102,13 +102,11 @@ std::vector<std::vector<double>> dot_products(const Plan& plan, const std::vecto
     }
     per_elem = std::max(per_elem, bytes);
   }
-  int threads = options.threads > 0
-                    ? options.threads
-                    : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int threads = resolve_threads(options.threads);
   uint64_t chunk = options.chunk_elems;
   if (chunk == 0) {
-    chunk = options.memory_budget / (static_cast<uint64_t>(threads) * per_elem) / 4096 * 4096;
-    chunk = std::clamp(chunk, kMinChunk, kMaxChunk);
+    chunk = budget_chunk_elems(options.memory_budget, per_elem, static_cast<uint64_t>(threads),
+                               4096, kMinChunk, kMaxChunk);
   }
   std::vector<WorkItem> items;
   std::vector<size_t> partial_at;  // first partial slot of each item
