@@ -288,6 +288,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("dtype_n_bits", [](const std::string& d) { return dtype_bits(dtype_from(d)); });
   m.def("dtype_is_mergeable", [](const std::string& d) { return dtype_is_mergeable(dtype_from(d)); });
   m.def("build_info", &build_info);
+  m.def("supports", [](const std::string& kind) { return supports(parse_job_kind(kind)); },
+        py::arg("kind"), "Whether the CPU backend runs job kind sum/copy/task/gram/dot.");
   m.def("file_crc32c", &file_crc32c, py::arg("path"), py::call_guard<py::gil_scoped_release>(),
         "CRC-32C of a whole file (SSE4.2 when available).");
   m.def("crc32c", [](const py::bytes& data, uint32_t crc) {

@@ -110,6 +110,25 @@ class Runner {
 
 }  // namespace
 
+const char* job_kind_name(JobKind kind) {
+  switch (kind) {
+    case JobKind::kWeightedSum: return "sum";
+    case JobKind::kCopy: return "copy";
+    case JobKind::kTaskProgram: return "task";
+    case JobKind::kGram: return "gram";
+    case JobKind::kDot: return "dot";
+  }
+  return "?";
+}
+
+JobKind parse_job_kind(const std::string& name) {
+  for (JobKind kind : kAllJobKinds)
+    if (name == job_kind_name(kind)) return kind;
+  LADLE_CHECK(false, ErrorKind::kValue, "unknown job kind '%s' (known: sum, copy, task, gram, dot)",
+              name.c_str());
+  return JobKind::kWeightedSum;
+}
+
 void validate_plan(const Plan& plan) {
   for (const Job& job : plan.jobs) {
     LADLE_CHECK(job.sink < plan.sinks.size(), ErrorKind::kValue,

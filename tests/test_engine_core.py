@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import ladle
+from ladle.cuda import cuda_info
 from ladle.errors import LadleValueError
 
 
@@ -21,3 +22,18 @@ def test_check_failure_records_cpp_location():
     with pytest.raises(LadleValueError, match="base index 5 out of range") as info:
         ladle._core.run_grams(plan, jobs)
     assert re.fullmatch(r"methods_cpu\.cc:\d+", info.value.cpp_location)
+
+
+def test_backends_declare_the_job_kinds_they_run():
+    for kind in ("sum", "copy", "task", "gram", "dot"):
+        assert ladle._core.supports(kind)
+    with pytest.raises(LadleValueError, match="unknown job kind 'ties'"):
+        ladle._core.supports("ties")
+
+
+@pytest.mark.skipif(not cuda_info()["compiled"], reason="CUDA backend not built")
+def test_cuda_backend_declares_weighted_sums_and_copies():
+    import ladle._cuda as cuda_module
+
+    assert cuda_module.supports("sum") and cuda_module.supports("copy")
+    assert not any(cuda_module.supports(k) for k in ("task", "gram", "dot"))
