@@ -5,7 +5,8 @@ Per method: ladle's wall time (process start until the output is fsynced), the
 ceiling of the same traffic (``cat`` of the method's inputs + ``dd conv=fsync`` of an
 output-sized file, as benchmarks/compare.py measures it), ladle's fraction of it,
 peak RSS (VmHWM, mapped file pages included) and peak RssAnon, and mergekit's wall
-when ``mergekit-yaml`` is on PATH (the column reads "-" otherwise). Every tool runs
+when ``mergekit-yaml`` is on PATH (the column reads "-" otherwise; with it, the largest
+absolute difference between the two outputs is recorded too). Every tool runs
 ``--repeat`` times with the inputs warm in the page cache; the median wall and the
 largest peaks are printed.
 
@@ -56,6 +57,34 @@ def recipe(method: str, base: Path, models: list[Path]) -> tuple[dict, list[Path
              "parameters": {"normalize": True}}, [base, *models])
 
 
+def max_abs_diff(x_dir: Path, y_dir: Path) -> tuple[float, int, int]:
+    """(max |x − y|, elements differing by more than 1 bf16 ulp, elements), tensor by tensor."""
+    import torch
+    from safetensors import safe_open
+
+    def index(d: Path) -> dict[str, Path]:
+        out = {}
+        for f in sorted(d.glob("*.safetensors")):
+            with safe_open(f, "pt") as h:
+                out.update(dict.fromkeys(h.keys(), f))
+        return out
+
+    xi, yi = index(x_dir), index(y_dir)
+    if set(xi) != set(yi):
+        raise SystemExit(f"tensor names differ: {sorted(set(xi) ^ set(yi))[:5]}")
+    worst, beyond, total = 0.0, 0, 0
+    for name in xi:
+        with safe_open(xi[name], "pt") as fx, safe_open(yi[name], "pt") as fy:
+            x = fx.get_tensor(name).float()
+            y = fy.get_tensor(name).float()
+        d = (x - y).abs()
+        worst = max(worst, float(d.max()))
+        ulp = torch.clamp(torch.maximum(x.abs(), y.abs()), min=1e-30) * 2.0**-7
+        beyond += int((d > ulp).sum())
+        total += x.numel()
+    return worst, beyond, total
+
+
 def run_method(method: str, base: Path, models: list[Path], work: Path, repeat: int,
                threads: int, memory_budget: str) -> dict:
     """ladle, the ceiling and (when installed) mergekit for one method."""
@@ -69,7 +98,6 @@ def run_method(method: str, base: Path, models: list[Path], work: Path, repeat: 
     if not ladle["ok"]:
         raise SystemExit(f"ladle {method} failed")
     n_out = dir_bytes(out)
-    remove(out)
     ceiling = run_ceiling(inputs, work / f"out-ceiling-{method}", n_out, "warm", repeat)
     entry = {"inputs": len(inputs), "output_bytes": n_out,
              "ladle_s": ladle["wall_s"], "ceiling_s": ceiling["wall_s"],
@@ -82,15 +110,20 @@ def run_method(method: str, base: Path, models: list[Path], work: Path, repeat: 
         mk_out = work / f"out-mergekit-{method}"
         mk = run_tool("mergekit", ["sh", "-c", f'"{exe}" "$1" "$2" && sync -f "$2"/*',
                                    "sh", str(cfg), str(mk_out)], mk_out, inputs, "warm", repeat)
-        remove(mk_out)
         entry["mergekit_s"] = mk["wall_s"] if mk["ok"] else None
+        if mk["ok"]:
+            worst, beyond, total = max_abs_diff(out, mk_out)
+            entry.update(max_abs_diff=worst, elements_beyond_1_bf16_ulp=beyond, elements=total)
+        remove(mk_out)
+    remove(out)
     return entry
 
 
 def format_table(runs: dict[str, dict], budget: int) -> str:
     """One row per method: walls, fraction of the ceiling, peak memory."""
-    lines = [f"{'method':<12}{'ladle s':>9}{'ceiling s':>11}{'of ceil':>9}{'mergekit s':>12}"
-             f"{'peak RSS':>10}{'RssAnon':>9}  (MiB; budget {budget >> 20} MiB)"]
+    header = (f"{'method':<12}{'ladle s':>9}{'ceiling s':>11}{'of ceil':>9}{'mergekit s':>12}"
+              f"{'peak RSS':>10}{'RssAnon':>9}  (MiB; budget {budget >> 20} MiB)")
+    lines = [header]
     for method, r in runs.items():
         mk = f"{r['mergekit_s']:.2f}" if r["mergekit_s"] is not None else "-"
         lines.append(f"{method:<12}{r['ladle_s']:>9.2f}{r['ceiling_s']:>11.2f}"

@@ -12,8 +12,39 @@
 #include "common.h"
 #include "fault_guard.h"
 #include "kernels.h"
+#include "safetensors.h"
 
 namespace ladle {
+
+void validate_input(const Plan& plan, const std::string& name, const JobInput& in,
+                    uint64_t n_elems, bool arithmetic) {
+  LADLE_CHECK(in.source < plan.sources.size(), ErrorKind::kValue,
+              "tensor '%s': source index %u out of range", name.c_str(), in.source);
+  const Source& src = plan.sources[in.source];
+  uint64_t n_bytes = tensor_n_bytes(in.dtype, n_elems, "tensor '" + name + "'");
+  LADLE_CHECK(in.offset <= src.n_bytes && n_bytes <= src.n_bytes - in.offset, ErrorKind::kFormat,
+              "%s: tensor '%s': byte range [%llu, +%llu) exceeds the %llu bytes available",
+              src.label.c_str(), name.c_str(), (unsigned long long)in.offset,
+              (unsigned long long)n_bytes, (unsigned long long)src.n_bytes);
+  LADLE_CHECK(!arithmetic || dtype_is_mergeable(in.dtype), ErrorKind::kValue,
+              "%s: tensor '%s': dtype %s cannot be merged arithmetically", src.label.c_str(),
+              name.c_str(), dtype_name(in.dtype));
+}
+
+void validate_output(const Plan& plan, const std::string& name, uint32_t sink,
+                     uint64_t out_offset, DType out_dtype, uint64_t n_elems, bool arithmetic) {
+  LADLE_CHECK(sink < plan.sinks.size(), ErrorKind::kValue,
+              "tensor '%s': sink index %u out of range", name.c_str(), sink);
+  LADLE_CHECK(!arithmetic || dtype_is_mergeable(out_dtype), ErrorKind::kValue,
+              "tensor '%s': cannot write merged values as %s", name.c_str(),
+              dtype_name(out_dtype));
+  const Sink& s = plan.sinks[sink];
+  uint64_t n_bytes = tensor_n_bytes(out_dtype, n_elems, "tensor '" + name + "'");
+  LADLE_CHECK(out_offset <= s.n_bytes && n_bytes <= s.n_bytes - out_offset, ErrorKind::kValue,
+              "tensor '%s': output range [%llu, +%llu) exceeds %s of %llu bytes", name.c_str(),
+              (unsigned long long)out_offset, (unsigned long long)n_bytes, s.label.c_str(),
+              (unsigned long long)s.n_bytes);
+}
 
 int resolve_threads(int requested) {
   return requested > 0 ? requested

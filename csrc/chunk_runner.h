@@ -25,6 +25,16 @@ struct WorkItem {
   uint64_t n_elems;
 };
 
+// The one validation of every runner's jobs. An input of tensor `name` with n_elems
+// elements: its source exists, its byte range lies inside it and (when `arithmetic`)
+// its dtype is a float type; errors name the file and the tensor.
+void validate_input(const Plan& plan, const std::string& name, const JobInput& in,
+                    uint64_t n_elems, bool arithmetic);
+// An output of tensor `name`: the sink exists and [out_offset, +n_elems of out_dtype)
+// lies inside it (and, when `arithmetic`, out_dtype can hold merged values).
+void validate_output(const Plan& plan, const std::string& name, uint32_t sink,
+                     uint64_t out_offset, DType out_dtype, uint64_t n_elems, bool arithmetic);
+
 // Worker threads of every runner: `requested`, or every hardware thread when 0.
 int resolve_threads(int requested);
 

@@ -131,41 +131,23 @@ JobKind parse_job_kind(const std::string& name) {
 
 void validate_plan(const Plan& plan) {
   for (const Job& job : plan.jobs) {
-    LADLE_CHECK(job.sink < plan.sinks.size(), ErrorKind::kValue,
-                "tensor '%s': sink index %u out of range", job.name.c_str(), job.sink);
-    const Sink& sink = plan.sinks[job.sink];
-    uint64_t out_n_bytes = tensor_n_bytes(job.out_dtype, job.n_elems, "tensor '" + job.name + "'");
-    LADLE_CHECK(job.out_offset <= sink.n_bytes && out_n_bytes <= sink.n_bytes - job.out_offset,
-                ErrorKind::kValue,
-                "tensor '%s': output range [%llu, +%llu) exceeds %s of %llu bytes",
-                job.name.c_str(), (unsigned long long)job.out_offset,
-                (unsigned long long)out_n_bytes, sink.label.c_str(),
-                (unsigned long long)sink.n_bytes);
+    bool sum = job.op == JobOp::kWeightedSum;
+    validate_output(plan, job.name, job.sink, job.out_offset, job.out_dtype, job.n_elems, false);
     LADLE_CHECK(!job.inputs.empty(), ErrorKind::kValue, "tensor '%s': no inputs",
                 job.name.c_str());
     for (const JobInput& in : job.inputs) {
-      LADLE_CHECK(in.source < plan.sources.size(), ErrorKind::kValue,
-                  "tensor '%s': source index %u out of range", job.name.c_str(), in.source);
-      const Source& src = plan.sources[in.source];
-      uint64_t in_n_bytes = tensor_n_bytes(in.dtype, job.n_elems, "tensor '" + job.name + "'");
-      LADLE_CHECK(in.offset <= src.n_bytes && in_n_bytes <= src.n_bytes - in.offset,
-                  ErrorKind::kFormat,
-                  "%s: tensor '%s': byte range [%llu, +%llu) exceeds the %llu bytes available",
-                  src.label.c_str(), job.name.c_str(), (unsigned long long)in.offset,
-                  (unsigned long long)in_n_bytes, (unsigned long long)src.n_bytes);
-      if (job.op == JobOp::kWeightedSum) {
-        LADLE_CHECK(dtype_is_mergeable(in.dtype), ErrorKind::kValue,
-                    "%s: tensor '%s': dtype %s cannot be merged arithmetically",
-                    src.label.c_str(), job.name.c_str(), dtype_name(in.dtype));
+      validate_input(plan, job.name, in, job.n_elems, sum);
+      if (sum) {
         LADLE_CHECK(in.weight == in.weight, ErrorKind::kValue, "tensor '%s': NaN weight",
                     job.name.c_str());
       } else {
         LADLE_CHECK(in.dtype == job.out_dtype, ErrorKind::kMismatch,
-                    "%s: tensor '%s': dtype %s differs from %s", src.label.c_str(),
-                    job.name.c_str(), dtype_name(in.dtype), dtype_name(job.out_dtype));
+                    "%s: tensor '%s': dtype %s differs from %s",
+                    plan.sources[in.source].label.c_str(), job.name.c_str(),
+                    dtype_name(in.dtype), dtype_name(job.out_dtype));
       }
     }
-    if (job.op == JobOp::kWeightedSum)
+    if (sum)
       LADLE_CHECK(dtype_is_mergeable(job.out_dtype), ErrorKind::kValue,
                   "tensor '%s': cannot write merged values as %s", job.name.c_str(),
                   dtype_name(job.out_dtype));

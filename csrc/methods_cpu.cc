@@ -116,23 +116,6 @@ const uint8_t* input_ptr(const Plan& plan, const JobInput& in, uint64_t elem) {
   return plan.sources[in.source].base + in.offset + elem * item_n_bytes(in.dtype);
 }
 
-void check_input(const Plan& plan, const std::string& name, const JobInput& in, uint64_t n_elems) {
-  const Source& src = plan.sources.at(in.source);
-  LADLE_CHECK(dtype_is_mergeable(in.dtype), ErrorKind::kValue,
-              "%s: tensor '%s': dtype %s cannot be merged arithmetically", src.label.c_str(),
-              name.c_str(), dtype_name(in.dtype));
-  uint64_t n_bytes = tensor_n_bytes(in.dtype, n_elems, "tensor '" + name + "'");
-  LADLE_CHECK(in.offset <= src.n_bytes && n_bytes <= src.n_bytes - in.offset, ErrorKind::kFormat,
-              "%s: tensor '%s': byte range [%llu, +%llu) exceeds the %llu bytes available",
-              src.label.c_str(), name.c_str(), (unsigned long long)in.offset,
-              (unsigned long long)n_bytes, (unsigned long long)src.n_bytes);
-}
-
-void check_source_index(const Plan& plan, const std::string& name, const JobInput& in) {
-  LADLE_CHECK(in.source < plan.sources.size(), ErrorKind::kValue,
-              "tensor '%s': source index %u out of range", name.c_str(), in.source);
-}
-
 // ---------------------------------------------------------------------------
 // Rank selection. "rank < r" for an element means: fewer than r elements come
 // before it in the order (|delta| descending, then index ascending). With T the
@@ -266,11 +249,9 @@ class TaskRunner {
   }
 
   static void validate(const Plan& plan, const TaskJob& job) {
-    check_source_index(plan, job.name, job.base);
-    check_input(plan, job.name, job.base, job.n_elems);
+    validate_input(plan, job.name, job.base, job.n_elems, true);
     for (const TaskModel& m : job.models) {
-      check_source_index(plan, job.name, m.input);
-      check_input(plan, job.name, m.input, job.n_elems);
+      validate_input(plan, job.name, m.input, job.n_elems, true);
       LADLE_CHECK(m.input.weight == m.input.weight, ErrorKind::kValue, "tensor '%s': NaN weight",
                   job.name.c_str());
       LADLE_CHECK(m.density >= 0.0f && m.density <= 1.0f, ErrorKind::kValue,
@@ -280,18 +261,7 @@ class TaskRunner {
                   (unsigned long long)m.rank_lo, (unsigned long long)m.rank_hi,
                   (unsigned long long)job.n_elems);
     }
-    LADLE_CHECK(job.sink < plan.sinks.size(), ErrorKind::kValue,
-                "tensor '%s': sink index %u out of range", job.name.c_str(), job.sink);
-    LADLE_CHECK(dtype_is_mergeable(job.out_dtype), ErrorKind::kValue,
-                "tensor '%s': cannot write merged values as %s", job.name.c_str(),
-                dtype_name(job.out_dtype));
-    const Sink& sink = plan.sinks[job.sink];
-    uint64_t out_n_bytes = tensor_n_bytes(job.out_dtype, job.n_elems, "tensor '" + job.name + "'");
-    LADLE_CHECK(job.out_offset <= sink.n_bytes && out_n_bytes <= sink.n_bytes - job.out_offset,
-                ErrorKind::kValue, "tensor '%s': output range [%llu, +%llu) exceeds %s of %llu bytes",
-                job.name.c_str(), (unsigned long long)job.out_offset,
-                (unsigned long long)out_n_bytes, sink.label.c_str(),
-                (unsigned long long)sink.n_bytes);
+    validate_output(plan, job.name, job.sink, job.out_offset, job.out_dtype, job.n_elems, true);
   }
 
  private:
@@ -754,8 +724,7 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
                 "tensor '%s': base index %d out of range", job.name.c_str(), job.base);
     uint64_t bytes = 0;
     for (const JobInput& in : job.inputs) {
-      check_source_index(plan, job.name, in);
-      check_input(plan, job.name, in, job.n_elems);
+      validate_input(plan, job.name, in, job.n_elems, true);
       bytes += 2 * item_n_bytes(in.dtype);
       total += job.n_elems * item_n_bytes(in.dtype);
     }

@@ -44,20 +44,6 @@ void load_f64(DType dtype, const uint8_t* src, double* dst, size_t n) {
 }
 
 
-void check_input(const Plan& plan, const DotJob& job, const JobInput& in) {
-  LADLE_CHECK(in.source < plan.sources.size(), ErrorKind::kValue,
-              "tensor '%s': source index %u out of range", job.name.c_str(), in.source);
-  const Source& src = plan.sources[in.source];
-  LADLE_CHECK(dtype_is_mergeable(in.dtype), ErrorKind::kValue,
-              "%s: tensor '%s': dtype %s has no dot product", src.label.c_str(),
-              job.name.c_str(), dtype_name(in.dtype));
-  uint64_t n_bytes = tensor_n_bytes(in.dtype, job.n_elems, "tensor '" + job.name + "'");
-  LADLE_CHECK(in.offset <= src.n_bytes && n_bytes <= src.n_bytes - in.offset, ErrorKind::kFormat,
-              "%s: tensor '%s': byte range [%llu, +%llu) exceeds the %llu bytes available",
-              src.label.c_str(), job.name.c_str(), (unsigned long long)in.offset,
-              (unsigned long long)n_bytes, (unsigned long long)src.n_bytes);
-}
-
 // madvise hints on the ranges of every input of `job` in `item`.
 void touch(const Plan& plan, const DotJob& job, const WorkItem& item, bool prefetch) {
   touch_input(plan, job.lhs, item.first_elem, item.n_elems, prefetch);
@@ -94,10 +80,10 @@ std::vector<std::vector<double>> dot_products(const Plan& plan, const std::vecto
                                               const DotOptions& options) {
   uint64_t per_elem = 1;
   for (const DotJob& job : jobs) {
-    check_input(plan, job, job.lhs);
+    validate_input(plan, job.name, job.lhs, job.n_elems, true);
     uint64_t bytes = item_n_bytes(job.lhs.dtype);
     for (const JobInput& in : job.inputs) {
-      check_input(plan, job, in);
+      validate_input(plan, job.name, in, job.n_elems, true);
       bytes += 2 * item_n_bytes(in.dtype);
     }
     per_elem = std::max(per_elem, bytes);
