@@ -46,6 +46,46 @@ void validate_output(const Plan& plan, const std::string& name, uint32_t sink,
               (unsigned long long)s.n_bytes);
 }
 
+ChunkPool::ChunkPool(const Plan& plan, int threads, size_t depth, const ProgressFn& progress,
+                     uint64_t total_bytes)
+    : plan_(plan), threads_(threads), depth_(depth), progress_(progress), total_(total_bytes) {}
+
+void ChunkPool::run(const std::vector<WorkItem>& items, const InputsOf& inputs_of,
+                    const std::function<void(const WorkItem&, int)>& fn,
+                    const BytesOf& progress_of) {
+  if (items.empty()) return;
+  int n_workers = static_cast<int>(std::min<uint64_t>(threads_, items.size()));
+  size_t ahead = depth_ * static_cast<size_t>(n_workers);
+  auto touch = [&](const WorkItem& item, bool prefetch) {
+    for (const JobInput& in : inputs_of(item))
+      touch_input(plan_, in, item.first_elem, item.n_elems, prefetch);
+  };
+  for (size_t i = 0; i < std::min(ahead, items.size()); ++i) touch(items[i], true);
+  ProgressFn clipped;
+  if (progress_) {
+    clipped = [this](uint64_t done, uint64_t total) {
+      return progress_(std::min(done, total), total);
+    };
+  }
+  run_workers(
+      items.size(), n_workers, nullptr,
+      [&](int worker, size_t index) {
+        if (index + ahead < items.size()) touch(items[index + ahead], true);
+        const WorkItem& item = items[index];
+        fn(item, worker);
+        touch(item, false);
+        uint64_t n_bytes = 0;
+        for (const JobInput& in : inputs_of(item)) n_bytes += item.n_elems * item_n_bytes(in.dtype);
+        read_.fetch_add(n_bytes);
+        done_.fetch_add(progress_of ? progress_of(item) : n_bytes);
+      },
+      clipped, done_, total_);
+}
+
+void ChunkPool::finish() const {
+  if (progress_) progress_(total_, total_);
+}
+
 int resolve_threads(int requested) {
   return requested > 0 ? requested
                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

@@ -112,4 +112,36 @@ void run_workers(size_t n_items, int n_workers, const std::function<void(int)>& 
                  const std::function<void(int, size_t)>& process, const ProgressFn& progress,
                  const std::atomic<uint64_t>& bytes_done, uint64_t total_bytes);
 
+// The one chunk loop of every CPU runner (weighted sums, task programs, Gram and dot
+// reductions): runs fn(item, worker) for every item on run_workers; keeps the input
+// pages of the `depth` * workers items ahead of the cursor prefetched, releases an
+// item's pages behind it, counts its input bytes as read and progress(item) bytes
+// (default: its input bytes) as done. One total spans every run() of the pool, so a
+// multi-pass method reports one progress bar.
+class ChunkPool {
+ public:
+  using InputsOf = std::function<const std::vector<JobInput>&(const WorkItem&)>;
+  using BytesOf = std::function<uint64_t(const WorkItem&)>;
+  ChunkPool(const Plan& plan, int threads, size_t depth, const ProgressFn& progress,
+            uint64_t total_bytes);
+
+  void run(const std::vector<WorkItem>& items, const InputsOf& inputs_of,
+           const std::function<void(const WorkItem&, int)>& fn, const BytesOf& progress_of = {});
+  // Counts bytes of a pass that turned out to be unnecessary as done.
+  void skip(uint64_t n_bytes) { done_.fetch_add(n_bytes); }
+  void finish() const;
+  int threads() const { return threads_; }
+  uint64_t bytes_read() const { return read_.load(); }
+  uint64_t bytes_done() const { return done_.load(); }
+
+ private:
+  const Plan& plan_;
+  int threads_;
+  size_t depth_;
+  ProgressFn progress_;
+  uint64_t total_;
+  std::atomic<uint64_t> done_{0};
+  std::atomic<uint64_t> read_{0};
+};
+
 }  // namespace ladle

@@ -36,24 +36,29 @@ class Runner {
   RunStats run(const ProgressFn& progress) {
     auto t0 = std::chrono::steady_clock::now();
     const auto& items = chunks_.items();
-    size_t n_workers = scratch_.size();
+    const Plan& plan = chunks_.plan();
+    int n_workers = static_cast<int>(scratch_.size());
     // Keep kPrefetchDepth chunks per thread in flight ahead of the cursor: cold
     // reads then overlap compute and writes (the budget accounts for them).
-    size_t ahead = kPrefetchDepth * n_workers;
-    for (size_t i = 0; i < std::min(ahead, items.size()); ++i) chunks_.prefetch(items[i]);
-    run_workers(
-        items.size(), static_cast<int>(n_workers), nullptr,
-        [&](int worker, size_t index) {
-          if (index + ahead < items.size()) chunks_.prefetch(items[index + ahead]);
-          process(items[index], &scratch_[static_cast<size_t>(worker)]);
+    // Progress counts output bytes.
+    ChunkPool pool(plan, n_workers, kPrefetchDepth, progress, chunks_.total_out_n_bytes());
+    pool.run(
+        items,
+        [&](const WorkItem& item) -> const std::vector<JobInput>& {
+          return plan.jobs[item.job].inputs;
         },
-        progress, bytes_done_, chunks_.total_out_n_bytes());
+        [&](const WorkItem& item, int worker) {
+          process(item, &scratch_[static_cast<size_t>(worker)]);
+        },
+        [&](const WorkItem& item) {
+          return item.n_elems * item_n_bytes(plan.jobs[item.job].out_dtype);
+        });
     RunStats stats;
-    stats.bytes_read = bytes_read_.load();
-    stats.bytes_written = bytes_done_.load();
+    stats.bytes_read = pool.bytes_read();
+    stats.bytes_written = pool.bytes_done();
     stats.n_chunks = items.size();
     stats.chunk_elems = chunks_.chunk_elems();
-    stats.threads = static_cast<int>(n_workers);
+    stats.threads = n_workers;
     stats.kernel = kernels_.name;
     stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return stats;
@@ -75,9 +80,6 @@ class Runner {
         weighted_sum(job, item, out, scratch->acc);
     });
     span.commit();
-    chunks_.release(item);
-    bytes_read_.fetch_add(chunks_.input_n_bytes(item));
-    bytes_done_.fetch_add(out_n_bytes);
   }
 
   void weighted_sum(const Job& job, const WorkItem& item, uint8_t* out, float* acc) const {
@@ -104,8 +106,6 @@ class Runner {
   const EngineOptions& options_;
   const KernelSet& kernels_;
   std::vector<Scratch> scratch_;
-  std::atomic<uint64_t> bytes_done_{0};
-  std::atomic<uint64_t> bytes_read_{0};
 };
 
 }  // namespace

@@ -47,59 +47,6 @@ inline uint64_t dare_stream(uint64_t seed, uint64_t key, uint32_t model) {
 
 using Item = WorkItem;
 
-// Runs the items of one pass on run_workers (chunk_runner.h): prefetches the inputs
-// of the item a thread will likely take next, releases them behind, and counts
-// the bytes of every pass of the run into one progress total.
-class ChunkPool {
- public:
-  ChunkPool(const Plan& plan, int threads, const ProgressFn& progress, uint64_t total_bytes)
-      : plan_(plan), threads_(threads), progress_(progress), total_(total_bytes) {}
-
-  void run(const std::vector<Item>& items, const std::vector<std::vector<JobInput>>& inputs,
-           const std::function<void(const Item&, int)>& fn) {
-    if (items.empty()) return;
-    int n_threads = static_cast<int>(std::min<uint64_t>(threads_, items.size()));
-    auto touch = [&](const Item& item, bool prefetch) {
-      for (const JobInput& in : inputs[item.job])
-        touch_input(plan_, in, item.first_elem, item.n_elems, prefetch);
-    };
-    ProgressFn clipped;
-    if (progress_) {
-      clipped = [this](uint64_t done, uint64_t total) {
-        return progress_(std::min(done, total), total);
-      };
-    }
-    run_workers(
-        items.size(), n_threads, nullptr,
-        [&](int thread, size_t index) {
-          if (index + n_threads < items.size()) touch(items[index + n_threads], true);
-          const Item& item = items[index];
-          fn(item, thread);
-          touch(item, false);
-          uint64_t n_bytes = 0;
-          for (const JobInput& in : inputs[item.job]) n_bytes += item.n_elems * item_n_bytes(in.dtype);
-          done_.fetch_add(n_bytes);
-          read_.fetch_add(n_bytes);
-        },
-        clipped, done_, total_);
-  }
-
-  // Counts bytes of a pass that turned out to be unnecessary as done.
-  void skip(uint64_t n_bytes) { done_.fetch_add(n_bytes); }
-  void finish() {
-    if (progress_) progress_(total_, total_);
-  }
-  uint64_t bytes_read() const { return read_.load(); }
-
- private:
-  const Plan& plan_;
-  int threads_;
-  const ProgressFn& progress_;
-  uint64_t total_;
-  std::atomic<uint64_t> done_{0};
-  std::atomic<uint64_t> read_{0};
-};
-
 // Chunk length: a whole number of tiles, derived from the budget like the engine's.
 uint64_t method_chunk_elems(uint64_t per_elem_bytes, const EngineOptions& options, int threads,
                             uint64_t reserved) {
@@ -212,7 +159,7 @@ class TaskRunner {
     }
     chunk_elems_ = method_chunk_elems(per_elem, options_, threads_,
                                       state_limit(options_) + candidate_limit(options_));
-    pool_ = std::make_unique<ChunkPool>(plan_, threads_, progress, total);
+    pool_ = std::make_unique<ChunkPool>(plan_, threads_, 1, progress, total);
     scratch_.resize(threads_);
     for (TaskScratch& s : scratch_) {
       s.base.resize(kGroupElems);
@@ -275,6 +222,13 @@ class TaskRunner {
            job.models.size() * 2 * (job.n_elems / kTile + 1) * sizeof(uint64_t);
   }
 
+  // One read of the inputs: `pass` on every item.
+  void run_pass(const std::vector<Item>& items, void (TaskRunner::*pass)(const Item&, TaskScratch*)) {
+    pool_->run(
+        items, [this](const Item& item) -> const std::vector<JobInput>& { return inputs_[item.job]; },
+        [this, pass](const Item& item, int t) { (this->*pass)(item, &scratch_[t]); });
+  }
+
   uint64_t job_read_bytes(size_t j) const {
     uint64_t n = 0;
     for (const JobInput& in : inputs_[j]) n += jobs_[j].n_elems * item_n_bytes(in.dtype);
@@ -325,8 +279,7 @@ class TaskRunner {
     for (size_t j = begin; j < end; ++j)
       for (ModelState& ms : states_[j - begin]->models)
         if (ms.selects()) ms.hist_hi.assign(kHiBins, 0);
-    pool_->run(items_of(begin, end, selecting), inputs_,
-              [this](const Item& item, int t) { histogram_hi(item, &scratch_[t]); });
+    run_pass(items_of(begin, end, selecting), &TaskRunner::histogram_hi);
     for (size_t j = begin; j < end; ++j) {
       for (ModelState& ms : states_[j - begin]->models) {
         pick_hi_bin(ms, &ms.lo);
@@ -352,8 +305,7 @@ class TaskRunner {
       }
     }
     // Pass 2: histogram of the low 16 bits inside each selection's high bin.
-    pool_->run(items_of(begin, end, selecting), inputs_,
-              [this](const Item& item, int t) { histogram_lo(item, &scratch_[t]); });
+    run_pass(items_of(begin, end, selecting), &TaskRunner::histogram_lo);
     bool any_ties = false;
     for (size_t j = begin; j < end; ++j) {
       for (ModelState& ms : states_[j - begin]->models) {
@@ -377,8 +329,7 @@ class TaskRunner {
     for (size_t j = begin; j < end; ++j)
       if (selecting(j) && !tying(j)) pool_->skip(job_read_bytes(j));
     if (any_ties) {
-      pool_->run(items_of(begin, end, tying), inputs_,
-                [this](const Item& item, int t) { count_ties(item, &scratch_[t]); });
+      run_pass(items_of(begin, end, tying), &TaskRunner::count_ties);
     }
     for (size_t j = begin; j < end; ++j) {
       for (ModelState& ms : states_[j - begin]->models) {
@@ -406,8 +357,7 @@ class TaskRunner {
       }
     }
     if (any_norms) {
-      pool_->run(items_of(begin, end, norming), inputs_,
-                 [this](const Item& item, int t) { l1_norms(item, &scratch_[t]); });
+      run_pass(items_of(begin, end, norming), &TaskRunner::l1_norms);
       for (size_t j = begin; j < end; ++j) {
         if (!norming(j)) continue;
         for (ModelState& ms : states_[j - begin]->models) {
@@ -422,8 +372,7 @@ class TaskRunner {
       }
     }
     // Pass 5: the per-element program.
-    pool_->run(items_of(begin, end, [](size_t) { return true; }), inputs_,
-              [this](const Item& item, int t) { apply(item, &scratch_[t]); });
+    run_pass(items_of(begin, end, [](size_t) { return true; }), &TaskRunner::apply);
   }
 
   // Walks bins from the top down to the one holding rank r.
@@ -732,7 +681,7 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
     inputs[j] = job.inputs;
   }
   uint64_t chunk_elems = method_chunk_elems(per_elem, options, threads, state_limit(options));
-  ChunkPool pool(plan, threads, progress, total);
+  ChunkPool pool(plan, threads, 1, progress, total);
   std::vector<std::vector<double>> result(jobs.size());
   auto n_vectors = [&](const GramJob& job) {
     return job.inputs.size() - (job.base >= 0 ? 1 : 0);
@@ -760,7 +709,8 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
     }
     n_chunks += items.size();
     std::vector<std::vector<float>> scratch(threads);
-    pool.run(items, inputs, [&](const Item& item, int thread) {
+    pool.run(items, [&](const Item& item) -> const std::vector<JobInput>& { return inputs[item.job]; },
+             [&](const Item& item, int thread) {
       const GramJob& job = jobs[item.job];
       size_t n_in = job.inputs.size(), m = n_vectors(job), n_pairs = m * (m + 1) / 2;
       constexpr uint64_t kGroup = kGramTiles * kTile;

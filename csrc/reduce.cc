@@ -44,13 +44,6 @@ void load_f64(DType dtype, const uint8_t* src, double* dst, size_t n) {
 }
 
 
-// madvise hints on the ranges of every input of `job` in `item`.
-void touch(const Plan& plan, const DotJob& job, const WorkItem& item, bool prefetch) {
-  touch_input(plan, job.lhs, item.first_elem, item.n_elems, prefetch);
-  for (const JobInput& in : job.inputs)
-    touch_input(plan, in, item.first_elem, item.n_elems, prefetch);
-}
-
 // Partial sums of one chunk, written to out[0..N).
 void dot_chunk(const Plan& plan, const DotJob& job, const WorkItem& item, double* out) {
   double g[kTile], x[kTile];
@@ -105,18 +98,18 @@ std::vector<std::vector<double>> dot_products(const Plan& plan, const std::vecto
     }
   }
   std::vector<double> partials(n_partials, 0.0);
-  size_t ahead = static_cast<size_t>(threads);
-  std::atomic<uint64_t> no_progress{0};
-  run_workers(
-      items.size(), static_cast<int>(std::min<size_t>(threads, std::max<size_t>(1, items.size()))),
-      nullptr,
-      [&](int, size_t i) {
-        if (i + ahead < items.size()) touch(plan, jobs[items[i + ahead].job], items[i + ahead], true);
-        const WorkItem& item = items[i];
+  std::vector<std::vector<JobInput>> inputs(jobs.size());
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    inputs[j].push_back(jobs[j].lhs);
+    inputs[j].insert(inputs[j].end(), jobs[j].inputs.begin(), jobs[j].inputs.end());
+  }
+  ChunkPool pool(plan, threads, 1, nullptr, 0);
+  pool.run(
+      items, [&](const WorkItem& item) -> const std::vector<JobInput>& { return inputs[item.job]; },
+      [&](const WorkItem& item, int) {
+        size_t i = static_cast<size_t>(&item - items.data());
         dot_chunk(plan, jobs[item.job], item, partials.data() + partial_at[i]);
-        touch(plan, jobs[item.job], item, false);
-      },
-      nullptr, no_progress, 0);
+      });
 
   std::vector<std::vector<double>> out(jobs.size());
   for (uint32_t j = 0; j < jobs.size(); ++j) out[j].assign(jobs[j].inputs.size(), 0.0);
