@@ -17,8 +17,10 @@ namespace ladle {
 // Elements per tile: the unit of tie counting and of partial sums. Chunks are
 // whole multiples of it, which is what makes results chunk-size independent.
 constexpr uint64_t kMethodTileElems = 2048;
-// Tiles the Gram kernel sums side by side (one fp64 lane each).
-constexpr size_t kGramTiles = 4;
+// Tiles the fp64 sums (Gram, L1) run side by side, one fp64 lane each: each tile's
+// sum is a chain of dependent adds in index order, so independent tiles are what
+// keeps the adder busy (two 4-lane vectors of chains).
+constexpr size_t kGramTiles = 8;
 // Rank selection's first histogram: bins of the high 16 bits of |delta| (sign cleared),
 // counted into kHiHistCopies interleaved copies so equal neighbours do not wait on
 // each other's increments; the caller adds the copies up.

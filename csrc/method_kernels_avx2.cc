@@ -178,16 +178,20 @@ inline void load_tiles4(const float* v, size_t i, __m256d x[4]) {
   x[3] = _mm256_cvtps_pd(r3);
 }
 
-// Lane t sums tile t in index order.
+static_assert(kGramTiles == 2 * 4, "two vectors of four fp64 lanes, one tile each");
+
+// Lane t of acc[h] sums tile 4h + t in index order.
 void l1_avx2(const float* d, double* sums) {
-  static_assert(kGramTiles == 4, "one fp64 lane per tile");
   const __m256d magnitude = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7FFFFFFFFFFFFFFFll));
-  __m256d acc = _mm256_setzero_pd(), x[4];
+  __m256d acc[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()}, x[4];
   for (size_t i = 0; i < kTile; i += 4) {
-    load_tiles4(d, i, x);
-    for (int j = 0; j < 4; ++j) acc = _mm256_add_pd(acc, _mm256_and_pd(x[j], magnitude));
+    for (int h = 0; h < 2; ++h) {
+      load_tiles4(d + h * 4 * kTile, i, x);
+      for (int j = 0; j < 4; ++j) acc[h] = _mm256_add_pd(acc[h], _mm256_and_pd(x[j], magnitude));
+    }
   }
-  _mm256_storeu_pd(sums, acc);
+  _mm256_storeu_pd(sums, acc[0]);
+  _mm256_storeu_pd(sums + 4, acc[1]);
 }
 
 void mix_avx2(const MixSpec& spec, const float* wd, size_t stride, size_t n_models,
@@ -236,22 +240,28 @@ void mix_avx2(const MixSpec& spec, const float* wd, size_t stride, size_t n_mode
 
 constexpr size_t kGramMaxVectors = 8;
 
-// Lane t sums tile t: four tiles side by side, each in index order.
+// Lane t of acc[p][h] sums tile 4h + t of pair p, in index order.
 void gram_avx2(const float* const* v, size_t m, double* sums) {
   if (m > kGramMaxVectors) return scalar_method_kernels().gram(v, m, sums);
   constexpr size_t kMaxPairs = kGramMaxVectors * (kGramMaxVectors + 1) / 2;
-  __m256d acc[kMaxPairs];
+  __m256d acc[kMaxPairs][2];
   size_t n_pairs = m * (m + 1) / 2;
-  for (size_t p = 0; p < n_pairs; ++p) acc[p] = _mm256_setzero_pd();
-  __m256d x[kGramMaxVectors][4];
+  for (size_t p = 0; p < n_pairs; ++p) acc[p][0] = acc[p][1] = _mm256_setzero_pd();
+  __m256d x[kGramMaxVectors][2][4];
   for (size_t i = 0; i < kTile; i += 4) {
-    for (size_t a = 0; a < m; ++a) load_tiles4(v[a], i, x[a]);
+    for (size_t a = 0; a < m; ++a)
+      for (int h = 0; h < 2; ++h) load_tiles4(v[a] + h * 4 * kTile, i, x[a][h]);
     size_t p = 0;
     for (size_t a = 0; a < m; ++a)
       for (size_t b = a; b < m; ++b, ++p)
-        for (int j = 0; j < 4; ++j) acc[p] = _mm256_add_pd(acc[p], _mm256_mul_pd(x[a][j], x[b][j]));
+        for (int h = 0; h < 2; ++h)
+          for (int j = 0; j < 4; ++j)
+            acc[p][h] = _mm256_add_pd(acc[p][h], _mm256_mul_pd(x[a][h][j], x[b][h][j]));
   }
-  for (size_t p = 0; p < n_pairs; ++p) _mm256_storeu_pd(sums + p * kGramTiles, acc[p]);
+  for (size_t p = 0; p < n_pairs; ++p) {
+    _mm256_storeu_pd(sums + p * kGramTiles, acc[p][0]);
+    _mm256_storeu_pd(sums + p * kGramTiles + 4, acc[p][1]);
+  }
 }
 
 const MethodKernels kAvx2{"avx2",          delta_avx2,           histogram_hi_avx2,
