@@ -71,14 +71,15 @@ class PyPlan {
     job.name = name;
     if (op == "sum") job.op = JobOp::kWeightedSum;
     else if (op == "copy") job.op = JobOp::kCopyIdentical;
-    else raise(ErrorKind::kValue, format("unknown job op '%s' (sum, copy)", op.c_str()));
+    else if (op == "max") job.op = JobOp::kMax;
+    else raise(ErrorKind::kValue, format("unknown job op '%s' (sum, copy, max)", op.c_str()));
     job.n_elems = n_elems;
     job.sink = sink;
     job.out_offset = out_offset;
     job.out_dtype = dtype_from(out_dtype);
     job.post_scale = static_cast<float>(post_scale);
     for (const auto& [source, offset, dtype, weight] : inputs)
-      job.inputs.push_back({source, offset, dtype_from(dtype), static_cast<float>(weight)});
+      job.inputs.push_back({source, offset, dtype_from(dtype), static_cast<float>(weight), weight});
     plan_.jobs.push_back(std::move(job));
   }
   // fsyncs and closes every shard; the files are complete after this.
@@ -170,7 +171,7 @@ class PyMethodJobs {
     job.out_dtype = dtype_from(out_dtype);
     job.base = {std::get<0>(base), std::get<1>(base), dtype_from(std::get<2>(base)), 1.0f};
     for (const auto& [source, offset, dtype, weight, density, lo, hi] : models)
-      job.models.push_back({{source, offset, dtype_from(dtype), static_cast<float>(weight)},
+      job.models.push_back({{source, offset, dtype_from(dtype), static_cast<float>(weight), weight},
                             static_cast<float>(density), lo, hi});
     if (sparsify == "none") job.sparsify = Sparsify::kNone;
     else if (sparsify == "magnitude") job.sparsify = Sparsify::kMagnitude;
@@ -289,7 +290,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("dtype_is_mergeable", [](const std::string& d) { return dtype_is_mergeable(dtype_from(d)); });
   m.def("build_info", &build_info);
   m.def("supports", [](const std::string& kind) { return supports(parse_job_kind(kind)); },
-        py::arg("kind"), "Whether the CPU backend runs job kind sum/copy/task/gram/dot.");
+        py::arg("kind"), "Whether the CPU backend runs job kind sum/copy/max/task/gram/dot.");
   m.def("file_crc32c", &file_crc32c, py::arg("path"), py::call_guard<py::gil_scoped_release>(),
         "CRC-32C of a whole file (SSE4.2 when available).");
   m.def("crc32c", [](const py::bytes& data, uint32_t crc) {

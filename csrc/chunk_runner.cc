@@ -163,14 +163,53 @@ const uint8_t* ChunkSet::check_identical(const WorkItem& item) const {
     uint64_t byte = 0;
     while (first[byte] == other[byte]) ++byte;
     raise(ErrorKind::kMismatch,
-          format("tensor '%s' (%s) differs between %s and %s at element %llu; non-float "
-                 "tensors are only passed through when identical",
+          format("tensor '%s' (%s) differs between %s and %s at element %llu; with int "
+                 "policy 'error' non-float tensors are only passed through when identical "
+                 "(int policy first or max merges them)",
                  job.name.c_str(), dtype_name(job.out_dtype),
                  plan_.sources[job.inputs[0].source].label.c_str(),
                  plan_.sources[job.inputs[k].source].label.c_str(),
                  (unsigned long long)(item.first_elem + byte / size)));
   }
   return first;
+}
+
+namespace {
+
+template <typename T>
+void max_of(const std::vector<const uint8_t*>& inputs, uint64_t n_elems, uint8_t* out) {
+  for (uint64_t i = 0; i < n_elems; ++i) {
+    T best;
+    std::memcpy(&best, inputs[0] + i * sizeof(T), sizeof(T));
+    for (size_t k = 1; k < inputs.size(); ++k) {
+      T v;
+      std::memcpy(&v, inputs[k] + i * sizeof(T), sizeof(T));
+      if (v > best) best = v;
+    }
+    std::memcpy(out + i * sizeof(T), &best, sizeof(T));
+  }
+}
+
+}  // namespace
+
+void ChunkSet::elementwise_max(const WorkItem& item, uint8_t* out) const {
+  const Job& job = plan_.jobs[item.job];
+  std::vector<const uint8_t*> inputs;
+  for (const JobInput& in : job.inputs) inputs.push_back(input_ptr(in, item.first_elem));
+  switch (job.out_dtype) {
+    case DType::kBool:
+    case DType::kU8: max_of<uint8_t>(inputs, item.n_elems, out); break;
+    case DType::kI8: max_of<int8_t>(inputs, item.n_elems, out); break;
+    case DType::kI16: max_of<int16_t>(inputs, item.n_elems, out); break;
+    case DType::kU16: max_of<uint16_t>(inputs, item.n_elems, out); break;
+    case DType::kI32: max_of<int32_t>(inputs, item.n_elems, out); break;
+    case DType::kU32: max_of<uint32_t>(inputs, item.n_elems, out); break;
+    case DType::kI64: max_of<int64_t>(inputs, item.n_elems, out); break;
+    case DType::kU64: max_of<uint64_t>(inputs, item.n_elems, out); break;
+    default:
+      raise(ErrorKind::kValue, format("tensor '%s': no elementwise max for dtype %s",
+                                      job.name.c_str(), dtype_name(job.out_dtype)));
+  }
 }
 
 void ChunkSet::check_input_finite(const Job& job, const JobInput& in, const void* src, size_t n,

@@ -83,6 +83,9 @@ class ChunkSet {
   // Raises MismatchError unless every input of a copy job holds the same bytes
   // in `item`; returns the first input's bytes.
   const uint8_t* check_identical(const WorkItem& item) const;
+  // Writes the elementwise max of a max job's inputs in `item` to `out` (which
+  // may be one of the inputs: each element is read from all inputs first).
+  void elementwise_max(const WorkItem& item, uint8_t* out) const;
   void check_input_finite(const Job& job, const JobInput& in, const void* src, size_t n,
                           uint64_t first_elem) const;
   void check_output_finite(const Job& job, const void* dst, size_t n,

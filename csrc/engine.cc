@@ -9,6 +9,7 @@
 
 #include "chunk_runner.h"
 #include "common.h"
+#include "f64_sum.h"
 #include "safetensors.h"
 
 namespace ladle {
@@ -76,6 +77,10 @@ class Runner {
     chunks_.guard_inputs(job, [&] {
       if (job.op == JobOp::kCopyIdentical)
         std::memcpy(out, chunks_.check_identical(item), out_n_bytes);
+      else if (job.op == JobOp::kMax)
+        chunks_.elementwise_max(item, out);
+      else if (job_in_f64(job))
+        weighted_sum_f64(chunks_, job, item, options_.check_finite, out);
       else
         weighted_sum(job, item, out, scratch->acc);
     });
@@ -114,6 +119,7 @@ const char* job_kind_name(JobKind kind) {
   switch (kind) {
     case JobKind::kWeightedSum: return "sum";
     case JobKind::kCopy: return "copy";
+    case JobKind::kMax: return "max";
     case JobKind::kTaskProgram: return "task";
     case JobKind::kGram: return "gram";
     case JobKind::kDot: return "dot";
@@ -124,7 +130,7 @@ const char* job_kind_name(JobKind kind) {
 JobKind parse_job_kind(const std::string& name) {
   for (JobKind kind : kAllJobKinds)
     if (name == job_kind_name(kind)) return kind;
-  LADLE_CHECK(false, ErrorKind::kValue, "unknown job kind '%s' (known: sum, copy, task, gram, dot)",
+  LADLE_CHECK(false, ErrorKind::kValue, "unknown job kind '%s' (known: sum, copy, max, task, gram, dot)",
               name.c_str());
   return JobKind::kWeightedSum;
 }
@@ -151,6 +157,10 @@ void validate_plan(const Plan& plan) {
       LADLE_CHECK(dtype_is_mergeable(job.out_dtype), ErrorKind::kValue,
                   "tensor '%s': cannot write merged values as %s", job.name.c_str(),
                   dtype_name(job.out_dtype));
+    if (job.op == JobOp::kMax)
+      LADLE_CHECK(dtype_is_integer(job.out_dtype), ErrorKind::kValue,
+                  "tensor '%s': an elementwise max needs an integer or bool dtype, not %s",
+                  job.name.c_str(), dtype_name(job.out_dtype));
     LADLE_CHECK(dtype_bits(job.out_dtype) % 8 == 0, ErrorKind::kValue,
                 "tensor '%s': sub-byte dtype %s must be planned as bytes", job.name.c_str(),
                 dtype_name(job.out_dtype));

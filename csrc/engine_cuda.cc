@@ -26,6 +26,7 @@
 
 #include "chunk_runner.h"
 #include "common.h"
+#include "f64_sum.h"
 #include "kernels.h"
 #include "kernels_cuda.h"
 
@@ -48,13 +49,13 @@ void check_cuda(cudaError_t err, const char* what) {
 // it is used inside guard_inputs, which may siglongjmp out).
 class VectorModeOf {
  public:
-  void add(DType d) {
-    any_f64_ = any_f64_ || d == DType::kF64;
+  void add(DType d) {  // FP8 has no vector path: byte loads, like F64
+    any_f64_ = any_f64_ || d == DType::kF64 || item_n_bytes(d) == 1;
     all_16bit_ = all_16bit_ && item_n_bytes(d) == 2;
   }
   // `aligned`: every pointer of the tensor is 16-byte aligned.
   uint32_t mode(bool aligned, DType out) const {
-    if (!aligned || any_f64_ || out == DType::kF64) return kScalarLoads;
+    if (!aligned || any_f64_ || out == DType::kF64 || item_n_bytes(out) == 1) return kScalarLoads;
     return all_16bit_ ? kVectorized16 : kVectorized;
   }
 
@@ -211,8 +212,10 @@ class Runner {
   Runner(const Plan& plan, const Options& options, uint64_t chunk_elems)
       : chunks_(plan, chunk_elems), options_(options) {
     for (const Job& job : plan.jobs) {
-      if (job.op != JobOp::kWeightedSum) continue;
       uint64_t n = std::min(chunk_elems, job.n_elems);
+      if (job.op == JobOp::kMax)  // computed on the host into host_out
+        out_capacity_ = std::max(out_capacity_, n * item_n_bytes(job.out_dtype));
+      if (job.op != JobOp::kWeightedSum) continue;
       in_capacity_ = std::max(in_capacity_, staging_in_n_bytes(job, n));
       out_capacity_ = std::max(out_capacity_, n * item_n_bytes(job.out_dtype));
     }
@@ -282,10 +285,14 @@ class Runner {
     const uint8_t* out = worker->host_out;
     chunks_.guard_inputs(job, [&] {
       // Pass-through tensors never touch the GPU: compared on the CPU, written from the map.
+      // fp64 jobs too are computed on the host (the kernel accumulates in fp32).
       if (job.op == JobOp::kCopyIdentical) out = chunks_.check_identical(item);
+      else if (job.op == JobOp::kMax) chunks_.elementwise_max(item, worker->host_out);
+      else if (job_in_f64(job))
+        weighted_sum_f64(chunks_, job, item, options_.check_finite, worker->host_out);
       else stage_inputs(job, item, worker);
     });
-    if (job.op == JobOp::kWeightedSum) weighted_sum(job, item, worker);
+    if (job.op == JobOp::kWeightedSum && !job_in_f64(job)) weighted_sum(job, item, worker);
     if (sink.writer) sink.writer->write_at(out_offset, out, out_n_bytes);
     else std::memcpy(sink.base + out_offset, out, out_n_bytes);
     chunks_.release(item);
@@ -383,6 +390,7 @@ uint64_t choose_chunk_elems(const Plan& plan, const Options& options) {
   // Per element in flight per worker: its pinned input and output bytes.
   uint64_t per_elem = 1;
   for (const Job& job : plan.jobs) {
+    if (job.op == JobOp::kMax) per_elem = std::max(per_elem, item_n_bytes(job.out_dtype));
     if (job.op != JobOp::kWeightedSum) continue;
     uint64_t bytes = item_n_bytes(job.out_dtype);
     for (const JobInput& in : job.inputs) bytes += item_n_bytes(in.dtype);

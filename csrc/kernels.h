@@ -31,6 +31,14 @@ bool cpu_supports_avx2();
 // support. Raises when an explicitly requested implementation is unavailable.
 const KernelSet& select_kernels(KernelImpl impl);
 
+// The fp64 path (scalar, shared by every CPU kernel set): a job with an F64
+// input or output accumulates acc = w1*x1; acc = acc + wk*xk in fp64, with
+// weights rounded to fp64 once (JobInput::weight_f64), no FMA; the store
+// rounds to F64 directly, or to fp32 first for narrower outputs.
+void accumulate_f64(DType dtype, const void* src, double weight, double* acc, size_t n,
+                    bool first);
+void store_f64(DType dtype, const double* acc, double scale, void* dst, size_t n);
+
 // Index of the first NaN/Inf among n elements of `src`, or n when all finite.
 size_t find_nonfinite(DType dtype, const void* src, size_t n);
 

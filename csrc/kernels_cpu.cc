@@ -1,4 +1,5 @@
 // Scalar reference kernels (the contract written out plainly) and dispatch.
+#include <algorithm>
 #include <cmath>
 
 #include "common.h"
@@ -39,6 +40,16 @@ void accumulate_scalar(DType dtype, const void* src, float weight, float* acc, s
       return accumulate_with([p](size_t i) { return static_cast<float>(p[i]); }, weight, acc, n,
                              first);
     }
+    case DType::kF8_E4M3: {
+      auto* p = static_cast<const uint8_t*>(src);
+      return accumulate_with([p](size_t i) { return f8_e4m3_to_f32(p[i]); }, weight, acc, n,
+                             first);
+    }
+    case DType::kF8_E5M2: {
+      auto* p = static_cast<const uint8_t*>(src);
+      return accumulate_with([p](size_t i) { return f8_e5m2_to_f32(p[i]); }, weight, acc, n,
+                             first);
+    }
     default:
       raise(ErrorKind::kValue, format("cannot merge dtype %s", dtype_name(dtype)));
   }
@@ -70,6 +81,16 @@ void store_scalar(DType dtype, const float* acc, float scale, void* dst, size_t 
       for (size_t i = 0; i < n; ++i) p[i] = f32_to_f64(scaled(acc, i, scale));
       return;
     }
+    case DType::kF8_E4M3: {
+      auto* p = static_cast<uint8_t*>(dst);
+      for (size_t i = 0; i < n; ++i) p[i] = f32_to_f8_e4m3(scaled(acc, i, scale));
+      return;
+    }
+    case DType::kF8_E5M2: {
+      auto* p = static_cast<uint8_t*>(dst);
+      for (size_t i = 0; i < n; ++i) p[i] = f32_to_f8_e5m2(scaled(acc, i, scale));
+      return;
+    }
     default:
       raise(ErrorKind::kValue, format("cannot write merged values as %s", dtype_name(dtype)));
   }
@@ -77,7 +98,45 @@ void store_scalar(DType dtype, const float* acc, float scale, void* dst, size_t 
 
 const KernelSet kScalar{"scalar", accumulate_scalar, store_scalar};
 
+// Any input dtype, exactly in fp64 (every mergeable dtype widens exactly).
+double load_f64(DType dtype, const void* src, size_t i) {
+  if (dtype == DType::kF64) return static_cast<const double*>(src)[i];
+  float x = 0.0f;
+  accumulate_scalar(dtype, static_cast<const uint8_t*>(src) + i * (dtype_bits(dtype) / 8), 1.0f,
+                    &x, 1, true);
+  return static_cast<double>(x);  // 1 * x is exact, NaN stays NaN
+}
+
 }  // namespace
+
+void accumulate_f64(DType dtype, const void* src, double weight, double* acc, size_t n,
+                    bool first) {
+  if (first) {
+    for (size_t i = 0; i < n; ++i) acc[i] = weight * load_f64(dtype, src, i);
+  } else {
+    for (size_t i = 0; i < n; ++i) {
+      double product = weight * load_f64(dtype, src, i);
+      acc[i] = acc[i] + product;
+    }
+  }
+}
+
+void store_f64(DType dtype, const double* acc, double scale, void* dst, size_t n) {
+  if (dtype == DType::kF64) {
+    auto* p = static_cast<uint64_t*>(dst);
+    for (size_t i = 0; i < n; ++i) p[i] = f64_canonical_bits(scale == 1.0 ? acc[i] : acc[i] * scale);
+    return;
+  }
+  // Narrower outputs: fp64 -> fp32 (nearest even), then the fp32 store.
+  float tile[256];
+  size_t item = static_cast<size_t>(dtype_bits(dtype) / 8);
+  for (size_t t = 0; t < n; t += 256) {
+    size_t m = std::min<size_t>(256, n - t);
+    for (size_t i = 0; i < m; ++i)
+      tile[i] = static_cast<float>(scale == 1.0 ? acc[t + i] : acc[t + i] * scale);
+    store_scalar(dtype, tile, 1.0f, static_cast<uint8_t*>(dst) + t * item, m);
+  }
+}
 
 const KernelSet& scalar_kernels() { return kScalar; }
 
@@ -128,6 +187,18 @@ size_t find_nonfinite(DType dtype, const void* src, size_t n) {
       auto* p = static_cast<const double*>(src);
       for (size_t i = 0; i < n; ++i)
         if (!std::isfinite(p[i])) return i;
+      return n;
+    }
+    case DType::kF8_E4M3: {  // no Inf; NaN is S.1111.111
+      auto* p = static_cast<const uint8_t*>(src);
+      for (size_t i = 0; i < n; ++i)
+        if ((p[i] & 0x7Fu) == 0x7Fu) return i;
+      return n;
+    }
+    case DType::kF8_E5M2: {
+      auto* p = static_cast<const uint8_t*>(src);
+      for (size_t i = 0; i < n; ++i)
+        if ((p[i] & 0x7Cu) == 0x7Cu) return i;
       return n;
     }
     default:

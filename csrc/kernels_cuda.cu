@@ -21,6 +21,8 @@ namespace {
 constexpr uint32_t kBF16 = static_cast<uint32_t>(DType::kBF16);
 constexpr uint32_t kF32 = static_cast<uint32_t>(DType::kF32);
 constexpr uint32_t kF64 = static_cast<uint32_t>(DType::kF64);
+constexpr uint32_t kF8E4M3 = static_cast<uint32_t>(DType::kF8_E4M3);
+constexpr uint32_t kF8E5M2 = static_cast<uint32_t>(DType::kF8_E5M2);
 
 LADLE_HD float mul_rn(float a, float b) {
 #ifdef __CUDA_ARCH__
@@ -137,6 +139,58 @@ LADLE_HD uint32_t f32_to_f16(float f) {
   uint32_t r = abs - 0x38000000u;
   r += 0xFFFu + ((r >> 13) & 1u);
   return sign | (r >> 13);
+}
+
+LADLE_HD float f8_e4m3_to_f32(uint32_t b) {
+  uint32_t sign = (b & 0x80u) << 24;
+  uint32_t exp = (b >> 3) & 0xFu;
+  uint32_t man = b & 0x7u;
+  if (exp == 0xF && man == 0x7) return from_bits(sign | 0x7FC00000u);
+  if (exp == 0) {
+    float v = mul_rn(static_cast<float>(man), from_bits(0x3B000000u));  // man * 2^-9, exact
+    return sign ? -v : v;
+  }
+  return from_bits(sign | ((exp + 120) << 23) | (man << 20));
+}
+
+LADLE_HD uint32_t f32_to_f8_e4m3(float f) {
+  uint32_t bits = to_bits(f);
+  if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return 0x7Fu;
+  const uint32_t sign = bits & 0x80000000u;
+  bits ^= sign;
+  uint32_t result;
+  if (bits > 0x43E00000u) {  // |f| > 448: saturate
+    result = 0x7Eu;
+  } else if (bits < (121u << 23)) {
+    const uint32_t denorm_mask = 141u << 23;
+    bits = to_bits(add_rn(from_bits(bits), from_bits(denorm_mask)));
+    result = (bits - denorm_mask) & 0xFFu;
+  } else {
+    uint32_t mant_odd = (bits >> 20) & 1u;
+    bits += (static_cast<uint32_t>(7 - 127) << 23) + 0x7FFFFu + mant_odd;
+    result = (bits >> 20) & 0xFFu;
+  }
+  return result | (sign >> 24);
+}
+
+LADLE_HD uint32_t f32_to_f8_e5m2(float f) {
+  uint32_t bits = to_bits(f);
+  if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return 0x7Fu;
+  const uint32_t sign = bits & 0x80000000u;
+  bits ^= sign;
+  uint32_t result;
+  if (bits >= (143u << 23)) {
+    result = 0x7Cu;
+  } else if (bits < (113u << 23)) {
+    const uint32_t denorm_mask = 134u << 23;
+    bits = to_bits(add_rn(from_bits(bits), from_bits(denorm_mask)));
+    result = (bits - denorm_mask) & 0xFFu;
+  } else {
+    uint32_t mant_odd = (bits >> 21) & 1u;
+    bits += (static_cast<uint32_t>(15 - 127) << 23) + 0xFFFFFu + mant_odd;
+    result = (bits >> 21) & 0xFFu;
+  }
+  return result | (sign >> 24);
 }
 
 LADLE_HD uint32_t f32_canonical(float f) {
@@ -275,6 +329,8 @@ LADLE_HD void run_full_tile(const LaunchArgs& args, const TensorDesc& t, uint64_
 LADLE_HD float load_one(uint32_t dtype, const void* base, uint64_t e) {
   if (dtype == kF32) return static_cast<const float*>(base)[e];
   if (dtype == kF64) return static_cast<float>(static_cast<const double*>(base)[e]);  // RNE
+  if (dtype == kF8E4M3) return f8_e4m3_to_f32(static_cast<const uint8_t*>(base)[e]);
+  if (dtype == kF8E5M2) return f16_to_f32(static_cast<uint32_t>(static_cast<const uint8_t*>(base)[e]) << 8);
   return to_f32(dtype, static_cast<const uint16_t*>(base)[e]);
 }
 
@@ -293,6 +349,10 @@ LADLE_HD void store_one(uint32_t dtype, void* base, uint64_t e, float v) {
 #endif
     }
     static_cast<uint64_t*>(base)[e] = bits;
+  } else if (dtype == kF8E4M3) {
+    static_cast<uint8_t*>(base)[e] = static_cast<uint8_t>(f32_to_f8_e4m3(v));
+  } else if (dtype == kF8E5M2) {
+    static_cast<uint8_t*>(base)[e] = static_cast<uint8_t>(f32_to_f8_e5m2(v));
   } else {
     static_cast<uint16_t*>(base)[e] = static_cast<uint16_t>(from_f32(dtype, v));
   }

@@ -35,6 +35,7 @@ struct JobInput {
   uint64_t offset = 0;  // byte offset of the tensor's first element in the source
   DType dtype = DType::kF32;
   float weight = 1.0f;  // already rounded to fp32 (the arithmetic contract)
+  double weight_f64 = 1.0;  // the same weight rounded to fp64 once, for fp64 jobs
 };
 
 enum class JobOp : uint8_t {
@@ -42,15 +43,19 @@ enum class JobOp : uint8_t {
   kWeightedSum,
   // out = x1, after checking every other input holds identical bytes.
   kCopyIdentical,
+  // out = elementwise max of the inputs (integer and bool dtypes: ladle's
+  // --int-policy max for buffers such as BatchNorm's num_batches_tracked).
+  kMax,
 };
 
-// Every kind of work the engine runs: weighted sums and copies (Plan::jobs), the
-// task-vector programs of TIES/DARE/breadcrumbs and the Gram reductions (methods.h),
-// and dot products (reduce.h). Backends say which they run (supports(kind)).
-enum class JobKind : uint8_t { kWeightedSum, kCopy, kTaskProgram, kGram, kDot };
-constexpr JobKind kAllJobKinds[] = {JobKind::kWeightedSum, JobKind::kCopy, JobKind::kTaskProgram,
-                                    JobKind::kGram, JobKind::kDot};
-// "sum", "copy", "task", "gram", "dot".
+// Every kind of work the engine runs: weighted sums, copies and elementwise maxima
+// (Plan::jobs), the task-vector programs of TIES/DARE/breadcrumbs and the Gram
+// reductions (methods.h), and dot products (reduce.h). Backends say which they run
+// (supports(kind)).
+enum class JobKind : uint8_t { kWeightedSum, kCopy, kMax, kTaskProgram, kGram, kDot };
+constexpr JobKind kAllJobKinds[] = {JobKind::kWeightedSum, JobKind::kCopy, JobKind::kMax,
+                                    JobKind::kTaskProgram, JobKind::kGram, JobKind::kDot};
+// "sum", "copy", "max", "task", "gram", "dot".
 const char* job_kind_name(JobKind kind);
 // Raises a kValue error naming the known kinds for anything else.
 JobKind parse_job_kind(const std::string& name);
@@ -65,6 +70,15 @@ struct Job {
   float post_scale = 1.0f;  // 1 skips the multiplication
   std::vector<JobInput> inputs;
 };
+
+// A weighted sum with an F64 input (nonzero weight) or output runs in fp64.
+inline bool job_in_f64(const Job& job) {
+  if (job.op != JobOp::kWeightedSum) return false;
+  if (job.out_dtype == DType::kF64) return true;
+  for (const JobInput& in : job.inputs)
+    if (in.dtype == DType::kF64 && in.weight_f64 != 0.0) return true;
+  return false;
+}
 
 struct Plan {
   std::vector<Source> sources;

@@ -73,3 +73,13 @@ def write_sharded(directory: str | Path, tensors: dict[str, tuple[str, list[int]
     (directory / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
     return directory
+
+
+def write_old_ladle_output(dest: Path, marker: bytes = b"previous") -> bytes:
+    """Make ``dest`` a directory ladle wrote earlier (``ladle_*`` metadata in its
+    model.safetensors; ``--overwrite`` replaces only those) holding ``marker``;
+    returns the bytes of its model.safetensors."""
+    dest.mkdir()
+    path = write_raw(dest / "model.safetensors", {"old": ("U8", [len(marker)], marker)},
+                     {"ladle_method": "old"})
+    return path.read_bytes()

@@ -23,6 +23,8 @@ from safetensors.numpy import save_file
 import ladle
 from ladle.errors import LadleError
 
+from st_io import write_old_ladle_output
+
 ROOT = Path(__file__).resolve().parent.parent
 ATTACKS = ROOT / "tests" / "data" / "attacks"
 TABLE = json.loads((ATTACKS / "attacks.json").read_text())
@@ -38,10 +40,10 @@ def good(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def old_dest(tmp_path: Path) -> Path:
-    """An existing destination directory whose bytes must survive every attack."""
+    """An existing destination directory whose bytes must survive every attack
+    (ladle's own, since --overwrite replaces nothing else)."""
     dest = tmp_path / "dest"
-    dest.mkdir()
-    (dest / "model.safetensors").write_bytes(b"previous model bytes")
+    write_old_ladle_output(dest, b"previous model bytes")
     return dest
 
 

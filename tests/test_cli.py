@@ -195,14 +195,16 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path: Path, models: list[Pat
     out = tmp_path / "out"
     before = sorted(tmp_path.iterdir())
     rc, stdout, stderr = run_cli(capsys, "merge", models[0], models[1], "--alpha", "0.25",
-                                 "-o", out, "--dry-run")
+                                 "-o", out, "--dry-run", "--int-policy", "error")
     assert rc == 0, stderr
     assert sorted(tmp_path.iterdir()) == before
     lines = stdout.splitlines()
     assert re.fullmatch(r"3 tensors -> 1 shard\(s\); reads 352 bytes, writes \d+ bytes", lines[0])
     assert re.fullmatch(r"  model\.safetensors: 3 tensors, \d+ bytes", lines[1])
     rows = {}
-    for line in lines[2:]:
+    # issue 15: the pre-flight report (dtype plan, output size, ...) follows the plan
+    assert "dtype plan: 2 tensor(s) F32 -> F32" in lines and lines[-1] == "ok"
+    for line in [ln for ln in lines[2:] if ln.startswith("    ")]:
         m = re.fullmatch(r"    (\w+) (\w+)\[([\d, ]*)\] (\w+)\((.*)\) -> model\.safetensors@(\d+)",
                          line)
         assert m, line
@@ -285,7 +287,8 @@ def test_engine_failure_one_line_error(tmp_path: Path, capsys):
     save_file({"w": np.ones(4, np.float32), "step": np.array([1, 2], np.int64)}, str(a))
     save_file({"w": np.ones(4, np.float32), "step": np.array([1, 3], np.int64)}, str(b))
     out = tmp_path / "out"
-    rc, _, err = run_cli(capsys, "merge", a, b, "--alpha", "0.5", "-o", out)
+    rc, _, err = run_cli(capsys, "merge", a, b, "--alpha", "0.5", "-o", out, "--int-policy",
+                         "error")
     assert_one_line_error(rc, err, r"tensor 'step' \(I64\) differs between .* at element 1")
     assert not out.exists() and not (tmp_path / "out.ladle-partial").exists()
 

@@ -35,6 +35,7 @@ from ladle.errors import LadleError, LadleIOError, LadleValueError
 from ladle.output import MANIFEST_NAME, OutputDir
 
 from child_env import child_env
+from st_io import write_old_ladle_output
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTIAL = ".ladle-partial"
@@ -88,7 +89,9 @@ def cli(*args: str) -> list[str]:
 
 def test_sigkill_at_random_points(inputs, reference, tmp_path: Path):
     rng = random.Random(int(os.environ.get("LADLE_KILL_SEED", "8")))
-    old = {"dir": {"model.safetensors": b"previous"}, "file": {"": b"previous"}}
+    # --overwrite replaces only a directory ladle wrote (issue 14): the old one is ladle's.
+    old_dir = write_old_ladle_output(tmp_path / "old-example")
+    old = {"dir": {"model.safetensors": old_dir}, "file": {"": b"previous"}}
     argv = {"dir": ["--max-shard-size", "2MB"], "file": []}
     # Time one uninterrupted run to spread the kill points over it.
     t0 = time.perf_counter()
@@ -103,8 +106,7 @@ def test_sigkill_at_random_points(inputs, reference, tmp_path: Path):
         dest = tmp_path / f"k{point}" / ("out" if kind == "dir" else "out.safetensors")
         dest.parent.mkdir()
         if kind == "dir":
-            dest.mkdir()
-            (dest / "model.safetensors").write_bytes(b"previous")
+            write_old_ladle_output(dest)
         else:
             dest.write_bytes(b"previous")
         child = subprocess.Popen(
@@ -235,8 +237,9 @@ def test_resume_refuses_a_different_plan(inputs, tmp_path: Path, monkeypatch):
 def test_cli_resume_and_verify(inputs, reference, tmp_path: Path):
     dest = tmp_path / "out"
     partial = tmp_path / ("out" + PARTIAL)
-    partial.mkdir()  # a stale partial without a manifest: nothing to keep, starts over
+    partial.mkdir()  # a stale partial, manifest cut short: nothing to keep, starts over
     (partial / "model-00001-of-00008.safetensors").write_bytes(b"junk")
+    (partial / MANIFEST_NAME).write_bytes(b'{"shards": {"model-0')  # ladle's (issue 14)
     args = ["merge", *map(str, inputs), "--weights", "0.25", "0.75", "-o", str(dest), "--quiet",
             "--max-shard-size", "2MB"]
     r = subprocess.run(cli(*args, "--resume"), env=child_env(), capture_output=True, text=True)
@@ -313,13 +316,12 @@ def fault():
 @pytest.mark.parametrize("budget", [100, 3_000_000, 6_000_000])
 def test_enospc_hook_leaves_destination_intact(inputs, tmp_path: Path, fault, budget: int):
     dest = tmp_path / "out"
-    dest.mkdir()
-    (dest / "model.safetensors").write_bytes(b"previous")
+    previous = write_old_ladle_output(dest)  # --overwrite replaces only ladle's directories
     fault(budget)
     with pytest.raises(LadleIOError, match="disk full") as info:
         merge_quiet(inputs, dest, overwrite=True, max_shard_size="2MB")
     assert info.value.errno == 28
-    assert tree(dest) == {"model.safetensors": b"previous"}
+    assert tree(dest) == {"model.safetensors": previous}
     assert not (tmp_path / ("out" + PARTIAL)).exists()
 
 

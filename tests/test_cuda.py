@@ -165,6 +165,23 @@ def test_mixed_dtypes_sharded_and_pass_through(tmp_path, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_int_policy_max_matches_the_cpu_engine(tmp_path, device):
+    rng = np.random.default_rng(9)
+    tensors = [{"w": ("BF16", [4097], random_raw(rng, 4097, "BF16")),
+                "ids": ("I32", [70_001], rng.integers(-2**31, 2**31 - 1, 70_001,
+                                                      dtype=np.int32).tobytes()),
+                "mask": ("BOOL", [9], (rng.random(9) < 0.5).tobytes())} for _ in range(3)]
+    paths = [write_raw(tmp_path / f"in{k}.safetensors", t) for k, t in enumerate(tensors)]
+    for dev in (device, "cpu"):
+        ladle.merge(paths, [0.2, 0.3, 0.5], tmp_path / f"{dev}.safetensors", device=dev,
+                    int_policy="max", memory_budget="1MiB", progress=False)
+    got = read_checkpoint(tmp_path / f"{device}.safetensors")
+    assert got == read_checkpoint(tmp_path / "cpu.safetensors")
+    ids = [np.frombuffer(t["ids"][2], np.int32) for t in tensors]
+    assert got["ids"][2] == np.maximum(np.maximum(ids[0], ids[1]), ids[2]).tobytes()
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_endpoints_chunking_and_workers_do_not_change_bits(tmp_path, device):
     rng = np.random.default_rng(8)
     paths, raws = _inputs(tmp_path, rng, ["BF16", "BF16"], [300_001, 5])
@@ -198,7 +215,7 @@ def test_check_finite_and_mismatch_errors(tmp_path, device):
     d = write_raw(tmp_path / "d.safetensors", {"ids": ("I32", [2], b"\1\0\0\0\3\0\0\0")})
     with pytest.raises(ladle.MismatchError, match="element 1"):
         ladle.merge([c, d], [0.5, 0.5], tmp_path / "o.safetensors", device=device,
-                    progress=False)
+                    int_policy="error", progress=False)
     assert not (tmp_path / "o.safetensors").exists()
 
 

@@ -25,15 +25,15 @@ def test_check_failure_records_cpp_location():
 
 
 def test_backends_declare_the_job_kinds_they_run():
-    for kind in ("sum", "copy", "task", "gram", "dot"):
+    for kind in ("sum", "copy", "max", "task", "gram", "dot"):
         assert ladle._core.supports(kind)
     with pytest.raises(LadleValueError, match="unknown job kind 'ties'"):
         ladle._core.supports("ties")
 
 
 @pytest.mark.skipif(not cuda_info()["compiled"], reason="CUDA backend not built")
-def test_cuda_backend_declares_weighted_sums_and_copies():
+def test_cuda_backend_declares_weighted_sums_copies_and_maxima():
     import ladle._cuda as cuda_module
 
-    assert cuda_module.supports("sum") and cuda_module.supports("copy")
+    assert all(cuda_module.supports(k) for k in ("sum", "copy", "max"))
     assert not any(cuda_module.supports(k) for k in ("task", "gram", "dot"))

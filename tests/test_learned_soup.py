@@ -128,3 +128,26 @@ def test_memory_does_not_grow_with_ingredients(tmp_path):
     # holding the 6 extra ingredients would add 126 MB; allow 10 % (the engine budget,
     # 16 MiB, bounds the pages in flight whatever the number of inputs)
     assert eight <= 1.10 * two, (two, eight)
+
+
+def test_learned_soup_checks_out_before_any_step(tmp_path):
+    x, y = data()
+    paths = ingredients(tmp_path, 2, mlp(0))
+    taken = tmp_path / "taken.safetensors"
+    taken.write_bytes(b"keep me")
+    steps = []
+
+    def loss_fn(module, batch, beta):
+        steps.append(1)
+        return F.cross_entropy(beta * module(batch[0]), batch[1])
+
+    with pytest.raises(ladle.errors.LadleValueError, match="destination exists"):
+        ladle.learned_soup(mlp(9), paths, [(x, y)], epochs=1, loss_fn=loss_fn, out=taken)
+    # The class API too: fit() checks out= before its first step.
+    soup = ladle.learned.LearnedSoup(mlp(9), paths)
+    with pytest.raises(ladle.errors.LadleValueError, match="destination exists"):
+        soup.fit([(x, y)], epochs=1, loss_fn=loss_fn, out=taken)
+    with pytest.raises(OSError, match="parent directory does not exist"):
+        soup.fit([(x, y)], epochs=1, loss_fn=loss_fn,
+                 out=tmp_path / "missing" / "soup.safetensors")
+    assert steps == [] and taken.read_bytes() == b"keep me"

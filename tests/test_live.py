@@ -61,8 +61,8 @@ def test_nonfloat_buffers_copied_and_checked():
     assert target.norm.num_batches_tracked.item() == 7
     b.norm.num_batches_tracked.fill_(8)
     with pytest.raises(MismatchError, match="num_batches_tracked"):
-        ladle.load_into(target, [a, b], [0.5, 0.5])
-    ladle.load_into(target, [a, b], [0.5, 0.5], nonfloat="first")
+        ladle.load_into(target, [a, b], [0.5, 0.5], int_policy="error")
+    ladle.load_into(target, [a, b], [0.5, 0.5], int_policy="first")
     assert target.norm.num_batches_tracked.item() == 7
 
 
@@ -149,3 +149,49 @@ def test_tiny_open_clip_model(tmp_path):
     image = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model.encode_image(image), model.encode_image(image))
+
+
+def test_load_into_refuses_weights_merge_refuses(tmp_path):
+    a = mlp(1)
+    pa = ladle.save(a, tmp_path / "a.safetensors")
+    target = mlp(3)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    for weights in ([1e40, 0.0], [float("nan"), 1.0], [3.5e38, 0.0]):
+        with pytest.raises(ladle.errors.LadleValueError, match="finite in fp32"):
+            ladle.merge([pa, pa], weights, tmp_path / "m.safetensors", progress=False)
+        with pytest.raises(ladle.errors.LadleValueError, match="finite in fp32"):
+            ladle.load_into(target, [pa, pa], weights)
+    assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())
+
+
+def test_load_into_bumps_version_counters_for_autograd(tmp_path):
+    target = mlp(3)
+    pa = ladle.save(mlp(1), tmp_path / "a.safetensors")
+    weight = next(target.parameters())
+    version = weight._version
+    loss = (weight * weight).sum()  # saves weight for backward
+    ladle.load_into(target, [pa])
+    assert weight._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    # A backward through values computed after the load works.
+    (weight * weight).sum().backward()
+
+
+@pytest.mark.parametrize("order", ["model", "reversed"])
+def test_tied_values_that_differ_resolve_as_load_state_dict(tmp_path, order):
+    from safetensors.torch import save_file
+
+    state = {k: v.clone() for k, v in TiedNet().state_dict().items()}
+    state["embed.weight"] = torch.full_like(state["embed.weight"], 1.0)
+    state["out.weight"] = torch.full_like(state["out.weight"], 2.0)
+    if order == "reversed":
+        state = dict(reversed(list(state.items())))
+    path = tmp_path / "tied.safetensors"
+    save_file(state, str(path))
+    expected, got = TiedNet(), TiedNet()
+    expected.load_state_dict(state)
+    ladle.load_into(got, [path])
+    assert got.out.weight is got.embed.weight
+    for name, value in expected.state_dict().items():
+        assert torch.equal(got.state_dict()[name], value), name

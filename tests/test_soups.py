@@ -188,3 +188,38 @@ def test_cli_greedy_soup_and_sweep(tmp_path, capsys):
     assert "alpha" in capsys.readouterr().out
     assert main(["sweep", str(paths[0]), str(paths[1]), "--model", "nope",
                  "--evaluate", f"{hook}:evaluate"]) == 2
+
+
+@pytest.mark.parametrize("bad", [float("nan"), None, "0.9", True, torch.tensor([0.5]),
+                                 torch.tensor(float("nan"))])
+def test_greedy_soup_refuses_a_non_number_score_naming_the_ingredient(tmp_path, bad):
+    paths = ingredients(tmp_path, 3, mlp(0), noise=0.2)
+    out = tmp_path / "soup.safetensors"
+    calls = []
+
+    def evaluate(m):  # the second ingredient's individual evaluation goes wrong
+        calls.append(1)
+        return bad if len(calls) == 2 else 1.0 + len(calls)
+
+    with pytest.raises(LadleValueError, match=r"evaluate\(module\) for ingredient 1 .*ing1"):
+        ladle.greedy_soup(mlp(9), paths, evaluate, out=out)
+    assert not out.exists()
+    # During the greedy steps (individual scores given): named as the candidate of a step.
+    calls.clear()
+    with pytest.raises(LadleValueError, match=r"greedy step 2 for candidate ingredient 2 .*ing2"):
+        ladle.greedy_soup(mlp(9), paths, evaluate, out=out, order="given",
+                          scores=[1.0, 0.5, 0.2])
+    assert not out.exists()
+    with pytest.raises(LadleValueError, match=r"scores\[2\]"):
+        ladle.greedy_soup(mlp(9), paths, evaluate, scores=[1.0, 0.5, bad])
+
+
+def test_greedy_soup_numpy_and_torch_scalars_are_scores(tmp_path):
+    import numpy as np
+
+    paths = ingredients(tmp_path, 3, mlp(0), noise=0.2)
+    values = iter([np.float32(0.5), torch.tensor(0.25), np.int64(1), torch.tensor(2.0),
+                   np.array(3.0)])
+    r = ladle.greedy_soup(mlp(9), paths, lambda m: next(values))
+    assert r.individual_scores == [0.5, 0.25, 1.0] and r.score == 3.0
+    assert r.counts == [1, 1, 1]

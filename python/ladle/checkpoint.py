@@ -1,6 +1,8 @@
 """Open a checkpoint (headers only): a ``.safetensors`` file, a Hugging Face
 sharded directory with ``model.safetensors.index.json``, or a directory holding
-exactly one ``.safetensors`` file. No tensor data is read here.
+exactly one ``.safetensors`` file; PyTorch zip files and directories
+(``pytorch_model.bin``, ``pytorch_model.bin.index.json`` + shards) through
+:mod:`ladle.torch_bin`. No tensor data is read here.
 """
 
 from __future__ import annotations
@@ -9,15 +11,20 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from . import _core
 from .errors import FormatError, LadleIOError
 
 INDEX_NAME = "model.safetensors.index.json"
-# Files in a model directory that hold weights; everything else (config.json,
-# tokenizer files, ...) is copied to merged outputs.
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+TORCH_INDEX_NAME = "pytorch_model.bin.index.json"
+TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# Files in a model directory that hold weights, in any format; they are never
+# copied to merged outputs (output.copy_extra_files skips them with a warning).
+# Everything else that is a regular file (config.json, tokenizer files, ...) is.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".hdf5",
+                   ".msgpack", ".onnx", ".onnx_data", ".gguf", ".ggml", ".npz", ".npy",
+                   ".pkl", ".pickle", ".tflite", ".pb", ".pdparams", ".ot", ".nemo")
 
 
 @dataclass(frozen=True)
@@ -60,12 +67,18 @@ class Checkpoint:
                 f"{len(self.file_sizes)} file(s), {self.n_bytes} bytes)")
 
 
-def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def open_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Checkpoint:
     """Read the headers of a checkpoint.
 
     Args:
-        path: a ``.safetensors`` file, or a directory with
-            ``model.safetensors.index.json`` or exactly one ``.safetensors`` file.
+        path: a ``.safetensors`` file, a directory with
+            ``model.safetensors.index.json`` or exactly one ``.safetensors`` file,
+            or the index.json file itself (picks the sharded layout of a
+            directory that also holds ``model.safetensors``); or a PyTorch
+            ``.bin``/``.pt`` file, or a directory with
+            ``pytorch_model.bin.index.json`` or exactly one ``.bin`` file.
+        trust_pickle: accept whole-module pickles (their code runs; see
+            :mod:`ladle.torch_bin`).
 
     Returns:
         A :class:`Checkpoint` describing every tensor without reading data.
@@ -80,23 +93,48 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     if not path.exists():
         raise LadleIOError(2, f"{path}: no such file or directory")
+    if path.is_file() and path.name == INDEX_NAME:  # the sharded layout, picked by name
+        shards, weight_map = _read_index(path.parent, path)
+        return _from_files(path, shards, weight_map, _extras(path.parent, shards),
+                           directory=path.parent)
+    if path.is_file() and path.suffix in TORCH_SUFFIXES:
+        return _from_torch_files(path, [path], None, [], trust_pickle)
     if path.is_file():
         return _from_files(path, [path], None, [])
     if not path.is_dir():
         raise FormatError(f"{path}: neither a file nor a directory")
-    extras = sorted(p for p in path.iterdir()
-                    if p.is_file() and not p.name.startswith(".")
-                    and not p.name.endswith(WEIGHT_SUFFIXES) and p.name != INDEX_NAME)
     index = path / INDEX_NAME
+    single = path / "model.safetensors"
+    if index.exists() and single.exists():
+        raise FormatError(f"{path}: ambiguous: holds both {single} and {index}; pass the one "
+                          f"to use instead of the directory ({single} for the single file, "
+                          f"{index} for the sharded layout)")
     if index.exists():
         shards, weight_map = _read_index(path, index)
-        return _from_files(path, shards, weight_map, extras)
+        return _from_files(path, shards, weight_map, _extras(path, shards))
     candidates = sorted(p for p in path.iterdir() if p.suffix == ".safetensors")
+    if not candidates and (path / TORCH_INDEX_NAME).exists():
+        shards, weight_map = _read_index(path, path / TORCH_INDEX_NAME)
+        return _from_torch_files(path, shards, weight_map,
+                                 _extras(path, shards, TORCH_INDEX_NAME), trust_pickle)
+    bins = sorted(p for p in path.iterdir() if p.suffix == ".bin")
+    if not candidates and len(bins) == 1:
+        return _from_torch_files(path, bins, None, _extras(path, bins), trust_pickle)
     if len(candidates) != 1:
         raise FormatError(
             f"{path}: expected {INDEX_NAME} or exactly one .safetensors file, "
             f"found {len(candidates)} .safetensors files")
-    return _from_files(path, candidates, None, extras)
+    return _from_files(path, candidates, None, _extras(path, candidates))
+
+
+def _extras(directory: Path, weights: list[Path], index_name: str = INDEX_NAME) -> list[Path]:
+    """The directory's other entries (not hidden, not subdirectories, not the
+    checkpoint's own files): candidates for copying, which output.copy_extra_files
+    narrows to regular non-weight files with a warning for each one skipped."""
+    own = {*weights, directory / index_name}
+    return sorted(p for p in directory.iterdir()
+                  if not p.name.startswith(".") and p not in own
+                  and (p.is_symlink() or not p.is_dir()))
 
 
 def _read_index(directory: Path, index: Path) -> tuple[list[Path], dict[str, str]]:
@@ -110,6 +148,8 @@ def _read_index(directory: Path, index: Path) -> tuple[list[Path], dict[str, str
     if not isinstance(weight_map, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
         raise FormatError(f"{index}: 'weight_map' must map tensor names to shard file names")
+    # "./shard.safetensors" names the same file as "shard.safetensors"
+    weight_map = {k: PurePosixPath(v).as_posix() if v else v for k, v in weight_map.items()}
     root = directory.resolve()
     shards: list[Path] = []
     for shard_name in dict.fromkeys(weight_map.values()):
@@ -127,7 +167,8 @@ def _read_index(directory: Path, index: Path) -> tuple[list[Path], dict[str, str
 
 
 def _from_files(path: Path, files: list[Path], weight_map: dict[str, str] | None,
-                extras: list[Path]) -> Checkpoint:
+                extras: list[Path], directory: Path | None = None) -> Checkpoint:
+    directory = path if directory is None else directory
     tensors: dict[str, TensorInfo] = {}
     metadata: dict[str, str] = {}
     sizes: dict[Path, int] = {}
@@ -141,7 +182,7 @@ def _from_files(path: Path, files: list[Path], weight_map: dict[str, str] | None
             if name in tensors:
                 raise FormatError(f"{file}: tensor '{name}' also appears in "
                                   f"{tensors[name].file}")
-            if weight_map is not None and weight_map.get(name) != _index_name(path, file):
+            if weight_map is not None and weight_map.get(name) != _index_name(directory, file):
                 where = weight_map.get(name)
                 raise FormatError(
                     f"{file}: tensor '{name}' is not listed for this shard in "
@@ -151,9 +192,30 @@ def _from_files(path: Path, files: list[Path], weight_map: dict[str, str] | None
     if weight_map is not None:
         missing = sorted(set(weight_map) - set(tensors))
         if missing:
-            raise FormatError(f"{path / INDEX_NAME}: {len(missing)} tensor(s) listed in the "
+            raise FormatError(f"{directory / INDEX_NAME}: {len(missing)} tensor(s) listed in the "
                               f"index are absent from their shards: {_preview(missing)}")
     return Checkpoint(path, tensors, metadata, sizes, extras)
+
+
+def _from_torch_files(path: Path, files: list[Path], weight_map: dict[str, str] | None,
+                      extras: list[Path], trust_pickle: bool) -> Checkpoint:
+    from .torch_bin import torch_file_tensors
+
+    tensors: dict[str, TensorInfo] = {}
+    for file in files:
+        for name, info in torch_file_tensors(file, trust_pickle).items():
+            if name in tensors:
+                raise FormatError(f"{file}: tensor '{name}' also appears in "
+                                  f"{tensors[name].file}")
+            if weight_map is not None and weight_map.get(name) != _index_name(path, file):
+                raise FormatError(f"{file}: tensor '{name}' is not listed for this shard in "
+                                  f"{TORCH_INDEX_NAME} (index says {weight_map.get(name)!r})")
+            tensors[name] = info
+    if weight_map is not None and set(weight_map) - set(tensors):
+        missing = sorted(set(weight_map) - set(tensors))
+        raise FormatError(f"{path / TORCH_INDEX_NAME}: {len(missing)} tensor(s) listed in the "
+                          f"index are absent from their shards: {_preview(missing)}")
+    return Checkpoint(path, tensors, {}, {f: f.stat().st_size for f in files}, extras)
 
 
 def add_file_sources(core_plan: _core.Plan, ckpts: list[Checkpoint]) -> dict[Path, int]:

@@ -9,22 +9,28 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from ._units import format_size, parse_size
 from .cli_soups import add_greedy_options, add_subcommands
-from .errors import LadleError
+from .errors import LadleError, LadleWarning, printable
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", required=True, help="output .safetensors file or directory")
-    p.add_argument("--dtype", help="output dtype of float tensors: bf16, f16, f32, f64")
+    p.add_argument("--dtype", help="output dtype of float tensors: bf16, f16, f32, f64, "
+                   "f8_e4m3, f8_e5m2 (default: the widest input dtype of each tensor)")
     p.add_argument("--max-shard-size", default="5GB", help="shard size of directory outputs")
     p.add_argument("--threads", type=int, default=0, help="worker threads (0: all cores)")
     p.add_argument("--memory-budget", default="256MiB", help="bound on buffers, e.g. 256MiB")
     p.add_argument("--include", action="append", help="only tensors matching this glob")
     p.add_argument("--exclude", action="append", help="skip tensors matching this glob")
     p.add_argument("--check-finite", action="store_true", help="fail on NaN/Inf values")
+    p.add_argument("--int-policy", default="first",  # checked by the API: one-line error
+                   help="first, max or error: integer/bool tensors (e.g. num_batches_tracked) that differ across "
+                        "inputs with a non-zero weight: copy the first input's (default), "
+                        "take the elementwise max, or refuse")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -35,6 +41,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distributed", action="store_true", default=None,
                    help="split the output shards across torch.distributed ranks (torchrun); "
                         "on by default when WORLD_SIZE > 1")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="load whole-module .pt/.bin pickles (runs their code; refused by default)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=float, nargs="+", help="weights, normalised to sum 1")
     _add_common(p)
     add_greedy_options(p)
+
+    p = sub.add_parser("check", help="pre-flight a merge from headers only: missing/extra/"
+                       "mismatched tensors, dtype plan, FP8 scales, output size, free disk")
+    p.add_argument("checkpoints", nargs="+")
+    p.add_argument("-o", "--out", help="destination to check the free disk space of")
+    p.add_argument("--dtype", help="output dtype of float tensors (default: widest input)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="load whole-module .pt/.bin pickles (runs their code)")
 
     p = sub.add_parser("inspect", help="list tensors, dtypes, shapes, bytes and metadata")
     p.add_argument("checkpoint")
@@ -90,12 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return _dispatch(args)
+        with warnings.catch_warnings():
+            _show_notices(quiet=getattr(args, "quiet", False))
+            return _dispatch(args)
     except (LadleError, OSError, ValueError) as e:
         if os.environ.get("LADLE_DEBUG"):
             raise
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"ladle: error: {message}", file=sys.stderr)
+        message = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"ladle: error: {printable(message, keep_newlines=False)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         message = "ladle: interrupted; no output was written"
@@ -108,6 +126,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _show_notices(quiet: bool) -> None:
+    """ladle's warnings (files skipped, ...) as ``ladle: warning: ...`` lines on
+    stderr, each one shown; none with --quiet. Call inside catch_warnings()."""
+    if quiet:
+        warnings.simplefilter("ignore", LadleWarning)
+        return
+    warnings.simplefilter("always", LadleWarning)
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, LadleWarning):
+            return shown(message, category, filename, lineno, file, line)
+        print(f"ladle: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "clip":
         from .clip.cli import main as clip_main
@@ -115,6 +150,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         return clip_main(args.clip_args)
     if args.command == "inspect":
         return _inspect(args.checkpoint)
+    if args.command == "check":
+        from .checkpoint import open_checkpoint
+        from .preflight import preflight
+
+        report = preflight([open_checkpoint(c, args.trust_pickle) for c in args.checkpoints],
+                           args.dtype, args.out)
+        print(report.text())
+        return 0 if report.ok else 1
     if args.command == "verify":
         return _verify(args)
     if args.command == "demo":
@@ -135,12 +178,15 @@ def _dispatch(args: argparse.Namespace) -> int:
                "threads": args.threads, "memory_budget": args.memory_budget,
                "include": args.include, "exclude": args.exclude,
                "check_finite": args.check_finite, "overwrite": args.overwrite,
+               "int_policy": args.int_policy,
                "dry_run": args.dry_run, "progress": not args.quiet,
                "device": args.device}
     if args.resume:
         options["resume"] = True
     if getattr(args, "distributed", None):
         options["distributed"] = True
+    if getattr(args, "trust_pickle", False):
+        options["trust_pickle"] = True
     if args.command == "merge" and args.config is not None:
         from .recipe import load_recipe, run_recipe
 
@@ -151,9 +197,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.dtype is None:
             del options["dtype"]
         if (options.pop("device") != "cpu" or options.pop("resume", False)
-                or options.pop("distributed", False)):
-            raise LadleError("--config recipes run on the CPU engine without --resume "
-                             "or --distributed")
+                or options.pop("distributed", False) or options.pop("trust_pickle", False)):
+            raise LadleError("--config recipes run on the CPU engine without --resume, "
+                             "--distributed or --trust-pickle")
         report = run_recipe(recipe, args.out, **options)
     elif not args.checkpoints:
         raise LadleError(f"{args.command}: no checkpoints given")

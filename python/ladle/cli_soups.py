@@ -92,7 +92,7 @@ def dispatch(args: argparse.Namespace) -> int:
                          with_replacement=args.with_replacement, log=args.log,
                          progress=not args.quiet, threads=args.threads,
                          memory_budget=args.memory_budget, overwrite=args.overwrite,
-                         max_shard_size=args.max_shard_size)
+                         max_shard_size=args.max_shard_size, int_policy=args.int_policy)
     if not args.quiet:
         rows = [(str(h["step"]), h["label"], f"{h['score']:.6g}",
                  "yes" if h["accepted"] else "no", str(h["n_ingredients"]))

@@ -36,6 +36,8 @@ from typing import Any
 
 from .errors import BackendError, LadleError, LadleValueError
 from .output import MANIFEST_NAME, OutputDir, file_crc32c
+from .output import is_manifest_name as _is_manifest
+from .scores import as_score
 
 RANK_MANIFEST = ".ladle-manifest.rank{:05d}.json"
 _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -179,8 +181,9 @@ def split_score(value: Any) -> tuple[float, float]:
     if isinstance(value, tuple):
         if len(value) != 2:
             raise LadleValueError(f"evaluate must return a float or (mean, weight), got {value!r}")
-        return float(value[0]), float(value[1])
-    return float(value), 1.0
+        return (as_score(value[0], "evaluate(module) (the mean of a (mean, weight) pair)"),
+                as_score(value[1], "evaluate(module) (the weight of a (mean, weight) pair)"))
+    return as_score(value, "evaluate(module) on this rank"), 1.0
 
 
 def soup_group(distributed: bool | None) -> Group | None:
@@ -240,13 +243,8 @@ def shard_costs(plan: Any) -> list[int]:
     """Bytes each output shard reads and writes."""
     costs = [s.n_bytes for s in plan.shards]
     for t in plan.tensors:
-        costs[t.shard] += sum(info.n_bytes for info, w in t.inputs if w != 0.0 or t.op == "copy")
+        costs[t.shard] += sum(info.n_bytes for info, w in t.inputs if w != 0.0 or t.op != "sum")
     return costs
-
-
-def _is_manifest(name: str) -> bool:
-    return name == MANIFEST_NAME or (name.startswith(".ladle-manifest.rank")
-                                     and name.endswith(".json"))
 
 
 def _read_manifests(partial: Path, plan_hash: str) -> dict[str, dict] | None:

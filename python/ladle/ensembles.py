@@ -41,8 +41,7 @@ def _all_logits(module: Any, ingredients: Sequence[Any], predict: Predict, key_m
     target = target_set(module)
     logits = []
     for s in sets:
-        Loader(target, [s], key_map=key_map, strict=strict, threads=threads).run(
-            [1.0], nonfloat="first")
+        Loader(target, [s], key_map=key_map, strict=strict, threads=threads).run([1.0])
         out = predict(module)
         out = out.detach().cpu().numpy() if hasattr(out, "detach") else np.asarray(out)
         logits.append(out.astype(np.float64))

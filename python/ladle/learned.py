@@ -21,6 +21,8 @@ from typing import Any
 from .errors import LadleValueError
 from .keymap import KeyMap
 from .live import Loader
+from .output import checked_output
+from .plan import check_int_policy, nonfloat_inputs
 from .results import ResultsLog, as_log
 from .sources import from_tensors, module_tensors, open_input, target_set
 from .writer import WriteTensor, write_tensors
@@ -69,6 +71,8 @@ class LearnedSoup:
             ranks (weights ``batch_weight(batch)``, default the batch's example
             count), so every rank keeps the same coefficients. ``None``: on when
             launched with ``WORLD_SIZE`` > 1. Rank 0 writes ``out`` and the log.
+        int_policy: integer/bool buffers over the ingredients (all have a non-zero
+            softmax weight): ``"first"``, ``"max"`` or ``"error"`` (see :func:`ladle.merge`).
 
     Example:
         >>> soup = LearnedSoup(model, paths, by_layer=True)          # doctest: +SKIP
@@ -79,7 +83,7 @@ class LearnedSoup:
                  by_layer: bool | Callable[[str], str] = False, beta: float = 1.0,
                  key_map: KeyMap = None, strict: bool = True, threads: int = 0,
                  memory_budget: int | str = "256MiB", distributed: bool | None = None,
-                 batch_weight: Callable[[Any], float] | None = None):
+                 batch_weight: Callable[[Any], float] | None = None, int_policy: str = "first"):
         import torch
 
         from .distributed import default_batch_weight, soup_group
@@ -90,6 +94,7 @@ class LearnedSoup:
         self.batch_weight = batch_weight or default_batch_weight
 
         self.module = module
+        self.int_policy = check_int_policy(int_policy)
         self.sets = [open_input(x) for x in ingredients]
         if not self.sets:
             raise LadleValueError("learned soup needs at least one ingredient")
@@ -120,7 +125,7 @@ class LearnedSoup:
         """Stream the soup with the current coefficients into the module."""
         a = self.alphas().detach().tolist()
         cols = [[row[j] for row in a] for j in range(len(a[0]))]
-        self.loader.run(lambda name: cols[self.layer_index[name]], nonfloat="first")
+        self.loader.run(lambda name: cols[self.layer_index[name]], int_policy=self.int_policy)
 
     def gradient(self, batch: Any, loss_fn: LossFn | None = None) -> float:
         """Load the soup, compute the loss on ``batch`` and set ``logits.grad`` and
@@ -184,6 +189,8 @@ class LearnedSoup:
         """
         import torch
 
+        if out is not None:  # before any step: a bad destination fails first
+            checked_output(out, self.sets, overwrite=overwrite)
         log = as_log(log if self.group is None or self.group.rank == 0 else None)
         opt = torch.optim.AdamW([self.logits, self.beta], lr=lr, weight_decay=weight_decay)
         losses = []
@@ -226,10 +233,12 @@ class LearnedSoup:
                 outputs.append(WriteTensor(g.name, g.ref.dtype, g.ref.shape, "sum",
                                            [(r, a[k][col]) for k, r in enumerate(g.inputs)],
                                            g.ref.n_bytes, g.ref.n_elems))
-            else:
-                outputs.append(WriteTensor(g.name, g.ref.dtype, g.ref.shape, "copy",
-                                           [(g.inputs[0], 1.0)], g.ref.n_bytes, g.ref.n_elems))
-        meta = {"ladle_method": "learned-soup",
+            else:  # every ingredient has a non-zero weight (softmax)
+                op, chosen = nonfloat_inputs(g.inputs, [1.0] * len(g.inputs), self.int_policy)
+                outputs.append(WriteTensor(g.name, g.ref.dtype, g.ref.shape, op,
+                                           [(r, 1.0) for r in chosen], g.ref.n_bytes,
+                                           g.ref.n_elems))
+        meta = {"ladle_method": "learned-soup", "ladle_int_policy": self.int_policy,
                 "ladle_recipe": json.dumps({"ingredients": result.ingredients,
                                             "layers": result.layers, "alphas": result.alphas,
                                             "beta": result.beta})}
@@ -246,15 +255,19 @@ def learned_soup(module: Any, ingredients: Sequence[Any], batches: Sequence[Any]
                  strict: bool = True, threads: int = 0, memory_budget: int | str = "256MiB",
                  overwrite: bool = False, progress: bool = False,
                  distributed: bool | None = None,
-                 batch_weight: Callable[[Any], float] | None = None) -> LearnedSoupResult:
+                 batch_weight: Callable[[Any], float] | None = None,
+                 int_policy: str = "first") -> LearnedSoupResult:
     """Train and load a learned soup (see :class:`LearnedSoup`); one call.
 
     Example:
         >>> r = ladle.learned_soup(model, paths, heldout_batches, by_layer=True)  # doctest: +SKIP
         >>> r.alphas                                                              # doctest: +SKIP
     """
+    if out is not None:
+        checked_output(out, ingredients, overwrite=overwrite)  # before reading ingredients
     soup = LearnedSoup(module, ingredients, by_layer=by_layer, beta=beta, key_map=key_map,
                        strict=strict, threads=threads, memory_budget=memory_budget,
-                       distributed=distributed, batch_weight=batch_weight)
+                       distributed=distributed, batch_weight=batch_weight,
+                       int_policy=int_policy)
     return soup.fit(batches, epochs=epochs, lr=lr, weight_decay=weight_decay, loss_fn=loss_fn,
                     log=log, out=out, overwrite=overwrite, progress=progress)

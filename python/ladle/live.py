@@ -9,7 +9,7 @@ without building a state dict. torch is imported only by the caller's objects.
 
 from __future__ import annotations
 
-import math
+import sys
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +18,7 @@ from . import _core
 from ._units import parse_size
 from .errors import LadleValueError, MismatchError
 from .keymap import KeyMap, key_diff, make_key_fn
+from .plan import check_int_policy, check_weights, nonfloat_inputs
 from .sources import TensorRef, TensorSet, open_input, target_set
 
 Weights = Sequence[float] | Callable[[str], Sequence[float]]
@@ -89,7 +90,7 @@ class Loader:
             raise LadleValueError(f"got {len(maps)} key maps for {len(self.inputs)} inputs")
         for s, one_map in zip(self.inputs, maps):
             fn = make_key_fn(one_map, self.targets.tensors, s.tensors)
-            found: list[TensorRef | None] = [None] * len(raw)
+            by_target: dict[str, TensorRef] = {}
             unexpected = []
             for name, ref in s.tensors.items():
                 target = fn(name)
@@ -97,8 +98,13 @@ class Loader:
                     continue
                 if target not in owner:
                     unexpected.append(name)
-                elif found[owner[target]] is None:
-                    found[owner[target]] = ref
+                else:
+                    by_target.setdefault(target, ref)
+            # Tied names whose input values differ: the last name in the model's order
+            # wins, as module.load_state_dict copies every key in that order.
+            found: list[TensorRef | None] = [
+                next((by_target[a] for a in reversed(aliases) if a in by_target), None)
+                for _, aliases, _ in raw]
             missing = [raw[i][0] for i, r in enumerate(found) if r is None]
             if strict and (missing or unexpected):
                 raise key_diff(s.label, missing, unexpected)
@@ -117,48 +123,51 @@ class Loader:
         """Groups the engine combines arithmetically (present in every input)."""
         return [g for g in self.groups if g.ref.is_float and None not in g.inputs]
 
-    def run(self, weights: Weights, *, post_scale: float = 1.0, nonfloat: str = "identical",
-            floats: bool = True, check_finite: bool = False) -> dict:
+    def run(self, weights: Weights, *, post_scale: float = 1.0, int_policy: str = "first",
+            floats: bool = True, nonfloats: bool = True, check_finite: bool = False) -> dict:
         """Write ``round(post_scale · Σ_k w_k x_k)`` into every target.
 
         Args:
             weights: one weight per input, or a function of a float target's name
                 giving them (non-float targets then treat every input as weighted).
             post_scale: multiplier applied to the fp32 sum before rounding (fp32).
-            nonfloat: non-float targets: ``"identical"`` (copy, inputs with non-zero
-                weight must agree), ``"first"`` (copy from the first input with a
-                non-zero weight) or ``"skip"``.
+            int_policy: non-float targets, over the inputs with a non-zero weight:
+                ``"first"``, ``"max"`` or ``"error"`` (see
+                :func:`ladle.plan.nonfloat_inputs`).
             floats: write float targets (False: only non-float ones).
+            nonfloats: write non-float targets (False: only float ones).
             check_finite: raise on NaN/Inf.
 
         Returns:
             The engine's statistics (bytes read/written, seconds, ...).
         """
-        if nonfloat not in ("identical", "first", "skip"):
-            raise LadleValueError(f"nonfloat must be identical, first or skip, not {nonfloat!r}")
+        check_int_policy(int_policy)
         self.plan.clear_jobs()
-        fixed = None if callable(weights) else _check(list(weights), len(self.inputs))
+        fixed = None if callable(weights) else check_weights(list(weights), len(self.inputs))
+        written: list[TargetGroup] = []
         for g in self.groups:
             if g.ref.n_elems == 0 or None in g.inputs:
                 continue
             if g.ref.is_float:
                 if not floats:
                     continue
-                ws = fixed if fixed is not None else _check(list(weights(g.name)),
-                                                            len(self.inputs))
-                self._add_job(g, "sum", [(r, w) for r, w in zip(g.inputs, ws)], post_scale)
-            elif nonfloat != "skip":
+                ws = fixed if fixed is not None else check_weights(list(weights(g.name)),
+                                                                   len(self.inputs))
+                self._add_job(g, "sum", [(r, w) for r, w in zip(g.inputs, ws)], post_scale,
+                              written)
+            elif nonfloats:
                 ws = fixed if fixed is not None else [1.0] * len(self.inputs)
-                chosen = [r for r, w in zip(g.inputs, ws) if w != 0.0] or list(g.inputs)
-                if nonfloat == "first":
-                    chosen = chosen[:1]
-                if len(chosen) == 1 and self._same_memory(chosen[0], g.ref):
+                op, chosen = nonfloat_inputs(g.inputs, ws, int_policy)
+                if op == "copy" and len(chosen) == 1 and self._same_memory(chosen[0], g.ref):
                     continue  # copying a tensor onto itself
-                self._add_job(g, "copy", [(r, 1.0) for r in chosen], 1.0)
+                self._add_job(g, op, [(r, 1.0) for r in chosen], 1.0, written)
         if self.plan.n_jobs == 0:
             return {"bytes_read": 0, "bytes_written": 0, "seconds": 0.0}
-        return _core.run(self.plan, threads=self.threads, memory_budget=self.memory_budget,
-                         check_finite=check_finite)
+        try:
+            return _core.run(self.plan, threads=self.threads, memory_budget=self.memory_budget,
+                             check_finite=check_finite)
+        finally:  # also after a failure: some chunks may have been written
+            self._mark_modified(written)
 
     def _same_memory(self, ref: TensorRef, target: TensorRef) -> bool:
         a = self.registry.get(ref.source)
@@ -167,8 +176,23 @@ class Loader:
         return (a is not None and src is not None and src.path is None
                 and src.address + ref.offset == spec.address + target.offset)
 
+    def _mark_modified(self, groups: list[TargetGroup]) -> None:
+        """Bump the version counters of the written torch tensors, as an in-place
+        ``param.copy_`` under ``no_grad`` would: autograd then refuses a backward
+        through values saved before the load instead of silently using new ones."""
+        torch = sys.modules.get("torch")
+        if torch is None or not self.targets.live:
+            return
+        for g in groups:
+            for alias in g.aliases:
+                t = self.targets.live.get(alias)
+                if isinstance(t, torch.Tensor) and not t.is_inference():
+                    torch.autograd.graph.increment_version(t)
+
     def _add_job(self, g: TargetGroup, op: str, inputs: list[tuple[TensorRef, float]],
-                 post_scale: float) -> None:
+                 post_scale: float, written: list[TargetGroup] | None = None) -> None:
+        if written is not None:
+            written.append(g)
         self.plan.add_job(g.name, op, g.ref.n_elems, self.sinks[g.ref.source], g.ref.offset,
                           g.ref.dtype,
                           [(self.registry[r.source], r.offset, r.dtype, w) for r, w in inputs],
@@ -202,14 +226,6 @@ class Loader:
         return dict(zip(order, out))
 
 
-def _check(weights: list[float], n: int) -> list[float]:
-    if len(weights) != n:
-        raise LadleValueError(f"got {len(weights)} weight(s) for {n} input(s)")
-    if not all(math.isfinite(w) for w in weights):
-        raise LadleValueError(f"weights must be finite, got {weights}")
-    return [float(w) for w in weights]
-
-
 def _check_compatible(label: str, name: str, target: TensorRef, ref: TensorRef) -> None:
     if tuple(ref.shape) != tuple(target.shape):
         raise MismatchError(f"{label}: tensor '{ref.name}' has shape {list(ref.shape)}, the "
@@ -223,15 +239,19 @@ def _check_compatible(label: str, name: str, target: TensorRef, ref: TensorRef) 
 
 
 def load_into(module: Any, checkpoints: Sequence[Any], weights: Sequence[float] | None = None,
-              *, key_map: KeyMap = None, strict: bool = True, nonfloat: str = "identical",
+              *, key_map: KeyMap = None, strict: bool = True, int_policy: str = "first",
               threads: int = 0, memory_budget: int | str = "256MiB",
               check_finite: bool = False) -> dict:
     """Stream ``Σ_k weights[k] · θ_k`` into ``module``'s parameters and buffers in place.
 
     Float tensors follow ladle's arithmetic contract (fp32 accumulation in input
-    order, one rounding to the parameter's dtype); non-float buffers are copied
-    (see ``nonfloat``). Tied parameters are written once. No state dict is built:
-    the engine writes into each tensor's existing storage chunk by chunk.
+    order, one rounding to the parameter's dtype); non-float buffers follow
+    ``int_policy``. Weights are checked as :func:`ladle.merge` checks them (finite
+    in fp32). Tied parameters are written once; when a checkpoint holds different
+    values under tied names, the last name in the model's order wins, as with
+    ``module.load_state_dict``. No state dict is built: the engine writes into each
+    tensor's existing storage chunk by chunk, then bumps the tensors' version
+    counters so autograd refuses a backward through values saved before the load.
 
     Args:
         module: a CPU ``torch.nn.Module`` (or a dict of tensors) to overwrite.
@@ -240,7 +260,9 @@ def load_into(module: Any, checkpoints: Sequence[Any], weights: Sequence[float] 
         weights: one weight per input (default: 1 for a single input).
         key_map: input-key -> model-key mapping (default: automatic prefixes).
         strict: require the key sets to match (the error lists the diff).
-        nonfloat: ``"identical"``, ``"first"`` or ``"skip"`` (see :meth:`Loader.run`).
+        int_policy: integer/bool buffers (e.g. ``num_batches_tracked``), over the inputs
+            with a non-zero weight: ``"first"`` (default) copies the first,
+            ``"max"`` takes the elementwise max, ``"error"`` requires them identical.
         threads, memory_budget, check_finite: engine options.
 
     Returns:
@@ -256,4 +278,4 @@ def load_into(module: Any, checkpoints: Sequence[Any], weights: Sequence[float] 
         weights = [1.0]
     loader = Loader(target_set(module), [open_input(c) for c in checkpoints], key_map=key_map,
                     strict=strict, threads=threads, memory_budget=memory_budget)
-    return loader.run(weights, nonfloat=nonfloat, check_finite=check_finite)
+    return loader.run(weights, int_policy=int_policy, check_finite=check_finite)

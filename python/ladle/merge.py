@@ -17,9 +17,9 @@ from . import _core
 from ._units import parse_size
 from .checkpoint import Checkpoint, add_file_sources, open_checkpoint
 from .cuda import parse_device
-from .errors import LadleValueError
-from .output import OutputDir, write_atomically
-from .plan import MergePlan, build_plan, check_weights, describe
+from .errors import LadleValueError, MismatchError
+from .output import OutputDir, checked_output, write_atomically
+from .plan import MergePlan, build_plan, check_int_policy, check_weights, describe
 
 PathLike = str | os.PathLike
 CheckpointLike = PathLike | Checkpoint
@@ -48,19 +48,22 @@ class MergeReport:
         return (self.bytes_read + self.bytes_written) / max(self.seconds, 1e-9) / 1e9
 
 
-def _open_all(checkpoints: Sequence[CheckpointLike]) -> list[Checkpoint]:
+def _open_all(checkpoints: Sequence[CheckpointLike],
+              trust_pickle: bool = False) -> list[Checkpoint]:
     if not checkpoints:
         raise LadleValueError("no input checkpoints given")
-    return [c if isinstance(c, Checkpoint) else open_checkpoint(c) for c in checkpoints]
+    return [c if isinstance(c, Checkpoint) else open_checkpoint(c, trust_pickle)
+            for c in checkpoints]
 
 
 def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: PathLike, *,
           dtype: str | None = None, max_shard_size: int | str = "5GB",
-          include: list[str] | None = None, exclude: list[str] | None = None,
+          include: str | list[str] | None = None, exclude: str | list[str] | None = None,
           threads: int = 0, memory_budget: int | str = "256MiB", check_finite: bool = False,
           overwrite: bool = False, progress: bool = True, dry_run: bool = False,
           method: str = "linear", kernel: str = "auto", resume: bool = False,
-          device: str = "cpu", distributed: bool | None = None) -> MergeReport:
+          device: str = "cpu", distributed: bool | None = None,
+          int_policy: str = "first", trust_pickle: bool = False) -> MergeReport:
     """Write ``out = Σ_k weights[k] · checkpoints[k]`` tensor by tensor.
 
     Weights are used as given (they may be negative or not sum to one, so task
@@ -74,7 +77,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
         out: ``*.safetensors`` for one file, otherwise a directory (HF layout).
         dtype: output dtype for float tensors (default: the inputs' dtype).
         max_shard_size: shard size for directory outputs, e.g. ``"5GB"``.
-        include, exclude: fnmatch patterns on tensor names.
+        include, exclude: fnmatch patterns on tensor names; a str is one pattern.
         threads: worker threads (0: all cores).
         memory_budget: bound on buffers and resident input pages, e.g. ``"256MiB"``.
         check_finite: raise NonFiniteError on NaN/Inf instead of passing it through.
@@ -91,6 +94,12 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
             with the same arguments and gets the same report. ``None`` (default):
             on when launched with ``WORLD_SIZE`` > 1. Inputs and output must be on
             a file system all ranks share.
+        int_policy: integer/bool tensors (e.g. BatchNorm's ``num_batches_tracked``)
+            over the inputs with a non-zero weight: ``"first"`` (default) copies the
+            first of them, ``"max"`` takes the elementwise max, ``"error"`` requires
+            them to be identical. Recorded as ``ladle_int_policy`` in the metadata.
+        trust_pickle: accept whole-module pickles among ``.pt``/``.bin`` inputs
+            (loading them runs their code; refused by default).
 
     Returns:
         A :class:`MergeReport` with byte counts and timing.
@@ -98,6 +107,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
     Example:
         >>> ladle.merge(["a/", "b/"], [0.3, 0.7], "out/")   # doctest: +SKIP
     """
+    output = checked_output(out, checkpoints, overwrite=overwrite)  # before reading inputs
     if any(_needs_live_path(c) for c in checkpoints):  # modules, dicts, .pt/.bin files
         from .writer import merge_live
 
@@ -109,23 +119,26 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
                           include=include, exclude=exclude, threads=threads,
                           memory_budget=memory_budget, check_finite=check_finite,
                           overwrite=overwrite, progress=progress, dry_run=dry_run,
-                          method=method, kernel=kernel)
+                          method=method, kernel=kernel, int_policy=int_policy)
     _check_device(device, kernel, dry_run)
-    ckpts = _open_all(checkpoints)
+    ckpts = _open_all(checkpoints, trust_pickle)
     weights = check_weights(list(weights), len(ckpts))
-    output = OutputDir(out, overwrite=overwrite)
+    output.inputs = [*output.inputs, *(f for c in ckpts for f in c.files)]  # shards behind links
+    checked = _preflight(ckpts, dtype, out) if dry_run else None  # headers only
     metadata = {
         "ladle_method": method,
         "ladle_inputs": json.dumps([str(c.path) for c in ckpts]),
         "ladle_weights": json.dumps(weights),
+        "ladle_int_policy": check_int_policy(int_policy),
         "ladle_version": _core.build_info()["version"],
     }
     plan = build_plan(ckpts, weights, dtype=dtype, include=include, exclude=exclude,
                       max_shard_bytes=parse_size(max_shard_size),
-                      single_file=output.single_file, metadata=metadata)
+                      single_file=output.single_file, metadata=metadata, int_policy=int_policy)
     if dry_run:
         output.check_destination()
         print(describe(plan))
+        print(checked)
         return MergeReport(None, len(plan.tensors), len(plan.shards), plan.bytes_read,
                            plan.bytes_written, 0.0, plan=plan)
     t0 = time.perf_counter()
@@ -191,14 +204,21 @@ def plan_hash(plan: MergePlan, ckpts: list[Checkpoint]) -> str:
     return h.hexdigest()
 
 
+def _preflight(ckpts: list[Checkpoint], dtype: str | None, out: PathLike) -> str:
+    """The pre-flight report of a dry run; printed and raised when it finds problems."""
+    from .preflight import preflight
+
+    report = preflight(ckpts, dtype, out)
+    if not report.ok:
+        print(report.text())
+        raise MismatchError(f"{len(report.problems)} problem(s); first: {report.problems[0]}")
+    return report.text()
+
+
 def _needs_live_path(c: object) -> bool:
     if isinstance(c, Checkpoint):
         return False
-    if isinstance(c, (str, os.PathLike)):
-        from .sources import TORCH_SUFFIXES
-
-        return Path(c).suffix in TORCH_SUFFIXES and Path(c).is_file()
-    return True
+    return not isinstance(c, (str, os.PathLike))  # files, .pt/.bin included, stream
 
 
 def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, threads: int,

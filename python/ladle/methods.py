@@ -44,8 +44,16 @@ from ._units import parse_size
 from .checkpoint import Checkpoint, TensorInfo, _preview, add_file_sources
 from .errors import LadleValueError, MismatchError
 from .merge import CheckpointLike, MergeReport, PathLike, _open_all, _progress_bar
-from .output import OutputDir, write_atomically
-from .plan import _ITEM_BYTES, Shard, _assign_shards, normalize_dtype
+from .output import OutputDir, checked_output, write_atomically
+from .plan import (
+    _ITEM_BYTES,
+    Shard,
+    _assign_shards,
+    check_int_policy,
+    describe_op,
+    nonfloat_inputs,
+    normalize_dtype,
+)
 
 
 @dataclass(frozen=True)
@@ -313,14 +321,17 @@ def check_parameter_names(method: str, parameters: dict[str, Any],
 def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpoint], *,
                       parameters: dict[str, Any] | None = None,
                       model_parameters: list[dict[str, Any]] | None = None,
-                      dtype: str | None = None, include: list[str] | None = None,
-                      exclude: list[str] | None = None, max_shard_bytes: int = 5 * 10**9,
+                      dtype: str | None = None, include: str | list[str] | None = None,
+                      exclude: str | list[str] | None = None, max_shard_bytes: int = 5 * 10**9,
                       single_file: bool = False, rescale_mode: str = "l1",
-                      metadata: dict[str, str] | None = None) -> MethodPlan:
+                      metadata: dict[str, str] | None = None,
+                      int_policy: str = "first") -> MethodPlan:
     """Plan ``method`` over ``base`` and ``models`` tensor by tensor (see module doc)."""
-    from .plan import _selected
+    from .patterns import as_patterns
+    from .patterns import selected as name_selected
 
     check_method_name(method)
+    include, exclude = as_patterns(include, "include"), as_patterns(exclude, "exclude")
     spec = METHODS[method]
     parameters = dict(parameters or {})
     model_parameters = [dict(p or {}) for p in (model_parameters or [{} for _ in models])]
@@ -342,7 +353,7 @@ def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpo
     others = models if base is not None else models[1:]
 
     def selected(n):
-        return _selected(n, include, exclude)
+        return name_selected(n, include, exclude)
 
     _check_extra(reference, others, selected)
     names = [n for n in reference.tensors if selected(n)]
@@ -359,8 +370,10 @@ def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpo
                 if info.dtype != first.dtype:
                     raise MismatchError(f"tensor '{name}': dtype {info.dtype} in {info.file} "
                                         f"differs from {first.dtype} in {first.file}")
-            outputs.append(MethodTensor(name, first.dtype, first.shape, "copy",
-                                        [(i, 1.0) for i in infos], first.n_bytes,
+            # Every input takes part, the base (or the first model) first.
+            op, chosen = nonfloat_inputs(infos, [1.0] * len(infos), int_policy)
+            outputs.append(MethodTensor(name, first.dtype, first.shape, op,
+                                        [(i, 1.0) for i in chosen], first.n_bytes,
                                         first.n_elems))
             continue
         for info in infos[1:]:
@@ -434,10 +447,8 @@ def describe_method_plan(plan: MethodPlan) -> str:
     for shard in plan.shards:
         lines.append(f"  {shard.file_name}: {len(shard.tensors)} tensors, {shard.n_bytes} bytes")
     for t in plan.tensors:
-        if t.op == "copy":
-            what = "identical copy"
-        elif t.op == "sum":
-            what = "sum(" + ", ".join(f"{w:g}" for _, w in t.inputs) + ")"
+        if t.op in ("copy", "max", "sum"):
+            what = describe_op(t)
         elif t.op == "task":
             ms = "; ".join(f"w={w:g} density={d:g} ranks=[{lo},{hi})"
                            for w, d, lo, hi in t.task["models"])
@@ -505,13 +516,13 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
                  parameters: dict[str, Any] | None = None,
                  model_parameters: Sequence[dict[str, Any]] | None = None,
                  seed: int = 0, dtype: str | None = None, rescale_mode: str = "l1",
-                 max_shard_size: int | str = "5GB", include: list[str] | None = None,
-                 exclude: list[str] | None = None, threads: int = 0,
+                 max_shard_size: int | str = "5GB", include: str | list[str] | None = None,
+                 exclude: str | list[str] | None = None, threads: int = 0,
                  memory_budget: int | str = "256MiB", chunk_elems: int = 0,
                  check_finite: bool = False, overwrite: bool = False, progress: bool = True,
                  dry_run: bool = False, kernel: str = "auto",
                  extra_files: list[Path] | None = None,
-                 chat_template: str | None = None) -> MergeReport:
+                 chat_template: str | None = None, int_policy: str = "first") -> MergeReport:
     """Merge ``models`` (and ``base_model``) with ``method``, streamed.
 
     Args:
@@ -532,6 +543,9 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
             files of the base, or of the first model).
         chat_template: Jinja template text written to ``chat_template.jinja`` (and
             into ``tokenizer_config.json`` when present).
+        int_policy: integer/bool tensors: ``"first"`` (default: the base's, or the
+            first model's for ``linear``), ``"max"`` (elementwise over all inputs) or
+            ``"error"`` (all inputs must hold the same values).
         Other options are those of :func:`ladle.merge`.
 
     Returns:
@@ -543,6 +557,9 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
     """
     if rescale_mode not in ("l1", "density"):
         raise LadleValueError(f"rescale_mode must be 'l1' or 'density', got {rescale_mode!r}")
+    donors = [f.parent for f in extra_files or []]  # e.g. a recipe's tokenizer_source
+    output = checked_output(out, [base_model, *models, *(extra_files or []), *donors],
+                            overwrite=overwrite)  # before reading inputs
     base = _open_all([base_model])[0] if base_model is not None else None
     model_list = list(models)
     if method == "linear":  # no base: every listed model is an input with a weight
@@ -559,20 +576,20 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
     if rescale_mode == "density" and METHODS.get(method, METHODS["linear"]).sparsify not in (
             "random", "none"):
         raise LadleValueError(f"{method}: rescale_mode='density' applies to DARE only")
-    output = OutputDir(out, overwrite=overwrite)
     inputs = ([str(base.path)] if base is not None else []) + [str(c.path) for c in ckpts]
     metadata = {
         "ladle_method": method,
         "ladle_inputs": json.dumps(inputs),
         "ladle_parameters": json.dumps({"parameters": parameters or {},
                                         "models": params_list, "seed": seed}, default=str),
+        "ladle_int_policy": check_int_policy(int_policy),
         "ladle_version": _core.build_info()["version"],
     }
     plan = build_method_plan(method, base, ckpts, parameters=parameters,
                              model_parameters=params_list, dtype=dtype, include=include,
                              exclude=exclude, max_shard_bytes=parse_size(max_shard_size),
                              single_file=output.single_file, rescale_mode=rescale_mode,
-                             metadata=metadata)
+                             metadata=metadata, int_policy=int_policy)
     if dry_run:
         output.check_destination()
         print(describe_method_plan(plan))
@@ -670,7 +687,7 @@ def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: Outpu
                 continue
             shard = plan.shards[t.shard]
             out_offset = len(shard.header) + t.offset
-            op = "copy" if t.op == "copy" else "sum"
+            op = t.op if t.op in ("copy", "max") else "sum"
             dtype, n_elems = t.dtype, t.n_elems
             if op == "copy" and _core.dtype_n_bits(dtype) % 8:
                 dtype, n_elems = "U8", t.n_bytes

@@ -20,16 +20,27 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+import stat
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 from . import _core
-from .errors import LadleIOError, LadleValueError
+from .errors import LadleIOError, LadleValueError, LadleWarning
+from .path_safety import (
+    UnsafePathError,
+    check_output_path,
+    copy_regular_file,
+    input_paths,
+    is_weight_file,
+    not_a_ladle_directory,
+)
 
 T = TypeVar("T")
 PARTIAL_SUFFIX = ".ladle-partial"
 LOCK_SUFFIX = ".ladle-lock"
+OLD_SUFFIX = ".ladle-old"
 MANIFEST_NAME = ".ladle-manifest.json"
 INDEX_NAME = "model.safetensors.index.json"
 
@@ -52,10 +63,14 @@ class OutputDir:
     Args:
         dest: a ``.safetensors`` file (single-file output) or a directory.
         overwrite: replace an existing destination, only at the final rename.
+        inputs: the paths the output is made from; ``dest`` may not be one of
+            them, contain one or lie inside one (see :mod:`ladle.path_safety`).
     """
 
-    def __init__(self, dest: str | os.PathLike, overwrite: bool = False):
+    def __init__(self, dest: str | os.PathLike, overwrite: bool = False,
+                 inputs: Iterable[Path] = ()):
         self.dest = Path(dest)
+        self.inputs = list(inputs)
         self.single_file = self.dest.suffix == ".safetensors"
         self.partial = self.dest.with_name(self.dest.name + PARTIAL_SUFFIX)
         self.lock_path = self.dest.with_name(self.dest.name + LOCK_SUFFIX)
@@ -68,11 +83,7 @@ class OutputDir:
     def lock(self) -> None:
         """Take the destination's lock (non-blocking); a second merge fails cleanly."""
         while True:
-            try:
-                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError as e:
-                raise LadleIOError(e.errno, f"{self.lock_path}: cannot create the lock file: "
-                                            f"{e.strerror}") from None
+            fd = _open_lock_file(self.lock_path)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -84,7 +95,7 @@ class OutputDir:
                 raise LadleIOError(e.errno, f"{self.lock_path}: cannot lock: {e.strerror}") from None
             # The holder we waited on may have unlinked the file: lock the live one.
             try:
-                same = os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino
+                same = _same_file(self.lock_path, fd)
             except FileNotFoundError:
                 same = False
             if same:
@@ -94,15 +105,22 @@ class OutputDir:
 
     def unlock(self) -> None:
         if self._lock_fd >= 0:
-            try:
-                os.unlink(self.lock_path)
+            try:  # only the file we locked: never a file put there since
+                if _same_file(self.lock_path, self._lock_fd):
+                    os.unlink(self.lock_path)
             except OSError:
                 pass
             os.close(self._lock_fd)
             self._lock_fd = -1
 
     def check_destination(self) -> None:
-        """Refuse an existing destination unless ``overwrite``; check the parent."""
+        """Refuse an existing destination unless ``overwrite``; check the parent.
+
+        Before anything else: the destination is none of the inputs, and is
+        something ladle may replace (:func:`ladle.path_safety.check_output_path`).
+        """
+        check_output_path(self.dest, self.inputs, overwrite=self.overwrite,
+                          single_file=self.single_file, side_paths=[self.partial])
         if self.dest.exists() and not self.overwrite:
             raise LadleValueError(f"{self.dest}: destination exists (use overwrite=True / "
                                   f"--overwrite to replace it)")
@@ -127,14 +145,36 @@ class OutputDir:
         if (resume and self.partial.is_dir() and not self.partial.is_symlink()
                 and self._load_for_resume()):
             return self.partial
-        if self.partial.is_symlink() or self.partial.is_file():
-            self.partial.unlink()
-        elif self.partial.exists():
-            shutil.rmtree(self.partial)
+        self.remove_stale_partial()
         with os_errors(f"{self.partial}: cannot create the partial output directory"):
             self.partial.mkdir()
             self._write_manifest()
         return self.partial
+
+    def remove_stale_partial(self) -> None:
+        """Remove a partial directory an earlier run left, only when it is
+        recognisably ladle's: a real directory, empty or holding ladle's manifest.
+        Anything else at that name (a link, a file, a user's directory) is refused,
+        never deleted."""
+        try:
+            st = os.lstat(self.partial)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            raise UnsafePathError(
+                f"{self.partial}: exists and is not a directory ladle left (it is "
+                f"{'a symbolic link' if stat.S_ISLNK(st.st_mode) else 'not a directory'}); "
+                f"ladle does not delete it: remove it yourself or choose another output")
+        names = os.listdir(self.partial)
+        # Killed while committing, a partial holds a finished output but no manifest.
+        if (names and not any(is_manifest_name(n) for n in names)
+                and not_a_ladle_directory(self.partial)):
+            raise UnsafePathError(
+                f"{self.partial}: exists but holds no ladle manifest ({MANIFEST_NAME}), so "
+                f"ladle did not leave it and does not delete it: remove it yourself or "
+                f"choose another output")
+        with os_errors(f"{self.partial}: cannot remove the stale partial output directory"):
+            shutil.rmtree(self.partial)
 
     def _load_for_resume(self) -> bool:
         """Keep the verified shards of a partial directory; False when it holds
@@ -198,15 +238,32 @@ class OutputDir:
             path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
             _fsync_file(path)
 
-    def copy_extra_files(self, files: list[Path]) -> None:
-        """Copy config/tokenizer files of the first input (directory outputs only)."""
+    def copy_extra_files(self, files: list[Path]) -> list[Path]:
+        """Copy config/tokenizer files of the first input (directory outputs only).
+
+        Only regular files inside the input directory (or its Hugging Face cache
+        root) are copied, with the output's own permissions; weight files of other
+        formats (``*.bin``, ``tf_model.h5``, ``*.onnx``, ...) and anything else
+        are skipped with a :class:`~ladle.errors.LadleWarning`, since they were not
+        merged. Returns the files copied.
+        """
         if self.single_file:
-            return
+            return []
+        copied = []
         for src in files:
+            if is_weight_file(src.name):
+                _notice(f"{src}: not copied into the output: weights in another format "
+                        f"(or not part of the checkpoint) were not merged")
+                continue
             dst = self.partial / src.name
-            with os_errors(f"{dst}: cannot copy {src}"):
-                shutil.copyfile(src, dst)
-                _fsync_file(dst)
+            try:
+                with os_errors(f"{dst}: cannot copy {src}"):
+                    copy_regular_file(src, dst)
+            except UnsafePathError as e:
+                _notice(f"{e}; not copied into the output")
+                continue
+            copied.append(src)
+        return copied
 
     def commit(self) -> Path:
         """Move the finished output into place; the old destination goes last.
@@ -232,10 +289,14 @@ class OutputDir:
         elif self.dest.exists() and _exchange(self.partial, self.dest):
             shutil.rmtree(self.partial)  # now holds the old destination
         elif self.dest.exists():
-            backup = self.dest.with_name(self.dest.name + ".ladle-old")
-            if backup.exists():
-                shutil.rmtree(backup)
-            os.rename(self.dest, backup)
+            backup = self.dest.with_name(self.dest.name + OLD_SUFFIX)
+            try:  # ours alone: mkdir fails on anything already there, links included
+                os.mkdir(backup, 0o700)
+            except FileExistsError:
+                raise UnsafePathError(f"{backup}: already exists; ladle did not create it and "
+                                      f"does not delete it: remove it and rerun (the new "
+                                      f"output was not moved into place)") from None
+            os.rename(self.dest, backup)  # replaces the empty directory made above
             os.rename(self.partial, self.dest)
             shutil.rmtree(backup)
         else:
@@ -258,6 +319,49 @@ class OutputDir:
                 pass
         shutil.rmtree(self.partial, ignore_errors=True)
         return False
+
+
+def _notice(message: str) -> None:
+    """Something was skipped: a warning (the CLI prints it unless --quiet)."""
+    warnings.warn(message, LadleWarning, stacklevel=3)
+
+
+def is_manifest_name(name: str) -> bool:
+    """ladle's manifest, or a rank's manifest of a distributed merge."""
+    return name == MANIFEST_NAME or (name.startswith(".ladle-manifest.rank")
+                                     and name.endswith(".json"))
+
+
+def _open_lock_file(path: Path) -> int:
+    """Open (creating) the lock file without following a link and without
+    blocking; anything but a regular file there is refused, never removed."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    refused = UnsafePathError(f"{path}: the lock path is a symbolic link or not a regular "
+                              f"file; ladle does not follow or delete it: remove it yourself")
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):  # never open a device: side effects
+            raise refused
+    except FileNotFoundError:
+        pass
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):  # swapped in since lstat
+            raise refused from None
+        raise LadleIOError(e.errno, f"{path}: cannot create the lock file: "
+                                    f"{e.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size:  # ladle's lock files are empty
+        os.close(fd)
+        raise UnsafePathError(f"{path}: the lock path is not an empty regular file, so not "
+                              f"ladle's lock; ladle does not use or delete it: remove it "
+                              f"yourself")
+    return fd
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    st, own = os.lstat(path), os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
 def file_crc32c(path: Path) -> str:
@@ -285,6 +389,16 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return False
     raise LadleIOError(err, f"{b}: cannot swap in the new output: {os.strerror(err)}")
+
+
+def checked_output(out: str | os.PathLike, sources: Iterable[object], *,
+                   overwrite: bool = False) -> OutputDir:
+    """An :class:`OutputDir` for ``out`` made from ``sources`` (paths, Checkpoints,
+    tensor sets, live models), checked before any input is read: ``out`` is none
+    of the inputs and may be (re)placed."""
+    output = OutputDir(out, overwrite=overwrite, inputs=input_paths(sources))
+    output.check_destination()
+    return output
 
 
 def write_atomically(output: OutputDir, work: Callable[[OutputDir], T], *,

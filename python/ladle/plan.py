@@ -5,21 +5,24 @@ plan is plain data; :func:`describe` prints it for ``--dry-run``.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from dataclasses import dataclass, field
 
 from . import _core
 from .checkpoint import Checkpoint, TensorInfo, _preview
+from .dtype_rules import fp8_scale_pairs, widest_dtype
 from .errors import LadleValueError, MismatchError
+from .patterns import as_patterns, selected
 
 _DTYPE_ALIASES = {
     "f32": "F32", "float32": "F32", "fp32": "F32", "float": "F32",
     "f16": "F16", "float16": "F16", "fp16": "F16", "half": "F16",
     "bf16": "BF16", "bfloat16": "BF16",
     "f64": "F64", "float64": "F64", "fp64": "F64", "double": "F64",
+    "f8_e4m3": "F8_E4M3", "float8_e4m3fn": "F8_E4M3", "fp8_e4m3": "F8_E4M3", "e4m3": "F8_E4M3",
+    "f8_e5m2": "F8_E5M2", "float8_e5m2": "F8_E5M2", "fp8_e5m2": "F8_E5M2", "e5m2": "F8_E5M2",
 }
-_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 def normalize_dtype(dtype: str | None) -> str | None:
@@ -29,7 +32,8 @@ def normalize_dtype(dtype: str | None) -> str | None:
     key = str(dtype).removeprefix("torch.").lower()
     if key in _DTYPE_ALIASES:
         return _DTYPE_ALIASES[key]
-    raise LadleValueError(f"unsupported output dtype {dtype!r} (choose from bf16, f16, f32, f64)")
+    raise LadleValueError(f"unsupported output dtype {dtype!r} (choose from bf16, f16, f32, f64, "
+                          "f8_e4m3, f8_e5m2)")
 
 
 @dataclass
@@ -72,7 +76,7 @@ class MergePlan:
     @property
     def bytes_read(self) -> int:
         return sum(info.n_bytes for t in self.tensors for info, w in t.inputs
-                   if w != 0.0 or t.op == "copy")
+                   if w != 0.0 or t.op != "sum")
 
     @property
     def bytes_written(self) -> int:
@@ -85,11 +89,12 @@ def match_tensors(checkpoints: list[Checkpoint], include: list[str] | None,
 
     Raises MismatchError listing missing/extra names, shapes or dtypes that differ.
     """
+    include, exclude = as_patterns(include, "include"), as_patterns(exclude, "exclude")
     first = checkpoints[0]
-    names = [n for n in first.tensors if _selected(n, include, exclude)]
+    names = [n for n in first.tensors if selected(n, include, exclude)]
     wanted = set(names)
     for ckpt in checkpoints[1:]:
-        theirs = {n for n in ckpt.tensors if _selected(n, include, exclude)}
+        theirs = {n for n in ckpt.tensors if selected(n, include, exclude)}
         missing, extra = sorted(wanted - theirs), sorted(theirs - wanted)
         if missing or extra:
             parts = []
@@ -105,7 +110,8 @@ def match_tensors(checkpoints: list[Checkpoint], include: list[str] | None,
             if a.shape != b.shape:
                 raise MismatchError(f"tensor '{name}': shape {list(b.shape)} in {b.file} differs "
                                     f"from {list(a.shape)} in {a.file}")
-            if a.dtype != b.dtype:
+            if a.dtype != b.dtype and not (_core.dtype_is_mergeable(a.dtype)
+                                           and _core.dtype_is_mergeable(b.dtype)):
                 raise MismatchError(f"tensor '{name}': dtype {b.dtype} in {b.file} differs "
                                     f"from {a.dtype} in {a.file}")
     if not names:
@@ -114,10 +120,40 @@ def match_tensors(checkpoints: list[Checkpoint], include: list[str] | None,
     return names
 
 
-def _selected(name: str, include: list[str] | None, exclude: list[str] | None) -> bool:
-    if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
-        return False
-    return not (exclude and any(fnmatch.fnmatchcase(name, p) for p in exclude))
+INT_POLICIES = ("first", "max", "error")
+
+
+def check_int_policy(policy: str) -> str:
+    """Validate an ``int_policy`` / ``--int-policy`` value."""
+    if policy not in INT_POLICIES:
+        raise LadleValueError(f"int_policy must be one of {', '.join(INT_POLICIES)}, "
+                              f"not {policy!r}")
+    return policy
+
+
+def nonfloat_inputs(infos: list, weights: list[float], policy: str) -> tuple[str, list]:
+    """The engine op and inputs of a tensor that is not merged arithmetically
+    (integer, bool and other non-float dtypes, e.g. BatchNorm's ``num_batches_tracked``).
+
+    Only inputs with a non-zero weight take part (all inputs when every weight is
+    zero), so α = 0 and α = 1 reproduce an endpoint bit for bit. Then ``policy``:
+    ``"first"`` copies the first of them (in input order), ``"max"`` takes the
+    elementwise max (integer and bool dtypes), ``"error"`` copies them after
+    checking that they are identical (the engine raises MismatchError otherwise).
+
+    Returns:
+        (op, chosen): op ``"copy"`` or ``"max"`` and the chosen inputs, in order.
+    """
+    check_int_policy(policy)
+    live = [i for i, w in zip(infos, weights) if w != 0.0] or list(infos)
+    if policy == "first" or len(live) == 1:
+        return "copy", live[:1]
+    if policy == "max":
+        if not (live[0].dtype == "BOOL" or live[0].dtype[0] in "IU"):
+            raise LadleValueError(f"tensor '{live[0].name}': int_policy 'max' needs an integer "
+                                  f"or bool dtype, not {live[0].dtype} (use first or error)")
+        return "max", live
+    return "copy", live
 
 
 # Smallest magnitude that rounds to Inf in fp32 (FLT_MAX + half an ulp).
@@ -136,31 +172,40 @@ def check_weights(weights: list[float], n_inputs: int) -> list[float]:
 
 
 def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: str | None = None,
-               include: list[str] | None = None, exclude: list[str] | None = None,
+               include: str | list[str] | None = None, exclude: str | list[str] | None = None,
                max_shard_bytes: int = 5 * 10**9, single_file: bool = False,
-               metadata: dict[str, str] | None = None) -> MergePlan:
+               metadata: dict[str, str] | None = None, int_policy: str = "first") -> MergePlan:
     """Plan a merge ``out = Σ_k weights[k] · checkpoints[k]`` tensor by tensor.
 
-    Float tensors (F16/BF16/F32/F64) are combined; every other dtype is copied
-    from the first input after the engine checks all inputs hold the same bytes.
+    Float tensors (F16/BF16/F32/F64/F8_E4M3/F8_E5M2, mixed freely) are combined
+    and written as ``dtype``, else as the widest input dtype of that tensor
+    (:mod:`ladle.dtype_rules`); every other dtype follows ``int_policy`` over the
+    inputs with a non-zero weight (see :func:`nonfloat_inputs`).
     """
     weights = check_weights(weights, len(checkpoints))
     out_dtype = normalize_dtype(dtype)
+    for ckpt in checkpoints:
+        pairs = fp8_scale_pairs(ckpt.tensors)
+        if pairs:
+            from .preflight import BLOCK_SCALED
+
+            raise LadleValueError(BLOCK_SCALED.format(ckpt.path, *pairs[0]))
     outputs: list[OutputTensor] = []
     for name in match_tensors(checkpoints, include, exclude):
         infos = [c.tensors[name] for c in checkpoints]
         first = infos[0]
         if _core.dtype_is_mergeable(first.dtype):
-            odt = out_dtype or first.dtype
+            odt = out_dtype or widest_dtype(i.dtype for i in infos)
             n_bytes = first.n_elems * _ITEM_BYTES[odt]
             outputs.append(OutputTensor(name, odt, first.shape, "sum",
                                         list(zip(infos, weights)), n_bytes, first.n_elems))
         else:
-            outputs.append(OutputTensor(name, first.dtype, first.shape, "copy",
-                                        [(i, 1.0) for i in infos], first.n_bytes,
+            op, chosen = nonfloat_inputs(infos, weights, int_policy)
+            outputs.append(OutputTensor(name, first.dtype, first.shape, op,
+                                        [(i, 1.0) for i in chosen], first.n_bytes,
                                         first.n_elems))
     shards = _assign_shards(outputs, max_shard_bytes, single_file)
-    meta = {"format": "pt", **(metadata or {})}
+    meta = {"format": "pt", "ladle_dtype": out_dtype or "widest", **(metadata or {})}
     for shard in shards:
         shard.header = _core.serialize_header(
             [(t.name, t.dtype, list(t.shape), t.offset, t.offset + t.n_bytes)
@@ -197,6 +242,16 @@ def _item_alignment(dtype: str) -> int:
     return max(1, _core.dtype_n_bits(dtype) // 8)
 
 
+def describe_op(t: OutputTensor) -> str:
+    """``sum(w1, w2)``, ``copy(one input)``, ``copy(identical copy)`` (int policy
+    error over several inputs) or ``max(n inputs)``."""
+    if t.op == "sum":
+        return "sum(" + ", ".join(f"{w:g}" for _, w in t.inputs) + ")"
+    if t.op == "max":
+        return f"max({len(t.inputs)} inputs)"
+    return "copy(identical copy)" if len(t.inputs) > 1 else "copy(one input)"
+
+
 def describe(plan: MergePlan) -> str:
     """Human-readable plan for ``--dry-run``: tensors, shards and byte counts."""
     lines = [(f"{len(plan.tensors)} tensors -> {len(plan.shards)} shard(s); "
@@ -204,7 +259,6 @@ def describe(plan: MergePlan) -> str:
     for shard in plan.shards:
         lines.append(f"  {shard.file_name}: {len(shard.tensors)} tensors, {shard.n_bytes} bytes")
     for t in plan.tensors:
-        ws = ", ".join(f"{w:g}" for _, w in t.inputs) if t.op == "sum" else "identical copy"
-        lines.append(f"    {t.name} {t.dtype}{list(t.shape)} {t.op}({ws}) "
+        lines.append(f"    {t.name} {t.dtype}{list(t.shape)} {describe_op(t)} "
                      f"-> {plan.shards[t.shard].file_name}@{t.offset}")
     return "\n".join(lines)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import LadleValueError
+from .errors import LadleIOError, LadleValueError
 from .methods import check_method_name, check_parameter_names
 
 TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype",
@@ -73,15 +73,66 @@ class Recipe:
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
     """Read and validate a YAML recipe file (relative model paths resolve against the
-    current directory first, then the recipe's directory)."""
+    current directory first, then the recipe's directory).
+
+    The file must be a regular file of at most :data:`MAX_RECIPE_BYTES`, and its
+    YAML at most :data:`MAX_RECIPE_NODES` nodes once aliases are expanded, so an
+    alias bomb ("billion laughs") is refused while it is parsed, not walked.
+    """
     import yaml
+
+    from .path_safety import read_regular_file
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        text = read_regular_file(path, MAX_RECIPE_BYTES).decode()
+    except UnicodeDecodeError as e:
+        raise LadleValueError(f"{path}: not UTF-8 text: {e}") from None
+    except FileNotFoundError:
+        raise LadleIOError(2, f"{path}: no such recipe file") from None
+    try:
+        data = yaml.load(text, Loader=_bounded_loader())
     except yaml.YAMLError as e:
         raise LadleValueError(f"{path}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise LadleValueError(f"{path}: YAML nested too deeply") from None
     return parse_recipe(data, path)
+
+
+MAX_RECIPE_BYTES = 1 << 20
+MAX_RECIPE_NODES = 100_000
+
+
+def _bounded_loader() -> type:
+    """yaml.SafeLoader that counts nodes as if every alias were expanded and
+    stops at MAX_RECIPE_NODES (PyYAML shares aliased nodes, but everything that
+    walks the result, the recipe checks and the JSON metadata, expands them)."""
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        def compose_document(self):
+            self._expanded: dict[int, int] = {}
+            return super().compose_document()
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                target = self.anchors.get(self.peek_event().anchor)
+                if target is not None and id(target) not in self._expanded:
+                    raise yaml.YAMLError("an alias refers to a node that contains it")
+            node = super().compose_node(parent, index)
+            size = self._expanded.get(id(node))
+            if size is None:
+                children = (node.value if isinstance(node, yaml.SequenceNode) else
+                            [n for pair in node.value for n in pair]
+                            if isinstance(node, yaml.MappingNode) else [])
+                size = 1 + sum(self._expanded[id(c)] for c in children)
+                self._expanded[id(node)] = size
+            if size > MAX_RECIPE_NODES:
+                raise yaml.YAMLError(f"more than {MAX_RECIPE_NODES} nodes once aliases are "
+                                     f"expanded (an alias bomb?); refused")
+            return node
+
+    return BoundedLoader
 
 
 def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
@@ -228,7 +279,10 @@ def extra_files(recipe: Recipe) -> list[Path]:
 def run_recipe(recipe: Recipe, out: str | os.PathLike, **options):
     """Run a parsed recipe; options are those of :func:`ladle.methods.merge_models`."""
     from .methods import merge_models
+    from .output import checked_output
 
+    checked_output(out, [recipe.base_model, *recipe.models, recipe.tokenizer_source],
+                   overwrite=options.get("overwrite", False))  # before reading any header
     models = list(recipe.models)
     params = list(recipe.model_parameters)
     options.setdefault("dtype", recipe.dtype)

@@ -31,7 +31,10 @@ from .accumulator import Accumulators
 from .errors import LadleValueError
 from .keymap import KeyMap
 from .live import Loader
+from .output import checked_output
+from .plan import check_int_policy, nonfloat_inputs
 from .results import ResultsLog, as_log
+from .scores import as_score
 from .sources import TensorSet, open_input, target_set
 from .writer import WriteTensor, write_tensors
 
@@ -55,6 +58,7 @@ class SoupResult:
         individual_scores: score of each ingredient alone (greedy, ranked order).
         history: one dict per tentative soup: candidate, score, accepted.
         out: where the soup was written, if anywhere.
+        int_policy: how integer/bool buffers were combined (see :func:`ladle.merge`).
     """
 
     method: str
@@ -64,6 +68,7 @@ class SoupResult:
     individual_scores: list[float | None] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     out: Any = None
+    int_policy: str = "first"
 
     @property
     def weights(self) -> list[float]:
@@ -137,11 +142,11 @@ def uniform_soup(module: Any, ingredients: Sequence[Any], evaluate: Evaluate | N
                  out: str | os.PathLike | None = None, key_map: KeyMap = None,
                  strict: bool = True, log: ResultsLog | str | None = None, threads: int = 0,
                  memory_budget: int | str = "256MiB", overwrite: bool = False,
-                 max_shard_size: int | str = "5GB") -> SoupResult:
+                 max_shard_size: int | str = "5GB", int_policy: str = "first") -> SoupResult:
     """Load the uniform soup ``(Σ_k θ_k) · fp32(1/N)`` into ``module`` (streamed).
 
     The same arithmetic as a greedy soup that accepts every ingredient in order.
-    Non-float buffers come from the first ingredient.
+    Non-float buffers follow ``int_policy`` (default: the first ingredient's).
 
     Args:
         module: the live model to overwrite.
@@ -151,6 +156,8 @@ def uniform_soup(module: Any, ingredients: Sequence[Any], evaluate: Evaluate | N
         key_map, strict: name matching (see :func:`ladle.load_into`).
         log: JSONL results log (path or :class:`ResultsLog`).
         threads, memory_budget, overwrite, max_shard_size: engine/output options.
+        int_policy: integer/bool buffers: ``"first"``, ``"max"`` or ``"error"`` (see
+            :func:`ladle.merge`); recorded in the output's metadata.
 
     Returns:
         A :class:`SoupResult`.
@@ -158,14 +165,18 @@ def uniform_soup(module: Any, ingredients: Sequence[Any], evaluate: Evaluate | N
     Example:
         >>> ladle.uniform_soup(model, ["a/", "b/"], evaluate).score   # doctest: +SKIP
     """
+    if out is not None:
+        checked_output(out, ingredients, overwrite=overwrite)  # before reading ingredients
+    check_int_policy(int_policy)
     sets = [open_input(x) for x in ingredients]
     n = len(sets)
     loader = Loader(target_set(module), sets, key_map=key_map, strict=strict, threads=threads,
                     memory_budget=memory_budget)
     t0 = time.perf_counter()
-    loader.run([1.0] * n, post_scale=fp32_reciprocal(n), nonfloat="first")
-    score = float(evaluate(module)) if evaluate is not None else None
-    result = SoupResult("uniform-soup", _labels(sets), [1] * n, score)
+    loader.run([1.0] * n, post_scale=fp32_reciprocal(n), int_policy=int_policy)
+    score = (as_score(evaluate(module), f"evaluate(module) for the uniform soup of {n} "
+                      f"ingredients") if evaluate is not None else None)
+    result = SoupResult("uniform-soup", _labels(sets), [1] * n, score, int_policy=int_policy)
     as_log(log).append("uniform-soup", ingredients=result.ingredients, weights=result.weights,
                        score=score, seconds=time.perf_counter() - t0)
     if out is not None:
@@ -174,7 +185,7 @@ def uniform_soup(module: Any, ingredients: Sequence[Any], evaluate: Evaluate | N
 
 
 def _recipe_metadata(result: SoupResult) -> dict[str, str]:
-    return {"ladle_method": result.method,
+    return {"ladle_method": result.method, "ladle_int_policy": result.int_policy,
             "ladle_recipe": json.dumps({"ingredients": result.ingredients,
                                         "counts": result.counts, "weights": result.weights,
                                         "score": result.score})}
@@ -200,7 +211,7 @@ def greedy_soup(module: Any, ingredients: Sequence[Any], evaluate: Evaluate, *,
                 log: ResultsLog | str | None = None, progress: bool = False, threads: int = 0,
                 memory_budget: int | str = "256MiB", overwrite: bool = False,
                 max_shard_size: int | str = "5GB",
-                distributed: bool | None = None) -> SoupResult:
+                distributed: bool | None = None, int_policy: str = "first") -> SoupResult:
     """Greedy soup (Model soups, Recipe 1) streamed through the live ``module``.
 
     Args:
@@ -228,6 +239,10 @@ def greedy_soup(module: Any, ingredients: Sequence[Any], evaluate: Evaluate, *,
             count, and the score is the weighted mean over ranks, identical on every
             rank, so all take the same decisions. Rank 0 writes ``out`` and the log.
             ``None`` (default): on when launched with ``WORLD_SIZE`` > 1.
+        int_policy: integer/bool buffers of every soup loaded or written, over its
+            ingredients in the given order: ``"first"``, ``"max"`` or ``"error"``
+            (see :func:`ladle.merge`); the written soup equals
+            ``ladle.merge(ingredients, weights, int_policy=...)`` on them.
 
     Returns:
         A :class:`SoupResult`; ``history`` holds every tentative soup.
@@ -236,10 +251,18 @@ def greedy_soup(module: Any, ingredients: Sequence[Any], evaluate: Evaluate, *,
         >>> r = ladle.greedy_soup(model, paths, evaluate, out="soup/")  # doctest: +SKIP
         >>> r.selected, r.score                                          # doctest: +SKIP
     """
+    if out is not None:
+        checked_output(out, ingredients, overwrite=overwrite)  # before reading ingredients
+    check_int_policy(int_policy)
     sets = [open_input(x) for x in ingredients]
     n = len(sets)
     if n == 0:
         raise LadleValueError("greedy_soup needs at least one ingredient")
+    if scores is not None:
+        if len(scores) != n:
+            raise LadleValueError(f"got {len(scores)} score(s) for {n} ingredient(s)")
+        scores = [as_score(v, f"scores[{k}] (ingredient {k} {sets[k].label!r})")
+                  for k, v in enumerate(scores)]
     from .distributed import soup_group
 
     group = soup_group(distributed)
@@ -252,33 +275,37 @@ def greedy_soup(module: Any, ingredients: Sequence[Any], evaluate: Evaluate, *,
     # One loader per ingredient into the model: checks keys once, copies non-floats.
     singles = [Loader(target, [s], key_map=key_map, strict=strict_keys, threads=threads,
                       memory_budget=memory_budget) for s in sets]
+    # and one over all of them for the non-float buffers of each (tentative) soup.
+    nonfloats = Loader(target, sets, key_map=key_map, strict=strict_keys, threads=threads,
+                       memory_budget=memory_budget)
     floats = singles[0].float_groups
     acc = Accumulators([(g.name, g.ref.shape) for g in floats],
                        parse_size(accumulator_budget), accumulator, workdir)
     try:
-        return _greedy(module, sets, labels, singles, acc, evaluate, log, out=out,
+        return _greedy(module, sets, labels, singles, nonfloats, acc, evaluate, log, out=out,
                        strict=strict, order=order, seed=seed,
                        with_replacement=with_replacement, n_steps=n_steps, scores=scores,
                        key_map=key_map, progress=progress, threads=threads,
                        memory_budget=memory_budget, overwrite=overwrite,
-                       max_shard_size=max_shard_size, group=group)
+                       max_shard_size=max_shard_size, group=group, int_policy=int_policy)
     finally:
         acc.close()
 
 
 def _greedy(module: Any, sets: list[TensorSet], labels: list[str], singles: list[Loader],
-            acc: Accumulators, evaluate: Evaluate, log: ResultsLog, *, out: Any, strict: bool,
+            nonfloats: Loader, acc: Accumulators, evaluate: Evaluate, log: ResultsLog, *, out: Any, strict: bool,
             order: str, seed: int, with_replacement: bool, n_steps: int | None,
             scores: Sequence[float] | None, key_map: KeyMap, progress: bool, threads: int,
             memory_budget: int | str, overwrite: bool, max_shard_size: int | str,
-            group: Any = None) -> SoupResult:
+            group: Any = None, int_policy: str = "first") -> SoupResult:
     n = len(sets)
     individual: list[float | None] = list(scores) if scores is not None else [None] * n
     if order == "score" and scores is None:
         for k in range(n):
             t0 = time.perf_counter()
-            singles[k].run([1.0], nonfloat="first")
-            individual[k] = float(evaluate(module))
+            singles[k].run([1.0])
+            individual[k] = as_score(evaluate(module), f"evaluate(module) for ingredient {k} "
+                                     f"{labels[k]!r} alone")
             log.append("greedy-soup/individual", ingredients=[labels[k]], weights=[1.0],
                        score=individual[k], seconds=time.perf_counter() - t0)
     sequence = candidate_order(n, order=order, scores=individual, seed=seed,
@@ -289,7 +316,6 @@ def _greedy(module: Any, sets: list[TensorSet], labels: list[str], singles: list
     model_loaders: dict[int, Loader] = {}
     counts = [0] * n
     n_acc, best = 0, float("-inf")
-    first_accepted: int | None = None
     history: list[dict[str, Any]] = []
     steps = _maybe_tqdm(sequence, progress)
     for step, k in enumerate(steps):
@@ -305,13 +331,16 @@ def _greedy(module: Any, sets: list[TensorSet], labels: list[str], singles: list
             model_loaders[1 - s_idx] = Loader(singles[0].targets, [t_set], strict=False,
                                               threads=threads, memory_budget=memory_budget)
         model_loaders[1 - s_idx].run([1.0], post_scale=fp32_reciprocal(n_acc + 1),
-                                     nonfloat="skip")
-        if n_acc == 0:
-            singles[k].run([1.0], floats=False, nonfloat="first")
+                                     nonfloats=False)
+        tentative = [float(c + (i == k)) for i, c in enumerate(counts)]
+        nonfloats.run(tentative, floats=False, int_policy=int_policy)
         if n_acc == 0 and individual[k] is not None and not with_replacement:
             score = float(individual[k])  # the soup {θ_k} is θ_k: already scored
         else:
-            score = float(evaluate(module))
+            members = [labels[i] for i in range(n) if counts[i] or i == k]
+            score = as_score(evaluate(module), f"evaluate(module) at greedy step {step} for "
+                             f"candidate ingredient {k} {labels[k]!r} (tentative soup of "
+                             f"{members})")
         ok = n_acc == 0 or accepts(score, best, strict)
         weights = [c / (n_acc + 1) for c in counts]
         weights[k] += 1 / (n_acc + 1)
@@ -325,22 +354,20 @@ def _greedy(module: Any, sets: list[TensorSet], labels: list[str], singles: list
             counts[k] += 1
             n_acc += 1
             best = score
-            if first_accepted is None:
-                first_accepted = k
     # Leave the final soup in the model (the last tentative one may have been rejected).
     final = acc.sets[s_idx]
     if s_idx not in model_loaders:
         model_loaders[s_idx] = Loader(singles[0].targets, [final], strict=False,
                                       threads=threads, memory_budget=memory_budget)
-    model_loaders[s_idx].run([1.0], post_scale=fp32_reciprocal(n_acc), nonfloat="skip")
-    assert first_accepted is not None
-    singles[first_accepted].run([1.0], floats=False, nonfloat="first")
-    result = SoupResult("greedy-soup", labels, counts, best, individual, history)
+    model_loaders[s_idx].run([1.0], post_scale=fp32_reciprocal(n_acc), nonfloats=False)
+    nonfloats.run([float(c) for c in counts], floats=False, int_policy=int_policy)
+    result = SoupResult("greedy-soup", labels, counts, best, individual, history,
+                        int_policy=int_policy)
     log.append("greedy-soup", ingredients=labels, weights=result.weights, score=best,
                counts=counts)
     if out is not None:
         def write() -> Any:
-            return _write_greedy(out, result, singles[first_accepted], final,
+            return _write_greedy(out, result, nonfloats, final,
                                  fp32_reciprocal(n_acc), overwrite, max_shard_size, threads,
                                  memory_budget)
 
@@ -348,22 +375,23 @@ def _greedy(module: Any, sets: list[TensorSet], labels: list[str], singles: list
     return result
 
 
-def _write_greedy(out: Any, result: SoupResult, first: Loader, final: TensorSet, scale: float,
-                  overwrite: bool, max_shard_size: int | str, threads: int,
+def _write_greedy(out: Any, result: SoupResult, everyone: Loader, final: TensorSet,
+                  scale: float, overwrite: bool, max_shard_size: int | str, threads: int,
                   memory_budget: int | str) -> Any:
-    """Stream S · fp32(1/n) (float tensors) and the first ingredient's non-float
-    tensors into ``out``."""
+    """Stream S · fp32(1/n) (float tensors) and the non-float tensors of the accepted
+    ingredients under the soup's int policy into ``out``."""
     outputs = []
-    for g in first.groups:
+    for g in everyone.groups:
         if g.ref.is_float:
             s = final.tensors[g.name]
             outputs.append(WriteTensor(g.name, g.ref.dtype, g.ref.shape, "sum", [(s, 1.0)],
                                        g.ref.n_bytes, g.ref.n_elems, post_scale=scale))
-        elif g.inputs[0] is not None:
-            src = g.inputs[0]
-            outputs.append(WriteTensor(g.name, g.ref.dtype, g.ref.shape, "copy", [(src, 1.0)],
-                                       g.ref.n_bytes, g.ref.n_elems))
-    return write_tensors(out, outputs, [final, *first.inputs],
+        elif None not in g.inputs:
+            op, chosen = nonfloat_inputs(g.inputs, [float(c) for c in result.counts],
+                                         result.int_policy)
+            outputs.append(WriteTensor(g.name, g.ref.dtype, g.ref.shape, op,
+                                       [(r, 1.0) for r in chosen], g.ref.n_bytes, g.ref.n_elems))
+    return write_tensors(out, outputs, [final, *everyone.inputs],
                          metadata=_recipe_metadata(result), max_shard_size=max_shard_size,
                          overwrite=overwrite, threads=threads,
                          memory_budget=memory_budget)["out"]

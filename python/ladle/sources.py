@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from . import _core
-from .checkpoint import Checkpoint, open_checkpoint
+from .checkpoint import TORCH_SUFFIXES, Checkpoint, open_checkpoint
 from .errors import BackendError, LadleValueError
 
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 
 _TORCH_TO_ST = {
     "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",

@@ -4,8 +4,8 @@ Checks, in order: structure (every header through the strict parser, the
 index consistent with its shards), the CRC-32 of each shard when the index
 records them (``ladle_crc32c``), optionally that every float value is finite,
 and finally recomputes a sample of tensors from the inputs with the recipe
-recorded in ``__metadata__`` (``ladle_inputs``, ``ladle_weights``) or given
-explicitly, comparing bytes exactly.
+recorded in ``__metadata__`` (``ladle_inputs``, ``ladle_weights``,
+``ladle_int_policy``) or given explicitly, comparing bytes exactly.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from . import _core
 from .checkpoint import INDEX_NAME, Checkpoint, open_checkpoint
 from .errors import FormatError, LadleValueError
 from .output import file_crc32c
+from .plan import check_int_policy, nonfloat_inputs
 
 
 @dataclass
@@ -83,8 +84,11 @@ def verify(out: str | os.PathLike, inputs: list[str] | None = None,
     if inputs is not None and weights is not None and sample != 0:
         if len(inputs) != len(weights):
             raise LadleValueError(f"{len(weights)} weight(s) for {len(inputs)} input(s)")
+        # Outputs written before int policies existed required identical integer
+        # tensors, which "first" reproduces.
+        policy = check_int_policy(ckpt.metadata.get("ladle_int_policy", "first"))
         _recompute(ckpt, [open_checkpoint(p) for p in inputs], [float(w) for w in weights],
-                   sample, seed, report)
+                   sample, seed, report, policy)
     return report
 
 
@@ -143,7 +147,7 @@ def _check_finite(ckpt: Checkpoint, report: VerifyReport) -> None:
 
 
 def _recompute(out: Checkpoint, ckpts: list[Checkpoint], weights: list[float], sample: int,
-               seed: int, report: VerifyReport) -> None:
+               seed: int, report: VerifyReport, int_policy: str = "first") -> None:
     names = list(out.tensors)
     if 0 <= sample < len(names):
         largest = max(names, key=lambda n: out.tensors[n].n_bytes)
@@ -168,10 +172,11 @@ def _recompute(out: Checkpoint, ckpts: list[Checkpoint], weights: list[float], s
             job_inputs = [(sources[i.file], i.offset, i.dtype, w) for i, w in zip(infos, weights)]
             plan.add_job(name, "sum", t.n_elems, sink, 0, t.dtype, job_inputs)
         else:
+            op, chosen = nonfloat_inputs(infos, weights, int_policy)
             dtype, n = (t.dtype, t.n_elems) if _core.dtype_n_bits(t.dtype) % 8 == 0 else \
                 ("U8", t.n_bytes)
-            plan.add_job(name, "copy", n, sink, 0, dtype,
-                         [(sources[i.file], i.offset, dtype, 1.0) for i in infos])
+            plan.add_job(name, op, n, sink, 0, dtype,
+                         [(sources[i.file], i.offset, dtype, 1.0) for i in chosen])
         _core.run(plan, threads=1)
         got = np.frombuffer(_read(t.file, t.offset, t.n_bytes), np.uint8)
         report.tensors_recomputed += 1

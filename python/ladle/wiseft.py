@@ -31,7 +31,8 @@ def wiseft_sweep(module: Any, theta0: Any, theta1: Any, alphas: Sequence[float] 
                  evaluate: Callable[[Any], Any] | None = None, *, key_map: KeyMap = None,
                  strict: bool = True, log: ResultsLog | str | None = None,
                  progress: bool = False, threads: int = 0,
-                 memory_budget: int | str = "256MiB") -> list[SweepPoint]:
+                 memory_budget: int | str = "256MiB",
+                 int_policy: str = "first") -> list[SweepPoint]:
     """Evaluate the WiSE-FT curve: for each α, stream θα into ``module`` in place.
 
     Weights are ``(1 − α, α)`` computed in fp64; α = 0 and α = 1 reproduce the
@@ -47,6 +48,8 @@ def wiseft_sweep(module: Any, theta0: Any, theta1: Any, alphas: Sequence[float] 
         log: JSONL results log.
         progress: tqdm bar over α.
         threads, memory_budget: engine options.
+        int_policy: integer/bool buffers (see :func:`ladle.merge`): ``"first"``
+            takes θ0's (θ1's at α = 1, where θ0's weight is zero).
 
     Returns:
         One :class:`SweepPoint` per α, in order.
@@ -77,8 +80,7 @@ def wiseft_sweep(module: Any, theta0: Any, theta1: Any, alphas: Sequence[float] 
         items = tqdm(alphas, desc="wise-ft sweep", unit="alpha")
     for alpha in items:
         t0 = time.perf_counter()
-        # Non-float buffers come from θ0 (from θ1 at α = 1, where θ0's weight is zero).
-        loader.run([1.0 - alpha, alpha], nonfloat="first")
+        loader.run([1.0 - alpha, alpha], int_policy=int_policy)
         score = evaluate(module)
         seconds = time.perf_counter() - t0
         points.append(SweepPoint(float(alpha), score, seconds))

@@ -17,8 +17,16 @@ from typing import Any
 from . import _core
 from ._units import parse_size
 from .errors import LadleValueError
-from .output import OutputDir, write_atomically
-from .plan import OutputTensor, _assign_shards, build_plan, check_weights, describe
+from .output import OutputDir, checked_output, write_atomically
+from .path_safety import input_paths
+from .plan import (
+    OutputTensor,
+    _assign_shards,
+    build_plan,
+    check_int_policy,
+    check_weights,
+    describe,
+)
 from .sources import TensorRef, TensorSet, open_input
 
 PathLike = str | os.PathLike
@@ -47,7 +55,7 @@ def write_tensors(out: PathLike, tensors: Sequence[OutputTensor], sets: Sequence
     Returns:
         dict(out, n_tensors, n_shards, bytes_read, bytes_written, seconds).
     """
-    output = OutputDir(out, overwrite=overwrite)
+    output = OutputDir(out, overwrite=overwrite, inputs=input_paths(sets))
     tensors = list(tensors)
     shards = _assign_shards(tensors, parse_size(max_shard_size), output.single_file)
     meta = {"format": "pt", **(metadata or {})}
@@ -116,6 +124,7 @@ def save(obj: Any, out: PathLike, *, max_shard_size: int | str = "5GB",
     """
     from .live import alias_groups
 
+    checked_output(out, [obj], overwrite=overwrite)  # before reading the input
     tensors = open_input(obj)
     outputs = [copy_tensor(name, ref) for name, _, ref in alias_groups(tensors)]
     meta = {"ladle_method": "save", **(metadata or {})}
@@ -125,10 +134,11 @@ def save(obj: Any, out: PathLike, *, max_shard_size: int | str = "5GB",
 
 def merge_live(checkpoints: Sequence[Any], weights: Sequence[float], out: PathLike, *,
                dtype: str | None = None, max_shard_size: int | str = "5GB",
-               include: list[str] | None = None, exclude: list[str] | None = None,
+               include: str | list[str] | None = None, exclude: str | list[str] | None = None,
                threads: int = 0, memory_budget: int | str = "256MiB",
                check_finite: bool = False, overwrite: bool = False, progress: bool = True,
-               dry_run: bool = False, method: str = "linear", kernel: str = "auto") -> Any:
+               dry_run: bool = False, method: str = "linear", kernel: str = "auto",
+               int_policy: str = "first") -> Any:
     """:func:`ladle.merge` for inputs that include live modules, dicts of tensors or
     ``.pt``/``.bin`` files: same plan, same arithmetic, same output layout.
     """
@@ -139,10 +149,12 @@ def merge_live(checkpoints: Sequence[Any], weights: Sequence[float], out: PathLi
     weights = check_weights(list(weights), len(sets))
     metadata = {"ladle_method": method, "ladle_inputs": json.dumps([s.label for s in sets]),
                 "ladle_weights": json.dumps(weights),
+                "ladle_int_policy": check_int_policy(int_policy),
                 "ladle_version": _core.build_info()["version"]}
     plan = build_plan(sets, weights, dtype=dtype, include=include, exclude=exclude,
                       max_shard_bytes=parse_size(max_shard_size),
-                      single_file=OutputDir(out).single_file, metadata=metadata)
+                      single_file=OutputDir(out).single_file, metadata=metadata,
+                      int_policy=int_policy)
     if dry_run:
         print(describe(plan))
         return MergeReport(None, len(plan.tensors), len(plan.shards), plan.bytes_read,

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -24,6 +25,7 @@
 #include "common.h"
 #include "engine.h"
 #include "json.h"
+#include "kernels.h"
 #include "safetensors.h"
 #include "shard_writer.h"
 
@@ -180,6 +182,37 @@ void engine_runs(const std::string& work) {
                  [&] { run_plan(m->plan, EngineOptions(), nullptr); });
   }
   {
+    auto m = plan_merge(a, b, 1.0f, 1.0f, work + "/maxf.safetensors", JobOp::kMax);
+    expect_error(ErrorKind::kValue, "elementwise max of float tensors",
+                 [&] { run_plan(m->plan, EngineOptions(), nullptr); });
+  }
+  {
+    // The same bytes read as I32: out[i] = max of the two inputs' bit patterns, across
+    // chunk boundaries and threads (int policy 'max').
+    auto m = plan_merge(a, b, 1.0f, 1.0f, work + "/max.safetensors", JobOp::kMax);
+    Job& job = m->plan.jobs[0];
+    job.out_dtype = DType::kI32;
+    for (JobInput& in : job.inputs) in.dtype = DType::kI32;
+    EngineOptions options;
+    options.threads = 2;
+    options.chunk_elems = 8192;
+    run_plan(m->plan, options, nullptr);
+    m->plan.sinks[0].writer->finish();
+    std::ifstream f(m->out_path, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    bool same = bytes.size() == m->header_n_bytes + 4 * n;
+    for (uint64_t i = 0; i < n && same; ++i) {
+      float fa = 0.5f * i, fb = 1.0f - i;
+      int32_t xa, xb, got;
+      std::memcpy(&xa, &fa, 4);
+      std::memcpy(&xb, &fb, 4);
+      std::memcpy(&got, bytes.data() + m->header_n_bytes + 4 * i, 4);
+      same = got == std::max(xa, xb);
+    }
+    expect(same, "elementwise max of I32 inputs equals the reference");
+    std::printf("  ok  elementwise max of %llu I32 elements\n", (unsigned long long)n);
+  }
+  {
     auto m = plan_merge(a, b, 0.5f, 0.5f, work + "/range.safetensors");
     m->plan.jobs[0].inputs[1].offset = UINT64_MAX - 3;
     expect_error(ErrorKind::kFormat, "input offset wrapping around",
@@ -211,6 +244,28 @@ void engine_runs(const std::string& work) {
 
 }  // namespace
 
+// FP8 and fp64 conversions under the sanitizers: every code round-trips, a stride
+// through all fp32 patterns converts without UB, and fp64 jobs keep fp64.
+void conversions_run() {
+  for (int c = 0; c < 256; ++c) {
+    uint8_t b = static_cast<uint8_t>(c);
+    if ((b & 0x7F) != 0x7F) expect(f32_to_f8_e4m3(f8_e4m3_to_f32(b)) == b, "e4m3 round trip");
+    if ((b & 0x7C) != 0x7C || (b & 0x03) == 0)
+      expect(f32_to_f8_e5m2(f8_e5m2_to_f32(b)) == b, "e5m2 round trip");
+  }
+  for (uint64_t u = 0; u <= 0xFFFFFFFFull; u += 4099) {
+    float f = f32_from_bits(static_cast<uint32_t>(u));
+    uint8_t e4 = f32_to_f8_e4m3(f), e5 = f32_to_f8_e5m2(f);
+    expect(f == f || (e4 == 0x7F && e5 == 0x7F), "fp8 NaN is 0x7F");
+  }
+  double x[2] = {1e300, 0.1}, acc[2];
+  accumulate_f64(DType::kF64, x, 0.5, acc, 2, true);
+  accumulate_f64(DType::kF64, x, 0.5, acc, 2, false);
+  double out[2];
+  store_f64(DType::kF64, acc, 1.0, out, 2);
+  expect(out[0] == 1e300 && out[1] == 0.1, "fp64 job keeps 1e300 and 0.1");
+}
+
 int main(int argc, char** argv) {
   std::string attacks, valid, work = "/tmp";
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -238,6 +293,7 @@ int main(int argc, char** argv) {
   char tmpl[] = "/tmp/ladle-driver-XXXXXX";
   std::string dir = work == "/tmp" ? std::string(mkdtemp(tmpl)) : work;
   engine_runs(dir);
+  conversions_run();
   if (work == "/tmp") std::filesystem::remove_all(dir);
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;

@@ -23,6 +23,7 @@ import numpy as np
 from .. import _core
 from .._units import parse_size
 from ..errors import LadleValueError, MismatchError
+from ..patterns import as_patterns
 from ..sources import TensorSet, open_input
 
 #: Name patterns (fnmatch, case-insensitive) of gain-like parameters that the paper
@@ -57,7 +58,9 @@ class Gram:
             include: if given, keep only names matching one of these globs.
             exclude: further globs to drop.
         """
-        drop = list(exclude or []) + (list(GAIN_PATTERNS) if exclude_gains else [])
+        include = as_patterns(include, "include")
+        drop = (as_patterns(exclude, "exclude") or []) + (list(GAIN_PATTERNS) if exclude_gains
+                                                          else [])
         out = []
         for name, shape in self.shapes.items():
             low = name.lower()
@@ -229,7 +232,7 @@ def pairwise_interpolation_advantage(module: Any, thetas: Sequence[Any],
                     strict=strict, threads=threads)
 
     def score(weights: list[float]) -> float:
-        loader.run(weights, nonfloat="first")
+        loader.run(weights)
         return float(evaluate(module))
 
     accs = np.array([score([float(i == j) for j in range(k)]) for i in range(k)])

@@ -114,7 +114,7 @@ def evaluate_plane(module: Any, theta0: Any, theta1: Any, theta2: Any,
     grid = PlaneGrid(plane, ga, gb)
     for j, bj in enumerate(gb):
         for i, ai in enumerate(ga):
-            loader.run(plane.weights(ai, bj), nonfloat="first")
+            loader.run(plane.weights(ai, bj))
             out = evaluate(module)
             metrics = out if isinstance(out, dict) else {"score": out}
             for k, v in metrics.items():

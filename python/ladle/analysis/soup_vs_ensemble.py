@@ -100,7 +100,7 @@ def module_predict(module: Any, theta0: Any, theta1: Any, forward: Callable[[Any
                     key_map=key_map, strict=strict, threads=threads)
 
     def predict(alpha: float) -> np.ndarray:
-        loader.run([1.0 - alpha, alpha], nonfloat="first")
+        loader.run([1.0 - alpha, alpha])
         out = forward(module)
         if hasattr(out, "detach"):
             out = out.detach().cpu().double().numpy()

@@ -1,0 +1,109 @@
+"""Pre-flight check of a merge from headers and index files only (``ladle check``,
+``ladle merge --dry-run``): missing, extra and mismatched tensors, the dtype plan
+per tensor, FP8 scale companions, the output size against the free disk space at
+the destination, and the files that will be open at once. No tensor byte is read.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import _core
+from .checkpoint import Checkpoint, _preview
+from .dtype_rules import fp8_scale_pairs, widest_dtype
+from .plan import normalize_dtype
+
+# Block-scaled FP8 is refused rather than merged wrongly (averaging scales as weights).
+BLOCK_SCALED = ("{}: tensor '{}' is FP8 with scales in '{}': block-scaled FP8 checkpoints are "
+                 "not merged yet (the scales would be averaged as if they were weights); "
+                 "dequantize to BF16 first")
+
+
+@dataclass
+class Preflight:
+    """What a merge of these checkpoints would do, and what stops it."""
+
+    problems: list[str] = field(default_factory=list)
+    dtype_plan: Counter = field(default_factory=Counter)  # "F16+F32 -> F32" -> count
+    scale_pairs: list[tuple[str, str]] = field(default_factory=list)
+    output_n_bytes: int = 0
+    free_n_bytes: int | None = None
+    files_open: int = 0
+    files_limit: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def text(self) -> str:
+        lines = [f"dtype plan: {n} tensor(s) {plan}" for plan, n in sorted(self.dtype_plan.items())]
+        if self.scale_pairs:
+            lines.append(f"FP8 scale pairs: {len(self.scale_pairs)} "
+                         f"({_preview([f'{w} + {s}' for w, s in self.scale_pairs], 3)})")
+        free = "unknown" if self.free_n_bytes is None else f"{self.free_n_bytes} bytes free"
+        lines.append(f"output: {self.output_n_bytes} bytes; destination: {free}")
+        lines.append(f"files open at once: {self.files_open} (limit {self.files_limit})")
+        lines += [f"problem: {p}" for p in self.problems]
+        lines.append("ok" if self.ok else f"{len(self.problems)} problem(s)")
+        return "\n".join(lines)
+
+
+def preflight(ckpts: list[Checkpoint], dtype: str | None = None,
+              out: str | os.PathLike | None = None) -> Preflight:
+    """Check ``ckpts`` for a merge into ``out`` (optional) without reading tensor data.
+
+    Example:
+        >>> print(preflight([ladle.open("a/"), ladle.open("b/")]).text())  # doctest: +SKIP
+    """
+    report = Preflight()
+    out_dtype = normalize_dtype(dtype)
+    first = ckpts[0]
+    for ckpt in ckpts[1:]:
+        missing = sorted(set(first.tensors) - set(ckpt.tensors))
+        extra = sorted(set(ckpt.tensors) - set(first.tensors))
+        if missing:
+            report.problems.append(f"{ckpt.path}: missing {len(missing)} tensor(s) of "
+                                   f"{first.path}: {_preview(missing)}")
+        if extra:
+            report.problems.append(f"{ckpt.path}: {len(extra)} extra tensor(s) not in "
+                                   f"{first.path}: {_preview(extra)}")
+    for name, t in first.tensors.items():
+        infos = [c.tensors[name] for c in ckpts if name in c.tensors]
+        shapes = {i.shape for i in infos}
+        if len(shapes) > 1:
+            report.problems.append(f"tensor '{name}': shapes differ: "
+                                   f"{sorted(list(s) for s in shapes)}")
+        dtypes = sorted({i.dtype for i in infos})
+        if all(_core.dtype_is_mergeable(d) for d in dtypes):
+            odt = out_dtype or widest_dtype(dtypes)
+            report.dtype_plan[f"{'+'.join(dtypes)} -> {odt}"] += 1
+            report.output_n_bytes += t.n_elems * _core.dtype_n_bits(odt) // 8
+        elif len(dtypes) > 1:
+            report.problems.append(f"tensor '{name}': dtypes {dtypes} differ and are not all "
+                                   f"float")
+        else:
+            report.dtype_plan[f"{dtypes[0]} copied"] += 1
+            report.output_n_bytes += t.n_bytes
+    report.scale_pairs = fp8_scale_pairs(first.tensors)
+    if report.scale_pairs:
+        report.problems.append(BLOCK_SCALED.format(first.path, *report.scale_pairs[0]))
+    n_out_files = max(1, -(-report.output_n_bytes // (5 * 10**9)))
+    report.files_open = len({f for c in ckpts for f in c.files}) + n_out_files
+    report.files_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if report.files_open > report.files_limit:
+        report.problems.append(f"{report.files_open} files must be open at once, the limit "
+                               f"(ulimit -n) is {report.files_limit}")
+    if out is not None:
+        dest = Path(out).absolute()
+        while not dest.exists():
+            dest = dest.parent
+        report.free_n_bytes = shutil.disk_usage(dest).free
+        if report.output_n_bytes > report.free_n_bytes:
+            report.problems.append(f"{out}: the output needs {report.output_n_bytes} bytes, "
+                                   f"{report.free_n_bytes} are free")
+    return report
