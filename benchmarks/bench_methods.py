@@ -1,51 +1,64 @@
-"""TIES and SLERP of ~2.5 GB bf16 Llama-shaped checkpoints: ladle vs mergekit on the
-same bytes in one run — wall time, peak RSS (VmHWM; it counts mapped file pages too)
-and the largest absolute difference between the two outputs.
+"""Every merge method against the same-run durable I/O ceiling (and mergekit when
+installed), base + 3 Llama-shaped bf16 checkpoints, the same bytes in one run.
 
-Both tools get the same mergekit YAML recipe with ``dtype: float32`` (compute in
-fp32) and ``out_dtype: bfloat16``. mergekit runs from the Python named by
-``--mergekit-python`` (default: /tmp/venv-mergekit/bin/python); it is skipped when
-that has no mergekit.
+Per method: ladle's wall time (process start until the output is fsynced), the
+ceiling of the same traffic (``cat`` of the method's inputs + ``dd conv=fsync`` of an
+output-sized file, as benchmarks/compare.py measures it), ladle's fraction of it,
+peak RSS (VmHWM, mapped file pages included) and peak RssAnon, and mergekit's wall
+when ``mergekit-yaml`` is on PATH (the column reads "-" otherwise; with it, the largest
+absolute difference between the two outputs is recorded too). Every tool runs
+``--repeat`` times with the inputs warm in the page cache; the median wall and the
+largest peaks are printed.
+
+Recipes use ``dtype: float32`` (compute in fp32) and ``out_dtype: bfloat16``.
 
 Usage:
-    python benchmarks/bench_methods.py --size 2.5GB --workdir bench-work [--keep]
+    python benchmarks/bench_methods.py --size 0.5GB --repeat 3 --json bench-work/methods.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
+import statistics
 import sys
 from pathlib import Path
 
 import yaml
+from compare import child_env, dir_bytes, remove, run_ceiling, run_tool
+from llama_checkpoints import checkpoint_files, generate_checkpoints
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "python"))
+from ladle._units import format_size, parse_size
 
-from ladle._measure import run_measured
-from ladle._units import parse_size
-from ladle.synthetic import llama_shape_for, write_llama_checkpoint
+METHODS = ("linear", "ties", "dare_ties", "breadcrumbs", "slerp", "model_stock")
 
 
-def recipes(base: Path, a: Path, b: Path) -> dict[str, dict]:
-    common = {"base_model": str(base), "dtype": "float32", "out_dtype": "bfloat16"}
-    return {
-        "ties": {**common, "merge_method": "ties",
-                 "models": [{"model": str(a), "parameters": {"weight": 0.6, "density": 0.5}},
-                            {"model": str(b), "parameters": {"weight": 0.8, "density": 0.5}}],
-                 "parameters": {"normalize": True}},
-        "slerp": {**common, "merge_method": "slerp",
-                  "models": [{"model": str(base)}, {"model": str(a)}],
-                  "parameters": {"t": [0.1, 0.5, 0.9]}},
-    }
+def recipe(method: str, base: Path, models: list[Path]) -> tuple[dict, list[Path]]:
+    """The mergekit YAML recipe of ``method`` and the checkpoints it reads."""
+    common = {"dtype": "float32", "out_dtype": "bfloat16"}
+    if method == "linear":
+        paths = [base, *models]
+        return ({**common, "merge_method": "linear",
+                 "models": [{"model": str(p), "parameters": {"weight": 1.0}} for p in paths]},
+                paths)
+    if method == "slerp":
+        return ({**common, "merge_method": "slerp", "base_model": str(base),
+                 "models": [{"model": str(base)}, {"model": str(models[0])}],
+                 "parameters": {"t": [0.1, 0.5, 0.9]}}, [base, models[0]])
+    if method == "model_stock":
+        return ({**common, "merge_method": "model_stock", "base_model": str(base),
+                 "models": [{"model": str(p)} for p in models]}, [base, *models])
+    params = {"weight": 1.0, "density": 0.5}
+    if method == "breadcrumbs":
+        params = {"weight": 1.0, "density": 0.9, "gamma": 0.01}
+    return ({**common, "merge_method": method, "base_model": str(base),
+             "models": [{"model": str(p), "parameters": params} for p in models],
+             "parameters": {"normalize": True}}, [base, *models])
 
 
 def max_abs_diff(x_dir: Path, y_dir: Path) -> tuple[float, int, int]:
-    """(max |x − y|, elements differing by more than 1 bf16 ulp, elements) tensor by tensor."""
+    """(max |x − y|, elements differing by more than 1 bf16 ulp, elements), tensor by tensor."""
     import torch
     from safetensors import safe_open
 
@@ -72,66 +85,88 @@ def max_abs_diff(x_dir: Path, y_dir: Path) -> tuple[float, int, int]:
     return worst, beyond, total
 
 
-def main() -> int:
+def run_method(method: str, base: Path, models: list[Path], work: Path, repeat: int,
+               threads: int, memory_budget: str) -> dict:
+    """ladle, the ceiling and (when installed) mergekit for one method."""
+    cfg_dict, inputs = recipe(method, base, models)
+    cfg = work / f"{method}.yml"
+    cfg.write_text(yaml.safe_dump(cfg_dict))
+    out = work / f"out-ladle-{method}"
+    ladle = run_tool("ladle", [sys.executable, "-m", "ladle", "merge", "--config", str(cfg),
+                               "-o", str(out), "--quiet", "--threads", str(threads),
+                               "--memory-budget", memory_budget], out, inputs, "warm", repeat)
+    if not ladle["ok"]:
+        raise SystemExit(f"ladle {method} failed")
+    n_out = dir_bytes(out)
+    ceiling = run_ceiling(inputs, work / f"out-ceiling-{method}", n_out, "warm", repeat)
+    entry = {"inputs": len(inputs), "output_bytes": n_out,
+             "ladle_s": ladle["wall_s"], "ceiling_s": ceiling["wall_s"],
+             "ladle_runs_s": [r["wall_s"] for r in ladle["runs"]],
+             "peak_rss_mib": ladle["peak_rss_bytes"] >> 20,
+             "peak_rss_anon_mib": ladle["peak_rss_anon_bytes"] >> 20,
+             "of_ceiling": ceiling["wall_s"] / ladle["wall_s"], "mergekit_s": None}
+    exe = shutil.which("mergekit-yaml")
+    if exe is not None:
+        mk_out = work / f"out-mergekit-{method}"
+        mk = run_tool("mergekit", ["sh", "-c", f'"{exe}" "$1" "$2" && sync -f "$2"/*',
+                                   "sh", str(cfg), str(mk_out)], mk_out, inputs, "warm", repeat)
+        entry["mergekit_s"] = mk["wall_s"] if mk["ok"] else None
+        if mk["ok"]:
+            worst, beyond, total = max_abs_diff(out, mk_out)
+            entry.update(max_abs_diff=worst, elements_beyond_1_bf16_ulp=beyond, elements=total)
+        remove(mk_out)
+    remove(out)
+    return entry
+
+
+def format_table(runs: dict[str, dict], budget: int) -> str:
+    """One row per method: walls, fraction of the ceiling, peak memory."""
+    header = (f"{'method':<12}{'ladle s':>9}{'ceiling s':>11}{'of ceil':>9}{'mergekit s':>12}"
+              f"{'peak RSS':>10}{'RssAnon':>9}  (MiB; budget {budget >> 20} MiB)")
+    lines = [header]
+    for method, r in runs.items():
+        mk = f"{r['mergekit_s']:.2f}" if r["mergekit_s"] is not None else "-"
+        lines.append(f"{method:<12}{r['ladle_s']:>9.2f}{r['ceiling_s']:>11.2f}"
+                     f"{r['of_ceiling']:>8.2f}x{mk:>12}{r['peak_rss_mib']:>10}"
+                     f"{r['peak_rss_anon_mib']:>9}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", default="2.5GB")
-    p.add_argument("--workdir", default=str(ROOT / "bench-work"))
-    p.add_argument("--mergekit-python", default="/tmp/venv-mergekit/bin/python")
-    p.add_argument("--methods", nargs="+", default=["ties", "slerp"])
+    p.add_argument("--size", default="0.5GB", help="approximate size of each checkpoint")
+    p.add_argument("--workdir", type=Path,
+                   default=Path(__file__).resolve().parents[1] / "bench-work" / "methods")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--repeat", type=int, default=3, help="runs per tool (median wall)")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
-    args = p.parse_args()
-    work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    shape = llama_shape_for(parse_size(args.size))
-    dirs = [write_llama_checkpoint(work / name, shape, seed=s)
-            for name, s in (("base", 1), ("ft-a", 2), ("ft-b", 3))]
-    mk = Path(args.mergekit_python)
-    has_mergekit = mk.exists() and subprocess.run(
-        [str(mk), "-c", "import mergekit.merge"], check=False,
-        capture_output=True).returncode == 0
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "python"), "HF_HUB_OFFLINE": "1"}
-    results = {"size": args.size, "shape": shape.__dict__, "params": shape.n_params(),
-               "cores": os.cpu_count(), "runs": {}}
-    for method, recipe in recipes(*dirs).items():
-        if method not in args.methods:
-            continue
-        cfg = work / f"{method}.yml"
-        cfg.write_text(yaml.safe_dump(recipe))
-        out_l, out_m = work / f"out-ladle-{method}", work / f"out-mergekit-{method}"
-        for d in (out_l, out_m):
-            shutil.rmtree(d, ignore_errors=True)
-        r = run_measured([sys.executable, "-m", "ladle", "merge", "--config", str(cfg), "-o",
-                          str(out_l), "--quiet", "--threads", str(args.threads)], env=env)
-        if r.returncode != 0:
-            raise SystemExit(f"ladle failed: {r.stderr[-2000:]}")
-        entry = {"ladle": {"wall_s": round(r.wall_s, 2), "peak_rss_mib": r.peak_rss_bytes >> 20,
-                           "peak_rss_anon_mib": r.peak_rss_anon_bytes >> 20}}
-        print(f"{method}: ladle {r.wall_s:.1f} s, peak RSS {r.peak_rss_bytes >> 20} MiB "
-              f"(anon {r.peak_rss_anon_bytes >> 20} MiB)", flush=True)
-        if has_mergekit:
-            tool = mk.parent / "mergekit-yaml"
-            m = run_measured([str(tool), str(cfg), str(out_m)], env=env)
-            if m.returncode != 0:
-                raise SystemExit(f"mergekit failed: {m.stderr[-2000:]}")
-            worst, beyond, total = max_abs_diff(out_l, out_m)
-            entry["mergekit"] = {"wall_s": round(m.wall_s, 2),
-                                 "peak_rss_mib": m.peak_rss_bytes >> 20,
-                                 "peak_rss_anon_mib": m.peak_rss_anon_bytes >> 20}
-            entry["max_abs_diff"] = worst
-            entry["elements_beyond_1_bf16_ulp"] = beyond
-            entry["elements"] = total
-            print(f"{method}: mergekit {m.wall_s:.1f} s, peak RSS {m.peak_rss_bytes >> 20} MiB "
-                  f"(anon {m.peak_rss_anon_bytes >> 20} MiB); max |diff| {worst:.3g}, "
-                  f"{beyond}/{total} elements beyond 1 bf16 ulp", flush=True)
-        results["runs"][method] = entry
-        for d in (out_l, out_m):
-            shutil.rmtree(d, ignore_errors=True)
-    (work / "results.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
-    if not args.keep:
-        for d in dirs:
-            shutil.rmtree(d, ignore_errors=True)
+    p.add_argument("--memory-budget", default="256MiB")
+    p.add_argument("--json", type=Path, help="write all results here")
+    args = p.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    size = parse_size(args.size)
+    print(f"generating/reusing 4 checkpoints of ~{format_size(size)} in {args.workdir}",
+          flush=True)
+    base, *models = generate_checkpoints(args.workdir / "inputs", 4, size)
+    if shutil.which("mergekit-yaml") is None:
+        print("note: mergekit-yaml not installed; the mergekit column is skipped")
+    child_env()  # fails early when ladle is not importable
+    runs = {}
+    for method in args.methods:
+        runs[method] = run_method(method, base, models, args.workdir, args.repeat,
+                                  args.threads, args.memory_budget)
+        print(f"{method}: ladle {runs[method]['ladle_s']:.2f} s "
+              f"(runs {', '.join(f'{s:.2f}' for s in runs[method]['ladle_runs_s'])}), "
+              f"ceiling {runs[method]['ceiling_s']:.2f} s", flush=True)
+    budget = parse_size(args.memory_budget)
+    print(format_table(runs, budget))
+    result = {"size": size, "input_bytes": sum(f.stat().st_size for f in checkpoint_files(base)),
+              "repeat": args.repeat, "memory_budget": budget, "runs": runs,
+              "median_of_ceiling": statistics.median(r["of_ceiling"] for r in runs.values())}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
     return 0
 
 

@@ -290,6 +290,7 @@ py::dict build_info() {
 #endif
   info["avx2_cpu"] = cpu_supports_avx2();
   info["kernel"] = select_kernels(KernelImpl::kAuto).name;
+  info["method_kernels"] = select_method_kernels(KernelImpl::kAuto).name;
 #ifdef LADLE_HAVE_CUDA
   info["cuda_compiled"] = true;  // ladle._cuda was built alongside
 #else
@@ -325,6 +326,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("dtype_n_bits", [](const std::string& d) { return dtype_bits(dtype_from(d)); });
   m.def("dtype_is_mergeable", [](const std::string& d) { return dtype_is_mergeable(dtype_from(d)); });
   m.def("build_info", &build_info);
+  m.def("supports", [](const std::string& kind) { return supports(parse_job_kind(kind)); },
+        py::arg("kind"), "Whether the CPU backend runs job kind sum/copy/max/task/gram/dot.");
   m.def("file_crc32c", [](const py::object& path, uint32_t crc, uint64_t offset, uint64_t n_bytes) {
           std::string p = fs_path(path);
           py::gil_scoped_release release;

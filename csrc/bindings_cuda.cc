@@ -105,6 +105,8 @@ PYBIND11_MODULE(_cuda, m) {
         "Device count, runtime/driver versions and, when unusable, why. Never raises.");
   m.def("device_props", &device_props_dict, py::arg("device") = 0);
   m.def("build_info", &build_info);
+  m.def("supports", [](const std::string& kind) { return cuda::supports(parse_job_kind(kind)); },
+        py::arg("kind"), "Whether the CUDA backend runs job kind sum/copy/max/task/gram/dot.");
   m.def("run", &run, py::arg("plan"), py::arg("device") = 0, py::arg("workers") = 3,
         py::arg("memory_budget") = 256ull << 20, py::arg("chunk_elems") = 0,
         py::arg("check_finite") = false, py::arg("emulate") = false,

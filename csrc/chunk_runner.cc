@@ -13,8 +13,101 @@
 #include "common.h"
 #include "fault_guard.h"
 #include "kernels.h"
+#include "safetensors.h"
 
 namespace ladle {
+
+void validate_input(const Plan& plan, const std::string& name, const JobInput& in,
+                    uint64_t n_elems, bool arithmetic) {
+  LADLE_CHECK(in.source < plan.sources.size(), ErrorKind::kValue,
+              "tensor '%s': source index %u out of range", name.c_str(), in.source);
+  const Source& src = plan.sources[in.source];
+  uint64_t n_bytes = tensor_n_bytes(in.dtype, n_elems, "tensor '" + name + "'");
+  LADLE_CHECK(in.offset <= src.n_bytes && n_bytes <= src.n_bytes - in.offset, ErrorKind::kFormat,
+              "%s: tensor '%s': byte range [%llu, +%llu) exceeds the %llu bytes available",
+              src.label.c_str(), name.c_str(), (unsigned long long)in.offset,
+              (unsigned long long)n_bytes, (unsigned long long)src.n_bytes);
+  LADLE_CHECK(!arithmetic || dtype_is_mergeable(in.dtype), ErrorKind::kValue,
+              "%s: tensor '%s': dtype %s cannot be merged arithmetically", src.label.c_str(),
+              name.c_str(), dtype_name(in.dtype));
+}
+
+void validate_output(const Plan& plan, const std::string& name, uint32_t sink,
+                     uint64_t out_offset, DType out_dtype, uint64_t n_elems, bool arithmetic) {
+  LADLE_CHECK(sink < plan.sinks.size(), ErrorKind::kValue,
+              "tensor '%s': sink index %u out of range", name.c_str(), sink);
+  LADLE_CHECK(!arithmetic || dtype_is_mergeable(out_dtype), ErrorKind::kValue,
+              "tensor '%s': cannot write merged values as %s", name.c_str(),
+              dtype_name(out_dtype));
+  const Sink& s = plan.sinks[sink];
+  uint64_t n_bytes = tensor_n_bytes(out_dtype, n_elems, "tensor '" + name + "'");
+  LADLE_CHECK(out_offset <= s.n_bytes && n_bytes <= s.n_bytes - out_offset, ErrorKind::kValue,
+              "tensor '%s': output range [%llu, +%llu) exceeds %s of %llu bytes", name.c_str(),
+              (unsigned long long)out_offset, (unsigned long long)n_bytes, s.label.c_str(),
+              (unsigned long long)s.n_bytes);
+}
+
+ChunkPool::ChunkPool(const Plan& plan, int threads, size_t depth, const ProgressFn& progress,
+                     uint64_t total_bytes)
+    : plan_(plan), threads_(threads), depth_(depth), progress_(progress), total_(total_bytes) {}
+
+void ChunkPool::run(const std::vector<WorkItem>& items, const InputsOf& inputs_of,
+                    const std::function<void(const WorkItem&, int)>& fn,
+                    const BytesOf& progress_of) {
+  if (items.empty()) return;
+  int n_workers = static_cast<int>(std::min<uint64_t>(threads_, items.size()));
+  size_t ahead = depth_ * static_cast<size_t>(n_workers);
+  auto touch = [&](const WorkItem& item, bool prefetch) {
+    for (const JobInput& in : inputs_of(item))
+      touch_input(plan_, in, item.first_elem, item.n_elems, prefetch);
+  };
+  for (size_t i = 0; i < std::min(ahead, items.size()); ++i) touch(items[i], true);
+  ProgressFn clipped;
+  if (progress_) {
+    clipped = [this](uint64_t done, uint64_t total) {
+      return progress_(std::min(done, total), total);
+    };
+  }
+  run_workers(
+      items.size(), n_workers, nullptr,
+      [&](int worker, size_t index) {
+        if (index + ahead < items.size()) touch(items[index + ahead], true);
+        const WorkItem& item = items[index];
+        fn(item, worker);
+        touch(item, false);
+        uint64_t n_bytes = 0;
+        for (const JobInput& in : inputs_of(item)) n_bytes += item.n_elems * item_n_bytes(in.dtype);
+        read_.fetch_add(n_bytes);
+        done_.fetch_add(progress_of ? progress_of(item) : n_bytes);
+      },
+      clipped, done_, total_);
+}
+
+void ChunkPool::finish() const {
+  if (progress_) progress_(total_, total_);
+}
+
+uint64_t budget_chunk_elems(uint64_t memory_budget, uint64_t per_elem_bytes, uint64_t workers,
+                            uint64_t granule, uint64_t min_elems, uint64_t max_elems) {
+  uint64_t chunk = memory_budget / (std::max<uint64_t>(1, workers) *
+                                    std::max<uint64_t>(1, per_elem_bytes));
+  return std::clamp(chunk / granule * granule, min_elems, max_elems);
+}
+
+SinkSpan::SinkSpan(const Sink& sink, uint64_t offset, uint64_t n_bytes,
+                   std::vector<uint8_t>* staging)
+    : sink_(sink), offset_(offset), n_bytes_(n_bytes) {
+  if (sink.writer) {
+    if (staging->size() < n_bytes) staging->resize(n_bytes);
+    out_ = staging->data();
+  } else {
+    out_ = sink.base + offset;
+  }
+}
+
+void SinkSpan::commit() const {
+  if (sink_.writer) sink_.writer->write_at(offset_, out_, n_bytes_);
+}
 
 ChunkSet::ChunkSet(const Plan& plan, uint64_t chunk_elems)
     : plan_(plan), chunk_elems_(chunk_elems) {

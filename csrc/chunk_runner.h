@@ -25,6 +25,38 @@ struct WorkItem {
   uint64_t n_elems;
 };
 
+// The one validation of every runner's jobs. An input of tensor `name` with n_elems
+// elements: its source exists, its byte range lies inside it and (when `arithmetic`)
+// its dtype is a float type; errors name the file and the tensor.
+void validate_input(const Plan& plan, const std::string& name, const JobInput& in,
+                    uint64_t n_elems, bool arithmetic);
+// An output of tensor `name`: the sink exists and [out_offset, +n_elems of out_dtype)
+// lies inside it (and, when `arithmetic`, out_dtype can hold merged values).
+void validate_output(const Plan& plan, const std::string& name, uint32_t sink,
+                     uint64_t out_offset, DType out_dtype, uint64_t n_elems, bool arithmetic);
+
+// Elements per chunk for every runner, so that `memory_budget` means all bytes in
+// flight: `workers` chunks of `per_elem_bytes` each (input pages of the current and
+// of the prefetched chunks, output staging, per-element scratch) fit the budget;
+// rounded down to a multiple of `granule` and clamped to [min_elems, max_elems].
+uint64_t budget_chunk_elems(uint64_t memory_budget, uint64_t per_elem_bytes, uint64_t workers,
+                            uint64_t granule, uint64_t min_elems, uint64_t max_elems);
+
+// Where one chunk's output goes: straight into a memory sink, or into per-thread
+// staging that commit() writes to the sink's shard at its offset.
+class SinkSpan {
+ public:
+  SinkSpan(const Sink& sink, uint64_t offset, uint64_t n_bytes, std::vector<uint8_t>* staging);
+  uint8_t* out_span() const { return out_; }
+  void commit() const;
+
+ private:
+  const Sink& sink_;
+  uint64_t offset_;
+  uint64_t n_bytes_;
+  uint8_t* out_;
+};
+
 // madvise hint on the mapped range of `in` for elements [first_elem, +n_elems):
 // MADV_WILLNEED when `prefetch`, else drop the pages from RSS (memory sources: no-op).
 void touch_input(const Plan& plan, const JobInput& in, uint64_t first_elem, uint64_t n_elems,
@@ -75,7 +107,7 @@ void guard_reads(const Plan& plan, const std::string& tensor, const std::functio
 // Most worker threads a run may ask for (the Python layer refuses more, too).
 constexpr int kMaxThreads = 1024;
 
-// The worker count for a requested `threads`: 0 means every hardware thread;
+// The worker count of every runner for a requested `threads`: 0 means every hardware thread;
 // negative or more than kMaxThreads is a kValue error, never an abort.
 int resolve_threads(int threads);
 
@@ -86,5 +118,37 @@ int resolve_threads(int threads);
 void run_workers(size_t n_items, int n_workers, const std::function<void(int)>& setup,
                  const std::function<void(int, size_t)>& process, const ProgressFn& progress,
                  const std::atomic<uint64_t>& bytes_done, uint64_t total_bytes);
+
+// The one chunk loop of every CPU runner (weighted sums, task programs, Gram and dot
+// reductions): runs fn(item, worker) for every item on run_workers; keeps the input
+// pages of the `depth` * workers items ahead of the cursor prefetched, releases an
+// item's pages behind it, counts its input bytes as read and progress(item) bytes
+// (default: its input bytes) as done. One total spans every run() of the pool, so a
+// multi-pass method reports one progress bar.
+class ChunkPool {
+ public:
+  using InputsOf = std::function<const std::vector<JobInput>&(const WorkItem&)>;
+  using BytesOf = std::function<uint64_t(const WorkItem&)>;
+  ChunkPool(const Plan& plan, int threads, size_t depth, const ProgressFn& progress,
+            uint64_t total_bytes);
+
+  void run(const std::vector<WorkItem>& items, const InputsOf& inputs_of,
+           const std::function<void(const WorkItem&, int)>& fn, const BytesOf& progress_of = {});
+  // Counts bytes of a pass that turned out to be unnecessary as done.
+  void skip(uint64_t n_bytes) { done_.fetch_add(n_bytes); }
+  void finish() const;
+  int threads() const { return threads_; }
+  uint64_t bytes_read() const { return read_.load(); }
+  uint64_t bytes_done() const { return done_.load(); }
+
+ private:
+  const Plan& plan_;
+  int threads_;
+  size_t depth_;
+  ProgressFn progress_;
+  uint64_t total_;
+  std::atomic<uint64_t> done_{0};
+  std::atomic<uint64_t> read_{0};
+};
 
 }  // namespace ladle

@@ -22,14 +22,21 @@ enum class ErrorKind {
 
 class Error : public std::runtime_error {
  public:
-  Error(ErrorKind kind, std::string message, int os_errno = 0)
-      : std::runtime_error(std::move(message)), kind_(kind), os_errno_(os_errno) {}
+  Error(ErrorKind kind, std::string message, int os_errno = 0, const char* file = "",
+        int line = 0)
+      : std::runtime_error(std::move(message)), kind_(kind), os_errno_(os_errno), file_(file),
+        line_(line) {}
   ErrorKind kind() const { return kind_; }
   int os_errno() const { return os_errno_; }
+  // Where in the C++ source the error was raised ("" / 0 when not by LADLE_CHECK).
+  const char* file() const { return file_; }
+  int line() const { return line_; }
 
  private:
   ErrorKind kind_;
   int os_errno_;
+  const char* file_;
+  int line_;
 };
 
 // printf-style formatting into std::string (the core has no fmt dependency).
@@ -47,10 +54,16 @@ std::string format(const char* fmt, Args... args) {
   throw Error(kind, message, os_errno);
 }
 
+[[noreturn]] inline void raise_at(const char* file, int line, ErrorKind kind,
+                                  const std::string& message) {
+  throw Error(kind, message, 0, file, line);
+}
+
 }  // namespace ladle
 
-// Raise ladle::Error of `kind` with a printf-formatted message when `cond` fails.
-#define LADLE_CHECK(cond, kind, ...)                                  \
-  do {                                                                \
-    if (!(cond)) ::ladle::raise((kind), ::ladle::format(__VA_ARGS__)); \
+// Raise ladle::Error of `kind` with a printf-formatted message when `cond` fails,
+// recording the check's file:line (Python: the exception's `cpp_location`).
+#define LADLE_CHECK(cond, kind, ...)                                                     \
+  do {                                                                                   \
+    if (!(cond)) ::ladle::raise_at(__FILE__, __LINE__, (kind), ::ladle::format(__VA_ARGS__)); \
   } while (0)

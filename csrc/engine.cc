@@ -37,24 +37,29 @@ class Runner {
   RunStats run(const ProgressFn& progress) {
     auto t0 = std::chrono::steady_clock::now();
     const auto& items = chunks_.items();
-    size_t n_workers = scratch_.size();
+    const Plan& plan = chunks_.plan();
+    int n_workers = static_cast<int>(scratch_.size());
     // Keep kPrefetchDepth chunks per thread in flight ahead of the cursor: cold
     // reads then overlap compute and writes (the budget accounts for them).
-    size_t ahead = kPrefetchDepth * n_workers;
-    for (size_t i = 0; i < std::min(ahead, items.size()); ++i) chunks_.prefetch(items[i]);
-    run_workers(
-        items.size(), static_cast<int>(n_workers), nullptr,
-        [&](int worker, size_t index) {
-          if (index + ahead < items.size()) chunks_.prefetch(items[index + ahead]);
-          process(items[index], &scratch_[static_cast<size_t>(worker)]);
+    // Progress counts output bytes.
+    ChunkPool pool(plan, n_workers, kPrefetchDepth, progress, chunks_.total_out_n_bytes());
+    pool.run(
+        items,
+        [&](const WorkItem& item) -> const std::vector<JobInput>& {
+          return plan.jobs[item.job].inputs;
         },
-        progress, bytes_done_, chunks_.total_out_n_bytes());
+        [&](const WorkItem& item, int worker) {
+          process(item, &scratch_[static_cast<size_t>(worker)]);
+        },
+        [&](const WorkItem& item) {
+          return item.n_elems * item_n_bytes(plan.jobs[item.job].out_dtype);
+        });
     RunStats stats;
-    stats.bytes_read = bytes_read_.load();
-    stats.bytes_written = bytes_done_.load();
+    stats.bytes_read = pool.bytes_read();
+    stats.bytes_written = pool.bytes_done();
     stats.n_chunks = items.size();
     stats.chunk_elems = chunks_.chunk_elems();
-    stats.threads = static_cast<int>(n_workers);
+    stats.threads = n_workers;
     stats.kernel = kernels_.name;
     stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return stats;
@@ -67,13 +72,8 @@ class Runner {
     uint64_t out_size = item_n_bytes(job.out_dtype);
     uint64_t out_offset = job.out_offset + item.first_elem * out_size;
     uint64_t out_n_bytes = item.n_elems * out_size;
-    uint8_t* out;
-    if (sink.writer) {
-      if (scratch->out.size() < out_n_bytes) scratch->out.resize(out_n_bytes);
-      out = scratch->out.data();
-    } else {
-      out = sink.base + out_offset;
-    }
+    SinkSpan span(sink, out_offset, out_n_bytes, &scratch->out);
+    uint8_t* out = span.out_span();
     chunks_.guard_inputs(job, [&] {
       if (job.op == JobOp::kCopyIdentical)
         std::memcpy(out, chunks_.check_identical(item), out_n_bytes);
@@ -84,10 +84,7 @@ class Runner {
       else
         weighted_sum(job, item, out, scratch->acc);
     });
-    if (sink.writer) sink.writer->write_at(out_offset, out, out_n_bytes);
-    chunks_.release(item);
-    bytes_read_.fetch_add(chunks_.input_n_bytes(item));
-    bytes_done_.fetch_add(out_n_bytes);
+    span.commit();
   }
 
   void weighted_sum(const Job& job, const WorkItem& item, uint8_t* out, float* acc) const {
@@ -114,49 +111,49 @@ class Runner {
   const EngineOptions& options_;
   const KernelSet& kernels_;
   std::vector<Scratch> scratch_;
-  std::atomic<uint64_t> bytes_done_{0};
-  std::atomic<uint64_t> bytes_read_{0};
 };
 
 }  // namespace
 
+const char* job_kind_name(JobKind kind) {
+  switch (kind) {
+    case JobKind::kWeightedSum: return "sum";
+    case JobKind::kCopy: return "copy";
+    case JobKind::kMax: return "max";
+    case JobKind::kTaskProgram: return "task";
+    case JobKind::kGram: return "gram";
+    case JobKind::kDot: return "dot";
+  }
+  return "?";
+}
+
+JobKind parse_job_kind(const std::string& name) {
+  for (JobKind kind : kAllJobKinds)
+    if (name == job_kind_name(kind)) return kind;
+  LADLE_CHECK(false, ErrorKind::kValue, "unknown job kind '%s' (known: sum, copy, max, task, gram, dot)",
+              name.c_str());
+  return JobKind::kWeightedSum;
+}
+
 void validate_plan(const Plan& plan) {
   for (const Job& job : plan.jobs) {
-    LADLE_CHECK(job.sink < plan.sinks.size(), ErrorKind::kValue,
-                "tensor '%s': sink index %u out of range", job.name.c_str(), job.sink);
-    const Sink& sink = plan.sinks[job.sink];
-    uint64_t out_n_bytes = tensor_n_bytes(job.out_dtype, job.n_elems, "tensor '" + job.name + "'");
-    LADLE_CHECK(job.out_offset <= sink.n_bytes && out_n_bytes <= sink.n_bytes - job.out_offset,
-                ErrorKind::kValue,
-                "tensor '%s': output range [%llu, +%llu) exceeds %s of %llu bytes",
-                job.name.c_str(), (unsigned long long)job.out_offset,
-                (unsigned long long)out_n_bytes, sink.label.c_str(),
-                (unsigned long long)sink.n_bytes);
+    bool sum = job.op == JobOp::kWeightedSum;
+    validate_output(plan, job.name, job.sink, job.out_offset, job.out_dtype, job.n_elems, false);
     LADLE_CHECK(!job.inputs.empty(), ErrorKind::kValue, "tensor '%s': no inputs",
                 job.name.c_str());
     for (const JobInput& in : job.inputs) {
-      LADLE_CHECK(in.source < plan.sources.size(), ErrorKind::kValue,
-                  "tensor '%s': source index %u out of range", job.name.c_str(), in.source);
-      const Source& src = plan.sources[in.source];
-      uint64_t in_n_bytes = tensor_n_bytes(in.dtype, job.n_elems, "tensor '" + job.name + "'");
-      LADLE_CHECK(in.offset <= src.n_bytes && in_n_bytes <= src.n_bytes - in.offset,
-                  ErrorKind::kFormat,
-                  "%s: tensor '%s': byte range [%llu, +%llu) exceeds the %llu bytes available",
-                  src.label.c_str(), job.name.c_str(), (unsigned long long)in.offset,
-                  (unsigned long long)in_n_bytes, (unsigned long long)src.n_bytes);
-      if (job.op == JobOp::kWeightedSum) {
-        LADLE_CHECK(dtype_is_mergeable(in.dtype), ErrorKind::kValue,
-                    "%s: tensor '%s': dtype %s cannot be merged arithmetically",
-                    src.label.c_str(), job.name.c_str(), dtype_name(in.dtype));
+      validate_input(plan, job.name, in, job.n_elems, sum);
+      if (sum) {
         LADLE_CHECK(in.weight == in.weight, ErrorKind::kValue, "tensor '%s': NaN weight",
                     job.name.c_str());
       } else {
         LADLE_CHECK(in.dtype == job.out_dtype, ErrorKind::kMismatch,
-                    "%s: tensor '%s': dtype %s differs from %s", src.label.c_str(),
-                    job.name.c_str(), dtype_name(in.dtype), dtype_name(job.out_dtype));
+                    "%s: tensor '%s': dtype %s differs from %s",
+                    plan.sources[in.source].label.c_str(), job.name.c_str(),
+                    dtype_name(in.dtype), dtype_name(job.out_dtype));
       }
     }
-    if (job.op == JobOp::kWeightedSum)
+    if (sum)
       LADLE_CHECK(dtype_is_mergeable(job.out_dtype), ErrorKind::kValue,
                   "tensor '%s': cannot write merged values as %s", job.name.c_str(),
                   dtype_name(job.out_dtype));
@@ -180,9 +177,8 @@ uint64_t choose_chunk_elems(const Plan& plan, const EngineOptions& options, int 
     for (const JobInput& in : job.inputs) bytes += (1 + kPrefetchDepth) * item_n_bytes(in.dtype);
     per_elem = std::max(per_elem, bytes);
   }
-  uint64_t chunk = options.memory_budget / (static_cast<uint64_t>(threads) * per_elem);
-  chunk = chunk / 4096 * 4096;
-  return std::clamp(chunk, kMinChunkElems, kMaxChunkElems);
+  return budget_chunk_elems(options.memory_budget, per_elem, static_cast<uint64_t>(threads), 4096,
+                            kMinChunkElems, kMaxChunkElems);
 }
 
 RunStats run_plan(const Plan& plan, const EngineOptions& options, const ProgressFn& progress) {

@@ -34,6 +34,9 @@ using ProgressFn = std::function<bool(uint64_t done, uint64_t total)>;
 
 RunStats run_plan(const Plan& plan, const EngineOptions& options, const ProgressFn& progress);
 
+// The CPU backend runs every job kind.
+inline bool supports(JobKind) { return true; }
+
 // Chunk length (elements) the engine uses for `plan` under `options`.
 uint64_t choose_chunk_elems(const Plan& plan, const EngineOptions& options, int threads);
 

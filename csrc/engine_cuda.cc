@@ -397,9 +397,8 @@ uint64_t choose_chunk_elems(const Plan& plan, const Options& options) {
     per_elem = std::max(per_elem, bytes);
   }
   uint64_t workers = static_cast<uint64_t>(std::max(1, options.workers));
-  uint64_t chunk = options.memory_budget / (workers * per_elem);
-  chunk = chunk / kTileElems * kTileElems;
-  return std::clamp(chunk, kMinChunkElems, kMaxChunkElems);
+  return budget_chunk_elems(options.memory_budget, per_elem, workers, kTileElems, kMinChunkElems,
+                            kMaxChunkElems);
 }
 
 RunStats run_plan(const Plan& plan, const Options& options, const ProgressFn& progress) {

@@ -54,6 +54,12 @@ struct Options {
 // on the CPU. Memory sources and sinks must be host memory.
 RunStats run_plan(const Plan& plan, const Options& options, const ProgressFn& progress);
 
+// What this backend runs today: weighted sums, copies and maxima (the methods' task
+// programs, Gram and dot reductions run on the CPU backend).
+inline bool supports(JobKind kind) {
+  return kind == JobKind::kWeightedSum || kind == JobKind::kCopy || kind == JobKind::kMax;
+}
+
 // Chunk length (elements) run_plan uses for `plan` under `options`.
 uint64_t choose_chunk_elems(const Plan& plan, const Options& options);
 

@@ -14,13 +14,10 @@
 #include <vector>
 
 #include "engine.h"
+#include "method_kernels.h"
 #include "plan.h"
 
 namespace ladle {
-
-// Elements per tile: the unit of tie counting and of partial sums. Chunks are
-// whole multiples of it, which is what makes results chunk-size independent.
-constexpr uint64_t kMethodTileElems = 2048;
 
 enum class Sparsify : uint8_t {
   kNone,

@@ -23,112 +23,44 @@ namespace ladle {
 namespace {
 
 constexpr uint64_t kTile = kMethodTileElems;
-constexpr uint32_t kHiBins = 1u << 15;  // (|x| bits) >> 16; the sign bit is cleared
+constexpr uint64_t kGroupElems = kGramTiles * kTile;
+constexpr uint32_t kHiBins = kHiHistBins;  // (|x| bits) >> 16; the sign bit is cleared
 constexpr uint32_t kLoBins = 1u << 16;  // (|x| bits) & 0xFFFF inside the chosen high bin
-constexpr uint64_t kBatchStateBytes = 64ull << 20;  // histograms/partials held at once
+// The memory budget covers every byte in flight: per-tensor statistics held at once
+// (histograms, tie counts, partial sums) get up to a quarter of it, pass 2's recorded
+// candidates another quarter, and the chunks (input pages, staging) the rest.
+constexpr uint64_t kBatchStateBytes = 64ull << 20;
+constexpr uint64_t kCandidateBytes = 32ull << 20;
+
+uint64_t state_limit(const EngineOptions& options) {
+  return std::min(kBatchStateBytes, options.memory_budget / 4);
+}
+uint64_t candidate_limit(const EngineOptions& options) {
+  return std::min(kCandidateBytes, options.memory_budget / 4);
+}
 constexpr uint64_t kMinChunkElems = 16 * 1024;
 constexpr uint64_t kMaxChunkElems = 16ull << 20;
-
-inline uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
 
 inline uint64_t dare_stream(uint64_t seed, uint64_t key, uint32_t model) {
   return mix64(mix64(mix64(seed) ^ key) ^ (static_cast<uint64_t>(model) + 1));
 }
 
-inline uint32_t dare_draw(uint64_t stream, uint64_t elem) {
-  return static_cast<uint32_t>(mix64(stream + (elem + 1) * 0x9E3779B97F4A7C15ull) >> 40);
-}
-
-inline uint32_t abs_bits(float x) { return bits_from_f32(x) & 0x7FFFFFFFu; }
-
 using Item = WorkItem;
 
-// Runs the items of one pass on run_workers (chunk_runner.h): prefetches the inputs
-// of the item a thread will likely take next, releases them behind, and counts
-// the bytes of every pass of the run into one progress total.
-class ChunkPool {
- public:
-  ChunkPool(const Plan& plan, int threads, const ProgressFn& progress, uint64_t total_bytes)
-      : plan_(plan), threads_(threads), progress_(progress), total_(total_bytes) {}
-
-  void run(const std::vector<Item>& items, const std::vector<std::vector<JobInput>>& inputs,
-           const std::function<void(const Item&, int)>& fn) {
-    if (items.empty()) return;
-    int n_threads = static_cast<int>(std::min<uint64_t>(threads_, items.size()));
-    auto touch = [&](const Item& item, bool prefetch) {
-      for (const JobInput& in : inputs[item.job])
-        touch_input(plan_, in, item.first_elem, item.n_elems, prefetch);
-    };
-    ProgressFn clipped;
-    if (progress_) {
-      clipped = [this](uint64_t done, uint64_t total) {
-        return progress_(std::min(done, total), total);
-      };
-    }
-    run_workers(
-        items.size(), n_threads, nullptr,
-        [&](int thread, size_t index) {
-          if (index + n_threads < items.size()) touch(items[index + n_threads], true);
-          const Item& item = items[index];
-          fn(item, thread);
-          touch(item, false);
-          uint64_t n_bytes = 0;
-          for (const JobInput& in : inputs[item.job]) n_bytes += item.n_elems * item_n_bytes(in.dtype);
-          done_.fetch_add(n_bytes);
-          read_.fetch_add(n_bytes);
-        },
-        clipped, done_, total_);
-  }
-
-  // Counts bytes of a pass that turned out to be unnecessary as done.
-  void skip(uint64_t n_bytes) { done_.fetch_add(n_bytes); }
-  void finish() {
-    if (progress_) progress_(total_, total_);
-  }
-  uint64_t bytes_read() const { return read_.load(); }
-
- private:
-  const Plan& plan_;
-  int threads_;
-  const ProgressFn& progress_;
-  uint64_t total_;
-  std::atomic<uint64_t> done_{0};
-  std::atomic<uint64_t> read_{0};
-};
-
 // Chunk length: a whole number of tiles, derived from the budget like the engine's.
-uint64_t method_chunk_elems(uint64_t per_elem_bytes, const EngineOptions& options, int threads) {
+uint64_t method_chunk_elems(uint64_t per_elem_bytes, const EngineOptions& options, int threads,
+                            uint64_t reserved) {
   uint64_t chunk = options.chunk_elems;
   if (chunk == 0) {
-    chunk = options.memory_budget / (static_cast<uint64_t>(threads) * std::max<uint64_t>(1, per_elem_bytes));
-    chunk = std::clamp(chunk / 4096 * 4096, kMinChunkElems, kMaxChunkElems);
+    chunk = budget_chunk_elems(options.memory_budget - reserved, per_elem_bytes,
+                               static_cast<uint64_t>(threads), 4096, kMinChunkElems,
+                               kMaxChunkElems);
   }
   return (chunk + kTile - 1) / kTile * kTile;
 }
 
 const uint8_t* input_ptr(const Plan& plan, const JobInput& in, uint64_t elem) {
   return plan.sources[in.source].base + in.offset + elem * item_n_bytes(in.dtype);
-}
-
-void check_input(const Plan& plan, const std::string& name, const JobInput& in, uint64_t n_elems) {
-  const Source& src = plan.sources.at(in.source);
-  LADLE_CHECK(dtype_is_mergeable(in.dtype), ErrorKind::kValue,
-              "%s: tensor '%s': dtype %s cannot be merged arithmetically", src.label.c_str(),
-              name.c_str(), dtype_name(in.dtype));
-  uint64_t n_bytes = tensor_n_bytes(in.dtype, n_elems, "tensor '" + name + "'");
-  LADLE_CHECK(in.offset <= src.n_bytes && n_bytes <= src.n_bytes - in.offset, ErrorKind::kFormat,
-              "%s: tensor '%s': byte range [%llu, +%llu) exceeds the %llu bytes available",
-              src.label.c_str(), name.c_str(), (unsigned long long)in.offset,
-              (unsigned long long)n_bytes, (unsigned long long)src.n_bytes);
-}
-
-void check_source_index(const Plan& plan, const std::string& name, const JobInput& in) {
-  LADLE_CHECK(in.source < plan.sources.size(), ErrorKind::kValue,
-              "tensor '%s': source index %u out of range", name.c_str(), in.source);
 }
 
 // ---------------------------------------------------------------------------
@@ -149,6 +81,12 @@ struct Selection {
   bool need_ties = false;  // some, not all, elements equal to T are below the rank
   std::vector<uint64_t> hist_lo;
   std::vector<uint64_t> tie_prefix;  // per tile: elements equal to T in earlier tiles
+  // Pass 2 keeps the low 16 bits of the elements in hi_bin (in index order, per chunk)
+  // when they fit kCandidateBytes, so the tie counts need no third read.
+  uint64_t in_bin = 0;
+  bool recorded = false;
+  std::vector<std::vector<uint16_t>> chunk_lo;
+  std::vector<uint32_t> tile_in_bin;
 
   void init(uint64_t r, uint64_t n) {
     rank = r;
@@ -158,19 +96,16 @@ struct Selection {
   bool active() const { return !none && !all; }
 };
 
-// Evaluates "rank < r" element by element, in index order, within one tile.
-struct RankCursor {
-  const Selection* sel;
-  uint64_t ties_seen;
-  RankCursor(const Selection& s, uint64_t tile)
-      : sel(&s), ties_seen(s.need_ties ? s.tie_prefix[tile] : 0) {}
-  inline bool below(uint32_t bits) {
-    if (sel->all) return true;
-    if (sel->none) return false;
-    if (bits != sel->threshold) return bits > sel->threshold;
-    return ties_seen++ < sel->ties_keep;
-  }
-};
+// The kernels' view of "rank < r" for the elements of one tile, in index order.
+RankWindowBound bound_at(const Selection& s, uint64_t tile) {
+  RankWindowBound b;
+  b.all = s.all;
+  b.none = s.none;
+  b.threshold = s.threshold;
+  b.ties_keep = s.ties_keep;
+  b.ties_seen = s.need_ties ? s.tie_prefix[tile] : 0;
+  return b;
+}
 
 struct ModelState {
   std::vector<uint64_t> hist_hi;
@@ -190,7 +125,8 @@ struct JobState {
 // Per-thread scratch.
 struct TaskScratch {
   std::vector<float> base, x, wd;  // wd: n_models tiles of weighted deltas
-  std::vector<uint32_t> hist;      // pass 1: n_models * kHiBins; pass 2: 2 * n_models * kLoBins
+  std::vector<uint32_t> hist;      // pass 1: n_models * kHiHistCopies * kHiBins; pass 2: 2 * n_models * kLoBins
+  std::vector<uint16_t> found;     // pass 2: one tile's candidates
   std::vector<uint8_t> out;
 };
 
@@ -198,6 +134,7 @@ class TaskRunner {
  public:
   TaskRunner(const Plan& plan, const std::vector<TaskJob>& jobs, const EngineOptions& options)
       : plan_(plan), jobs_(jobs), options_(options), kernels_(select_kernels(options.kernel)),
+        method_kernels_(select_method_kernels(options.kernel)),
         threads_(resolve_threads(options.threads)) {}
 
   RunStats run(const ProgressFn& progress) {
@@ -220,22 +157,24 @@ class TaskRunner {
       bool norms = job.rescale == Rescale::kL1 && job.sparsify != Sparsify::kNone;
       total += read * ((selects ? 4 : 1) + (norms ? 1 : 0));
     }
-    chunk_elems_ = method_chunk_elems(per_elem, options_, threads_);
-    pool_ = std::make_unique<ChunkPool>(plan_, threads_, progress, total);
+    chunk_elems_ = method_chunk_elems(per_elem, options_, threads_,
+                                      state_limit(options_) + candidate_limit(options_));
+    pool_ = std::make_unique<ChunkPool>(plan_, threads_, 1, progress, total);
     scratch_.resize(threads_);
     for (TaskScratch& s : scratch_) {
-      s.base.resize(kTile);
-      s.x.resize(kTile);
+      s.base.resize(kGroupElems);
+      s.x.resize(kGroupElems);
       s.wd.resize(kTile * max_models);
+      s.found.resize(kTile);
     }
-    // Batches of consecutive jobs whose selection state fits kBatchStateBytes.
+    // Batches of consecutive jobs whose selection state fits state_limit().
     size_t begin = 0;
     while (begin < jobs_.size()) {
       size_t end = begin;
       uint64_t state_bytes = 0;
       while (end < jobs_.size()) {
         uint64_t bytes = selection_bytes(jobs_[end]);
-        if (end > begin && state_bytes + bytes > kBatchStateBytes) break;
+        if (end > begin && state_bytes + bytes > state_limit(options_)) break;
         state_bytes += bytes;
         ++end;
       }
@@ -257,11 +196,9 @@ class TaskRunner {
   }
 
   static void validate(const Plan& plan, const TaskJob& job) {
-    check_source_index(plan, job.name, job.base);
-    check_input(plan, job.name, job.base, job.n_elems);
+    validate_input(plan, job.name, job.base, job.n_elems, true);
     for (const TaskModel& m : job.models) {
-      check_source_index(plan, job.name, m.input);
-      check_input(plan, job.name, m.input, job.n_elems);
+      validate_input(plan, job.name, m.input, job.n_elems, true);
       LADLE_CHECK(m.input.weight == m.input.weight, ErrorKind::kValue, "tensor '%s': NaN weight",
                   job.name.c_str());
       LADLE_CHECK(m.density >= 0.0f && m.density <= 1.0f, ErrorKind::kValue,
@@ -271,18 +208,7 @@ class TaskRunner {
                   (unsigned long long)m.rank_lo, (unsigned long long)m.rank_hi,
                   (unsigned long long)job.n_elems);
     }
-    LADLE_CHECK(job.sink < plan.sinks.size(), ErrorKind::kValue,
-                "tensor '%s': sink index %u out of range", job.name.c_str(), job.sink);
-    LADLE_CHECK(dtype_is_mergeable(job.out_dtype), ErrorKind::kValue,
-                "tensor '%s': cannot write merged values as %s", job.name.c_str(),
-                dtype_name(job.out_dtype));
-    const Sink& sink = plan.sinks[job.sink];
-    uint64_t out_n_bytes = tensor_n_bytes(job.out_dtype, job.n_elems, "tensor '" + job.name + "'");
-    LADLE_CHECK(job.out_offset <= sink.n_bytes && out_n_bytes <= sink.n_bytes - job.out_offset,
-                ErrorKind::kValue, "tensor '%s': output range [%llu, +%llu) exceeds %s of %llu bytes",
-                job.name.c_str(), (unsigned long long)job.out_offset,
-                (unsigned long long)out_n_bytes, sink.label.c_str(),
-                (unsigned long long)sink.n_bytes);
+    validate_output(plan, job.name, job.sink, job.out_offset, job.out_dtype, job.n_elems, true);
   }
 
  private:
@@ -294,6 +220,13 @@ class TaskRunner {
     if (!selects(job)) return 0;
     return job.models.size() * (kHiBins + 2ull * kLoBins) * sizeof(uint64_t) +
            job.models.size() * 2 * (job.n_elems / kTile + 1) * sizeof(uint64_t);
+  }
+
+  // One read of the inputs: `pass` on every item.
+  void run_pass(const std::vector<Item>& items, void (TaskRunner::*pass)(const Item&, TaskScratch*)) {
+    pool_->run(
+        items, [this](const Item& item) -> const std::vector<JobInput>& { return inputs_[item.job]; },
+        [this, pass](const Item& item, int t) { (this->*pass)(item, &scratch_[t]); });
   }
 
   uint64_t job_read_bytes(size_t j) const {
@@ -346,8 +279,7 @@ class TaskRunner {
     for (size_t j = begin; j < end; ++j)
       for (ModelState& ms : states_[j - begin]->models)
         if (ms.selects()) ms.hist_hi.assign(kHiBins, 0);
-    pool_->run(items_of(begin, end, selecting), inputs_,
-              [this](const Item& item, int t) { histogram_hi(item, &scratch_[t]); });
+    run_pass(items_of(begin, end, selecting), &TaskRunner::histogram_hi);
     for (size_t j = begin; j < end; ++j) {
       for (ModelState& ms : states_[j - begin]->models) {
         pick_hi_bin(ms, &ms.lo);
@@ -355,39 +287,58 @@ class TaskRunner {
         std::vector<uint64_t>().swap(ms.hist_hi);
       }
     }
+    uint64_t candidate_bytes = 0;
+    uint64_t candidates_max = candidate_limit(options_);
+    for (size_t j = begin; j < end; ++j) {
+      uint64_t n_tiles = jobs_[j].n_elems / kTile + 1;
+      uint64_t n_chunks = (jobs_[j].n_elems + chunk_elems_ - 1) / chunk_elems_;
+      for (ModelState& ms : states_[j - begin]->models) {
+        for (Selection* sel : {&ms.lo, &ms.hi}) {
+          if (!sel->active()) continue;
+          uint64_t bytes = sel->in_bin * sizeof(uint16_t) + n_tiles * sizeof(uint32_t);
+          if (candidate_bytes + bytes > candidates_max) continue;
+          candidate_bytes += bytes;
+          sel->recorded = true;
+          sel->chunk_lo.resize(n_chunks);
+          sel->tile_in_bin.assign(n_tiles, 0);
+        }
+      }
+    }
     // Pass 2: histogram of the low 16 bits inside each selection's high bin.
-    pool_->run(items_of(begin, end, selecting), inputs_,
-              [this](const Item& item, int t) { histogram_lo(item, &scratch_[t]); });
+    run_pass(items_of(begin, end, selecting), &TaskRunner::histogram_lo);
     bool any_ties = false;
     for (size_t j = begin; j < end; ++j) {
       for (ModelState& ms : states_[j - begin]->models) {
         for (Selection* s : {&ms.lo, &ms.hi}) {
           pick_threshold(s);
           if (s->need_ties) s->tie_prefix.assign(jobs_[j].n_elems / kTile + 1, 0);
-          any_ties = any_ties || s->need_ties;
+          if (s->need_ties && s->recorded) count_recorded_ties(jobs_[j], s);
+          any_ties = any_ties || (s->need_ties && !s->recorded);
+          std::vector<std::vector<uint16_t>>().swap(s->chunk_lo);
+          std::vector<uint32_t>().swap(s->tile_in_bin);
         }
       }
     }
     // Pass 3: elements equal to the threshold, per tile, when only some are kept.
     auto tying = [&](size_t j) {
       for (ModelState& ms : states_[j - begin]->models)
-        if (ms.lo.need_ties || ms.hi.need_ties) return true;
+        for (const Selection* s : {&ms.lo, &ms.hi})
+          if (s->need_ties && !s->recorded) return true;
       return false;
     };
     for (size_t j = begin; j < end; ++j)
       if (selecting(j) && !tying(j)) pool_->skip(job_read_bytes(j));
     if (any_ties) {
-      pool_->run(items_of(begin, end, tying), inputs_,
-                [this](const Item& item, int t) { count_ties(item, &scratch_[t]); });
-      for (size_t j = begin; j < end; ++j) {
-        for (ModelState& ms : states_[j - begin]->models) {
-          for (Selection* s : {&ms.lo, &ms.hi}) {
-            uint64_t before = 0;
-            for (uint64_t& c : s->tie_prefix) {
-              uint64_t here = c;
-              c = before;
-              before += here;
-            }
+      run_pass(items_of(begin, end, tying), &TaskRunner::count_ties);
+    }
+    for (size_t j = begin; j < end; ++j) {
+      for (ModelState& ms : states_[j - begin]->models) {
+        for (Selection* s : {&ms.lo, &ms.hi}) {
+          uint64_t before = 0;
+          for (uint64_t& c : s->tie_prefix) {
+            uint64_t here = c;
+            c = before;
+            before += here;
           }
         }
       }
@@ -406,8 +357,7 @@ class TaskRunner {
       }
     }
     if (any_norms) {
-      pool_->run(items_of(begin, end, norming), inputs_,
-                 [this](const Item& item, int t) { l1_norms(item, &scratch_[t]); });
+      run_pass(items_of(begin, end, norming), &TaskRunner::l1_norms);
       for (size_t j = begin; j < end; ++j) {
         if (!norming(j)) continue;
         for (ModelState& ms : states_[j - begin]->models) {
@@ -422,8 +372,7 @@ class TaskRunner {
       }
     }
     // Pass 5: the per-element program.
-    pool_->run(items_of(begin, end, [](size_t) { return true; }), inputs_,
-              [this](const Item& item, int t) { apply(item, &scratch_[t]); });
+    run_pass(items_of(begin, end, [](size_t) { return true; }), &TaskRunner::apply);
   }
 
   // Walks bins from the top down to the one holding rank r.
@@ -434,12 +383,28 @@ class TaskRunner {
       if (cum + ms.hist_hi[b] > s->rank) {
         s->hi_bin = b;
         s->above_hi = cum;
+        s->in_bin = ms.hist_hi[b];
         s->hist_lo.assign(kLoBins, 0);
         return;
       }
       cum += ms.hist_hi[b];
     }
     raise(ErrorKind::kValue, "internal: rank beyond histogram");
+  }
+
+  // Per tile, the recorded candidates equal to the threshold (tie_prefix, not yet summed).
+  void count_recorded_ties(const TaskJob& job, Selection* s) const {
+    uint16_t want = static_cast<uint16_t>(s->threshold & 0xFFFFu);
+    for (size_t c = 0; c < s->chunk_lo.size(); ++c) {
+      const uint16_t* lo = s->chunk_lo[c].data();
+      uint64_t first = c * chunk_elems_, last = std::min(job.n_elems, first + chunk_elems_);
+      for (uint64_t t = first / kTile; t * kTile < last; ++t) {
+        uint64_t count = 0;
+        for (uint32_t i = 0; i < s->tile_in_bin[t]; ++i) count += lo[i] == want;
+        s->tie_prefix[t] = count;
+        lo += s->tile_in_bin[t];
+      }
+    }
   }
 
   static void pick_threshold(Selection* s) {
@@ -461,41 +426,48 @@ class TaskRunner {
 
   // Calls fn(elem, n) for every tile of `item` (n <= kTile elements from elem),
   // with the base model's tile already loaded into s->base.
+  // (With group = kGroupElems: runs of up to kGramTiles tiles.)
   template <class Fn>
-  void for_each_base_tile(const TaskJob& job, const Item& item, TaskScratch* s, Fn&& fn) const {
-    for (uint64_t t = 0; t < item.n_elems; t += kTile) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
+  void for_each_base_tile(const TaskJob& job, const Item& item, TaskScratch* s, Fn&& fn,
+                          uint64_t group = kTile) const {
+    for (uint64_t t = 0; t < item.n_elems; t += group) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(group, item.n_elems - t));
       uint64_t elem = item.first_elem + t;
       load(job, job.base, elem, n, s->base.data());
       fn(elem, n);
     }
   }
 
-  // delta = x_k - base for one tile into s->x.
-  void load_delta(const TaskJob& job, size_t k, uint64_t elem, size_t n, TaskScratch* s) const {
-    load(job, job.models[k].input, elem, n, s->x.data());
-    for (size_t i = 0; i < n; ++i) s->x[i] = s->x[i] - s->base[i];
+  // delta = x_k - base for one tile into `d` (default s->x).
+  void load_delta(const TaskJob& job, size_t k, uint64_t elem, size_t n, TaskScratch* s,
+                  float* d = nullptr) const {
+    const JobInput& in = job.models[k].input;
+    if (d == nullptr) d = s->x.data();
+    guard_reads(plan_, job.name, [&] {
+      method_kernels_.delta(in.dtype, input_ptr(plan_, in, elem), s->base.data(), d, n);
+    });
   }
 
   void histogram_hi(const Item& item, TaskScratch* s) {
     const TaskJob& job = jobs_[item.job];
     JobState& st = *states_[item.job - batch_begin_];
     size_t n_models = job.models.size();
-    s->hist.assign(n_models * kHiBins, 0);
+    constexpr uint64_t kPerModel = kHiHistCopies * kHiBins;
+    s->hist.assign(n_models * kPerModel, 0);
     for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
       for (size_t k = 0; k < n_models; ++k) {
         if (!st.models[k].selects()) continue;
         load_delta(job, k, elem, n, s);
-        uint32_t* h = s->hist.data() + k * kHiBins;
-        for (size_t i = 0; i < n; ++i) ++h[abs_bits(s->x[i]) >> 16];
+        method_kernels_.histogram_hi(s->x.data(), n, s->hist.data() + k * kPerModel);
       }
     });
     std::lock_guard<std::mutex> guard(st.mu);
     for (size_t k = 0; k < n_models; ++k) {
       if (!st.models[k].selects()) continue;
-      const uint32_t* h = s->hist.data() + k * kHiBins;
+      const uint32_t* h = s->hist.data() + k * kPerModel;
       uint64_t* g = st.models[k].hist_hi.data();
-      for (uint32_t b = 0; b < kHiBins; ++b) g[b] += h[b];
+      for (size_t c = 0; c < kHiHistCopies; ++c)
+        for (uint32_t b = 0; b < kHiBins; ++b) g[b] += h[c * kHiBins + b];
     }
   }
 
@@ -510,13 +482,16 @@ class TaskRunner {
         if (!ms.selects()) continue;
         load_delta(job, k, elem, n, s);
         int which = 0;
-        for (const Selection* sel : {&ms.lo, &ms.hi}) {
+        for (Selection* sel : {&ms.lo, &ms.hi}) {
           uint32_t* h = s->hist.data() + (2 * k + which++) * kLoBins;
           if (!sel->active()) continue;
-          for (size_t i = 0; i < n; ++i) {
-            uint32_t bits = abs_bits(s->x[i]);
-            if ((bits >> 16) == sel->hi_bin) ++h[bits & 0xFFFFu];
-          }
+          uint16_t* found = sel->recorded ? s->found.data() : nullptr;
+          size_t count = method_kernels_.histogram_lo(s->x.data(), n, sel->hi_bin, h, found);
+          if (!found) continue;
+          // each chunk and tile is written by one thread
+          std::vector<uint16_t>& lo = sel->chunk_lo[item.first_elem / chunk_elems_];
+          lo.insert(lo.end(), found, found + count);
+          sel->tile_in_bin[elem / kTile] = static_cast<uint32_t>(count);
         }
       }
     });
@@ -538,13 +513,13 @@ class TaskRunner {
     for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
       for (size_t k = 0; k < job.models.size(); ++k) {
         ModelState& ms = st.models[k];
-        if (!ms.lo.need_ties && !ms.hi.need_ties) continue;
+        if (!(ms.lo.need_ties && !ms.lo.recorded) && !(ms.hi.need_ties && !ms.hi.recorded))
+          continue;
         load_delta(job, k, elem, n, s);
         for (Selection* sel : {&ms.lo, &ms.hi}) {
-          if (!sel->need_ties) continue;
-          uint64_t count = 0;
-          for (size_t i = 0; i < n; ++i) count += abs_bits(s->x[i]) == sel->threshold;
-          sel->tie_prefix[elem / kTile] = count;  // each tile is written by one thread
+          if (!sel->need_ties || sel->recorded) continue;
+          // each tile is written by one thread
+          sel->tie_prefix[elem / kTile] = method_kernels_.count_equal(s->x.data(), n, sel->threshold);
         }
       }
     });
@@ -552,45 +527,42 @@ class TaskRunner {
 
   // Sparsifies one tile of model k's delta in place: dropped elements become +0,
   // kept ones are rescaled (when `rescale` and the job asks for it).
-  static void sparsify_tile(const TaskJob& job, size_t k, const ModelState& ms, uint64_t elem,
-                            size_t n, float* d, bool rescale) {
+  void sparsify_tile(const TaskJob& job, size_t k, const ModelState& ms, uint64_t elem,
+                     size_t n, float* d, bool rescale) const {
     const TaskModel& m = job.models[k];
     if (job.sparsify == Sparsify::kRandom) {
       uint64_t stream = dare_stream(job.seed, job.tensor_key, static_cast<uint32_t>(k));
       bool by_density = rescale && job.rescale == Rescale::kDensity;
-      for (size_t i = 0; i < n; ++i) {
-        bool keep = static_cast<float>(dare_draw(stream, elem + i)) * 0x1p-24f < m.density;
-        d[i] = keep ? (by_density ? d[i] / m.density : d[i]) : 0.0f;
-      }
+      method_kernels_.sparsify_random(d, n, stream, elem, m.density, by_density);
     } else if (job.sparsify != Sparsify::kNone) {
-      RankCursor lo(ms.lo, elem / kTile), hi(ms.hi, elem / kTile);
-      for (size_t i = 0; i < n; ++i) {
-        uint32_t bits = abs_bits(d[i]);
-        bool below_lo = lo.below(bits);
-        bool below_hi = hi.below(bits);
-        d[i] = (!below_lo && below_hi) ? d[i] : 0.0f;
-      }
+      RankWindowBound lo = bound_at(ms.lo, elem / kTile), hi = bound_at(ms.hi, elem / kTile);
+      method_kernels_.sparsify_rank(d, n, &lo, &hi);
     }
-    if (rescale && ms.scaled) {
-      for (size_t i = 0; i < n; ++i) d[i] = d[i] * ms.scale;
-    }
+    if (rescale && ms.scaled) method_kernels_.scale(d, n, ms.scale);
   }
 
   void l1_norms(const Item& item, TaskScratch* s) {
     const TaskJob& job = jobs_[item.job];
     JobState& st = *states_[item.job - batch_begin_];
+    // kGramTiles tiles side by side, zero-padded: one fp64 lane per tile.
     for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
+      float* x = s->x.data();
+      std::fill(x + n, x + kGroupElems, 0.0f);
+      double before[kGramTiles], after[kGramTiles];
       for (size_t k = 0; k < job.models.size(); ++k) {
         ModelState& ms = st.models[k];
         load_delta(job, k, elem, n, s);
-        double before = 0.0, after = 0.0;
-        for (size_t i = 0; i < n; ++i) before += std::fabs(static_cast<double>(s->x[i]));
-        sparsify_tile(job, k, ms, elem, n, s->x.data(), false);
-        for (size_t i = 0; i < n; ++i) after += std::fabs(static_cast<double>(s->x[i]));
-        ms.l1_before[elem / kTile] = before;  // each tile is written by one thread
-        ms.l1_after[elem / kTile] = after;
+        method_kernels_.l1(x, before);
+        for (size_t t = 0; t * kTile < n; ++t)
+          sparsify_tile(job, k, ms, elem + t * kTile, std::min<size_t>(kTile, n - t * kTile),
+                        x + t * kTile, false);
+        method_kernels_.l1(x, after);
+        for (size_t t = 0; t * kTile < n; ++t) {  // each tile is written by one thread
+          ms.l1_before[elem / kTile + t] = before[t];
+          ms.l1_after[elem / kTile + t] = after[t];
+        }
       }
-    });
+    }, kGroupElems);
   }
 
   void apply(const Item& item, TaskScratch* s) {
@@ -601,32 +573,33 @@ class TaskRunner {
     uint64_t out_size = item_n_bytes(job.out_dtype);
     uint64_t out_offset = job.out_offset + item.first_elem * out_size;
     uint64_t out_n_bytes = item.n_elems * out_size;
-    uint8_t* out;
-    if (sink.writer) {
-      if (s->out.size() < out_n_bytes) s->out.resize(out_n_bytes);
-      out = s->out.data();
-    } else {
-      out = sink.base + out_offset;
-    }
+    SinkSpan span(sink, out_offset, out_n_bytes, &s->out);
+    uint8_t* out = span.out_span();
     // Unmasked divisor: the weights summed in model order (fp32).
     float weight_sum = 0.0f;
     for (const TaskModel& m : job.models) weight_sum = weight_sum + m.input.weight;
-    float plain_divisor = std::fabs(weight_sum) < 1e-8f ? 1.0f : weight_sum;
+    MixSpec spec;
+    spec.consensus = job.consensus == Consensus::kSum     ? MixConsensus::kSum
+                     : job.consensus == Consensus::kCount ? MixConsensus::kCount
+                                                          : MixConsensus::kNone;
+    spec.normalize = job.normalize;
+    spec.lambda = job.lambda;
+    spec.plain_divisor = std::fabs(weight_sum) < 1e-8f ? 1.0f : weight_sum;
+    std::vector<float> weights;
+    for (const TaskModel& m : job.models) weights.push_back(m.input.weight);
+    spec.weights = weights.data();
     for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
       if (options_.check_finite) check_finite_input(job, job.base, elem, n);
       for (size_t k = 0; k < n_models; ++k) {
         const TaskModel& m = job.models[k];
         if (options_.check_finite) check_finite_input(job, m.input, elem, n);
-        load_delta(job, k, elem, n, s);
-        float* d = s->x.data();
-        sparsify_tile(job, k, st.models[k], elem, n, d, true);
         float* wd = s->wd.data() + k * kTile;
-        float w = m.input.weight;
-        for (size_t i = 0; i < n; ++i) wd[i] = w * d[i];
+        load_delta(job, k, elem, n, s, wd);
+        sparsify_tile(job, k, st.models[k], elem, n, wd, true);
+        method_kernels_.scale(wd, n, m.input.weight);
       }
       float* mixed = s->x.data();
-      mix(job, n_models, n, s->wd.data(), plain_divisor, mixed);
-      for (size_t i = 0; i < n; ++i) mixed[i] = s->base[i] + mixed[i];
+      method_kernels_.mix(spec, s->wd.data(), kTile, n_models, s->base.data(), mixed, n);
       uint8_t* dst = out + (elem - item.first_elem) * out_size;
       kernels_.store(job.out_dtype, mixed, 1.0f, dst, n);
       if (options_.check_finite) {
@@ -637,42 +610,7 @@ class TaskRunner {
                     dtype_name(job.out_dtype));
       }
     });
-    if (sink.writer) sink.writer->write_at(out_offset, out, out_n_bytes);
-  }
-
-  static inline int sign_of(float x) { return (x > 0.0f) - (x < 0.0f); }
-
-  // Mixed delta of one tile from the weighted deltas wd[k * kTile + i].
-  static void mix(const TaskJob& job, size_t n_models, size_t n, const float* wd,
-                  float plain_divisor, float* mixed) {
-    for (size_t i = 0; i < n; ++i) {
-      float sum = 0.0f, divisor = plain_divisor;
-      if (job.consensus == Consensus::kNone) {
-        for (size_t k = 0; k < n_models; ++k) sum = sum + wd[k * kTile + i];
-      } else {
-        int majority;
-        if (job.consensus == Consensus::kSum) {
-          float total = 0.0f;
-          for (size_t k = 0; k < n_models; ++k) total = total + wd[k * kTile + i];
-          majority = total >= 0.0f ? 1 : -1;
-        } else {
-          int count = 0;
-          for (size_t k = 0; k < n_models; ++k) count += sign_of(wd[k * kTile + i]);
-          majority = count >= 0 ? 1 : -1;
-        }
-        float weight = 0.0f;
-        for (size_t k = 0; k < n_models; ++k) {
-          float v = wd[k * kTile + i];
-          if (sign_of(v) != majority) continue;
-          sum = sum + v;
-          weight = weight + job.models[k].input.weight;
-        }
-        divisor = weight == 0.0f ? 1.0f : weight;
-      }
-      if (job.normalize) sum = sum / divisor;
-      if (job.lambda != 1.0f) sum = sum * job.lambda;
-      mixed[i] = sum;
-    }
+    span.commit();
   }
 
   void check_finite_input(const TaskJob& job, const JobInput& in, uint64_t elem, size_t n) const {
@@ -688,6 +626,7 @@ class TaskRunner {
   const std::vector<TaskJob>& jobs_;
   const EngineOptions& options_;
   const KernelSet& kernels_;
+  const MethodKernels& method_kernels_;
   int threads_;
   std::unique_ptr<ChunkPool> pool_;
   uint64_t chunk_elems_ = 0;
@@ -724,6 +663,7 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
                                                const ProgressFn& progress, RunStats* stats) {
   auto t0 = std::chrono::steady_clock::now();
   const KernelSet& kernels = select_kernels(options.kernel);
+  const MethodKernels& method_kernels = select_method_kernels(options.kernel);
   int threads = resolve_threads(options.threads);
   std::vector<std::vector<JobInput>> inputs(jobs.size());
   uint64_t per_elem = 1, total = 0;
@@ -733,16 +673,15 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
                 "tensor '%s': base index %d out of range", job.name.c_str(), job.base);
     uint64_t bytes = 0;
     for (const JobInput& in : job.inputs) {
-      check_source_index(plan, job.name, in);
-      check_input(plan, job.name, in, job.n_elems);
+      validate_input(plan, job.name, in, job.n_elems, true);
       bytes += 2 * item_n_bytes(in.dtype);
       total += job.n_elems * item_n_bytes(in.dtype);
     }
     per_elem = std::max(per_elem, bytes);
     inputs[j] = job.inputs;
   }
-  uint64_t chunk_elems = method_chunk_elems(per_elem, options, threads);
-  ChunkPool pool(plan, threads, progress, total);
+  uint64_t chunk_elems = method_chunk_elems(per_elem, options, threads, state_limit(options));
+  ChunkPool pool(plan, threads, 1, progress, total);
   std::vector<std::vector<double>> result(jobs.size());
   auto n_vectors = [&](const GramJob& job) {
     return job.inputs.size() - (job.base >= 0 ? 1 : 0);
@@ -750,13 +689,13 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
   size_t begin = 0;
   uint64_t n_chunks = 0;
   while (begin < jobs.size()) {
-    // Batch: per-tile partial sums of every pair, bounded by kBatchStateBytes.
+    // Batch: per-tile partial sums of every pair, bounded by state_limit().
     size_t end = begin;
     uint64_t bytes = 0;
     while (end < jobs.size()) {
       uint64_t m = n_vectors(jobs[end]);
       uint64_t b = m * (m + 1) / 2 * (jobs[end].n_elems / kTile + 1) * sizeof(double);
-      if (end > begin && bytes + b > kBatchStateBytes) break;
+      if (end > begin && bytes + b > state_limit(options)) break;
       bytes += b;
       ++end;
     }
@@ -770,41 +709,43 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
     }
     n_chunks += items.size();
     std::vector<std::vector<float>> scratch(threads);
-    pool.run(items, inputs, [&](const Item& item, int thread) {
+    pool.run(items, [&](const Item& item) -> const std::vector<JobInput>& { return inputs[item.job]; },
+             [&](const Item& item, int thread) {
       const GramJob& job = jobs[item.job];
-      size_t n_in = job.inputs.size(), m = n_vectors(job);
+      size_t n_in = job.inputs.size(), m = n_vectors(job), n_pairs = m * (m + 1) / 2;
+      constexpr uint64_t kGroup = kGramTiles * kTile;
       std::vector<float>& buf = scratch[thread];
-      buf.resize(n_in * kTile);
+      buf.resize(n_in * kGroup);
       uint64_t n_tiles = job.n_elems / kTile + 1;
       double* part = partials[item.job - begin].data();
-      for (uint64_t t = 0; t < item.n_elems; t += kTile) {
-        size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
-        uint64_t elem = item.first_elem + t;
+      std::vector<const float*> v;
+      std::vector<double> sums(n_pairs * kGramTiles);
+      for (uint64_t g = 0; g < item.n_elems; g += kGroup) {
+        // kGramTiles tiles side by side, each input's zero-padded to whole tiles.
+        size_t n = static_cast<size_t>(std::min<uint64_t>(kGroup, item.n_elems - g));
+        uint64_t elem = item.first_elem + g;
         guard_reads(plan, job.name, [&] {
           for (size_t a = 0; a < n_in; ++a)
             kernels.accumulate(job.inputs[a].dtype, input_ptr(plan, job.inputs[a], elem), 1.0f,
-                               buf.data() + a * kTile, n, true);
+                               buf.data() + a * kGroup, n, true);
         });
+        for (size_t a = 0; a < n_in; ++a)
+          std::fill(buf.begin() + a * kGroup + n, buf.begin() + (a + 1) * kGroup, 0.0f);
         // Vectors: inputs in order, the base skipped and subtracted from the others.
-        std::vector<const float*> v;
+        v.clear();
         for (size_t a = 0; a < n_in; ++a) {
           if (static_cast<int32_t>(a) == job.base) continue;
-          float* x = buf.data() + a * kTile;
+          float* x = buf.data() + a * kGroup;
           if (job.base >= 0) {
-            const float* b = buf.data() + job.base * kTile;
+            const float* b = buf.data() + job.base * kGroup;
             for (size_t i = 0; i < n; ++i) x[i] = x[i] - b[i];
           }
           v.push_back(x);
         }
-        size_t pair = 0;
-        for (size_t a = 0; a < m; ++a) {
-          for (size_t b = a; b < m; ++b, ++pair) {
-            double sum = 0.0;
-            for (size_t i = 0; i < n; ++i)
-              sum += static_cast<double>(v[a][i]) * static_cast<double>(v[b][i]);
-            part[pair * n_tiles + elem / kTile] = sum;
-          }
-        }
+        method_kernels.gram(v.data(), m, sums.data());
+        for (uint64_t t = 0; t * kTile < n; ++t)
+          for (size_t p = 0; p < n_pairs; ++p)
+            part[p * n_tiles + (elem / kTile + t)] = sums[p * kGramTiles + t];
       }
     });
     for (size_t j = begin; j < end; ++j) {

@@ -48,6 +48,18 @@ enum class JobOp : uint8_t {
   kMax,
 };
 
+// Every kind of work the engine runs: weighted sums, copies and elementwise maxima
+// (Plan::jobs), the task-vector programs of TIES/DARE/breadcrumbs and the Gram
+// reductions (methods.h), and dot products (reduce.h). Backends say which they run
+// (supports(kind)).
+enum class JobKind : uint8_t { kWeightedSum, kCopy, kMax, kTaskProgram, kGram, kDot };
+constexpr JobKind kAllJobKinds[] = {JobKind::kWeightedSum, JobKind::kCopy, JobKind::kMax,
+                                    JobKind::kTaskProgram, JobKind::kGram, JobKind::kDot};
+// "sum", "copy", "max", "task", "gram", "dot".
+const char* job_kind_name(JobKind kind);
+// Raises a kValue error naming the known kinds for anything else.
+JobKind parse_job_kind(const std::string& name);
+
 struct Job {
   std::string name;  // tensor name, for messages
   JobOp op = JobOp::kWeightedSum;

@@ -70,6 +70,11 @@ inline void register_error_translator() {
       py::object exc = e.kind() == ErrorKind::kIO && e.os_errno() != 0
                            ? cls(e.os_errno(), message)
                            : cls(message);
+      if (e.line() > 0) {
+        std::string file = e.file();
+        exc.attr("cpp_location") =
+            file.substr(file.find_last_of('/') + 1) + ":" + std::to_string(e.line());
+      }
       PyErr_SetObject(cls.ptr(), exc.ptr());
     }
   });

@@ -44,27 +44,6 @@ void load_f64(DType dtype, const uint8_t* src, double* dst, size_t n) {
 }
 
 
-void check_input(const Plan& plan, const DotJob& job, const JobInput& in) {
-  LADLE_CHECK(in.source < plan.sources.size(), ErrorKind::kValue,
-              "tensor '%s': source index %u out of range", job.name.c_str(), in.source);
-  const Source& src = plan.sources[in.source];
-  LADLE_CHECK(dtype_is_mergeable(in.dtype), ErrorKind::kValue,
-              "%s: tensor '%s': dtype %s has no dot product", src.label.c_str(),
-              job.name.c_str(), dtype_name(in.dtype));
-  uint64_t n_bytes = tensor_n_bytes(in.dtype, job.n_elems, "tensor '" + job.name + "'");
-  LADLE_CHECK(in.offset <= src.n_bytes && n_bytes <= src.n_bytes - in.offset, ErrorKind::kFormat,
-              "%s: tensor '%s': byte range [%llu, +%llu) exceeds the %llu bytes available",
-              src.label.c_str(), job.name.c_str(), (unsigned long long)in.offset,
-              (unsigned long long)n_bytes, (unsigned long long)src.n_bytes);
-}
-
-// madvise hints on the ranges of every input of `job` in `item`.
-void touch(const Plan& plan, const DotJob& job, const WorkItem& item, bool prefetch) {
-  touch_input(plan, job.lhs, item.first_elem, item.n_elems, prefetch);
-  for (const JobInput& in : job.inputs)
-    touch_input(plan, in, item.first_elem, item.n_elems, prefetch);
-}
-
 // Partial sums of one chunk, written to out[0..N).
 void dot_chunk(const Plan& plan, const DotJob& job, const WorkItem& item, double* out) {
   double g[kTile], x[kTile];
@@ -94,10 +73,10 @@ std::vector<std::vector<double>> dot_products(const Plan& plan, const std::vecto
                                               const DotOptions& options) {
   uint64_t per_elem = 1;
   for (const DotJob& job : jobs) {
-    check_input(plan, job, job.lhs);
+    validate_input(plan, job.name, job.lhs, job.n_elems, true);
     uint64_t bytes = item_n_bytes(job.lhs.dtype);
     for (const JobInput& in : job.inputs) {
-      check_input(plan, job, in);
+      validate_input(plan, job.name, in, job.n_elems, true);
       bytes += 2 * item_n_bytes(in.dtype);
     }
     per_elem = std::max(per_elem, bytes);
@@ -105,8 +84,8 @@ std::vector<std::vector<double>> dot_products(const Plan& plan, const std::vecto
   int threads = resolve_threads(options.threads);
   uint64_t chunk = options.chunk_elems;
   if (chunk == 0) {
-    chunk = options.memory_budget / (static_cast<uint64_t>(threads) * per_elem) / 4096 * 4096;
-    chunk = std::clamp(chunk, kMinChunk, kMaxChunk);
+    chunk = budget_chunk_elems(options.memory_budget, per_elem, static_cast<uint64_t>(threads),
+                               4096, kMinChunk, kMaxChunk);
   }
   std::vector<WorkItem> items;
   std::vector<size_t> partial_at;  // first partial slot of each item
@@ -119,18 +98,18 @@ std::vector<std::vector<double>> dot_products(const Plan& plan, const std::vecto
     }
   }
   std::vector<double> partials(n_partials, 0.0);
-  size_t ahead = static_cast<size_t>(threads);
-  std::atomic<uint64_t> no_progress{0};
-  run_workers(
-      items.size(), static_cast<int>(std::min<size_t>(threads, std::max<size_t>(1, items.size()))),
-      nullptr,
-      [&](int, size_t i) {
-        if (i + ahead < items.size()) touch(plan, jobs[items[i + ahead].job], items[i + ahead], true);
-        const WorkItem& item = items[i];
+  std::vector<std::vector<JobInput>> inputs(jobs.size());
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    inputs[j].push_back(jobs[j].lhs);
+    inputs[j].insert(inputs[j].end(), jobs[j].inputs.begin(), jobs[j].inputs.end());
+  }
+  ChunkPool pool(plan, threads, 1, nullptr, 0);
+  pool.run(
+      items, [&](const WorkItem& item) -> const std::vector<JobInput>& { return inputs[item.job]; },
+      [&](const WorkItem& item, int) {
+        size_t i = static_cast<size_t>(&item - items.data());
         dot_chunk(plan, jobs[item.job], item, partials.data() + partial_at[i]);
-        touch(plan, jobs[item.job], item, false);
-      },
-      nullptr, no_progress, 0);
+      });
 
   std::vector<std::vector<double>> out(jobs.size());
   for (uint32_t j = 0; j < jobs.size(); ++j) out[j].assign(jobs[j].inputs.size(), 0.0);

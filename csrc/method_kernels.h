@@ -1,0 +1,114 @@
+// Per-tile kernels of the merge methods (methods.h): deltas, the |delta| histograms
+// of rank selection, DARE's and the rank window's sparsification, the per-element
+// mix, and the fp64 Gram sums. A scalar reference (method_kernels_cpu.cc) and an AVX2
+// set (method_kernels_avx2.cc, compiled with -mavx2 -mf16c only there and chosen at
+// run time) compute the same bits: the same fp32/fp64 operations per element in the
+// same order, no FMA; vectors only run independent elements (or tiles) side by side.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "dtype.h"
+#include "kernels.h"
+
+namespace ladle {
+
+// Elements per tile: the unit of tie counting and of partial sums. Chunks are
+// whole multiples of it, which is what makes results chunk-size independent.
+constexpr uint64_t kMethodTileElems = 2048;
+// Tiles the fp64 sums (Gram, L1) run side by side, one fp64 lane each: each tile's
+// sum is a chain of dependent adds in index order, so independent tiles are what
+// keeps the adder busy (two 4-lane vectors of chains).
+constexpr size_t kGramTiles = 8;
+// Rank selection's first histogram: bins of the high 16 bits of |delta| (sign cleared),
+// counted into kHiHistCopies interleaved copies so equal neighbours do not wait on
+// each other's increments; the caller adds the copies up.
+constexpr uint32_t kHiHistBins = 1u << 15;
+constexpr size_t kHiHistCopies = 4;
+
+inline uint32_t abs_bits(float x) { return bits_from_f32(x) & 0x7FFFFFFFu; }
+
+// "rank < r" of an element, in index order within one tile (docs/methods.md): true
+// when all, false when none, else |delta| bits > threshold, or == threshold and
+// fewer than ties_keep equal elements came before it (ties_seen counts them).
+struct RankWindowBound {
+  bool all = false;
+  bool none = true;
+  uint32_t threshold = 0;
+  uint64_t ties_keep = 0;
+  uint64_t ties_seen = 0;  // updated by the kernel
+};
+
+// One step of the cursor: whether the element with |delta| bits `bits` is below.
+inline bool rank_below(RankWindowBound* b, uint32_t bits) {
+  if (b->all) return true;
+  if (b->none) return false;
+  if (bits != b->threshold) return bits > b->threshold;
+  return b->ties_seen++ < b->ties_keep;
+}
+
+enum class MixConsensus : uint8_t { kNone, kSum, kCount };
+
+// How the weighted deltas of one tile become the output's fp32 values.
+struct MixSpec {
+  MixConsensus consensus = MixConsensus::kNone;
+  bool normalize = false;
+  float lambda = 1.0f;
+  float plain_divisor = 1.0f;    // the unmasked divisor (kNone)
+  const float* weights = nullptr;  // w_k, one per model
+};
+
+struct MethodKernels {
+  const char* name;
+  // d[i] = fp32(x[i]) - base[i]
+  void (*delta)(DType dtype, const void* src, const float* base, float* d, size_t n);
+  // ++hist[(i % kHiHistCopies) * kHiHistBins + (abs_bits(d[i]) >> 16)]
+  void (*histogram_hi)(const float* d, size_t n, uint32_t* hist);
+  // For each i with abs_bits(d[i]) >> 16 == bin: ++hist[abs_bits(d[i]) & 0xFFFF], and
+  // (when `found` is not null) those low 16 bits appended to it in index order.
+  // Returns how many there were.
+  size_t (*histogram_lo)(const float* d, size_t n, uint32_t bin, uint32_t* hist,
+                         uint16_t* found);
+  // Elements whose abs_bits equal `bits`.
+  uint64_t (*count_equal)(const float* d, size_t n, uint32_t bits);
+  // DARE: keep d[i] when float(u24(stream, elem + i)) * 2^-24 < density (then d/density
+  // when by_density), else +0.
+  void (*sparsify_random)(float* d, size_t n, uint64_t stream, uint64_t elem, float density,
+                          bool by_density);
+  // Keeps d[i] when !(rank < lo) && (rank < hi), else +0; advances both cursors.
+  void (*sparsify_rank)(float* d, size_t n, RankWindowBound* lo, RankWindowBound* hi);
+  // d[i] = fp32(d[i] * s)
+  void (*scale)(float* d, size_t n, float s);
+  // For kGramTiles tiles side by side (tile t at d + t * kMethodTileElems, zero-padded):
+  // sums[t] = sum of |double(d[i])| over the tile in index order, from +0.
+  void (*l1)(const float* d, double* sums);
+  // out[i] = fp32(base[i] + mixed_i) from wd[k * stride + i] (k < n_models), where
+  // mixed is the docs/methods.md mix (sign election, normalize, lambda).
+  void (*mix)(const MixSpec& spec, const float* wd, size_t stride, size_t n_models,
+              const float* base, float* out, size_t n);
+  // For kGramTiles tiles side by side: v[a] points at kGramTiles * kMethodTileElems
+  // floats (tile t at t * kMethodTileElems; zero-padded), and for every pair a <= b
+  // (row-major upper triangle, pair p) sums[p * kGramTiles + t] = sum over the
+  // tile's elements in index order of double(v[a]) * double(v[b]), from +0.
+  void (*gram)(const float* const* v, size_t m, double* sums);
+};
+
+const MethodKernels& scalar_method_kernels();
+// Defined only when the AVX2 translation unit is compiled in.
+const MethodKernels* avx2_method_kernels();
+// The set matching select_kernels(impl).
+const MethodKernels& select_method_kernels(KernelImpl impl);
+
+// SplitMix64's finaliser and DARE's draw (methods.h, dare_u24).
+inline uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
+inline uint32_t dare_draw(uint64_t stream, uint64_t elem) {
+  return static_cast<uint32_t>(mix64(stream + (elem + 1) * kGolden) >> 40);
+}
+
+}  // namespace ladle

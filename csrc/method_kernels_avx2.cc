@@ -1,0 +1,276 @@
+// AVX2 + F16C method kernels (method_kernels.h), compiled with -mavx2 -mf16c for this
+// file only and used only after the run-time CPU check. Bit-identical to the scalar
+// reference: lanes hold independent elements (the Gram kernel: independent tiles), each
+// gets the reference's operations in the reference's order, no FMA; tails and the rare
+// order-dependent lanes (ties at a rank threshold) go through the scalar code.
+#include <immintrin.h>
+
+#include "method_kernels.h"
+
+namespace ladle {
+namespace {
+
+constexpr size_t kTile = kMethodTileElems;
+
+inline __m256 load8(DType dtype, const void* src, size_t i) {
+  switch (dtype) {
+    case DType::kBF16: {
+      __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(
+          static_cast<const uint16_t*>(src) + i));
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    case DType::kF16:
+      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(
+          static_cast<const uint16_t*>(src) + i)));
+    default:
+      return _mm256_loadu_ps(static_cast<const float*>(src) + i);
+  }
+}
+
+inline __m256i abs_bits8(__m256 v) {
+  return _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7FFFFFFF));
+}
+
+void delta_avx2(DType dtype, const void* src, const float* base, float* d, size_t n) {
+  if (dtype != DType::kF32 && dtype != DType::kBF16 && dtype != DType::kF16)
+    return scalar_method_kernels().delta(dtype, src, base, d, n);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(d + i, _mm256_sub_ps(load8(dtype, src, i), _mm256_loadu_ps(base + i)));
+  size_t item = static_cast<size_t>(dtype_bits(dtype) / 8);
+  scalar_method_kernels().delta(dtype, static_cast<const uint8_t*>(src) + i * item, base + i,
+                                d + i, n - i);
+}
+
+void histogram_hi_avx2(const float* d, size_t n, uint32_t* hist) {
+  static_assert(kHiHistCopies == 4, "lane j counts into copy j % 4");
+  const __m256i copy = _mm256_setr_epi32(0, kHiHistBins, 2 * kHiHistBins, 3 * kHiHistBins, 0,
+                                         kHiHistBins, 2 * kHiHistBins, 3 * kHiHistBins);
+  alignas(32) uint32_t bins[8];
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256i b = _mm256_srli_epi32(abs_bits8(_mm256_loadu_ps(d + i)), 16);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(bins), _mm256_add_epi32(b, copy));
+    for (uint32_t bin : bins) ++hist[bin];
+  }
+  scalar_method_kernels().histogram_hi(d + i, n - i, hist);
+}
+
+size_t histogram_lo_avx2(const float* d, size_t n, uint32_t bin, uint32_t* hist,
+                         uint16_t* found) {
+  size_t count = 0;
+  const __m256i want = _mm256_set1_epi32(static_cast<int>(bin));
+  alignas(32) uint32_t bits[8];
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256i b = abs_bits8(_mm256_loadu_ps(d + i));
+    int mask = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_srli_epi32(b, 16), want)));
+    if (mask == 0) continue;
+    _mm256_store_si256(reinterpret_cast<__m256i*>(bits), b);
+    for (int j = 0; j < 8; ++j) {
+      if (!(mask >> j & 1)) continue;
+      ++hist[bits[j] & 0xFFFFu];
+      if (found) found[count] = static_cast<uint16_t>(bits[j]);
+      ++count;
+    }
+  }
+  return count + scalar_method_kernels().histogram_lo(d + i, n - i, bin, hist,
+                                                      found ? found + count : nullptr);
+}
+
+uint64_t count_equal_avx2(const float* d, size_t n, uint32_t bits) {
+  const __m256i want = _mm256_set1_epi32(static_cast<int>(bits));
+  uint64_t count = 0;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256i eq = _mm256_cmpeq_epi32(abs_bits8(_mm256_loadu_ps(d + i)), want);
+    count += static_cast<uint64_t>(__builtin_popcount(_mm256_movemask_ps(_mm256_castsi256_ps(eq))));
+  }
+  return count + scalar_method_kernels().count_equal(d + i, n - i, bits);
+}
+
+// Low 64 bits of a * b per 64-bit lane (AVX2 has only 32x32->64 multiplies).
+inline __m256i mul64(__m256i a, __m256i b) {
+  __m256i lo = _mm256_mul_epu32(a, b);
+  __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(a, _mm256_srli_epi64(b, 32)),
+                                   _mm256_mul_epu32(_mm256_srli_epi64(a, 32), b));
+  return _mm256_add_epi64(lo, _mm256_slli_epi64(cross, 32));
+}
+
+inline __m256i mix64x4(__m256i z) {
+  z = mul64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 30)),
+            _mm256_set1_epi64x(static_cast<long long>(0xBF58476D1CE4E5B9ull)));
+  z = mul64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 27)),
+            _mm256_set1_epi64x(static_cast<long long>(0x94D049BB133111EBull)));
+  return _mm256_xor_si256(z, _mm256_srli_epi64(z, 31));
+}
+
+void sparsify_random_avx2(float* d, size_t n, uint64_t stream, uint64_t elem, float density,
+                          bool by_density) {
+  // Lane j of the counters holds stream + (elem + i + j + 1) * golden (mod 2^64).
+  uint64_t first = stream + (elem + 1) * kGolden;
+  __m256i lo = _mm256_set_epi64x(static_cast<long long>(first + 3 * kGolden),
+                                 static_cast<long long>(first + 2 * kGolden),
+                                 static_cast<long long>(first + kGolden),
+                                 static_cast<long long>(first));
+  __m256i hi = _mm256_add_epi64(lo, _mm256_set1_epi64x(static_cast<long long>(4 * kGolden)));
+  const __m256i step = _mm256_set1_epi64x(static_cast<long long>(8 * kGolden));
+  const __m256i evens = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+  const __m256 dens = _mm256_set1_ps(density);
+  const __m256 unit = _mm256_set1_ps(0x1p-24f);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256i ulo = _mm256_permutevar8x32_epi32(_mm256_srli_epi64(mix64x4(lo), 40), evens);
+    __m256i uhi = _mm256_permutevar8x32_epi32(_mm256_srli_epi64(mix64x4(hi), 40), evens);
+    __m256 u = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(ulo, uhi, 0x20));
+    __m256 keep = _mm256_cmp_ps(_mm256_mul_ps(u, unit), dens, _CMP_LT_OQ);
+    __m256 v = _mm256_loadu_ps(d + i);
+    if (by_density) v = _mm256_div_ps(v, dens);
+    _mm256_storeu_ps(d + i, _mm256_and_ps(keep, v));
+    lo = _mm256_add_epi64(lo, step);
+    hi = _mm256_add_epi64(hi, step);
+  }
+  scalar_method_kernels().sparsify_random(d + i, n - i, stream, elem + i, density, by_density);
+}
+
+// Lanes of `bits` below the bound, ties resolved lane by lane in index order.
+inline __m256i below8(RankWindowBound* b, __m256i bits) {
+  if (b->all) return _mm256_set1_epi32(-1);
+  if (b->none) return _mm256_setzero_si256();
+  const __m256i t = _mm256_set1_epi32(static_cast<int>(b->threshold));
+  __m256i gt = _mm256_cmpgt_epi32(bits, t);  // both <= 0x7FFFFFFF: signed compare is exact
+  int eq = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(bits, t)));
+  if (eq == 0) return gt;
+  alignas(32) int32_t tie[8] = {0};
+  for (int j = 0; j < 8; ++j)
+    if (eq >> j & 1) tie[j] = b->ties_seen++ < b->ties_keep ? -1 : 0;
+  return _mm256_or_si256(gt, _mm256_load_si256(reinterpret_cast<const __m256i*>(tie)));
+}
+
+void sparsify_rank_avx2(float* d, size_t n, RankWindowBound* lo, RankWindowBound* hi) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_loadu_ps(d + i);
+    __m256i bits = abs_bits8(v);
+    __m256i below_lo = below8(lo, bits);
+    __m256i below_hi = below8(hi, bits);
+    __m256 keep = _mm256_castsi256_ps(_mm256_andnot_si256(below_lo, below_hi));
+    _mm256_storeu_ps(d + i, _mm256_and_ps(keep, v));
+  }
+  scalar_method_kernels().sparsify_rank(d + i, n - i, lo, hi);
+}
+
+void scale_avx2(float* d, size_t n, float s) {
+  const __m256 sv = _mm256_set1_ps(s);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, _mm256_mul_ps(_mm256_loadu_ps(d + i), sv));
+  scalar_method_kernels().scale(d + i, n - i, s);
+}
+
+// Element i + j of tiles 0..3 in the four fp64 lanes of x[j].
+inline void load_tiles4(const float* v, size_t i, __m256d x[4]) {
+  __m128 r0 = _mm_loadu_ps(v + i), r1 = _mm_loadu_ps(v + kTile + i);
+  __m128 r2 = _mm_loadu_ps(v + 2 * kTile + i), r3 = _mm_loadu_ps(v + 3 * kTile + i);
+  _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+  x[0] = _mm256_cvtps_pd(r0);
+  x[1] = _mm256_cvtps_pd(r1);
+  x[2] = _mm256_cvtps_pd(r2);
+  x[3] = _mm256_cvtps_pd(r3);
+}
+
+static_assert(kGramTiles == 2 * 4, "two vectors of four fp64 lanes, one tile each");
+
+// Lane t of acc[h] sums tile 4h + t in index order.
+void l1_avx2(const float* d, double* sums) {
+  const __m256d magnitude = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7FFFFFFFFFFFFFFFll));
+  __m256d acc[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()}, x[4];
+  for (size_t i = 0; i < kTile; i += 4) {
+    for (int h = 0; h < 2; ++h) {
+      load_tiles4(d + h * 4 * kTile, i, x);
+      for (int j = 0; j < 4; ++j) acc[h] = _mm256_add_pd(acc[h], _mm256_and_pd(x[j], magnitude));
+    }
+  }
+  _mm256_storeu_pd(sums, acc[0]);
+  _mm256_storeu_pd(sums + 4, acc[1]);
+}
+
+void mix_avx2(const MixSpec& spec, const float* wd, size_t stride, size_t n_models,
+              const float* base, float* out, size_t n) {
+  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+  const __m256 lambda = _mm256_set1_ps(spec.lambda);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 sum = zero, divisor = _mm256_set1_ps(spec.plain_divisor);
+    if (spec.consensus == MixConsensus::kNone) {
+      for (size_t k = 0; k < n_models; ++k)
+        sum = _mm256_add_ps(sum, _mm256_loadu_ps(wd + k * stride + i));
+    } else {
+      __m256 positive;  // majority +1 lanes
+      if (spec.consensus == MixConsensus::kSum) {
+        __m256 total = zero;
+        for (size_t k = 0; k < n_models; ++k)
+          total = _mm256_add_ps(total, _mm256_loadu_ps(wd + k * stride + i));
+        positive = _mm256_cmp_ps(total, zero, _CMP_GE_OQ);
+      } else {
+        __m256i count = _mm256_setzero_si256();
+        for (size_t k = 0; k < n_models; ++k) {
+          __m256 v = _mm256_loadu_ps(wd + k * stride + i);
+          count = _mm256_sub_epi32(count, _mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_GT_OQ)));
+          count = _mm256_add_epi32(count, _mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_LT_OQ)));
+        }
+        positive = _mm256_castsi256_ps(_mm256_cmpgt_epi32(count, _mm256_set1_epi32(-1)));
+      }
+      __m256 weight = zero;
+      for (size_t k = 0; k < n_models; ++k) {
+        __m256 v = _mm256_loadu_ps(wd + k * stride + i);
+        __m256 agree = _mm256_blendv_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ),
+                                        _mm256_cmp_ps(v, zero, _CMP_GT_OQ), positive);
+        sum = _mm256_blendv_ps(sum, _mm256_add_ps(sum, v), agree);
+        weight = _mm256_blendv_ps(weight, _mm256_add_ps(weight, _mm256_set1_ps(spec.weights[k])),
+                                  agree);
+      }
+      divisor = _mm256_blendv_ps(weight, one, _mm256_cmp_ps(weight, zero, _CMP_EQ_OQ));
+    }
+    if (spec.normalize) sum = _mm256_div_ps(sum, divisor);
+    if (spec.lambda != 1.0f) sum = _mm256_mul_ps(sum, lambda);
+    _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_loadu_ps(base + i), sum));
+  }
+  scalar_method_kernels().mix(spec, wd + i, stride, n_models, base + i, out + i, n - i);
+}
+
+constexpr size_t kGramMaxVectors = 8;
+
+// Lane t of acc[p][h] sums tile 4h + t of pair p, in index order.
+void gram_avx2(const float* const* v, size_t m, double* sums) {
+  if (m > kGramMaxVectors) return scalar_method_kernels().gram(v, m, sums);
+  constexpr size_t kMaxPairs = kGramMaxVectors * (kGramMaxVectors + 1) / 2;
+  __m256d acc[kMaxPairs][2];
+  size_t n_pairs = m * (m + 1) / 2;
+  for (size_t p = 0; p < n_pairs; ++p) acc[p][0] = acc[p][1] = _mm256_setzero_pd();
+  __m256d x[kGramMaxVectors][2][4];
+  for (size_t i = 0; i < kTile; i += 4) {
+    for (size_t a = 0; a < m; ++a)
+      for (int h = 0; h < 2; ++h) load_tiles4(v[a] + h * 4 * kTile, i, x[a][h]);
+    size_t p = 0;
+    for (size_t a = 0; a < m; ++a)
+      for (size_t b = a; b < m; ++b, ++p)
+        for (int h = 0; h < 2; ++h)
+          for (int j = 0; j < 4; ++j)
+            acc[p][h] = _mm256_add_pd(acc[p][h], _mm256_mul_pd(x[a][h][j], x[b][h][j]));
+  }
+  for (size_t p = 0; p < n_pairs; ++p) {
+    _mm256_storeu_pd(sums + p * kGramTiles, acc[p][0]);
+    _mm256_storeu_pd(sums + p * kGramTiles + 4, acc[p][1]);
+  }
+}
+
+const MethodKernels kAvx2{"avx2",          delta_avx2,           histogram_hi_avx2,
+                          histogram_lo_avx2, count_equal_avx2,   sparsify_random_avx2,
+                          sparsify_rank_avx2, scale_avx2,        l1_avx2,
+                          mix_avx2,          gram_avx2};
+
+}  // namespace
+
+const MethodKernels* avx2_method_kernels() { return &kAvx2; }
+
+}  // namespace ladle

@@ -1,0 +1,137 @@
+// Scalar reference of method_kernels.h (the contract of docs/methods.md written out
+// element by element) and the run-time choice between it and the AVX2 set.
+#include <cmath>
+
+#include "method_kernels.h"
+
+namespace ladle {
+namespace {
+
+void delta_scalar(DType dtype, const void* src, const float* base, float* d, size_t n) {
+  scalar_kernels().accumulate(dtype, src, 1.0f, d, n, true);
+  for (size_t i = 0; i < n; ++i) d[i] = d[i] - base[i];
+}
+
+void histogram_hi_scalar(const float* d, size_t n, uint32_t* hist) {
+  for (size_t i = 0; i < n; ++i) ++hist[(i % kHiHistCopies) * kHiHistBins + (abs_bits(d[i]) >> 16)];
+}
+
+size_t histogram_lo_scalar(const float* d, size_t n, uint32_t bin, uint32_t* hist,
+                           uint16_t* found) {
+  size_t count = 0;
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t bits = abs_bits(d[i]);
+    if ((bits >> 16) != bin) continue;
+    ++hist[bits & 0xFFFFu];
+    if (found) found[count] = static_cast<uint16_t>(bits);
+    ++count;
+  }
+  return count;
+}
+
+uint64_t count_equal_scalar(const float* d, size_t n, uint32_t bits) {
+  uint64_t count = 0;
+  for (size_t i = 0; i < n; ++i) count += abs_bits(d[i]) == bits;
+  return count;
+}
+
+void sparsify_random_scalar(float* d, size_t n, uint64_t stream, uint64_t elem, float density,
+                            bool by_density) {
+  for (size_t i = 0; i < n; ++i) {
+    bool keep = static_cast<float>(dare_draw(stream, elem + i)) * 0x1p-24f < density;
+    d[i] = keep ? (by_density ? d[i] / density : d[i]) : 0.0f;
+  }
+}
+
+void sparsify_rank_scalar(float* d, size_t n, RankWindowBound* lo, RankWindowBound* hi) {
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t bits = abs_bits(d[i]);
+    bool below_lo = rank_below(lo, bits);
+    bool below_hi = rank_below(hi, bits);
+    d[i] = (!below_lo && below_hi) ? d[i] : 0.0f;
+  }
+}
+
+void scale_scalar(float* d, size_t n, float s) {
+  for (size_t i = 0; i < n; ++i) d[i] = d[i] * s;
+}
+
+void l1_scalar(const float* d, double* sums) {
+  for (size_t t = 0; t < kGramTiles; ++t) {
+    const float* x = d + t * kMethodTileElems;
+    double sum = 0.0;
+    for (size_t i = 0; i < kMethodTileElems; ++i) sum += std::fabs(static_cast<double>(x[i]));
+    sums[t] = sum;
+  }
+}
+
+inline int sign_of(float x) { return (x > 0.0f) - (x < 0.0f); }
+
+void mix_scalar(const MixSpec& spec, const float* wd, size_t stride, size_t n_models,
+                const float* base, float* out, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    float sum = 0.0f, divisor = spec.plain_divisor;
+    if (spec.consensus == MixConsensus::kNone) {
+      for (size_t k = 0; k < n_models; ++k) sum = sum + wd[k * stride + i];
+    } else {
+      int majority;
+      if (spec.consensus == MixConsensus::kSum) {
+        float total = 0.0f;
+        for (size_t k = 0; k < n_models; ++k) total = total + wd[k * stride + i];
+        majority = total >= 0.0f ? 1 : -1;
+      } else {
+        int count = 0;
+        for (size_t k = 0; k < n_models; ++k) count += sign_of(wd[k * stride + i]);
+        majority = count >= 0 ? 1 : -1;
+      }
+      float weight = 0.0f;
+      for (size_t k = 0; k < n_models; ++k) {
+        float v = wd[k * stride + i];
+        if (sign_of(v) != majority) continue;
+        sum = sum + v;
+        weight = weight + spec.weights[k];
+      }
+      divisor = weight == 0.0f ? 1.0f : weight;
+    }
+    if (spec.normalize) sum = sum / divisor;
+    if (spec.lambda != 1.0f) sum = sum * spec.lambda;
+    out[i] = base[i] + sum;
+  }
+}
+
+void gram_scalar(const float* const* v, size_t m, double* sums) {
+  size_t pair = 0;
+  for (size_t a = 0; a < m; ++a) {
+    for (size_t b = a; b < m; ++b, ++pair) {
+      for (size_t t = 0; t < kGramTiles; ++t) {
+        const float* x = v[a] + t * kMethodTileElems;
+        const float* y = v[b] + t * kMethodTileElems;
+        double sum = 0.0;
+        for (size_t i = 0; i < kMethodTileElems; ++i)
+          sum += static_cast<double>(x[i]) * static_cast<double>(y[i]);
+        sums[pair * kGramTiles + t] = sum;
+      }
+    }
+  }
+}
+
+const MethodKernels kScalar{"scalar",          delta_scalar,           histogram_hi_scalar,
+                            histogram_lo_scalar, count_equal_scalar,   sparsify_random_scalar,
+                            sparsify_rank_scalar, scale_scalar,        l1_scalar,
+                            mix_scalar,          gram_scalar};
+
+}  // namespace
+
+const MethodKernels& scalar_method_kernels() { return kScalar; }
+
+#ifndef LADLE_HAVE_AVX2
+const MethodKernels* avx2_method_kernels() { return nullptr; }
+#endif
+
+const MethodKernels& select_method_kernels(KernelImpl impl) {
+  const KernelSet& chosen = select_kernels(impl);  // raises when AVX2 is asked but missing
+  const MethodKernels* avx2 = avx2_method_kernels();
+  return avx2 != nullptr && &chosen == avx2_kernels() ? *avx2 : kScalar;
+}
+
+}  // namespace ladle

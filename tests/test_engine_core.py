@@ -1,0 +1,39 @@
+"""The C++ core's shared error path: every LADLE_CHECK failure reaches Python as a
+ladle.errors exception that records the check's C++ file:line."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import ladle
+from ladle.cuda import cuda_info
+from ladle.errors import LadleValueError
+
+
+def test_check_failure_records_cpp_location():
+    v = np.zeros(16, dtype=np.float32)
+    plan = ladle._core.Plan()
+    src = plan.add_memory_source("v", v.ctypes.data, v.nbytes)
+    jobs = ladle._core.MethodJobs()
+    jobs.add_gram("w", 16, [(src, 0, "F32")], 5)  # base index out of range
+    with pytest.raises(LadleValueError, match="base index 5 out of range") as info:
+        ladle._core.run_grams(plan, jobs)
+    assert re.fullmatch(r"methods_cpu\.cc:\d+", info.value.cpp_location)
+
+
+def test_backends_declare_the_job_kinds_they_run():
+    for kind in ("sum", "copy", "max", "task", "gram", "dot"):
+        assert ladle._core.supports(kind)
+    with pytest.raises(LadleValueError, match="unknown job kind 'ties'"):
+        ladle._core.supports("ties")
+
+
+@pytest.mark.skipif(not cuda_info()["compiled"], reason="CUDA backend not built")
+def test_cuda_backend_declares_weighted_sums_copies_and_maxima():
+    import ladle._cuda as cuda_module
+
+    assert all(cuda_module.supports(k) for k in ("sum", "copy", "max"))
+    assert not any(cuda_module.supports(k) for k in ("task", "gram", "dot"))

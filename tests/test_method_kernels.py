@@ -1,0 +1,134 @@
+"""The AVX2 method kernels (csrc/method_kernels_avx2.cc) against the scalar reference
+(csrc/method_kernels_cpu.cc), bit for bit, through every method: odd sizes (vector
+tails, partial tiles and tile groups), NaN/Inf, subnormals, signed zeros and ties in
+|delta| at the rank thresholds; and the pass count of magnitude selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ladle
+from ladle import methods
+
+from st_io import write_raw
+
+F32 = np.float32
+SIZES = [("a", 1), ("b", 7), ("c", 2047), ("d", 2049), ("e", 8195), ("f", 12_345)]
+SPECIALS = np.array([np.nan, np.inf, -np.inf, 1e-40, -1e-42, 0.0, -0.0, 1.5e-45], dtype=F32)
+
+needs_avx2 = pytest.mark.skipif(not ladle.build_info()["avx2_cpu"], reason="CPU lacks AVX2/F16C")
+
+
+def make_models(tmp_path, n_models: int, dtype: str, special: bool, seed: int = 1):
+    """Base + n_models with coarse values (many equal |delta|) and optional specials."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for k in range(n_models + 1):
+        tensors = {}
+        for name, n in SIZES:
+            x = (np.round(rng.standard_normal(n) * 16) / 16).astype(F32)
+            if special and k > 0:
+                where = rng.choice(n, size=min(n, 6), replace=False)
+                x[where] = rng.choice(SPECIALS, size=where.size)
+            if dtype == "F32":
+                raw = x.tobytes()
+            else:  # BF16: truncation keeps the specials (NaN stays NaN)
+                raw = (x.view(np.uint32) >> np.uint32(16)).astype(np.uint16).tobytes()
+            tensors[name] = (dtype, [n], raw)
+        paths.append(write_raw(tmp_path / f"m{k}.safetensors", tensors))
+    return paths
+
+
+def merged(tmp_path, method, paths, kernel, **kw) -> bytes:
+    out = tmp_path / f"{method}-{kernel}-{len(kw)}.safetensors"
+    base, *models = paths
+    if method == "slerp":
+        methods.merge_models(method, models[:1], out, base_model=base, parameters={"t": 0.3},
+                             kernel=kernel, progress=False, **kw)
+    elif method == "model_stock":
+        methods.merge_models(method, models, out, base_model=base, kernel=kernel,
+                             progress=False, **kw)
+    else:
+        params = [{"weight": w, "density": d, **({"gamma": 0.02} if "bread" in method else {})}
+                  for w, d in ((0.7, 0.4), (-0.4, 0.6), (1.3, 0.25))]
+        extra = {"rescale": True} if method.startswith(("dare", "bread")) else {}
+        methods.merge_models(method, models, out, base_model=base, model_parameters=params,
+                             parameters={"normalize": True, **extra}, seed=5, kernel=kernel,
+                             progress=False, **kw)
+    return out.read_bytes()
+
+
+@needs_avx2
+def test_auto_selects_avx2_method_kernels():
+    assert ladle.build_info()["method_kernels"] == "avx2"
+
+
+@needs_avx2
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_ties", "dare_linear",
+                                    "breadcrumbs_ties", "slerp", "model_stock"])
+@pytest.mark.parametrize("dtype,special", [("F32", True), ("BF16", False)])
+def test_avx2_matches_scalar_bit_for_bit(tmp_path, method, dtype, special):
+    if special and method in ("slerp", "model_stock"):
+        special = False  # NaN statistics make no coefficients; odd sizes still apply
+    paths = make_models(tmp_path, 3, dtype, special)
+    scalar = merged(tmp_path, method, paths, "scalar")
+    assert merged(tmp_path, method, paths, "avx2") == scalar
+    # Chunks of one tile and two threads: tile groups cut short, ties split across tiles.
+    assert merged(tmp_path, method, paths, "avx2", chunk_elems=2048, threads=2) == scalar
+
+
+@needs_avx2
+def test_dare_density_rescale_avx2_matches_scalar(tmp_path):
+    paths = make_models(tmp_path, 3, "F32", True, seed=4)
+    kw = {"rescale_mode": "density"}
+    assert merged(tmp_path, "dare_ties", paths, "avx2", **kw) == \
+        merged(tmp_path, "dare_ties", paths, "scalar", **kw)
+
+
+def test_magnitude_selection_reads_inputs_three_times(tmp_path):
+    # Equal magnitudes straddle the threshold, so some ties are kept and some dropped:
+    # pass 2 records the candidates and the tie counts need no extra read.
+    paths = make_models(tmp_path, 3, "F32", False, seed=2)
+    # 4 inputs of F32; the 1-element tensor keeps everything (K = 1), so needs no selection.
+    selected = sum(4 * n for _, n in SIZES if n > 1) * 4
+    unselected = 4 * 4
+    report = methods.merge_models("ties", paths[1:], tmp_path / "o.safetensors",
+                                  base_model=paths[0],
+                                  model_parameters=[{"weight": 1.0, "density": 0.5}] * 3,
+                                  progress=False)
+    assert report.bytes_read == 3 * selected + unselected
+    # A budget too small for the candidates falls back to a tie-count pass (for the
+    # tensors whose threshold splits ties), same bits.
+    small = methods.merge_models("ties", paths[1:], tmp_path / "s.safetensors",
+                                 base_model=paths[0],
+                                 model_parameters=[{"weight": 1.0, "density": 0.5}] * 3,
+                                 memory_budget=64, progress=False)
+    assert 3 * selected + unselected < small.bytes_read <= 4 * selected + unselected
+    assert (tmp_path / "s.safetensors").read_bytes() == (tmp_path / "o.safetensors").read_bytes()
+
+
+def _tile_sums(x: np.ndarray, y: np.ndarray) -> float:
+    """fp64 sum of x*y tile by tile (2048) in index order, then the tiles in order."""
+    p = x.astype(np.float64) * y.astype(np.float64)
+    parts = [np.cumsum(p[i:i + 2048])[-1] for i in range(0, p.size, 2048)]
+    return float(np.cumsum(np.array(parts))[-1])
+
+
+@pytest.mark.parametrize("kernel", ["scalar", pytest.param("avx2", marks=needs_avx2)])
+@pytest.mark.parametrize("base", [-1, 0])
+def test_gram_sums_each_tile_in_index_order(kernel, base):
+    # Full-precision values: any other summation order changes the fp64 bits.
+    rng = np.random.default_rng(8)
+    n = 3 * 2048 * 4 + 2048 * 2 + 777  # whole tile groups, a short group, a partial tile
+    vecs = [rng.standard_normal(n).astype(F32) * F32(10.0 ** k) for k in range(4)]
+    vecs[1][5] = F32(1e-41)  # a subnormal
+    plan = ladle._core.Plan()
+    srcs = [plan.add_memory_source(f"v{k}", v.ctypes.data, v.nbytes) for k, v in enumerate(vecs)]
+    jobs = ladle._core.MethodJobs()
+    jobs.add_gram("w", n, [(s, 0, "F32") for s in srcs], base)
+    vs = [v - vecs[0] for v in vecs[1:]] if base == 0 else vecs
+    expected = [_tile_sums(a, b) for a in vs for b in vs]
+    for chunk in (0, 2048, 3 * 2048):
+        grams, _ = ladle._core.run_grams(plan, jobs, threads=2, chunk_elems=chunk, kernel=kernel)
+        assert grams[0] == expected
