@@ -377,8 +377,6 @@ def method_tensors(method: str, base: Checkpoint | None, models: list[Checkpoint
                 else f"at least {spec.min_models}")
         raise LadleValueError(f"{method} needs {want} model(s) besides the base, "
                               f"got {len(models)}")
-    if method == "model_stock" and parameters.get("filter_wise"):
-        raise LadleValueError("model_stock: filter_wise=true is not implemented by ladle")
     out_dtype = normalize_dtype(dtype)
     reference = base if base is not None else models[0]
     others = models if base is not None else models[1:]
@@ -437,6 +435,9 @@ def method_tensors(method: str, base: Checkpoint | None, models: list[Checkpoint
             t.inputs = [(i, 0.0) for i in infos]
             if method == "slerp":
                 t.params["t"] = _as_float(method, "t", glob["t"], name)
+            elif not isinstance(glob["filter_wise"], bool):
+                raise LadleValueError(f"model_stock: 'filter_wise' must be true or false, got "
+                                      f"{glob['filter_wise']!r} for tensor '{name}'")
         else:
             t.op = "task"
             t.inputs = [(infos[0], 1.0)]
@@ -488,7 +489,7 @@ def describe_method_plan(plan: MethodPlan) -> str:
         elif t.op == "slerp":
             what = f"slerp(t={t.params['t']:g})"
         else:
-            what = "model_stock"
+            what = "model_stock(filter_wise)" if t.params.get("filter_wise") else "model_stock"
         lines.append(f"    {t.name} {t.dtype}{list(t.shape)} {what} "
                      f"-> {plan.shards[t.shard].file_name}@{t.offset}")
     return "\n".join(lines)
@@ -517,6 +518,15 @@ def slerp_coefficients(t: float, gram: list[float], dot_threshold: float = 0.999
     theta = math.acos(dot)
     s = math.sin(theta)
     return math.sin((1 - t) * theta) / s, math.sin(t * theta) / s
+
+
+def filter_rows(t: MethodTensor) -> tuple[int, int]:
+    """(rows, row length) of model stock's ``filter_wise`` statistics: mergekit's rows
+    along the last dimension; a 0-D or 1-D tensor is a single row."""
+    cols = t.shape[-1] if len(t.shape) >= 2 else t.n_elems
+    if cols == 0:
+        return 1, 0
+    return t.n_elems // cols, cols
 
 
 def model_stock_t(gram: list[float], n_models: int) -> float:
@@ -708,8 +718,10 @@ def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: Outpu
             bar.total = finished[0] + total
             bar.update(finished[0] + done - bar.n)
 
-    def src(info: TensorInfo) -> tuple[int, int, str]:
-        return sources[info.file], info.offset, info.dtype
+    def src(info: TensorInfo, elem: int = 0) -> tuple[int, int, str]:
+        """(source, byte offset, dtype) of element ``elem`` of ``info``."""
+        return (sources[info.file], info.offset + elem * (_core.dtype_n_bits(info.dtype) // 8),
+                info.dtype)
 
     totals = {"bytes_read": 0, "threads": 0, "chunk_elems": 0, "kernel": ""}
 
@@ -723,21 +735,30 @@ def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: Outpu
         gram_tensors = [t for t in plan.tensors if t.op in ("slerp", "model_stock")]
         if gram_tensors:
             jobs = _core.MethodJobs()
+            parts = []  # (tensor, first element, length): a whole tensor or one row
             for t in gram_tensors:
-                jobs.add_gram(t.name, t.n_elems, [src(i) for i, _ in t.inputs],
-                              0 if t.op == "model_stock" else -1)
+                rows, cols = (filter_rows(t) if t.params.get("filter_wise")
+                              else (1, t.n_elems))
+                for r in range(rows):
+                    jobs.add_gram(t.name, cols, [src(i, r * cols) for i, _ in t.inputs],
+                                  0 if t.op == "model_stock" else -1)
+                    parts.append((t, r * cols, cols))
             grams, stats = _core.run_grams(core_plan, jobs, progress=on_progress, **run_opts)
             add(stats)
-            for t, gram in zip(gram_tensors, grams):
+            for (t, first, length), gram in zip(parts, grams):
                 infos = [i for i, _ in t.inputs]
                 if t.op == "slerp":
                     c0, c1 = slerp_coefficients(t.params["t"], gram)
                     t.inputs = [(infos[0], c0), (infos[1], c1)]
+                    continue
+                n = len(infos) - 1
+                ratio = model_stock_t(gram, n)
+                weights = [1.0 - ratio] + [ratio / n] * n
+                if t.params.get("filter_wise"):  # one weighted sum per row, below
+                    t.params.setdefault("row_sums", []).append((first, length, weights))
                 else:
-                    n = len(infos) - 1
-                    ratio = model_stock_t(gram, n)
                     t.params["model_stock_t"] = ratio
-                    t.inputs = [(infos[0], 1.0 - ratio)] + [(i, ratio / n) for i in infos[1:]]
+                    t.inputs = list(zip(infos, weights))
         for t in plan.tensors:
             if t.op == "task":
                 continue
@@ -747,9 +768,12 @@ def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: Outpu
             dtype, n_elems = t.dtype, t.n_elems
             if op == "copy" and _core.dtype_n_bits(dtype) % 8:
                 dtype, n_elems = "U8", t.n_bytes
-            inputs = [(sources[i.file], i.offset, dtype if op == "copy" else i.dtype, w)
-                      for i, w in t.inputs]
-            core_plan.add_job(t.name, op, n_elems, sinks[t.shard], out_offset, dtype, inputs)
+            for first, length, weights in t.params.get("row_sums") or [(0, n_elems, None)]:
+                ws = weights or [w for _, w in t.inputs]
+                inputs = [(*src(i, first)[:2], dtype if op == "copy" else i.dtype, w)
+                          for (i, _), w in zip(t.inputs, ws)]
+                core_plan.add_job(t.name, op, length, sinks[t.shard],
+                                  out_offset + first * _ITEM_BYTES.get(dtype, 1), dtype, inputs)
         if core_plan.n_jobs:
             add(_core.run(core_plan, check_finite=check_finite, progress=on_progress,
                           **run_opts))
