@@ -95,18 +95,21 @@ class PyPlan {
   void add_job(const std::string& name, const std::string& op, uint64_t n_elems, uint32_t sink,
                uint64_t out_offset, const std::string& out_dtype,
                const std::vector<std::tuple<uint32_t, uint64_t, std::string, double>>& inputs,
-               double post_scale) {
+               double post_scale, double threshold) {
     Job job;
     job.name = name;
     if (op == "sum") job.op = JobOp::kWeightedSum;
     else if (op == "copy") job.op = JobOp::kCopyIdentical;
     else if (op == "max") job.op = JobOp::kMax;
-    else raise(ErrorKind::kValue, format("unknown job op '%s' (sum, copy, max)", op.c_str()));
+    else if (op == "nearswap") job.op = JobOp::kNearSwap;
+    else raise(ErrorKind::kValue,
+               format("unknown job op '%s' (sum, copy, max, nearswap)", op.c_str()));
     job.n_elems = n_elems;
     job.sink = sink;
     job.out_offset = out_offset;
     job.out_dtype = dtype_from(out_dtype);
     job.post_scale = static_cast<float>(post_scale);
+    job.threshold = static_cast<float>(threshold);
     for (const auto& [source, offset, dtype, weight] : inputs)
       job.inputs.push_back({source, offset, dtype_from(dtype), static_cast<float>(weight), weight});
     plan_.jobs.push_back(std::move(job));
@@ -356,7 +359,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("n_bytes"))
       .def("add_job", &PyPlan::add_job, py::arg("name"), py::arg("op"), py::arg("n_elems"),
            py::arg("sink"), py::arg("out_offset"), py::arg("out_dtype"), py::arg("inputs"),
-           py::arg("post_scale") = 1.0)
+           py::arg("post_scale") = 1.0, py::arg("threshold") = 0.0)
       .def("finish_sinks", &PyPlan::finish_sinks)
       .def("finish_sink", &PyPlan::finish_sink, py::arg("index"))
       .def("_capsule",

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -10,6 +11,7 @@
 #include "chunk_runner.h"
 #include "common.h"
 #include "f64_sum.h"
+#include "method_kernels.h"
 #include "safetensors.h"
 
 namespace ladle {
@@ -24,6 +26,7 @@ constexpr size_t kPrefetchDepth = 2;
 struct Scratch {
   std::vector<uint8_t> out;
   float acc[kTileElems];
+  float other[kTileElems];  // nearswap's second input
 };
 
 class Runner {
@@ -79,6 +82,8 @@ class Runner {
         std::memcpy(out, chunks_.check_identical(item), out_n_bytes);
       else if (job.op == JobOp::kMax)
         chunks_.elementwise_max(item, out);
+      else if (job.op == JobOp::kNearSwap)
+        near_swap(job, item, out, scratch->acc, scratch->other);
       else if (job_in_f64(job))
         weighted_sum_f64(chunks_, job, item, options_.check_finite, out);
       else
@@ -107,6 +112,27 @@ class Runner {
     }
   }
 
+  // Both inputs converted exactly to fp32 tile by tile, then the per-element kernel.
+  void near_swap(const Job& job, const WorkItem& item, uint8_t* out, float* base,
+                 float* other) const {
+    uint64_t out_size = item_n_bytes(job.out_dtype);
+    for (uint64_t t = 0; t < item.n_elems; t += kTileElems) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(kTileElems, item.n_elems - t));
+      uint64_t elem = item.first_elem + t;
+      float* values[2] = {base, other};
+      for (size_t k = 0; k < 2; ++k) {
+        const JobInput& in = job.inputs[k];
+        const uint8_t* src = chunks_.input_ptr(in, elem);
+        if (options_.check_finite) chunks_.check_input_finite(job, in, src, n, elem);
+        kernels_.accumulate(in.dtype, src, 1.0f, values[k], n, true);
+      }
+      near_swap_tile(base, other, job.threshold, base, n);
+      uint8_t* dst = out + t * out_size;
+      kernels_.store(job.out_dtype, base, 1.0f, dst, n);
+      if (options_.check_finite) chunks_.check_output_finite(job, dst, n, elem);
+    }
+  }
+
   ChunkSet chunks_;
   const EngineOptions& options_;
   const KernelSet& kernels_;
@@ -120,6 +146,7 @@ const char* job_kind_name(JobKind kind) {
     case JobKind::kWeightedSum: return "sum";
     case JobKind::kCopy: return "copy";
     case JobKind::kMax: return "max";
+    case JobKind::kNearSwap: return "nearswap";
     case JobKind::kTaskProgram: return "task";
     case JobKind::kGram: return "gram";
     case JobKind::kDot: return "dot";
@@ -130,14 +157,18 @@ const char* job_kind_name(JobKind kind) {
 JobKind parse_job_kind(const std::string& name) {
   for (JobKind kind : kAllJobKinds)
     if (name == job_kind_name(kind)) return kind;
-  LADLE_CHECK(false, ErrorKind::kValue, "unknown job kind '%s' (known: sum, copy, max, task, gram, dot)",
+  LADLE_CHECK(false, ErrorKind::kValue, "unknown job kind '%s' (known: sum, copy, max, nearswap, task, gram, dot)",
               name.c_str());
   return JobKind::kWeightedSum;
 }
 
 void validate_plan(const Plan& plan) {
   for (const Job& job : plan.jobs) {
-    bool sum = job.op == JobOp::kWeightedSum;
+    // Weighted sums and nearswap convert float inputs to fp32; the others copy bytes.
+    bool sum = job.op == JobOp::kWeightedSum || job.op == JobOp::kNearSwap;
+    if (job.op == JobOp::kNearSwap)
+      LADLE_CHECK(job.inputs.size() == 2 && std::isfinite(job.threshold), ErrorKind::kValue,
+                  "tensor '%s': nearswap needs 2 inputs and a finite t", job.name.c_str());
     validate_output(plan, job.name, job.sink, job.out_offset, job.out_dtype, job.n_elems, false);
     LADLE_CHECK(!job.inputs.empty(), ErrorKind::kValue, "tensor '%s': no inputs",
                 job.name.c_str());
