@@ -126,6 +126,14 @@ class PyPlan {
     if (plan_.sinks[index].writer) plan_.sinks[index].writer->finish();
   }
   void clear_jobs() { plan_.jobs.clear(); }
+  // Drops the resident pages (whole pages only) of a file source's byte range once
+  // the caller's runs are done with it: runs of jobs under a page each (per-row
+  // statistics) release nothing themselves.
+  void release_source(uint32_t source, uint64_t offset, uint64_t n_bytes) {
+    LADLE_CHECK(source < plan_.sources.size() && n_bytes <= UINT64_MAX - offset,
+                ErrorKind::kValue, "release_source: source %u, range out of bounds", source);
+    if (plan_.sources[source].file) plan_.sources[source].file->release(offset, n_bytes);
+  }
   size_t n_jobs() const { return plan_.jobs.size(); }
   const Plan& plan() const { return plan_; }
 
@@ -362,6 +370,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("post_scale") = 1.0, py::arg("threshold") = 0.0)
       .def("finish_sinks", &PyPlan::finish_sinks)
       .def("finish_sink", &PyPlan::finish_sink, py::arg("index"))
+      .def("release_source", &PyPlan::release_source, py::arg("source"), py::arg("offset"),
+           py::arg("n_bytes"))
       .def("_capsule",
            [](py::object self) {
              // The capsule holds a reference to this Plan (its context) so the

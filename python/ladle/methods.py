@@ -578,6 +578,20 @@ def _row_batches(tensors: list[MethodTensor]):
         yield batch
 
 
+def _release_rows(core_plan: Any, sources: dict, batch: list) -> None:
+    """Drop the mapped input pages a batch of rows read: rows under a page are too
+    small for the runs to release them, and the budget counts resident pages."""
+    spans: dict[int, list] = {}
+    for t, first, length in batch:
+        span = spans.setdefault(id(t), [t, first, first + length])
+        span[1], span[2] = min(span[1], first), max(span[2], first + length)
+    for t, lo, hi in spans.values():
+        for info, _ in t.inputs:
+            size = _core.dtype_n_bits(info.dtype) // 8
+            core_plan.release_source(sources[info.file], info.offset + lo * size,
+                                     (hi - lo) * size)
+
+
 def nuslerp_coefficients(t: float, gram: list[float], eps: float = 1e-8) -> tuple[float, float]:
     """mergekit's nuslerp as ``(c0, c1)`` with ``out = c0·v0 + c1·v1`` (fp64): norms
     clamped to at least 1e-7, ``θ = acos(clamp(cos, −1, 1))``, the lerp ``(1 − t, t)``
@@ -597,12 +611,12 @@ def model_stock_t(gram: list[float], n_models: int) -> float:
     ``cos = mean_{i<j} clamp(⟨δ_i, δ_j⟩ / max(‖δ_i‖‖δ_j‖, 1e-6), −1, 1)``,
     ``t = N cos / (1 + (N − 1) cos)``; 0 when the denominator is below 1e-6.
     """
-    g = np.asarray(gram, dtype=np.float64).reshape(n_models, n_models)
+    g = [float(x) for x in gram]  # row-major n×n (plain floats: called once per row)
     cos = []
     for i in range(n_models):
         for j in range(i + 1, n_models):
-            norm = math.sqrt(g[i, i]) * math.sqrt(g[j, j])
-            cos.append(min(1.0, max(-1.0, g[i, j] / max(norm, 1e-6))))
+            norm = math.sqrt(g[i * n_models + i]) * math.sqrt(g[j * n_models + j])
+            cos.append(min(1.0, max(-1.0, g[i * n_models + j] / max(norm, 1e-6))))
     c = sum(cos) / len(cos)
     denominator = 1 + (n_models - 1) * c
     if abs(denominator) < 1e-6:
@@ -869,6 +883,7 @@ def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: Outpu
             if tasks.n_tasks:
                 add(_core.run_tasks(core_plan, tasks, check_finite=check_finite,
                                     progress=on_progress, **run_opts))
+            _release_rows(core_plan, sources, batch)
         task_tensors = [t for t in plan.tensors if t.op == "task"]
         if task_tensors:
             jobs = _core.MethodJobs()
