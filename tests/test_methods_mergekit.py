@@ -293,3 +293,14 @@ def test_nuslerp_recipe_and_errors(tmp_path):
     with pytest.raises(LadleValueError, match="exactly 2"):
         methods.merge_models("nuslerp", paths[1:2], tmp_path / "y.safetensors",
                              model_parameters=[{"weight": 1.0}], progress=False)
+
+
+def test_release_source_checks_its_range():
+    v = np.zeros(16, dtype=F32)
+    plan = _core.Plan()
+    src = plan.add_memory_source("v", v.ctypes.data, v.nbytes)
+    plan.release_source(src, 0, 64)  # a memory source: nothing to release
+    with pytest.raises(LadleValueError, match="release_source: source 7"):
+        plan.release_source(7, 0, 1)
+    with pytest.raises(LadleValueError, match="range out of bounds"):
+        plan.release_source(src, 2**64 - 1, 2)
