@@ -261,6 +261,8 @@ def test_imagefolder_csv_lpft_ema(tiny, digits, tmp_path):
     from PIL import Image
 
     from ladle.clip.data import load_csv, load_image_folder
+    from ladle.clip.loaders import eval_batches
+    from ladle.clip.transforms import default_cfg
 
     rows = ["path,label"]
     for i in range(6):
@@ -271,7 +273,8 @@ def test_imagefolder_csv_lpft_ema(tiny, digits, tmp_path):
         rows.append(f"folder/{name}/{i}.png,{name}")
     (tmp_path / "set.csv").write_text("\n".join(rows) + "\n")
     ds = load_image_folder(tmp_path / "folder", 32, classnames=list(DIGIT_NAMES))
-    assert ds.images.shape == (6, 3, 32, 32) and ds.class_subset == [0, 1]
+    x, _, _ = next(eval_batches(ds, 6, default_cfg(32)))  # decoded lazily, per batch
+    assert x.shape == (6, 3, 32, 32) and ds.class_subset == [0, 1]
     assert sorted(ds.labels.tolist()) == [0, 0, 0, 1, 1, 1]
     cs = load_csv(tmp_path / "set.csv", 32, list(DIGIT_NAMES))
     assert sorted(cs.labels.tolist()) == [0, 0, 0, 1, 1, 1] and cs.class_subset == [0, 1]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import DIGIT_NAMES, ImageSet, _blur, concat
+from .data import DIGIT_NAMES, ImageSet, concat
 
 CORRUPTIONS = ("rotated", "noisy", "blurry", "faded")
 _FONT_PREFIXES = ("DejaVu", "STIXGeneral", "cmr10", "cmb10", "cmss10", "cmtt10", "cmti10")
@@ -138,7 +138,9 @@ def corrupt(ds: ImageSet, seed: int = 0, name: str = "mnist-c") -> ImageSet:
         elif c == "noisy":
             xs = xs + 0.45 * torch.randn(xs.shape, generator=g)
         elif c == "blurry":
-            xs = _blur(xs, 1.6)
+            from torchvision.transforms.v2.functional import gaussian_blur
+
+            xs = gaussian_blur(xs, [9, 9], [1.6, 1.6])
         else:
             xs = 0.35 + 0.2 * xs
         out[sel] = xs

@@ -11,6 +11,12 @@ Config keys used here (JSON; see ``presets/``)::
                  {"train": dir|csv, "test": dir|csv, "shifts": [dir|csv|{"path", "name",
                   "class_subset", "class_map"}], "classnames": [...] | file}
     "heldout":   {"fraction": 0.02, "seed": 0}
+    "loader":    {"workers": 4, "prefetch_factor": 2, "persistent_workers": false}
+    "eval":      {"batch_size": 512, "autocast": null | "bf16" | "fp16"}
+
+Directories, CSV files and tar shards stream from disk (decoded per batch by
+DataLoader workers, through the model's own open_clip preprocessing); only the
+built-in digit domains live in memory.
 
 Example:
     >>> exp = Experiment.from_config(load_preset("demo"), "runs/demo")   # doctest: +SKIP
@@ -122,8 +128,11 @@ class Experiment:
         """Accuracies of ``module`` on held-out, ID and every shift, plus averages."""
         from .evaluate import evaluate_model
 
+        ev = self.config.get("eval", {})
         return evaluate_model(module, sets or self.eval_sets, id_name="id",
-                              return_logits=return_logits)
+                              return_logits=return_logits, loader=self.config.get("loader"),
+                              batch_size=int(ev.get("batch_size", 512)),
+                              autocast=ev.get("autocast"))
 
     def fresh_model(self) -> Any:
         """A classifier with θ0's architecture to stream other weights into."""

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from .config import FinetuneConfig, sweep_configs
-from .data import batches, prepare
 from .experiment import Experiment
+from .loaders import eval_batches
 from .robustness import effective_robustness, fit_logit_linear
 
 
@@ -50,8 +50,8 @@ def train_ingredients(exp: Experiment, configs: list[FinetuneConfig], out: Path,
 
 
 def _heldout_batches(exp: Experiment, batch_size: int = 256) -> list[tuple[Any, Any]]:
-    size = exp.zeroshot.image_size
-    return [(prepare(x, size), y) for x, y, _ in batches(exp.heldout, batch_size)]
+    return [(x, y) for x, y, _ in eval_batches(exp.heldout, batch_size,
+                                               exp.zeroshot.preprocess)]
 
 
 def run_soups(config: dict[str, Any], out_dir: str | os.PathLike, *,
