@@ -54,9 +54,13 @@ def test_files_stream_through_open_clips_own_preprocess(model, folder):
     # The evaluation transform is open_clip's preprocess_val for this model's config.
     cfg = open_clip.get_model_preprocess_cfg(model.image_encoder)
     val = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+    from ladle.clip.loaders import eval_batches
+
+    inputs = torch.stack([val(Image.open(p).convert("RGB")) for p in fs.paths])
+    streamed = torch.cat([x for x, _, _ in eval_batches(fs, 3, model.preprocess)])
+    assert torch.equal(streamed, inputs)  # bit for bit open_clip's preprocess_val
     with torch.no_grad():
-        expected = torch.cat([model(val(Image.open(p).convert("RGB"))[None])
-                              for p in fs.paths])
+        expected = torch.cat([model(x[None]) for x in inputs])
     serial = predict(model, fs, batch_size=3)
     torch.testing.assert_close(serial, expected, rtol=1e-5, atol=1e-5)
     # Two DataLoader workers with prefetching give the same logits, in order.

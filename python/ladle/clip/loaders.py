@@ -129,10 +129,11 @@ def eval_batches(data: Any, batch_size: int, cfg: dict[str, Any] | None = None, 
             idx = torch.arange(i, min(i + batch_size, len(data)))
             yield transform(data.images[idx]), data.labels[idx], idx
         return
-    from .transforms import eval_transform
+    from .transforms import split_eval_transform
 
+    per_image, per_batch = split_eval_transform(cfg or default_cfg(224))
     opts = LoaderOptions.of(options)
-    loader = DataLoader(data.dataset(eval_transform(cfg or default_cfg(224))),
-                        batch_size=batch_size, shuffle=False, **opts.kwargs())
+    loader = DataLoader(data.dataset(per_image), batch_size=batch_size, shuffle=False,
+                        **opts.kwargs())
     for x, y, idx in loader:
-        yield x, y, idx
+        yield per_batch(x), y, idx

@@ -62,6 +62,30 @@ def eval_transform(cfg: dict[str, Any]) -> Callable[[Any], torch.Tensor]:
     return image_transform_v2(PreprocessCfg(**cfg), is_train=False)
 
 
+def split_eval_transform(cfg: dict[str, Any]
+                         ) -> tuple[Callable[[Any], torch.Tensor], Callable[[torch.Tensor],
+                                                                            torch.Tensor]]:
+    """open_clip's evaluation transform in two parts: the per-image part run by the
+    DataLoader workers (resize, crop, RGB → a uint8 tensor, 4× smaller to pass between
+    processes than floats) and the per-batch part (``ToTensor``'s ÷255 and
+    ``Normalize``, vectorised). Together they give exactly ``preprocess_val``'s output.
+    """
+    from torchvision.transforms import Compose, Normalize, PILToTensor, ToTensor
+    from torchvision.transforms import functional as TF
+
+    full = eval_transform(cfg)
+    steps = list(full.transforms)
+    if len(steps) < 2 or not isinstance(steps[-2], ToTensor) or not isinstance(
+            steps[-1], Normalize):
+        return full, lambda x: x  # an unexpected pipeline: run all of it per image
+    mean, std = steps[-1].mean, steps[-1].std
+
+    def per_batch(x: torch.Tensor) -> torch.Tensor:
+        return TF.normalize(x.to(torch.get_default_dtype()).div(255), mean, std)
+
+    return Compose(steps[:-2] + [PILToTensor()]), per_batch
+
+
 def tensor_eval_transform(cfg: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
     """The evaluation transform on uint8 tensors (one image or a batch): grey → RGB,
     resize (shorter side) and centre crop to the model's size, scale, normalise."""
