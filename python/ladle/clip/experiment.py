@@ -12,7 +12,8 @@ Config keys used here (JSON; see ``presets/``)::
                   "class_subset", "class_map"}], "classnames": [...] | file}
     "heldout":   {"fraction": 0.02, "seed": 0}
     "loader":    {"workers": 4, "prefetch_factor": 2, "persistent_workers": false}
-    "eval":      {"batch_size": 512, "autocast": null | "bf16" | "fp16"}
+    "eval":      {"batch_size": 512, "autocast": null | "bf16" | "fp16",
+                  "device": "cpu" | "cuda"}
 
 Directories, CSV files and tar shards stream from disk (decoded per batch by
 DataLoader workers, through the model's own open_clip preprocessing); only the
@@ -135,10 +136,13 @@ class Experiment:
                               autocast=ev.get("autocast"))
 
     def fresh_model(self) -> Any:
-        """A classifier with θ0's architecture to stream other weights into."""
+        """A classifier with θ0's architecture to stream other weights into, on the
+        evaluation device (``eval.device``; ``ladle.load_into`` and the sweeps stage
+        weights into CUDA modules)."""
         from .zeroshot import new_classifier_like
 
-        return new_classifier_like(self.zeroshot)
+        return new_classifier_like(self.zeroshot).to(self.config.get("eval", {}).get(
+            "device", "cpu"))
 
 
 def _classnames(data: dict[str, Any], builtin: dict[str, ImageSet] | None) -> list[str]:

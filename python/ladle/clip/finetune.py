@@ -93,6 +93,24 @@ def _optimizer(params: list[tuple[str, torch.nn.Parameter]], cfg: FinetuneConfig
                              eps=cfg.eps)
 
 
+def _rank_device(name: str) -> torch.device:
+    """The device of this process: under torchrun, ``cuda`` means ``cuda:LOCAL_RANK``."""
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device
+
+
+def _ddp(module: torch.nn.Module, device: torch.device) -> Any:
+    """DistributedDataParallel (NCCL on CUDA, with this rank's device; gloo on CPU)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        return DistributedDataParallel(module, device_ids=[device.index])
+    return DistributedDataParallel(module)
+
+
 def _loader_options(cfg: FinetuneConfig) -> LoaderOptions:
     return LoaderOptions(cfg.workers, cfg.prefetch_factor, cfg.persistent_workers, cfg.device)
 
@@ -149,7 +167,7 @@ def finetune(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, *,
         out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     result = FinetuneResult()
-    device = torch.device(cfg.device)
+    device = _rank_device(cfg.device)
     model.to(device)
     # θ0 is snapshotted once, before any stage (LP-FT pulls toward zero-shot, not the LP).
     anchor = ZeroShotAnchor.from_config(model, cfg)
@@ -235,9 +253,7 @@ def _train_e2e(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, ran
     model.head.weight.requires_grad_(not cfg.freeze_head)
     net: Any = model
     if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model)
+        net = _ddp(model, device)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     opt = _optimizer(params, cfg, cfg.lr)
     per_rank = max(1, cfg.batch_size // world)
@@ -376,9 +392,7 @@ def _fit_linear(model: ImageClassifier, feats: np.ndarray, labels: torch.Tensor,
     head.weight.requires_grad_(True)
     net: Any = head
     if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(head)
+        net = _ddp(head, device)
     opt = _optimizer([("head.weight", head.weight)], cfg, cfg.lr)
     per_rank = max(1, cfg.batch_size // world)
     total = _steps_per_epoch(len(labels), cfg, world) * cfg.epochs
