@@ -227,6 +227,8 @@ def test_cli_pipeline_end_to_end(tmp_path):
         "learned_soup": {"epochs": 1},
         "alphas": [0.0, 0.5, 1.0],
         "cache_dir": str(tmp_path / "cache"),
+        "soups": ["uniform", "greedy", "learned", "model_stock"],
+        "fisher": {"examples": 6},
     }
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(cfg))
@@ -242,6 +244,10 @@ def test_cli_pipeline_end_to_end(tmp_path):
     assert {"wiseft/alpha", "greedy-soup", "logit-ensemble", "finetune/epoch",
             "logit-ensemble/alpha", "softmax-ensemble/alpha", "random-ensemble/alpha"} <= methods
     assert "reproduce" in (out / "report.md").read_text()
+    # The field's baselines as harness options: Model Stock in the soups, Fisher-weighted
+    # WiSE-FT next to the plain curve, FLYP as a fine-tuning mode.
+    assert "model stock" in {r.get("name") for r in records if r["method"] == "soups/summary"}
+    assert {"fisher-wiseft/alpha"} <= methods and (out / "fisher1.safetensors").is_file()
     from test_clip_report import check_demo_analyses  # the report's analysis sections
 
     check_demo_analyses(out)
@@ -249,6 +255,11 @@ def test_cli_pipeline_end_to_end(tmp_path):
     assert main(["clip", "wiseft", "--config", str(path), "--out", str(wise), "--quiet",
                  "--set", f"cache_dir={tmp_path / 'cache'}"]) == 0
     assert (wise / "wiseft_report.md").is_file() and (wise / "wiseft.png").is_file()
+    flyp = tmp_path / "flyp"
+    assert main(["clip", "wiseft", "--config", str(path), "--out", str(flyp), "--quiet",
+                 "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "finetune.mode=flyp",
+                 "--set", "fisher=null"]) == 0
+    assert (flyp / "finetune" / "flyp.safetensors").is_file()
     assert main(["clip", "zeroshot", "--config", str(path), "--out", str(tmp_path / "zs"),
                  "--quiet", "--set", f"cache_dir={tmp_path / 'cache'}"]) == 0
     assert (tmp_path / "zs" / "zeroshot.safetensors").is_file()

@@ -30,7 +30,9 @@ class FinetuneConfig:
 
     Attributes:
         mode: ``e2e`` (all weights, head from the zero-shot head), ``lc`` (frozen
-            encoder, cached features, head only) or ``lpft`` (LC stage then E2E).
+            encoder, cached features, head only), ``lpft`` (LC stage then E2E) or
+            ``flyp`` (both towers, contrastive loss on class-name prompts, head
+            rebuilt from the text tower; :mod:`.flyp`, run by the WiSE-FT pipeline).
         epochs, batch_size: global batch (split across DDP ranks).
         lr, weight_decay, betas, eps: AdamW (decay on ≥ 2-D tensors only).
         warmup_steps: linear warm-up, then cosine decay to 0.
@@ -148,8 +150,8 @@ class FinetuneConfig:
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         cfg = cls(**d)
-        if cfg.mode not in ("e2e", "lc", "lpft"):
-            raise ValueError(f"mode must be e2e, lc or lpft, got {cfg.mode!r}")
+        if cfg.mode not in ("e2e", "lc", "lpft", "flyp"):
+            raise ValueError(f"mode must be e2e, lc, lpft or flyp, got {cfg.mode!r}")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:

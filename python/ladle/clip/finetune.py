@@ -159,6 +159,9 @@ def finetune(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, *,
     """
     from ..results import as_log
 
+    if cfg.mode == "flyp":
+        raise ValueError("mode flyp trains both CLIP towers: use ladle.clip.flyp.flyp_finetune "
+                         "(the WiSE-FT pipeline does) rather than finetune()")
     t0 = time.perf_counter()
     log = as_log(log)
     rank, world = dist_info()

@@ -88,14 +88,26 @@ def split_eval_transform(cfg: dict[str, Any]
 
 def tensor_eval_transform(cfg: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
     """The evaluation transform on uint8 tensors (one image or a batch): grey → RGB,
-    resize (shorter side) and centre crop to the model's size, scale, normalise."""
-    from torchvision.transforms import v2
+    resize (shorter side) and centre crop to the model's size when they differ,
+    ÷255 and normalise — ``preprocess_val``'s steps as torchvision functional ops
+    on a whole batch at once."""
+    from torchvision.transforms.v2 import functional as TF
 
     h, w = cfg["size"]
-    return v2.Compose([v2.RGB(), v2.Resize(min(h, w), interpolation=_interp(cfg),
-                                           antialias=True),
-                       v2.CenterCrop((h, w)), v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(list(cfg["mean"]), list(cfg["std"]))])
+    mean, std = list(cfg["mean"]), list(cfg["std"])
+    interp = _interp(cfg)
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != (h, w):
+            x = TF.center_crop(TF.resize(x, [min(h, w)], interpolation=interp,
+                                         antialias=True), [h, w])
+        x = x.to(torch.get_default_dtype()).div(255) if x.dtype == torch.uint8 else x.float()
+        grey = x.shape[-3] == 1
+        if grey:  # a view; normalising it writes the three channels out once
+            x = x.expand(*x.shape[:-3], 3, *x.shape[-2:])
+        return TF.normalize(x, mean, std, inplace=not grey)
+
+    return apply
 
 
 def train_transform(cfg: dict[str, Any], level: str = "minimal", *, magnitude: float = 15.0,
