@@ -229,6 +229,7 @@ def test_cli_pipeline_end_to_end(tmp_path):
         "cache_dir": str(tmp_path / "cache"),
         "soups": ["uniform", "greedy", "learned", "model_stock"],
         "fisher": {"examples": 6},
+        "seeds": [0, 1],
     }
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(cfg))
@@ -243,7 +244,13 @@ def test_cli_pipeline_end_to_end(tmp_path):
     methods = {r["method"] for r in records}
     assert {"wiseft/alpha", "greedy-soup", "logit-ensemble", "finetune/epoch",
             "logit-ensemble/alpha", "softmax-ensemble/alpha", "random-ensemble/alpha"} <= methods
-    assert "reproduce" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "reproduce" in report
+    # Every seed gets its own pre-training, fine-tuning and sweep, and a verdict row.
+    assert "## Across seeds" in report and "P1" in report and "P2" in report
+    assert (out / "seed1" / "finetune").is_dir() and (out / "seed1" / "results.jsonl").is_file()
+    rows = [ln for ln in report.splitlines() if ln.startswith(("| 0 |", "| 1 |"))]
+    assert len(rows) == 2 and all(("**yes**" in r) != ("**no**" in r) for r in rows)
     # The field's baselines as harness options: Model Stock in the soups, Fisher-weighted
     # WiSE-FT next to the plain curve, FLYP as a fine-tuning mode.
     assert "model stock" in {r.get("name") for r in records if r["method"] == "soups/summary"}

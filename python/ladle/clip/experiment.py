@@ -135,14 +135,19 @@ class Experiment:
                               batch_size=int(ev.get("batch_size", 512)),
                               autocast=ev.get("autocast"))
 
-    def fresh_model(self) -> Any:
-        """A classifier with θ0's architecture to stream other weights into, on the
-        evaluation device (``eval.device``; ``ladle.load_into`` and the sweeps stage
-        weights into CUDA modules)."""
+    @property
+    def eval_device(self) -> str:
+        """``eval.device`` of the config (default ``cpu``)."""
+        return str(self.config.get("eval", {}).get("device", "cpu"))
+
+    def fresh_model(self, device: str | None = None) -> Any:
+        """A classifier with θ0's architecture to stream other weights into, on
+        ``device`` (default CPU; the WiSE-FT sweep and ``evaluate`` pass
+        :attr:`eval_device`: ``ladle.load_into`` and the sweep stage weights into CUDA
+        modules; the soups stay on the CPU)."""
         from .zeroshot import new_classifier_like
 
-        return new_classifier_like(self.zeroshot).to(self.config.get("eval", {}).get(
-            "device", "cpu"))
+        return new_classifier_like(self.zeroshot).to(device or "cpu")
 
 
 def _classnames(data: dict[str, Any], builtin: dict[str, ImageSet] | None) -> list[str]:

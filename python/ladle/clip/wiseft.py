@@ -48,7 +48,7 @@ def sweep_curve(exp: Experiment, theta0: Any, theta1: Any, alphas: list[float], 
         acc, logits[a] = exp.evaluate(module, return_logits=True)
         return acc
 
-    target = exp.fresh_model()
+    target = exp.fresh_model(exp.eval_device)
     points = ladle.wiseft_sweep(target, theta0, theta1, alphas, evaluate=evaluate,
                                 progress=progress)
     out = []
