@@ -220,7 +220,7 @@ def seeds_markdown(per_seed: list[dict[str, Any]], shifts: list[str]) -> str:
              + " | ".join(f"Δ {n}" for n in shifts)
              + " | best α (avg OOD) | best mid-α − better endpoint | α by held-out "
                "(avg OOD) | WiSE-FT |",
-             "|---" * (6 + len(shifts)) + "|"]
+             "|---" * (7 + len(shifts)) + "|"]
     for r in per_seed:
         z, f = r["zs"], r["ft"]
         ci_z, ci_f = r["ci"]["id@zs"], r["ci"]["id@ft"]
