@@ -35,14 +35,14 @@ def endpoints(tmp_path):
 
 def test_staged_loader_matches_the_cpu_load_bit_for_bit(endpoints):
     expected = TiedNet()
-    ladle.load_into(expected, list(endpoints), [0.3, 0.7], nonfloat="first")
+    ladle.load_into(expected, list(endpoints), [0.3, 0.7], int_policy="first")
     target = TiedNet()
     # A 64-byte budget puts every tensor in a chunk of its own: the pool is reused.
     staged = StagedLoader(target, [open_input(p) for p in endpoints], memory_budget=64)
     assert len(staged.parts) > 3
     assert staged.pool.numel() <= max(t.numel() * t.element_size()
                                       for t in target.state_dict().values()) + 64
-    staged.run([0.3, 0.7], nonfloat="first")
+    staged.run([0.3, 0.7], int_policy="first")
     for name, t in expected.state_dict().items():
         assert torch.equal(target.state_dict()[name], t), name
     assert target.out.weight.data_ptr() == target.embed.weight.data_ptr()  # still tied
@@ -52,7 +52,7 @@ def test_staged_loader_keys_and_skipped_buffers(endpoints, tmp_path):
     target = TiedNet()
     before = target.norm.num_batches_tracked.clone()
     staged = StagedLoader(target, [open_input(endpoints[1])], memory_budget=64)
-    staged.run([1.0], nonfloat="skip")
+    staged.run([1.0], nonfloats=False)
     assert torch.equal(target.norm.num_batches_tracked, before)  # skipped: not overwritten
     assert torch.all(target.norm.running_mean == 3.0)
     partial = {k: v for k, v in TiedNet().state_dict().items() if k != "hidden.bias"}
@@ -82,9 +82,9 @@ def test_cpu_modules_take_the_engine_path_and_autocast_is_cuda_only():
 @pytest.mark.skipif(not HAVE_CUDA, reason="no CUDA GPU")
 def test_load_into_and_sweep_on_cuda_equal_the_cpu(endpoints, alpha):
     cpu = TiedNet()
-    ladle.load_into(cpu, list(endpoints), [1 - alpha, alpha], nonfloat="first")
+    ladle.load_into(cpu, list(endpoints), [1 - alpha, alpha], int_policy="first")
     dev = TiedNet().cuda()
-    ladle.load_into(dev, list(endpoints), [1 - alpha, alpha], nonfloat="first")
+    ladle.load_into(dev, list(endpoints), [1 - alpha, alpha], int_policy="first")
     for name, t in cpu.state_dict().items():
         assert torch.equal(dev.state_dict()[name].cpu(), t), name
     swept = TiedNet().cuda()
