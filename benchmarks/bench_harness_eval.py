@@ -148,8 +148,13 @@ def run(n: int, workdir: Path, batch_size: int, workers: int, check: bool = True
     from memwatch import run_measured
 
     images = generate(workdir, n)
+    import ladle
+
+    # The children import the ladle this process imported (installed in CI, the
+    # source tree in development), never a hard-coded repository path.
+    package_parent = str(Path(ladle.__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(HERE.parent / "python"), os.environ.get("PYTHONPATH", "")])}
+        p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)}
     res: dict = {"n": n, "batch_size": batch_size, "workers": workers, "model": MODEL}
     for mode in ("plain", "ladle"):
         r = run_measured([sys.executable, str(Path(__file__).resolve()), "--child", mode,
