@@ -20,7 +20,7 @@ from .checkpoint import Checkpoint, add_file_sources, open_checkpoint
 from .cuda import parse_device
 from .errors import LadleValueError, MismatchError
 from .output import OutputDir, checked_output, write_atomically
-from .plan import MergePlan, build_plan, check_int_policy, check_weights, describe
+from .plan import MergePlan, OutputTensor, build_plan, check_int_policy, check_weights, describe
 
 PathLike = str | os.PathLike
 CheckpointLike = PathLike | Checkpoint
@@ -251,14 +251,8 @@ def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, thre
         for i in todo:
             shard = plan.shards[i]
             core_plan.clear_jobs()
-            for t in by_shard[i]:
-                out_offset = len(shard.header) + t.offset
-                dtype, n_elems = t.dtype, t.n_elems
-                if t.op == "copy" and _core.dtype_n_bits(dtype) % 8:
-                    dtype, n_elems = "U8", t.n_bytes  # sub-byte dtypes are copied as bytes
-                inputs = [(sources[info.file], info.offset,
-                           dtype if t.op == "copy" else info.dtype, w) for info, w in t.inputs]
-                core_plan.add_job(t.name, t.op, n_elems, sinks[i], out_offset, dtype, inputs)
+            core_plan.add_jobs([_job(t, sources, sinks[i], len(shard.header))
+                                for t in by_shard[i]])
             on_progress = None
             if bar:
                 def on_progress(done: int, total: int, base: int = base) -> None:
@@ -276,6 +270,16 @@ def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, thre
         if bar:
             bar.close()
     return totals
+
+
+def _job(t: OutputTensor, sources: dict[Path, int], sink: int, header_n_bytes: int) -> tuple:
+    """The engine job of one output tensor: ``_core.Plan.add_jobs``'s tuple."""
+    dtype, n_elems = t.dtype, t.n_elems
+    if t.op == "copy" and _core.dtype_n_bits(dtype) % 8:
+        dtype, n_elems = "U8", t.n_bytes  # sub-byte dtypes are copied as bytes
+    inputs = [(sources[info.file], info.offset, dtype if t.op == "copy" else info.dtype, w)
+              for info, w in t.inputs]
+    return t.name, t.op, n_elems, sink, header_n_bytes + t.offset, dtype, inputs
 
 
 def _run_on_device(core_plan, device: str, *, threads: int, memory_budget: int,
