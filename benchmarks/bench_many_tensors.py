@@ -2,13 +2,17 @@
 compare with ``safetensors.safe_open`` on the same files.
 
 Each measurement runs in a fresh child process (``memwatch.run_measured``): wall and
-CPU seconds of the work itself (imports excluded) and the child's peak RSS.
+CPU seconds of the work itself (imports excluded) and the child's peak RSS and
+peak RssAnon (its own heap: RSS less the mapped file pages it touched).
 
     safe_open        safe_open(a) and list its keys
     ladle.open       ladle.open(a): every tensor's name, dtype, shape, offsets
     safetensors x2   safe_open of both inputs (what a merge must parse at least)
     ladle.merge      ladle.merge([a, b], [0.5, 0.5], out.safetensors), fsynced,
                      checksummed, committed as usual
+
+Ratios are to ``safe_open`` of one file, the issue-14 bound (ladle.open and
+ladle.merge within 2x of it), and for ladle.merge also to ``safetensors x2``.
 
 Example (the issue-14 figures, ~1 GB of RAM, a minute or two):
     PYTHONPATH=python python benchmarks/bench_many_tensors.py --n 1000000
@@ -91,23 +95,28 @@ def measure(n: int, workdir: Path) -> dict[str, dict]:
         if child["n"] != expected:
             raise RuntimeError(f"{case}: saw {child['n']} tensors, expected {expected}")
         results[case] = {"seconds": child["seconds"], "cpu_seconds": child["cpu_seconds"],
-                         "peak_rss_bytes": r["peak_rss_bytes"]}
+                         "peak_rss_bytes": r["peak_rss_bytes"],
+                         "peak_rss_anon_bytes": r["peak_rss_anon_bytes"]}
     return results
 
 
+_MEASURES = ("seconds", "cpu_seconds", "peak_rss_bytes", "peak_rss_anon_bytes")
+
+
 def report(n: int, results: dict[str, dict]) -> str:
-    """A Markdown table with ratios to the matching safetensors baseline."""
-    base = {"safe_open": "safe_open", "ladle.open": "safe_open",
-            "safetensors x2": "safetensors x2", "ladle.merge": "safetensors x2"}
+    """A Markdown table: each case's figures, then its ratios (wall, CPU, RSS, RssAnon)
+    to ``safe_open`` of one file and, for ladle.merge, to ``safetensors x2``."""
     lines = [f"{n} tensors", "",
-             "| case | wall s | CPU s | peak RSS MiB | wall / base | CPU / base | RSS / base |",
-             "|---|---|---|---|---|---|---|"]
+             ("| case | wall s | CPU s | peak RSS MiB | peak RssAnon MiB | base "
+              "| wall / base | CPU / base | RSS / base | RssAnon / base |"),
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for case, r in results.items():
-        b = results[base[case]]
-        lines.append(f"| {case} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | "
-                     f"{r['peak_rss_bytes'] / 2**20:.0f} | {r['seconds'] / b['seconds']:.2f} | "
-                     f"{r['cpu_seconds'] / b['cpu_seconds']:.2f} | "
-                     f"{r['peak_rss_bytes'] / b['peak_rss_bytes']:.2f} |")
+        bases = ["safe_open"] + (["safetensors x2"] if case == "ladle.merge" else [])
+        for base in bases:
+            ratios = " | ".join(f"{r[k] / max(results[base][k], 1e-9):.2f}" for k in _MEASURES)
+            lines.append(f"| {case} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | "
+                         f"{r['peak_rss_bytes'] / 2**20:.0f} | "
+                         f"{r['peak_rss_anon_bytes'] / 2**20:.0f} | {base} | {ratios} |")
     return "\n".join(lines)
 
 

@@ -69,6 +69,46 @@ py::dict header_to_dict(const Header& h) {
   return out;
 }
 
+JobOp job_op_from(const std::string& op) {
+  if (op == "sum") return JobOp::kWeightedSum;
+  if (op == "copy") return JobOp::kCopyIdentical;
+  if (op == "max") return JobOp::kMax;
+  if (op == "nearswap") return JobOp::kNearSwap;
+  raise(ErrorKind::kValue, format("unknown job op '%s' (sum, copy, max, nearswap)", op.c_str()));
+}
+
+// A job input with its weight rounded to fp32 once (and kept in fp64 for fp64 jobs).
+JobInput job_input(uint32_t source, uint64_t offset, DType dtype, double weight) {
+  return {source, offset, dtype, static_cast<float>(weight), weight};
+}
+
+// The UTF-8 bytes of a str (errors as Python's own, e.g. a TypeError).
+std::string py_utf8(PyObject* s) {
+  Py_ssize_t n = 0;
+  const char* data = PyUnicode_AsUTF8AndSize(s, &n);
+  if (!data) throw py::error_already_set();
+  return std::string(data, static_cast<size_t>(n));
+}
+
+// A Python int (or any object with __index__, e.g. a numpy integer) in [0, most];
+// an OverflowError or TypeError otherwise, as pybind11's own conversion raises.
+uint64_t py_u64(PyObject* v, uint64_t most = UINT64_MAX) {
+  py::object index;
+  if (!PyLong_Check(v)) {
+    index = py::reinterpret_steal<py::object>(PyNumber_Index(v));
+    if (!index) throw py::error_already_set();
+    v = index.ptr();
+  }
+  unsigned long long x = PyLong_AsUnsignedLongLong(v);
+  if (x == static_cast<unsigned long long>(-1) && PyErr_Occurred()) throw py::error_already_set();
+  if (x > most) {
+    PyErr_Format(PyExc_OverflowError, "%llu is out of range (at most %llu)", x,
+                 static_cast<unsigned long long>(most));
+    throw py::error_already_set();
+  }
+  return x;
+}
+
 // Python-facing wrapper that owns the plan's files and writers.
 class PyPlan {
  public:
@@ -98,12 +138,7 @@ class PyPlan {
                double post_scale, double threshold) {
     Job job;
     job.name = name;
-    if (op == "sum") job.op = JobOp::kWeightedSum;
-    else if (op == "copy") job.op = JobOp::kCopyIdentical;
-    else if (op == "max") job.op = JobOp::kMax;
-    else if (op == "nearswap") job.op = JobOp::kNearSwap;
-    else raise(ErrorKind::kValue,
-               format("unknown job op '%s' (sum, copy, max, nearswap)", op.c_str()));
+    job.op = job_op_from(op);
     job.n_elems = n_elems;
     job.sink = sink;
     job.out_offset = out_offset;
@@ -111,7 +146,7 @@ class PyPlan {
     job.post_scale = static_cast<float>(post_scale);
     job.threshold = static_cast<float>(threshold);
     for (const auto& [source, offset, dtype, weight] : inputs)
-      job.inputs.push_back({source, offset, dtype_from(dtype), static_cast<float>(weight), weight});
+      job.inputs.push_back(job_input(source, offset, dtype_from(dtype), weight));
     plan_.jobs.push_back(std::move(job));
   }
   // Marks input `k` of the last job added as block-scaled (see BlockScale in plan.h);
@@ -124,6 +159,42 @@ class PyPlan {
                 "tensor '%s': block scales need positive block and row sizes",
                 plan_.jobs.back().name.c_str());
     plan_.jobs.back().inputs[k].scale = {source, offset, block_rows, block_cols, n_cols};
+  }
+  // add_job for a whole sequence of jobs, each a tuple (name, op, n_elems, sink,
+  // out_offset, out_dtype, inputs) with inputs as add_job's and post_scale 1. The
+  // tuples are read with the CPython API: per-call argument conversion, not the
+  // engine, dominated plans of 10^6 tiny tensors.
+  void add_jobs(const py::sequence& jobs) {
+    plan_.jobs.reserve(plan_.jobs.size() + jobs.size());
+    for (py::handle args : jobs) {
+      PyObject* t = args.ptr();
+      LADLE_CHECK(PyTuple_Check(t) && PyTuple_GET_SIZE(t) == 7, ErrorKind::kValue,
+                  "add_jobs: each job must be a tuple (name, op, n_elems, sink, out_offset, "
+                  "out_dtype, inputs)");
+      Job job;
+      job.name = py_utf8(PyTuple_GET_ITEM(t, 0));
+      job.op = job_op_from(py_utf8(PyTuple_GET_ITEM(t, 1)));
+      LADLE_CHECK(job.op != JobOp::kNearSwap, ErrorKind::kValue,
+                  "tensor '%s': add_jobs has no threshold: add a nearswap job with add_job",
+                  job.name.c_str());
+      job.n_elems = py_u64(PyTuple_GET_ITEM(t, 2));
+      job.sink = static_cast<uint32_t>(py_u64(PyTuple_GET_ITEM(t, 3), UINT32_MAX));
+      job.out_offset = py_u64(PyTuple_GET_ITEM(t, 4));
+      job.out_dtype = dtype_from(py_utf8(PyTuple_GET_ITEM(t, 5)));
+      for (py::handle in : py::reinterpret_borrow<py::sequence>(PyTuple_GET_ITEM(t, 6))) {
+        PyObject* i = in.ptr();
+        LADLE_CHECK(PyTuple_Check(i) && PyTuple_GET_SIZE(i) == 4, ErrorKind::kValue,
+                    "tensor '%s': each input must be a tuple (source, offset, dtype, weight)",
+                    job.name.c_str());
+        double weight = PyFloat_AsDouble(PyTuple_GET_ITEM(i, 3));
+        if (weight == -1.0 && PyErr_Occurred()) throw py::error_already_set();
+        job.inputs.push_back(job_input(static_cast<uint32_t>(py_u64(PyTuple_GET_ITEM(i, 0),
+                                                                    UINT32_MAX)),
+                                       py_u64(PyTuple_GET_ITEM(i, 1)),
+                                       dtype_from(py_utf8(PyTuple_GET_ITEM(i, 2))), weight));
+      }
+      plan_.jobs.push_back(std::move(job));
+    }
   }
   // fsyncs and closes every shard; the files are complete after this.
   void finish_sinks() {
@@ -285,17 +356,23 @@ py::tuple run_grams(const PyPlan& plan, const PyMethodJobs& jobs, int threads,
   return py::make_tuple(grams, stats_to_dict(stats));
 }
 
-py::bytes serialize(const std::vector<std::tuple<std::string, std::string, std::vector<uint64_t>,
-                                                 uint64_t, uint64_t>>& tensors,
+// tensors: (name, dtype, shape, begin, end) tuples, read with the CPython API as
+// add_jobs reads its jobs (a header may hold 10^6 of them).
+py::bytes serialize(const py::sequence& tensors,
                     const std::vector<std::pair<std::string, std::string>>& metadata) {
   std::vector<TensorEntry> entries;
-  for (const auto& [name, dtype, shape, begin, end] : tensors) {
+  entries.reserve(tensors.size());
+  for (py::handle item : tensors) {
+    PyObject* e = item.ptr();
+    LADLE_CHECK(PyTuple_Check(e) && PyTuple_GET_SIZE(e) == 5, ErrorKind::kValue,
+                "serialize_header: each tensor must be a tuple (name, dtype, shape, begin, end)");
     TensorEntry t;
-    t.name = name;
-    t.dtype = dtype_from(dtype);
-    t.shape = shape;
-    t.begin = begin;
-    t.end = end;
+    t.name = py_utf8(PyTuple_GET_ITEM(e, 0));
+    t.dtype = dtype_from(py_utf8(PyTuple_GET_ITEM(e, 1)));
+    for (py::handle d : py::reinterpret_borrow<py::sequence>(PyTuple_GET_ITEM(e, 2)))
+      t.shape.push_back(py_u64(d.ptr()));
+    t.begin = py_u64(PyTuple_GET_ITEM(e, 3));
+    t.end = py_u64(PyTuple_GET_ITEM(e, 4));
     entries.push_back(std::move(t));
   }
   return py::bytes(serialize_header(entries, metadata));
@@ -381,6 +458,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("post_scale") = 1.0, py::arg("threshold") = 0.0)
       .def("scale_input", &PyPlan::scale_input, py::arg("k"), py::arg("source"),
            py::arg("offset"), py::arg("block_rows"), py::arg("block_cols"), py::arg("n_cols"))
+      .def("add_jobs", &PyPlan::add_jobs, py::arg("jobs"),
+           "add_job for each (name, op, n_elems, sink, out_offset, out_dtype, inputs) tuple.")
       .def("finish_sinks", &PyPlan::finish_sinks)
       .def("finish_sink", &PyPlan::finish_sink, py::arg("index"))
       .def("release_source", &PyPlan::release_source, py::arg("source"), py::arg("offset"),

@@ -19,8 +19,22 @@ class Parser {
     if (pos_ != s_.size()) fail("trailing characters after the JSON value");
   }
 
+  // The document is one object whose members go to on_member one at a time.
+  void parse_document_members(const JsonMemberFn& on_member) {
+    skip_ws();
+    if (pos_ >= s_.size() || s_[pos_] != '{') fail("expected an object");
+    JsonValue root;
+    parse_object(&root, 0, &on_member);
+    skip_ws();
+    if (pos_ != s_.size()) fail("trailing characters after the JSON value");
+  }
+
+  // Whether the last Error came from fail() (the JSON itself), not from on_member.
+  bool json_failed() const { return json_failed_; }
+
  private:
   [[noreturn]] void fail(const std::string& what) {
+    json_failed_ = true;
     raise(ErrorKind::kFormat, format("invalid JSON at byte %zu: %s", pos_, what.c_str()));
   }
 
@@ -62,25 +76,34 @@ class Parser {
   // complete, with an open-addressing table of member indices (no allocation per key).
   static constexpr size_t kLinearKeys = 8;
 
-  void check_duplicate_keys(const std::vector<std::pair<std::string, JsonValue>>& members) {
+  // key_of(i): the i-th of n keys.
+  template <typename KeyOf>
+  void check_duplicate_keys(size_t n, const KeyOf& key_of) {
     size_t n_slots = 16;
-    while (n_slots < 2 * members.size()) n_slots *= 2;
+    while (n_slots < 2 * n) n_slots *= 2;
     std::vector<uint32_t> slots(n_slots, 0);  // member index + 1; 0: empty
     std::hash<std::string_view> hash;
-    for (size_t i = 0; i < members.size(); ++i) {
-      const std::string& key = members[i].first;
+    for (size_t i = 0; i < n; ++i) {
+      const std::string& key = key_of(i);
       for (size_t at = hash(key) & (n_slots - 1);; at = (at + 1) & (n_slots - 1)) {
         if (slots[at] == 0) {
           slots[at] = static_cast<uint32_t>(i + 1);
           break;
         }
-        if (members[slots[at] - 1].first == key) fail("duplicate key \"" + key + "\"");
+        if (key_of(slots[at] - 1) == key) fail("duplicate key \"" + key + "\"");
       }
     }
   }
 
-  void parse_object(JsonValue* out, int depth) {
+  // With on_member, each member is handed over once parsed and not kept in `out`
+  // (only its key, for the duplicate check).
+  void parse_object(JsonValue* out, int depth, const JsonMemberFn* on_member = nullptr) {
     out->kind = JsonValue::Kind::kObject;
+    std::vector<std::string> streamed_keys;
+    auto n_keys = [&] { return on_member ? streamed_keys.size() : out->object.size(); };
+    auto key_of = [&](size_t i) -> const std::string& {
+      return on_member ? streamed_keys[i] : out->object[i].first;
+    };
     ++pos_;
     skip_ws();
     if (pos_ < s_.size() && s_[pos_] == '}') { ++pos_; return; }
@@ -88,19 +111,26 @@ class Parser {
       skip_ws();
       if (pos_ >= s_.size() || s_[pos_] != '"') fail("expected a string key");
       std::string key = parse_string();
-      if (out->object.size() < kLinearKeys)
-        for (const auto& member : out->object)
-          if (member.first == key) fail("duplicate key \"" + key + "\"");
+      if (n_keys() < kLinearKeys)
+        for (size_t i = 0; i < n_keys(); ++i)
+          if (key_of(i) == key) fail("duplicate key \"" + key + "\"");
       skip_ws();
       if (pos_ >= s_.size() || s_[pos_] != ':') fail("expected ':'");
       ++pos_;
       skip_ws();
-      out->object.emplace_back(std::move(key), JsonValue());
-      parse_value(&out->object.back().second, depth + 1);
+      if (on_member) {
+        JsonValue value;
+        parse_value(&value, depth + 1);
+        (*on_member)(key, value);
+        streamed_keys.push_back(std::move(key));
+      } else {
+        out->object.emplace_back(std::move(key), JsonValue());
+        parse_value(&out->object.back().second, depth + 1);
+      }
       skip_ws();
       if (pos_ < s_.size() && s_[pos_] == ',') { ++pos_; continue; }
       if (pos_ < s_.size() && s_[pos_] == '}') {
-        if (out->object.size() > kLinearKeys) check_duplicate_keys(out->object);
+        if (n_keys() > kLinearKeys) check_duplicate_keys(n_keys(), key_of);
         ++pos_;
         return;
       }
@@ -268,6 +298,7 @@ class Parser {
   const std::string& s_;
   size_t pos_ = 0;
   int max_depth_;
+  bool json_failed_ = false;
 };
 
 }  // namespace
@@ -277,6 +308,19 @@ bool parse_json(const std::string& text, JsonValue* out, std::string* error, int
     Parser(text, max_depth).parse_document(out);
     return true;
   } catch (const Error& e) {
+    *error = e.what();
+    return false;
+  }
+}
+
+bool parse_json_members(const std::string& text, const JsonMemberFn& on_member,
+                        std::string* error, int max_depth) {
+  Parser parser(text, max_depth);
+  try {
+    parser.parse_document_members(on_member);
+    return true;
+  } catch (const Error& e) {
+    if (!parser.json_failed()) throw;  // on_member's own error
     *error = e.what();
     return false;
   }

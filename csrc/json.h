@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -26,6 +27,17 @@ struct JsonValue {
 // error returns false and sets `error` to a message with the byte position.
 bool parse_json(const std::string& text, JsonValue* out, std::string* error,
                 int max_depth = 64);
+
+// Called with each member (key, value) of a streamed object.
+using JsonMemberFn = std::function<void(const std::string&, const JsonValue&)>;
+
+// Parses `text`, one JSON object, handing each of its members to on_member as
+// soon as it is parsed and then dropping it, so a header of 10^6 tensors never
+// exists as one tree. The checks are parse_json's (duplicate keys included);
+// members before a JSON error have been handed over. A JSON error returns false
+// with `error` set; an error raised by on_member propagates unchanged.
+bool parse_json_members(const std::string& text, const JsonMemberFn& on_member,
+                        std::string* error, int max_depth = 64);
 
 // Serialises a string as a JSON string literal (quotes and escapes).
 std::string json_quote(const std::string& s);

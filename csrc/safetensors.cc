@@ -108,14 +108,10 @@ Header parse_header(const std::string& label, const std::string& json, uint64_t 
               "%s: header length %llu exceeds the file size %llu (truncated file?)",
               label.c_str(), (unsigned long long)h.header_n_bytes,
               (unsigned long long)file_n_bytes);
-  // Trailing space padding is part of the format; JSON whitespace covers it.
-  JsonValue root;
-  std::string error;
-  LADLE_CHECK(parse_json(json, &root, &error), ErrorKind::kFormat, "%s: header: %s",
-              label.c_str(), error.c_str());
-  LADLE_CHECK(root.kind == JsonValue::Kind::kObject, ErrorKind::kFormat,
-              "%s: header is not a JSON object", label.c_str());
-  for (const auto& [key, value] : root.object) {
+  // Trailing space padding is part of the format; JSON whitespace covers it. Each
+  // member becomes a TensorEntry as soon as it is parsed: the JSON tree of a
+  // header of 10^6 tensors would take ~1 KB per tensor.
+  auto on_member = [&](const std::string& key, const JsonValue& value) {
     if (key == "__metadata__") {
       LADLE_CHECK(value.kind == JsonValue::Kind::kObject, ErrorKind::kFormat,
                   "%s: __metadata__ is a JSON %s, expected an object of strings",
@@ -127,10 +123,13 @@ Header parse_header(const std::string& label, const std::string& json, uint64_t 
                     label.c_str(), mk.c_str(), json_kind_name(mv.kind));
         h.metadata.emplace_back(mk, mv.text);
       }
-      continue;
+      return;
     }
     h.tensors.push_back(parse_tensor(label, key, value));
-  }
+  };
+  std::string error;
+  LADLE_CHECK(parse_json_members(json, on_member, &error), ErrorKind::kFormat,
+              "%s: header: %s", label.c_str(), error.c_str());
   auto by_offset = [](const TensorEntry& a, const TensorEntry& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   };

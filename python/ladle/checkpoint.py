@@ -7,6 +7,7 @@ exactly one ``.safetensors`` file; PyTorch zip files and directories
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -44,6 +45,11 @@ class TensorInfo(NamedTuple):
     @property
     def n_elems(self) -> int:
         return math.prod(self.shape)
+
+
+# TensorInfo(*fields) without the Python-level __new__ of a named tuple (a C call:
+# read_header hands over 10^6 entries for some checkpoints).
+_new_info = functools.partial(tuple.__new__, TensorInfo)
 
 
 @dataclass
@@ -220,7 +226,7 @@ def _from_files(path: Path, files: list[Path], weight_map: dict[str, str] | None
                 raise FormatError(
                     f"{file}: tensor '{name}' is not listed for this shard in "
                     f"{INDEX_NAME} (index says {where!r})")
-            tensors[name] = TensorInfo(name, dtype, shape, file, start + begin, end - begin)
+            tensors[name] = _new_info((name, dtype, shape, file, start + begin, end - begin))
     if weight_map is not None:
         missing = sorted(set(weight_map) - set(tensors))
         if missing:

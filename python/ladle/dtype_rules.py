@@ -52,6 +52,8 @@ def fp8_scale_pairs(tensors: Mapping[str, Any]) -> list[tuple[str, str]]:
     """
     pairs = []
     for name in tensors:
+        if not name.endswith(SCALE_SUFFIXES):  # one C call for most of 10^6 names
+            continue
         for suffix in SCALE_SUFFIXES:
             base = name.removesuffix(suffix)
             if base != name and base in tensors and tensors[base].dtype.startswith("F8_"):

@@ -21,7 +21,7 @@ from .cuda import parse_device
 from .errors import LadleValueError, MismatchError
 from .fp8_blocks import add_input_scales, drop_quantization_config
 from .output import OutputDir, checked_output, write_atomically
-from .plan import MergePlan, build_plan, check_int_policy, check_weights, describe
+from .plan import MergePlan, OutputTensor, build_plan, check_int_policy, check_weights, describe
 
 PathLike = str | os.PathLike
 CheckpointLike = PathLike | Checkpoint
@@ -260,16 +260,14 @@ def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, thre
         for i in todo:
             shard = plan.shards[i]
             core_plan.clear_jobs()
+            jobs = []  # consecutive jobs go to the engine in one add_jobs call
             for t in by_shard[i]:
-                out_offset = len(shard.header) + t.offset
-                dtype, n_elems = t.dtype, t.n_elems
-                if t.op == "copy" and _core.dtype_n_bits(dtype) % 8:
-                    dtype, n_elems = "U8", t.n_bytes  # sub-byte dtypes are copied as bytes
-                inputs = [(sources[info.file], info.offset,
-                           dtype if t.op == "copy" else info.dtype, w) for info, w in t.inputs]
-                core_plan.add_job(t.name, t.op, n_elems, sinks[i], out_offset, dtype, inputs)
-                if t.scales:
+                jobs.append(_job(t, sources, sinks[i], len(shard.header)))
+                if t.scales:  # scale_input marks the last job added: flush first
+                    core_plan.add_jobs(jobs)
+                    jobs = []
                     add_input_scales(core_plan, t.scales, t.shape[-1], sources)
+            core_plan.add_jobs(jobs)
             on_progress = None
             if bar:
                 def on_progress(done: int, total: int, base: int = base) -> None:
@@ -287,6 +285,16 @@ def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, thre
         if bar:
             bar.close()
     return totals
+
+
+def _job(t: OutputTensor, sources: dict[Path, int], sink: int, header_n_bytes: int) -> tuple:
+    """The engine job of one output tensor: ``_core.Plan.add_jobs``'s tuple."""
+    dtype, n_elems = t.dtype, t.n_elems
+    if t.op == "copy" and _core.dtype_n_bits(dtype) % 8:
+        dtype, n_elems = "U8", t.n_bytes  # sub-byte dtypes are copied as bytes
+    inputs = [(sources[info.file], info.offset, dtype if t.op == "copy" else info.dtype, w)
+              for info, w in t.inputs]
+    return t.name, t.op, n_elems, sink, header_n_bytes + t.offset, dtype, inputs
 
 
 def _run_on_device(core_plan, device: str, *, threads: int, memory_budget: int,

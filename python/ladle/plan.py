@@ -95,10 +95,10 @@ def match_tensors(checkpoints: list[Checkpoint], include: list[str] | None,
     """
     include, exclude = as_patterns(include, "include"), as_patterns(exclude, "exclude")
     first = checkpoints[0]
-    names = [n for n in first.tensors if selected(n, include, exclude)]
+    names = _selected_names(first.tensors, include, exclude)
     wanted = set(names)
     for ckpt in checkpoints[1:]:
-        theirs = {n for n in ckpt.tensors if selected(n, include, exclude)}
+        theirs = set(_selected_names(ckpt.tensors, include, exclude))
         missing, extra = sorted(wanted - theirs), sorted(theirs - wanted)
         if missing or extra:
             parts = []
@@ -122,6 +122,15 @@ def match_tensors(checkpoints: list[Checkpoint], include: list[str] | None,
         raise LadleValueError(f"{first.path}: no tensors selected (include={include}, "
                               f"exclude={exclude})")
     return names
+
+
+def _selected_names(tensors: dict[str, TensorInfo], include: list[str] | None,
+                    exclude: list[str] | None) -> list[str]:
+    """The names :func:`selected` keeps, in order (all of them, without a per-name
+    call, when there are no patterns: checkpoints may hold 10^6 tensors)."""
+    if not include and not exclude:
+        return list(tensors)
+    return [n for n in tensors if selected(n, include, exclude)]
 
 
 INT_POLICIES = ("first", "max", "error")
@@ -208,6 +217,7 @@ def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: st
     checkpoints = [without_scales(c, s) for c, s in zip(checkpoints, scales)]
     outputs: list[OutputTensor] = []
     mergeable = _DTypeTable(_core.dtype_is_mergeable)
+    widest = _DTypeTable(widest_dtype)  # keyed by the set of the inputs' dtypes
     for name in match_tensors(checkpoints, include, exclude):
         infos = [c.tensors[name] for c in checkpoints]
         first = infos[0]
@@ -218,11 +228,10 @@ def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: st
                 odt = check_dequantized_dtype(out_dtype, owner, name)
             else:
                 scaled = None
-                odt = out_dtype or widest_dtype(i.dtype for i in infos)
-            n_bytes = first.n_elems * _ITEM_BYTES[odt]
-            outputs.append(OutputTensor(name, odt, first.shape, "sum",
-                                        list(zip(infos, weights)), n_bytes, first.n_elems,
-                                        scales=scaled))
+                odt = out_dtype or widest[frozenset([i.dtype for i in infos])]
+            n_elems = first.n_elems
+            outputs.append(OutputTensor(name, odt, first.shape, "sum", list(zip(infos, weights)),
+                                        n_elems * _ITEM_BYTES[odt], n_elems, scales=scaled))
         else:
             op, chosen = nonfloat_inputs(infos, weights, int_policy)
             outputs.append(OutputTensor(name, first.dtype, first.shape, op,
