@@ -196,6 +196,9 @@ def test_nearswap_engine_job_checks_its_inputs():
     plan.add_job("w", "nearswap", 16, sink, 0, "F32", [(src, 0, "F32", 1.0)], threshold=0.1)
     with pytest.raises(LadleValueError, match="nearswap needs 2 inputs and a finite t"):
         _core.run(plan)
+    with pytest.raises(LadleValueError, match="add_jobs has no threshold"):
+        plan.add_jobs([("w", "nearswap", 16, sink, 0, "F32",
+                        [(src, 0, "F32", 1.0), (src, 0, "F32", 1.0)])])
 
 
 def test_nearswap_recipe_and_errors(tmp_path):
