@@ -8,15 +8,14 @@ exactly one ``.safetensors`` file; PyTorch zip files and directories
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import NamedTuple
 
 from . import _core
 from ._bulk import bulk_objects
 from .errors import FormatError, LadleIOError
+from .tensor_info import TensorInfo
 
 INDEX_NAME = "model.safetensors.index.json"
 TORCH_INDEX_NAME = "pytorch_model.bin.index.json"
@@ -27,23 +26,6 @@ TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".hdf5",
                    ".msgpack", ".onnx", ".onnx_data", ".gguf", ".ggml", ".npz", ".npy",
                    ".pkl", ".pickle", ".tflite", ".pb", ".pdparams", ".ot", ".nemo")
-
-
-class TensorInfo(NamedTuple):
-    """Where one tensor's bytes live on disk. (A named tuple: a checkpoint may
-    hold 10^6 of them, and a tuple is built ~4x faster than a frozen dataclass
-    and takes half the memory.)"""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    file: Path
-    offset: int  # absolute byte offset of the first element in `file`
-    n_bytes: int
-
-    @property
-    def n_elems(self) -> int:
-        return math.prod(self.shape)
 
 
 @dataclass

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from . import _core
 from ._bulk import bulk_objects
 from .checkpoint import Checkpoint, TensorInfo, _preview
-from .dtype_rules import fp8_scale_pairs, widest_dtype
+from .dtype_rules import BLOCK_SCALED, fp8_scale_pairs, widest_dtype
 from .errors import LadleValueError, MismatchError
+from .kinds import IntPolicy, JobKind, parse_kind
 from .patterns import as_patterns, selected
 
 _DTYPE_ALIASES = {
@@ -44,7 +45,7 @@ class OutputTensor:
     name: str
     dtype: str
     shape: tuple[int, ...]
-    op: str  # "sum" (weighted sum) or "copy" (identical pass-through)
+    op: str  # a JobKind: SUM (weighted sum), COPY (identical pass-through) or MAX
     inputs: list[tuple[TensorInfo, float]]
     n_bytes: int
     n_elems: int
@@ -121,15 +122,12 @@ def match_tensors(checkpoints: list[Checkpoint], include: list[str] | None,
     return names
 
 
-INT_POLICIES = ("first", "max", "error")
+INT_POLICIES = tuple(p.value for p in IntPolicy)
 
 
 def check_int_policy(policy: str) -> str:
-    """Validate an ``int_policy`` / ``--int-policy`` value."""
-    if policy not in INT_POLICIES:
-        raise LadleValueError(f"int_policy must be one of {', '.join(INT_POLICIES)}, "
-                              f"not {policy!r}")
-    return policy
+    """Validate an ``int_policy`` / ``--int-policy`` value (an IntPolicy or its name)."""
+    return parse_kind(IntPolicy, policy, "int_policy").value
 
 
 def nonfloat_inputs(infos: list, weights: list[float], policy: str) -> tuple[str, list]:
@@ -145,16 +143,16 @@ def nonfloat_inputs(infos: list, weights: list[float], policy: str) -> tuple[str
     Returns:
         (op, chosen): op ``"copy"`` or ``"max"`` and the chosen inputs, in order.
     """
-    check_int_policy(policy)
+    policy = check_int_policy(policy)
     live = [i for i, w in zip(infos, weights) if w != 0.0] or list(infos)
-    if policy == "first" or len(live) == 1:
-        return "copy", live[:1]
-    if policy == "max":
+    if policy == IntPolicy.FIRST or len(live) == 1:
+        return JobKind.COPY, live[:1]
+    if policy == IntPolicy.MAX:
         if not (live[0].dtype == "BOOL" or live[0].dtype[0] in "IU"):
             raise LadleValueError(f"tensor '{live[0].name}': int_policy 'max' needs an integer "
                                   f"or bool dtype, not {live[0].dtype} (use first or error)")
-        return "max", live
-    return "copy", live
+        return JobKind.MAX, live
+    return JobKind.COPY, live
 
 
 class _DTypeTable(dict):
@@ -202,8 +200,6 @@ def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: st
     for ckpt in checkpoints:
         pairs = fp8_scale_pairs(ckpt.tensors)
         if pairs:
-            from .preflight import BLOCK_SCALED
-
             raise LadleValueError(BLOCK_SCALED.format(ckpt.path, *pairs[0]))
     outputs: list[OutputTensor] = []
     mergeable = _DTypeTable(_core.dtype_is_mergeable)
@@ -213,7 +209,7 @@ def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: st
         if mergeable[first.dtype]:
             odt = out_dtype or widest_dtype(i.dtype for i in infos)
             n_bytes = first.n_elems * _ITEM_BYTES[odt]
-            outputs.append(OutputTensor(name, odt, first.shape, "sum",
+            outputs.append(OutputTensor(name, odt, first.shape, JobKind.SUM,
                                         list(zip(infos, weights)), n_bytes, first.n_elems))
         else:
             op, chosen = nonfloat_inputs(infos, weights, int_policy)
@@ -296,9 +292,9 @@ def _item_alignment(dtype: str) -> int:
 def describe_op(t: OutputTensor) -> str:
     """``sum(w1, w2)``, ``copy(one input)``, ``copy(identical copy)`` (int policy
     error over several inputs) or ``max(n inputs)``."""
-    if t.op == "sum":
+    if t.op == JobKind.SUM:
         return "sum(" + ", ".join(f"{w:g}" for _, w in t.inputs) + ")"
-    if t.op == "max":
+    if t.op == JobKind.MAX:
         return f"max({len(t.inputs)} inputs)"
     return "copy(identical copy)" if len(t.inputs) > 1 else "copy(one input)"
 

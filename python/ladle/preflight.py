@@ -15,13 +15,8 @@ from pathlib import Path
 
 from . import _core
 from .checkpoint import Checkpoint, _preview
-from .dtype_rules import fp8_scale_pairs, widest_dtype
+from .dtype_rules import BLOCK_SCALED, fp8_scale_pairs, widest_dtype
 from .plan import normalize_dtype
-
-# Block-scaled FP8 is refused rather than merged wrongly (averaging scales as weights).
-BLOCK_SCALED = ("{}: tensor '{}' is FP8 with scales in '{}': block-scaled FP8 checkpoints are "
-                 "not merged yet (the scales would be averaged as if they were weights); "
-                 "dequantize to BF16 first")
 
 
 @dataclass
