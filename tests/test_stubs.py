@@ -36,16 +36,23 @@ def stub_names(tree: ast.Module | ast.ClassDef) -> tuple[set[str], set[str]]:
             for target in node.targets:
                 if isinstance(target, ast.Name):
                     helpers.add(target.id)
-    return exported, helpers
+    return declared(exported), helpers
+
+
+def declared(names: object) -> set[str]:
+    """Names a binding declares: not dunders, not pybind11's own hooks
+    (``_pybind11_conduit_v1_`` is added to every class)."""
+    return {n for n in names
+            if not (n.startswith("__") and n.endswith("__")) and not n.startswith("_pybind11")}
 
 
 def public(obj: object) -> set[str]:
-    return {n for n in dir(obj) if not (n.startswith("__") and n.endswith("__"))}
+    return declared(dir(obj))
 
 
 def class_members(cls: type) -> set[str]:
     """Members the binding defines on cls itself (not pybind11's own base)."""
-    return {n for n in vars(cls) if not (n.startswith("__") and n.endswith("__"))}
+    return declared(vars(cls))
 
 
 def check_module_matches_stub(module: object, stub: Path) -> None:
