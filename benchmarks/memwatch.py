@@ -4,7 +4,10 @@ Peak RSS and peak RssAnon are the maxima over samples taken every ~10 ms of the 
 over the child and all its descendants (so ``sh -c`` wrappers count what they start).
 Peak RSS is also raised to the largest ``VmHWM`` (the kernel's exact per-process RSS
 high-water mark) seen, so a spike between two samples is not missed. (``ru_maxrss`` from
-``wait4`` is not used: it inherits the parent's size at fork.)
+``wait4`` is not used: it inherits the parent's size at fork.) Summed RSS counts pages
+that forked workers share with their parent once per process; peak PSS (the sum of
+``Pss`` from ``smaps_rollup``, shared pages divided among their users) is the tree's
+actual footprint and is reported next to it.
 
 Example:
     >>> r = run_measured(["python", "-c", "x = bytearray(10**8)"])
@@ -51,6 +54,30 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _pss_bytes(pid: int) -> int:
+    """Proportional set size of one process in bytes; 0 once it has gone."""
+    try:
+        text = (_PROC / str(pid) / "smaps_rollup").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def tree_pss(pid: int) -> int:
+    """PSS summed over ``pid`` and its descendants, in bytes."""
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p not in seen:
+            seen.add(p)
+            total += _pss_bytes(p)
+            todo += _children(p)
+    return total
+
+
 def tree_memory(pid: int) -> tuple[int, int, int]:
     """(RSS, RssAnon) summed over ``pid`` and its descendants, and their largest VmHWM,
     in bytes."""
@@ -68,7 +95,8 @@ def tree_memory(pid: int) -> tuple[int, int, int]:
 
 
 def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: str | None = None,
-                 interval_s: float = 0.01, timeout_s: float | None = None) -> dict:
+                 interval_s: float = 0.01, timeout_s: float | None = None,
+                 pss: bool = False) -> dict:
     """Run ``cmd``, sampling its memory until it exits.
 
     Args:
@@ -77,17 +105,21 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: str | N
         cwd: working directory for the child.
         interval_s: sampling period.
         timeout_s: kill the child (and report rc -9) after this many seconds.
+        pss: also sample the tree's PSS (``peak_pss_bytes``; slower samples).
 
     Returns:
-        dict(rc, wall_s, peak_rss_bytes, peak_rss_anon_bytes, stdout, stderr).
+        dict(rc, wall_s, peak_rss_bytes, peak_rss_anon_bytes, peak_pss_bytes, stdout,
+        stderr) (``peak_pss_bytes`` 0 unless ``pss``).
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=err)
-        peak_rss = peak_anon = 0
+        peak_rss = peak_anon = peak_pss = 0
         while True:
             rss, anon, hwm = tree_memory(proc.pid)
             peak_rss, peak_anon = max(peak_rss, rss, hwm), max(peak_anon, anon)
+            if pss:
+                peak_pss = max(peak_pss, tree_pss(proc.pid))
             pid, status = os.waitpid(proc.pid, os.WNOHANG)
             if pid == proc.pid:
                 break
@@ -103,6 +135,7 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: str | N
             "wall_s": wall_s,
             "peak_rss_bytes": peak_rss,
             "peak_rss_anon_bytes": peak_anon,
+            "peak_pss_bytes": peak_pss,
             "stdout": out.read().decode(errors="replace"),
             "stderr": err.read().decode(errors="replace"),
         }

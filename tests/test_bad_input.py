@@ -599,29 +599,21 @@ def test_missing_parent_directory(tmp_path: Path):
     assert not (tmp_path / "no").exists()
 
 
-def test_stale_partial_directory_is_replaced(tmp_path: Path):
+# Only a partial directory that is recognisably ladle's is removed (issue 14):
+# one holding ladle's manifest cut short by a crash, or only the manifest's
+# temporary file (SIGKILL between mkdir and the first manifest's rename).
+@pytest.mark.parametrize("left", [
+    {"model.safetensors": b"junk from a crashed run",
+     ".ladle-manifest.json": b'{"version": 1, "pla'},
+    {".ladle-manifest.json.tmp": b'{"vers'},
+], ids=["cut-manifest", "manifest-tmp-only"])
+def test_stale_partial_directory_is_replaced(tmp_path: Path, left: dict[str, bytes]):
     a, b = _pair(tmp_path)
     dest = tmp_path / "out"
     stale = tmp_path / ("out" + PARTIAL)
     stale.mkdir()
-    (stale / "model.safetensors").write_bytes(b"junk from a crashed run")
-    # Only a partial directory that is recognisably ladle's is removed (issue 14):
-    # this one holds ladle's manifest, cut short by the crash.
-    (stale / ".ladle-manifest.json").write_bytes(b'{"version": 1, "pla')
-    merge_quiet([a, b], [0.5, 0.5], dest)
-    assert not stale.exists()
-    np.testing.assert_array_equal(load_file(str(dest / "model.safetensors"))["w"],
-                                  np.full(4, 2.0, np.float32))
-
-
-def test_partial_killed_before_its_first_manifest_is_replaced(tmp_path: Path):
-    # SIGKILL between mkdir and the first manifest's rename leaves only the
-    # manifest's temporary file: still ladle's, so the next run removes it.
-    a, b = _pair(tmp_path)
-    dest = tmp_path / "out"
-    stale = tmp_path / ("out" + PARTIAL)
-    stale.mkdir()
-    (stale / ".ladle-manifest.json.tmp").write_bytes(b'{"vers')
+    for name, data in left.items():
+        (stale / name).write_bytes(data)
     merge_quiet([a, b], [0.5, 0.5], dest)
     assert not stale.exists()
     np.testing.assert_array_equal(load_file(str(dest / "model.safetensors"))["w"],

@@ -227,6 +227,9 @@ def test_cli_pipeline_end_to_end(tmp_path):
         "learned_soup": {"epochs": 1},
         "alphas": [0.0, 0.5, 1.0],
         "cache_dir": str(tmp_path / "cache"),
+        "soups": ["uniform", "greedy", "learned", "model_stock"],
+        "fisher": {"examples": 6},
+        "seeds": [0, 1],
     }
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(cfg))
@@ -241,7 +244,17 @@ def test_cli_pipeline_end_to_end(tmp_path):
     methods = {r["method"] for r in records}
     assert {"wiseft/alpha", "greedy-soup", "logit-ensemble", "finetune/epoch",
             "logit-ensemble/alpha", "softmax-ensemble/alpha", "random-ensemble/alpha"} <= methods
-    assert "reproduce" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "reproduce" in report
+    # Every seed gets its own pre-training, fine-tuning and sweep, and a verdict row.
+    assert "## Across seeds" in report and "P1" in report and "P2" in report
+    assert (out / "seed1" / "finetune").is_dir() and (out / "seed1" / "results.jsonl").is_file()
+    rows = [ln for ln in report.splitlines() if ln.startswith(("| 0 |", "| 1 |"))]
+    assert len(rows) == 2 and all(("**yes**" in r) != ("**no**" in r) for r in rows)
+    # The field's baselines as harness options: Model Stock in the soups, Fisher-weighted
+    # WiSE-FT next to the plain curve, FLYP as a fine-tuning mode.
+    assert "model stock" in {r.get("name") for r in records if r["method"] == "soups/summary"}
+    assert {"fisher-wiseft/alpha"} <= methods and (out / "fisher1.safetensors").is_file()
     from test_clip_report import check_demo_analyses  # the report's analysis sections
 
     check_demo_analyses(out)
@@ -249,6 +262,11 @@ def test_cli_pipeline_end_to_end(tmp_path):
     assert main(["clip", "wiseft", "--config", str(path), "--out", str(wise), "--quiet",
                  "--set", f"cache_dir={tmp_path / 'cache'}"]) == 0
     assert (wise / "wiseft_report.md").is_file() and (wise / "wiseft.png").is_file()
+    flyp = tmp_path / "flyp"
+    assert main(["clip", "wiseft", "--config", str(path), "--out", str(flyp), "--quiet",
+                 "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "finetune.mode=flyp",
+                 "--set", "fisher=null"]) == 0
+    assert (flyp / "finetune" / "flyp.safetensors").is_file()
     assert main(["clip", "zeroshot", "--config", str(path), "--out", str(tmp_path / "zs"),
                  "--quiet", "--set", f"cache_dir={tmp_path / 'cache'}"]) == 0
     assert (tmp_path / "zs" / "zeroshot.safetensors").is_file()
@@ -261,6 +279,8 @@ def test_imagefolder_csv_lpft_ema(tiny, digits, tmp_path):
     from PIL import Image
 
     from ladle.clip.data import load_csv, load_image_folder
+    from ladle.clip.loaders import eval_batches
+    from ladle.clip.transforms import default_cfg
 
     rows = ["path,label"]
     for i in range(6):
@@ -271,7 +291,8 @@ def test_imagefolder_csv_lpft_ema(tiny, digits, tmp_path):
         rows.append(f"folder/{name}/{i}.png,{name}")
     (tmp_path / "set.csv").write_text("\n".join(rows) + "\n")
     ds = load_image_folder(tmp_path / "folder", 32, classnames=list(DIGIT_NAMES))
-    assert ds.images.shape == (6, 3, 32, 32) and ds.class_subset == [0, 1]
+    x, _, _ = next(eval_batches(ds, 6, default_cfg(32)))  # decoded lazily, per batch
+    assert x.shape == (6, 3, 32, 32) and ds.class_subset == [0, 1]
     assert sorted(ds.labels.tolist()) == [0, 0, 0, 1, 1, 1]
     cs = load_csv(tmp_path / "set.csv", 32, list(DIGIT_NAMES))
     assert sorted(cs.labels.tolist()) == [0, 0, 0, 1, 1, 1] and cs.class_subset == [0, 1]

@@ -253,7 +253,9 @@ def load_into(module: Any, checkpoints: Sequence[Any], weights: Sequence[float] 
     counters so autograd refuses a backward through values saved before the load.
 
     Args:
-        module: a CPU ``torch.nn.Module`` (or a dict of tensors) to overwrite.
+        module: a ``torch.nn.Module`` (or a dict of tensors) to overwrite; on a CUDA
+            device the sum is staged through a pinned host buffer chunk by chunk
+            (:mod:`ladle.live_cuda`), with the same bits as on the CPU.
         checkpoints: paths (safetensors file/dir, ``.pt``/``.bin``), Checkpoints,
             live modules or dicts of tensors (read in place, without copies).
         weights: one weight per input (default: 1 for a single input).
@@ -275,6 +277,12 @@ def load_into(module: Any, checkpoints: Sequence[Any], weights: Sequence[float] 
         if len(checkpoints) != 1:
             raise LadleValueError(f"weights are required for {len(checkpoints)} inputs")
         weights = [1.0]
+    from .live_cuda import StagedLoader, on_cuda
+
+    if on_cuda(module):
+        staged = StagedLoader(module, [open_input(c) for c in checkpoints], key_map=key_map,
+                              strict=strict, threads=threads, memory_budget=memory_budget)
+        return staged.run(weights, int_policy=int_policy, check_finite=check_finite)
     loader = Loader(target_set(module), [open_input(c) for c in checkpoints], key_map=key_map,
                     strict=strict, threads=threads, memory_budget=memory_budget)
     return loader.run(weights, int_policy=int_policy, check_finite=check_finite)

@@ -65,6 +65,18 @@ def wiseft_sweep(module: Any, theta0: Any, theta1: Any, alphas: Sequence[float] 
         raise LadleValueError("alphas is empty: a sweep needs at least one alpha")
     if not all(math.isfinite(a) for a in alphas):
         raise LadleValueError(f"alphas must be finite numbers, got {alphas}")
+    from .live_cuda import StagedLoader, device_sum_sweeper, on_cuda
+
+    if on_cuda(module) and on_cuda(theta0) and on_cuda(theta1):
+        # GPU-resident endpoints: ladle's CUDA kernel, one launch per α.
+        return _sweep(alphas, device_sum_sweeper(module, theta0, theta1), module, evaluate,
+                      ["<theta0 on GPU>", "<theta1 on GPU>"], log, progress)
+    if on_cuda(module):
+        inputs = [open_input(theta0), open_input(theta1)]
+        staged = StagedLoader(module, inputs, key_map=key_map, strict=strict, threads=threads,
+                              memory_budget=memory_budget)
+        return _sweep(alphas, lambda a: staged.run([1.0 - a, a], int_policy=int_policy), module,
+                      evaluate, [s.label for s in inputs], log, progress)
     target = target_set(module)
     inputs = [open_input(theta0), open_input(theta1)]
     overlap = [s.label for s in inputs if set(s.sources) & set(target.sources)]
@@ -73,6 +85,15 @@ def wiseft_sweep(module: Any, theta0: Any, theta1: Any, alphas: Sequence[float] 
                               f"swept; pass a copy (it would be overwritten at the first alpha)")
     loader = Loader(target, inputs, key_map=key_map, strict=strict, threads=threads,
                     memory_budget=memory_budget)
+    # Non-float buffers come from θ0 (from θ1 at α = 1, where θ0's weight is zero).
+    return _sweep(alphas, lambda a: loader.run([1.0 - a, a], int_policy=int_policy), module,
+                  evaluate, [s.label for s in inputs], log, progress)
+
+
+def _sweep(alphas: list[float], load: Callable[[float], Any], module: Any,
+           evaluate: Callable[[Any], Any], labels: list[str], log: Any,
+           progress: bool) -> list[SweepPoint]:
+    """For each α: ``load(α)`` writes θα into ``module``, then ``evaluate(module)``."""
     log = as_log(log)
     points = []
     items = alphas
@@ -82,10 +103,10 @@ def wiseft_sweep(module: Any, theta0: Any, theta1: Any, alphas: Sequence[float] 
         items = tqdm(alphas, desc="wise-ft sweep", unit="alpha")
     for alpha in items:
         t0 = time.perf_counter()
-        loader.run([1.0 - alpha, alpha], int_policy=int_policy)
+        load(alpha)
         score = evaluate(module)
         seconds = time.perf_counter() - t0
         points.append(SweepPoint(float(alpha), score, seconds))
-        log.append("wise-ft", ingredients=[s.label for s in inputs],
+        log.append("wise-ft", ingredients=labels,
                    weights=[1.0 - alpha, alpha], alpha=alpha, score=score, seconds=seconds)
     return points

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "evaluate":
         import ladle
 
-        model = exp.fresh_model()
+        model = exp.fresh_model(exp.eval_device)
         for ckpt in args.checkpoints:
             ladle.load_into(model, [ckpt])
             acc = exp.evaluate(model)

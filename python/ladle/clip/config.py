@@ -30,14 +30,19 @@ class FinetuneConfig:
 
     Attributes:
         mode: ``e2e`` (all weights, head from the zero-shot head), ``lc`` (frozen
-            encoder, cached features, head only) or ``lpft`` (LC stage then E2E).
+            encoder, cached features, head only), ``lpft`` (LC stage then E2E) or
+            ``flyp`` (both towers, contrastive loss on class-name prompts, head
+            rebuilt from the text tower; :mod:`.flyp`, run by the WiSE-FT pipeline).
         epochs, batch_size: global batch (split across DDP ranks).
         lr, weight_decay, betas, eps: AdamW (decay on ≥ 2-D tensors only).
         warmup_steps: linear warm-up, then cosine decay to 0.
         grad_clip: global-norm clipping (0: off).
         label_smoothing: cross-entropy smoothing.
-        mixup: Beta(m, m) mixup strength (0: off).
-        aug, aug_magnitude, aug_n_ops, hflip: see :func:`ladle.clip.data.augment`.
+        mixup, cutmix: torchvision ``MixUp`` / ``CutMix`` alpha (0: off; one of the
+            two per batch when both are on). LC mixes cached features instead.
+        aug, aug_magnitude, aug_n_ops, hflip: torchvision augmentation, see
+            :func:`ladle.clip.transforms.train_transform` (``none``, ``minimal``,
+            ``medium``, ``strong`` = RandAugment, ``autoaugment``).
         seed: initialisation of data order, augmentation and mixup draws.
         ema: EMA decay of the weights (None: off); checkpoints then hold the EMA.
         swa_start: SWA (E2E): the final model is the uniform average of the iterates
@@ -53,6 +58,16 @@ class FinetuneConfig:
             lands in the backbone (cross-dataset soups, [MS] App E).
         lp_epochs, lp_lr: the linear-probe stage of ``lpft``.
         max_steps: stop after this many steps (None: all epochs).
+        accum_steps: gradient accumulation: each optimizer step sums the gradients
+            of this many micro-batches (batch_size / world / accum_steps images each),
+            weighted so the step equals one step on the whole batch.
+        workers, prefetch_factor, persistent_workers: DataLoader options (pinned
+            memory is used when ``device`` is CUDA).
+        autocast: ``bf16`` or ``fp16`` mixed precision on CUDA (None: fp32; fp16 uses
+            loss scaling); ignored on CPU.
+        channels_last: NHWC model and batches (CUDA convolutions).
+        feature_cache: directory of the LC feature cache (default: ``features/``
+            next to the checkpoints, else a temporary directory).
         save_every_epoch, eval_every_epoch: per-epoch checkpoints / evaluations.
         device: ``cpu`` or ``cuda``.
         name: run name (checkpoint directory).
@@ -69,6 +84,7 @@ class FinetuneConfig:
     grad_clip: float = 1.0
     label_smoothing: float = 0.0
     mixup: float = 0.0
+    cutmix: float = 0.0
     aug: str = "minimal"
     aug_magnitude: float = 15.0
     aug_n_ops: int = 2
@@ -84,6 +100,13 @@ class FinetuneConfig:
     lp_epochs: int = 0
     lp_lr: float = 1e-3
     max_steps: int | None = None
+    accum_steps: int = 1
+    workers: int = 0
+    prefetch_factor: int = 2
+    persistent_workers: bool = False
+    autocast: str | None = None
+    channels_last: bool = False
+    feature_cache: str | None = None
     save_every_epoch: bool = True
     eval_every_epoch: bool = True
     device: str = "cpu"
@@ -104,6 +127,14 @@ class FinetuneConfig:
             if not 1 <= self.swa_start <= self.epochs:
                 raise ValueError(f"swa_start must lie in [1, epochs={self.epochs}], got "
                                  f"{self.swa_start}")
+        if self.accum_steps < 1:
+            raise ValueError(f"accum_steps must be >= 1, got {self.accum_steps}")
+        from .precision import check_autocast
+        from .transforms import AUG_LEVELS
+
+        check_autocast(self.autocast)
+        if self.aug not in AUG_LEVELS:
+            raise ValueError(f"unknown augmentation level {self.aug!r} ({'|'.join(AUG_LEVELS)})")
         if self.freeze_head and self.mode != "e2e":
             raise ValueError(f"freeze_head applies to mode e2e (mode {self.mode!r} trains "
                              f"the head)")
@@ -119,8 +150,8 @@ class FinetuneConfig:
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         cfg = cls(**d)
-        if cfg.mode not in ("e2e", "lc", "lpft"):
-            raise ValueError(f"mode must be e2e, lc or lpft, got {cfg.mode!r}")
+        if cfg.mode not in ("e2e", "lc", "lpft", "flyp"):
+            raise ValueError(f"mode must be e2e, lc, lpft or flyp, got {cfg.mode!r}")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:

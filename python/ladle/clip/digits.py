@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import DIGIT_NAMES, ImageSet, _blur, concat
+from .data import DIGIT_NAMES, ImageSet, concat
 
 CORRUPTIONS = ("rotated", "noisy", "blurry", "faded")
 _FONT_PREFIXES = ("DejaVu", "STIXGeneral", "cmr10", "cmb10", "cmss10", "cmtt10", "cmti10")
@@ -138,7 +138,9 @@ def corrupt(ds: ImageSet, seed: int = 0, name: str = "mnist-c") -> ImageSet:
         elif c == "noisy":
             xs = xs + 0.45 * torch.randn(xs.shape, generator=g)
         elif c == "blurry":
-            xs = _blur(xs, 1.6)
+            from torchvision.transforms.v2.functional import gaussian_blur
+
+            xs = gaussian_blur(xs, [9, 9], [1.6, 1.6])
         else:
             xs = 0.35 + 0.2 * xs
         out[sel] = xs
@@ -165,15 +167,20 @@ def caption(domain: ImageSet, rng: np.random.Generator, generic: float = 0.5) ->
     return caps
 
 
-def demo_splits(seed: int = 0, *, fonts_per_class: int = 200,
+def demo_splits(seed: int = 0, *, fonts_per_class: int = 200, pretrain_mnist: int = 2000,
+                pretrain_corrupted: bool = True,
                 cache: str | os.PathLike | None = None) -> dict[str, ImageSet]:
-    """The demo's disjoint splits: ``pretrain`` (captioned, all domains), ``train``
-    (the fine-tuning domain: MNIST), ``test`` (MNIST, ID) and the shifts ``sklearn``,
-    ``fonts`` and ``mnist-c``.
+    """The demo's disjoint splits: ``pretrain`` (captioned), ``train`` (the
+    fine-tuning domain: MNIST 2000–3999), ``test`` (MNIST 4000–4999, ID) and the shifts
+    ``sklearn`` (scans 900+), ``fonts`` (fresh renderings) and ``mnist-c`` (the ID
+    test images, corrupted). No evaluation image is ever in ``pretrain``.
 
     Args:
         seed: data seed.
         fonts_per_class: rendered font digits per class and split.
+        pretrain_mnist: MNIST digits (0..n−1, at most 2000) in pre-training.
+        pretrain_corrupted: add corrupted MNIST 0–999 to pre-training (the
+            redesigned demo does not: corruptions are then a shift seen only at test).
         cache: a ``.pt`` file to reuse (rendering fonts takes a few seconds).
 
     Returns:
@@ -189,9 +196,12 @@ def demo_splits(seed: int = 0, *, fonts_per_class: int = 200,
     rng = np.random.Generator(np.random.PCG64(seed))
     mnist = load_mnist(seed)
     skl = load_sklearn_digits(seed)
-    pre_parts = [mnist.subset(range(2000), "mnist"), skl.subset(range(900), "sklearn"),
-                 render_fonts(fonts_per_class, seed + 1)]
-    pre_parts.append(corrupt(mnist.subset(range(1000)), seed + 2))
+    if not 0 < pretrain_mnist <= 2000:
+        raise ValueError(f"pretrain_mnist must lie in [1, 2000], got {pretrain_mnist}")
+    pre_parts = [mnist.subset(range(pretrain_mnist), "mnist"),
+                 skl.subset(range(900), "sklearn"), render_fonts(fonts_per_class, seed + 1)]
+    if pretrain_corrupted:
+        pre_parts.append(corrupt(mnist.subset(range(1000)), seed + 2))
     for p in pre_parts:
         p.captions = caption(p, rng)
         p.domains = [p.name] * len(p)

@@ -16,23 +16,46 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import ImageSet, batches, prepare
+from .data import ImageSet
+from .loaders import LoaderOptions, eval_batches
 
 
 @torch.no_grad()
-def predict(model: Any, data: ImageSet, *, batch_size: int = 512) -> torch.Tensor:
-    """Logits (N, k) of ``model`` on every image of ``data`` (eval mode, float32).
+def predict(model: Any, data: Any, *, batch_size: int = 512,
+            loader: LoaderOptions | dict[str, Any] | None = None,
+            autocast: str | None = None, channels_last: bool = False) -> torch.Tensor:
+    """Logits (N, k) of ``model`` on every image of ``data`` (eval mode, float32),
+    streamed batch by batch through the model's own preprocessing.
+
+    Args:
+        model: an :class:`~.zeroshot.ImageClassifier` (its ``preprocess`` config is used).
+        data: an in-memory :class:`ImageSet`, a streaming :class:`~.files.FileSet` or
+            shard set (a shard set's ``labels`` are filled by this pass).
+        batch_size: images per forward pass.
+        loader: DataLoader options (workers, prefetch; pinned memory on CUDA).
+        autocast: ``bf16`` / ``fp16`` mixed precision on CUDA (None: fp32).
+        channels_last: feed NHWC (``torch.channels_last``) batches.
 
     Example:
         >>> predict(model, test_set).shape                         # doctest: +SKIP
         torch.Size([1000, 10])
     """
+    from .precision import autocast_context, to_device
+
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = [model(prepare(x, model.image_size).to(device)).cpu()
-           for x, _, _ in batches(data, batch_size)]
+    opts = LoaderOptions.of(loader)
+    opts = LoaderOptions(**{**opts.__dict__, "device": str(device)})
+    out, labels = [], []
+    with autocast_context(device, autocast):
+        for x, y, _ in eval_batches(data, batch_size, getattr(model, "preprocess", None),
+                                    options=opts):
+            out.append(model(to_device(x, device, channels_last)).float().cpu())
+            labels.append(y)
     model.train(was_training)
+    if getattr(data, "labels", None) is None:  # streamed shards: labels known now
+        data.labels = torch.cat(labels).long()
     return torch.cat(out).float()
 
 
@@ -112,15 +135,19 @@ def evaluate_logits(logits: dict[str, torch.Tensor], sets: dict[str, ImageSet], 
     return res
 
 
-def evaluate_model(model: Any, sets: dict[str, ImageSet], *, id_name: str | None = None,
+def evaluate_model(model: Any, sets: dict[str, Any], *, id_name: str | None = None,
                    intervals: bool = False, batch_size: int = 512,
-                   return_logits: bool = False) -> dict[str, Any]:
-    """:func:`predict` on every set then :func:`evaluate_logits`.
+                   return_logits: bool = False,
+                   loader: LoaderOptions | dict[str, Any] | None = None,
+                   autocast: str | None = None) -> dict[str, Any]:
+    """:func:`predict` on every set (streamed) then :func:`evaluate_logits`: one
+    accuracy per shift, the averages, optional intervals.
 
     Example:
         >>> evaluate_model(model, {"test": test, "fonts": fonts}, id_name="test")  # doctest: +SKIP
     """
-    logits = {n: predict(model, ds, batch_size=batch_size) for n, ds in sets.items()}
+    logits = {n: predict(model, ds, batch_size=batch_size, loader=loader, autocast=autocast)
+              for n, ds in sets.items()}
     res = evaluate_logits(logits, sets, id_name=id_name, intervals=intervals)
     return (res, logits) if return_logits else res
 

@@ -11,6 +11,13 @@ Config keys used here (JSON; see ``presets/``)::
                  {"train": dir|csv, "test": dir|csv, "shifts": [dir|csv|{"path", "name",
                   "class_subset", "class_map"}], "classnames": [...] | file}
     "heldout":   {"fraction": 0.02, "seed": 0}
+    "loader":    {"workers": 4, "prefetch_factor": 2, "persistent_workers": false}
+    "eval":      {"batch_size": 512, "autocast": null | "bf16" | "fp16",
+                  "device": "cpu" | "cuda"}
+
+Directories, CSV files and tar shards stream from disk (decoded per batch by
+DataLoader workers, through the model's own open_clip preprocessing); only the
+built-in digit domains live in memory.
 
 Example:
     >>> exp = Experiment.from_config(load_preset("demo"), "runs/demo")   # doctest: +SKIP
@@ -122,14 +129,25 @@ class Experiment:
         """Accuracies of ``module`` on held-out, ID and every shift, plus averages."""
         from .evaluate import evaluate_model
 
+        ev = self.config.get("eval", {})
         return evaluate_model(module, sets or self.eval_sets, id_name="id",
-                              return_logits=return_logits)
+                              return_logits=return_logits, loader=self.config.get("loader"),
+                              batch_size=int(ev.get("batch_size", 512)),
+                              autocast=ev.get("autocast"))
 
-    def fresh_model(self) -> Any:
-        """A classifier with θ0's architecture to stream other weights into."""
+    @property
+    def eval_device(self) -> str:
+        """``eval.device`` of the config (default ``cpu``)."""
+        return str(self.config.get("eval", {}).get("device", "cpu"))
+
+    def fresh_model(self, device: str | None = None) -> Any:
+        """A classifier with θ0's architecture to stream other weights into, on
+        ``device`` (default CPU; the WiSE-FT sweep and ``evaluate`` pass
+        :attr:`eval_device`: ``ladle.load_into`` and the sweep stage weights into CUDA
+        modules; the soups stay on the CPU)."""
         from .zeroshot import new_classifier_like
 
-        return new_classifier_like(self.zeroshot)
+        return new_classifier_like(self.zeroshot).to(device or "cpu")
 
 
 def _classnames(data: dict[str, Any], builtin: dict[str, ImageSet] | None) -> list[str]:

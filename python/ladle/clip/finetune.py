@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -26,12 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .config import FinetuneConfig
-from .data import ImageSet, augment, batches, prepare
+from .data import ImageSet
 from .evaluate import evaluate_model
+from .loaders import EpochSampler, LoaderOptions, epoch_order, train_loader
+from .precision import autocast_context, grad_scaler, to_device
 from .toward_zeroshot import ZeroShotAnchor
 from .zeroshot import ImageClassifier
 
@@ -89,6 +93,40 @@ def _optimizer(params: list[tuple[str, torch.nn.Parameter]], cfg: FinetuneConfig
                              eps=cfg.eps)
 
 
+def _rank_device(name: str) -> torch.device:
+    """The device of this process: under torchrun, ``cuda`` means ``cuda:LOCAL_RANK``."""
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device
+
+
+def _ddp(module: torch.nn.Module, device: torch.device) -> Any:
+    """DistributedDataParallel (NCCL on CUDA, with this rank's device; gloo on CPU)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        return DistributedDataParallel(module, device_ids=[device.index])
+    return DistributedDataParallel(module)
+
+
+def _loader_options(cfg: FinetuneConfig) -> LoaderOptions:
+    return LoaderOptions(cfg.workers, cfg.prefetch_factor, cfg.persistent_workers, cfg.device)
+
+
+def _micro_groups(loader: Any, accum: int) -> Any:
+    """Consecutive micro-batches in groups of ``accum`` (the last group may be short)."""
+    group = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == accum:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
 def _loss(logits: torch.Tensor, y: torch.Tensor, y2: torch.Tensor | None, lam: float,
           smoothing: float) -> torch.Tensor:
     loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
@@ -121,6 +159,9 @@ def finetune(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, *,
     """
     from ..results import as_log
 
+    if cfg.mode == "flyp":
+        raise ValueError("mode flyp trains both CLIP towers: use ladle.clip.flyp.flyp_finetune "
+                         "(the WiSE-FT pipeline does) rather than finetune()")
     t0 = time.perf_counter()
     log = as_log(log)
     rank, world = dist_info()
@@ -129,7 +170,7 @@ def finetune(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, *,
         out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     result = FinetuneResult()
-    device = torch.device(cfg.device)
+    device = _rank_device(cfg.device)
     model.to(device)
     # θ0 is snapshotted once, before any stage (LP-FT pulls toward zero-shot, not the LP).
     anchor = ZeroShotAnchor.from_config(model, cfg)
@@ -139,7 +180,7 @@ def finetune(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, *,
         if lc_cfg.epochs > 0:
             _train_linear(model, train, lc_cfg, rank, world, device, log, result,
                           eval_sets, id_name, out if cfg.mode == "lc" else None, progress,
-                          anchor)
+                          anchor, _feature_dir(cfg, out))
     if cfg.mode in ("e2e", "lpft"):
         _train_e2e(model, train, cfg, rank, world, device, log, result, eval_sets, id_name,
                    out, progress, anchor)
@@ -147,6 +188,13 @@ def finetune(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, *,
     result.final = result.checkpoints[-1] if result.checkpoints else None
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _feature_dir(cfg: FinetuneConfig, out: Path | None) -> Path | None:
+    """Where the LC features are cached (None: a temporary directory)."""
+    if cfg.feature_cache:
+        return Path(cfg.feature_cache)
+    return out / "features" if out is not None else None
 
 
 def _epoch_end(model: ImageClassifier, cfg: FinetuneConfig, epoch: int, step: int,
@@ -208,53 +256,64 @@ def _train_e2e(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, ran
     model.head.weight.requires_grad_(not cfg.freeze_head)
     net: Any = model
     if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model)
+        net = _ddp(model, device)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     opt = _optimizer(params, cfg, cfg.lr)
     per_rank = max(1, cfg.batch_size // world)
+    if per_rank % cfg.accum_steps:
+        raise ValueError(f"batch_size / world = {per_rank} is not a multiple of accum_steps "
+                         f"= {cfg.accum_steps}")
     total = _steps_per_epoch(len(train), cfg, world) * cfg.epochs
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
     ema = copy.deepcopy(model).eval() if cfg.ema else None
     swa = torch.optim.swa_utils.AveragedModel(model) if cfg.swa_start else None
-    g = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    from .transforms import batch_mix, train_transform
+
+    transform = train_transform(model.preprocess, cfg.aug, magnitude=cfg.aug_magnitude,
+                                n_ops=cfg.aug_n_ops, hflip=cfg.hflip)
+    mix = batch_mix(cfg.mixup, cfg.cutmix, model.head.weight.shape[0])
+    sampler = EpochSampler(len(train), shuffle=True, seed=cfg.seed * 7919, rank=rank,
+                           world=world)
+    loader = train_loader(train, transform, per_rank // cfg.accum_steps, sampler,
+                          options=_loader_options(cfg))
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    scaler = grad_scaler(device, cfg.autocast)
     bar = _bar(total, progress and rank == 0, cfg.name)
     step = 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
+        sampler.set_epoch(epoch)
         losses = []
-        for x, y, _ in batches(train, per_rank, shuffle=True, seed=cfg.seed * 7919 + epoch,
-                               rank=rank, world=world):
+        for group in _micro_groups(loader, cfg.accum_steps):
             if step >= total:
                 break
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, cfg.lr, cfg.warmup_steps)
-            xa = augment(x, cfg.aug, g, hflip=cfg.hflip, magnitude=cfg.aug_magnitude,
-                         n_ops=cfg.aug_n_ops)
-            xa = prepare(xa, model.image_size).to(device)
-            y = y.to(device)
-            y2, lam = None, 1.0
-            if cfg.mixup > 0:
-                lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
-                perm = torch.randperm(len(y), generator=g).to(device)
-                xa = lam * xa + (1 - lam) * xa[perm]
-                y2 = y[perm]
-            logits = net(xa)
-            loss = _loss(logits, y, y2, lam, cfg.label_smoothing)
-            if anchor is not None:
-                loss = anchor.objective(loss, logits, xa, model)
+            for g_ in opt.param_groups:
+                g_["lr"] = lr_at(step, total, cfg.lr, cfg.warmup_steps)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            n_group = sum(len(b[1]) for b in group)
+            step_loss = 0.0
+            for k, (x, y, _) in enumerate(group):
+                # Weight each micro-batch by its share of the step's examples: the
+                # summed gradient is then the mean-loss gradient of the whole batch.
+                share = len(y) / n_group
+                last = k == len(group) - 1
+                sync = net.no_sync() if world > 1 and not last else contextlib.nullcontext()
+                with sync:
+                    loss = _e2e_loss(net, model, x, y, mix, cfg, device, anchor)
+                    scaler.scale(loss * share).backward()
+                step_loss += float(loss.detach()) * share
             if cfg.grad_clip > 0:
+                scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_([p for _, p in params], cfg.grad_clip)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             if ema is not None:
                 with torch.no_grad():
                     for pe, pm in zip(ema.parameters(), model.parameters()):
                         pe.lerp_(pm.detach(), 1 - cfg.ema)
-            losses.append(float(loss.detach()))
+            losses.append(step_loss)
             step += 1
             bar.update(1)
         mean_loss = sum(losses) / max(1, len(losses))
@@ -278,38 +337,68 @@ def _train_e2e(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, ran
     model.eval()
 
 
-@torch.no_grad()
-def cached_features(model: ImageClassifier, data: ImageSet, batch_size: int = 512,
-                    device: torch.device | str = "cpu") -> torch.Tensor:
-    """Normalised image features of every example (no augmentation): the LC cache.
+def _e2e_loss(net: Any, model: ImageClassifier, x: torch.Tensor, y: torch.Tensor,
+              mix: Any, cfg: FinetuneConfig, device: torch.device,
+              anchor: ZeroShotAnchor | None) -> torch.Tensor:
+    """Loss of one (micro-)batch: torchvision MixUp/CutMix, autocast forward,
+    (soft-target) cross-entropy with smoothing, then the toward-θ0 terms."""
+    if mix is not None:
+        x, y = mix(x, y)
+    x = to_device(x, device, cfg.channels_last)
+    y = y.to(device, non_blocking=True)
+    with autocast_context(device, cfg.autocast):
+        logits = net(x)
+    logits = logits.float()
+    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+    if anchor is not None:
+        loss = anchor.objective(loss, logits, x, model)
+    return loss
+
+
+def cached_features(model: ImageClassifier, data: Any, cache_dir: str | os.PathLike, *,
+                    batch_size: int = 512, loader: Any = None) -> Any:
+    """Normalised image features of every example (no augmentation): the LC cache, a
+    memory-mapped ``.npy`` under ``cache_dir`` (see :mod:`.features`).
 
     Example:
-        >>> feats = cached_features(zs_model, train)               # doctest: +SKIP
+        >>> feats = cached_features(zs_model, train, "runs/lc/features")   # doctest: +SKIP
     """
-    model.eval()
-    return torch.cat([model.features(prepare(x, model.image_size).to(device)).cpu()
-                      for x, _, _ in batches(data, batch_size)])
+    from .features import extract_features
+
+    return extract_features(model, data, cache_dir, batch_size=batch_size, loader=loader)
 
 
 def _train_linear(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, rank: int,
                   world: int, device: torch.device, log: Any, result: FinetuneResult,
                   eval_sets: dict[str, ImageSet] | None, id_name: str | None,
                   out: Path | None, progress: bool,
-                  anchor: ZeroShotAnchor | None = None) -> None:
-    feats = cached_features(model, train, device=device)
-    labels = train.labels
+                  anchor: ZeroShotAnchor | None = None,
+                  feature_dir: Path | None = None) -> None:
+    import tempfile
+
+    with contextlib.ExitStack() as stack:
+        if feature_dir is None:
+            feature_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        feats = cached_features(model, train, feature_dir, loader=_loader_options(cfg))
+        _fit_linear(model, feats, train.labels, cfg, rank, world, device, log, result,
+                    eval_sets, id_name, out, progress, anchor)
+
+
+def _fit_linear(model: ImageClassifier, feats: np.ndarray, labels: torch.Tensor,
+                cfg: FinetuneConfig, rank: int, world: int, device: torch.device, log: Any,
+                result: FinetuneResult, eval_sets: dict[str, ImageSet] | None,
+                id_name: str | None, out: Path | None, progress: bool,
+                anchor: ZeroShotAnchor | None) -> None:
     for p in model.image_encoder.parameters():
         p.requires_grad_(False)
     head = model.head
     head.weight.requires_grad_(True)
     net: Any = head
     if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(head)
+        net = _ddp(head, device)
     opt = _optimizer([("head.weight", head.weight)], cfg, cfg.lr)
     per_rank = max(1, cfg.batch_size // world)
-    total = _steps_per_epoch(len(train), cfg, world) * cfg.epochs
+    total = _steps_per_epoch(len(labels), cfg, world) * cfg.epochs
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
     g = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
@@ -317,9 +406,8 @@ def _train_linear(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, 
     step = 0
     n = len(labels)
     for epoch in range(1, cfg.epochs + 1):
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(
-            cfg.seed * 7919 + epoch))
-        order = order[:len(order) - len(order) % world][rank::world]
+        order = torch.tensor(epoch_order(n, shuffle=True, seed=cfg.seed * 7919 + epoch,
+                                         rank=rank, world=world), dtype=torch.long)
         losses = []
         for i in range(0, len(order), per_rank):
             if step >= total:
@@ -327,7 +415,9 @@ def _train_linear(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, 
             idx = order[i:i + per_rank]
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, cfg.lr, cfg.warmup_steps)
-            x, y = feats[idx].to(device), labels[idx].to(device)
+            rows = np.asarray(feats[np.sort(idx.numpy())])  # memory-map reads in file order
+            x = torch.from_numpy(rows[np.argsort(np.argsort(idx.numpy()))]).to(device)
+            y = labels[idx].to(device)
             y2, lam = None, 1.0
             if cfg.mixup > 0:
                 lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())

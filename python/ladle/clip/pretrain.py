@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .data import ImageSet, augment, batches, prepare
+from .data import ImageSet
 from .finetune import lr_at
 
 
@@ -52,8 +52,6 @@ def pretrain_clip(clip: Any, tokenizer: Any, data: ImageSet, *, epochs: int = 8,
     log = as_log(log)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    size = clip.visual.image_size
-    size = size[0] if isinstance(size, (tuple, list)) else int(size)
     unique = sorted(set(data.captions))
     cap_id = {c: i for i, c in enumerate(unique)}
     ids = torch.tensor([cap_id[c] for c in data.captions])
@@ -64,7 +62,12 @@ def pretrain_clip(clip: Any, tokenizer: Any, data: ImageSet, *, epochs: int = 8,
                              {"params": rest, "weight_decay": 0.0}], lr=lr)
     steps_per_epoch = -(-len(data) // batch_size)
     total = steps_per_epoch * epochs
-    g = torch.Generator().manual_seed(seed)
+    from .loaders import EpochSampler, train_loader
+    from .transforms import preprocess_cfg, train_transform
+
+    sampler = EpochSampler(len(data), shuffle=True, seed=seed)
+    loader = train_loader(data, train_transform(preprocess_cfg(clip), aug), batch_size,
+                          sampler, drop_last=True)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -73,11 +76,10 @@ def pretrain_clip(clip: Any, tokenizer: Any, data: ImageSet, *, epochs: int = 8,
     clip.train()
     step, loss_v = 0, float("nan")
     for epoch in range(epochs):
-        for x, _, idx in batches(data, batch_size, shuffle=True, seed=seed + epoch,
-                                 drop_last=True):
+        sampler.set_epoch(epoch)
+        for img, _, idx in loader:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, lr, warmup_steps)
-            img = prepare(augment(x, aug, g), size)
             cid = ids[idx]
             uniq, inv = torch.unique(cid, return_inverse=True)
             f_img = F.normalize(clip.encode_image(img), dim=-1)

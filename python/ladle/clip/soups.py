@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from .config import FinetuneConfig, sweep_configs
-from .data import batches, prepare
 from .experiment import Experiment
+from .loaders import eval_batches
 from .robustness import effective_robustness, fit_logit_linear
 
 
@@ -50,8 +50,25 @@ def train_ingredients(exp: Experiment, configs: list[FinetuneConfig], out: Path,
 
 
 def _heldout_batches(exp: Experiment, batch_size: int = 256) -> list[tuple[Any, Any]]:
-    size = exp.zeroshot.image_size
-    return [(prepare(x, size), y) for x, y, _ in batches(exp.heldout, batch_size)]
+    return [(x, y) for x, y, _ in eval_batches(exp.heldout, batch_size,
+                                               exp.zeroshot.preprocess)]
+
+
+def model_stock_model(exp: Experiment, finetuned: list[Any], out: Path) -> Any:
+    """Model Stock for CLIP (Jang et al. 2024): the fine-tuned models' mean pulled
+    toward the pre-trained θ0 by t = k·cosθ / ((k − 1)·cosθ + 1) per tensor (θ the
+    mean pairwise angle of the deltas), via :func:`ladle.methods.model_stock`;
+    saved as ``model_stock.safetensors`` and loaded into a fresh classifier."""
+    import ladle
+    from ladle.methods import model_stock
+
+    if len(finetuned) < 2:
+        raise ValueError(f"model stock needs at least 2 fine-tuned models, got {len(finetuned)}")
+    path = out / "model_stock.safetensors"
+    model_stock(exp.theta0, finetuned, path, overwrite=True, progress=False)
+    model = exp.fresh_model()
+    ladle.load_into(model, [path])
+    return model
 
 
 def run_soups(config: dict[str, Any], out_dir: str | os.PathLike, *,
@@ -61,7 +78,8 @@ def run_soups(config: dict[str, Any], out_dir: str | os.PathLike, *,
 
     Args:
         config: a preset (``soups-vit-b32``, ``demo``) or user config with ``sweep``,
-            ``finetune`` (the base config), ``soups`` (which of uniform/greedy/learned),
+            ``finetune`` (the base config), ``soups`` (which of uniform/greedy/learned/
+            model_stock; ``"model_stock": {"runs": 2}`` picks the first runs),
             ``learned_soup`` options and ``alphas`` (WiSE-FT of the greedy soup).
         out_dir: results directory.
         experiment: a prepared :class:`Experiment`.
@@ -117,6 +135,9 @@ def run_soups(config: dict[str, Any], out_dir: str | os.PathLike, *,
             opts.get("by_layer", False)), epochs=int(opts.get("epochs", 3)),
             lr=float(opts.get("lr", 0.1)), log=exp.log)
         methods["learned soup"] = exp.evaluate(learner)
+    if "model_stock" in wanted:
+        methods["model stock"] = exp.evaluate(model_stock_model(
+            exp, paths[:int(config.get("model_stock", {}).get("runs", 2))], out))
 
     # Output-space baselines through ladle's ensembles API; the logits of every set are
     # captured so the chosen ensembles can be reported on ID and shifts too.

@@ -48,7 +48,7 @@ def sweep_curve(exp: Experiment, theta0: Any, theta1: Any, alphas: list[float], 
         acc, logits[a] = exp.evaluate(module, return_logits=True)
         return acc
 
-    target = exp.fresh_model()
+    target = exp.fresh_model(exp.eval_device)
     points = ladle.wiseft_sweep(target, theta0, theta1, alphas, evaluate=evaluate,
                                 progress=progress)
     out = []
@@ -103,6 +103,47 @@ def ensemble_curve(exp: Experiment, theta0: Any, theta1: Any, alphas: list[float
     return out
 
 
+def fisher_curve(exp: Experiment, theta0: Any, theta1: Any, alphas: list[float],
+                 out: Path, *, examples: int | None = 256, floor: float = 1e-8,
+                 sample: bool = True, seed: int = 0) -> list[dict[str, Any]]:
+    """Fisher-weighted WiSE-FT (:mod:`.fisher`): diagonal Fishers of θ0 and θ1 on the
+    training set (saved as ``fisher0/1.safetensors``), then the merged model per α."""
+    import ladle
+
+    from .fisher import diagonal_fisher, fisher_merge_into, save_fisher
+
+    model = exp.fresh_model()
+    paths = []
+    for k, theta in enumerate((theta0, theta1)):
+        ladle.load_into(model, [theta])
+        paths.append(save_fisher(diagonal_fisher(model, exp.train, examples=examples,
+                                                 sample=sample, seed=seed + k),
+                                 out / f"fisher{k}.safetensors"))
+    curve = []
+    for a in alphas:
+        fisher_merge_into(model, theta0, theta1, paths[0], paths[1], a, floor=floor)
+        acc = exp.evaluate(model)
+        exp.log.append("fisher-wiseft/alpha", alpha=a, acc=acc)
+        curve.append({"alpha": a, "acc": acc})
+    return curve
+
+
+def _flyp(exp: Experiment, cfg: FinetuneConfig, config: dict[str, Any],
+          out: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """θ1 by FLYP, saved as ``finetune/flyp.safetensors`` (no per-epoch evaluations)."""
+    import ladle
+
+    from .flyp import flyp_finetune
+    from .templates import get_templates
+
+    model, _ = flyp_finetune(exp.clip, exp.tokenizer, exp.train, exp.classnames,
+                                   get_templates(config.get("templates", "imagenet")), cfg,
+                                   log=exp.log)
+    (out / "finetune").mkdir(parents=True, exist_ok=True)
+    path = ladle.save(model, out / "finetune" / "flyp.safetensors", overwrite=True)
+    return Path(path), []
+
+
 def select_alphas(curve: list[dict[str, Any]]) -> dict[str, float]:
     """The α-selection rules of SPEC §1.3 via ladle's selection API.
 
@@ -148,7 +189,9 @@ def run_wiseft(config: dict[str, Any], out_dir: str | os.PathLike, *,
         "epochs", "logits", "report", "plot"}`` (``ensembles``: kind -> curve for the
         config's ``ensembles``, default logit, softmax and random interpolation;
         ``ensemble`` is the first); ``logits`` maps α ∈ {0, 0.5, 1} (those on the
-        grid) to the logits of every evaluation set.
+        grid) to the logits of every evaluation set; ``fisher`` is the Fisher-weighted
+        curve when the config has ``"fisher": {"examples", "floor", "sample"}``.
+        A ``finetune.mode`` of ``flyp`` fine-tunes with FLYP (:mod:`.flyp`).
 
     Example:
         >>> run_wiseft(load_preset("wiseft-lc"), "out/")           # doctest: +SKIP
@@ -160,7 +203,9 @@ def run_wiseft(config: dict[str, Any], out_dir: str | os.PathLike, *,
     exp = experiment or Experiment.from_config(config, out)
     cfg = FinetuneConfig.from_dict({**config.get("finetune", {}), "name": "wiseft-ft"})
     epochs = list(epochs or [])
-    if finetuned is None:
+    if finetuned is None and cfg.mode == "flyp":
+        finetuned, epochs = _flyp(exp, cfg, config, out)
+    elif finetuned is None:
         from .finetune import finetune
 
         model = copy.deepcopy(exp.zeroshot)
@@ -189,6 +234,10 @@ def run_wiseft(config: dict[str, Any], out_dir: str | os.PathLike, *,
         fit = fit_logit_linear([e["acc"]["id"] for e in epochs],
                                [e["acc"]["avg_ood"] for e in epochs])
     others = {ENSEMBLE_LABELS[k]: c for k, c in list(ensembles.items())[1:]}
+    fisher = None
+    if config.get("fisher"):
+        fisher = fisher_curve(exp, exp.theta0, finetuned, alphas, out, **config["fisher"])
+        others["Fisher-weighted WiSE-FT"] = fisher
     plot = plot_wiseft(curve, out / "wiseft.png", ensemble=ens, epochs=epochs, fit=fit,
                        shift_names=list(exp.shifts), extra=others,
                        title=config.get("title", "WiSE-FT"))
@@ -197,7 +246,7 @@ def run_wiseft(config: dict[str, Any], out_dir: str | os.PathLike, *,
     result = {"curve": curve, "ensemble": ens, "ensembles": ensembles,
               "selection": selection, "epochs": epochs,
               "zeroshot": exp.theta0, "finetuned": finetuned, "logits": logits,
-              "report": report, "plot": plot}
+              "report": report, "plot": plot, "fisher": fisher}
     if not quiet:
         print(f"WiSE-FT: report {report}, plot {plot}")
     return result

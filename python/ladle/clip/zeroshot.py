@@ -76,17 +76,24 @@ class ImageClassifier(nn.Module):
         image_encoder: maps preprocessed images (B, 3, H, W) to (B, d) embeddings.
         head: ``nn.Linear(d, k, bias=False)``.
         image_size: input resolution the encoder expects.
+        preprocess: the open_clip preprocess config of the source model (size,
+            mean/std, interpolation, resize mode) that evaluation applies; default
+            CLIP's at ``image_size``.
 
     Example:
         >>> model = ImageClassifier.from_clip(clip, W)              # doctest: +SKIP
         >>> model(images).argmax(dim=1)                             # doctest: +SKIP
     """
 
-    def __init__(self, image_encoder: nn.Module, head: nn.Linear, image_size: int = 224):
+    def __init__(self, image_encoder: nn.Module, head: nn.Linear, image_size: int = 224,
+                 preprocess: dict[str, Any] | None = None):
+        from .transforms import default_cfg
+
         super().__init__()
         self.image_encoder = image_encoder
         self.head = head
         self.image_size = image_size
+        self.preprocess = dict(preprocess or default_cfg(image_size))
 
     @classmethod
     def from_clip(cls, clip: Any, weights: torch.Tensor, *, scale: float | None = None,
@@ -106,7 +113,10 @@ class ImageClassifier(nn.Module):
         encoder = copy.deepcopy(clip.visual) if copy_encoder else clip.visual
         size = clip.visual.image_size
         size = size[0] if isinstance(size, (tuple, list)) else int(size)
-        return cls(encoder, make_head(weights, scale), image_size=size).eval()
+        from .transforms import preprocess_cfg
+
+        return cls(encoder, make_head(weights, scale), image_size=size,
+                   preprocess=preprocess_cfg(clip)).eval()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised image embeddings g(x)/‖g(x)‖, shape (B, d)."""
