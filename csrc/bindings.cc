@@ -111,6 +111,17 @@ class PyPlan {
       job.inputs.push_back({source, offset, dtype_from(dtype), static_cast<float>(weight), weight});
     plan_.jobs.push_back(std::move(job));
   }
+  // Marks input `k` of the last job added as block-scaled (see BlockScale in plan.h);
+  // validate_plan checks the rest when the plan runs.
+  void scale_input(size_t k, uint32_t source, uint64_t offset, uint64_t block_rows,
+                   uint64_t block_cols, uint64_t n_cols) {
+    LADLE_CHECK(!plan_.jobs.empty() && k < plan_.jobs.back().inputs.size(), ErrorKind::kValue,
+                "scale_input: the last job has no input %zu", k);
+    LADLE_CHECK(block_rows > 0 && block_cols > 0 && n_cols > 0, ErrorKind::kValue,
+                "tensor '%s': block scales need positive block and row sizes",
+                plan_.jobs.back().name.c_str());
+    plan_.jobs.back().inputs[k].scale = {source, offset, block_rows, block_cols, n_cols};
+  }
   // fsyncs and closes every shard; the files are complete after this.
   void finish_sinks() {
     for (Sink& s : plan_.sinks)
@@ -357,6 +368,8 @@ PYBIND11_MODULE(_core, m) {
       .def("add_job", &PyPlan::add_job, py::arg("name"), py::arg("op"), py::arg("n_elems"),
            py::arg("sink"), py::arg("out_offset"), py::arg("out_dtype"), py::arg("inputs"),
            py::arg("post_scale") = 1.0)
+      .def("scale_input", &PyPlan::scale_input, py::arg("k"), py::arg("source"),
+           py::arg("offset"), py::arg("block_rows"), py::arg("block_cols"), py::arg("n_cols"))
       .def("finish_sinks", &PyPlan::finish_sinks)
       .def("finish_sink", &PyPlan::finish_sink, py::arg("index"))
       .def("_capsule",

@@ -10,12 +10,12 @@
 #include "chunk_runner.h"
 #include "common.h"
 #include "f64_sum.h"
+#include "host_sum.h"
 #include "safetensors.h"
 
 namespace ladle {
 namespace {
 
-constexpr size_t kTileElems = 2048;  // accumulator tile, stays in L1
 constexpr uint64_t kMinChunkElems = 16 * 1024;
 constexpr uint64_t kMaxChunkElems = 16ull << 20;
 constexpr size_t kPrefetchDepth = 2;
@@ -23,7 +23,7 @@ constexpr size_t kPrefetchDepth = 2;
 // Per-thread scratch, allocated once and reused for every chunk.
 struct Scratch {
   std::vector<uint8_t> out;
-  float acc[kTileElems];
+  HostSumScratch sum;
 };
 
 class Runner {
@@ -82,29 +82,10 @@ class Runner {
       else if (job_in_f64(job))
         weighted_sum_f64(chunks_, job, item, options_.check_finite, out);
       else
-        weighted_sum(job, item, out, scratch->acc);
+        weighted_sum_f32(chunks_, kernels_, job, item, options_.check_finite, out,
+                         &scratch->sum);
     });
     span.commit();
-  }
-
-  void weighted_sum(const Job& job, const WorkItem& item, uint8_t* out, float* acc) const {
-    uint64_t out_size = item_n_bytes(job.out_dtype);
-    for (uint64_t t = 0; t < item.n_elems; t += kTileElems) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(kTileElems, item.n_elems - t));
-      uint64_t elem = item.first_elem + t;
-      bool first = true;
-      for (const JobInput& in : job.inputs) {
-        if (in.weight == 0.0f) continue;  // zero weights skip their input entirely
-        const uint8_t* src = chunks_.input_ptr(in, elem);
-        if (options_.check_finite) chunks_.check_input_finite(job, in, src, n, elem);
-        kernels_.accumulate(in.dtype, src, in.weight, acc, n, first);
-        first = false;
-      }
-      if (first) std::fill(acc, acc + n, 0.0f);  // every weight was zero
-      uint8_t* dst = out + t * out_size;
-      kernels_.store(job.out_dtype, acc, job.post_scale, dst, n);
-      if (options_.check_finite) chunks_.check_output_finite(job, dst, n, elem);
-    }
   }
 
   ChunkSet chunks_;
@@ -143,6 +124,13 @@ void validate_plan(const Plan& plan) {
                 job.name.c_str());
     for (const JobInput& in : job.inputs) {
       validate_input(plan, job.name, in, job.n_elems, sum);
+      if (in.scale.present()) {
+        LADLE_CHECK(sum && !job_in_f64(job), ErrorKind::kValue,
+                    "tensor '%s': block-scaled inputs are dequantized only by fp32 weighted "
+                    "sums (not by copies, maxima or F64 outputs)",
+                    job.name.c_str());
+        validate_block_scale(plan, job.name, in, job.n_elems);
+      }
       if (sum) {
         LADLE_CHECK(in.weight == in.weight, ErrorKind::kValue, "tensor '%s': NaN weight",
                     job.name.c_str());

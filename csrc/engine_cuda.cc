@@ -27,6 +27,7 @@
 #include "chunk_runner.h"
 #include "common.h"
 #include "f64_sum.h"
+#include "host_sum.h"
 #include "kernels.h"
 #include "kernels_cuda.h"
 
@@ -196,6 +197,7 @@ struct Worker {
   uint8_t* dev_in = nullptr;
   uint8_t* dev_out = nullptr;
   uint64_t staged_n_bytes = 0;  // table + inputs of the current chunk
+  HostSumScratch host_sum;      // block-scaled jobs, summed on the host
 
   ~Worker() {
     if (!ops) return;
@@ -285,14 +287,19 @@ class Runner {
     const uint8_t* out = worker->host_out;
     chunks_.guard_inputs(job, [&] {
       // Pass-through tensors never touch the GPU: compared on the CPU, written from the map.
-      // fp64 jobs too are computed on the host (the kernel accumulates in fp32).
+      // fp64 jobs too are computed on the host (the kernel accumulates in fp32), and
+      // so are jobs with block-scaled inputs (dequantized tile by tile).
       if (job.op == JobOp::kCopyIdentical) out = chunks_.check_identical(item);
       else if (job.op == JobOp::kMax) chunks_.elementwise_max(item, worker->host_out);
       else if (job_in_f64(job))
         weighted_sum_f64(chunks_, job, item, options_.check_finite, worker->host_out);
+      else if (job_has_block_scales(job))
+        weighted_sum_f32(chunks_, select_kernels(KernelImpl::kAuto), job, item,
+                         options_.check_finite, worker->host_out, &worker->host_sum);
       else stage_inputs(job, item, worker);
     });
-    if (job.op == JobOp::kWeightedSum && !job_in_f64(job)) weighted_sum(job, item, worker);
+    if (job.op == JobOp::kWeightedSum && !job_in_f64(job) && !job_has_block_scales(job))
+      weighted_sum(job, item, worker);
     if (sink.writer) sink.writer->write_at(out_offset, out, out_n_bytes);
     else std::memcpy(sink.base + out_offset, out, out_n_bytes);
     chunks_.release(item);

@@ -30,12 +30,26 @@ struct Sink {
   std::shared_ptr<ShardWriter> writer;  // null for memory sinks
 };
 
+// Block scales of a quantized input (DeepSeek-V3 FP8: W [R, C] with W_scale_inv, F32
+// [ceil(R/block_rows), ceil(C/block_cols)], row-major). A weighted sum reads element
+// (r, c) as v = fp32(fp32(x) * scale[r / block_rows][c / block_cols]), then uses v
+// like any fp32 input (w * v); the scales themselves are never weighted.
+struct BlockScale {
+  uint32_t source = 0;
+  uint64_t offset = 0;      // byte offset of scale[0][0] in the source
+  uint64_t block_rows = 0;  // 0: the input is not block-scaled
+  uint64_t block_cols = 0;
+  uint64_t n_cols = 0;      // C, the weight's row length
+  bool present() const { return block_rows != 0; }
+};
+
 struct JobInput {
   uint32_t source = 0;
   uint64_t offset = 0;  // byte offset of the tensor's first element in the source
   DType dtype = DType::kF32;
   float weight = 1.0f;  // already rounded to fp32 (the arithmetic contract)
   double weight_f64 = 1.0;  // the same weight rounded to fp64 once, for fp64 jobs
+  BlockScale scale{};  // weighted sums only
 };
 
 enum class JobOp : uint8_t {
@@ -77,6 +91,13 @@ inline bool job_in_f64(const Job& job) {
   if (job.out_dtype == DType::kF64) return true;
   for (const JobInput& in : job.inputs)
     if (in.dtype == DType::kF64 && in.weight_f64 != 0.0) return true;
+  return false;
+}
+
+// A job with a block-scaled input (it runs on the host in every engine).
+inline bool job_has_block_scales(const Job& job) {
+  for (const JobInput& in : job.inputs)
+    if (in.scale.present()) return true;
   return false;
 }
 

@@ -50,3 +50,60 @@ def test_fp16_zeroshot_through_wiseft_sweep(zs16_ft32):
                        evaluate=lambda m: seen.append(m.state_dict()[name].clone()))
     want = combine([a[name][2], b[name][2]], ["F16", "F32"], [0.5, 0.5], "F32")
     assert seen[0].contiguous().numpy().tobytes() == want
+
+
+def test_clip_wiseft_cli_with_fp16_zeroshot_and_fp32_finetuned(tmp_path, monkeypatch):
+    """``ladle clip wiseft --zeroshot zs16 --finetuned ft32``: the sweep runs and the
+    models it evaluates at α = 0 and 1 are the two inputs, bit for bit (α = 0.5: the
+    contract's mixed-dtype combine)."""
+    import copy
+    import json
+
+    from PIL import Image
+
+    from ladle.clip.experiment import Experiment
+    from ladle.clip.zeroshot import build_zeroshot_classifier
+
+    from reference import to_f32
+
+    names, templates = ["zero", "one"], ["a photo of the {c}.", "the {c}."]
+    for i in range(6):
+        (tmp_path / "imgs" / names[i % 2]).mkdir(parents=True, exist_ok=True)
+        Image.new("L", (32, 32), color=40 * i).save(tmp_path / "imgs" / names[i % 2] / f"{i}.png")
+    folder = str(tmp_path / "imgs")
+    cfg = {"model": {"name": "ladle-tiny-clip"}, "templates": templates,
+           "data": {"train": folder, "test": folder, "classnames": names,
+                    "shifts": [{"path": folder, "name": "shift"}]},
+           "heldout": {"fraction": 0.34, "seed": 0}, "alphas": [0.0, 0.5, 1.0],
+           "ensembles": ["logit"]}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    torch.manual_seed(0)
+    clip, tok = create_clip("ladle-tiny-clip")
+    theta0 = build_zeroshot_classifier(clip, tok, names, templates)
+    theta1 = copy.deepcopy(theta0)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in theta1.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=g))
+    zs = ladle.save(theta0.half(), tmp_path / "zs16.safetensors")
+    ft = ladle.save(theta1, tmp_path / "ft32.safetensors")
+    seen = []
+    evaluate = Experiment.evaluate
+
+    def spy(self, module, *args, **kwargs):
+        seen.append({k: v.detach().clone() for k, v in module.state_dict().items()})
+        return evaluate(self, module, *args, **kwargs)
+
+    monkeypatch.setattr(Experiment, "evaluate", spy)
+    out = tmp_path / "run"
+    assert main(["clip", "wiseft", "--config", str(tmp_path / "cfg.json"), "--out", str(out),
+                 "--quiet", "--zeroshot", str(zs), "--finetuned", str(ft)]) == 0
+    assert (out / "wiseft_report.md").is_file() and (out / "wiseft.png").is_file()
+    a, b = read_checkpoint(zs), read_checkpoint(ft)
+    assert {v[0] for v in a.values()} == {"F16"} and {v[0] for v in b.values()} == {"F32"}
+    assert len(seen) == 3  # α = 0, 0.5, 1 (the ensemble reuses the endpoints' logits)
+    for name in a:
+        got = [s[name].contiguous().numpy().tobytes() for s in seen]
+        assert got[0] == to_f32(a[name][2], "F16").tobytes(), name
+        assert got[2] == b[name][2], name
+        assert got[1] == combine([a[name][2], b[name][2]], ["F16", "F32"], [0.5, 0.5], "F32")

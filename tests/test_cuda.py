@@ -331,3 +331,18 @@ def test_device_sum_argument_errors():
     else:
         with pytest.raises(ladle.LadleValueError, match="CUDA tensor"):
             DeviceSum([a], [a])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_block_scaled_fp8_matches_the_cpu_engine(tmp_path, device):
+    """Jobs with block-scaled FP8 inputs run on the host in the CUDA engine (like its
+    fp64 jobs): same bytes as the CPU engine and the numpy reference."""
+    from test_fp8_blocks import deepseek_checkpoint, deepseek_tensors, expected
+
+    a = deepseek_checkpoint(tmp_path / "a", 1, sharded=True)
+    b = deepseek_checkpoint(tmp_path / "b", 2)
+    for dev in (device, "cpu"):
+        ladle.merge([a, b], [0.25, 0.75], tmp_path / dev, device=dev, progress=False)
+    got = read_checkpoint(tmp_path / device)
+    assert got == read_checkpoint(tmp_path / "cpu")
+    assert got == expected([deepseek_tensors(1), deepseek_tensors(2)], [0.25, 0.75])

@@ -105,11 +105,13 @@ def open_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Chec
                                  _extras(path, shards, TORCH_INDEX_NAME), trust_pickle)
     bins = sorted(p for p in path.iterdir() if p.suffix == ".bin")
     if not candidates and len(bins) == 1:
+        _check_weight_links(path, bins)
         return _from_torch_files(path, bins, None, _extras(path, bins), trust_pickle)
     if len(candidates) != 1:
         raise FormatError(
             f"{path}: expected {INDEX_NAME} or exactly one .safetensors file, "
             f"found {len(candidates)} .safetensors files")
+    _check_weight_links(path, candidates)
     return _from_files(path, candidates, None, _extras(path, candidates))
 
 
@@ -136,20 +138,47 @@ def _read_index(directory: Path, index: Path) -> tuple[list[Path], dict[str, str
         raise FormatError(f"{index}: 'weight_map' must map tensor names to shard file names")
     # "./shard.safetensors" names the same file as "shard.safetensors"
     weight_map = {k: PurePosixPath(v).as_posix() if v else v for k, v in weight_map.items()}
-    root = directory.resolve()
     shards: list[Path] = []
     for shard_name in dict.fromkeys(weight_map.values()):
         if "\0" in shard_name or not shard_name:
             raise FormatError(f"{index}: invalid shard file name {shard_name!r}")
         shard = directory / shard_name
-        if (os.path.isabs(shard_name) or ".." in Path(shard_name).parts
-                or not shard.resolve().is_relative_to(root)):
+        escape = ("" if not (os.path.isabs(shard_name) or ".." in Path(shard_name).parts)
+                  else "is not a name inside it")
+        if escape or (escape := _link_escape(directory, shard)):
             raise FormatError(f"{index}: shard path {shard_name!r} escapes the checkpoint "
-                              f"directory {directory}")
+                              f"directory {directory}: {escape}")
         if not shard.is_file():
             raise LadleIOError(2, f"{index}: shard {shard_name!r} is missing ({shard})")
         shards.append(shard)
     return shards, weight_map
+
+
+def _link_escape(directory: Path, file: Path) -> str:
+    """Why ``file``, a weight file of ``directory``, may not be read ('' if it may).
+
+    It must resolve inside :func:`ladle.path_safety.hf_cache_root` of the
+    directory: the directory itself, or for a Hugging Face cache snapshot the
+    model's cache root, whose ``blobs/`` its links point into (the same rule as
+    for the config and tokenizer files copied from it).
+    """
+    from .path_safety import hf_cache_root  # path_safety imports this module
+
+    root, real = hf_cache_root(directory), file.resolve()
+    if real.is_relative_to(root):
+        return ""
+    where = ("the model's Hugging Face cache root" if root != directory.resolve()
+             else "the directory")
+    return f"it resolves to {real}, outside {where} {root}"
+
+
+def _check_weight_links(directory: Path, files: list[Path]) -> None:
+    """Refuse weight files found in ``directory`` that link outside it (see
+    :func:`_link_escape`), before any header is read."""
+    for file in files:
+        if escape := _link_escape(directory, file):
+            raise FormatError(f"{file}: weight file links outside its checkpoint directory "
+                              f"{directory}: {escape}; not read")
 
 
 def _from_files(path: Path, files: list[Path], weight_map: dict[str, str] | None,

@@ -45,12 +45,6 @@ def widest_dtype(dtypes: Iterable[str]) -> str:
 SCALE_SUFFIXES = ("_scale_inv", "_scale")
 
 
-# Block-scaled FP8 is refused rather than merged wrongly (averaging scales as weights).
-BLOCK_SCALED = ("{}: tensor '{}' is FP8 with scales in '{}': block-scaled FP8 checkpoints are "
-                 "not merged yet (the scales would be averaged as if they were weights); "
-                 "dequantize to BF16 first")
-
-
 def fp8_scale_pairs(tensors: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(weight, scale) name pairs: an FP8 tensor with a scale companion.
 

@@ -17,6 +17,7 @@ from ._units import engine_options
 from .checkpoint import Checkpoint, add_file_sources, open_checkpoint
 from .cuda import parse_device
 from .errors import LadleValueError, MismatchError
+from .fp8_blocks import add_input_scales, drop_quantization_config
 from .kinds import Kernel, parse_kind
 from .merge_report import MergeReport
 from .output import OutputDir, checked_output, write_atomically
@@ -137,7 +138,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
         if plan.sharded:
             output.write_index({t.name: plan.shards[t.shard].file_name for t in plan.tensors},
                                sum(t.n_bytes for t in plan.tensors))
-        output.copy_extra_files(ckpts[0].extra_files)
+        _copy_extra_files(output, plan, ckpts)
         return stats
 
     stats, dest = write_atomically(output, work, plan_hash=plan_hash(plan, ckpts),
@@ -145,6 +146,14 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
     return MergeReport(dest, len(plan.tensors), len(plan.shards), stats["bytes_read"],
                        plan.bytes_written, time.perf_counter() - t0, stats["threads"],
                        stats["chunk_elems"], stats["kernel"], plan)
+
+
+def _copy_extra_files(output: OutputDir, plan: MergePlan, ckpts: list[Checkpoint]) -> None:
+    """The first input's config/tokenizer files; a dequantized block-scaled FP8 merge
+    is no longer quantized, so its config.json loses ``quantization_config``."""
+    output.copy_extra_files(ckpts[0].extra_files)
+    if any(t.scales for t in plan.tensors):
+        drop_quantization_config(output.partial)
 
 
 def _merge_distributed(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *,
@@ -162,7 +171,7 @@ def _merge_distributed(plan: MergePlan, ckpts: list[Checkpoint], output: OutputD
         if plan.sharded:
             output.write_index({t.name: plan.shards[t.shard].file_name for t in plan.tensors},
                                sum(t.n_bytes for t in plan.tensors))
-        output.copy_extra_files(ckpts[0].extra_files)
+        _copy_extra_files(output, plan, ckpts)
 
     r = run_merge(plan, ckpts, output, plan_hash=plan_hash(plan, ckpts), resume=resume,
                   execute=run, finish=finish)
@@ -237,6 +246,8 @@ def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, thre
                 inputs = [(sources[info.file], info.offset,
                            dtype if t.op == "copy" else info.dtype, w) for info, w in t.inputs]
                 core_plan.add_job(t.name, t.op, n_elems, sinks[i], out_offset, dtype, inputs)
+                if t.scales:
+                    add_input_scales(core_plan, t.scales, t.shape[-1], sources)
             on_progress = None
             if bar:
                 def on_progress(done: int, total: int, base: int = base) -> None:

@@ -47,6 +47,7 @@ from ._units import engine_options
 from .checkpoint import Checkpoint, TensorInfo, _preview, add_file_sources
 from .distributed import run_merge, wanted
 from .errors import LadleValueError, MismatchError
+from .fp8_blocks import block_scales
 from .kinds import Kernel, parse_kind
 from .merge import CheckpointLike, MergeReport, PathLike, _open_all, _progress_bar, plan_hash
 from .output import OutputDir, checked_output, write_atomically
@@ -336,6 +337,11 @@ def build_method_plan(method: str, base: Checkpoint | None, models: list[Checkpo
                       metadata: dict[str, str] | None = None,
                       int_policy: str = "first") -> MethodPlan:
     """Plan ``method`` over ``base`` and ``models`` tensor by tensor (see module doc)."""
+    for ckpt in ([base] if base is not None else []) + list(models):
+        if block_scales(ckpt):  # its scales would be merged as if they were weights
+            raise LadleValueError(f"{ckpt.path}: block-scaled FP8 checkpoints are dequantized "
+                                  f"by weighted sums only (merge --alpha/--weights, soups), "
+                                  f"not by method {method!r}; dequantize to BF16 first")
     outputs = method_tensors(method, base, models, parameters=parameters,
                              model_parameters=model_parameters, dtype=dtype, include=include,
                              exclude=exclude, rescale_mode=rescale_mode, int_policy=int_policy)

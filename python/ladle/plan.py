@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from . import _core
 from ._bulk import bulk_objects
 from .checkpoint import Checkpoint, TensorInfo, _preview
-from .dtype_rules import BLOCK_SCALED, fp8_scale_pairs, widest_dtype
+from .dtype_rules import widest_dtype
 from .errors import LadleValueError, MismatchError
+from .fp8_blocks import block_scales, check_dequantized_dtype, without_scales
 from .kinds import IntPolicy, JobKind, parse_kind
 from .patterns import as_patterns, selected
 
@@ -51,6 +52,8 @@ class OutputTensor:
     n_elems: int
     shard: int = -1
     offset: int = 0  # byte offset inside the shard's data buffer
+    # Per input: the block scale of a block-scaled FP8 input (ladle.fp8_blocks), or None.
+    scales: list | None = None
 
 
 @dataclass
@@ -192,25 +195,32 @@ def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: st
 
     Float tensors (F16/BF16/F32/F64/F8_E4M3/F8_E5M2, mixed freely) are combined
     and written as ``dtype``, else as the widest input dtype of that tensor
-    (:mod:`ladle.dtype_rules`); every other dtype follows ``int_policy`` over the
+    (:mod:`ladle.dtype_rules`); block-scaled FP8 weights are dequantized by the
+    engine and written as ``dtype``, else BF16, without their scale tensors
+    (:mod:`ladle.fp8_blocks`); every other dtype follows ``int_policy`` over the
     inputs with a non-zero weight (see :func:`nonfloat_inputs`).
     """
     weights = check_weights(weights, len(checkpoints))
     out_dtype = normalize_dtype(dtype)
-    for ckpt in checkpoints:
-        pairs = fp8_scale_pairs(ckpt.tensors)
-        if pairs:
-            raise LadleValueError(BLOCK_SCALED.format(ckpt.path, *pairs[0]))
+    scales = [block_scales(c) for c in checkpoints]
+    checkpoints = [without_scales(c, s) for c, s in zip(checkpoints, scales)]
     outputs: list[OutputTensor] = []
     mergeable = _DTypeTable(_core.dtype_is_mergeable)
     for name in match_tensors(checkpoints, include, exclude):
         infos = [c.tensors[name] for c in checkpoints]
         first = infos[0]
         if mergeable[first.dtype]:
-            odt = out_dtype or widest_dtype(i.dtype for i in infos)
+            scaled = [s.get(name) for s in scales] if any(scales) else None
+            if scaled and any(scaled):
+                owner = checkpoints[next(k for k, s in enumerate(scaled) if s)]
+                odt = check_dequantized_dtype(out_dtype, owner, name)
+            else:
+                scaled = None
+                odt = out_dtype or widest_dtype(i.dtype for i in infos)
             n_bytes = first.n_elems * _ITEM_BYTES[odt]
             outputs.append(OutputTensor(name, odt, first.shape, JobKind.SUM,
-                                        list(zip(infos, weights)), n_bytes, first.n_elems))
+                                        list(zip(infos, weights)), n_bytes, first.n_elems,
+                                        scales=scaled))
         else:
             op, chosen = nonfloat_inputs(infos, weights, int_policy)
             outputs.append(OutputTensor(name, first.dtype, first.shape, op,

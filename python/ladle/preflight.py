@@ -15,7 +15,9 @@ from pathlib import Path
 
 from . import _core
 from .checkpoint import Checkpoint, _preview
-from .dtype_rules import BLOCK_SCALED, fp8_scale_pairs, widest_dtype
+from .dtype_rules import fp8_scale_pairs, widest_dtype
+from .errors import LadleValueError
+from .fp8_blocks import block_scales, check_dequantized_dtype
 from .plan import normalize_dtype
 
 
@@ -67,14 +69,28 @@ def preflight(ckpts: list[Checkpoint], dtype: str | None = None,
         if extra:
             report.problems.append(f"{ckpt.path}: {len(extra)} extra tensor(s) not in "
                                    f"{first.path}: {_preview(extra)}")
+    report.scale_pairs = fp8_scale_pairs(first.tensors)
+    scaled: dict = {}
+    try:
+        scaled = {w: check_dequantized_dtype(out_dtype, c, w)
+                  for c in ckpts for w in block_scales(c)}
+    except LadleValueError as e:  # a layout ladle does not dequantize (yet)
+        report.problems.append(str(e))
+    scale_names = {s for _, s in report.scale_pairs}
     for name, t in first.tensors.items():
+        if name in scale_names:
+            continue  # applied to its weight, never merged or written
         infos = [c.tensors[name] for c in ckpts if name in c.tensors]
         shapes = {i.shape for i in infos}
         if len(shapes) > 1:
             report.problems.append(f"tensor '{name}': shapes differ: "
                                    f"{sorted(list(s) for s in shapes)}")
         dtypes = sorted({i.dtype for i in infos})
-        if all(_core.dtype_is_mergeable(d) for d in dtypes):
+        if name in scaled:
+            report.dtype_plan[f"{'+'.join(dtypes)} (block-scaled, dequantized) -> "
+                              f"{scaled[name]}"] += 1
+            report.output_n_bytes += t.n_elems * _core.dtype_n_bits(scaled[name]) // 8
+        elif all(_core.dtype_is_mergeable(d) for d in dtypes):
             odt = out_dtype or widest_dtype(dtypes)
             report.dtype_plan[f"{'+'.join(dtypes)} -> {odt}"] += 1
             report.output_n_bytes += t.n_elems * _core.dtype_n_bits(odt) // 8
@@ -84,9 +100,6 @@ def preflight(ckpts: list[Checkpoint], dtype: str | None = None,
         else:
             report.dtype_plan[f"{dtypes[0]} copied"] += 1
             report.output_n_bytes += t.n_bytes
-    report.scale_pairs = fp8_scale_pairs(first.tensors)
-    if report.scale_pairs:
-        report.problems.append(BLOCK_SCALED.format(first.path, *report.scale_pairs[0]))
     n_out_files = max(1, -(-report.output_n_bytes // (5 * 10**9)))
     report.files_open = len({f for c in ckpts for f in c.files}) + n_out_files
     report.files_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]

@@ -30,6 +30,7 @@ import numpy as np
 from . import _core
 from .checkpoint import INDEX_NAME, Checkpoint, open_checkpoint
 from .errors import FormatError, LadleValueError
+from .fp8_blocks import add_input_scales, block_scales
 from .output import file_crc32c
 from .plan import check_int_policy, nonfloat_inputs
 
@@ -210,6 +211,7 @@ def _recompute(out: Checkpoint, ckpts: list[Checkpoint], weights: list[float], s
         largest = max(names, key=lambda n: out.tensors[n].n_bytes)
         rest = [n for n in names if n != largest]
         names = [largest, *random.Random(seed).sample(rest, min(sample - 1, len(rest)))]
+    scales = [block_scales(c) for c in ckpts]  # block-scaled FP8 inputs, dequantized again
     for name in names:
         t = out.tensors[name]
         missing = [str(c.path) for c in ckpts if name not in c.tensors]
@@ -217,17 +219,19 @@ def _recompute(out: Checkpoint, ckpts: list[Checkpoint], weights: list[float], s
             report.problems.append(f"tensor '{name}': absent from input(s) {missing}")
             continue
         infos = [c.tensors[name] for c in ckpts]
+        scaled = [s.get(name) for s in scales]
         want = np.zeros(t.n_bytes, np.uint8)
         plan = _core.Plan()
         sink = plan.add_memory_sink("recomputed", want.ctypes.data, t.n_bytes)
         sources: dict[Path, int] = {}
-        for info in infos:
+        for info in [*infos, *(s.info for s in scaled if s)]:
             if info.file not in sources:
                 size = next(c.file_sizes[info.file] for c in ckpts if info.file in c.file_sizes)
                 sources[info.file] = plan.add_file_source(str(info.file), size)
         if _core.dtype_is_mergeable(infos[0].dtype):
             job_inputs = [(sources[i.file], i.offset, i.dtype, w) for i, w in zip(infos, weights)]
             plan.add_job(name, "sum", t.n_elems, sink, 0, t.dtype, job_inputs)
+            add_input_scales(plan, scaled, infos[0].shape[-1] if infos[0].shape else 1, sources)
         else:
             op, chosen = nonfloat_inputs(infos, weights, int_policy)
             dtype, n = (t.dtype, t.n_elems) if _core.dtype_n_bits(t.dtype) % 8 == 0 else \

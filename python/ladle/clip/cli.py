@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="ingredient classifiers (any heads; only encoders are read)")
         if name == "wiseft":
             p.add_argument("--finetuned", help="use this θ1 instead of fine-tuning")
+            p.add_argument("--zeroshot", help="use this θ0 (any float dtype, e.g. an fp16 "
+                                              "release) instead of the config's zero-shot "
+                                              "classifier")
     return parser
 
 
@@ -97,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "wiseft":
         from .wiseft import run_wiseft
 
+        if args.zeroshot:  # θ0 as given, in its own dtype; fine-tuning starts from it too
+            import ladle
+
+            ladle.load_into(exp.zeroshot, [args.zeroshot])
+            exp.theta0 = Path(args.zeroshot)
         run_wiseft(cfg, out, experiment=exp, finetuned=args.finetuned, progress=progress)
     elif args.command == "soup":
         from .soups import run_soups
