@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from . import _core
 from ._bulk import bulk_objects
 from .errors import FormatError, LadleIOError
+from .hf_cache import hf_cache_root
 from .tensor_info import TensorInfo
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -157,13 +158,11 @@ def _read_index(directory: Path, index: Path) -> tuple[list[Path], dict[str, str
 def _link_escape(directory: Path, file: Path) -> str:
     """Why ``file``, a weight file of ``directory``, may not be read ('' if it may).
 
-    It must resolve inside :func:`ladle.path_safety.hf_cache_root` of the
+    It must resolve inside :func:`ladle.hf_cache.hf_cache_root` of the
     directory: the directory itself, or for a Hugging Face cache snapshot the
     model's cache root, whose ``blobs/`` its links point into (the same rule as
     for the config and tokenizer files copied from it).
     """
-    from .path_safety import hf_cache_root  # path_safety imports this module
-
     root, real = hf_cache_root(directory), file.resolve()
     if real.is_relative_to(root):
         return ""
