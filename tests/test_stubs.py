@@ -100,7 +100,8 @@ def test_package_is_marked_typed_and_stubs_ship_in_the_wheel() -> None:
     assert (PACKAGE / "py.typed").is_file()
     # scikit-build-core copies wheel.packages' directories whole, so the
     # stubs and marker ship as long as they sit in python/ladle.
-    pyproject = (PACKAGE.parents[1] / "pyproject.toml").read_text()
+    # (In CI, PACKAGE is the installed one, so this also checks what the wheel holds.)
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert 'wheel.packages = ["python/ladle"]' in pyproject
     for stub in ("_core.pyi", "_cuda.pyi"):
         ast.parse((PACKAGE / stub).read_text())
