@@ -16,8 +16,8 @@ import ladle
 from ladle import distributed
 from ladle.output import OutputDir
 
-RANK = int(os.environ["RANK"])
-WORLD = int(os.environ["WORLD_SIZE"])
+RANK = int(os.environ.get("RANK", "0"))  # the test imports method_options too
+WORLD = int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def report(r) -> dict:
@@ -82,6 +82,64 @@ def resume(job: dict) -> dict:
     g.barrier()
     r = ladle.merge(job["inputs"], job["weights"], out, max_shard_size=job["shard"],
                     threads=1, progress=False, distributed=True, resume=True)
+    after = {name: [(Path(out) / name).stat().st_ino, (Path(out) / name).stat().st_mtime_ns]
+             for name in kept}
+    return {"raised": raised, "kept": kept, "after": after, **report(r)}
+
+
+def method_options(job: dict, method: str) -> dict:
+    """merge_models arguments of the method scenarios (the test runs them in one
+    process too)."""
+    base, *models = job["inputs"]
+    options = {"base_model": base, "max_shard_size": job["shard"], "threads": 1,
+               "progress": False}
+    if method == "slerp":
+        return {"models": models[:1], "parameters": {"t": job["slerp_t"]}, **options}
+    return {"models": models, "model_parameters": job["ties_models"], "seed": 3, **options}
+
+
+def _merge_method(job: dict, method: str, out: str, **extra):
+    from ladle.methods import merge_models
+
+    options = method_options(job, method)
+    return merge_models(method, options.pop("models"), out, **options, **extra)
+
+
+def ties(job: dict) -> dict:  # auto-distributed under torchrun, like merge
+    return report(_merge_method(job, "ties", job["out"] + f".ties.w{WORLD}"))
+
+
+def slerp(job: dict) -> dict:
+    return report(_merge_method(job, "slerp", job["out"] + f".slerp.w{WORLD}",
+                                distributed=True))
+
+
+def recipe(job: dict) -> dict:
+    from ladle.cli import main as cli_main
+
+    out = job["out"] + f".recipe.w{WORLD}"
+    rc = cli_main(["merge", "--config", job["recipe"], "-o", out, "--quiet", "--distributed",
+                   "--max-shard-size", job["shard"], "--threads", "1"])
+    return {"rc": rc, "out": out}
+
+
+def ties_resume(job: dict) -> dict:
+    out = job["out"] + ".ties-resume"
+    partial = Path(out + ".ladle-partial")
+    restore = _fail_on_rank(1, KeyboardInterrupt(), 1)
+    try:
+        _merge_method(job, "ties", out)
+        raised = None
+    except BaseException as e:  # noqa: BLE001
+        raised = type(e).__name__
+    finally:
+        restore()
+    g = distributed.group()
+    g.barrier()
+    kept = {p.name: [p.stat().st_ino, p.stat().st_mtime_ns] for p in partial.iterdir()
+            if p.suffix == ".safetensors"} if partial.is_dir() else {}
+    g.barrier()
+    r = _merge_method(job, "ties", out, resume=True)
     after = {name: [(Path(out) / name).stat().st_ino, (Path(out) / name).stat().st_mtime_ns]
              for name in kept}
     return {"raised": raised, "kept": kept, "after": after, **report(r)}

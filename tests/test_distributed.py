@@ -66,8 +66,16 @@ def job(tmp_path_factory):
         (d / "config.json").write_text('{"model_type": "toy"}\n')
         inputs.append(str(d))
     soup_inputs = [str(p) for p in ingredients(tmp, 4, mlp(0), noise=0.2, bad=2)]
+    recipe = {"merge_method": "dare_ties", "base_model": inputs[0], "dtype": "bfloat16",
+              "parameters": {"normalize": True},
+              "models": [{"model": m, "parameters": {"weight": 0.8, "density": 0.6}}
+                         for m in inputs[1:]]}
+    (tmp / "recipe.yml").write_text(json.dumps(recipe))  # JSON is YAML
     spec = {"inputs": inputs, "weights": [0.5, 0.25, 0.25], "shard": SHARD,
-            "out": str(tmp / "dist-out"), "soup_inputs": soup_inputs}
+            "out": str(tmp / "dist-out"), "soup_inputs": soup_inputs,
+            "ties_models": [{"weight": 1.0, "density": 0.5},
+                            {"weight": 0.7, "density": [0.9, 0.3]}],
+            "slerp_t": [0.0, 0.3, 1.0], "recipe": str(tmp / "recipe.yml")}
     (tmp / "job.json").write_text(json.dumps(spec))
     ref = ladle.merge(inputs, spec["weights"], tmp / "single", max_shard_size=SHARD,
                       threads=1, progress=False, distributed=False)
@@ -137,6 +145,41 @@ def test_two_ranks(job):
     flat = [a for row in l0["alphas"] for a in row]
     assert flat == pytest.approx([a for row in lref.alphas for a in row], abs=1e-6)
     assert l0["losses"] == pytest.approx(lref.losses, abs=1e-6)
+
+
+def test_two_ranks_methods_and_recipes(job):
+    """TIES, SLERP (Gram statistics on the rank owning each tensor) and a --config
+    recipe split across 2 ranks write the bytes of one process; an interrupted
+    distributed TIES run resumes from the shards both ranks finished."""
+    from dist_worker import method_options
+
+    from ladle.cli import main as cli_main
+    from ladle.methods import merge_models
+
+    tmp, spec, _ = job
+    ranks = _launch(tmp, 2, "ties", "slerp", "recipe", "ties_resume")
+    for method in ("ties", "slerp"):
+        options = method_options(spec, method)
+        single = tmp / f"single-{method}"
+        ref = merge_models(method, options.pop("models"), single, distributed=False, **options)
+        assert ref.n_shards >= 6
+        reports = [r[method] for r in ranks]
+        assert reports[0] == reports[1] and reports[0]["world_size"] == 2
+        assert reports[0]["bytes_read"] == ref.bytes_read
+        assert all(b > 0 for b in reports[0]["rank_bytes_read"]), reports[0]
+        assert _files(Path(reports[0]["out"])) == _files(single), method
+
+    single = tmp / "single-recipe"
+    assert cli_main(["merge", "--config", spec["recipe"], "-o", str(single), "--quiet",
+                     "--max-shard-size", SHARD, "--threads", "1"]) == 0
+    assert [r["recipe"]["rc"] for r in ranks] == [0, 0]
+    assert _files(Path(ranks[0]["recipe"]["out"])) == _files(single)
+
+    res = [r["ties_resume"] for r in ranks]
+    assert res[1]["raised"] == "KeyboardInterrupt" and res[0]["raised"] == "RankFailedError"
+    assert 0 < len(res[0]["kept"]) < ranks[0]["ties"]["n_shards"]
+    assert res[0]["after"] == res[0]["kept"]  # reused in place, not rewritten
+    assert _files(Path(res[0]["out"])) == _files(tmp / "single-ties")
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 4 and not os.environ.get("LADLE_TEST_4RANKS"),

@@ -1,7 +1,7 @@
 """Hugging Face cache snapshots as inputs: ``models--org--name/snapshots/<rev>/``
 whose weight files (single, sharded, ``.bin``) and index are links into
 ``../../blobs/``. Links may resolve inside that model's cache root, nowhere else
-(the rule of path_safety.hf_cache_root, shared with the copied config files)."""
+(the rule of hf_cache.hf_cache_root, shared with the copied config files)."""
 
 from __future__ import annotations
 

@@ -425,3 +425,44 @@ def test_resolve_setting_gradients_and_filters():
     assert r(conds, "lm_head.weight", 0.0) == 0.9
     pos = methods.layer_positions(["emb", "model.layers.0.a", "model.layers.3.a", "norm"])
     assert pos == {"emb": 0.0, "model.layers.0.a": 0.0, "model.layers.3.a": 1.0, "norm": 0.0}
+
+
+# ---------------------------------------------------------------------------
+# Resume: an interrupted method run keeps its finished shards.
+
+def test_interrupted_method_run_resumes_from_finished_shards(tmp_path, monkeypatch):
+    from ladle.output import OutputDir
+
+    rng = np.random.default_rng(11)
+    paths, _ = make_models(tmp_path, rng, 2)
+    options = {"base_model": paths[0], "max_shard_size": 4000, "progress": False,
+               "parameters": {"t": [0.0, 0.4, 1.0]}}
+    fresh = tmp_path / "fresh"
+    full = methods.merge_models("slerp", paths[1:2], fresh, **options)
+    n_shards = len(list(fresh.glob("*.safetensors")))
+    assert n_shards >= 3
+
+    out = tmp_path / "out"
+    record = OutputDir.record_shard
+
+    def interrupt_after_first(self, name):
+        record(self, name)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(OutputDir, "record_shard", interrupt_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        methods.merge_models("slerp", paths[1:2], out, **options)
+    monkeypatch.setattr(OutputDir, "record_shard", record)
+    partial = tmp_path / "out.ladle-partial"
+    kept = {p.name: p.stat().st_ino for p in partial.glob("*.safetensors")}
+    assert len(kept) == 1
+
+    # Another t is another merge: its resume is refused, the partial kept.
+    with pytest.raises(LadleValueError, match="different merge"):
+        methods.merge_models("slerp", paths[1:2], out, resume=True,
+                             **{**options, "parameters": {"t": 0.9}})
+    report = methods.merge_models("slerp", paths[1:2], out, resume=True, **options)
+    assert {n: (out / n).stat().st_ino for n in kept} == kept  # reused, not rewritten
+    assert 0 < report.bytes_read < full.bytes_read
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == \
+        {p.name: p.read_bytes() for p in fresh.iterdir()}

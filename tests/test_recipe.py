@@ -219,3 +219,24 @@ def test_against_mergekit(tmp_path):
             else:
                 assert not bool(bad.any()), f"{name}: {key}: {int(bad.sum())} elements"
         shutil.rmtree(theirs)
+
+
+def test_recipe_resumes_and_refuses_resume_with_a_tokenizer(tmp_path, models, capsys):
+    base, a, b = models
+    recipe = {"merge_method": "ties", "base_model": str(base),
+              "models": [{"model": str(a), "parameters": {"weight": 1.0, "density": 0.5}},
+                         {"model": str(b), "parameters": {"weight": 0.5, "density": 0.5}}]}
+    cfg = tmp_path / "r.yml"
+    cfg.write_text(yaml.safe_dump(recipe))
+    fresh, resumed = tmp_path / "fresh", tmp_path / "resumed"
+    assert main(["merge", "--config", str(cfg), "-o", str(fresh), "--quiet"]) == 0
+    # --resume with nothing to resume is a plain run (main refused --resume here)
+    assert main(["merge", "--config", str(cfg), "-o", str(resumed), "--quiet", "--resume"]) == 0
+    assert read_checkpoint(resumed) == read_checkpoint(fresh)
+
+    cfg.write_text(yaml.safe_dump({**recipe, "tokenizer_source": "base"}))
+    out = tmp_path / "tok"
+    assert main(["merge", "--config", str(cfg), "-o", str(out), "--quiet", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ladle: error:") and err.count("\n") == 1
+    assert "without --resume or --distributed" in err and not out.exists()

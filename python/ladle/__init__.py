@@ -27,7 +27,8 @@ from .errors import (
     NonFiniteError,
 )
 from .learned import LearnedSoup, LearnedSoupResult, learned_soup
-from .live import Loader, load_into
+from .live import Loader
+from .load import load_into
 from .lora import LoraReport, extract_lora
 from .merge import MergeReport, interpolate, merge, soup
 from .results import ResultsLog

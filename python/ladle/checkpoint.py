@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import NamedTuple
 
 from . import _core
 from ._bulk import bulk_objects
 from .errors import FormatError, LadleIOError
+from .hf_cache import hf_cache_root
+from .tensor_info import TensorInfo
 
 INDEX_NAME = "model.safetensors.index.json"
 TORCH_INDEX_NAME = "pytorch_model.bin.index.json"
@@ -28,23 +28,6 @@ TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".hdf5",
                    ".msgpack", ".onnx", ".onnx_data", ".gguf", ".ggml", ".npz", ".npy",
                    ".pkl", ".pickle", ".tflite", ".pb", ".pdparams", ".ot", ".nemo")
-
-
-class TensorInfo(NamedTuple):
-    """Where one tensor's bytes live on disk. (A named tuple: a checkpoint may
-    hold 10^6 of them, and a tuple is built ~4x faster than a frozen dataclass
-    and takes half the memory.)"""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    file: Path
-    offset: int  # absolute byte offset of the first element in `file`
-    n_bytes: int
-
-    @property
-    def n_elems(self) -> int:
-        return math.prod(self.shape)
 
 
 # TensorInfo(*fields) without the Python-level __new__ of a named tuple (a C call:
@@ -181,13 +164,11 @@ def _read_index(directory: Path, index: Path) -> tuple[list[Path], dict[str, str
 def _link_escape(directory: Path, file: Path) -> str:
     """Why ``file``, a weight file of ``directory``, may not be read ('' if it may).
 
-    It must resolve inside :func:`ladle.path_safety.hf_cache_root` of the
+    It must resolve inside :func:`ladle.hf_cache.hf_cache_root` of the
     directory: the directory itself, or for a Hugging Face cache snapshot the
     model's cache root, whose ``blobs/`` its links point into (the same rule as
     for the config and tokenizer files copied from it).
     """
-    from .path_safety import hf_cache_root  # path_safety imports this module
-
     root, real = hf_cache_root(directory), file.resolve()
     if real.is_relative_to(root):
         return ""

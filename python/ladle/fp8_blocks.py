@@ -52,7 +52,8 @@ def quantization_config(ckpt: Checkpoint) -> dict[str, Any]:
     The file is read like the files copied into outputs: a regular file inside the
     directory or its Hugging Face cache root (path_safety).
     """
-    from .path_safety import UnsafePathError, hf_cache_root, open_regular
+    from .hf_cache import hf_cache_root
+    from .path_safety import UnsafePathError, open_regular
 
     config = next((p for p in ckpt.extra_files if p.name == CONFIG_NAME), None)
     if config is None:

@@ -10,7 +10,6 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import _core
@@ -20,34 +19,13 @@ from .checkpoint import Checkpoint, add_file_sources, open_checkpoint
 from .cuda import parse_device
 from .errors import LadleValueError, MismatchError
 from .fp8_blocks import add_input_scales, drop_quantization_config
+from .kinds import Kernel, parse_kind
+from .merge_report import MergeReport
 from .output import OutputDir, checked_output, write_atomically
 from .plan import MergePlan, OutputTensor, build_plan, check_int_policy, check_weights, describe
 
 PathLike = str | os.PathLike
 CheckpointLike = PathLike | Checkpoint
-
-
-@dataclass
-class MergeReport:
-    """What a merge did and how fast."""
-
-    out: Path | None
-    n_tensors: int
-    n_shards: int
-    bytes_read: int
-    bytes_written: int
-    seconds: float
-    threads: int = 0
-    chunk_elems: int = 0
-    kernel: str = ""
-    plan: MergePlan | None = None
-    world_size: int = 1
-    rank_bytes_read: list[int] | None = None  # distributed merges: input bytes each rank read
-
-    @property
-    def gb_per_s(self) -> float:
-        """(bytes read + written) / wall time, in 10^9 bytes per second."""
-        return (self.bytes_read + self.bytes_written) / max(self.seconds, 1e-9) / 1e9
 
 
 def _open_all(checkpoints: Sequence[CheckpointLike],
@@ -110,6 +88,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
         >>> ladle.merge(["a/", "b/"], [0.3, 0.7], "out/")   # doctest: +SKIP
     """
     threads, budget, shard_bytes = engine_options(threads, memory_budget, max_shard_size)
+    kernel = parse_kind(Kernel, kernel, "kernel").value  # before any input is opened
     output = checked_output(out, checkpoints, overwrite=overwrite)  # before reading inputs
     if any(_needs_live_path(c) for c in checkpoints):  # modules, dicts, .pt/.bin files
         from .writer import merge_live

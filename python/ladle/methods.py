@@ -32,8 +32,10 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -47,9 +49,11 @@ from . import _core
 from ._bulk import bulk_objects
 from ._units import engine_options
 from .checkpoint import Checkpoint, TensorInfo, _preview, add_file_sources
+from .distributed import run_merge, wanted
 from .errors import LadleValueError, MismatchError
 from .fp8_blocks import block_scales
-from .merge import CheckpointLike, MergeReport, PathLike, _open_all, _progress_bar
+from .kinds import Kernel, parse_kind
+from .merge import CheckpointLike, MergeReport, PathLike, _open_all, _progress_bar, plan_hash
 from .output import OutputDir, checked_output, write_atomically
 from .plan import (
     _ITEM_BYTES,
@@ -645,7 +649,8 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
                  dry_run: bool = False, kernel: str = "auto",
                  extra_files: list[Path] | None = None,
                  chat_template: str | None = None, int_policy: str = "first",
-                 finish: Any = None) -> MergeReport:
+                 finish: Any = None, resume: bool = False,
+                 distributed: bool | None = None) -> MergeReport:
     """Merge ``models`` (and ``base_model``) with ``method``, streamed.
 
     Args:
@@ -671,6 +676,9 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
             ``"error"`` (all inputs must hold the same values).
         finish: called with the :class:`~ladle.output.OutputDir` once the shards
             and extra files are in its partial directory (writes further files).
+        resume: keep the finished shards of an interrupted run of the same merge.
+        distributed: split the output shards across ``torch.distributed`` ranks
+            (None: when launched with WORLD_SIZE > 1); byte-identical output.
         Other options are those of :func:`ladle.merge`.
 
     Returns:
@@ -681,6 +689,7 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
         ...                            parameters={"t": [0, 0.5, 1]})   # doctest: +SKIP
     """
     threads, budget, shard_bytes = engine_options(threads, memory_budget, max_shard_size)
+    kernel = parse_kind(Kernel, kernel, "kernel").value  # before any input is opened
     if rescale_mode not in ("l1", "density"):
         raise LadleValueError(f"rescale_mode must be 'l1' or 'density', got {rescale_mode!r}")
     donors = [f.parent for f in extra_files or []]  # e.g. a recipe's tokenizer_source
@@ -724,7 +733,8 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
                              seed=seed,
                              threads=threads, memory_budget=budget,
                              chunk_elems=chunk_elems, check_finite=check_finite,
-                             progress=progress, kernel=kernel)
+                             progress=progress, kernel=kernel, resume=resume,
+                             distributed=distributed)
 
 
 def write_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: OutputDir,
@@ -732,10 +742,14 @@ def write_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: OutputD
                       finish: Any = None, dry_run: bool = False, seed: int = 0,
                       threads: int = 0, memory_budget: int | str = "256MiB",
                       chunk_elems: int = 0, check_finite: bool = False, progress: bool = True,
-                      kernel: str = "auto") -> MergeReport:
+                      kernel: str = "auto", resume: bool = False,
+                      distributed: bool | None = None) -> MergeReport:
     """Run ``plan`` over the files of ``ckpts`` into ``output``, atomically: shards,
     index, ``extra_files``, the chat template, then ``finish(output)`` (a hook that
-    writes further files into the partial directory, e.g. a rewritten config)."""
+    writes further files into the partial directory, e.g. a rewritten config).
+
+    ``resume`` keeps the finished shards of an interrupted run of the same plan;
+    ``distributed`` splits the shards across ranks as :func:`ladle.merge` does."""
     threads, budget, _ = engine_options(threads, memory_budget)
     if dry_run:
         output.check_destination()
@@ -743,12 +757,12 @@ def write_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: OutputD
         return MergeReport(None, len(plan.tensors), len(plan.shards), plan.bytes_read,
                            plan.bytes_written, 0.0)
     t0 = time.perf_counter()
+    identity = method_plan_hash(plan, ckpts, seed)  # before the run sets SLERP's weights
+    engine = {"seed": seed, "threads": threads, "memory_budget": budget,
+              "chunk_elems": chunk_elems, "check_finite": check_finite, "progress": progress,
+              "kernel": kernel}
 
-    def work(output: OutputDir) -> dict:
-        stats = execute_method_plan(plan, ckpts, output, seed=seed, threads=threads,
-                                    memory_budget=budget,
-                                    chunk_elems=chunk_elems, check_finite=check_finite,
-                                    progress=progress, kernel=kernel)
+    def complete(output: OutputDir) -> None:
         if plan.sharded:
             output.write_index({t.name: plan.shards[t.shard].file_name for t in plan.tensors},
                                sum(t.n_bytes for t in plan.tensors))
@@ -757,12 +771,43 @@ def write_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: OutputD
             finish(output)
         if chat_template is not None:
             _write_chat_template(output, chat_template)
+
+    if wanted(distributed):
+        engine["progress"] = progress and os.environ.get("RANK", "0") == "0"
+
+        def run(plan: MethodPlan, ckpts: list[Checkpoint], view: OutputDir,
+                only: list[int]) -> dict:
+            return execute_method_plan(plan, ckpts, view, only=only, **engine)
+
+        r = run_merge(plan, ckpts, output, plan_hash=identity, resume=resume, execute=run,
+                      finish=complete)
+        return MergeReport(r["dest"], len(plan.tensors), len(plan.shards), r["bytes_read"],
+                           plan.bytes_written, r["seconds"], r["threads"], r["chunk_elems"],
+                           r["kernel"], None, r["world_size"], r["rank_bytes_read"])
+
+    def work(output: OutputDir) -> dict:
+        stats = execute_method_plan(plan, ckpts, output, **engine)
+        complete(output)
         return stats
 
-    stats, dest = write_atomically(output, work)
+    stats, dest = write_atomically(output, work, plan_hash=identity, resume=resume)
     return MergeReport(dest, len(plan.tensors), len(plan.shards), stats["bytes_read"],
                        plan.bytes_written, time.perf_counter() - t0, stats["threads"],
                        stats["chunk_elems"], stats["kernel"], None)
+
+
+def method_plan_hash(plan: MethodPlan, ckpts: list[Checkpoint], seed: int) -> str:
+    """Identity of a method run for resume and for the ranks to agree on: the
+    shard headers and input files (:func:`ladle.merge.plan_hash`) and every
+    tensor's recipe (op, inputs, weights, parameters, task settings, seed), which
+    the headers of a ``slices:`` recipe do not all record."""
+    h = hashlib.sha256(plan_hash(plan, ckpts).encode())
+    h.update(f"{plan.method}\0{seed}\0".encode())
+    for t in plan.tensors:
+        inputs = [[str(i.file), i.offset, i.dtype, w] for i, w in t.inputs]
+        h.update(json.dumps([t.name, t.op, inputs, t.params, t.task], sort_keys=True,
+                            default=str).encode() + b"\0")
+    return h.hexdigest()
 
 
 def _write_chat_template(output: OutputDir, template: str) -> None:
@@ -779,19 +824,32 @@ def _write_chat_template(output: OutputDir, template: str) -> None:
 @bulk_objects()
 def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: OutputDir, *,
                         seed: int, threads: int, memory_budget: int, chunk_elems: int,
-                        check_finite: bool, progress: bool, kernel: str) -> dict:
-    """Run a MethodPlan into the shards of ``output``'s partial directory.
+                        check_finite: bool, progress: bool, kernel: str,
+                        only: list[int] | None = None) -> dict:
+    """Run a MethodPlan into the shards of ``output``'s partial directory, one
+    shard at a time; each finished shard is fsynced and recorded for resume.
+    Shards already in ``output.finished`` (a resumed run) are skipped, and so are
+    those not in ``only`` (the shards of one rank of a distributed run) when given.
 
-    Order: Gram reductions (SLERP, model stock) → coefficients in Python →
-    weighted sums and copies on the linear engine → task-vector jobs.
+    Order within a shard: Gram reductions (SLERP, model stock) → coefficients in
+    Python → weighted sums and copies on the linear engine → task-vector jobs.
+    A tensor's statistics are computed by the run that writes its shard.
     """
+    todo = [i for i, s in enumerate(plan.shards) if s.file_name not in output.finished
+            and (only is None or i in only)]
+    by_shard: dict[int, list[MethodTensor]] = {i: [] for i in todo}
+    for t in plan.tensors:
+        if t.shard in by_shard:
+            by_shard[t.shard].append(t)
+    # Every remaining shard is created and preallocated before any data is written.
     core_plan = _core.Plan()
     sources = add_file_sources(core_plan, ckpts)
-    sinks = [core_plan.add_file_sink(str(output.shard_path(s.file_name)), s.n_bytes, s.header)
-             for s in plan.shards]
+    sinks = {i: core_plan.add_file_sink(str(output.shard_path(plan.shards[i].file_name)),
+                                        plan.shards[i].n_bytes, plan.shards[i].header)
+             for i in todo}
     run_opts = {"threads": threads, "memory_budget": memory_budget, "chunk_elems": chunk_elems,
                 "kernel": kernel}
-    bar = _progress_bar(plan.bytes_written, progress)
+    bar = _progress_bar(sum(plan.shards[i].n_bytes for i in todo), progress)
 
     finished = [0]  # bytes of the runs already done: the bar counts across all runs
 
@@ -814,101 +872,108 @@ def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: Outpu
             totals[key] = stats[key] or totals[key]
 
     try:
-        staged = [t for t in plan.tensors if t.op == "nuslerp" or t.params.get("rows")]
-        gram_tensors = [t for t in plan.tensors if t.op in ("slerp", "model_stock")
-                        and not t.params.get("rows")]
-        if gram_tensors:
-            jobs = _core.MethodJobs()
-            for t in gram_tensors:
-                jobs.add_gram(t.name, t.n_elems, [src(i) for i, _ in t.inputs],
-                              0 if t.op == "model_stock" else -1)
-            grams, stats = _core.run_grams(core_plan, jobs, progress=on_progress, **run_opts)
-            add(stats)
-            for t, gram in zip(gram_tensors, grams):
-                infos = [i for i, _ in t.inputs]
-                if t.op == "slerp":
-                    c0, c1 = slerp_coefficients(t.params["t"], gram)
-                    t.inputs = [(infos[0], c0), (infos[1], c1)]
-                else:
-                    n = len(infos) - 1
-                    ratio = model_stock_t(gram, n)
-                    t.params["model_stock_t"] = ratio
-                    t.inputs = [(infos[0], 1.0 - ratio)] + [(i, ratio / n) for i in infos[1:]]
-        for t in plan.tensors:
-            if t.op in ("task", "nuslerp") or t.params.get("rows"):
-                continue
-            shard = plan.shards[t.shard]
-            out_offset = len(shard.header) + t.offset
-            op = t.op if t.op in ("copy", "max", "nearswap") else "sum"
-            dtype, n_elems = t.dtype, t.n_elems
-            if op == "copy" and _core.dtype_n_bits(dtype) % 8:
-                dtype, n_elems = "U8", t.n_bytes
-            inputs = [(sources[i.file], i.offset, dtype if op == "copy" else i.dtype, w)
-                      for i, w in t.inputs]
-            core_plan.add_job(t.name, op, n_elems, sinks[t.shard], out_offset, dtype, inputs,
-                              threshold=t.params["t"] if op == "nearswap" else 0.0)
-        if core_plan.n_jobs:
-            add(_core.run(core_plan, check_finite=check_finite, progress=on_progress,
-                          **run_opts))
-        for batch in _row_batches(staged):
-            # Per-row model stock and nuslerp: a Gram job per row (or tensor), then its
-            # weighted sum or base + task vector, a bounded number of rows at a time so
-            # the jobs and statistics held stay small.
-            core_plan.clear_jobs()
-            jobs = _core.MethodJobs()
-            for t, first, length in batch:
-                has_base = t.op == "model_stock" or t.params["has_base"]
-                jobs.add_gram(t.name, length, [src(i, first) for i, _ in t.inputs],
-                              0 if has_base else -1)
-            grams, stats = _core.run_grams(core_plan, jobs, progress=on_progress, **run_opts)
-            add(stats)
-            tasks = _core.MethodJobs()
-            for (t, first, length), gram in zip(batch, grams):
-                infos = [i for i, _ in t.inputs]
-                out_offset = (len(plan.shards[t.shard].header) + t.offset
-                              + first * _ITEM_BYTES[t.dtype])
-                if t.op == "model_stock":
-                    n = len(infos) - 1
-                    ratio = model_stock_t(gram, n)
-                    weights = [1.0 - ratio] + [ratio / n] * n
-                elif t.params["has_base"]:  # base + (c0·δ0 + c1·δ1) on the task program
-                    coefficients = nuslerp_coefficients(t.params["t"], gram)
-                    tasks.add_task(t.name, length, sinks[t.shard], out_offset, t.dtype,
-                                   src(infos[0], first),
-                                   [(*src(i, first), c, 1.0, 0, length)
-                                    for i, c in zip(infos[1:], coefficients)],
-                                   "none", "none", False, "none", 1.0, seed)
-                    continue
-                else:
-                    weights = list(nuslerp_coefficients(t.params["t"], gram))
-                core_plan.add_job(t.name, "sum", length, sinks[t.shard], out_offset, t.dtype,
-                                  [(*src(i, first), w) for i, w in zip(infos, weights)])
-            if core_plan.n_jobs:
-                add(_core.run(core_plan, check_finite=check_finite, progress=on_progress,
-                              **run_opts))
-            if tasks.n_tasks:
-                add(_core.run_tasks(core_plan, tasks, check_finite=check_finite,
-                                    progress=on_progress, **run_opts))
-            _release_rows(core_plan, sources, batch)
-        task_tensors = [t for t in plan.tensors if t.op == "task"]
-        if task_tensors:
-            jobs = _core.MethodJobs()
-            for t in task_tensors:
-                shard = plan.shards[t.shard]
-                spec = t.task
-                models = [(*src(info), w, d, lo, hi)
-                          for (info, _), (w, d, lo, hi) in zip(t.inputs[1:], spec["models"])]
-                jobs.add_task(t.name, t.n_elems, sinks[t.shard], len(shard.header) + t.offset,
-                              t.dtype, src(t.inputs[0][0]), models, spec["sparsify"],
-                              spec["consensus"], spec["normalize"], spec["rescale"],
-                              spec["lambda"], seed)
-            add(_core.run_tasks(core_plan, jobs, check_finite=check_finite,
-                                progress=on_progress, **run_opts))
+        for i in todo:
+            _run_shard(core_plan, plan.shards[i], sinks[i], by_shard[i], src, sources, seed,
+                       check_finite, on_progress, add, run_opts)
+            core_plan.finish_sink(sinks[i])
+            output.record_shard(plan.shards[i].file_name)
     finally:
         if bar is not None:
             bar.close()
-    core_plan.finish_sinks()
     return totals
+
+
+def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTensor],
+               src: Any, sources: dict, seed: int, check_finite: bool, on_progress: Any,
+               add: Any, run_opts: dict) -> None:
+    """The three engine passes of one output shard (see execute_method_plan)."""
+    core_plan.clear_jobs()
+    staged = [t for t in tensors if t.op == "nuslerp" or t.params.get("rows")]
+    gram_tensors = [t for t in tensors if t.op in ("slerp", "model_stock")
+                    and not t.params.get("rows")]
+    if gram_tensors:
+        jobs = _core.MethodJobs()
+        for t in gram_tensors:
+            jobs.add_gram(t.name, t.n_elems, [src(i) for i, _ in t.inputs],
+                          0 if t.op == "model_stock" else -1)
+        grams, stats = _core.run_grams(core_plan, jobs, progress=on_progress, **run_opts)
+        add(stats)
+        for t, gram in zip(gram_tensors, grams):
+            infos = [i for i, _ in t.inputs]
+            if t.op == "slerp":
+                c0, c1 = slerp_coefficients(t.params["t"], gram)
+                t.inputs = [(infos[0], c0), (infos[1], c1)]
+            else:
+                n = len(infos) - 1
+                ratio = model_stock_t(gram, n)
+                t.params["model_stock_t"] = ratio
+                t.inputs = [(infos[0], 1.0 - ratio)] + [(i, ratio / n) for i in infos[1:]]
+    for t in tensors:
+        if t.op in ("task", "nuslerp") or t.params.get("rows"):
+            continue
+        out_offset = len(shard.header) + t.offset
+        op = t.op if t.op in ("copy", "max", "nearswap") else "sum"
+        dtype, n_elems = t.dtype, t.n_elems
+        if op == "copy" and _core.dtype_n_bits(dtype) % 8:
+            dtype, n_elems = "U8", t.n_bytes
+        inputs = [(sources[i.file], i.offset, dtype if op == "copy" else i.dtype, w)
+                  for i, w in t.inputs]
+        core_plan.add_job(t.name, op, n_elems, sink, out_offset, dtype, inputs,
+                          threshold=t.params["t"] if op == "nearswap" else 0.0)
+    if core_plan.n_jobs:
+        add(_core.run(core_plan, check_finite=check_finite, progress=on_progress, **run_opts))
+    for batch in _row_batches(staged):
+        # Per-row model stock and nuslerp: a Gram job per row (or tensor), then its
+        # weighted sum or base + task vector, a bounded number of rows at a time so
+        # the jobs and statistics held stay small.
+        core_plan.clear_jobs()
+        jobs = _core.MethodJobs()
+        for t, first, length in batch:
+            has_base = t.op == "model_stock" or t.params["has_base"]
+            jobs.add_gram(t.name, length, [src(i, first) for i, _ in t.inputs],
+                          0 if has_base else -1)
+        grams, stats = _core.run_grams(core_plan, jobs, progress=on_progress, **run_opts)
+        add(stats)
+        tasks = _core.MethodJobs()
+        for (t, first, length), gram in zip(batch, grams):
+            infos = [i for i, _ in t.inputs]
+            out_offset = len(shard.header) + t.offset + first * _ITEM_BYTES[t.dtype]
+            if t.op == "model_stock":
+                n = len(infos) - 1
+                ratio = model_stock_t(gram, n)
+                weights = [1.0 - ratio] + [ratio / n] * n
+            elif t.params["has_base"]:  # base + (c0·δ0 + c1·δ1) on the task program
+                coefficients = nuslerp_coefficients(t.params["t"], gram)
+                tasks.add_task(t.name, length, sink, out_offset, t.dtype, src(infos[0], first),
+                               [(*src(i, first), c, 1.0, 0, length)
+                                for i, c in zip(infos[1:], coefficients)],
+                               "none", "none", False, "none", 1.0, seed)
+                continue
+            else:
+                weights = list(nuslerp_coefficients(t.params["t"], gram))
+            core_plan.add_job(t.name, "sum", length, sink, out_offset, t.dtype,
+                              [(*src(i, first), w) for i, w in zip(infos, weights)])
+        if core_plan.n_jobs:
+            add(_core.run(core_plan, check_finite=check_finite, progress=on_progress,
+                          **run_opts))
+        if tasks.n_tasks:
+            add(_core.run_tasks(core_plan, tasks, check_finite=check_finite,
+                                progress=on_progress, **run_opts))
+        _release_rows(core_plan, sources, batch)
+    core_plan.clear_jobs()
+    task_tensors = [t for t in tensors if t.op == "task"]
+    if task_tensors:
+        jobs = _core.MethodJobs()
+        for t in task_tensors:
+            spec = t.task
+            models = [(*src(info), w, d, lo, hi)
+                      for (info, _), (w, d, lo, hi) in zip(t.inputs[1:], spec["models"])]
+            jobs.add_task(t.name, t.n_elems, sink, len(shard.header) + t.offset,
+                          t.dtype, src(t.inputs[0][0]), models, spec["sparsify"],
+                          spec["consensus"], spec["normalize"], spec["rescale"],
+                          spec["lambda"], seed)
+        add(_core.run_tasks(core_plan, jobs, check_finite=check_finite,
+                            progress=on_progress, **run_opts))
 
 
 # ---------------------------------------------------------------------------

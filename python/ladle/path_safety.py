@@ -28,6 +28,7 @@ from typing import Any
 
 from .checkpoint import INDEX_NAME, WEIGHT_SUFFIXES
 from .errors import LadleValueError
+from .hf_cache import hf_cache_root
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _INDEX_MAX_BYTES = 64 << 20  # an index.json of 10^6 tensors is ~60 MB
@@ -202,16 +203,6 @@ def is_weight_file(name: str) -> bool:
     return name.endswith((*WEIGHT_SUFFIXES, ".index.json"))
 
 
-def hf_cache_root(directory: Path) -> Path:
-    """Where links of files in ``directory`` may point: the directory itself, or
-    for a Hugging Face cache snapshot (``models--org--name/snapshots/<rev>``)
-    the model's cache root ``models--org--name`` (its files link to ``../../blobs``)."""
-    real = Path(os.path.realpath(directory))
-    if real.parent.name == "snapshots" and real.parent.parent.name.startswith("models--"):
-        return real.parent.parent
-    return real
-
-
 def open_regular(path: Path, *, root: Path | None = None) -> int:
     """Open ``path`` for reading only if it is a regular file (inside ``root``,
     when given, after resolving links). Never blocks (FIFO) and never opens a
@@ -252,7 +243,7 @@ def read_regular_file(path: Path, max_bytes: int) -> bytes:
 
 
 def copy_regular_file(src: Path, dst: Path) -> None:
-    """Copy ``src`` (a regular file inside its directory's :func:`hf_cache_root`)
+    """Copy ``src`` (a regular file inside its directory's :func:`ladle.hf_cache.hf_cache_root`)
     to a new file ``dst`` with the permissions of the output's shards (0o644 & ~umask),
     never the source's mode; ``dst`` must not exist (O_EXCL, no link followed)."""
     fd = open_regular(src, root=hf_cache_root(src.parent))

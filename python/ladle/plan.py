@@ -14,6 +14,7 @@ from .checkpoint import Checkpoint, TensorInfo, _preview
 from .dtype_rules import widest_dtype
 from .errors import LadleValueError, MismatchError
 from .fp8_blocks import block_scales, check_dequantized_dtype, without_scales
+from .kinds import IntPolicy, JobKind, parse_kind
 from .patterns import as_patterns, selected
 
 _DTYPE_ALIASES = {
@@ -45,7 +46,7 @@ class OutputTensor:
     name: str
     dtype: str
     shape: tuple[int, ...]
-    op: str  # "sum" (weighted sum) or "copy" (identical pass-through)
+    op: str  # a JobKind: SUM (weighted sum), COPY (identical pass-through) or MAX
     inputs: list[tuple[TensorInfo, float]]
     n_bytes: int
     n_elems: int
@@ -133,15 +134,12 @@ def _selected_names(tensors: dict[str, TensorInfo], include: list[str] | None,
     return [n for n in tensors if selected(n, include, exclude)]
 
 
-INT_POLICIES = ("first", "max", "error")
+INT_POLICIES = tuple(p.value for p in IntPolicy)
 
 
 def check_int_policy(policy: str) -> str:
-    """Validate an ``int_policy`` / ``--int-policy`` value."""
-    if policy not in INT_POLICIES:
-        raise LadleValueError(f"int_policy must be one of {', '.join(INT_POLICIES)}, "
-                              f"not {policy!r}")
-    return policy
+    """Validate an ``int_policy`` / ``--int-policy`` value (an IntPolicy or its name)."""
+    return parse_kind(IntPolicy, policy, "int_policy").value
 
 
 def nonfloat_inputs(infos: list, weights: list[float], policy: str) -> tuple[str, list]:
@@ -157,16 +155,16 @@ def nonfloat_inputs(infos: list, weights: list[float], policy: str) -> tuple[str
     Returns:
         (op, chosen): op ``"copy"`` or ``"max"`` and the chosen inputs, in order.
     """
-    check_int_policy(policy)
+    policy = check_int_policy(policy)
     live = [i for i, w in zip(infos, weights) if w != 0.0] or list(infos)
-    if policy == "first" or len(live) == 1:
-        return "copy", live[:1]
-    if policy == "max":
+    if policy == IntPolicy.FIRST or len(live) == 1:
+        return JobKind.COPY, live[:1]
+    if policy == IntPolicy.MAX:
         if not (live[0].dtype == "BOOL" or live[0].dtype[0] in "IU"):
             raise LadleValueError(f"tensor '{live[0].name}': int_policy 'max' needs an integer "
                                   f"or bool dtype, not {live[0].dtype} (use first or error)")
-        return "max", live
-    return "copy", live
+        return JobKind.MAX, live
+    return JobKind.COPY, live
 
 
 class _DTypeTable(dict):
@@ -230,8 +228,9 @@ def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: st
                 scaled = None
                 odt = out_dtype or widest[frozenset([i.dtype for i in infos])]
             n_elems = first.n_elems
-            outputs.append(OutputTensor(name, odt, first.shape, "sum", list(zip(infos, weights)),
-                                        n_elems * _ITEM_BYTES[odt], n_elems, scales=scaled))
+            outputs.append(OutputTensor(name, odt, first.shape, JobKind.SUM,
+                                        list(zip(infos, weights)), n_elems * _ITEM_BYTES[odt],
+                                        n_elems, scales=scaled))
         else:
             op, chosen = nonfloat_inputs(infos, weights, int_policy)
             outputs.append(OutputTensor(name, first.dtype, first.shape, op,
@@ -313,9 +312,9 @@ def _item_alignment(dtype: str) -> int:
 def describe_op(t: OutputTensor) -> str:
     """``sum(w1, w2)``, ``copy(one input)``, ``copy(identical copy)`` (int policy
     error over several inputs) or ``max(n inputs)``."""
-    if t.op == "sum":
+    if t.op == JobKind.SUM:
         return "sum(" + ", ".join(f"{w:g}" for _, w in t.inputs) + ")"
-    if t.op == "max":
+    if t.op == JobKind.MAX:
         return f"max({len(t.inputs)} inputs)"
     return "copy(identical copy)" if len(t.inputs) > 1 else "copy(one input)"
 

@@ -411,6 +411,11 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, **options):
     spec = recipe.tokenizer
     if spec is None:
         return _merge(recipe, out, files, None, None, template, **options)
+    if options.get("resume") or options.get("distributed"):
+        # The permuted embeddings are rewritten beside the output on every run
+        # (by every rank), so neither a resume nor a split across ranks holds.
+        raise LadleValueError("tokenizer_source: a tokenizer recipe runs in one process "
+                              "without --resume or --distributed")
     try:
         vocab = build_vocabulary(spec, recipe.base_model, recipe.referenced_models())
     except LadleValueError as e:

@@ -20,16 +20,10 @@ from typing import Any
 from . import _core
 from .checkpoint import TORCH_SUFFIXES, Checkpoint, open_checkpoint
 from .errors import BackendError, LadleValueError
-from .torch_io import check_dense
+from .torch_io import check_dense, torch_dtype_name
 
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 
-_TORCH_TO_ST = {
-    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
-    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8",
-    "uint16": "U16", "uint32": "U32", "uint64": "U64", "bool": "BOOL",
-    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
-}
 _NUMPY_TO_ST = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64",
                 "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
 
@@ -124,14 +118,6 @@ def is_module(obj: Any) -> bool:
     """True for a ``torch.nn.Module`` (without importing torch)."""
     torch = _torch()
     return torch is not None and isinstance(obj, torch.nn.Module)
-
-
-def torch_dtype_name(tensor: Any) -> str:
-    """safetensors name of a torch tensor's dtype."""
-    key = str(tensor.dtype).removeprefix("torch.")
-    if key not in _TORCH_TO_ST:
-        raise LadleValueError(f"unsupported torch dtype {tensor.dtype}")
-    return _TORCH_TO_ST[key]
 
 
 def from_tensors(label: str, tensors: Mapping[str, Any], writable: bool = False) -> TensorSet:

@@ -17,9 +17,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import TensorInfo
 from .errors import FormatError
-from .torch_io import state_dict_of
+from .tensor_info import TensorInfo
+from .torch_io import state_dict_of, torch_dtype_name
 
 # What to do with a whole-module pickle, said in every refusal.
 CONVERT_HINT = ("it is a pickled Python object (e.g. torch.save(model)), and loading it can run "
@@ -56,8 +56,6 @@ def torch_file_tensors(file: Path, trust_pickle: bool = False) -> dict[str, Tens
     base = _mmap_base(torch, file, tensors)
     out: dict[str, TensorInfo] = {}
     for name, t in tensors.items():
-        from .sources import torch_dtype_name
-
         if not t.is_contiguous():
             raise FormatError(f"{file}: tensor '{name}' is not contiguous in its storage; "
                               f"convert the file with `ladle convert {file} -o OUT/`")

@@ -15,6 +15,21 @@ from .errors import FormatError, LadleValueError
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
 
+_TORCH_TO_ST = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8",
+    "uint16": "U16", "uint32": "U32", "uint64": "U64", "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+}
+
+
+def torch_dtype_name(tensor: Any) -> str:
+    """safetensors name of a torch tensor's dtype."""
+    key = str(tensor.dtype).removeprefix("torch.")
+    if key not in _TORCH_TO_ST:
+        raise LadleValueError(f"unsupported torch dtype {tensor.dtype}")
+    return _TORCH_TO_ST[key]
+
 
 def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Tensors of a PyTorch checkpoint, memory-mapped, by name.

@@ -17,6 +17,7 @@ from typing import Any
 from . import _core
 from ._units import engine_options
 from .errors import LadleValueError
+from .merge_report import MergeReport
 from .output import OutputDir, checked_output, write_atomically
 from .path_safety import input_paths
 from .plan import (
@@ -138,8 +139,6 @@ def merge_live(checkpoints: Sequence[Any], weights: Sequence[float], out: PathLi
     """:func:`ladle.merge` for inputs that include live modules, dicts of tensors or
     ``.pt``/``.bin`` files: same plan, same arithmetic, same output layout.
     """
-    from .merge import MergeReport
-
     threads, memory_budget, shard_bytes = engine_options(threads, memory_budget, max_shard_size)
     del progress, kernel  # the live path has no progress bar and uses the default kernel
     sets = [open_input(c) for c in checkpoints]

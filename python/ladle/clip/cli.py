@@ -19,24 +19,8 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
-
-
-def _override(cfg: dict[str, Any], items: list[str]) -> dict[str, Any]:
-    for item in items or []:
-        key, _, raw = item.partition("=")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        node = cfg
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,14 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ladle clip``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from .config import load_preset
+    from .config import load_preset, override_config
 
     if args.command == "demo":
         from .demo import run_clip_demo
 
         return run_clip_demo(Path(args.out), config=args.config, overrides=args.set,
                              progress=not args.quiet)
-    cfg = _override(load_preset(args.config), args.set)
+    cfg = override_config(load_preset(args.config), args.set)
     out = Path(args.out)
     progress = not args.quiet
     from .experiment import accuracy_summary

@@ -168,6 +168,22 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
 
 
+def override_config(cfg: dict[str, Any], items: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as JSON, else kept as text)."""
+    for item in items or []:
+        key, _, raw = item.partition("=")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return cfg
+
+
 def load_preset(name_or_path: str | os.PathLike) -> dict[str, Any]:
     """A preset by name (``wiseft-e2e``, ``wiseft-lc``, ``soups-vit-b32``, ``demo``) or
     a JSON file; a file may ``"extends"`` a preset and override keys (one level deep).

@@ -82,8 +82,7 @@ def run_clip_demo(out: Path, *, config: str = "demo", overrides: list[str] | Non
     import torch
 
     from .analyses import run_analyses
-    from .cli import _override
-    from .config import load_preset
+    from .config import load_preset, override_config
     from .experiment import Experiment, accuracy_summary
     from .models import n_params
     from .report import analyses_markdown
@@ -91,7 +90,7 @@ def run_clip_demo(out: Path, *, config: str = "demo", overrides: list[str] | Non
     from .wiseft import run_wiseft
 
     t0 = time.perf_counter()
-    cfg = _override(load_preset(config), overrides or [])
+    cfg = override_config(load_preset(config), overrides or [])
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,33 @@
+"""MergeReport: what a merge did and how fast. Its own module so that every
+pipeline (merge, the live-input writer, methods) returns it without importing
+the others."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .plan import MergePlan
+
+
+@dataclass
+class MergeReport:
+    """What a merge did and how fast."""
+
+    out: Path | None
+    n_tensors: int
+    n_shards: int
+    bytes_read: int
+    bytes_written: int
+    seconds: float
+    threads: int = 0
+    chunk_elems: int = 0
+    kernel: str = ""
+    plan: MergePlan | None = None
+    world_size: int = 1
+    rank_bytes_read: list[int] | None = None  # distributed merges: input bytes each rank read
+
+    @property
+    def gb_per_s(self) -> float:
+        """(bytes read + written) / wall time, in 10^9 bytes per second."""
+        return (self.bytes_read + self.bytes_written) / max(self.seconds, 1e-9) / 1e9
