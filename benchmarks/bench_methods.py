@@ -31,7 +31,8 @@ from llama_checkpoints import checkpoint_files, generate_checkpoints
 
 from ladle._units import format_size, parse_size
 
-METHODS = ("linear", "ties", "dare_ties", "breadcrumbs", "slerp", "model_stock")
+METHODS = ("linear", "ties", "dare_ties", "breadcrumbs", "slerp", "model_stock",
+           "model_stock_filter_wise", "nuslerp", "nearswap")
 
 
 def recipe(method: str, base: Path, models: list[Path]) -> tuple[dict, list[Path]]:
@@ -46,9 +47,19 @@ def recipe(method: str, base: Path, models: list[Path]) -> tuple[dict, list[Path
         return ({**common, "merge_method": "slerp", "base_model": str(base),
                  "models": [{"model": str(base)}, {"model": str(models[0])}],
                  "parameters": {"t": [0.1, 0.5, 0.9]}}, [base, models[0]])
-    if method == "model_stock":
+    if method == "nuslerp":
+        return ({**common, "merge_method": "nuslerp", "base_model": str(base),
+                 "models": [{"model": str(p), "parameters": {"weight": w}}
+                            for p, w in zip(models[:2], (1.0, 0.5))]}, [base, *models[:2]])
+    if method == "nearswap":
+        return ({**common, "merge_method": "nearswap", "base_model": str(base),
+                 "models": [{"model": str(models[0])}], "parameters": {"t": 0.001}},
+                [base, models[0]])
+    if method.startswith("model_stock"):
         return ({**common, "merge_method": "model_stock", "base_model": str(base),
-                 "models": [{"model": str(p)} for p in models]}, [base, *models])
+                 "models": [{"model": str(p)} for p in models],
+                 "parameters": {"filter_wise": method.endswith("filter_wise")}},
+                [base, *models])
     params = {"weight": 1.0, "density": 0.5}
     if method == "breadcrumbs":
         params = {"weight": 1.0, "density": 0.9, "gamma": 0.01}
@@ -121,12 +132,12 @@ def run_method(method: str, base: Path, models: list[Path], work: Path, repeat: 
 
 def format_table(runs: dict[str, dict], budget: int) -> str:
     """One row per method: walls, fraction of the ceiling, peak memory."""
-    header = (f"{'method':<12}{'ladle s':>9}{'ceiling s':>11}{'of ceil':>9}{'mergekit s':>12}"
+    header = (f"{'method':<24}{'ladle s':>9}{'ceiling s':>11}{'of ceil':>9}{'mergekit s':>12}"
               f"{'peak RSS':>10}{'RssAnon':>9}  (MiB; budget {budget >> 20} MiB)")
     lines = [header]
     for method, r in runs.items():
         mk = f"{r['mergekit_s']:.2f}" if r["mergekit_s"] is not None else "-"
-        lines.append(f"{method:<12}{r['ladle_s']:>9.2f}{r['ceiling_s']:>11.2f}"
+        lines.append(f"{method:<24}{r['ladle_s']:>9.2f}{r['ceiling_s']:>11.2f}"
                      f"{r['of_ceiling']:>8.2f}x{mk:>12}{r['peak_rss_mib']:>10}"
                      f"{r['peak_rss_anon_mib']:>9}")
     return "\n".join(lines)

@@ -73,7 +73,8 @@ JobOp job_op_from(const std::string& op) {
   if (op == "sum") return JobOp::kWeightedSum;
   if (op == "copy") return JobOp::kCopyIdentical;
   if (op == "max") return JobOp::kMax;
-  raise(ErrorKind::kValue, format("unknown job op '%s' (sum, copy, max)", op.c_str()));
+  if (op == "nearswap") return JobOp::kNearSwap;
+  raise(ErrorKind::kValue, format("unknown job op '%s' (sum, copy, max, nearswap)", op.c_str()));
 }
 
 // A job input with its weight rounded to fp32 once (and kept in fp64 for fp64 jobs).
@@ -134,7 +135,7 @@ class PyPlan {
   void add_job(const std::string& name, const std::string& op, uint64_t n_elems, uint32_t sink,
                uint64_t out_offset, const std::string& out_dtype,
                const std::vector<std::tuple<uint32_t, uint64_t, std::string, double>>& inputs,
-               double post_scale) {
+               double post_scale, double threshold) {
     Job job;
     job.name = name;
     job.op = job_op_from(op);
@@ -143,6 +144,7 @@ class PyPlan {
     job.out_offset = out_offset;
     job.out_dtype = dtype_from(out_dtype);
     job.post_scale = static_cast<float>(post_scale);
+    job.threshold = static_cast<float>(threshold);
     for (const auto& [source, offset, dtype, weight] : inputs)
       job.inputs.push_back(job_input(source, offset, dtype_from(dtype), weight));
     plan_.jobs.push_back(std::move(job));
@@ -172,6 +174,9 @@ class PyPlan {
       Job job;
       job.name = py_utf8(PyTuple_GET_ITEM(t, 0));
       job.op = job_op_from(py_utf8(PyTuple_GET_ITEM(t, 1)));
+      LADLE_CHECK(job.op != JobOp::kNearSwap, ErrorKind::kValue,
+                  "tensor '%s': add_jobs has no threshold: add a nearswap job with add_job",
+                  job.name.c_str());
       job.n_elems = py_u64(PyTuple_GET_ITEM(t, 2));
       job.sink = static_cast<uint32_t>(py_u64(PyTuple_GET_ITEM(t, 3), UINT32_MAX));
       job.out_offset = py_u64(PyTuple_GET_ITEM(t, 4));
@@ -203,6 +208,14 @@ class PyPlan {
     if (plan_.sinks[index].writer) plan_.sinks[index].writer->finish();
   }
   void clear_jobs() { plan_.jobs.clear(); }
+  // Drops the resident pages (whole pages only) of a file source's byte range once
+  // the caller's runs are done with it: runs of jobs under a page each (per-row
+  // statistics) release nothing themselves.
+  void release_source(uint32_t source, uint64_t offset, uint64_t n_bytes) {
+    LADLE_CHECK(source < plan_.sources.size() && n_bytes <= UINT64_MAX - offset,
+                ErrorKind::kValue, "release_source: source %u, range out of bounds", source);
+    if (plan_.sources[source].file) plan_.sources[source].file->release(offset, n_bytes);
+  }
   size_t n_jobs() const { return plan_.jobs.size(); }
   const Plan& plan() const { return plan_; }
 
@@ -442,13 +455,15 @@ PYBIND11_MODULE(_core, m) {
            py::arg("n_bytes"))
       .def("add_job", &PyPlan::add_job, py::arg("name"), py::arg("op"), py::arg("n_elems"),
            py::arg("sink"), py::arg("out_offset"), py::arg("out_dtype"), py::arg("inputs"),
-           py::arg("post_scale") = 1.0)
+           py::arg("post_scale") = 1.0, py::arg("threshold") = 0.0)
       .def("scale_input", &PyPlan::scale_input, py::arg("k"), py::arg("source"),
            py::arg("offset"), py::arg("block_rows"), py::arg("block_cols"), py::arg("n_cols"))
       .def("add_jobs", &PyPlan::add_jobs, py::arg("jobs"),
            "add_job for each (name, op, n_elems, sink, out_offset, out_dtype, inputs) tuple.")
       .def("finish_sinks", &PyPlan::finish_sinks)
       .def("finish_sink", &PyPlan::finish_sink, py::arg("index"))
+      .def("release_source", &PyPlan::release_source, py::arg("source"), py::arg("offset"),
+           py::arg("n_bytes"))
       .def("_capsule",
            [](py::object self) {
              // The capsule holds a reference to this Plan (its context) so the

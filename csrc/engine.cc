@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "common.h"
 #include "f64_sum.h"
 #include "host_sum.h"
+#include "method_kernels.h"
 #include "safetensors.h"
 
 namespace ladle {
@@ -23,7 +25,7 @@ constexpr size_t kPrefetchDepth = 2;
 // Per-thread scratch, allocated once and reused for every chunk.
 struct Scratch {
   std::vector<uint8_t> out;
-  HostSumScratch sum;
+  HostSumScratch sum;  // also nearswap's two converted input tiles
 };
 
 class Runner {
@@ -79,6 +81,8 @@ class Runner {
         std::memcpy(out, chunks_.check_identical(item), out_n_bytes);
       else if (job.op == JobOp::kMax)
         chunks_.elementwise_max(item, out);
+      else if (job.op == JobOp::kNearSwap)
+        near_swap(job, item, out, scratch->sum.acc, scratch->sum.values);
       else if (job_in_f64(job))
         weighted_sum_f64(chunks_, job, item, options_.check_finite, out);
       else
@@ -86,6 +90,27 @@ class Runner {
                          &scratch->sum);
     });
     span.commit();
+  }
+
+  // Both inputs converted exactly to fp32 tile by tile, then the per-element kernel.
+  void near_swap(const Job& job, const WorkItem& item, uint8_t* out, float* base,
+                 float* other) const {
+    uint64_t out_size = item_n_bytes(job.out_dtype);
+    for (uint64_t t = 0; t < item.n_elems; t += kHostTileElems) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(kHostTileElems, item.n_elems - t));
+      uint64_t elem = item.first_elem + t;
+      float* values[2] = {base, other};
+      for (size_t k = 0; k < 2; ++k) {
+        const JobInput& in = job.inputs[k];
+        const uint8_t* src = chunks_.input_ptr(in, elem);
+        if (options_.check_finite) chunks_.check_input_finite(job, in, src, n, elem);
+        kernels_.accumulate(in.dtype, src, 1.0f, values[k], n, true);
+      }
+      near_swap_tile(base, other, job.threshold, base, n);
+      uint8_t* dst = out + t * out_size;
+      kernels_.store(job.out_dtype, base, 1.0f, dst, n);
+      if (options_.check_finite) chunks_.check_output_finite(job, dst, n, elem);
+    }
   }
 
   ChunkSet chunks_;
@@ -101,6 +126,7 @@ const char* job_kind_name(JobKind kind) {
     case JobKind::kWeightedSum: return "sum";
     case JobKind::kCopy: return "copy";
     case JobKind::kMax: return "max";
+    case JobKind::kNearSwap: return "nearswap";
     case JobKind::kTaskProgram: return "task";
     case JobKind::kGram: return "gram";
     case JobKind::kDot: return "dot";
@@ -111,21 +137,25 @@ const char* job_kind_name(JobKind kind) {
 JobKind parse_job_kind(const std::string& name) {
   for (JobKind kind : kAllJobKinds)
     if (name == job_kind_name(kind)) return kind;
-  LADLE_CHECK(false, ErrorKind::kValue, "unknown job kind '%s' (known: sum, copy, max, task, gram, dot)",
+  LADLE_CHECK(false, ErrorKind::kValue, "unknown job kind '%s' (known: sum, copy, max, nearswap, task, gram, dot)",
               name.c_str());
   return JobKind::kWeightedSum;
 }
 
 void validate_plan(const Plan& plan) {
   for (const Job& job : plan.jobs) {
-    bool sum = job.op == JobOp::kWeightedSum;
+    // Weighted sums and nearswap convert float inputs to fp32; the others copy bytes.
+    bool sum = job.op == JobOp::kWeightedSum || job.op == JobOp::kNearSwap;
+    if (job.op == JobOp::kNearSwap)
+      LADLE_CHECK(job.inputs.size() == 2 && std::isfinite(job.threshold), ErrorKind::kValue,
+                  "tensor '%s': nearswap needs 2 inputs and a finite t", job.name.c_str());
     validate_output(plan, job.name, job.sink, job.out_offset, job.out_dtype, job.n_elems, false);
     LADLE_CHECK(!job.inputs.empty(), ErrorKind::kValue, "tensor '%s': no inputs",
                 job.name.c_str());
     for (const JobInput& in : job.inputs) {
       validate_input(plan, job.name, in, job.n_elems, sum);
       if (in.scale.present()) {
-        LADLE_CHECK(sum && !job_in_f64(job), ErrorKind::kValue,
+        LADLE_CHECK(job.op == JobOp::kWeightedSum && !job_in_f64(job), ErrorKind::kValue,
                     "tensor '%s': block-scaled inputs are dequantized only by fp32 weighted "
                     "sums (not by copies, maxima or F64 outputs)",
                     job.name.c_str());

@@ -410,6 +410,9 @@ uint64_t choose_chunk_elems(const Plan& plan, const Options& options) {
 
 RunStats run_plan(const Plan& plan, const Options& options, const ProgressFn& progress) {
   validate_plan(plan);
+  for (const Job& job : plan.jobs)
+    LADLE_CHECK(job.op != JobOp::kNearSwap, ErrorKind::kValue,
+                "tensor '%s': nearswap runs on the CPU engine only", job.name.c_str());
   Runner runner(plan, options, choose_chunk_elems(plan, options));
   return runner.run(progress);
 }

@@ -100,6 +100,11 @@ const MethodKernels* avx2_method_kernels();
 // The set matching select_kernels(impl).
 const MethodKernels& select_method_kernels(KernelImpl impl);
 
+// mergekit's nearswap per element, in its torch order of fp32 operations:
+// w = clamp(fp32(1 / max(|a − b|, 1e-6)) · t, 0, 1), out = w·b + (1 − w)·a (NaN stays
+// NaN, as torch.clamp). `out` may alias `a`. Scalar only: elements are independent.
+void near_swap_tile(const float* a, const float* b, float t, float* out, size_t n);
+
 // SplitMix64's finaliser and DARE's draw (methods.h, dare_u24).
 inline uint64_t mix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;

@@ -124,6 +124,19 @@ const MethodKernels kScalar{"scalar",          delta_scalar,           histogram
 
 const MethodKernels& scalar_method_kernels() { return kScalar; }
 
+void near_swap_tile(const float* a, const float* b, float t, float* out, size_t n) {
+  const float kMinDiff = 1e-6f;
+  for (size_t i = 0; i < n; ++i) {
+    float diff = std::fabs(a[i] - b[i]);
+    float den = diff < kMinDiff ? kMinDiff : diff;  // NaN stays NaN
+    float w = (1.0f / den) * t;                     // torch: t / x is x.reciprocal() * t
+    w = w < 0.0f ? 0.0f : (w > 1.0f ? 1.0f : w);
+    float kept = w * b[i];
+    float rest = (1.0f - w) * a[i];
+    out[i] = kept + rest;
+  }
+}
+
 #ifndef LADLE_HAVE_AVX2
 const MethodKernels* avx2_method_kernels() { return nullptr; }
 #endif

@@ -729,7 +729,9 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
             kernels.accumulate(job.inputs[a].dtype, input_ptr(plan, job.inputs[a], elem), 1.0f,
                                buf.data() + a * kGroup, n, true);
         });
-        for (size_t a = 0; a < n_in; ++a)
+        // Short jobs (per-row statistics) fit one tile: summed directly below, no padding.
+        bool one_tile = n <= kTile;
+        for (size_t a = 0; a < n_in && !one_tile; ++a)
           std::fill(buf.begin() + a * kGroup + n, buf.begin() + (a + 1) * kGroup, 0.0f);
         // Vectors: inputs in order, the base skipped and subtracted from the others.
         v.clear();
@@ -742,7 +744,21 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
           }
           v.push_back(x);
         }
-        method_kernels.gram(v.data(), m, sums.data());
+        if (one_tile) {
+          // The kernel's tile-0 chain without its zero padding: adding +0 products to
+          // a sum that starts at +0 changes no bit, so the result is the same.
+          size_t pair = 0;
+          for (size_t a = 0; a < m; ++a) {
+            for (size_t b = a; b < m; ++b, ++pair) {
+              double sum = 0.0;
+              for (size_t i = 0; i < n; ++i)
+                sum += static_cast<double>(v[a][i]) * static_cast<double>(v[b][i]);
+              sums[pair * kGramTiles] = sum;
+            }
+          }
+        } else {
+          method_kernels.gram(v.data(), m, sums.data());
+        }
         for (uint64_t t = 0; t * kTile < n; ++t)
           for (size_t p = 0; p < n_pairs; ++p)
             part[p * n_tiles + (elem / kTile + t)] = sums[p * kGramTiles + t];

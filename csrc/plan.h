@@ -60,16 +60,20 @@ enum class JobOp : uint8_t {
   // out = elementwise max of the inputs (integer and bool dtypes: ladle's
   // --int-policy max for buffers such as BatchNorm's num_batches_tracked).
   kMax,
+  // mergekit's nearswap of (base, other) with Job::threshold (docs/methods.md).
+  kNearSwap,
 };
 
 // Every kind of work the engine runs: weighted sums, copies and elementwise maxima
 // (Plan::jobs), the task-vector programs of TIES/DARE/breadcrumbs and the Gram
 // reductions (methods.h), and dot products (reduce.h). Backends say which they run
 // (supports(kind)).
-enum class JobKind : uint8_t { kWeightedSum, kCopy, kMax, kTaskProgram, kGram, kDot };
-constexpr JobKind kAllJobKinds[] = {JobKind::kWeightedSum, JobKind::kCopy, JobKind::kMax,
-                                    JobKind::kTaskProgram, JobKind::kGram, JobKind::kDot};
-// "sum", "copy", "max", "task", "gram", "dot".
+enum class JobKind : uint8_t { kWeightedSum, kCopy, kMax, kNearSwap, kTaskProgram, kGram, kDot };
+constexpr JobKind kAllJobKinds[] = {JobKind::kWeightedSum, JobKind::kCopy,
+                                    JobKind::kMax,         JobKind::kNearSwap,
+                                    JobKind::kTaskProgram, JobKind::kGram,
+                                    JobKind::kDot};
+// "sum", "copy", "max", "nearswap", "task", "gram", "dot".
 const char* job_kind_name(JobKind kind);
 // Raises a kValue error naming the known kinds for anything else.
 JobKind parse_job_kind(const std::string& name);
@@ -82,6 +86,7 @@ struct Job {
   uint64_t out_offset = 0;  // byte offset in the sink
   DType out_dtype = DType::kF32;
   float post_scale = 1.0f;  // 1 skips the multiplication
+  float threshold = 0.0f;   // kNearSwap: mergekit's t, rounded to fp32
   std::vector<JobInput> inputs;
 };
 

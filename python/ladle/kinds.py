@@ -19,6 +19,7 @@ class JobKind(StrEnum):
     SUM = "sum"  # weighted sum Σ w_k x_k
     COPY = "copy"  # identical pass-through of the first input's bytes
     MAX = "max"  # elementwise max (integer and bool dtypes)
+    NEARSWAP = "nearswap"  # mergekit's nearswap of (base, other) with a threshold t
     TASK = "task"  # task-vector program: TIES, DARE, breadcrumbs, della
     GRAM = "gram"  # fp64 Gram matrix of a tensor's inputs (SLERP, model stock)
     DOT = "dot"  # fp64 dot products (the learned soup's gradient)

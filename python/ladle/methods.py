@@ -15,7 +15,11 @@ and the exact order of fp32 operations):
 - ``slerp``: spherical interpolation per tensor from streamed norms and dot
   product; linear interpolation when the tensors are (anti)colinear.
 - ``model_stock``: ``t·mean(θ_k) + (1 − t)·θ_b`` with ``t`` from the mean pairwise
-  cosine of the deltas.
+  cosine of the deltas (per tensor, or per row with ``filter_wise``).
+- ``nuslerp``: SLERP of two models (or of their deltas from a base, then added to
+  it) with ``t = w_2 / (w_1 + w_2)``, per tensor or per row (``nuslerp_flatten: false``).
+- ``nearswap``: per element, ``w = clamp(t / max(|θ_b − θ_1|, 1e-6), 0, 1)``,
+  ``w·θ_1 + (1 − w)·θ_b``: the base is kept where the models differ much.
 
 Parameters may vary per tensor: a value is a number, a gradient (a list of numbers
 interpolated across layer indices) or a list of ``{"filter": substring, "value": v}``
@@ -99,14 +103,18 @@ METHODS: dict[str, MethodSpec] = {
                                    dict(_TASK_GLOBALS), "outliers", "sum"),
     "slerp": MethodSpec("slerp", True, {}, {"t": None}, min_models=1, max_models=1),
     "model_stock": MethodSpec("model_stock", True, {}, {"filter_wise": False}, min_models=2),
+    "nuslerp": MethodSpec("nuslerp", False, {"weight": None},
+                          {"nuslerp_row_wise": False, "nuslerp_flatten": True}, min_models=2,
+                          max_models=2),
+    "nearswap": MethodSpec("nearswap", True, {}, {"t": None}, min_models=1, max_models=1),
     # mergekit's passthrough: one input, optionally scaled (frankenmerges use it per slice)
     "passthrough": MethodSpec("passthrough", False, {"scale": 1.0}, {}, min_models=1,
                               max_models=1),
 }
 
 # mergekit methods ladle recognises but does not implement, refused by name.
-UNIMPLEMENTED = ("nuslerp", "multislerp", "karcher", "della", "della_linear",
-                 "sce", "nearswap", "arcee_fusion", "ram")
+UNIMPLEMENTED = ("multislerp", "karcher", "della", "della_linear",
+                 "sce", "arcee_fusion", "ram")
 
 _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 _EMBED_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight",
@@ -185,7 +193,7 @@ class MethodTensor:
     name: str
     dtype: str
     shape: tuple[int, ...]
-    op: str  # "copy", "sum", "task", "slerp", "model_stock"
+    op: str  # "copy", "sum", "task", "slerp", "model_stock", "nuslerp", "nearswap"
     inputs: list[tuple[TensorInfo, float]]  # base first when the method has one
     n_bytes: int
     n_elems: int
@@ -276,6 +284,13 @@ def _as_float(method: str, key: str, value: Any, name: str) -> float:
     value = float(value)
     if not math.isfinite(value):
         raise LadleValueError(f"{method}: parameter '{key}' must be finite, got {value!r} "
+                              f"for tensor '{name}'")
+    return value
+
+
+def _as_bool(method: str, key: str, value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise LadleValueError(f"{method}: '{key}' must be true or false, got {value!r} "
                               f"for tensor '{name}'")
     return value
 
@@ -387,8 +402,6 @@ def method_tensors(method: str, base: Checkpoint | None, models: list[Checkpoint
                 else f"at least {spec.min_models}")
         raise LadleValueError(f"{method} needs {want} model(s) besides the base, "
                               f"got {len(models)}")
-    if method == "model_stock" and parameters.get("filter_wise"):
-        raise LadleValueError("model_stock: filter_wise=true is not implemented by ladle")
     out_dtype = normalize_dtype(dtype)
     reference = base if base is not None else models[0]
     others = models if base is not None else models[1:]
@@ -442,11 +455,27 @@ def method_tensors(method: str, base: Checkpoint | None, models: list[Checkpoint
             if scale == 1.0 and odt == first.dtype:
                 t.op = "copy"  # the input's bytes, NaN payloads included
             t.inputs = [(model_infos[0], scale)]
+        elif method == "nearswap":
+            t.op = method
+            t.inputs = [(i, 1.0) for i in infos]
+            t.params["t"] = _as_float(method, "t", glob["t"], name)
         elif method in ("slerp", "model_stock"):
             t.op = method
             t.inputs = [(i, 0.0) for i in infos]
             if method == "slerp":
                 t.params["t"] = _as_float(method, "t", glob["t"], name)
+            else:
+                t.params["rows"] = _as_bool(method, "filter_wise", glob["filter_wise"], name)
+        elif method == "nuslerp":
+            t.op = method
+            t.inputs = [(i, 0.0) for i in infos]
+            flatten = _as_bool(method, "nuslerp_flatten", glob["nuslerp_flatten"], name)
+            if _as_bool(method, "nuslerp_row_wise", glob["nuslerp_row_wise"], name) and not flatten:
+                raise LadleValueError("nuslerp: nuslerp_row_wise with nuslerp_flatten false "
+                                      "(vectors along dimension 0) is not implemented by ladle")
+            w0, w1 = (_as_float(method, "weight", p["weight"], name) for p in per_model)
+            t.params.update(t=0.5 if abs(w0 + w1) < 1e-6 else w1 / (w0 + w1),
+                            rows=not flatten, has_base=base is not None)
         else:
             t.op = "task"
             t.inputs = [(infos[0], 1.0)]
@@ -495,10 +524,12 @@ def describe_method_plan(plan: MethodPlan) -> str:
             what = (f"task({t.task['sparsify']}, consensus={t.task['consensus']}, "
                     f"normalize={t.task['normalize']}, rescale={t.task['rescale']}, "
                     f"lambda={t.task['lambda']:g}: {ms})")
-        elif t.op == "slerp":
-            what = f"slerp(t={t.params['t']:g})"
+        elif t.op in ("slerp", "nearswap"):
+            what = f"{t.op}(t={t.params['t']:g})"
+        elif t.op == "nuslerp":
+            what = f"nuslerp(t={t.params['t']:g}, {'rows' if t.params['rows'] else 'tensor'})"
         else:
-            what = "model_stock"
+            what = "model_stock(filter_wise)" if t.params.get("rows") else "model_stock"
         lines.append(f"    {t.name} {t.dtype}{list(t.shape)} {what} "
                      f"-> {plan.shards[t.shard].file_name}@{t.offset}")
     return "\n".join(lines)
@@ -529,18 +560,73 @@ def slerp_coefficients(t: float, gram: list[float], dot_threshold: float = 0.999
     return math.sin((1 - t) * theta) / s, math.sin(t * theta) / s
 
 
+def filter_rows(t: MethodTensor) -> tuple[int, int]:
+    """(rows, row length) of per-row statistics (model stock's ``filter_wise``,
+    nuslerp without flattening): mergekit's rows along the last dimension; a 0-D or
+    1-D tensor is a single row."""
+    cols = t.shape[-1] if len(t.shape) >= 2 else t.n_elems
+    if cols == 0:
+        return 1, 0
+    return t.n_elems // cols, cols
+
+
+_ROW_BATCH = 1 << 14  # filter_wise rows per Gram/sum run
+
+
+def _row_batches(tensors: list[MethodTensor]):
+    """(tensor, first element, length) of every row (the whole tensor when its
+    statistics are not per row), in batches of _ROW_BATCH."""
+    batch = []
+    for t in tensors:
+        rows, cols = filter_rows(t) if t.params.get("rows") else (1, t.n_elems)
+        for r in range(rows):
+            batch.append((t, r * cols, cols))
+            if len(batch) == _ROW_BATCH:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def _release_rows(core_plan: Any, sources: dict, batch: list) -> None:
+    """Drop the mapped input pages a batch of rows read: rows under a page are too
+    small for the runs to release them, and the budget counts resident pages."""
+    spans: dict[int, list] = {}
+    for t, first, length in batch:
+        span = spans.setdefault(id(t), [t, first, first + length])
+        span[1], span[2] = min(span[1], first), max(span[2], first + length)
+    for t, lo, hi in spans.values():
+        for info, _ in t.inputs:
+            size = _core.dtype_n_bits(info.dtype) // 8
+            core_plan.release_source(sources[info.file], info.offset + lo * size,
+                                     (hi - lo) * size)
+
+
+def nuslerp_coefficients(t: float, gram: list[float], eps: float = 1e-8) -> tuple[float, float]:
+    """mergekit's nuslerp as ``(c0, c1)`` with ``out = c0·v0 + c1·v1`` (fp64): norms
+    clamped to at least 1e-7, ``θ = acos(clamp(cos, −1, 1))``, the lerp ``(1 − t, t)``
+    when ``|sin θ| < eps``, else ``sin((1 − t)θ)/sin θ`` and ``sin(tθ)/sin θ``."""
+    g00, g01, _, g11 = gram
+    n0, n1 = max(math.sqrt(g00), 1e-7), max(math.sqrt(g11), 1e-7)
+    theta = math.acos(min(1.0, max(-1.0, g01 / (n0 * n1))))
+    s = math.sin(theta)
+    if abs(s) < eps:
+        return 1.0 - t, t
+    return math.sin((1 - t) * theta) / s, math.sin(t * theta) / s
+
+
 def model_stock_t(gram: list[float], n_models: int) -> float:
     """Model stock's interpolation ratio from the Gram matrix of the deltas.
 
     ``cos = mean_{i<j} clamp(⟨δ_i, δ_j⟩ / max(‖δ_i‖‖δ_j‖, 1e-6), −1, 1)``,
     ``t = N cos / (1 + (N − 1) cos)``; 0 when the denominator is below 1e-6.
     """
-    g = np.asarray(gram, dtype=np.float64).reshape(n_models, n_models)
+    g = [float(x) for x in gram]  # row-major n×n (plain floats: called once per row)
     cos = []
     for i in range(n_models):
         for j in range(i + 1, n_models):
-            norm = math.sqrt(g[i, i]) * math.sqrt(g[j, j])
-            cos.append(min(1.0, max(-1.0, g[i, j] / max(norm, 1e-6))))
+            norm = math.sqrt(g[i * n_models + i]) * math.sqrt(g[j * n_models + j])
+            cos.append(min(1.0, max(-1.0, g[i * n_models + j] / max(norm, 1e-6))))
     c = sum(cos) / len(cos)
     denominator = 1 + (n_models - 1) * c
     if abs(denominator) < 1e-6:
@@ -772,8 +858,10 @@ def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: Outpu
             bar.total = finished[0] + total
             bar.update(finished[0] + done - bar.n)
 
-    def src(info: TensorInfo) -> tuple[int, int, str]:
-        return sources[info.file], info.offset, info.dtype
+    def src(info: TensorInfo, elem: int = 0) -> tuple[int, int, str]:
+        """(source, byte offset, dtype) of element ``elem`` of ``info``."""
+        return (sources[info.file], info.offset + elem * (_core.dtype_n_bits(info.dtype) // 8),
+                info.dtype)
 
     totals = {"bytes_read": 0, "threads": 0, "chunk_elems": 0, "kernel": ""}
 
@@ -800,7 +888,9 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                add: Any, run_opts: dict) -> None:
     """The three engine passes of one output shard (see execute_method_plan)."""
     core_plan.clear_jobs()
-    gram_tensors = [t for t in tensors if t.op in ("slerp", "model_stock")]
+    staged = [t for t in tensors if t.op == "nuslerp" or t.params.get("rows")]
+    gram_tensors = [t for t in tensors if t.op in ("slerp", "model_stock")
+                    and not t.params.get("rows")]
     if gram_tensors:
         jobs = _core.MethodJobs()
         for t in gram_tensors:
@@ -819,18 +909,58 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                 t.params["model_stock_t"] = ratio
                 t.inputs = [(infos[0], 1.0 - ratio)] + [(i, ratio / n) for i in infos[1:]]
     for t in tensors:
-        if t.op == "task":
+        if t.op in ("task", "nuslerp") or t.params.get("rows"):
             continue
         out_offset = len(shard.header) + t.offset
-        op = t.op if t.op in ("copy", "max") else "sum"
+        op = t.op if t.op in ("copy", "max", "nearswap") else "sum"
         dtype, n_elems = t.dtype, t.n_elems
         if op == "copy" and _core.dtype_n_bits(dtype) % 8:
             dtype, n_elems = "U8", t.n_bytes
         inputs = [(sources[i.file], i.offset, dtype if op == "copy" else i.dtype, w)
                   for i, w in t.inputs]
-        core_plan.add_job(t.name, op, n_elems, sink, out_offset, dtype, inputs)
+        core_plan.add_job(t.name, op, n_elems, sink, out_offset, dtype, inputs,
+                          threshold=t.params["t"] if op == "nearswap" else 0.0)
     if core_plan.n_jobs:
         add(_core.run(core_plan, check_finite=check_finite, progress=on_progress, **run_opts))
+    for batch in _row_batches(staged):
+        # Per-row model stock and nuslerp: a Gram job per row (or tensor), then its
+        # weighted sum or base + task vector, a bounded number of rows at a time so
+        # the jobs and statistics held stay small.
+        core_plan.clear_jobs()
+        jobs = _core.MethodJobs()
+        for t, first, length in batch:
+            has_base = t.op == "model_stock" or t.params["has_base"]
+            jobs.add_gram(t.name, length, [src(i, first) for i, _ in t.inputs],
+                          0 if has_base else -1)
+        grams, stats = _core.run_grams(core_plan, jobs, progress=on_progress, **run_opts)
+        add(stats)
+        tasks = _core.MethodJobs()
+        for (t, first, length), gram in zip(batch, grams):
+            infos = [i for i, _ in t.inputs]
+            out_offset = len(shard.header) + t.offset + first * _ITEM_BYTES[t.dtype]
+            if t.op == "model_stock":
+                n = len(infos) - 1
+                ratio = model_stock_t(gram, n)
+                weights = [1.0 - ratio] + [ratio / n] * n
+            elif t.params["has_base"]:  # base + (c0·δ0 + c1·δ1) on the task program
+                coefficients = nuslerp_coefficients(t.params["t"], gram)
+                tasks.add_task(t.name, length, sink, out_offset, t.dtype, src(infos[0], first),
+                               [(*src(i, first), c, 1.0, 0, length)
+                                for i, c in zip(infos[1:], coefficients)],
+                               "none", "none", False, "none", 1.0, seed)
+                continue
+            else:
+                weights = list(nuslerp_coefficients(t.params["t"], gram))
+            core_plan.add_job(t.name, "sum", length, sink, out_offset, t.dtype,
+                              [(*src(i, first), w) for i, w in zip(infos, weights)])
+        if core_plan.n_jobs:
+            add(_core.run(core_plan, check_finite=check_finite, progress=on_progress,
+                          **run_opts))
+        if tasks.n_tasks:
+            add(_core.run_tasks(core_plan, tasks, check_finite=check_finite,
+                                progress=on_progress, **run_opts))
+        _release_rows(core_plan, sources, batch)
+    core_plan.clear_jobs()
     task_tensors = [t for t in tensors if t.op == "task"]
     if task_tensors:
         jobs = _core.MethodJobs()
@@ -901,6 +1031,24 @@ def slerp(base: CheckpointLike, other: CheckpointLike, t: Any, out: PathLike,
     """Spherical linear interpolation per tensor from ``base`` (t = 0) to ``other``
     (t = 1); ``t`` may be a gradient or filtered conditions."""
     return merge_models("slerp", [other], out, base_model=base, parameters={"t": t}, **options)
+
+
+def nuslerp(models: Sequence[CheckpointLike], out: PathLike, *, weights: Sequence[float],
+            base: CheckpointLike | None = None, flatten: bool = True,
+            **options) -> MergeReport:
+    """mergekit's NuSLERP: SLERP of two models (or of their deltas from ``base``) at
+    ``t = w_2 / (w_1 + w_2)``, per tensor or, with ``flatten=False``, per row."""
+    return merge_models("nuslerp", models, out, base_model=base,
+                        parameters={"nuslerp_flatten": flatten},
+                        model_parameters=[{"weight": w} for w in weights], **options)
+
+
+def nearswap(base: CheckpointLike, other: CheckpointLike, t: Any, out: PathLike,
+             **options) -> MergeReport:
+    """mergekit's NearSwap: per element, move from ``base`` toward ``other`` by
+    ``clamp(t / |base − other|, 0, 1)``; ``t`` may be a gradient or conditions."""
+    return merge_models("nearswap", [other], out, base_model=base, parameters={"t": t},
+                        **options)
 
 
 def model_stock(base: CheckpointLike, models: Sequence[CheckpointLike], out: PathLike,

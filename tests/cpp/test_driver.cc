@@ -213,6 +213,33 @@ void engine_runs(const std::string& work) {
     std::printf("  ok  elementwise max of %llu I32 elements\n", (unsigned long long)n);
   }
   {
+    // nearswap across chunk boundaries and threads against the formula written out.
+    auto m = plan_merge(a, b, 1.0f, 1.0f, work + "/nearswap.safetensors", JobOp::kNearSwap);
+    m->plan.jobs[0].threshold = 3.0f;
+    EngineOptions options;
+    options.threads = 2;
+    options.chunk_elems = 8192;
+    run_plan(m->plan, options, nullptr);
+    m->plan.sinks[0].writer->finish();
+    std::ifstream f(m->out_path, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    bool same = bytes.size() == m->header_n_bytes + 4 * n;
+    for (uint64_t i = 0; i < n && same; ++i) {
+      float fa = 0.5f * i, fb = 1.0f - i, got;
+      float diff = std::fabs(fa - fb);
+      float w = (1.0f / (diff < 1e-6f ? 1e-6f : diff)) * 3.0f;
+      w = w > 1.0f ? 1.0f : w;
+      float kept = w * fb, rest = (1.0f - w) * fa;
+      std::memcpy(&got, bytes.data() + m->header_n_bytes + 4 * i, 4);
+      same = got == kept + rest;
+    }
+    expect(same, "nearswap equals the reference");
+    std::printf("  ok  nearswap of %llu F32 elements\n", (unsigned long long)n);
+    m->plan.jobs[0].threshold = std::nanf("");
+    expect_error(ErrorKind::kValue, "nearswap with a NaN t",
+                 [&] { run_plan(m->plan, EngineOptions(), nullptr); });
+  }
+  {
     auto m = plan_merge(a, b, 0.5f, 0.5f, work + "/range.safetensors");
     m->plan.jobs[0].inputs[1].offset = UINT64_MAX - 3;
     expect_error(ErrorKind::kFormat, "input offset wrapping around",
