@@ -63,13 +63,13 @@ def error(job: dict) -> dict:
             "partial_exists": Path(out + ".ladle-partial").exists()}
 
 
-def resume(job: dict) -> dict:
-    out = job["out"] + ".resume"
+def _interrupted_then_resumed(out: str, run) -> dict:
+    """``run(out)`` interrupted on rank 1, then ``run(out, resume=True)``: which
+    finished shards the interrupted run kept, and their inode/mtime afterwards."""
     partial = Path(out + ".ladle-partial")
     restore = _fail_on_rank(1, KeyboardInterrupt(), 1)
     try:
-        ladle.merge(job["inputs"], job["weights"], out, max_shard_size=job["shard"],
-                    threads=1, progress=False, distributed=True)
+        run(out)
         raised = None
     except BaseException as e:  # noqa: BLE001
         raised = type(e).__name__
@@ -80,11 +80,18 @@ def resume(job: dict) -> dict:
     kept = {p.name: [p.stat().st_ino, p.stat().st_mtime_ns] for p in partial.iterdir()
             if p.suffix == ".safetensors"} if partial.is_dir() else {}
     g.barrier()
-    r = ladle.merge(job["inputs"], job["weights"], out, max_shard_size=job["shard"],
-                    threads=1, progress=False, distributed=True, resume=True)
+    r = run(out, resume=True)
     after = {name: [(Path(out) / name).stat().st_ino, (Path(out) / name).stat().st_mtime_ns]
              for name in kept}
     return {"raised": raised, "kept": kept, "after": after, **report(r)}
+
+
+def resume(job: dict) -> dict:
+    def run(out: str, **extra):
+        return ladle.merge(job["inputs"], job["weights"], out, max_shard_size=job["shard"],
+                           threads=1, progress=False, distributed=True, **extra)
+
+    return _interrupted_then_resumed(job["out"] + ".resume", run)
 
 
 def method_options(job: dict, method: str) -> dict:
@@ -124,25 +131,9 @@ def recipe(job: dict) -> dict:
 
 
 def ties_resume(job: dict) -> dict:
-    out = job["out"] + ".ties-resume"
-    partial = Path(out + ".ladle-partial")
-    restore = _fail_on_rank(1, KeyboardInterrupt(), 1)
-    try:
-        _merge_method(job, "ties", out)
-        raised = None
-    except BaseException as e:  # noqa: BLE001
-        raised = type(e).__name__
-    finally:
-        restore()
-    g = distributed.group()
-    g.barrier()
-    kept = {p.name: [p.stat().st_ino, p.stat().st_mtime_ns] for p in partial.iterdir()
-            if p.suffix == ".safetensors"} if partial.is_dir() else {}
-    g.barrier()
-    r = _merge_method(job, "ties", out, resume=True)
-    after = {name: [(Path(out) / name).stat().st_ino, (Path(out) / name).stat().st_mtime_ns]
-             for name in kept}
-    return {"raised": raised, "kept": kept, "after": after, **report(r)}
+    return _interrupted_then_resumed(job["out"] + ".ties-resume",
+                                     lambda out, **extra: _merge_method(job, "ties", out,
+                                                                        **extra))
 
 
 def greedy(job: dict) -> dict:
