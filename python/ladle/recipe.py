@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LadleIOError, LadleValueError
+from .mapping_keys import refuse_unknown_keys
 from .methods import check_method_name, check_parameter_names
 from .slices import OutputModule, OutputSlice, SliceSource
 from .tokenizer import TokenizerSpec, parse_tokenizer
@@ -158,10 +159,7 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
     for key in data:
         if key in REFUSED_KEYS:
             raise LadleValueError(where + REFUSED_KEYS[key])
-    unknown = sorted(set(data) - TOP_KEYS)
-    if unknown:
-        raise LadleValueError(f"{where}unknown key(s) {', '.join(map(repr, unknown))} "
-                              f"(allowed: {', '.join(sorted(TOP_KEYS))})")
+    refuse_unknown_keys(data, sorted(TOP_KEYS), where)
     method = data.get("merge_method")
     if not isinstance(method, str):
         raise LadleValueError(f"{where}'merge_method' is required")
@@ -192,10 +190,7 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
             entry = {"model": entry}
         if not isinstance(entry, dict) or "model" not in entry:
             raise LadleValueError(f"{where}models[{i}]: expected a mapping with 'model'")
-        bad = sorted(set(entry) - MODEL_KEYS)
-        if bad:
-            raise LadleValueError(f"{where}models[{i}]: unknown key(s) "
-                                  f"{', '.join(map(repr, bad))} (allowed: model, parameters)")
+        refuse_unknown_keys(entry, sorted(MODEL_KEYS), f"{where}models[{i}]: ")
         model = _model_path(entry["model"], where, f"models[{i}].model", path)
         params = entry.get("parameters") or {}
         if not isinstance(params, dict):
@@ -255,10 +250,7 @@ def _module(data: Any, where: str, path: Path | None) -> OutputModule:
     """One ``modules:`` entry (or the ``slices:`` list): slices or models."""
     if not isinstance(data, dict):
         raise LadleValueError(f"{where}: expected a mapping with 'slices' or 'models'")
-    bad = sorted(set(data) - {"slices", "models", "parameters"})
-    if bad:
-        raise LadleValueError(f"{where}: unknown key(s) {', '.join(map(repr, bad))} "
-                              f"(allowed: slices, models, parameters)")
+    refuse_unknown_keys(data, ("slices", "models", "parameters"), f"{where}: ")
     params = _settings(data.get("parameters"), f"{where}.parameters")
     if (data.get("slices") is None) == (data.get("models") is None):
         raise LadleValueError(f"{where}: exactly one of 'slices' or 'models' is required")
@@ -283,10 +275,7 @@ def _module(data: Any, where: str, path: Path | None) -> OutputModule:
         if not isinstance(sl, dict) or not isinstance(sl.get("sources"), list) \
                 or not sl["sources"]:
             raise LadleValueError(f"{at}: expected a mapping with a non-empty 'sources' list")
-        bad = sorted(set(sl) - SLICE_KEYS)
-        if bad:
-            raise LadleValueError(f"{at}: unknown key(s) {', '.join(map(repr, bad))} (allowed: "
-                                  f"{', '.join(sorted(SLICE_KEYS))})")
+        refuse_unknown_keys(sl, sorted(SLICE_KEYS), f"{at}: ")
         if sl.get("residual_weight") is not None:
             import warnings
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint, TensorInfo
 from .errors import LadleValueError, LadleWarning
+from .mapping_keys import refuse_unknown_keys
 
 EMBED_SUFFIXES = ("embed_tokens.weight", "lm_head.weight", "wte.weight",
                   "word_embeddings.weight", "tok_embeddings.weight", "embed_out.weight")
@@ -64,10 +65,7 @@ def parse_tokenizer(data: Any, where: str, resolve) -> TokenizerSpec:
     """A ``tokenizer:`` block; ``resolve(ref, key)`` turns a model reference into a path."""
     if not isinstance(data, dict):
         raise LadleValueError(f"{where}tokenizer: expected a mapping")
-    bad = sorted(set(data) - {"source", "tokens", "pad_to_multiple_of"})
-    if bad:
-        raise LadleValueError(f"{where}tokenizer: unknown key(s) {', '.join(map(repr, bad))} "
-                              f"(allowed: source, tokens, pad_to_multiple_of)")
+    refuse_unknown_keys(data, ("source", "tokens", "pad_to_multiple_of"), f"{where}tokenizer: ")
     source = data.get("source", "union")
     if source not in ("base", "union"):
         source = resolve(source, "tokenizer.source")
