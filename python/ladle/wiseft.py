@@ -71,20 +71,19 @@ def wiseft_sweep(module: Any, theta0: Any, theta1: Any, alphas: Sequence[float] 
         # GPU-resident endpoints: ladle's CUDA kernel, one launch per α.
         return _sweep(alphas, device_sum_sweeper(module, theta0, theta1), module, evaluate,
                       ["<theta0 on GPU>", "<theta1 on GPU>"], log, progress)
-    if on_cuda(module):
-        inputs = [open_input(theta0), open_input(theta1)]
-        staged = StagedLoader(module, inputs, key_map=key_map, strict=strict, threads=threads,
-                              memory_budget=memory_budget)
-        return _sweep(alphas, lambda a: staged.run([1.0 - a, a], int_policy=int_policy), module,
-                      evaluate, [s.label for s in inputs], log, progress)
-    target = target_set(module)
     inputs = [open_input(theta0), open_input(theta1)]
-    overlap = [s.label for s in inputs if set(s.sources) & set(target.sources)]
-    if overlap:
-        raise LadleValueError(f"{overlap[0]}: an endpoint shares memory with the model being "
-                              f"swept; pass a copy (it would be overwritten at the first alpha)")
-    loader = Loader(target, inputs, key_map=key_map, strict=strict, threads=threads,
-                    memory_budget=memory_budget)
+    if on_cuda(module):  # θα staged through pinned host memory into the CUDA tensors
+        loader = StagedLoader(module, inputs, key_map=key_map, strict=strict, threads=threads,
+                              memory_budget=memory_budget)
+    else:
+        target = target_set(module)
+        overlap = [s.label for s in inputs if set(s.sources) & set(target.sources)]
+        if overlap:
+            raise LadleValueError(f"{overlap[0]}: an endpoint shares memory with the model "
+                                  f"being swept; pass a copy (it would be overwritten at the "
+                                  f"first alpha)")
+        loader = Loader(target, inputs, key_map=key_map, strict=strict, threads=threads,
+                        memory_budget=memory_budget)
     # Non-float buffers come from θ0 (from θ1 at α = 1, where θ0's weight is zero).
     return _sweep(alphas, lambda a: loader.run([1.0 - a, a], int_policy=int_policy), module,
                   evaluate, [s.label for s in inputs], log, progress)
