@@ -21,6 +21,8 @@ from ladle.clip.finetune import finetune
 from ladle.clip.toward_zeroshot import ZeroShotAnchor, distill_kl, l2sp_penalty
 from ladle.clip.zeroshot import ImageClassifier, make_head
 
+from toy_models import tiny_image_folder
+
 SIZE, K = 8, 4
 
 
@@ -302,16 +304,11 @@ def test_backbone_soup_averages_encoders_only(tiny, tmp_path):
 
 
 def test_cli_backbone_soup(tiny, tmp_path):
-    from PIL import Image
-
     from ladle.clip.cli import main
 
     a, b, paths = _ingredients(tiny, tmp_path, perturb=0.01)
     names = ["zero", "one"]
-    for i in range(6):
-        (tmp_path / "imgs" / names[i % 2]).mkdir(parents=True, exist_ok=True)
-        Image.new("L", (32, 32), color=40 * i).save(tmp_path / "imgs" / names[i % 2] / f"{i}.png")
-    folder = str(tmp_path / "imgs")
+    folder = tiny_image_folder(tmp_path / "imgs", names)
     cfg = {"model": {"name": "ladle-tiny-clip"}, "templates": TEMPLATES,
            "data": {"train": folder, "test": folder, "classnames": names,
                     "shifts": [{"path": folder, "name": "shift"}]},

@@ -15,6 +15,7 @@ from ladle.clip.models import create_clip
 
 from reference import combine
 from st_io import read_checkpoint
+from toy_models import tiny_image_folder
 
 
 @pytest.fixture(scope="module")
@@ -59,18 +60,13 @@ def test_clip_wiseft_cli_with_fp16_zeroshot_and_fp32_finetuned(tmp_path, monkeyp
     import copy
     import json
 
-    from PIL import Image
-
     from ladle.clip.experiment import Experiment
     from ladle.clip.zeroshot import build_zeroshot_classifier
 
     from reference import to_f32
 
     names, templates = ["zero", "one"], ["a photo of the {c}.", "the {c}."]
-    for i in range(6):
-        (tmp_path / "imgs" / names[i % 2]).mkdir(parents=True, exist_ok=True)
-        Image.new("L", (32, 32), color=40 * i).save(tmp_path / "imgs" / names[i % 2] / f"{i}.png")
-    folder = str(tmp_path / "imgs")
+    folder = tiny_image_folder(tmp_path / "imgs", names)
     cfg = {"model": {"name": "ladle-tiny-clip"}, "templates": templates,
            "data": {"train": folder, "test": folder, "classnames": names,
                     "shifts": [{"path": folder, "name": "shift"}]},

@@ -64,3 +64,13 @@ def neg_loss(x: torch.Tensor, y: torch.Tensor):
             return -torch.nn.functional.cross_entropy(module(x), y).item()
 
     return evaluate
+
+
+def tiny_image_folder(root: Path, names: list[str], n_images: int = 6) -> str:
+    """An ImageFolder of ``n_images`` 32-px grey squares spread over ``names``."""
+    from PIL import Image
+
+    for i in range(n_images):
+        (root / names[i % len(names)]).mkdir(parents=True, exist_ok=True)
+        Image.new("L", (32, 32), color=40 * i).save(root / names[i % len(names)] / f"{i}.png")
+    return str(root)
