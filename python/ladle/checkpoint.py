@@ -238,9 +238,14 @@ def _from_torch_files(path: Path, files: list[Path], weight_map: dict[str, str] 
 
 
 def add_file_sources(core_plan: _core.Plan, ckpts: list[Checkpoint]) -> dict[Path, int]:
-    """Map every file of ``ckpts`` into ``core_plan`` once; returns file -> source index."""
+    """Map every file of ``ckpts`` into ``core_plan`` once; returns file -> source index
+    (for inputs held in memory, see :mod:`ladle.set_checkpoint`, source key -> index)."""
     sources: dict[Path, int] = {}
     for ckpt in ckpts:
+        register = getattr(ckpt, "register", None)
+        if register is not None:
+            register(core_plan, sources)
+            continue
         for file, size in ckpt.file_sizes.items():
             if file not in sources:
                 sources[file] = core_plan.add_file_source(str(file), size)

@@ -53,7 +53,7 @@ from .distributed import run_merge, wanted
 from .errors import LadleValueError, MismatchError
 from .fp8_blocks import block_scales
 from .kinds import Kernel, parse_kind
-from .merge import CheckpointLike, MergeReport, PathLike, _open_all, _progress_bar, plan_hash
+from .merge import CheckpointLike, MergeReport, PathLike, _progress_bar, plan_hash
 from .output import OutputDir, checked_output, write_atomically
 from .plan import (
     _ITEM_BYTES,
@@ -64,6 +64,7 @@ from .plan import (
     nonfloat_inputs,
     normalize_dtype,
 )
+from .set_checkpoint import open_inputs, refuse_memory_inputs, same_input
 
 
 @dataclass(frozen=True)
@@ -655,7 +656,10 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
 
     Args:
         method: one of :data:`METHODS` (``ties``, ``dare_ties``, ``slerp``, ...).
-        models: the fine-tuned models (a model equal to ``base_model`` is skipped).
+        models: the fine-tuned models (a model equal to ``base_model`` is skipped):
+            paths (safetensors, ``.pt``/``.bin``), Checkpoints, live ``nn.Module``s,
+            dicts of tensors or TensorSets, read in place (in-memory inputs cannot
+            ``resume`` or run ``distributed``).
         out: ``*.safetensors`` for one file, otherwise a directory (HF layout).
         base_model: the base θ_b (required by every method but ``linear``).
         parameters: method-wide settings (``normalize``, ``lambda``, ``t``, and
@@ -692,20 +696,24 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
     kernel = parse_kind(Kernel, kernel, "kernel").value  # before any input is opened
     if rescale_mode not in ("l1", "density"):
         raise LadleValueError(f"rescale_mode must be 'l1' or 'density', got {rescale_mode!r}")
+    model_list = list(models)  # once: `models` may be an iterator
     donors = [f.parent for f in extra_files or []]  # e.g. a recipe's tokenizer_source
-    output = checked_output(out, [base_model, *models, *(extra_files or []), *donors],
+    output = checked_output(out, [base_model, *model_list, *(extra_files or []), *donors],
                             overwrite=overwrite)  # before reading inputs
-    base = _open_all([base_model])[0] if base_model is not None else None
-    model_list = list(models)
+    opened = open_inputs([*([base_model] if base_model is not None else []), *model_list])
+    base = opened.pop(0) if base_model is not None else None
     if method in ("linear", "passthrough"):  # no base: every listed model is an input
         base = None
-    params_list = list(model_parameters) if model_parameters is not None else [{}] * len(models)
+    params_list = (list(model_parameters) if model_parameters is not None
+                   else [{}] * len(model_list))
     if len(params_list) != len(model_list):
         raise LadleValueError(f"{method}: got {len(params_list)} parameter set(s) for "
                               f"{len(model_list)} model(s)")
-    ckpts = _open_all(model_list) if model_list else []
+    ckpts = opened
+    refuse_memory_inputs(([base] if base is not None else []) + ckpts, resume=resume,
+                         distributed=wanted(distributed))
     if base is not None:  # a base listed among the models contributes as the base only
-        keep = [k for k, c in enumerate(ckpts) if Path(c.path).resolve() != Path(base.path).resolve()]
+        keep = [k for k, c in enumerate(ckpts) if not same_input(c, base)]
         ckpts = [ckpts[k] for k in keep]
         params_list = [params_list[k] for k in keep]
     if rescale_mode == "density" and METHODS.get(method, METHODS["linear"]).sparsify not in (
