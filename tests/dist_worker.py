@@ -136,6 +136,20 @@ def ties_resume(job: dict) -> dict:
                                                                         **extra))
 
 
+def bin_inputs(job: dict) -> dict:
+    """A linear merge and TIES of the .bin copies of the inputs, distributed."""
+    from ladle.methods import merge_models
+
+    base, *models = job["bin_inputs"]
+    common = {"max_shard_size": job["shard"], "threads": 1, "progress": False,
+              "distributed": True}
+    linear = ladle.merge(job["bin_inputs"], job["weights"], job["out"] + f".bin.w{WORLD}",
+                         **common)
+    ties = merge_models("ties", models, job["out"] + f".bin-ties.w{WORLD}", base_model=base,
+                        model_parameters=job["ties_models"], seed=3, **common)
+    return {"merge": report(linear), "ties": report(ties)}
+
+
 def greedy(job: dict) -> dict:
     import torch
 

@@ -182,6 +182,28 @@ def test_int_policy_max_matches_the_cpu_engine(tmp_path, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_torch_bin_inputs_on_the_device(tmp_path, device):
+    """PyTorch .bin directories (memory-mapped by ladle.torch_bin) stream to the
+    device like safetensors: same bytes as the CPU engine, config copied."""
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(4)
+    dirs = []
+    for k in range(2):
+        d = tmp_path / f"m{k}"
+        d.mkdir()
+        torch.save({"w": torch.randn(301, 7, generator=g).to(torch.bfloat16),
+                    "b": torch.randn(5, generator=g)}, d / "pytorch_model.bin")
+        (d / "config.json").write_text('{"model_type": "toy"}\n')
+        dirs.append(d)
+    for dev in (device, "cpu"):
+        ladle.merge(dirs, [0.3, 0.7], tmp_path / f"out-{dev}", device=dev,
+                    memory_budget="1MiB", progress=False)
+    got = read_checkpoint(tmp_path / f"out-{device}")
+    assert got == read_checkpoint(tmp_path / "out-cpu") and set(got) == {"w", "b"}
+    assert (tmp_path / f"out-{device}" / "config.json").read_text() == '{"model_type": "toy"}\n'
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_endpoints_chunking_and_workers_do_not_change_bits(tmp_path, device):
     rng = np.random.default_rng(8)
     paths, raws = _inputs(tmp_path, rng, ["BF16", "BF16"], [300_001, 5])

@@ -65,6 +65,10 @@ def job(tmp_path_factory):
         ladle.save(tensors, d / "model.safetensors")
         (d / "config.json").write_text('{"model_type": "toy"}\n')
         inputs.append(str(d))
+        b = tmp / f"in{k}-bin"  # the same model as a PyTorch .bin directory
+        b.mkdir()
+        torch.save(tensors, b / "pytorch_model.bin")
+        (b / "config.json").write_text('{"model_type": "toy"}\n')
     soup_inputs = [str(p) for p in ingredients(tmp, 4, mlp(0), noise=0.2, bad=2)]
     recipe = {"merge_method": "dare_ties", "base_model": inputs[0], "dtype": "bfloat16",
               "parameters": {"normalize": True},
@@ -75,7 +79,8 @@ def job(tmp_path_factory):
             "out": str(tmp / "dist-out"), "soup_inputs": soup_inputs,
             "ties_models": [{"weight": 1.0, "density": 0.5},
                             {"weight": 0.7, "density": [0.9, 0.3]}],
-            "slerp_t": [0.0, 0.3, 1.0], "recipe": str(tmp / "recipe.yml")}
+            "slerp_t": [0.0, 0.3, 1.0], "recipe": str(tmp / "recipe.yml"),
+            "bin_inputs": [f"{i}-bin" for i in inputs]}
     (tmp / "job.json").write_text(json.dumps(spec))
     ref = ladle.merge(inputs, spec["weights"], tmp / "single", max_shard_size=SHARD,
                       threads=1, progress=False, distributed=False)
@@ -157,7 +162,7 @@ def test_two_ranks_methods_and_recipes(job):
     from ladle.methods import merge_models
 
     tmp, spec, _ = job
-    ranks = _launch(tmp, 2, "ties", "slerp", "recipe", "ties_resume")
+    ranks = _launch(tmp, 2, "ties", "slerp", "recipe", "ties_resume", "bin_inputs")
     for method in ("ties", "slerp"):
         options = method_options(spec, method)
         single = tmp / f"single-{method}"
@@ -180,6 +185,23 @@ def test_two_ranks_methods_and_recipes(job):
     assert 0 < len(res[0]["kept"]) < ranks[0]["ties"]["n_shards"]
     assert res[0]["after"] == res[0]["kept"]  # reused in place, not rewritten
     assert _files(Path(res[0]["out"])) == _files(tmp / "single-ties")
+
+    # PyTorch .bin directories take the same distributed path (linear and TIES),
+    # config files included.
+    for what, run in (("merge", lambda out: ladle.merge(
+            spec["bin_inputs"], spec["weights"], out, max_shard_size=SHARD, threads=1,
+            progress=False, distributed=False)),
+                      ("ties", lambda out: merge_models(
+            "ties", spec["bin_inputs"][1:], out, base_model=spec["bin_inputs"][0],
+            model_parameters=spec["ties_models"], seed=3, max_shard_size=SHARD, threads=1,
+            progress=False, distributed=False))):
+        single = tmp / f"single-bin-{what}"
+        assert run(single).n_shards >= 6
+        dist = [r["bin_inputs"][what] for r in ranks]
+        assert dist[0] == dist[1] and dist[0]["world_size"] == 2
+        assert all(b > 0 for b in dist[0]["rank_bytes_read"]), dist[0]
+        assert "config.json" in _files(single)
+        assert _files(Path(dist[0]["out"])) == _files(single), what
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 4 and not os.environ.get("LADLE_TEST_4RANKS"),
