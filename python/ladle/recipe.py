@@ -23,8 +23,9 @@ Accepted keys (mergekit's schema for the methods ladle implements)::
 Instead of ``models:``, ``slices:`` (layer ranges stacked, each slice with
 ``sources: [{model, layer_range, parameters}]``) or ``modules:`` (per layer prefix)
 describe frankenmerges (:mod:`ladle.slices`). Models are local paths (ladle
-downloads nothing). Features ladle does not implement (LoRA ``+`` references, other
-methods) are refused by name; unknown keys are errors.
+downloads nothing); ``model: path/to/model+path/to/adapter`` merges a PEFT LoRA
+adapter into the model first (:mod:`ladle.lora_apply`). Methods ladle does not
+implement are refused by name; unknown keys are errors.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LadleIOError, LadleValueError
+from .lora_apply import is_lora_ref, lora_ref_path, lora_view, open_model, parts, split_lora_ref
 from .mapping_keys import refuse_unknown_keys
 from .methods import check_method_name, check_parameter_names
 from .slices import OutputModule, OutputSlice, SliceSource
@@ -332,17 +334,26 @@ def _check_setting(value: Any, where: str) -> None:
 
 
 def _model_path(ref: Any, where: str, key: str, recipe_path: Path | None) -> Path:
+    """A local model path, or the name of a LoRA reference ``model+adapter``
+    (:mod:`ladle.lora_apply`)."""
     if not isinstance(ref, str) or not ref:
         raise LadleValueError(f"{where}{key}: expected a model path, got {ref!r}")
-    if "+" in ref and not Path(ref).exists():
-        raise LadleValueError(f"{where}{key}: LoRA references ('{ref}') are not implemented "
-                              f"by ladle")
-    candidates = [Path(ref)]
-    if recipe_path is not None and not Path(ref).is_absolute():
-        candidates.append(recipe_path.parent / ref)
-    for c in candidates:
-        if c.exists():
-            return c
+
+    def resolve(text: str) -> Path | None:
+        candidates = [Path(text)]
+        if recipe_path is not None and not Path(text).is_absolute():
+            candidates.append(recipe_path.parent / text)
+        return next((c for c in candidates if c.exists()), None)
+
+    found = resolve(ref)
+    if found is not None:
+        return found
+    try:
+        lora = split_lora_ref(ref, resolve)
+    except LadleValueError as e:
+        raise LadleValueError(f"{where}{key}: {e}") from None
+    if lora is not None:
+        return lora_ref_path(*lora)
     raise LadleValueError(f"{where}{key}: model '{ref}' not found locally (ladle reads local "
                           f"checkpoints only; it does not download)")
 
@@ -361,9 +372,7 @@ def _chat_template(value: str, where: str) -> str:
 def extra_files(recipe: Recipe) -> list[Path]:
     """Non-weight files for the output: those of the base (or first model), with the
     tokenizer files taken from ``tokenizer_source`` instead when it is set."""
-    from .checkpoint import open_checkpoint
-
-    donor = open_checkpoint(recipe.referenced_models()[0])
+    donor = open_model(recipe.referenced_models()[0])
     files = list(donor.extra_files)
     if recipe.tokenizer_source is None:
         return files
@@ -392,12 +401,17 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, **options):
     from .output import checked_output
     from .tokenizer import build_vocabulary, permute_embeddings, remove_scratch, scratch_dir
 
-    checked_output(out, [*recipe.referenced_models(), recipe.tokenizer_source],
+    models = recipe.referenced_models()
+    loras = [m for m in models if is_lora_ref(m)]
+    on_disk = [p for m in models for p in (parts(m) if m in loras else (m,))]
+    checked_output(out, [*on_disk, recipe.tokenizer_source],
                    overwrite=options.get("overwrite", False))  # before reading any header
     options.setdefault("dtype", recipe.dtype)
     template = resolve_chat_template(recipe)
     files = extra_files(recipe)
     spec = recipe.tokenizer
+    if loras:
+        return _merge_with_loras(recipe, out, files, loras, template, **options)
     if spec is None:
         return _merge(recipe, out, files, None, None, template, **options)
     if options.get("resume") or options.get("distributed"):
@@ -420,6 +434,30 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, **options):
         views = permute_embeddings(spec, vocab, ckpts, recipe.base_model, scratch,
                                    _contributors(recipe))
         return _merge(recipe, out, files, views, vocab, template, **options)
+    finally:
+        remove_scratch(scratch)
+
+
+def _merge_with_loras(recipe: Recipe, out, files: list[Path], loras: list[Path],
+                      template: str | None, **options):
+    """The merge with each LoRA reference's adapter merged into its model first,
+    in a scratch directory beside the output that is removed afterwards."""
+    from .checkpoint import open_checkpoint
+    from .tokenizer import remove_scratch, scratch_dir
+
+    if options.get("resume") or options.get("distributed"):
+        # The merged-in weights are rewritten beside the output on every run.
+        raise LadleValueError(f"LoRA reference '{loras[0]}': a recipe with LoRA references "
+                              f"runs in one process without --resume or --distributed")
+    if recipe.tokenizer is not None:
+        raise LadleValueError(f"LoRA reference '{loras[0]}': LoRA references cannot be "
+                              f"combined with tokenizer_source/tokenizer yet; merge the "
+                              f"adapter in a recipe of its own first")
+    scratch = scratch_dir(Path(out))
+    try:
+        views = {m: lora_view(m, scratch, loras.index(m)) if m in loras else open_checkpoint(m)
+                 for m in recipe.referenced_models()}
+        return _merge(recipe, out, files, views, None, template, **options)
     finally:
         remove_scratch(scratch)
 
