@@ -6,7 +6,7 @@ plan is plain data; :func:`describe` prints it for ``--dry-run``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from . import _core
@@ -17,7 +17,7 @@ from .errors import LadleValueError, MismatchError
 from .fp8_blocks import block_scales, check_dequantized_dtype, without_scales
 from .kinds import IntPolicy, JobKind, parse_kind
 from .patterns import as_patterns, selected
-from .sum_plan import SumTable, SumTensors, sum_table
+from .sum_plan import SumTable, sum_table
 
 _DTYPE_ALIASES = {
     "f32": "F32", "float32": "F32", "fp32": "F32", "float": "F32",
@@ -56,6 +56,39 @@ class OutputTensor:
     offset: int = 0  # byte offset inside the shard's data buffer
     # Per input: the block scale of a block-scaled FP8 input (ladle.fp8_blocks), or None.
     scales: list | None = None
+
+
+class SumTensors(Sequence):
+    """``MergePlan.tensors`` (model order) or, given ``shard``, ``Shard.tensors``
+    (file order) of a :class:`SumTable` plan: each OutputTensor made when asked
+    for (a merge itself never asks)."""
+
+    def __init__(self, table: SumTable, checkpoints: list[Checkpoint], weights: list[float],
+                 shard: int | None = None) -> None:
+        self._table, self._checkpoints, self._weights = table, checkpoints, weights
+        self._shard = shard
+
+    def __len__(self) -> int:
+        if self._shard is None:
+            return len(self._table.core)
+        return self._table.core.shard_size(self._shard)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"tensor index {index} out of range")
+        if self._shard is not None:
+            index = self._table.core.shard_tensor(self._shard, index)
+        name, dtype, shape, n_bytes, n_elems, shard, offset = self._table.core.tensor(index)
+        inputs = [(c.tensors[name], w) for c, w in zip(self._checkpoints, self._weights)]
+        return OutputTensor(name, dtype, shape, JobKind.SUM, inputs, n_bytes, n_elems,
+                            shard=shard, offset=offset)
+
+    def __iter__(self) -> Iterator:
+        return (self[i] for i in range(len(self)))
 
 
 @dataclass

@@ -9,14 +9,13 @@ differing names or shapes). The output is byte for byte that of the general path
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import _core
 from .checkpoint import Checkpoint
 from .dtype_rules import widest_dtype
-from .kinds import JobKind
 
 
 @dataclass
@@ -45,38 +44,3 @@ def sum_table(checkpoints: list, weights: list[float], out_dtype: str | None,
     core = _core.sum_table([c.tensors for c in checkpoints], weights, out_dtypes,
                            {f: i for i, f in enumerate(files)})
     return None if core is None else SumTable(core, files)
-
-
-class SumTensors(Sequence):
-    """``MergePlan.tensors`` (model order) or, given ``shard``, ``Shard.tensors``
-    (file order) of a :class:`SumTable` plan: each OutputTensor made when asked
-    for (a merge itself never asks)."""
-
-    def __init__(self, table: SumTable, checkpoints: list[Checkpoint], weights: list[float],
-                 shard: int | None = None) -> None:
-        self._table, self._checkpoints, self._weights = table, checkpoints, weights
-        self._shard = shard
-
-    def __len__(self) -> int:
-        if self._shard is None:
-            return len(self._table.core)
-        return self._table.core.shard_size(self._shard)
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        from .plan import OutputTensor
-
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"tensor index {index} out of range")
-        if self._shard is not None:
-            index = self._table.core.shard_tensor(self._shard, index)
-        name, dtype, shape, n_bytes, n_elems, shard, offset = self._table.core.tensor(index)
-        inputs = [(c.tensors[name], w) for c, w in zip(self._checkpoints, self._weights)]
-        return OutputTensor(name, dtype, shape, JobKind.SUM, inputs, n_bytes, n_elems,
-                            shard=shard, offset=offset)
-
-    def __iter__(self) -> Iterator:
-        return (self[i] for i in range(len(self)))
