@@ -17,9 +17,14 @@
 #include "py_common.h"
 #include "reduce.h"
 #include "safetensors.h"
+#include "sum_table.h"
 
 namespace py = pybind11;
 using namespace ladle;
+
+namespace ladle {
+void bind_sum_table(py::module_& m);  // bindings_sum_table.cc
+}  // namespace ladle
 
 namespace {
 
@@ -39,7 +44,27 @@ void release_free_heap() {
 #endif
 }
 
-py::dict header_to_dict(const Header& h) {
+// A new instance of `type`, a tuple subclass without instance dict (a NamedTuple),
+// holding `items` (references stolen): tuple.__new__(type, items) without the
+// argument tuple, for the 10^6 TensorInfo of some checkpoints.
+PyObject* new_tuple_of(PyTypeObject* type, std::initializer_list<PyObject*> items) {
+  bool made = true;  // every item (a failed PyLong_From... is null)
+  for (PyObject* item : items) made = made && item;
+  PyObject* t = made ? type->tp_alloc(type, static_cast<Py_ssize_t>(items.size())) : nullptr;
+  if (!t) {
+    for (PyObject* item : items) Py_XDECREF(item);
+    throw py::error_already_set();
+  }
+  Py_ssize_t i = 0;
+  for (PyObject* item : items) PyTuple_SET_ITEM(t, i++, item);
+  return t;
+}
+
+// `info_type` None: "tensors" is a list of (name, dtype, shape, begin, end) tuples.
+// Otherwise a dict name -> info_type(name, dtype, shape, file, offset, n_bytes) with
+// absolute offsets (TensorInfo, python/ladle/tensor_info.py), built here directly.
+py::dict header_to_dict(const Header& h, const py::object& info_type = py::none(),
+                        const py::object& file = py::none()) {
   py::dict out;
   out["header_n_bytes"] = h.header_n_bytes;
   out["data_start"] = h.data_start;
@@ -54,16 +79,40 @@ py::dict header_to_dict(const Header& h) {
   for (int d = 0; d < static_cast<int>(DType::kCount); ++d)
     dtype_names.emplace_back(dtype_name(static_cast<DType>(d)));
   std::map<std::vector<uint64_t>, py::tuple> shapes;
-  py::list tensors(h.tensors.size());
-  for (size_t i = 0; i < h.tensors.size(); ++i) {
-    const TensorEntry& t = h.tensors[i];
+  auto shape_of = [&](const TensorEntry& t) -> PyObject* {
     auto [it, added] = shapes.try_emplace(t.shape);
     if (added) {
       it->second = py::tuple(t.shape.size());
       for (size_t k = 0; k < t.shape.size(); ++k) it->second[k] = py::int_(t.shape[k]);
     }
-    tensors[i] = py::make_tuple(py::str(t.name), dtype_names[static_cast<int>(t.dtype)],
-                                it->second, t.begin, t.end);
+    return it->second.inc_ref().ptr();
+  };
+  if (info_type.is_none()) {
+    py::list tensors(h.tensors.size());
+    for (size_t i = 0; i < h.tensors.size(); ++i) {
+      const TensorEntry& t = h.tensors[i];
+      tensors[i] = py::make_tuple(py::str(t.name), dtype_names[static_cast<int>(t.dtype)],
+                                  py::reinterpret_steal<py::object>(shape_of(t)), t.begin,
+                                  t.end);
+    }
+    out["tensors"] = tensors;
+    return out;
+  }
+  LADLE_CHECK(PyType_Check(info_type.ptr()) &&
+                  PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(info_type.ptr()),
+                                   &PyTuple_Type),
+              ErrorKind::kValue, "read_header: tensor_info must be a tuple subclass");
+  auto* type = reinterpret_cast<PyTypeObject*>(info_type.ptr());
+  py::dict tensors;
+  for (const TensorEntry& t : h.tensors) {
+    py::str name(t.name);
+    PyObject* dtype = dtype_names[static_cast<int>(t.dtype)].inc_ref().ptr();
+    auto info = py::reinterpret_steal<py::object>(new_tuple_of(
+        type, {name.inc_ref().ptr(), dtype, shape_of(t), file.inc_ref().ptr(),
+               PyLong_FromUnsignedLongLong(h.data_start + t.begin),
+               PyLong_FromUnsignedLongLong(t.end - t.begin)}));
+    if (PyDict_SetItem(tensors.ptr(), name.ptr(), info.ptr()) != 0)
+      throw py::error_already_set();
   }
   out["tensors"] = tensors;
   return out;
@@ -75,11 +124,6 @@ JobOp job_op_from(const std::string& op) {
   if (op == "max") return JobOp::kMax;
   if (op == "nearswap") return JobOp::kNearSwap;
   raise(ErrorKind::kValue, format("unknown job op '%s' (sum, copy, max, nearswap)", op.c_str()));
-}
-
-// A job input with its weight rounded to fp32 once (and kept in fp64 for fp64 jobs).
-JobInput job_input(uint32_t source, uint64_t offset, DType dtype, double weight) {
-  return {source, offset, dtype, static_cast<float>(weight), weight};
 }
 
 // The UTF-8 bytes of a str (errors as Python's own, e.g. a TypeError).
@@ -195,6 +239,12 @@ class PyPlan {
       }
       plan_.jobs.push_back(std::move(job));
     }
+  }
+  // The jobs of one shard of a SumTable (python/ladle/sum_plan.py).
+  void add_sum_table_jobs(const SumTable& table, size_t shard,
+                          const std::vector<uint32_t>& sources, uint32_t sink,
+                          uint64_t header_n_bytes) {
+    table.add_jobs(plan_, shard, sources, sink, header_n_bytes);
   }
   // fsyncs and closes every shard; the files are complete after this.
   void finish_sinks() {
@@ -404,17 +454,22 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "ladle's C++ core: safetensors parsing, streaming merge engine";
 
   register_error_translator();
+  bind_sum_table(m);
 
-  m.def("read_header", [](const py::object& path) {
+  m.def("read_header",
+        [](const py::object& path, const py::object& tensor_info, const py::object& file) {
           py::dict out;
           {
             Header header = read_header(fs_path(path));
-            out = header_to_dict(header);
+            out = header_to_dict(header, tensor_info, file);
           }
           release_free_heap();  // the parse of a 10^6-tensor header freed ~1 GB
           return out;
         },
-        py::arg("path"), "Read and validate a safetensors header (no tensor data is read).");
+        py::arg("path"), py::arg("tensor_info") = py::none(), py::arg("file") = py::none(),
+        "Read and validate a safetensors header (no tensor data is read); with "
+        "tensor_info, 'tensors' maps names to tensor_info(name, dtype, shape, file, "
+        "offset, n_bytes).");
   m.def("parse_header",
         [](const std::string& label, const py::bytes& json, uint64_t file_n_bytes) {
           return header_to_dict(parse_header(label, std::string(json), file_n_bytes));
@@ -460,6 +515,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("offset"), py::arg("block_rows"), py::arg("block_cols"), py::arg("n_cols"))
       .def("add_jobs", &PyPlan::add_jobs, py::arg("jobs"),
            "add_job for each (name, op, n_elems, sink, out_offset, out_dtype, inputs) tuple.")
+      .def("add_sum_table_jobs", &PyPlan::add_sum_table_jobs, py::arg("table"),
+           py::arg("shard"), py::arg("sources"), py::arg("sink"), py::arg("header_n_bytes"))
       .def("finish_sinks", &PyPlan::finish_sinks)
       .def("finish_sink", &PyPlan::finish_sink, py::arg("index"))
       .def("release_source", &PyPlan::release_source, py::arg("source"), py::arg("offset"),

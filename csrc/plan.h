@@ -52,6 +52,11 @@ struct JobInput {
   BlockScale scale{};  // weighted sums only
 };
 
+// A job input with its weight rounded to fp32 once (and kept in fp64 for fp64 jobs).
+inline JobInput job_input(uint32_t source, uint64_t offset, DType dtype, double weight) {
+  return {source, offset, dtype, static_cast<float>(weight), weight, {}};
+}
+
 enum class JobOp : uint8_t {
   // out = round(post_scale * (w1*x1 + w2*x2 + ...)) with zero weights skipped.
   kWeightedSum,

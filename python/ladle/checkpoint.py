@@ -7,7 +7,6 @@ exactly one ``.safetensors`` file; PyTorch zip files and directories
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -28,11 +27,6 @@ TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".hdf5",
                    ".msgpack", ".onnx", ".onnx_data", ".gguf", ".ggml", ".npz", ".npy",
                    ".pkl", ".pickle", ".tflite", ".pb", ".pdparams", ".ot", ".nemo")
-
-
-# TensorInfo(*fields) without the Python-level __new__ of a named tuple (a C call:
-# read_header hands over 10^6 entries for some checkpoints).
-_new_info = functools.partial(tuple.__new__, TensorInfo)
 
 
 @dataclass
@@ -193,21 +187,26 @@ def _from_files(path: Path, files: list[Path], weight_map: dict[str, str] | None
     metadata: dict[str, str] = {}
     sizes: dict[Path, int] = {}
     for file in files:
-        header = _core.read_header(str(file))
+        # name -> TensorInfo, made by the C++ reader (no Python step per tensor).
+        header = _core.read_header(str(file), TensorInfo, file)
         sizes[file] = header["file_n_bytes"]
         if not metadata and header["metadata"]:
             metadata = dict(header["metadata"])
-        start = header["data_start"]
-        for name, dtype, shape, begin, end in header["tensors"]:
-            if name in tensors:
-                raise FormatError(f"{file}: tensor '{name}' also appears in "
-                                  f"{tensors[name].file}")
-            if weight_map is not None and weight_map.get(name) != _index_name(directory, file):
-                where = weight_map.get(name)
-                raise FormatError(
-                    f"{file}: tensor '{name}' is not listed for this shard in "
-                    f"{INDEX_NAME} (index says {where!r})")
-            tensors[name] = _new_info((name, dtype, shape, file, start + begin, end - begin))
+        found: dict[str, TensorInfo] = header["tensors"]
+        if tensors and tensors.keys() & found.keys():
+            name = next(n for n in found if n in tensors)
+            raise FormatError(f"{file}: tensor '{name}' also appears in {tensors[name].file}")
+        if weight_map is not None:
+            listed = _index_name(directory, file)
+            for name in found:
+                if weight_map.get(name) != listed:
+                    raise FormatError(
+                        f"{file}: tensor '{name}' is not listed for this shard in "
+                        f"{INDEX_NAME} (index says {weight_map.get(name)!r})")
+        if tensors:
+            tensors.update(found)
+        else:
+            tensors = found
     if weight_map is not None:
         missing = sorted(set(weight_map) - set(tensors))
         if missing:

@@ -137,8 +137,7 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
                         memory_budget=budget, check_finite=check_finite,
                         progress=progress, kernel=kernel, device=device)
         if plan.sharded:
-            output.write_index({t.name: plan.shards[t.shard].file_name for t in plan.tensors},
-                               sum(t.n_bytes for t in plan.tensors))
+            output.write_index(plan.weight_map(), plan.data_n_bytes)
         _copy_extra_files(output, plan, ckpts)
         return stats
 
@@ -153,7 +152,7 @@ def _copy_extra_files(output: OutputDir, plan: MergePlan, ckpts: list[Checkpoint
     """The first input's config/tokenizer files; a dequantized block-scaled FP8 merge
     is no longer quantized, so its config.json loses ``quantization_config``."""
     output.copy_extra_files(ckpts[0].extra_files)
-    if any(t.scales for t in plan.tensors):
+    if plan.has_scales:
         drop_quantization_config(output.partial)
 
 
@@ -170,8 +169,7 @@ def _merge_distributed(plan: MergePlan, ckpts: list[Checkpoint], output: OutputD
 
     def finish(output: OutputDir) -> None:
         if plan.sharded:
-            output.write_index({t.name: plan.shards[t.shard].file_name for t in plan.tensors},
-                               sum(t.n_bytes for t in plan.tensors))
+            output.write_index(plan.weight_map(), plan.data_n_bytes)
         _copy_extra_files(output, plan, ckpts)
 
     r = run_merge(plan, ckpts, output, plan_hash=plan_hash(plan, ckpts), resume=resume,
@@ -222,7 +220,7 @@ def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, thre
     todo = [i for i, s in enumerate(plan.shards) if s.file_name not in output.finished
             and (only is None or i in only)]
     by_shard: dict[int, list] = {i: [] for i in todo}
-    for t in plan.tensors:
+    for t in plan.tensors if plan.table is None else ():  # a table adds its own jobs
         if t.shard in by_shard:
             by_shard[t.shard].append(t)
     # Every remaining shard is created and preallocated before any data is
@@ -239,6 +237,8 @@ def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, thre
         for i in todo:
             shard = plan.shards[i]
             core_plan.clear_jobs()
+            if plan.table is not None:
+                plan.table.add_jobs(core_plan, i, sources, sinks[i], len(shard.header))
             jobs = []  # consecutive jobs go to the engine in one add_jobs call
             for t in by_shard[i]:
                 jobs.append(_job(t, sources, sinks[i], len(shard.header)))

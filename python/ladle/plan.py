@@ -6,6 +6,7 @@ plan is plain data; :func:`describe` prints it for ``--dry-run``.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from . import _core
@@ -16,6 +17,7 @@ from .errors import LadleValueError, MismatchError
 from .fp8_blocks import block_scales, check_dequantized_dtype, without_scales
 from .kinds import IntPolicy, JobKind, parse_kind
 from .patterns import as_patterns, selected
+from .sum_plan import SumTable, sum_table
 
 _DTYPE_ALIASES = {
     "f32": "F32", "float32": "F32", "fp32": "F32", "float": "F32",
@@ -56,14 +58,51 @@ class OutputTensor:
     scales: list | None = None
 
 
+class SumTensors(Sequence):
+    """``MergePlan.tensors`` (model order) or, given ``shard``, ``Shard.tensors``
+    (file order) of a :class:`SumTable` plan: each OutputTensor made when asked
+    for (a merge itself never asks)."""
+
+    def __init__(self, table: SumTable, checkpoints: list[Checkpoint], weights: list[float],
+                 shard: int | None = None) -> None:
+        self._table, self._checkpoints, self._weights = table, checkpoints, weights
+        self._shard = shard
+
+    def __len__(self) -> int:
+        if self._shard is None:
+            return len(self._table.core)
+        return self._table.core.shard_size(self._shard)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"tensor index {index} out of range")
+        if self._shard is not None:
+            index = self._table.core.shard_tensor(self._shard, index)
+        name, dtype, shape, n_bytes, n_elems, shard, offset = self._table.core.tensor(index)
+        inputs = [(c.tensors[name], w) for c, w in zip(self._checkpoints, self._weights)]
+        return OutputTensor(name, dtype, shape, JobKind.SUM, inputs, n_bytes, n_elems,
+                            shard=shard, offset=offset)
+
+    def __iter__(self) -> Iterator:
+        return (self[i] for i in range(len(self)))
+
+
 @dataclass
 class Shard:
     file_name: str
-    tensors: list[OutputTensor] = field(default_factory=list)
+    tensors: Sequence[OutputTensor] = field(default_factory=list)
     header: bytes = b""
+    # Set when ``tensors`` is a view (a SumTable plan keeps its layout in C++).
+    known_data_n_bytes: int | None = None
 
     @property
     def data_n_bytes(self) -> int:
+        if self.known_data_n_bytes is not None:
+            return self.known_data_n_bytes
         return sum(t.n_bytes for t in self.tensors)
 
     @property
@@ -73,15 +112,37 @@ class Shard:
 
 @dataclass
 class MergePlan:
-    tensors: list[OutputTensor]
+    tensors: Sequence[OutputTensor]
     shards: list[Shard]
     sharded: bool  # write index.json
     metadata: dict[str, str]
+    # Same-layout weighted sums planned in C++ (ladle.sum_plan): ``tensors`` is then
+    # a SumTensors view and the engine's jobs come from the table.
+    table: SumTable | None = None
 
     @property
     def bytes_read(self) -> int:
+        if self.table is not None:
+            return self.table.core.bytes_read
         return sum(info.n_bytes for t in self.tensors for info, w in t.inputs
                    if w != 0.0 or t.op != "sum")
+
+    @property
+    def data_n_bytes(self) -> int:
+        """Bytes of tensor data in the output (index.json's ``total_size``)."""
+        return sum(s.data_n_bytes for s in self.shards)
+
+    @property
+    def has_scales(self) -> bool:
+        """Whether a block-scaled FP8 input is dequantized (never in a SumTable plan)."""
+        return self.table is None and any(t.scales for t in self.tensors)
+
+    def weight_map(self) -> dict[str, str]:
+        """Tensor name -> shard file name, for index.json."""
+        if self.table is not None:
+            names = [s.file_name for s in self.shards]
+            return dict(zip(self.table.core.names(), (names[i] for i in self.table.core.shards())))
+        return {t.name: self.shards[t.shard].file_name for t in self.tensors}
 
     @property
     def bytes_written(self) -> int:
@@ -211,7 +272,14 @@ def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: st
     """
     weights = check_weights(weights, len(checkpoints))
     out_dtype = normalize_dtype(dtype)
+    include, exclude = as_patterns(include, "include"), as_patterns(exclude, "exclude")
     scales = [block_scales(c) for c in checkpoints]
+    metadata = {"ladle_dtype": out_dtype or "widest", **(metadata or {})}
+    if not (include or exclude or any(scales)):
+        table = sum_table(checkpoints, weights, out_dtype, list(_ITEM_BYTES))
+        if table is not None:
+            return _table_plan(table, checkpoints, weights, max_shard_bytes, single_file,
+                               metadata)
     checkpoints = [without_scales(c, s) for c, s in zip(checkpoints, scales)]
     outputs: list[OutputTensor] = []
     mergeable = _DTypeTable(_core.dtype_is_mergeable)
@@ -236,9 +304,21 @@ def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: st
             outputs.append(OutputTensor(name, first.dtype, first.shape, op,
                                         [(i, 1.0) for i in chosen], first.n_bytes,
                                         first.n_elems))
-    metadata = {"ladle_dtype": out_dtype or "widest", **(metadata or {})}
     shards, meta = layout_shards(outputs, max_shard_bytes, single_file, metadata)
     return MergePlan(outputs, shards, sharded=len(shards) > 1, metadata=meta)
+
+
+def _table_plan(table: SumTable, checkpoints: list[Checkpoint], weights: list[float],
+                max_shard_bytes: int, single_file: bool,
+                metadata: dict[str, str]) -> MergePlan:
+    """The MergePlan of a :class:`SumTable`, laid out as :func:`layout_shards` does."""
+    n = table.core.layout(max_shard_bytes, single_file, HEADER_SPLIT_BYTES)
+    meta = _shard_metadata(n, metadata)
+    shards = [Shard(shard_file_name(i, n), SumTensors(table, checkpoints, weights, shard=i),
+                    table.core.shard_header(i, list(meta.items())),
+                    known_data_n_bytes=table.core.shard_data_n_bytes(i)) for i in range(n)]
+    return MergePlan(SumTensors(table, checkpoints, weights), shards, sharded=n > 1,
+                     metadata=meta, table=table)
 
 
 # A directory output starts a new shard before its header could pass this
@@ -260,14 +340,26 @@ def layout_shards(outputs: list[OutputTensor], max_shard_bytes: int, single_file
         ``(shards, metadata)``; the metadata as written (``format: pt`` first).
     """
     shards = _assign_shards(outputs, max_shard_bytes, single_file)
-    meta = {"format": "pt", **(metadata or {})}
-    if len(shards) == 1:
-        meta[_core.FILE_CHECKSUM_KEY] = _core.FILE_CHECKSUM_PLACEHOLDER
+    meta = _shard_metadata(len(shards), metadata)
     for shard in shards:
         shard.header = _core.serialize_header(
             [(t.name, t.dtype, t.shape, t.offset, t.offset + t.n_bytes)
              for t in shard.tensors], list(meta.items()))
     return shards, meta
+
+
+def _shard_metadata(n_shards: int, metadata: dict[str, str] | None) -> dict[str, str]:
+    """The metadata every shard header holds (see :func:`layout_shards`)."""
+    meta = {"format": "pt", **(metadata or {})}
+    if n_shards == 1:
+        meta[_core.FILE_CHECKSUM_KEY] = _core.FILE_CHECKSUM_PLACEHOLDER
+    return meta
+
+
+def shard_file_name(index: int, n_shards: int) -> str:
+    """``model.safetensors`` alone, else ``model-0000i-of-0000n.safetensors``."""
+    return ("model.safetensors" if n_shards == 1
+            else f"model-{index + 1:05d}-of-{n_shards:05d}.safetensors")
 
 
 def _header_bound(t: OutputTensor) -> int:
@@ -292,7 +384,7 @@ def _assign_shards(outputs: list[OutputTensor], max_shard_bytes: int,
     n = len(groups)
     shards = []
     for i, group in enumerate(groups):
-        name = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        name = shard_file_name(i, n)
         # Larger items first keeps every tensor aligned to its item size, as the
         # safetensors library does; the sort is stable so model order survives.
         alignment = _DTypeTable(_item_alignment)
