@@ -32,7 +32,7 @@ from llama_checkpoints import checkpoint_files, generate_checkpoints
 from ladle._units import format_size, parse_size
 
 METHODS = ("linear", "ties", "dare_ties", "breadcrumbs", "slerp", "model_stock",
-           "model_stock_filter_wise", "nuslerp", "nearswap")
+           "model_stock_filter_wise", "nuslerp", "nearswap", "della", "della_linear")
 
 
 def recipe(method: str, base: Path, models: list[Path]) -> tuple[dict, list[Path]]:
