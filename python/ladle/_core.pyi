@@ -148,6 +148,19 @@ def run_della(
     kernel: str = "auto",
     progress: _Progress = None,
 ) -> _RunStatsDict: ...
+# SCE job: (name, n_elems, sink, out_offset, out_dtype, base, models, select_topk).
+_SceJob: TypeAlias = tuple[str, int, int, int, str, _Input, Sequence[_Input], float]
+
+def run_sce(
+    plan: Plan,
+    jobs: Sequence[_SceJob],
+    threads: int = 0,
+    memory_budget: int = ...,
+    chunk_elems: int = 0,
+    check_finite: bool = False,
+    kernel: str = "auto",
+    progress: _Progress = None,
+) -> _RunStatsDict: ...
 def run_grams(
     plan: Plan,
     jobs: MethodJobs,

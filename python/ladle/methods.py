@@ -15,6 +15,9 @@ and the exact order of fp32 operations):
 - ``della`` / ``della_linear``: MAGPRUNE (DELLA): deltas dropped at random with a keep
   probability rising with the element's magnitude rank in its row (``density`` ±
   ``epsilon``), rescaled, then sign-elected (della) or summed (della_linear).
+- ``sce``: the elements whose deltas vary most across the models (top ``select_topk``
+  by variance) are kept, each model weighted by its kept deltas' mean square, deltas
+  against the elected sign erased, then the weighted mean of the rest.
 - ``slerp``: spherical interpolation per tensor from streamed norms and dot
   product; linear interpolation when the tensors are (anti)colinear.
 - ``model_stock``: ``t·mean(θ_k) + (1 − t)·θ_b`` with ``t`` from the mean pairwise
@@ -109,6 +112,7 @@ METHODS: dict[str, MethodSpec] = {
     "della_linear": MethodSpec("della_linear", True,
                                {"weight": None, "density": 1.0, "epsilon": 0.15},
                                {**_TASK_GLOBALS, "rescale": True}, "magprune", "none"),
+    "sce": MethodSpec("sce", True, {}, {"select_topk": 1.0, "int8_mask": False}),
     "slerp": MethodSpec("slerp", True, {}, {"t": None}, min_models=1, max_models=1),
     "model_stock": MethodSpec("model_stock", True, {}, {"filter_wise": False}, min_models=2),
     "nuslerp": MethodSpec("nuslerp", False, {"weight": None},
@@ -121,7 +125,7 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 # mergekit methods ladle recognises but does not implement, refused by name.
-UNIMPLEMENTED = ("multislerp", "karcher", "sce", "arcee_fusion", "ram")
+UNIMPLEMENTED = ("multislerp", "karcher", "arcee_fusion", "ram")
 
 _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 _EMBED_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight",
@@ -200,7 +204,7 @@ class MethodTensor:
     name: str
     dtype: str
     shape: tuple[int, ...]
-    op: str  # "copy", "sum", "task", "della", "slerp", "model_stock", "nuslerp", "nearswap"
+    op: str  # "copy", "sum", "task", "della", "sce", "slerp", "model_stock", "nuslerp", ...
     inputs: list[tuple[TensorInfo, float]]  # base first when the method has one
     n_bytes: int
     n_elems: int
@@ -471,6 +475,10 @@ def method_tensors(method: str, base: Checkpoint | None, models: list[Checkpoint
             t.task = _della_task(spec, glob, per_model, first.shape, n, name, rescale_mode)
             t.inputs = [(infos[0], 1.0)] + [(i, w) for i, (w, _, _) in
                                             zip(model_infos, t.task["models"])]
+        elif method == "sce":
+            t.op = method
+            t.inputs = [(i, 1.0) for i in infos]
+            t.params["select_topk"] = _as_float(method, "select_topk", glob["select_topk"], name)
         elif method in ("slerp", "model_stock"):
             t.op = method
             t.inputs = [(i, 0.0) for i in infos]
@@ -579,6 +587,8 @@ def describe_method_plan(plan: MethodPlan) -> str:
             what = (f"della(consensus={t.task['consensus']}, normalize={t.task['normalize']}, "
                     f"rescale={t.task['rescale']}, lambda={t.task['lambda']:g}, rank groups of "
                     f"{t.task['group_len']}: {ms})")
+        elif t.op == "sce":
+            what = f"sce(select_topk={t.params['select_topk']:g})"
         elif t.op in ("slerp", "nearswap"):
             what = f"{t.op}(t={t.params['t']:g})"
         elif t.op == "nuslerp":
@@ -964,7 +974,7 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                 t.params["model_stock_t"] = ratio
                 t.inputs = [(infos[0], 1.0 - ratio)] + [(i, ratio / n) for i in infos[1:]]
     for t in tensors:
-        if t.op in ("task", "della", "nuslerp") or t.params.get("rows"):
+        if t.op in ("task", "della", "sce", "nuslerp") or t.params.get("rows"):
             continue
         out_offset = len(shard.header) + t.offset
         op = t.op if t.op in ("copy", "max", "nearswap") else "sum"
@@ -1018,6 +1028,12 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
     core_plan.clear_jobs()
     _run_della(core_plan, shard, sink, [t for t in tensors if t.op == "della"], src, seed,
                check_finite, on_progress, add, run_opts)
+    sce_jobs = [(t.name, t.n_elems, sink, len(shard.header) + t.offset, t.dtype,
+                 src(t.inputs[0][0]), [src(i) for i, _ in t.inputs[1:]], t.params["select_topk"])
+                for t in tensors if t.op == "sce"]
+    if sce_jobs:
+        add(_core.run_sce(core_plan, sce_jobs, check_finite=check_finite, progress=on_progress,
+                          **run_opts))
     task_tensors = [t for t in tensors if t.op == "task"]
     if task_tensors:
         jobs = _core.MethodJobs()
@@ -1114,6 +1130,15 @@ def della(base: CheckpointLike, models: Sequence[CheckpointLike], out: PathLike,
                         seed=seed, parameters={"lambda": lambda_, "epsilon": epsilon},
                         model_parameters=[{"weight": w, "density": d}
                                           for w, d in zip(weights, densities)], **options)
+
+
+def sce(base: CheckpointLike, models: Sequence[CheckpointLike], out: PathLike, *,
+        select_topk: Any = 1.0, **options) -> MergeReport:
+    """SCE (Wan et al. 2024, FuseChat): keep the ``select_topk`` share of elements whose
+    deltas vary most across the models, weight each model by its kept deltas' mean
+    square, erase deltas against the elected sign, average the rest."""
+    return merge_models("sce", models, out, base_model=base,
+                        parameters={"select_topk": select_topk}, **options)
 
 
 def slerp(base: CheckpointLike, other: CheckpointLike, t: Any, out: PathLike,
