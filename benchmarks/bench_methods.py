@@ -32,7 +32,8 @@ from llama_checkpoints import checkpoint_files, generate_checkpoints
 from ladle._units import format_size, parse_size
 
 METHODS = ("linear", "ties", "dare_ties", "breadcrumbs", "slerp", "model_stock",
-           "model_stock_filter_wise", "nuslerp", "nearswap")
+           "model_stock_filter_wise", "nuslerp", "nearswap", "della", "della_linear",
+           "sce")
 
 
 def recipe(method: str, base: Path, models: list[Path]) -> tuple[dict, list[Path]]:
@@ -55,6 +56,10 @@ def recipe(method: str, base: Path, models: list[Path]) -> tuple[dict, list[Path
         return ({**common, "merge_method": "nearswap", "base_model": str(base),
                  "models": [{"model": str(models[0])}], "parameters": {"t": 0.001}},
                 [base, models[0]])
+    if method == "sce":
+        return ({**common, "merge_method": "sce", "base_model": str(base),
+                 "models": [{"model": str(p)} for p in models],
+                 "parameters": {"select_topk": 0.5}}, [base, *models])
     if method.startswith("model_stock"):
         return ({**common, "merge_method": "model_stock", "base_model": str(base),
                  "models": [{"model": str(p)} for p in models],

@@ -13,6 +13,8 @@
 #include "checksum.h"
 #include "common.h"
 #include "engine.h"
+#include "method_della.h"
+#include "method_sce.h"
 #include "methods.h"
 #include "py_common.h"
 #include "reduce.h"
@@ -406,6 +408,89 @@ py::tuple run_grams(const PyPlan& plan, const PyMethodJobs& jobs, int threads,
   return py::make_tuple(grams, stats_to_dict(stats));
 }
 
+// DELLA jobs (method_della.h): (name, n_elems, group_len, group_stride, sink, out_offset,
+// out_dtype, base, models, elect_sign, normalize, rescale, lambda, seed) with models
+// (source, offset, dtype, weight, density, epsilon).
+using DellaModelTuple = std::tuple<uint32_t, uint64_t, std::string, double, double, double>;
+using DellaJobTuple =
+    std::tuple<std::string, uint64_t, uint64_t, uint64_t, uint32_t, uint64_t, std::string,
+               PyMethodJobs::Input, std::vector<DellaModelTuple>, bool, bool, std::string,
+               double, uint64_t>;
+
+py::dict run_della(const PyPlan& plan, const std::vector<DellaJobTuple>& tuples, int threads,
+                   uint64_t memory_budget, uint64_t chunk_elems, bool check_finite,
+                   const std::string& kernel, py::object progress) {
+  std::vector<DellaJob> jobs;
+  for (const auto& [name, n_elems, group_len, group_stride, sink, out_offset, out_dtype, base,
+                    models, elect_sign, normalize, rescale, lambda, seed] : tuples) {
+    DellaJob job;
+    job.name = name;
+    job.n_elems = n_elems;
+    job.group_len = group_len;
+    job.group_stride = group_stride;
+    job.sink = sink;
+    job.out_offset = out_offset;
+    job.out_dtype = dtype_from(out_dtype);
+    job.base = {std::get<0>(base), std::get<1>(base), dtype_from(std::get<2>(base)), 1.0f};
+    for (const auto& [source, offset, dtype, weight, density, epsilon] : models)
+      job.models.push_back({{source, offset, dtype_from(dtype), static_cast<float>(weight), weight},
+                            static_cast<float>(density), static_cast<float>(epsilon),
+                            static_cast<float>(density - epsilon)});
+    job.elect_sign = elect_sign;
+    job.normalize = normalize;
+    if (rescale == "none") job.rescale = DellaRescale::kNone;
+    else if (rescale == "l1") job.rescale = DellaRescale::kL1;
+    else if (rescale == "density") job.rescale = DellaRescale::kProbability;
+    else raise(ErrorKind::kValue, format("unknown rescale '%s' (none, l1, density)", rescale.c_str()));
+    job.lambda = static_cast<float>(lambda);
+    job.seed = seed;
+    job.tensor_key = tensor_key(name);
+    jobs.push_back(std::move(job));
+  }
+  EngineOptions options = engine_options(threads, memory_budget, chunk_elems, check_finite, kernel);
+  ProgressFn on_progress = python_progress(progress);
+  RunStats stats;
+  {
+    py::gil_scoped_release release;
+    stats = run_della_jobs(plan.plan(), jobs, options, on_progress);
+  }
+  return stats_to_dict(stats);
+}
+
+// SCE jobs (method_sce.h): (name, n_elems, sink, out_offset, out_dtype, base, models,
+// select_topk), each input a (source, offset, dtype).
+using SceJobTuple = std::tuple<std::string, uint64_t, uint32_t, uint64_t, std::string,
+                               PyMethodJobs::Input, std::vector<PyMethodJobs::Input>, double>;
+
+py::dict run_sce(const PyPlan& plan, const std::vector<SceJobTuple>& tuples, int threads,
+                 uint64_t memory_budget, uint64_t chunk_elems, bool check_finite,
+                 const std::string& kernel, py::object progress) {
+  auto input = [](const PyMethodJobs::Input& in) {
+    return JobInput{std::get<0>(in), std::get<1>(in), dtype_from(std::get<2>(in)), 1.0f};
+  };
+  std::vector<SceJob> jobs;
+  for (const auto& [name, n_elems, sink, out_offset, out_dtype, base, models, topk] : tuples) {
+    SceJob job;
+    job.name = name;
+    job.n_elems = n_elems;
+    job.sink = sink;
+    job.out_offset = out_offset;
+    job.out_dtype = dtype_from(out_dtype);
+    job.base = input(base);
+    for (const auto& m : models) job.models.push_back(input(m));
+    job.select_topk = topk;
+    jobs.push_back(std::move(job));
+  }
+  EngineOptions options = engine_options(threads, memory_budget, chunk_elems, check_finite, kernel);
+  ProgressFn on_progress = python_progress(progress);
+  RunStats stats;
+  {
+    py::gil_scoped_release release;
+    stats = run_sce_jobs(plan.plan(), jobs, options, on_progress);
+  }
+  return stats_to_dict(stats);
+}
+
 // tensors: (name, dtype, shape, begin, end) tuples, read with the CPython API as
 // add_jobs reads its jobs (a header may hold 10^6 of them).
 py::bytes serialize(const py::sequence& tensors,
@@ -562,6 +647,16 @@ PYBIND11_MODULE(_core, m) {
         py::arg("memory_budget") = 256ull << 20, py::arg("chunk_elems") = 0,
         py::arg("kernel") = "auto", py::arg("progress") = py::none(),
         "Streamed fp64 Gram matrices of the Gram jobs; returns (grams, stats).");
+  m.def("run_della", &run_della, py::arg("plan"), py::arg("jobs"), py::arg("threads") = 0,
+        py::arg("memory_budget") = 256ull << 20, py::arg("chunk_elems") = 0,
+        py::arg("check_finite") = false, py::arg("kernel") = "auto",
+        py::arg("progress") = py::none(),
+        "Run DELLA jobs (della, della_linear: MAGPRUNE, rescale, mix) into the plan's sinks.");
+  m.def("run_sce", &run_sce, py::arg("plan"), py::arg("jobs"), py::arg("threads") = 0,
+        py::arg("memory_budget") = 256ull << 20, py::arg("chunk_elems") = 0,
+        py::arg("check_finite") = false, py::arg("kernel") = "auto",
+        py::arg("progress") = py::none(),
+        "Run SCE jobs (select by variance, calculate weights, erase by sign) into the plan's sinks.");
   m.def("tensor_key", &tensor_key, py::arg("name"), "FNV-1a 64 of a tensor name (DARE's key).");
   m.def("dare_u24", &dare_u24, py::arg("seed"), py::arg("key"), py::arg("model"),
         py::arg("elem"), "DARE's counter-based draw in [0, 2^24) for one element.");

@@ -112,6 +112,10 @@ inline uint64_t mix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
+// The stream of model `model` (0-based, base excluded) of the tensor keyed `key`.
+inline uint64_t dare_stream(uint64_t seed, uint64_t key, uint32_t model) {
+  return mix64(mix64(mix64(seed) ^ key) ^ (static_cast<uint64_t>(model) + 1));
+}
 inline uint32_t dare_draw(uint64_t stream, uint64_t elem) {
   return static_cast<uint32_t>(mix64(stream + (elem + 1) * kGolden) >> 40);
 }

@@ -41,10 +41,6 @@ uint64_t candidate_limit(const EngineOptions& options) {
 constexpr uint64_t kMinChunkElems = 16 * 1024;
 constexpr uint64_t kMaxChunkElems = 16ull << 20;
 
-inline uint64_t dare_stream(uint64_t seed, uint64_t key, uint32_t model) {
-  return mix64(mix64(mix64(seed) ^ key) ^ (static_cast<uint64_t>(model) + 1));
-}
-
 using Item = WorkItem;
 
 // Chunk length: a whole number of tiles, derived from the budget like the engine's.

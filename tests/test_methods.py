@@ -108,6 +108,11 @@ def reference_task(method, name, base, xs, weights, densities, gammas, out_dtype
             if not (before < 1e-7 or after < 1e-7):
                 kept = (kept * F32(before / after)).astype(F32)
         wds.append((F32(w) * kept).astype(F32))
+    return reference_mix(b, wds, weights, cons, normalize, lam, out_dtype)
+
+
+def reference_mix(b, wds, weights, cons, normalize, lam, out_dtype):
+    """Step 5-8 of the task program: mix the weighted deltas ``wds`` onto ``b``."""
     mixed = np.zeros_like(b)
     if cons == "none":
         divisor = F32(0)
@@ -403,7 +408,7 @@ def test_method_argument_errors(tmp_path):
         methods.merge_models("ties", paths[1:], out, base_model=paths[0],
                              model_parameters=[{"weight": 1, "density": 1.5}] * 2)
     with pytest.raises(LadleValueError, match="not implemented by ladle"):
-        methods.merge_models("della", paths[1:], out, base_model=paths[0])
+        methods.merge_models("ram", paths[1:], out, base_model=paths[0])
     with pytest.raises(LadleValueError, match="exactly 1 model"):
         methods.merge_models("slerp", paths[1:], out, base_model=paths[0],
                              parameters={"t": 0.5})

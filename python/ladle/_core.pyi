@@ -151,6 +151,37 @@ def run_tasks(
     kernel: str = "auto",
     progress: _Progress = None,
 ) -> _RunStatsDict: ...
+# DELLA job: (name, n_elems, group_len, group_stride, sink, out_offset, out_dtype, base,
+# models (source, offset, dtype, weight, density, epsilon), elect_sign, normalize,
+# rescale ("none" | "l1" | "density"), lambda, seed).
+_DellaJob: TypeAlias = tuple[
+    str, int, int, int, int, int, str, _Input,
+    Sequence[tuple[int, int, str, float, float, float]], bool, bool, str, float, int,
+]
+
+def run_della(
+    plan: Plan,
+    jobs: Sequence[_DellaJob],
+    threads: int = 0,
+    memory_budget: int = ...,
+    chunk_elems: int = 0,
+    check_finite: bool = False,
+    kernel: str = "auto",
+    progress: _Progress = None,
+) -> _RunStatsDict: ...
+# SCE job: (name, n_elems, sink, out_offset, out_dtype, base, models, select_topk).
+_SceJob: TypeAlias = tuple[str, int, int, int, str, _Input, Sequence[_Input], float]
+
+def run_sce(
+    plan: Plan,
+    jobs: Sequence[_SceJob],
+    threads: int = 0,
+    memory_budget: int = ...,
+    chunk_elems: int = 0,
+    check_finite: bool = False,
+    kernel: str = "auto",
+    progress: _Progress = None,
+) -> _RunStatsDict: ...
 def run_grams(
     plan: Plan,
     jobs: MethodJobs,

@@ -12,6 +12,12 @@ and the exact order of fp32 operations):
   rescaled, then summed (linear) or sign-elected (ties).
 - ``breadcrumbs`` / ``breadcrumbs_ties``: deltas keep the magnitudes between the top
   ``gamma`` outliers and the ``density`` quota.
+- ``della`` / ``della_linear``: MAGPRUNE (DELLA): deltas dropped at random with a keep
+  probability rising with the element's magnitude rank in its row (``density`` ±
+  ``epsilon``), rescaled, then sign-elected (della) or summed (della_linear).
+- ``sce``: the elements whose deltas vary most across the models (top ``select_topk``
+  by variance) are kept, each model weighted by its kept deltas' mean square, deltas
+  against the elected sign erased, then the weighted mean of the rest.
 - ``slerp``: spherical interpolation per tensor from streamed norms and dot
   product; linear interpolation when the tensors are (anti)colinear.
 - ``model_stock``: ``t·mean(θ_k) + (1 − t)·θ_b`` with ``t`` from the mean pairwise
@@ -102,6 +108,12 @@ METHODS: dict[str, MethodSpec] = {
     "breadcrumbs_ties": MethodSpec("breadcrumbs_ties", True,
                                    {"weight": None, "density": 1.0, "gamma": 0.01},
                                    dict(_TASK_GLOBALS), "outliers", "sum"),
+    "della": MethodSpec("della", True, {"weight": None, "density": 1.0, "epsilon": 0.15},
+                        {**_TASK_GLOBALS, "normalize": True, "rescale": True}, "magprune", "sum"),
+    "della_linear": MethodSpec("della_linear", True,
+                               {"weight": None, "density": 1.0, "epsilon": 0.15},
+                               {**_TASK_GLOBALS, "rescale": True}, "magprune", "none"),
+    "sce": MethodSpec("sce", True, {}, {"select_topk": 1.0, "int8_mask": False}),
     "slerp": MethodSpec("slerp", True, {}, {"t": None}, min_models=1, max_models=1),
     "model_stock": MethodSpec("model_stock", True, {}, {"filter_wise": False}, min_models=2),
     "nuslerp": MethodSpec("nuslerp", False, {"weight": None},
@@ -114,8 +126,7 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 # mergekit methods ladle recognises but does not implement, refused by name.
-UNIMPLEMENTED = ("multislerp", "karcher", "della", "della_linear",
-                 "sce", "arcee_fusion", "ram")
+UNIMPLEMENTED = ("multislerp", "karcher", "arcee_fusion", "ram")
 
 _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 _EMBED_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight",
@@ -194,12 +205,12 @@ class MethodTensor:
     name: str
     dtype: str
     shape: tuple[int, ...]
-    op: str  # "copy", "sum", "task", "slerp", "model_stock", "nuslerp", "nearswap"
+    op: str  # "copy", "sum", "task", "della", "sce", "slerp", "model_stock", "nuslerp", ...
     inputs: list[tuple[TensorInfo, float]]  # base first when the method has one
     n_bytes: int
     n_elems: int
     params: dict[str, Any] = field(default_factory=dict)
-    task: dict[str, Any] | None = None  # op == "task": sparsify/consensus/... and per model
+    task: dict[str, Any] | None = None  # op "task"/"della": sparsify/consensus/... per model
     shard: int = -1
     offset: int = 0
 
@@ -460,6 +471,15 @@ def method_tensors(method: str, base: Checkpoint | None, models: list[Checkpoint
             t.op = method
             t.inputs = [(i, 1.0) for i in infos]
             t.params["t"] = _as_float(method, "t", glob["t"], name)
+        elif spec.sparsify == "magprune":
+            t.op = "della"
+            t.task = _della_task(spec, glob, per_model, first.shape, n, name, rescale_mode)
+            t.inputs = [(infos[0], 1.0)] + [(i, w) for i, (w, _, _) in
+                                            zip(model_infos, t.task["models"])]
+        elif method == "sce":
+            t.op = method
+            t.inputs = [(i, 1.0) for i in infos]
+            t.params["select_topk"] = _as_float(method, "select_topk", glob["select_topk"], name)
         elif method in ("slerp", "model_stock"):
             t.op = method
             t.inputs = [(i, 0.0) for i in infos]
@@ -510,6 +530,44 @@ def method_tensors(method: str, base: Checkpoint | None, models: list[Checkpoint
     return outputs
 
 
+def della_groups(shape: tuple[int, ...], n_elems: int) -> tuple[int, int]:
+    """(group length, stride) of DELLA's rank groups: mergekit ranks along dimension 1
+    (rows of a matrix; a 0-D or 1-D tensor is one group)."""
+    if n_elems == 0:
+        return 1, 1
+    if len(shape) < 2:
+        return n_elems, 1
+    return shape[1], math.prod(shape[2:])
+
+
+def _della_task(spec: MethodSpec, glob: dict, per_model: list[dict], shape: tuple[int, ...],
+                n: int, name: str, rescale_mode: str) -> dict[str, Any]:
+    """The DELLA job of one tensor: per model (weight, density, epsilon), rank groups
+    and the mix; densities and epsilons are checked as mergekit checks them."""
+    method = spec.name
+    rescale = _as_bool(method, "rescale", glob["rescale"], name)
+    models = []
+    for k, p in enumerate(per_model):
+        w = _as_float(method, "weight", p["weight"], name)
+        density = _as_float(method, "density", p["density"], name)
+        epsilon = _as_float(method, "epsilon", p["epsilon"], name)
+        if not 0.0 <= density <= 1.0:
+            raise LadleValueError(f"{method}: density {density} of model {k} for tensor "
+                                  f"'{name}' is outside [0, 1]")
+        if 0.0 < density < 1.0 and not (density - epsilon > 0.0 and density + epsilon < 1.0):
+            raise LadleValueError(
+                f"{method}: epsilon {epsilon} with density {density} of model {k} for tensor "
+                f"'{name}' puts keep probabilities outside (0, 1) (need density - epsilon > 0 "
+                f"and density + epsilon < 1)")
+        models.append((w, density, epsilon))
+    group_len, stride = della_groups(shape, n)
+    return {"sparsify": "magprune", "consensus": spec.consensus,
+            "normalize": _as_bool(method, "normalize", glob["normalize"], name),
+            "rescale": rescale_mode if rescale else "none",
+            "lambda": _as_float(method, "lambda", glob["lambda"], name),
+            "group_len": group_len, "group_stride": stride, "models": models}
+
+
 def describe_method_plan(plan: MethodPlan) -> str:
     """Human-readable plan for ``--dry-run``."""
     lines = [(f"{plan.method}: {len(plan.tensors)} tensors -> {len(plan.shards)} shard(s); "
@@ -525,6 +583,13 @@ def describe_method_plan(plan: MethodPlan) -> str:
             what = (f"task({t.task['sparsify']}, consensus={t.task['consensus']}, "
                     f"normalize={t.task['normalize']}, rescale={t.task['rescale']}, "
                     f"lambda={t.task['lambda']:g}: {ms})")
+        elif t.op == "della":
+            ms = "; ".join(f"w={w:g} density={d:g} epsilon={e:g}" for w, d, e in t.task["models"])
+            what = (f"della(consensus={t.task['consensus']}, normalize={t.task['normalize']}, "
+                    f"rescale={t.task['rescale']}, lambda={t.task['lambda']:g}, rank groups of "
+                    f"{t.task['group_len']}: {ms})")
+        elif t.op == "sce":
+            what = f"sce(select_topk={t.params['select_topk']:g})"
         elif t.op in ("slerp", "nearswap"):
             what = f"{t.op}(t={t.params['t']:g})"
         elif t.op == "nuslerp":
@@ -664,8 +729,8 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
         base_model: the base θ_b (required by every method but ``linear``).
         parameters: method-wide settings (``normalize``, ``lambda``, ``t``, and
             defaults of per-model ones), each a number, gradient or conditions.
-        model_parameters: per model: ``weight``, ``density``, ``gamma``.
-        seed: DARE's RNG seed; the draw for an element depends only on (seed,
+        model_parameters: per model: ``weight``, ``density``, ``gamma``, ``epsilon``.
+        seed: DARE's and DELLA's RNG seed; the draw for an element depends only on (seed,
             tensor name, model index, element index).
         dtype: output dtype of float tensors (default: the base's dtype).
         rescale_mode: what ``rescale: true`` means: ``"l1"`` (mergekit: match the
@@ -717,8 +782,8 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
         ckpts = [ckpts[k] for k in keep]
         params_list = [params_list[k] for k in keep]
     if rescale_mode == "density" and METHODS.get(method, METHODS["linear"]).sparsify not in (
-            "random", "none"):
-        raise LadleValueError(f"{method}: rescale_mode='density' applies to DARE only")
+            "random", "magprune", "none"):
+        raise LadleValueError(f"{method}: rescale_mode='density' applies to DARE and DELLA only")
     inputs = ([str(base.path)] if base is not None else []) + [str(c.path) for c in ckpts]
     metadata = {
         "ladle_method": method,
@@ -917,7 +982,7 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                 t.params["model_stock_t"] = ratio
                 t.inputs = [(infos[0], 1.0 - ratio)] + [(i, ratio / n) for i in infos[1:]]
     for t in tensors:
-        if t.op in ("task", "nuslerp") or t.params.get("rows"):
+        if t.op in ("task", "della", "sce", "nuslerp") or t.params.get("rows"):
             continue
         out_offset = len(shard.header) + t.offset
         op = t.op if t.op in ("copy", "max", "nearswap") else "sum"
@@ -969,6 +1034,14 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                                 progress=on_progress, **run_opts))
         _release_rows(core_plan, sources, batch)
     core_plan.clear_jobs()
+    _run_della(core_plan, shard, sink, [t for t in tensors if t.op == "della"], src, seed,
+               check_finite, on_progress, add, run_opts)
+    sce_jobs = [(t.name, t.n_elems, sink, len(shard.header) + t.offset, t.dtype,
+                 src(t.inputs[0][0]), [src(i) for i, _ in t.inputs[1:]], t.params["select_topk"])
+                for t in tensors if t.op == "sce"]
+    if sce_jobs:
+        add(_core.run_sce(core_plan, sce_jobs, check_finite=check_finite, progress=on_progress,
+                          **run_opts))
     task_tensors = [t for t in tensors if t.op == "task"]
     if task_tensors:
         jobs = _core.MethodJobs()
@@ -982,6 +1055,25 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                           spec["lambda"], seed)
         add(_core.run_tasks(core_plan, jobs, check_finite=check_finite,
                             progress=on_progress, **run_opts))
+
+
+def _run_della(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTensor], src: Any,
+               seed: int, check_finite: bool, on_progress: Any, add: Any,
+               run_opts: dict) -> None:
+    """The DELLA tensors of one shard on the C++ DELLA runner (csrc/method_della.h)."""
+    if not tensors:
+        return
+    jobs = []
+    for t in tensors:
+        spec = t.task
+        models = [(*src(info), w, d, e) for (info, _), (w, d, e) in zip(t.inputs[1:],
+                                                                          spec["models"])]
+        jobs.append((t.name, t.n_elems, spec["group_len"], spec["group_stride"], sink,
+                     len(shard.header) + t.offset, t.dtype, src(t.inputs[0][0]), models,
+                     spec["consensus"] == "sum", spec["normalize"], spec["rescale"],
+                     spec["lambda"], seed))
+    add(_core.run_della(core_plan, jobs, check_finite=check_finite, progress=on_progress,
+                        **run_opts))
 
 
 # ---------------------------------------------------------------------------
@@ -1032,6 +1124,29 @@ def breadcrumbs(base: CheckpointLike, models: Sequence[CheckpointLike], out: Pat
                         base_model=base,
                         model_parameters=[{"weight": w, "density": density, "gamma": gamma}
                                           for w in weights], **options)
+
+
+def della(base: CheckpointLike, models: Sequence[CheckpointLike], out: PathLike, *,
+          weights: Sequence[float], density: float | Sequence[float] = 0.5,
+          epsilon: float = 0.15, linear: bool = False, seed: int = 0,
+          lambda_: float = 1.0, **options) -> MergeReport:
+    """DELLA (Deep et al. 2024): MAGPRUNE drops each delta element with a probability
+    that falls with its magnitude rank in its row (keep ``density ± epsilon``), then
+    sign election (or, ``linear=True``, a plain weighted sum as ``della_linear``)."""
+    densities = _per_model(density, len(weights))
+    return merge_models("della_linear" if linear else "della", models, out, base_model=base,
+                        seed=seed, parameters={"lambda": lambda_, "epsilon": epsilon},
+                        model_parameters=[{"weight": w, "density": d}
+                                          for w, d in zip(weights, densities)], **options)
+
+
+def sce(base: CheckpointLike, models: Sequence[CheckpointLike], out: PathLike, *,
+        select_topk: Any = 1.0, **options) -> MergeReport:
+    """SCE (Wan et al. 2024, FuseChat): keep the ``select_topk`` share of elements whose
+    deltas vary most across the models, weight each model by its kept deltas' mean
+    square, erase deltas against the elected sign, average the rest."""
+    return merge_models("sce", models, out, base_model=base,
+                        parameters={"select_topk": select_topk}, **options)
 
 
 def slerp(base: CheckpointLike, other: CheckpointLike, t: Any, out: PathLike,

@@ -1,0 +1,390 @@
+// CPU runner of the DELLA jobs (method_della.h): per block of whole rank groups,
+// the magnitude ranks come from a stable radix sort of |delta| bit patterns, the keep
+// draws from DARE's counter-based RNG, and the mix from the task program's kernels.
+// Blocks are independent and the L1 norms are summed per fixed unit of whole blocks
+// in index order, so neither threads nor chunking change a bit.
+#include "method_della.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <memory>
+
+#include "chunk_runner.h"
+#include "common.h"
+#include "kernels.h"
+#include "method_kernels.h"
+#include "methods.h"
+
+namespace ladle {
+namespace {
+
+// L1 partial sums are kept per unit: whole blocks of at least one method tile.
+constexpr uint64_t kUnitElems = kMethodTileElems;
+constexpr int kRadixBits = 11;
+constexpr uint32_t kRadixBins = 1u << kRadixBits;
+constexpr uint64_t kStateBytes = 64ull << 20;
+
+struct Scratch {
+  std::vector<float> base, wd, mixed;
+  std::vector<uint32_t> rank, keys, group_rank, count;
+  std::vector<uint64_t> sort_a, sort_b;
+  std::vector<uint8_t> out;
+};
+
+// rank[i] = position of keys[i] in ascending order, equal keys in index order
+// (a stable LSD radix sort of (key, index) pairs; passes whose digit is the same
+// for every key are skipped).
+void rank_ascending(const uint32_t* keys, uint32_t n, uint32_t* rank, Scratch* s) {
+  std::vector<uint64_t>& a = s->sort_a;
+  std::vector<uint64_t>& b = s->sort_b;
+  a.resize(n);
+  b.resize(n);
+  for (uint32_t i = 0; i < n; ++i) a[i] = (static_cast<uint64_t>(keys[i]) << 32) | i;
+  for (int shift = 32; shift < 64; shift += kRadixBits) {
+    s->count.assign(kRadixBins, 0);
+    uint32_t* count = s->count.data();
+    for (uint32_t i = 0; i < n; ++i) ++count[(a[i] >> shift) & (kRadixBins - 1)];
+    if (count[(a[0] >> shift) & (kRadixBins - 1)] == n) continue;
+    uint32_t sum = 0;
+    for (uint32_t d = 0; d < kRadixBins; ++d) {
+      uint32_t c = count[d];
+      count[d] = sum;
+      sum += c;
+    }
+    for (uint32_t i = 0; i < n; ++i) b[count[(a[i] >> shift) & (kRadixBins - 1)]++] = a[i];
+    a.swap(b);
+  }
+  for (uint32_t i = 0; i < n; ++i) rank[static_cast<uint32_t>(a[i])] = i;
+}
+
+enum class Prune : uint8_t { kKeepAll, kDropAll, kMagPrune };
+
+Prune prune_of(const DellaModel& m) {
+  if (m.density >= 1.0f) return Prune::kKeepAll;
+  if (m.density <= 0.0f) return Prune::kDropAll;
+  return Prune::kMagPrune;
+}
+
+class DellaRunner {
+ public:
+  DellaRunner(const Plan& plan, const std::vector<DellaJob>& jobs, const EngineOptions& options)
+      : plan_(plan), jobs_(jobs), options_(options), kernels_(select_kernels(options.kernel)),
+        method_kernels_(select_method_kernels(options.kernel)) {}
+
+  static void validate(const Plan& plan, const DellaJob& job) {
+    validate_input(plan, job.name, job.base, job.n_elems, true);
+    for (const DellaModel& m : job.models) {
+      validate_input(plan, job.name, m.input, job.n_elems, true);
+      LADLE_CHECK(m.input.weight == m.input.weight, ErrorKind::kValue, "tensor '%s': NaN weight",
+                  job.name.c_str());
+      if (prune_of(m) == Prune::kMagPrune) {
+        float top = m.floor + 2.0f * m.epsilon;
+        float lo = std::min(m.floor, top), hi = std::max(m.floor, top);
+        LADLE_CHECK(lo > 0.0f && hi <= 1.0f, ErrorKind::kValue,
+                    "tensor '%s': della keep probabilities [%g, %g] must lie inside (0, 1)",
+                    job.name.c_str(), (double)lo, (double)hi);
+      }
+    }
+    LADLE_CHECK(job.group_len >= 1 && job.group_stride >= 1 && job.group_len <= 0xFFFFFFFFull,
+                ErrorKind::kValue, "tensor '%s': rank group of %llu elements (stride %llu)",
+                job.name.c_str(), (unsigned long long)job.group_len,
+                (unsigned long long)job.group_stride);
+    LADLE_CHECK(job.n_elems % (job.group_len * job.group_stride) == 0, ErrorKind::kValue,
+                "tensor '%s': %llu elements are not whole rank blocks of %llu", job.name.c_str(),
+                (unsigned long long)job.n_elems,
+                (unsigned long long)(job.group_len * job.group_stride));
+    validate_output(plan, job.name, job.sink, job.out_offset, job.out_dtype, job.n_elems, true);
+  }
+
+  RunStats run(const ProgressFn& progress) {
+    auto t0 = std::chrono::steady_clock::now();
+    uint64_t per_elem = 1, scratch_bytes = 0, total = 0;
+    inputs_.resize(jobs_.size());
+    for (size_t j = 0; j < jobs_.size(); ++j) {
+      const DellaJob& job = jobs_[j];
+      inputs_[j].push_back(job.base);
+      for (const DellaModel& m : job.models) inputs_[j].push_back(m.input);
+      uint64_t bytes = item_n_bytes(job.out_dtype), read = 0;
+      for (const JobInput& in : inputs_[j]) {
+        bytes += 2 * item_n_bytes(in.dtype);  // the chunk's pages and the prefetched ones
+        read += job.n_elems * item_n_bytes(in.dtype);
+      }
+      per_elem = std::max(per_elem, bytes);
+      scratch_bytes = std::max(scratch_bytes, block_scratch_bytes(job));
+      total += read * (norms(job) ? 2 : 1);
+    }
+    // Each worker holds one block's scratch; the workers' scratch gets at most half
+    // the budget (fewer workers when a block is large), the L1 state a quarter.
+    uint64_t half = options_.memory_budget / 2;
+    for (const DellaJob& job : jobs_) {
+      LADLE_CHECK(block_scratch_bytes(job) <= half, ErrorKind::kValue,
+                  "tensor '%s': a della rank block of %llu elements needs %llu bytes of "
+                  "scratch, over half the memory budget (%llu bytes); raise --memory-budget",
+                  job.name.c_str(), (unsigned long long)(job.group_len * job.group_stride),
+                  (unsigned long long)block_scratch_bytes(job),
+                  (unsigned long long)options_.memory_budget);
+    }
+    int threads = resolve_threads(options_.threads);
+    threads = static_cast<int>(std::max<uint64_t>(
+        1, std::min<uint64_t>(threads, half / std::max<uint64_t>(1, scratch_bytes))));
+    uint64_t reserved = threads * scratch_bytes + state_limit();
+    uint64_t left = options_.memory_budget > reserved ? options_.memory_budget - reserved : 0;
+    chunk_elems_ = options_.chunk_elems != 0
+                       ? options_.chunk_elems
+                       : budget_chunk_elems(left, per_elem, threads, 1, kUnitElems, 16ull << 20);
+    pool_ = std::make_unique<ChunkPool>(plan_, threads, 1, progress, total);
+    scratch_.resize(threads);
+    size_t begin = 0;
+    uint64_t n_chunks = 0;
+    while (begin < jobs_.size()) {  // batches whose L1 partial sums fit state_limit()
+      size_t end = begin;
+      uint64_t bytes = 0;
+      while (end < jobs_.size()) {
+        uint64_t b = norms(jobs_[end]) ? 2 * jobs_[end].models.size() * n_units(jobs_[end]) * 8 : 0;
+        if (end > begin && bytes + b > state_limit()) break;
+        bytes += b;
+        ++end;
+      }
+      n_chunks += run_batch(begin, end);
+      begin = end;
+    }
+    pool_->finish();
+    RunStats stats;
+    for (const DellaJob& job : jobs_) stats.bytes_written += job.n_elems * item_n_bytes(job.out_dtype);
+    stats.n_chunks = n_chunks;
+    stats.bytes_read = pool_->bytes_read();
+    stats.chunk_elems = chunk_elems_;
+    stats.threads = threads;
+    stats.kernel = kernels_.name;
+    stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return stats;
+  }
+
+ private:
+  uint64_t state_limit() const { return std::min(kStateBytes, options_.memory_budget / 4); }
+
+  static uint64_t block_elems(const DellaJob& job) { return job.group_len * job.group_stride; }
+  static uint64_t unit_elems(const DellaJob& job) {
+    uint64_t block = block_elems(job);
+    return std::max<uint64_t>(1, kUnitElems / block) * block;
+  }
+  static uint64_t n_units(const DellaJob& job) {
+    return (job.n_elems + unit_elems(job) - 1) / unit_elems(job);
+  }
+  static uint64_t block_scratch_bytes(const DellaJob& job) {
+    uint64_t block = block_elems(job), m = job.models.size();
+    return block * 4 * (m + 4) + job.group_len * (4 + 16) + kRadixBins * 4 +
+           block * item_n_bytes(job.out_dtype);
+  }
+  static bool norms(const DellaJob& job) {
+    if (job.rescale != DellaRescale::kL1) return false;
+    for (const DellaModel& m : job.models)
+      if (prune_of(m) == Prune::kMagPrune) return true;
+    return false;
+  }
+
+  uint64_t run_batch(size_t begin, size_t end) {
+    // Items: runs of whole units, about chunk_elems_ long.
+    std::vector<WorkItem> items;
+    for (size_t j = begin; j < end; ++j) {
+      const DellaJob& job = jobs_[j];
+      uint64_t unit = unit_elems(job);
+      uint64_t step = std::max<uint64_t>(1, chunk_elems_ / unit) * unit;
+      for (uint64_t f = 0; f < job.n_elems; f += step)
+        items.push_back({static_cast<uint32_t>(j), f, std::min(step, job.n_elems - f)});
+    }
+    auto inputs_of = [this](const WorkItem& item) -> const std::vector<JobInput>& {
+      return inputs_[item.job];
+    };
+    // Pass 1 (L1 rescale): |delta|_1 and |kept delta|_1 per unit, then per model.
+    l1_.assign(end - begin, {});
+    std::vector<WorkItem> norm_items;
+    for (size_t j = begin; j < end; ++j)
+      if (norms(jobs_[j])) l1_[j - begin].assign(2 * jobs_[j].models.size() * n_units(jobs_[j]), 0.0);
+    for (const WorkItem& item : items)
+      if (norms(jobs_[item.job])) norm_items.push_back(item);
+    batch_begin_ = begin;
+    pool_->run(norm_items, inputs_of, [this](const WorkItem& item, int t) { l1_pass(item, &scratch_[t]); });
+    scales_.assign(end - begin, {});
+    for (size_t j = begin; j < end; ++j) {
+      const DellaJob& job = jobs_[j];
+      scales_[j - begin].assign(job.models.size(), 1.0f);
+      if (!norms(job)) continue;
+      uint64_t units = n_units(job);
+      for (size_t k = 0; k < job.models.size(); ++k) {
+        const double* part = l1_[j - begin].data() + 2 * k * units;
+        double before = 0.0, after = 0.0;
+        for (uint64_t u = 0; u < units; ++u) before += part[u];
+        for (uint64_t u = 0; u < units; ++u) after += part[units + u];
+        // mergekit leaves the masked delta unscaled when either norm is below 1e-7
+        if (prune_of(job.models[k]) == Prune::kMagPrune && !(before < 1e-7 || after < 1e-7))
+          scales_[j - begin][k] = static_cast<float>(before / after);
+      }
+      std::vector<double>().swap(l1_[j - begin]);
+    }
+    // Pass 2: the per-element program.
+    pool_->run(items, inputs_of, [this](const WorkItem& item, int t) { apply(item, &scratch_[t]); });
+    return items.size();
+  }
+
+  void load_delta(const DellaJob& job, const JobInput& in, uint64_t elem, size_t n,
+                  const float* base, float* d) const {
+    guard_reads(plan_, job.name, [&] {
+      method_kernels_.delta(in.dtype, input_ptr(in, elem), base, d, n);
+    });
+  }
+  void load_base(const DellaJob& job, uint64_t elem, size_t n, float* dst) const {
+    guard_reads(plan_, job.name, [&] {
+      kernels_.accumulate(job.base.dtype, input_ptr(job.base, elem), 1.0f, dst, n, true);
+    });
+  }
+  const uint8_t* input_ptr(const JobInput& in, uint64_t elem) const {
+    return plan_.sources[in.source].base + in.offset + elem * item_n_bytes(in.dtype);
+  }
+
+  // MAGPRUNE of model k's delta `d` over the block starting at element `first`:
+  // dropped elements become +0; kept ones are divided by their keep probability
+  // when `by_probability`.
+  void magprune(const DellaJob& job, size_t k, uint64_t first, float* d, bool by_probability,
+                Scratch* s) const {
+    const DellaModel& m = job.models[k];
+    uint64_t n = block_elems(job), len = job.group_len, stride = job.group_stride;
+    s->rank.resize(n);
+    s->keys.resize(len);
+    s->group_rank.resize(len);
+    for (uint64_t c = 0; c < stride; ++c) {
+      for (uint64_t j = 0; j < len; ++j) s->keys[j] = abs_bits(d[j * stride + c]);
+      rank_ascending(s->keys.data(), static_cast<uint32_t>(len), s->group_rank.data(), s);
+      for (uint64_t j = 0; j < len; ++j) s->rank[j * stride + c] = s->group_rank[j];
+    }
+    uint64_t stream = dare_stream(job.seed, job.tensor_key, static_cast<uint32_t>(k));
+        for (uint64_t i = 0; i < n; ++i) {
+      float p = della_keep_probability(s->rank[i], len, m.floor, m.epsilon);
+      bool keep = static_cast<float>(dare_draw(stream, first + i)) * 0x1p-24f < p;
+      d[i] = keep ? (by_probability ? d[i] / p : d[i]) : 0.0f;
+    }
+  }
+
+  void l1_pass(const WorkItem& item, Scratch* s) {
+    const DellaJob& job = jobs_[item.job];
+    std::vector<double>& l1 = l1_[item.job - batch_begin_];
+    uint64_t block = block_elems(job), unit = unit_elems(job), units = n_units(job);
+    s->base.resize(block);
+    s->wd.resize(block);
+    for (uint64_t first = item.first_elem; first < item.first_elem + item.n_elems; first += block) {
+      load_base(job, first, block, s->base.data());
+      uint64_t u = first / unit;  // each unit lies in one item: written by one thread
+      for (size_t k = 0; k < job.models.size(); ++k) {
+        if (prune_of(job.models[k]) != Prune::kMagPrune) continue;
+        float* d = s->wd.data();
+        load_delta(job, job.models[k].input, first, block, s->base.data(), d);
+        double before = l1[2 * k * units + u];
+        for (uint64_t i = 0; i < block; ++i) before += std::fabs(static_cast<double>(d[i]));
+        l1[2 * k * units + u] = before;
+        magprune(job, k, first, d, false, s);
+        double after = l1[(2 * k + 1) * units + u];
+        for (uint64_t i = 0; i < block; ++i) after += std::fabs(static_cast<double>(d[i]));
+        l1[(2 * k + 1) * units + u] = after;
+      }
+    }
+  }
+
+  void apply(const WorkItem& item, Scratch* s) {
+    const DellaJob& job = jobs_[item.job];
+    const std::vector<float>& scales = scales_[item.job - batch_begin_];
+    const Sink& sink = plan_.sinks[job.sink];
+    size_t n_models = job.models.size();
+    uint64_t block = block_elems(job), out_size = item_n_bytes(job.out_dtype);
+    SinkSpan span(sink, job.out_offset + item.first_elem * out_size, item.n_elems * out_size,
+                  &s->out);
+    uint8_t* out = span.out_span();
+    float weight_sum = 0.0f;  // the unmasked divisor: weights summed in model order
+    std::vector<float> weights;
+    for (const DellaModel& m : job.models) {
+      weight_sum = weight_sum + m.input.weight;
+      weights.push_back(m.input.weight);
+    }
+    MixSpec spec;
+    spec.consensus = job.elect_sign ? MixConsensus::kSum : MixConsensus::kNone;
+    spec.normalize = job.normalize;
+    spec.lambda = job.lambda;
+    spec.plain_divisor = std::fabs(weight_sum) < 1e-8f ? 1.0f : weight_sum;
+    spec.weights = weights.data();
+    s->base.resize(block);
+    s->wd.resize(block * std::max<size_t>(1, n_models));
+    s->mixed.resize(block);
+    bool by_probability = job.rescale == DellaRescale::kProbability;
+    for (uint64_t first = item.first_elem; first < item.first_elem + item.n_elems; first += block) {
+      if (options_.check_finite) check_finite_input(job, job.base, first, block);
+      load_base(job, first, block, s->base.data());
+      for (size_t k = 0; k < n_models; ++k) {
+        const DellaModel& m = job.models[k];
+        if (options_.check_finite) check_finite_input(job, m.input, first, block);
+        float* wd = s->wd.data() + k * block;
+        load_delta(job, m.input, first, block, s->base.data(), wd);
+        Prune prune = prune_of(m);
+        if (prune == Prune::kDropAll) std::fill(wd, wd + block, 0.0f);
+        if (prune == Prune::kMagPrune) {
+          magprune(job, k, first, wd, by_probability, s);
+          if (scales[k] != 1.0f) method_kernels_.scale(wd, block, scales[k]);
+        }
+        method_kernels_.scale(wd, block, m.input.weight);
+      }
+      method_kernels_.mix(spec, s->wd.data(), block, n_models, s->base.data(), s->mixed.data(),
+                          block);
+      uint8_t* dst = out + (first - item.first_elem) * out_size;
+      kernels_.store(job.out_dtype, s->mixed.data(), 1.0f, dst, block);
+      if (options_.check_finite) {
+        size_t bad = find_nonfinite(job.out_dtype, dst, block);
+        LADLE_CHECK(bad == block, ErrorKind::kNonFinite,
+                    "%s: tensor '%s': merged value at element %llu is not finite (overflow in %s)",
+                    sink.label.c_str(), job.name.c_str(), (unsigned long long)(first + bad),
+                    dtype_name(job.out_dtype));
+      }
+    }
+    span.commit();
+  }
+
+  void check_finite_input(const DellaJob& job, const JobInput& in, uint64_t elem, size_t n) const {
+    size_t bad = n;
+    guard_reads(plan_, job.name, [&] { bad = find_nonfinite(in.dtype, input_ptr(in, elem), n); });
+    LADLE_CHECK(bad == n, ErrorKind::kNonFinite,
+                "%s: tensor '%s': non-finite value (NaN or Inf) at element %llu",
+                plan_.sources[in.source].label.c_str(), job.name.c_str(),
+                (unsigned long long)(elem + bad));
+  }
+
+  const Plan& plan_;
+  const std::vector<DellaJob>& jobs_;
+  const EngineOptions& options_;
+  const KernelSet& kernels_;
+  const MethodKernels& method_kernels_;
+  std::unique_ptr<ChunkPool> pool_;
+  uint64_t chunk_elems_ = 0;
+  std::vector<std::vector<JobInput>> inputs_;
+  std::vector<Scratch> scratch_;
+  std::vector<std::vector<double>> l1_;     // per job of the batch: [2k or 2k+1][unit]
+  std::vector<std::vector<float>> scales_;  // per job of the batch: L1 factor per model
+  size_t batch_begin_ = 0;
+};
+
+}  // namespace
+
+float della_keep_probability(uint64_t rank, uint64_t group_len, float density_minus_eps,
+                             float epsilon) {
+  float rank_norm = group_len > 1
+                        ? static_cast<float>(rank) / static_cast<float>(group_len - 1)
+                        : 0.5f;
+  float spread = (rank_norm * 2.0f) * epsilon;
+  return density_minus_eps + spread;
+}
+
+RunStats run_della_jobs(const Plan& plan, const std::vector<DellaJob>& jobs,
+                        const EngineOptions& options, const ProgressFn& progress) {
+  for (const DellaJob& job : jobs) DellaRunner::validate(plan, job);
+  DellaRunner runner(plan, jobs, options);
+  return runner.run(progress);
+}
+
+}  // namespace ladle

@@ -1,0 +1,382 @@
+// CPU runner of the SCE jobs (method_sce.h), one tensor at a time, in streamed passes
+// over whole 2048-element tiles: (1) a histogram of the high 16 bits of the per-element
+// variance and the count of nonzero variances, (2) the low 16 bits inside the bin that
+// holds rank k (the exact threshold), (3) when only some elements equal to it are
+// selected, their count per tile, (4) the fp64 sums of squares of the selected deltas
+// per model and tile, (5) the per-element program. Every order-sensitive quantity is
+// kept per tile and combined in index order, so threads and chunking change no bit.
+#include "method_sce.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <memory>
+#include <mutex>
+
+#include "chunk_runner.h"
+#include "common.h"
+#include "kernels.h"
+#include "method_kernels.h"
+
+namespace ladle {
+namespace {
+
+constexpr uint64_t kTile = kMethodTileElems;
+constexpr uint32_t kHiBins = 1u << 15;  // variance bits >> 16 (the sign bit is clear)
+constexpr uint32_t kLoBins = 1u << 16;
+
+struct Scratch {
+  std::vector<float> base, tv;   // tv: n_models tiles
+  std::vector<uint32_t> var_bits, hist;
+  std::vector<uint8_t> keep, out;
+};
+
+// The selection of one tensor: top k variances, equal ones by lowest index.
+struct TopK {
+  bool all = true, none = false;
+  uint32_t threshold = 0;
+  uint64_t ties_keep = 0;
+  bool need_ties = false;
+  std::vector<uint64_t> tie_prefix;  // per tile: elements equal to threshold before it
+};
+
+class SceRunner {
+ public:
+  SceRunner(const Plan& plan, const std::vector<SceJob>& jobs, const EngineOptions& options)
+      : plan_(plan), jobs_(jobs), options_(options), kernels_(select_kernels(options.kernel)),
+        method_kernels_(select_method_kernels(options.kernel)),
+        threads_(resolve_threads(options.threads)) {}
+
+  static void validate(const Plan& plan, const SceJob& job) {
+    validate_input(plan, job.name, job.base, job.n_elems, true);
+    for (const JobInput& m : job.models) validate_input(plan, job.name, m, job.n_elems, true);
+    LADLE_CHECK(!job.models.empty(), ErrorKind::kValue, "tensor '%s': sce needs a model",
+                job.name.c_str());
+    LADLE_CHECK(job.select_topk == job.select_topk, ErrorKind::kValue,
+                "tensor '%s': NaN select_topk", job.name.c_str());
+    validate_output(plan, job.name, job.sink, job.out_offset, job.out_dtype, job.n_elems, true);
+  }
+
+  RunStats run(const ProgressFn& progress) {
+    auto t0 = std::chrono::steady_clock::now();
+    uint64_t per_elem = 1, total = 0;
+    size_t max_models = 1;
+    for (const SceJob& job : jobs_) {
+      std::vector<JobInput> inputs{job.base};
+      inputs.insert(inputs.end(), job.models.begin(), job.models.end());
+      uint64_t bytes = item_n_bytes(job.out_dtype), read = 0;
+      for (const JobInput& in : inputs) {
+        bytes += 2 * item_n_bytes(in.dtype);
+        read += job.n_elems * item_n_bytes(in.dtype);
+      }
+      per_elem = std::max(per_elem, bytes);
+      max_models = std::max(max_models, job.models.size());
+      total += read * (selects(job) ? 5 : 2);
+      inputs_.push_back(std::move(inputs));
+    }
+    // Scratch per worker (tiles, private histograms) and the per-tile state of one
+    // tensor are reserved; the chunks get the rest of the budget.
+    uint64_t scratch = kTile * 4 * (max_models + 3) + kLoBins * 4;
+    uint64_t state = 0;
+    for (const SceJob& job : jobs_)
+      state = std::max(state, (job.n_elems / kTile + 1) * 8 * (max_models + 1));
+    uint64_t reserved = threads_ * scratch + state;
+    uint64_t left = options_.memory_budget > reserved ? options_.memory_budget - reserved : 0;
+    chunk_elems_ = options_.chunk_elems != 0
+                       ? options_.chunk_elems
+                       : budget_chunk_elems(left, per_elem, threads_, kTile, kTile, 16ull << 20);
+    chunk_elems_ = (chunk_elems_ + kTile - 1) / kTile * kTile;
+    pool_ = std::make_unique<ChunkPool>(plan_, threads_, 1, progress, total);
+    scratch_.resize(threads_);
+    for (Scratch& s : scratch_) {
+      s.base.resize(kTile);
+      s.tv.resize(kTile * max_models);
+      s.var_bits.resize(kTile);
+      s.keep.resize(kTile);
+    }
+    uint64_t n_chunks = 0;
+    for (size_t j = 0; j < jobs_.size(); ++j) n_chunks += run_job(j);
+    pool_->finish();
+    RunStats stats;
+    for (const SceJob& job : jobs_) stats.bytes_written += job.n_elems * item_n_bytes(job.out_dtype);
+    stats.n_chunks = n_chunks;
+    stats.bytes_read = pool_->bytes_read();
+    stats.chunk_elems = chunk_elems_;
+    stats.threads = threads_;
+    stats.kernel = kernels_.name;
+    stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return stats;
+  }
+
+ private:
+  static bool selects(const SceJob& job) { return job.select_topk > 0.0 && job.select_topk < 1.0; }
+
+  uint64_t run_job(size_t j) {
+    const SceJob& job = jobs_[j];
+    std::vector<WorkItem> items;
+    for (uint64_t f = 0; f < job.n_elems; f += chunk_elems_)
+      items.push_back({static_cast<uint32_t>(j), f, std::min(chunk_elems_, job.n_elems - f)});
+    auto run_pass = [&](void (SceRunner::*pass)(const WorkItem&, Scratch*)) {
+      pool_->run(items, [this](const WorkItem& item) -> const std::vector<JobInput>& {
+        return inputs_[item.job];
+      }, [this, pass](const WorkItem& item, int t) { (this->*pass)(item, &scratch_[t]); });
+    };
+    uint64_t read = 0;
+    for (const JobInput& in : inputs_[j]) read += job.n_elems * item_n_bytes(in.dtype);
+    uint64_t n_tiles = job.n_elems / kTile + 1;
+    top_ = TopK();
+    top_.all = job.select_topk >= 1.0;
+    top_.none = job.select_topk <= 0.0;
+    if (selects(job)) select(job, run_pass, read, n_tiles);
+    else pool_->skip(3 * read);
+    // Pass 4: sum of squares of every model's selected delta, per tile.
+    sq_.assign(job.models.size() * n_tiles, 0.0);
+    run_pass(&SceRunner::squares);
+    size_t n = job.models.size();
+    std::vector<double> mean(n, 0.0);
+    double mean_sum = 0.0;
+    for (size_t k = 0; k < n; ++k) {
+      double sum = 0.0;
+      for (uint64_t t = 0; t < n_tiles; ++t) sum += sq_[k * n_tiles + t];
+      mean[k] = job.n_elems ? sum / static_cast<double>(job.n_elems) : 0.0;
+      mean_sum += mean[k];
+    }
+    weights_.assign(n, 0.0f);
+    for (size_t k = 0; k < n; ++k)
+      weights_[k] = static_cast<float>(std::fabs(mean_sum) < 1e-6 ? 1.0 / static_cast<double>(n)
+                                                                  : mean[k] / mean_sum);
+    // Pass 5: the per-element program.
+    run_pass(&SceRunner::apply);
+    return items.size();
+  }
+
+  template <typename RunPass>
+  void select(const SceJob& job, const RunPass& run_pass, uint64_t read, uint64_t n_tiles) {
+    // Pass 1: where rank k of the variances (descending) lies among the high bits.
+    hist_.assign(kHiBins, 0);
+    nonzero_ = 0;
+    run_pass(&SceRunner::histogram_hi);
+    // mergekit: k = int(count_nonzero(var) * select_topk), a float32 product in torch
+    uint64_t k = static_cast<uint64_t>(static_cast<float>(nonzero_) *
+                                       static_cast<float>(job.select_topk));
+    top_.all = false;
+    if (k == 0) {
+      top_.none = true;
+      pool_->skip(2 * read);
+      return;
+    }
+    uint64_t cum = 0;
+    uint32_t bin = kHiBins;
+    for (uint32_t b = kHiBins; b-- > 0;) {
+      if (cum + hist_[b] >= k) {
+        bin = b;
+        break;
+      }
+      cum += hist_[b];
+    }
+    LADLE_CHECK(bin < kHiBins, ErrorKind::kValue, "internal: sce rank beyond histogram");
+    // Pass 2: the exact threshold inside that bin.
+    hi_bin_ = bin;
+    hist_.assign(kLoBins, 0);
+    run_pass(&SceRunner::histogram_lo);
+    for (uint32_t b = kLoBins; b-- > 0;) {
+      if (cum + hist_[b] >= k) {
+        top_.threshold = (bin << 16) | b;
+        top_.ties_keep = k - cum;
+        top_.need_ties = top_.ties_keep < hist_[b];
+        break;
+      }
+      cum += hist_[b];
+    }
+    // Pass 3: per tile, the elements equal to the threshold (only when some are cut).
+    top_.tie_prefix.assign(n_tiles, 0);
+    if (top_.need_ties) {
+      run_pass(&SceRunner::count_ties);
+      uint64_t before = 0;
+      for (uint64_t& c : top_.tie_prefix) {
+        uint64_t here = c;
+        c = before;
+        before += here;
+      }
+    } else {
+      pool_->skip(read);
+    }
+  }
+
+  const uint8_t* input_ptr(const JobInput& in, uint64_t elem) const {
+    return plan_.sources[in.source].base + in.offset + elem * item_n_bytes(in.dtype);
+  }
+
+  // Loads one tile: the base, every model's delta, and the variance bits of the deltas
+  // (fp64 two-pass over the models, rounded to fp32 once).
+  void load_tile(const SceJob& job, uint64_t elem, size_t n, Scratch* s) const {
+    size_t m = job.models.size();
+    guard_reads(plan_, job.name, [&] {
+      if (options_.check_finite) check_finite(job, job.base, elem, n);
+      kernels_.accumulate(job.base.dtype, input_ptr(job.base, elem), 1.0f, s->base.data(), n, true);
+      for (size_t k = 0; k < m; ++k) {
+        if (options_.check_finite) check_finite(job, job.models[k], elem, n);
+        method_kernels_.delta(job.models[k].dtype, input_ptr(job.models[k], elem), s->base.data(),
+                              s->tv.data() + k * kTile, n);
+      }
+    });
+    for (size_t i = 0; i < n; ++i) {
+      double mean = 0.0;
+      for (size_t k = 0; k < m; ++k) mean += static_cast<double>(s->tv[k * kTile + i]);
+      mean /= static_cast<double>(m);
+      double var = 0.0;
+      for (size_t k = 0; k < m; ++k) {
+        double d = static_cast<double>(s->tv[k * kTile + i]) - mean;
+        var += d * d;
+      }
+      s->var_bits[i] = abs_bits(static_cast<float>(var / static_cast<double>(m)));
+    }
+  }
+
+  // keep[i] for the tile at `elem`, then the deltas not kept become +0.
+  void mask_tile(const SceJob& job, uint64_t elem, size_t n, Scratch* s) const {
+    RankWindowBound b;
+    b.all = top_.all;
+    b.none = top_.none;
+    b.threshold = top_.threshold;
+    b.ties_keep = top_.ties_keep;
+    b.ties_seen = top_.need_ties ? top_.tie_prefix[elem / kTile] : 0;
+    if (b.all) return;
+    for (size_t i = 0; i < n; ++i) s->keep[i] = rank_below(&b, s->var_bits[i]);
+    for (size_t k = 0; k < job.models.size(); ++k) {
+      float* tv = s->tv.data() + k * kTile;
+      for (size_t i = 0; i < n; ++i) tv[i] = s->keep[i] ? tv[i] : 0.0f;
+    }
+  }
+
+  template <typename Fn>
+  void for_each_tile(const WorkItem& item, Scratch* s, const Fn& fn) const {
+    const SceJob& job = jobs_[item.job];
+    for (uint64_t g = 0; g < item.n_elems; g += kTile) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - g));
+      load_tile(job, item.first_elem + g, n, s);
+      fn(job, item.first_elem + g, n);
+    }
+  }
+
+  void histogram_hi(const WorkItem& item, Scratch* s) {
+    s->hist.assign(kHiBins, 0);
+    uint64_t nonzero = 0;
+    for_each_tile(item, s, [&](const SceJob&, uint64_t, size_t n) {
+      for (size_t i = 0; i < n; ++i) {
+        ++s->hist[s->var_bits[i] >> 16];
+        nonzero += s->var_bits[i] != 0;
+      }
+    });
+    std::lock_guard<std::mutex> guard(mu_);
+    for (uint32_t b = 0; b < kHiBins; ++b) hist_[b] += s->hist[b];
+    nonzero_ += nonzero;
+  }
+
+  void histogram_lo(const WorkItem& item, Scratch* s) {
+    s->hist.assign(kLoBins, 0);
+    for_each_tile(item, s, [&](const SceJob&, uint64_t, size_t n) {
+      for (size_t i = 0; i < n; ++i)
+        if ((s->var_bits[i] >> 16) == hi_bin_) ++s->hist[s->var_bits[i] & 0xFFFFu];
+    });
+    std::lock_guard<std::mutex> guard(mu_);
+    for (uint32_t b = 0; b < kLoBins; ++b) hist_[b] += s->hist[b];
+  }
+
+  void count_ties(const WorkItem& item, Scratch* s) {
+    for_each_tile(item, s, [&](const SceJob&, uint64_t elem, size_t n) {
+      uint64_t count = 0;
+      for (size_t i = 0; i < n; ++i) count += s->var_bits[i] == top_.threshold;
+      top_.tie_prefix[elem / kTile] = count;  // each tile is written by one thread
+    });
+  }
+
+  void squares(const WorkItem& item, Scratch* s) {
+    uint64_t n_tiles = jobs_[item.job].n_elems / kTile + 1;
+    for_each_tile(item, s, [&](const SceJob& job, uint64_t elem, size_t n) {
+      mask_tile(job, elem, n, s);
+      for (size_t k = 0; k < job.models.size(); ++k) {
+        const float* tv = s->tv.data() + k * kTile;
+        double sum = 0.0;
+        for (size_t i = 0; i < n; ++i) sum += static_cast<double>(tv[i]) * static_cast<double>(tv[i]);
+        sq_[k * n_tiles + elem / kTile] = sum;  // each tile is written by one thread
+      }
+    });
+  }
+
+  void apply(const WorkItem& item, Scratch* s) {
+    const SceJob& job = jobs_[item.job];
+    const Sink& sink = plan_.sinks[job.sink];
+    uint64_t out_size = item_n_bytes(job.out_dtype);
+    SinkSpan span(sink, job.out_offset + item.first_elem * out_size, item.n_elems * out_size,
+                  &s->out);
+    uint8_t* out = span.out_span();
+    size_t m = job.models.size();
+    for_each_tile(item, s, [&](const SceJob&, uint64_t elem, size_t n) {
+      mask_tile(job, elem, n, s);
+      float* mixed = s->base.data();  // in place: base[i] is read before it is written
+      for (size_t i = 0; i < n; ++i) {
+        float total = 0.0f;
+        for (size_t k = 0; k < m; ++k) total = total + s->tv[k * kTile + i];
+        int majority = total >= 0.0f ? 1 : -1;
+        float sum = 0.0f, weight = 0.0f;
+        for (size_t k = 0; k < m; ++k) {
+          float v = s->tv[k * kTile + i];
+          if ((v > 0.0f ? 1 : (v < 0.0f ? -1 : 0)) != majority) continue;
+          sum = sum + v * weights_[k];
+          weight = weight + weights_[k];
+        }
+        weight = weight < 1e-6f ? 1e-6f : weight;
+        mixed[i] = s->base[i] + sum / weight;
+      }
+      uint8_t* dst = out + (elem - item.first_elem) * out_size;
+      kernels_.store(job.out_dtype, mixed, 1.0f, dst, n);
+      if (options_.check_finite) {
+        size_t bad = find_nonfinite(job.out_dtype, dst, n);
+        LADLE_CHECK(bad == n, ErrorKind::kNonFinite,
+                    "%s: tensor '%s': merged value at element %llu is not finite (overflow in %s)",
+                    sink.label.c_str(), job.name.c_str(), (unsigned long long)(elem + bad),
+                    dtype_name(job.out_dtype));
+      }
+    });
+    span.commit();
+  }
+
+  void check_finite(const SceJob& job, const JobInput& in, uint64_t elem, size_t n) const {
+    size_t bad = find_nonfinite(in.dtype, input_ptr(in, elem), n);
+    LADLE_CHECK(bad == n, ErrorKind::kNonFinite,
+                "%s: tensor '%s': non-finite value (NaN or Inf) at element %llu",
+                plan_.sources[in.source].label.c_str(), job.name.c_str(),
+                (unsigned long long)(elem + bad));
+  }
+
+  const Plan& plan_;
+  const std::vector<SceJob>& jobs_;
+  const EngineOptions& options_;
+  const KernelSet& kernels_;
+  const MethodKernels& method_kernels_;
+  int threads_;
+  std::unique_ptr<ChunkPool> pool_;
+  uint64_t chunk_elems_ = 0;
+  std::vector<std::vector<JobInput>> inputs_;
+  std::vector<Scratch> scratch_;
+  // State of the tensor being run.
+  std::mutex mu_;
+  std::vector<uint64_t> hist_;
+  uint64_t nonzero_ = 0;
+  uint32_t hi_bin_ = 0;
+  TopK top_;
+  std::vector<double> sq_;  // [model * n_tiles + tile]
+  std::vector<float> weights_;
+};
+
+}  // namespace
+
+RunStats run_sce_jobs(const Plan& plan, const std::vector<SceJob>& jobs,
+                      const EngineOptions& options, const ProgressFn& progress) {
+  for (const SceJob& job : jobs) SceRunner::validate(plan, job);
+  SceRunner runner(plan, jobs, options);
+  return runner.run(progress);
+}
+
+}  // namespace ladle
