@@ -85,7 +85,7 @@ def test_ties_recipe_runs_and_matches_api(tmp_path, models):
 
 @pytest.mark.parametrize("recipe_patch,message", [
     ({"slices": [{"sources": []}]}, "exactly one of 'models', 'slices'"),
-    ({"merge_method": "multislerp"}, "'multislerp' is not implemented"),
+    ({"merge_method": "ram"}, "'ram' is not implemented"),
     ({"merge_method": "tiess"}, "unknown merge_method 'tiess'"),
     ({"base_modle": "x"}, "unknown key.*'base_modle'"),
     ({"parameters": {"normalise": True}}, "unknown parameter 'normalise'"),

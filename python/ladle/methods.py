@@ -20,6 +20,9 @@ and the exact order of fp32 operations):
   it) with ``t = w_2 / (w_1 + w_2)``, per tensor or per row (``nuslerp_flatten: false``).
 - ``nearswap``: per element, ``w = clamp(t / max(|θ_b − θ_1|, 1e-6), 0, 1)``,
   ``w·θ_1 + (1 − w)·θ_b``: the base is kept where the models differ much.
+- ``multislerp`` / ``karcher``: weighted spherical mean of N models (or of their
+  deltas from a base) / Riemannian mean of N models, as coefficients of a weighted
+  sum computed from the streamed Gram matrix (:mod:`ladle.sphere`).
 
 Parameters may vary per tensor: a value is a number, a gradient (a list of numbers
 interpolated across layer indices) or a list of ``{"filter": substring, "value": v}``
@@ -64,6 +67,7 @@ from .plan import (
     nonfloat_inputs,
     normalize_dtype,
 )
+from .sphere import SPHERE_METHODS, sphere_coefficients
 
 
 @dataclass(frozen=True)
@@ -107,14 +111,17 @@ METHODS: dict[str, MethodSpec] = {
                           {"nuslerp_row_wise": False, "nuslerp_flatten": True}, min_models=2,
                           max_models=2),
     "nearswap": MethodSpec("nearswap", True, {}, {"t": None}, min_models=1, max_models=1),
+    # multislerp/karcher: spherical means of N vectors (ladle.sphere)
+    "multislerp": MethodSpec("multislerp", False, {"weight": None},
+                             {"normalize_weights": True, "eps": 1e-8}, min_models=1),
+    "karcher": MethodSpec("karcher", False, {}, {"max_iter": 10, "tol": 1e-5}, min_models=1),
     # mergekit's passthrough: one input, optionally scaled (frankenmerges use it per slice)
     "passthrough": MethodSpec("passthrough", False, {"scale": 1.0}, {}, min_models=1,
                               max_models=1),
 }
 
 # mergekit methods ladle recognises but does not implement, refused by name.
-UNIMPLEMENTED = ("multislerp", "karcher", "della", "della_linear",
-                 "sce", "arcee_fusion", "ram")
+UNIMPLEMENTED = ("della", "della_linear", "sce", "arcee_fusion", "ram")
 
 _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 _EMBED_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight",
@@ -476,6 +483,8 @@ def method_tensors(method: str, base: Checkpoint | None, models: list[Checkpoint
             w0, w1 = (_as_float(method, "weight", p["weight"], name) for p in per_model)
             t.params.update(t=0.5 if abs(w0 + w1) < 1e-6 else w1 / (w0 + w1),
                             rows=not flatten, has_base=base is not None)
+        elif method in SPHERE_METHODS:
+            _plan_sphere(t, method, glob, per_model, infos, base is not None)
         else:
             t.op = "task"
             t.inputs = [(infos[0], 1.0)]
@@ -509,6 +518,46 @@ def method_tensors(method: str, base: Checkpoint | None, models: list[Checkpoint
     return outputs
 
 
+def _plan_sphere(t: MethodTensor, method: str, glob: dict[str, Any], per_model: list[dict],
+                 infos: list[TensorInfo], has_base: bool) -> None:
+    """Plan a multislerp or karcher tensor: its vectors and checked parameters.
+    multislerp's vectors are the models' deltas when there is a base; karcher
+    averages the base as one more point (mergekit gathers it with the models). A
+    single vector is copied through the weighted sum, as mergekit returns it."""
+    name = t.name
+    if method == "karcher":
+        vectors, has_base = infos, False
+        max_iter = glob["max_iter"]
+        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
+            raise LadleValueError(f"karcher: 'max_iter' must be an integer >= 0, got "
+                                  f"{max_iter!r} for tensor '{name}'")
+        tol = _as_float(method, "tol", glob["tol"], name)
+        if tol < 0:
+            raise LadleValueError(f"karcher: 'tol' must be >= 0, got {tol!r} for tensor "
+                                  f"'{name}'")
+        t.params.update(max_iter=max_iter, tol=tol)
+    else:
+        vectors = infos[1:] if has_base else infos
+        weights = [_as_float(method, "weight", p["weight"], name) for p in per_model]
+        if _as_bool(method, "normalize_weights", glob["normalize_weights"], name):
+            total = sum(weights)
+            if total == 0.0:
+                raise LadleValueError(f"multislerp: weights of tensor '{name}' sum to zero "
+                                      f"({weights}); set normalize_weights: false")
+            weights = [w / total for w in weights]
+        eps = _as_float(method, "eps", glob["eps"], name)
+        if eps < 0:
+            raise LadleValueError(f"multislerp: 'eps' must be >= 0, got {eps!r} for tensor "
+                                  f"'{name}'")
+        t.params.update(weights=weights, eps=eps)
+    if len(vectors) == 1:
+        t.inputs = [(vectors[0], 1.0)]  # op "sum": the vector itself
+        return
+    t.op = method
+    t.params["has_base"] = has_base
+    t.inputs = [(i, 0.0) for i in (infos if has_base else vectors)]
+
+
 def describe_method_plan(plan: MethodPlan) -> str:
     """Human-readable plan for ``--dry-run``."""
     lines = [(f"{plan.method}: {len(plan.tensors)} tensors -> {len(plan.shards)} shard(s); "
@@ -528,6 +577,8 @@ def describe_method_plan(plan: MethodPlan) -> str:
             what = f"{t.op}(t={t.params['t']:g})"
         elif t.op == "nuslerp":
             what = f"nuslerp(t={t.params['t']:g}, {'rows' if t.params['rows'] else 'tensor'})"
+        elif t.op in SPHERE_METHODS:
+            what = f"{t.op}({len(t.inputs)} inputs{', base' if t.params['has_base'] else ''})"
         else:
             what = "model_stock(filter_wise)" if t.params.get("rows") else "model_stock"
         lines.append(f"    {t.name} {t.dtype}{list(t.shape)} {what} "
@@ -888,7 +939,8 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                add: Any, run_opts: dict) -> None:
     """The three engine passes of one output shard (see execute_method_plan)."""
     core_plan.clear_jobs()
-    staged = [t for t in tensors if t.op == "nuslerp" or t.params.get("rows")]
+    staged = [t for t in tensors if t.op == "nuslerp" or t.op in SPHERE_METHODS
+              or t.params.get("rows")]
     gram_tensors = [t for t in tensors if t.op in ("slerp", "model_stock")
                     and not t.params.get("rows")]
     if gram_tensors:
@@ -909,7 +961,7 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                 t.params["model_stock_t"] = ratio
                 t.inputs = [(infos[0], 1.0 - ratio)] + [(i, ratio / n) for i in infos[1:]]
     for t in tensors:
-        if t.op in ("task", "nuslerp") or t.params.get("rows"):
+        if t.op in ("task", "nuslerp", *SPHERE_METHODS) or t.params.get("rows"):
             continue
         out_offset = len(shard.header) + t.offset
         op = t.op if t.op in ("copy", "max", "nearswap") else "sum"
@@ -942,15 +994,18 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                 n = len(infos) - 1
                 ratio = model_stock_t(gram, n)
                 weights = [1.0 - ratio] + [ratio / n] * n
-            elif t.params["has_base"]:  # base + (c0·δ0 + c1·δ1) on the task program
-                coefficients = nuslerp_coefficients(t.params["t"], gram)
+            elif t.params["has_base"]:  # base + (c0·δ0 + c1·δ1 …) on the task program
+                coefficients = (nuslerp_coefficients(t.params["t"], gram) if t.op == "nuslerp"
+                                else sphere_coefficients(t, gram))
                 tasks.add_task(t.name, length, sink, out_offset, t.dtype, src(infos[0], first),
                                [(*src(i, first), c, 1.0, 0, length)
                                 for i, c in zip(infos[1:], coefficients)],
                                "none", "none", False, "none", 1.0, seed)
                 continue
-            else:
+            elif t.op == "nuslerp":
                 weights = list(nuslerp_coefficients(t.params["t"], gram))
+            else:
+                weights = sphere_coefficients(t, gram)
             core_plan.add_job(t.name, "sum", length, sink, out_offset, t.dtype,
                               [(*src(i, first), w) for i, w in zip(infos, weights)])
         if core_plan.n_jobs:
@@ -1049,6 +1104,25 @@ def nearswap(base: CheckpointLike, other: CheckpointLike, t: Any, out: PathLike,
     ``clamp(t / |base − other|, 0, 1)``; ``t`` may be a gradient or conditions."""
     return merge_models("nearswap", [other], out, base_model=base, parameters={"t": t},
                         **options)
+
+
+def multislerp(models: Sequence[CheckpointLike], out: PathLike, *, weights: Sequence[Any],
+               base: CheckpointLike | None = None, normalize_weights: bool = True,
+               eps: float = 1e-8, **options) -> MergeReport:
+    """mergekit's multislerp: weighted spherical mean of the models (or of their
+    deltas from ``base``, then added to it), per tensor (:mod:`ladle.sphere`)."""
+    return merge_models("multislerp", models, out, base_model=base,
+                        parameters={"normalize_weights": normalize_weights, "eps": eps},
+                        model_parameters=[{"weight": w} for w in weights], **options)
+
+
+def karcher(models: Sequence[CheckpointLike], out: PathLike, *, max_iter: int = 10,
+            tol: float = 1e-5, base: CheckpointLike | None = None,
+            **options) -> MergeReport:
+    """mergekit's Karcher mean: the Riemannian mean on the sphere of the models (and
+    ``base`` as one more point), equally weighted, per tensor (:mod:`ladle.sphere`)."""
+    return merge_models("karcher", models, out, base_model=base,
+                        parameters={"max_iter": max_iter, "tol": tol}, **options)
 
 
 def model_stock(base: CheckpointLike, models: Sequence[CheckpointLike], out: PathLike,
