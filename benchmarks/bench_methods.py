@@ -32,7 +32,7 @@ from llama_checkpoints import checkpoint_files, generate_checkpoints
 from ladle._units import format_size, parse_size
 
 METHODS = ("linear", "ties", "dare_ties", "breadcrumbs", "slerp", "model_stock",
-           "model_stock_filter_wise", "nuslerp", "nearswap")
+           "model_stock_filter_wise", "nuslerp", "nearswap", "multislerp", "karcher")
 
 
 def recipe(method: str, base: Path, models: list[Path]) -> tuple[dict, list[Path]]:
@@ -51,6 +51,14 @@ def recipe(method: str, base: Path, models: list[Path]) -> tuple[dict, list[Path
         return ({**common, "merge_method": "nuslerp", "base_model": str(base),
                  "models": [{"model": str(p), "parameters": {"weight": w}}
                             for p, w in zip(models[:2], (1.0, 0.5))]}, [base, *models[:2]])
+    if method == "multislerp":
+        return ({**common, "merge_method": "multislerp", "base_model": str(base),
+                 "models": [{"model": str(p), "parameters": {"weight": w}}
+                            for p, w in zip(models, (1.0, 0.5, 0.25))]}, [base, *models])
+    if method == "karcher":
+        return ({**common, "merge_method": "karcher",
+                 "models": [{"model": str(p)} for p in models],
+                 "parameters": {"max_iter": 10}}, list(models))
     if method == "nearswap":
         return ({**common, "merge_method": "nearswap", "base_model": str(base),
                  "models": [{"model": str(models[0])}], "parameters": {"t": 0.001}},
