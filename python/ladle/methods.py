@@ -20,6 +20,8 @@ and the exact order of fp32 operations):
   it) with ``t = w_2 / (w_1 + w_2)``, per tensor or per row (``nuslerp_flatten: false``).
 - ``nearswap``: per element, ``w = clamp(t / max(|θ_b − θ_1|, 1e-6), 0, 1)``,
   ``w·θ_1 + (1 − w)·θ_b``: the base is kept where the models differ much.
+- ``arcee_fusion``: ``θ_b + δ·[s ≥ median + 1.5·IQR]`` with importance
+  ``s = |δ|·KL(softmax θ_1 ‖ softmax θ_b)`` per row (:mod:`ladle.fusion`).
 - ``multislerp`` / ``karcher``: weighted spherical mean of N models (or of their
   deltas from a base) / Riemannian mean of N models, as coefficients of a weighted
   sum computed from the streamed Gram matrix (:mod:`ladle.sphere`).
@@ -55,6 +57,7 @@ from .checkpoint import Checkpoint, TensorInfo, _preview, add_file_sources
 from .distributed import run_merge, wanted
 from .errors import LadleValueError, MismatchError
 from .fp8_blocks import block_scales
+from .fusion import run_fusion
 from .kinds import Kernel, parse_kind
 from .merge import CheckpointLike, MergeReport, PathLike, _open_all, _progress_bar, plan_hash
 from .output import OutputDir, checked_output, write_atomically
@@ -115,13 +118,15 @@ METHODS: dict[str, MethodSpec] = {
     "multislerp": MethodSpec("multislerp", False, {"weight": None},
                              {"normalize_weights": True, "eps": 1e-8}, min_models=1),
     "karcher": MethodSpec("karcher", False, {}, {"max_iter": 10, "tol": 1e-5}, min_models=1),
+    # arcee_fusion: base + the delta where its KL-weighted importance is an outlier
+    "arcee_fusion": MethodSpec("arcee_fusion", True, {}, {}, min_models=1, max_models=1),
     # mergekit's passthrough: one input, optionally scaled (frankenmerges use it per slice)
     "passthrough": MethodSpec("passthrough", False, {"scale": 1.0}, {}, min_models=1,
                               max_models=1),
 }
 
 # mergekit methods ladle recognises but does not implement, refused by name.
-UNIMPLEMENTED = ("della", "della_linear", "sce", "arcee_fusion", "ram")
+UNIMPLEMENTED = ("della", "della_linear", "sce", "ram")
 
 _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 _EMBED_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight",
@@ -485,6 +490,9 @@ def method_tensors(method: str, base: Checkpoint | None, models: list[Checkpoint
                             rows=not flatten, has_base=base is not None)
         elif method in SPHERE_METHODS:
             _plan_sphere(t, method, glob, per_model, infos, base is not None)
+        elif method == "arcee_fusion":
+            t.op = method
+            t.inputs = [(i, 0.0) for i in infos]
         else:
             t.op = "task"
             t.inputs = [(infos[0], 1.0)]
@@ -579,6 +587,8 @@ def describe_method_plan(plan: MethodPlan) -> str:
             what = f"nuslerp(t={t.params['t']:g}, {'rows' if t.params['rows'] else 'tensor'})"
         elif t.op in SPHERE_METHODS:
             what = f"{t.op}({len(t.inputs)} inputs{', base' if t.params['has_base'] else ''})"
+        elif t.op == "arcee_fusion":
+            what = "arcee_fusion(median + 1.5·IQR of |δ|·KL)"
         else:
             what = "model_stock(filter_wise)" if t.params.get("rows") else "model_stock"
         lines.append(f"    {t.name} {t.dtype}{list(t.shape)} {what} "
@@ -961,7 +971,7 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                 t.params["model_stock_t"] = ratio
                 t.inputs = [(infos[0], 1.0 - ratio)] + [(i, ratio / n) for i in infos[1:]]
     for t in tensors:
-        if t.op in ("task", "nuslerp", *SPHERE_METHODS) or t.params.get("rows"):
+        if t.op in ("task", "nuslerp", "arcee_fusion", *SPHERE_METHODS) or t.params.get("rows"):
             continue
         out_offset = len(shard.header) + t.offset
         op = t.op if t.op in ("copy", "max", "nearswap") else "sum"
@@ -1015,6 +1025,10 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
             add(_core.run_tasks(core_plan, tasks, check_finite=check_finite,
                                 progress=on_progress, **run_opts))
         _release_rows(core_plan, sources, batch)
+    for t in tensors:
+        if t.op == "arcee_fusion":  # streamed by blocks of rows (ladle.fusion)
+            core_plan.clear_jobs()
+            add(run_fusion(core_plan, sources, t, sink, len(shard.header) + t.offset, run_opts))
     core_plan.clear_jobs()
     task_tensors = [t for t in tensors if t.op == "task"]
     if task_tensors:
