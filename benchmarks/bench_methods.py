@@ -32,7 +32,8 @@ from llama_checkpoints import checkpoint_files, generate_checkpoints
 from ladle._units import format_size, parse_size
 
 METHODS = ("linear", "ties", "dare_ties", "breadcrumbs", "slerp", "model_stock",
-           "model_stock_filter_wise", "nuslerp", "nearswap", "multislerp", "karcher")
+           "model_stock_filter_wise", "nuslerp", "nearswap", "multislerp", "karcher",
+           "arcee_fusion")
 
 
 def recipe(method: str, base: Path, models: list[Path]) -> tuple[dict, list[Path]]:
@@ -59,6 +60,9 @@ def recipe(method: str, base: Path, models: list[Path]) -> tuple[dict, list[Path
         return ({**common, "merge_method": "karcher",
                  "models": [{"model": str(p)} for p in models],
                  "parameters": {"max_iter": 10}}, list(models))
+    if method == "arcee_fusion":
+        return ({**common, "merge_method": "arcee_fusion", "base_model": str(base),
+                 "models": [{"model": str(models[0])}]}, [base, models[0]])
     if method == "nearswap":
         return ({**common, "merge_method": "nearswap", "base_model": str(base),
                  "models": [{"model": str(models[0])}], "parameters": {"t": 0.001}},

@@ -101,7 +101,7 @@ def test_arcee_fusion_close_to_mergekit(tmp_path):
     torch = pytest.importorskip("torch")
     paths, ra, rb = _pair(tmp_path, "F32")
     out = tmp_path / "af.safetensors"
-    methods.merge_models("arcee_fusion", [paths[1]], out, base_model=paths[0], progress=False)
+    methods.arcee_fusion(paths[0], paths[1], out, progress=False)
     got = read_checkpoint(out)
     for name in ("model.layers.0.mlp.weight", "model.norm.weight"):
         shape = SHAPES[name]

@@ -1139,6 +1139,13 @@ def karcher(models: Sequence[CheckpointLike], out: PathLike, *, max_iter: int = 
                         parameters={"max_iter": max_iter, "tol": tol}, **options)
 
 
+def arcee_fusion(base: CheckpointLike, other: CheckpointLike, out: PathLike,
+                 **options) -> MergeReport:
+    """mergekit's Arcee fusion: ``base`` plus the delta of ``other`` where its
+    KL-weighted importance exceeds the tensor's median + 1.5·IQR (:mod:`ladle.fusion`)."""
+    return merge_models("arcee_fusion", [other], out, base_model=base, **options)
+
+
 def model_stock(base: CheckpointLike, models: Sequence[CheckpointLike], out: PathLike,
                 **options) -> MergeReport:
     """Model Stock (Jang et al. 2024): interpolate the fine-tunes' mean toward the base

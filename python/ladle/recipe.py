@@ -4,7 +4,8 @@ Accepted keys (mergekit's schema for the methods ladle implements)::
 
     merge_method: ties            # linear, task_arithmetic, ties, dare_ties, dare_linear,
                                   # breadcrumbs, breadcrumbs_ties, slerp, model_stock,
-                                  # passthrough, nuslerp, nearswap, multislerp, karcher
+                                  # passthrough, nuslerp, nearswap, multislerp, karcher,
+                                  # arcee_fusion
     base_model: path/to/base
     models:
       - model: path/to/ft1
