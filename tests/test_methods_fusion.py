@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ladle import fusion, methods
+from ladle import fusion, methods, row_stream
 from ladle.cli import main
 from ladle.errors import LadleValueError
 
@@ -64,7 +64,7 @@ def test_arcee_fusion_matches_reference(tmp_path, monkeypatch, dtype):
     outs = []
     for k, (threads, chunk) in enumerate([(1, 0), (2, 2048)]):
         if k:  # blocks of three rows: many reads, histograms and writes
-            monkeypatch.setattr(fusion, "_BLOCK_ROWS_MAX", 3)
+            monkeypatch.setattr(row_stream, "BLOCK_ROWS_MAX", 3)
         out = tmp_path / f"af{k}.safetensors"
         methods.merge_models("arcee_fusion", [paths[1]], out, base_model=paths[0],
                              threads=threads, chunk_elems=chunk, progress=False)

@@ -25,12 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
-from .errors import LadleValueError
+from .row_stream import RowStream
 
 _EPS = 1e-8
-_ARRAYS_PER_ELEMENT = 48  # bytes per element of a block: fp32 inputs, fp64 softmaxes
-_BLOCK_ROWS_MAX = 1 << 16  # rows per block at most (a cap on each engine run's jobs)
+_BYTES_PER_ELEMENT = 48  # working memory per element of a block: fp32 inputs, fp64 softmaxes
 
 
 def order_keys(values: np.ndarray) -> np.ndarray:
@@ -93,85 +91,18 @@ def _select(histograms, ranks: tuple[int, ...]) -> list[int]:
     return out
 
 
-class FusionTensor:
-    """One arcee_fusion output tensor run through a shard's engine plan."""
-
-    def __init__(self, core_plan: Any, sources: dict, t: Any, sink: int, out_offset: int,
-                 run_opts: dict) -> None:
-        self.plan, self.sources, self.t = core_plan, sources, t
-        self.sink, self.out_offset, self.run_opts = sink, out_offset, run_opts
-        self.base, self.model = (info for info, _ in t.inputs)
-        cols = t.shape[-1] if len(t.shape) >= 2 else max(t.n_elems, 1)
-        self.cols = cols
-        self.n_rows = t.n_elems // cols if cols else 0
-        per_row = cols * _ARRAYS_PER_ELEMENT
-        self.rows_per_block = max(1, min(self.n_rows, _BLOCK_ROWS_MAX,
-                                         run_opts["memory_budget"] // 2 // per_row))
-        if per_row > run_opts["memory_budget"] // 2:
-            raise LadleValueError(
-                f"arcee_fusion: tensor '{t.name}': a row of {cols} elements needs "
-                f"{per_row} bytes of working memory, over half the memory budget "
-                f"({run_opts['memory_budget']} bytes); raise --memory-budget")
-        self.stats: dict = {"bytes_read": 0, "threads": 0, "chunk_elems": 0, "kernel": ""}
-
-    def _blocks(self):
-        """(first row, x, b) of every block, x and b fp32 [rows, cols]."""
-        for first in range(0, self.n_rows, self.rows_per_block):
-            rows = min(self.rows_per_block, self.n_rows - first)
-            yield first, self._read(self.model, first, rows), self._read(self.base, first, rows)
-
-    def _run(self) -> None:
-        stats = _core.run(self.plan, **{k: v for k, v in self.run_opts.items()})
-        self.stats["bytes_read"] += stats["bytes_read"]
-        for key in ("threads", "chunk_elems", "kernel"):
-            self.stats[key] = stats[key] or self.stats[key]
-        self.plan.clear_jobs()
-
-    def _read(self, info: Any, first: int, rows: int) -> np.ndarray:
-        n = rows * self.cols
-        buf = np.empty(n, dtype=np.float32)
-        sink = self.plan.add_memory_sink(f"{self.t.name}:rows", buf.ctypes.data, buf.nbytes)
-        size = _core.dtype_n_bits(info.dtype) // 8
-        offset = info.offset + first * self.cols * size
-        self.plan.clear_jobs()
-        self.plan.add_job(self.t.name, "sum", n, sink, 0, "F32",
-                          [(self.sources[info.file], offset, info.dtype, 1.0)])
-        self._run()
-        self.plan.release_source(self.sources[info.file], offset, n * size)
-        return buf.reshape(rows, self.cols)
-
-    def _histogram(self, prefixes: list[int] | None) -> Any:
-        """One pass: the high-half histogram, or per prefix the low-half one."""
-        counts = {p: np.zeros(1 << 16, dtype=np.int64) for p in (prefixes or [None])}
-        for _, x, b in self._blocks():
-            keys = order_keys(importance(x, b)[1].ravel())
-            for prefix, hist in counts.items():
-                if prefix is None:
-                    hist += np.bincount(keys >> 16, minlength=1 << 16)
-                else:
-                    hist += np.bincount(keys[(keys >> 16) == prefix] & 0xFFFF,
-                                        minlength=1 << 16)
-        return counts if prefixes is not None else counts[None]
-
-    def threshold(self) -> np.float32:
-        """The dynamic threshold of the tensor's importance (two streamed passes)."""
-        keys = _select(self._histogram, quantile_ranks(self.t.n_elems))
-        q1, median, q3 = (float(v) for v in _from_keys(keys))
-        return fusion_threshold(q1, median, q3)
-
-    def write(self, threshold: np.float32) -> dict:
-        """Stream ``b + d·mask`` into the shard; returns the engine's statistics."""
-        item = _core.dtype_n_bits(self.t.dtype) // 8
-        for first, x, b in self._blocks():
-            d, s = importance(x, b)
-            with np.errstate(all="ignore"):
-                out = (b + d * (s >= threshold).astype(np.float32)).astype(np.float32).ravel()
-            src = self.plan.add_memory_source(f"{self.t.name}:out", out.ctypes.data, out.nbytes)
-            self.plan.add_job(self.t.name, "sum", out.size, self.sink,
-                              self.out_offset + first * self.cols * item, self.t.dtype,
-                              [(src, 0, "F32", 1.0)])
-            self._run()
-        return self.stats
+def _histogram(stream: RowStream, prefixes: list[int] | None) -> Any:
+    """One pass: the high-half histogram of the importance keys, or per prefix the
+    histogram of the low halves of the keys with that high half."""
+    counts = {p: np.zeros(1 << 16, dtype=np.int64) for p in (prefixes or [None])}
+    for _, (b, x) in stream.blocks():
+        keys = order_keys(importance(x, b)[1].ravel())
+        for prefix, hist in counts.items():
+            if prefix is None:
+                hist += np.bincount(keys >> 16, minlength=1 << 16)
+            else:
+                hist += np.bincount(keys[(keys >> 16) == prefix] & 0xFFFF, minlength=1 << 16)
+    return counts if prefixes is not None else counts[None]
 
 
 def run_fusion(core_plan: Any, sources: dict, t: Any, sink: int, out_offset: int,
@@ -180,5 +111,13 @@ def run_fusion(core_plan: Any, sources: dict, t: Any, sink: int, out_offset: int
     ``sink``: three streamed passes over the inputs (see the module doc)."""
     if t.n_elems == 0:
         return {"bytes_read": 0, "threads": 0, "chunk_elems": 0, "kernel": ""}
-    fusion = FusionTensor(core_plan, sources, t, sink, out_offset, run_opts)
-    return fusion.write(fusion.threshold())
+    cols = t.shape[-1] if len(t.shape) >= 2 else t.n_elems
+    stream = RowStream(core_plan, sources, t, sink, out_offset, run_opts, cols,
+                       _BYTES_PER_ELEMENT, "arcee_fusion")
+    keys = _select(lambda prefixes: _histogram(stream, prefixes), quantile_ranks(t.n_elems))
+    threshold = fusion_threshold(*(float(v) for v in _from_keys(keys)))
+    for first, (b, x) in stream.blocks():
+        d, s = importance(x, b)
+        with np.errstate(all="ignore"):
+            stream.write(first, b + d * (s >= threshold).astype(np.float32))
+    return stream.stats
