@@ -17,7 +17,8 @@ and the exact order of fp32 operations):
 - ``model_stock``: ``t·mean(θ_k) + (1 − t)·θ_b`` with ``t`` from the mean pairwise
   cosine of the deltas (per tensor, or per row with ``filter_wise``).
 - ``nuslerp``: SLERP of two models (or of their deltas from a base, then added to
-  it) with ``t = w_2 / (w_1 + w_2)``, per tensor or per row (``nuslerp_flatten: false``).
+  it) with ``t = w_2 / (w_1 + w_2)``, per tensor or per row (``nuslerp_flatten: false``),
+  or per column (also ``nuslerp_row_wise: true``; :mod:`ladle.nuslerp_columns`).
 - ``nearswap``: per element, ``w = clamp(t / max(|θ_b − θ_1|, 1e-6), 0, 1)``,
   ``w·θ_1 + (1 − w)·θ_b``: the base is kept where the models differ much.
 - ``arcee_fusion``: ``θ_b + δ·[s ≥ median + 1.5·IQR]`` with importance
@@ -60,6 +61,7 @@ from .fp8_blocks import block_scales
 from .fusion import run_fusion
 from .kinds import Kernel, parse_kind
 from .merge import CheckpointLike, MergeReport, PathLike, _open_all, _progress_bar, plan_hash
+from .nuslerp_columns import run_nuslerp_columns
 from .output import OutputDir, checked_output, write_atomically
 from .plan import (
     _ITEM_BYTES,
@@ -482,12 +484,14 @@ def method_tensors(method: str, base: Checkpoint | None, models: list[Checkpoint
             t.op = method
             t.inputs = [(i, 0.0) for i in infos]
             flatten = _as_bool(method, "nuslerp_flatten", glob["nuslerp_flatten"], name)
-            if _as_bool(method, "nuslerp_row_wise", glob["nuslerp_row_wise"], name) and not flatten:
-                raise LadleValueError("nuslerp: nuslerp_row_wise with nuslerp_flatten false "
-                                      "(vectors along dimension 0) is not implemented by ladle")
+            row_wise = _as_bool(method, "nuslerp_row_wise", glob["nuslerp_row_wise"], name)
+            # Vectors along dimension 0 (ladle.nuslerp_columns); a 0-D or 1-D tensor
+            # is one vector either way.
+            columns = row_wise and not flatten and len(first.shape) >= 2
             w0, w1 = (_as_float(method, "weight", p["weight"], name) for p in per_model)
             t.params.update(t=0.5 if abs(w0 + w1) < 1e-6 else w1 / (w0 + w1),
-                            rows=not flatten, has_base=base is not None)
+                            rows=not flatten and not columns, columns=columns,
+                            has_base=base is not None)
         elif method in SPHERE_METHODS:
             _plan_sphere(t, method, glob, per_model, infos, base is not None)
         elif method == "arcee_fusion":
@@ -584,7 +588,9 @@ def describe_method_plan(plan: MethodPlan) -> str:
         elif t.op in ("slerp", "nearswap"):
             what = f"{t.op}(t={t.params['t']:g})"
         elif t.op == "nuslerp":
-            what = f"nuslerp(t={t.params['t']:g}, {'rows' if t.params['rows'] else 'tensor'})"
+            vectors = ("columns" if t.params.get("columns") else
+                       "rows" if t.params["rows"] else "tensor")
+            what = f"nuslerp(t={t.params['t']:g}, {vectors})"
         elif t.op in SPHERE_METHODS:
             what = f"{t.op}({len(t.inputs)} inputs{', base' if t.params['has_base'] else ''})"
         elif t.op == "arcee_fusion":
@@ -949,8 +955,8 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                add: Any, run_opts: dict) -> None:
     """The three engine passes of one output shard (see execute_method_plan)."""
     core_plan.clear_jobs()
-    staged = [t for t in tensors if t.op == "nuslerp" or t.op in SPHERE_METHODS
-              or t.params.get("rows")]
+    staged = [t for t in tensors if (t.op == "nuslerp" and not t.params["columns"])
+              or t.op in SPHERE_METHODS or t.params.get("rows")]
     gram_tensors = [t for t in tensors if t.op in ("slerp", "model_stock")
                     and not t.params.get("rows")]
     if gram_tensors:
@@ -1025,10 +1031,12 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
             add(_core.run_tasks(core_plan, tasks, check_finite=check_finite,
                                 progress=on_progress, **run_opts))
         _release_rows(core_plan, sources, batch)
-    for t in tensors:
-        if t.op == "arcee_fusion":  # streamed by blocks of rows (ladle.fusion)
+    for t in tensors:  # streamed by blocks of rows (ladle.row_stream)
+        blocked = (run_fusion if t.op == "arcee_fusion" else
+                   run_nuslerp_columns if t.params.get("columns") else None)
+        if blocked is not None:
             core_plan.clear_jobs()
-            add(run_fusion(core_plan, sources, t, sink, len(shard.header) + t.offset, run_opts))
+            add(blocked(core_plan, sources, t, sink, len(shard.header) + t.offset, run_opts))
     core_plan.clear_jobs()
     task_tensors = [t for t in tensors if t.op == "task"]
     if task_tensors:
@@ -1104,11 +1112,12 @@ def slerp(base: CheckpointLike, other: CheckpointLike, t: Any, out: PathLike,
 
 def nuslerp(models: Sequence[CheckpointLike], out: PathLike, *, weights: Sequence[float],
             base: CheckpointLike | None = None, flatten: bool = True,
-            **options) -> MergeReport:
+            row_wise: bool = False, **options) -> MergeReport:
     """mergekit's NuSLERP: SLERP of two models (or of their deltas from ``base``) at
-    ``t = w_2 / (w_1 + w_2)``, per tensor or, with ``flatten=False``, per row."""
+    ``t = w_2 / (w_1 + w_2)``, per tensor or, with ``flatten=False``, per row (per
+    column, the vectors along dimension 0, with ``row_wise=True`` too)."""
     return merge_models("nuslerp", models, out, base_model=base,
-                        parameters={"nuslerp_flatten": flatten},
+                        parameters={"nuslerp_flatten": flatten, "nuslerp_row_wise": row_wise},
                         model_parameters=[{"weight": w} for w in weights], **options)
 
 
