@@ -93,7 +93,7 @@ def test_ties_recipe_runs_and_matches_api(tmp_path, models):
     ({"tokenizer": {"source": "base"}}, "base: cannot load its tokenizer"),
     ({"tokenizer": {"source": "base"}, "tokenizer_source": "base"}, "not both"),
     ({"chat_template": "auto"}, "none of the models has a chat template"),
-    ({"chat_template": "llama3"}, "not shipped with ladle"),
+    ({"chat_template": "vicuna"}, "neither Jinja text nor a built-in name"),
     ({"dtype": "int8"}, "unsupported dtype"),
     ({"seed": -1}, "seed"),
 ])
