@@ -28,7 +28,8 @@ import numpy as np
 from .row_stream import RowStream
 
 _EPS = 1e-8
-_BYTES_PER_ELEMENT = 48  # working memory per element of a block: fp32 inputs, fp64 softmaxes
+_BYTES_PER_ELEMENT = 96  # working memory per element of a block: fp32 inputs, fp64
+#                          softmaxes and their temporaries, fp32/uint32 importance and keys
 
 
 def order_keys(values: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .row_stream import RowStream
 
-_BYTES_PER_ELEMENT = 96  # a block's fp32 inputs, fp64 products and running sums
+_BYTES_PER_ELEMENT = 80  # a block's fp32 inputs and deltas, fp64 copies, temporaries
 
 
 def column_coefficients(t: float, g00: np.ndarray, g01: np.ndarray, g11: np.ndarray,
@@ -51,12 +51,14 @@ def run_nuslerp_columns(core_plan: Any, sources: dict, t: Any, sink: int, out_of
     stream = RowStream(core_plan, sources, t, sink, out_offset, run_opts, cols,
                        _BYTES_PER_ELEMENT, "nuslerp")
     has_base = t.params["has_base"]
-    sums = np.zeros((1, 3, stream.cols))
+    g00, g01, g11 = (np.zeros(stream.cols) for _ in range(3))
     for _, arrays in stream.blocks():
         v0, v1 = (v.astype(np.float64) for v in _vectors(arrays, has_base))
-        products = np.stack([v0 * v0, v0 * v1, v1 * v1], axis=1)
-        sums = np.cumsum(np.concatenate([sums, products]), axis=0)[-1:]
-    c0, c1 = column_coefficients(t.params["t"], *sums[0])
+        for a, b in zip(v0, v1):  # row after row: the sums' order never depends on blocks
+            g00 += a * a
+            g01 += a * b
+            g11 += b * b
+    c0, c1 = column_coefficients(t.params["t"], g00, g01, g11)
     for first, arrays in stream.blocks():
         v0, v1 = _vectors(arrays, has_base)
         with np.errstate(all="ignore"):
