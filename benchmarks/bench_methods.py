@@ -33,7 +33,7 @@ from ladle._units import format_size, parse_size
 
 METHODS = ("linear", "ties", "dare_ties", "breadcrumbs", "slerp", "model_stock",
            "model_stock_filter_wise", "nuslerp", "nearswap", "della", "della_linear",
-           "sce")
+           "sce", "multislerp", "karcher", "arcee_fusion", "nuslerp_row_wise")
 
 
 def recipe(method: str, base: Path, models: list[Path]) -> tuple[dict, list[Path]]:
@@ -48,10 +48,24 @@ def recipe(method: str, base: Path, models: list[Path]) -> tuple[dict, list[Path
         return ({**common, "merge_method": "slerp", "base_model": str(base),
                  "models": [{"model": str(base)}, {"model": str(models[0])}],
                  "parameters": {"t": [0.1, 0.5, 0.9]}}, [base, models[0]])
-    if method == "nuslerp":
+    if method.startswith("nuslerp"):
+        columns = ({"parameters": {"nuslerp_row_wise": True, "nuslerp_flatten": False}}
+                   if method.endswith("row_wise") else {})
         return ({**common, "merge_method": "nuslerp", "base_model": str(base),
                  "models": [{"model": str(p), "parameters": {"weight": w}}
-                            for p, w in zip(models[:2], (1.0, 0.5))]}, [base, *models[:2]])
+                            for p, w in zip(models[:2], (1.0, 0.5))], **columns},
+                [base, *models[:2]])
+    if method == "multislerp":
+        return ({**common, "merge_method": "multislerp", "base_model": str(base),
+                 "models": [{"model": str(p), "parameters": {"weight": w}}
+                            for p, w in zip(models, (1.0, 0.5, 0.25))]}, [base, *models])
+    if method == "karcher":
+        return ({**common, "merge_method": "karcher",
+                 "models": [{"model": str(p)} for p in models],
+                 "parameters": {"max_iter": 10}}, list(models))
+    if method == "arcee_fusion":
+        return ({**common, "merge_method": "arcee_fusion", "base_model": str(base),
+                 "models": [{"model": str(models[0])}]}, [base, models[0]])
     if method == "nearswap":
         return ({**common, "merge_method": "nearswap", "base_model": str(base),
                  "models": [{"model": str(models[0])}], "parameters": {"t": 0.001}},

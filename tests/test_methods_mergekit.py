@@ -289,9 +289,9 @@ def test_nuslerp_recipe_and_errors(tmp_path):
     for name, shape in SHAPES.items():
         xs = [to_f32(r[name][2], "BF16") for r in raws]
         assert got[name][2] == _nuslerp_reference(xs, shape, 0.5, True, True, "BF16"), name
-    with pytest.raises(LadleValueError, match="nuslerp_row_wise .* not implemented"):
+    with pytest.raises(LadleValueError, match="nuslerp_row_wise.*true or false"):
         methods.merge_models("nuslerp", paths[1:], tmp_path / "x.safetensors",
-                             parameters={"nuslerp_row_wise": True, "nuslerp_flatten": False},
+                             parameters={"nuslerp_row_wise": 1, "nuslerp_flatten": False},
                              model_parameters=[{"weight": 1.0}] * 2, progress=False)
     with pytest.raises(LadleValueError, match="exactly 2"):
         methods.merge_models("nuslerp", paths[1:2], tmp_path / "y.safetensors",

@@ -81,7 +81,7 @@ def test_ties_recipe_runs_and_matches_api(tmp_path, models):
 
 @pytest.mark.parametrize("recipe_patch,message", [
     ({"slices": [{"sources": []}]}, "exactly one of 'models', 'slices'"),
-    ({"merge_method": "multislerp"}, "'multislerp' is not implemented"),
+    ({"merge_method": "ram"}, "'ram' is not implemented"),
     ({"merge_method": "tiess"}, "unknown merge_method 'tiess'"),
     ({"base_modle": "x"}, "unknown key.*'base_modle'"),
     ({"parameters": {"normalise": True}}, "unknown parameter 'normalise'"),
@@ -89,7 +89,7 @@ def test_ties_recipe_runs_and_matches_api(tmp_path, models):
     ({"tokenizer": {"source": "base"}}, "base: cannot load its tokenizer"),
     ({"tokenizer": {"source": "base"}, "tokenizer_source": "base"}, "not both"),
     ({"chat_template": "auto"}, "none of the models has a chat template"),
-    ({"chat_template": "llama3"}, "not shipped with ladle"),
+    ({"chat_template": "vicuna"}, "neither Jinja text nor a built-in name"),
     ({"dtype": "int8"}, "unsupported dtype"),
     ({"seed": -1}, "seed"),
 ])

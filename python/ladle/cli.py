@@ -92,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="randomized torch.svd_lowrank instead of the exact SVD")
     p.add_argument("--include", action="append", help="only tensors matching this glob")
     p.add_argument("--exclude", action="append", help="skip tensors matching this glob")
+    p.add_argument("--modules-to-save", "--save-module", action="append", metavar="MODULE",
+                   help="save this module at full rank (PEFT modules_to_save): a full name "
+                        "or its last component, e.g. lm_head")
+    p.add_argument("--embed-lora", action="store_true",
+                   help="factor the input embeddings (lora_embedding_A/B) and output heads "
+                        "too, instead of leaving them out")
+    p.add_argument("--sv-epsilon", type=float, default=0.0,
+                   help="drop singular values <= this (a module's rank may shrink)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--quiet", action="store_true", help="no progress or summary")
 
@@ -187,6 +195,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         r = extract_lora(args.base, args.finetuned, args.out, args.rank, device=args.device,
                          dtype=args.dtype, method="lowrank" if args.lowrank else "svd",
                          include=args.include, exclude=args.exclude,
+                         modules_to_save=args.modules_to_save, embed_lora=args.embed_lora,
+                         sv_epsilon=args.sv_epsilon,
                          overwrite=args.overwrite, progress=not args.quiet)
         if not args.quiet:
             print(f"wrote {r.out}: {r.n_modules} LoRA modules of rank <= {r.rank} in "

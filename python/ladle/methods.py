@@ -23,9 +23,15 @@ and the exact order of fp32 operations):
 - ``model_stock``: ``t·mean(θ_k) + (1 − t)·θ_b`` with ``t`` from the mean pairwise
   cosine of the deltas (per tensor, or per row with ``filter_wise``).
 - ``nuslerp``: SLERP of two models (or of their deltas from a base, then added to
-  it) with ``t = w_2 / (w_1 + w_2)``, per tensor or per row (``nuslerp_flatten: false``).
+  it) with ``t = w_2 / (w_1 + w_2)``, per tensor or per row (``nuslerp_flatten: false``),
+  or per column (also ``nuslerp_row_wise: true``; :mod:`ladle.nuslerp_columns`).
 - ``nearswap``: per element, ``w = clamp(t / max(|θ_b − θ_1|, 1e-6), 0, 1)``,
   ``w·θ_1 + (1 − w)·θ_b``: the base is kept where the models differ much.
+- ``arcee_fusion``: ``θ_b + δ·[s ≥ median + 1.5·IQR]`` with importance
+  ``s = |δ|·KL(softmax θ_1 ‖ softmax θ_b)`` per row (:mod:`ladle.fusion`).
+- ``multislerp`` / ``karcher``: weighted spherical mean of N models (or of their
+  deltas from a base) / Riemannian mean of N models, as coefficients of a weighted
+  sum computed from the streamed Gram matrix (:mod:`ladle.sphere`).
 
 Parameters may vary per tensor: a value is a number, a gradient (a list of numbers
 interpolated across layer indices) or a list of ``{"filter": substring, "value": v}``
@@ -58,8 +64,10 @@ from .checkpoint import Checkpoint, TensorInfo, _preview, add_file_sources
 from .distributed import run_merge, wanted
 from .errors import LadleValueError, MismatchError
 from .fp8_blocks import block_scales
+from .fusion import run_fusion
 from .kinds import Kernel, parse_kind
 from .merge import CheckpointLike, MergeReport, PathLike, _progress_bar, plan_hash
+from .nuslerp_columns import run_nuslerp_columns
 from .output import OutputDir, checked_output, write_atomically
 from .plan import (
     _ITEM_BYTES,
@@ -71,6 +79,7 @@ from .plan import (
     normalize_dtype,
 )
 from .set_checkpoint import open_inputs, refuse_memory_inputs, same_input
+from .sphere import SPHERE_METHODS, sphere_coefficients
 
 
 @dataclass(frozen=True)
@@ -120,13 +129,19 @@ METHODS: dict[str, MethodSpec] = {
                           {"nuslerp_row_wise": False, "nuslerp_flatten": True}, min_models=2,
                           max_models=2),
     "nearswap": MethodSpec("nearswap", True, {}, {"t": None}, min_models=1, max_models=1),
+    # multislerp/karcher: spherical means of N vectors (ladle.sphere)
+    "multislerp": MethodSpec("multislerp", False, {"weight": None},
+                             {"normalize_weights": True, "eps": 1e-8}, min_models=1),
+    "karcher": MethodSpec("karcher", False, {}, {"max_iter": 10, "tol": 1e-5}, min_models=1),
+    # arcee_fusion: base + the delta where its KL-weighted importance is an outlier
+    "arcee_fusion": MethodSpec("arcee_fusion", True, {}, {}, min_models=1, max_models=1),
     # mergekit's passthrough: one input, optionally scaled (frankenmerges use it per slice)
     "passthrough": MethodSpec("passthrough", False, {"scale": 1.0}, {}, min_models=1,
                               max_models=1),
 }
 
 # mergekit methods ladle recognises but does not implement, refused by name.
-UNIMPLEMENTED = ("multislerp", "karcher", "arcee_fusion", "ram")
+UNIMPLEMENTED = ("ram",)
 
 _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 _EMBED_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight",
@@ -491,12 +506,19 @@ def method_tensors(method: str, base: Checkpoint | None, models: list[Checkpoint
             t.op = method
             t.inputs = [(i, 0.0) for i in infos]
             flatten = _as_bool(method, "nuslerp_flatten", glob["nuslerp_flatten"], name)
-            if _as_bool(method, "nuslerp_row_wise", glob["nuslerp_row_wise"], name) and not flatten:
-                raise LadleValueError("nuslerp: nuslerp_row_wise with nuslerp_flatten false "
-                                      "(vectors along dimension 0) is not implemented by ladle")
+            row_wise = _as_bool(method, "nuslerp_row_wise", glob["nuslerp_row_wise"], name)
+            # Vectors along dimension 0 (ladle.nuslerp_columns); a 0-D or 1-D tensor
+            # is one vector either way.
+            columns = row_wise and not flatten and len(first.shape) >= 2
             w0, w1 = (_as_float(method, "weight", p["weight"], name) for p in per_model)
             t.params.update(t=0.5 if abs(w0 + w1) < 1e-6 else w1 / (w0 + w1),
-                            rows=not flatten, has_base=base is not None)
+                            rows=not flatten and not columns, columns=columns,
+                            has_base=base is not None)
+        elif method in SPHERE_METHODS:
+            _plan_sphere(t, method, glob, per_model, infos, base is not None)
+        elif method == "arcee_fusion":
+            t.op = method
+            t.inputs = [(i, 0.0) for i in infos]
         else:
             t.op = "task"
             t.inputs = [(infos[0], 1.0)]
@@ -568,6 +590,46 @@ def _della_task(spec: MethodSpec, glob: dict, per_model: list[dict], shape: tupl
             "group_len": group_len, "group_stride": stride, "models": models}
 
 
+def _plan_sphere(t: MethodTensor, method: str, glob: dict[str, Any], per_model: list[dict],
+                 infos: list[TensorInfo], has_base: bool) -> None:
+    """Plan a multislerp or karcher tensor: its vectors and checked parameters.
+    multislerp's vectors are the models' deltas when there is a base; karcher
+    averages the base as one more point (mergekit gathers it with the models). A
+    single vector is copied through the weighted sum, as mergekit returns it."""
+    name = t.name
+    if method == "karcher":
+        vectors, has_base = infos, False
+        max_iter = glob["max_iter"]
+        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
+            raise LadleValueError(f"karcher: 'max_iter' must be an integer >= 0, got "
+                                  f"{max_iter!r} for tensor '{name}'")
+        tol = _as_float(method, "tol", glob["tol"], name)
+        if tol < 0:
+            raise LadleValueError(f"karcher: 'tol' must be >= 0, got {tol!r} for tensor "
+                                  f"'{name}'")
+        t.params.update(max_iter=max_iter, tol=tol)
+    else:
+        vectors = infos[1:] if has_base else infos
+        weights = [_as_float(method, "weight", p["weight"], name) for p in per_model]
+        if _as_bool(method, "normalize_weights", glob["normalize_weights"], name):
+            total = sum(weights)
+            if total == 0.0:
+                raise LadleValueError(f"multislerp: weights of tensor '{name}' sum to zero "
+                                      f"({weights}); set normalize_weights: false")
+            weights = [w / total for w in weights]
+        eps = _as_float(method, "eps", glob["eps"], name)
+        if eps < 0:
+            raise LadleValueError(f"multislerp: 'eps' must be >= 0, got {eps!r} for tensor "
+                                  f"'{name}'")
+        t.params.update(weights=weights, eps=eps)
+    if len(vectors) == 1:
+        t.inputs = [(vectors[0], 1.0)]  # op "sum": the vector itself
+        return
+    t.op = method
+    t.params["has_base"] = has_base
+    t.inputs = [(i, 0.0) for i in (infos if has_base else vectors)]
+
+
 def describe_method_plan(plan: MethodPlan) -> str:
     """Human-readable plan for ``--dry-run``."""
     lines = [(f"{plan.method}: {len(plan.tensors)} tensors -> {len(plan.shards)} shard(s); "
@@ -593,7 +655,13 @@ def describe_method_plan(plan: MethodPlan) -> str:
         elif t.op in ("slerp", "nearswap"):
             what = f"{t.op}(t={t.params['t']:g})"
         elif t.op == "nuslerp":
-            what = f"nuslerp(t={t.params['t']:g}, {'rows' if t.params['rows'] else 'tensor'})"
+            vectors = ("columns" if t.params.get("columns") else
+                       "rows" if t.params["rows"] else "tensor")
+            what = f"nuslerp(t={t.params['t']:g}, {vectors})"
+        elif t.op in SPHERE_METHODS:
+            what = f"{t.op}({len(t.inputs)} inputs{', base' if t.params['has_base'] else ''})"
+        elif t.op == "arcee_fusion":
+            what = "arcee_fusion(median + 1.5·IQR of |δ|·KL)"
         else:
             what = "model_stock(filter_wise)" if t.params.get("rows") else "model_stock"
         lines.append(f"    {t.name} {t.dtype}{list(t.shape)} {what} "
@@ -961,7 +1029,8 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                add: Any, run_opts: dict) -> None:
     """The three engine passes of one output shard (see execute_method_plan)."""
     core_plan.clear_jobs()
-    staged = [t for t in tensors if t.op == "nuslerp" or t.params.get("rows")]
+    staged = [t for t in tensors if (t.op == "nuslerp" and not t.params["columns"])
+              or t.op in SPHERE_METHODS or t.params.get("rows")]
     gram_tensors = [t for t in tensors if t.op in ("slerp", "model_stock")
                     and not t.params.get("rows")]
     if gram_tensors:
@@ -982,7 +1051,8 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                 t.params["model_stock_t"] = ratio
                 t.inputs = [(infos[0], 1.0 - ratio)] + [(i, ratio / n) for i in infos[1:]]
     for t in tensors:
-        if t.op in ("task", "della", "sce", "nuslerp") or t.params.get("rows"):
+        if t.op in ("task", "della", "sce", "nuslerp", "arcee_fusion", *SPHERE_METHODS) \
+                or t.params.get("rows"):
             continue
         out_offset = len(shard.header) + t.offset
         op = t.op if t.op in ("copy", "max", "nearswap") else "sum"
@@ -1015,15 +1085,18 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                 n = len(infos) - 1
                 ratio = model_stock_t(gram, n)
                 weights = [1.0 - ratio] + [ratio / n] * n
-            elif t.params["has_base"]:  # base + (c0·δ0 + c1·δ1) on the task program
-                coefficients = nuslerp_coefficients(t.params["t"], gram)
+            elif t.params["has_base"]:  # base + (c0·δ0 + c1·δ1 …) on the task program
+                coefficients = (nuslerp_coefficients(t.params["t"], gram) if t.op == "nuslerp"
+                                else sphere_coefficients(t, gram))
                 tasks.add_task(t.name, length, sink, out_offset, t.dtype, src(infos[0], first),
                                [(*src(i, first), c, 1.0, 0, length)
                                 for i, c in zip(infos[1:], coefficients)],
                                "none", "none", False, "none", 1.0, seed)
                 continue
-            else:
+            elif t.op == "nuslerp":
                 weights = list(nuslerp_coefficients(t.params["t"], gram))
+            else:
+                weights = sphere_coefficients(t, gram)
             core_plan.add_job(t.name, "sum", length, sink, out_offset, t.dtype,
                               [(*src(i, first), w) for i, w in zip(infos, weights)])
         if core_plan.n_jobs:
@@ -1033,6 +1106,12 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
             add(_core.run_tasks(core_plan, tasks, check_finite=check_finite,
                                 progress=on_progress, **run_opts))
         _release_rows(core_plan, sources, batch)
+    for t in tensors:  # streamed by blocks of rows (ladle.row_stream)
+        blocked = (run_fusion if t.op == "arcee_fusion" else
+                   run_nuslerp_columns if t.params.get("columns") else None)
+        if blocked is not None:
+            core_plan.clear_jobs()
+            add(blocked(core_plan, sources, t, sink, len(shard.header) + t.offset, run_opts))
     core_plan.clear_jobs()
     _run_della(core_plan, shard, sink, [t for t in tensors if t.op == "della"], src, seed,
                check_finite, on_progress, add, run_opts)
@@ -1158,11 +1237,12 @@ def slerp(base: CheckpointLike, other: CheckpointLike, t: Any, out: PathLike,
 
 def nuslerp(models: Sequence[CheckpointLike], out: PathLike, *, weights: Sequence[float],
             base: CheckpointLike | None = None, flatten: bool = True,
-            **options) -> MergeReport:
+            row_wise: bool = False, **options) -> MergeReport:
     """mergekit's NuSLERP: SLERP of two models (or of their deltas from ``base``) at
-    ``t = w_2 / (w_1 + w_2)``, per tensor or, with ``flatten=False``, per row."""
+    ``t = w_2 / (w_1 + w_2)``, per tensor or, with ``flatten=False``, per row (per
+    column, the vectors along dimension 0, with ``row_wise=True`` too)."""
     return merge_models("nuslerp", models, out, base_model=base,
-                        parameters={"nuslerp_flatten": flatten},
+                        parameters={"nuslerp_flatten": flatten, "nuslerp_row_wise": row_wise},
                         model_parameters=[{"weight": w} for w in weights], **options)
 
 
@@ -1172,6 +1252,32 @@ def nearswap(base: CheckpointLike, other: CheckpointLike, t: Any, out: PathLike,
     ``clamp(t / |base − other|, 0, 1)``; ``t`` may be a gradient or conditions."""
     return merge_models("nearswap", [other], out, base_model=base, parameters={"t": t},
                         **options)
+
+
+def multislerp(models: Sequence[CheckpointLike], out: PathLike, *, weights: Sequence[Any],
+               base: CheckpointLike | None = None, normalize_weights: bool = True,
+               eps: float = 1e-8, **options) -> MergeReport:
+    """mergekit's multislerp: weighted spherical mean of the models (or of their
+    deltas from ``base``, then added to it), per tensor (:mod:`ladle.sphere`)."""
+    return merge_models("multislerp", models, out, base_model=base,
+                        parameters={"normalize_weights": normalize_weights, "eps": eps},
+                        model_parameters=[{"weight": w} for w in weights], **options)
+
+
+def karcher(models: Sequence[CheckpointLike], out: PathLike, *, max_iter: int = 10,
+            tol: float = 1e-5, base: CheckpointLike | None = None,
+            **options) -> MergeReport:
+    """mergekit's Karcher mean: the Riemannian mean on the sphere of the models (and
+    ``base`` as one more point), equally weighted, per tensor (:mod:`ladle.sphere`)."""
+    return merge_models("karcher", models, out, base_model=base,
+                        parameters={"max_iter": max_iter, "tol": tol}, **options)
+
+
+def arcee_fusion(base: CheckpointLike, other: CheckpointLike, out: PathLike,
+                 **options) -> MergeReport:
+    """mergekit's Arcee fusion: ``base`` plus the delta of ``other`` where its
+    KL-weighted importance exceeds the tensor's median + 1.5·IQR (:mod:`ladle.fusion`)."""
+    return merge_models("arcee_fusion", [other], out, base_model=base, **options)
 
 
 def model_stock(base: CheckpointLike, models: Sequence[CheckpointLike], out: PathLike,

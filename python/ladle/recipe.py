@@ -4,7 +4,8 @@ Accepted keys (mergekit's schema for the methods ladle implements)::
 
     merge_method: ties            # linear, task_arithmetic, ties, dare_ties, dare_linear,
                                   # breadcrumbs, breadcrumbs_ties, slerp, model_stock,
-                                  # passthrough, nuslerp, nearswap, della, della_linear, sce
+                                  # passthrough, nuslerp, nearswap, della, della_linear, sce,
+                                  # multislerp, karcher, arcee_fusion
     base_model: path/to/base
     models:
       - model: path/to/ft1
@@ -17,7 +18,7 @@ Accepted keys (mergekit's schema for the methods ladle implements)::
     out_dtype: bfloat16           # writes out_dtype, else dtype, else the base's dtype
     tokenizer_source: base        # union, or a model path (ladle.tokenizer); or a
                                   # tokenizer: {source, tokens, pad_to_multiple_of} block
-    chat_template: chatml         # Jinja text, chatml or auto
+    chat_template: chatml         # Jinja text, auto, or alpaca|chatml|exaone|llama3|mistral
     seed: 0                       # ladle extension: DARE's RNG seed
 
 Instead of ``models:``, ``slices:`` (layer ranges stacked, each slice with
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .chat_templates import BUILTIN_TEMPLATES
 from .errors import LadleIOError, LadleValueError
 from .lora_apply import is_lora_ref, lora_ref_path, lora_view, open_model, parts, split_lora_ref
 from .mapping_keys import refuse_unknown_keys
@@ -54,10 +56,6 @@ TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "tokenize
 _DTYPES = {"bfloat16": "bf16", "float16": "f16", "float32": "f32", "float64": "f64",
            "bf16": "bf16", "fp16": "f16", "f16": "f16", "fp32": "f32", "f32": "f32",
            "half": "f16", "float": "f32"}
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
-          "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
-          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-BUILTIN_TEMPLATES = {"chatml": CHATML}
 
 
 @dataclass
@@ -364,9 +362,7 @@ def _chat_template(value: str, where: str) -> str:
     if len(value) >= 20 and "{" in value:
         return value
     raise LadleValueError(f"{where}chat_template: '{value}' is neither Jinja text nor a "
-                          f"built-in name ({', '.join(BUILTIN_TEMPLATES)}); other mergekit "
-                          f"template names (alpaca, llama3, mistral, exaone) are not shipped "
-                          f"with ladle: paste the template text")
+                          f"built-in name ({', '.join(BUILTIN_TEMPLATES)}, auto)")
 
 
 def extra_files(recipe: Recipe) -> list[Path]:
