@@ -74,9 +74,7 @@ void weighted_sum_fp8_blocks(const ChunkSet& chunks, const KernelSet& kernels, c
       const float* row = merged + r * n_cols;
       for (uint64_t b = 0; b < blocks_per_row; ++b) {
         uint64_t c0 = b * os.block_cols, c1 = std::min(n_cols, c0 + os.block_cols);
-        float amax = scales[b];
-        for (uint64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(row[c]));
-        scales[b] = amax;
+        scales[b] = kernels.amax(row + c0, c1 - c0, scales[b]);
       }
     }
     for (uint64_t b = 0; b < blocks_per_row; ++b) scales[b] = block_scale_of(scales[b]);
@@ -85,9 +83,8 @@ void weighted_sum_fp8_blocks(const ChunkSet& chunks, const KernelSet& kernels, c
       const float* row = merged + r * n_cols;
       uint8_t* q = out + r * n_cols;
       for (uint64_t b = 0; b < blocks_per_row; ++b) {
-        float s = scales[b];
-        uint64_t c1 = std::min(n_cols, (b + 1) * os.block_cols);
-        for (uint64_t c = b * os.block_cols; c < c1; ++c) q[c] = f32_to_f8_e4m3(row[c] / s);
+        uint64_t c0 = b * os.block_cols, c1 = std::min(n_cols, c0 + os.block_cols);
+        kernels.quantize_e4m3(row + c0, scales[b], q + c0, c1 - c0);
       }
     }
     // This block row's scales, at their place in the scale tensor.

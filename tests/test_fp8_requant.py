@@ -24,7 +24,7 @@ from st_io import read_checkpoint, write_raw
 def torch_requantized(merged: np.ndarray) -> tuple[bytes, bytes]:
     """(F8_E4M3 codes, F32 scale_inv) of an fp32 [R, C] tensor, in torch: per
     128x128 block s = amax / 448 (1 where that is 0), q = (x / s).to(float8_e4m3fn)."""
-    x = torch.from_numpy(merged)
+    x = torch.from_numpy(np.array(merged, np.float32))  # a writable copy
     rows, cols = x.shape
     grid = (math.ceil(rows / BLOCK), math.ceil(cols / BLOCK))
     padded = torch.zeros(grid[0] * BLOCK, grid[1] * BLOCK)
@@ -62,6 +62,37 @@ def test_fp8_output_matches_torch_and_keeps_the_layout(tmp_path, threads, memory
         assert got[name][0] == "BF16"
     assert json.loads((out / "config.json").read_text()) == json.loads(config_before)
     assert (b / "config.json").read_bytes() == config_before
+
+
+@pytest.mark.parametrize("kernel", ["scalar", "avx2"])
+@pytest.mark.parametrize("amax", [448.0, 1000.0])
+def test_quantize_kernels_on_ties_subnormals_and_saturation(tmp_path, kernel, amax):
+    """Weights (0, 1) over a block-scaled input and an F32 one make the merged values
+    the F32 tensor's exactly: probe values (every E4M3 code, the midpoints between
+    codes and one ulp either side, subnormals) scaled into blocks whose amax is
+    ``amax`` (s = 1, or s = 1000/448 so the division rounds)."""
+    if kernel == "avx2" and not ladle.build_info()["avx2_cpu"]:
+        pytest.skip("CPU lacks AVX2/F16C")
+    from test_fp8 import _probe_values
+
+    rng = np.random.default_rng(11)
+    probes = _probe_values()
+    probes = probes[np.isfinite(probes) & (np.abs(probes) <= 448)] * np.float32(amax / 448)
+    a = deepseek_checkpoint(tmp_path / "a", 1)
+    plain = {}
+    for name, shape in SCALED.items():
+        x = rng.choice(probes.astype(np.float32), shape).astype(np.float32)
+        x[0::BLOCK, 0::BLOCK] = amax  # every block holds its amax
+        plain[name] = ("F32", list(shape), x.tobytes())
+    plain |= {n: deepseek_tensors(1)[n] for n in PLAIN}
+    b = write_raw(tmp_path / "b.safetensors", plain)
+    out = tmp_path / "out.safetensors"
+    ladle.merge([a, b], [0.0, 1.0], out, dtype="fp8", kernel=kernel, progress=False)
+    got = read_checkpoint(out)
+    for name, shape in SCALED.items():
+        x = np.frombuffer(plain[name][2], np.float32).reshape(shape)
+        codes, scales = torch_requantized(x)
+        assert got[name][2] == codes and got[name + "_scale_inv"][2] == scales, name
 
 
 def test_cli_fp8_verify_and_dry_run(tmp_path, capsys):
