@@ -149,3 +149,27 @@ def test_fp8_needs_block_scaled_inputs(tmp_path, capsys):
     with pytest.raises(LadleValueError, match="--dtype fp8 .* no input has any"):
         ladle.merge([a, a], [0.5, 0.5], tmp_path / "o2", dtype="fp8", progress=False)
     assert not (tmp_path / "o").exists() and not (tmp_path / "o2").exists()
+
+
+def test_fresh_scales_stay_in_their_weights_shard(tmp_path):
+    """One job writes a weight and its scales, so a shard split never parts them;
+    the sharded output holds the same bytes as the single file."""
+    a, b = deepseek_checkpoint(tmp_path / "a", 1), deepseek_checkpoint(tmp_path / "b", 2)
+    ladle.merge([a, b], [0.5, 0.5], tmp_path / "one.safetensors", dtype="fp8", progress=False)
+    out = tmp_path / "sharded"
+    ladle.merge([a, b], [0.5, 0.5], out, dtype="fp8", max_shard_size="1KB", progress=False)
+    index = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    assert len(set(index.values())) == 4  # one shard per weight (and its scales)
+    for name in SCALED:
+        assert index[name + "_scale_inv"] == index[name]
+    assert read_checkpoint(out) == read_checkpoint(tmp_path / "one.safetensors")
+
+
+def test_fp8_is_refused_by_the_task_vector_methods(tmp_path):
+    from ladle.methods import ties
+
+    plain = {"w": ("F32", [4, 4], np.ones(16, np.float32).tobytes())}
+    a, b = write_raw(tmp_path / "a.safetensors", plain), write_raw(tmp_path / "b.safetensors",
+                                                                     plain)
+    with pytest.raises(LadleValueError, match="'fp8' .* is written by the linear merge only"):
+        ties(a, [b], tmp_path / "t", weights=[1.0], dtype="fp8", progress=False)

@@ -37,11 +37,16 @@ _DTYPE_ALIASES = {
 _ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
-def normalize_dtype(dtype: str | None) -> str | None:
-    """Map ``bf16``/``torch.bfloat16``/``BF16`` style names to safetensors names."""
+def normalize_dtype(dtype: str | None, *, block_fp8: bool = False) -> str | None:
+    """Map ``bf16``/``torch.bfloat16``/``BF16`` style names to safetensors names;
+    ``fp8`` (:data:`FP8_BLOCKS`) only where ``block_fp8`` says the caller writes it."""
     if dtype is None:
         return None
     key = str(dtype).removeprefix("torch.").lower()
+    if _DTYPE_ALIASES.get(key) == FP8_BLOCKS and not block_fp8:
+        raise LadleValueError("output dtype 'fp8' (F8_E4M3 with fresh block scales) is "
+                              "written by the linear merge only (ladle merge --alpha/--weights, "
+                              "soups); use f8_e4m3 here")
     if key in _DTYPE_ALIASES:
         return _DTYPE_ALIASES[key]
     raise LadleValueError(f"unsupported output dtype {dtype!r} (choose from bf16, f16, f32, f64, "
@@ -222,7 +227,7 @@ def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: st
     inputs with a non-zero weight (see :func:`nonfloat_inputs`).
     """
     weights = check_weights(weights, len(checkpoints))
-    out_dtype = normalize_dtype(dtype)
+    out_dtype = normalize_dtype(dtype, block_fp8=True)
     scales = [block_scales(c) for c in checkpoints]
     checkpoints = [without_scales(c, s) for c, s in zip(checkpoints, scales)]
     outputs: list[OutputTensor] = []

@@ -58,7 +58,7 @@ def preflight(ckpts: list[Checkpoint], dtype: str | None = None,
         >>> print(preflight([ladle.open("a/"), ladle.open("b/")]).text())  # doctest: +SKIP
     """
     report = Preflight()
-    out_dtype = normalize_dtype(dtype)
+    out_dtype = normalize_dtype(dtype, block_fp8=True)
     first = ckpts[0]
     for ckpt in ckpts[1:]:
         missing = sorted(set(first.tensors) - set(ckpt.tensors))
