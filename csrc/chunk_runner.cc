@@ -113,8 +113,15 @@ ChunkSet::ChunkSet(const Plan& plan, uint64_t chunk_elems)
     : plan_(plan), chunk_elems_(chunk_elems) {
   for (uint32_t j = 0; j < plan.jobs.size(); ++j) {
     const Job& job = plan.jobs[j];
-    for (uint64_t first = 0; first < job.n_elems; first += chunk_elems)
-      items_.push_back({j, first, std::min(chunk_elems, job.n_elems - first)});
+    uint64_t step = chunk_elems;
+    if (job.out_scale.present() && job.n_elems > 0) {
+      // Fresh block scales need whole block rows: at least one per chunk.
+      uint64_t n_rows = job.n_elems / job.out_scale.n_cols;
+      uint64_t unit = std::min(job.out_scale.block_rows, n_rows) * job.out_scale.n_cols;
+      step = std::max<uint64_t>(1, chunk_elems / unit) * unit;
+    }
+    for (uint64_t first = 0; first < job.n_elems; first += step)
+      items_.push_back({j, first, std::min(step, job.n_elems - first)});
     total_out_n_bytes_ += job.n_elems * item_n_bytes(job.out_dtype);
   }
 }

@@ -11,6 +11,7 @@
 #include "chunk_runner.h"
 #include "common.h"
 #include "f64_sum.h"
+#include "fp8_requant.h"
 #include "host_sum.h"
 #include "method_kernels.h"
 #include "safetensors.h"
@@ -26,6 +27,7 @@ constexpr size_t kPrefetchDepth = 2;
 struct Scratch {
   std::vector<uint8_t> out;
   HostSumScratch sum;  // also nearswap's two converted input tiles
+  RequantScratch requant;  // jobs with fresh FP8 block scales
 };
 
 class Runner {
@@ -85,6 +87,9 @@ class Runner {
         near_swap(job, item, out, scratch->sum.acc, scratch->sum.values);
       else if (job_in_f64(job))
         weighted_sum_f64(chunks_, job, item, options_.check_finite, out);
+      else if (job.out_scale.present())
+        weighted_sum_fp8_blocks(chunks_, kernels_, job, item, options_.check_finite, out,
+                                &scratch->sum, &scratch->requant);
       else
         weighted_sum_f32(chunks_, kernels_, job, item, options_.check_finite, out,
                          &scratch->sum);
@@ -171,6 +176,7 @@ void validate_plan(const Plan& plan) {
                     dtype_name(in.dtype), dtype_name(job.out_dtype));
       }
     }
+    if (job.out_scale.present()) validate_out_scale(plan, job);
     if (sum)
       LADLE_CHECK(dtype_is_mergeable(job.out_dtype), ErrorKind::kValue,
                   "tensor '%s': cannot write merged values as %s", job.name.c_str(),
@@ -192,6 +198,7 @@ uint64_t choose_chunk_elems(const Plan& plan, const EngineOptions& options, int 
   uint64_t per_elem = 1;
   for (const Job& job : plan.jobs) {
     uint64_t bytes = item_n_bytes(job.out_dtype);
+    if (job.out_scale.present()) bytes += sizeof(float);  // the chunk's merged fp32 values
     for (const JobInput& in : job.inputs) bytes += (1 + kPrefetchDepth) * item_n_bytes(in.dtype);
     per_elem = std::max(per_elem, bytes);
   }

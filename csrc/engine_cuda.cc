@@ -413,6 +413,10 @@ RunStats run_plan(const Plan& plan, const Options& options, const ProgressFn& pr
   for (const Job& job : plan.jobs)
     LADLE_CHECK(job.op != JobOp::kNearSwap, ErrorKind::kValue,
                 "tensor '%s': nearswap runs on the CPU engine only", job.name.c_str());
+  for (const Job& job : plan.jobs)
+    LADLE_CHECK(!job.out_scale.present(), ErrorKind::kValue,
+                "tensor '%s': FP8 outputs with fresh block scales run on the CPU engine only",
+                job.name.c_str());
   Runner runner(plan, options, choose_chunk_elems(plan, options));
   return runner.run(progress);
 }

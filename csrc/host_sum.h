@@ -26,6 +26,11 @@ struct HostSumScratch {
 void validate_block_scale(const Plan& plan, const std::string& name, const JobInput& in,
                           uint64_t n_elems);
 
+// scratch->acc[0, n) = the fp32 weighted sum of elements [elem, +n) of `job`'s
+// inputs (n <= kHostTileElems) under the arithmetic contract (kernels.h).
+void sum_tile(const ChunkSet& chunks, const KernelSet& kernels, const Job& job, uint64_t elem,
+              size_t n, bool check_finite, HostSumScratch* scratch);
+
 // out[i] for the chunk's elements under the arithmetic contract (kernels.h), zero
 // weights skipped; a block-scaled input contributes w * fp32(fp32(x) * scale).
 void weighted_sum_f32(const ChunkSet& chunks, const KernelSet& kernels, const Job& job,

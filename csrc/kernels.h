@@ -21,6 +21,10 @@ struct KernelSet {
   void (*accumulate)(DType dtype, const void* src, float weight, float* acc, size_t n,
                      bool first);
   void (*store)(DType dtype, const float* acc, float scale, void* dst, size_t n);
+  // FP8 requantization (fp8_requant.h), on finite values: the largest of init and
+  // |x[i]| (exact in any order), and q[i] = f32_to_f8_e4m3(fp32(x[i] / scale)).
+  float (*amax)(const float* x, size_t n, float init);
+  void (*quantize_e4m3)(const float* x, float scale, uint8_t* q, size_t n);
 };
 
 const KernelSet& scalar_kernels();

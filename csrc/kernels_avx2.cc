@@ -3,6 +3,8 @@
 // the same fp32 multiply and add per element, no FMA.
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "common.h"
 #include "kernels.h"
 
@@ -18,6 +20,25 @@ inline __m256 load8_bf16(const uint16_t* p) {
 
 inline __m256 load8_f16(const uint16_t* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// FP8 -> fp32 through a 256-entry table filled from the scalar conversions (so
+// the vector path is bit-identical to them by construction), gathered 8 at a time.
+struct F8Table {
+  float e4m3[256];
+  float e5m2[256];
+  F8Table() {
+    for (int b = 0; b < 256; ++b) {
+      e4m3[b] = f8_e4m3_to_f32(static_cast<uint8_t>(b));
+      e5m2[b] = f8_e5m2_to_f32(static_cast<uint8_t>(b));
+    }
+  }
+};
+const F8Table kF8Table;
+
+inline __m256 load8_f8(const float* table, const uint8_t* p) {
+  __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return _mm256_i32gather_ps(table, _mm256_cvtepu8_epi32(bytes), 4);
 }
 
 template <typename Load8, typename Load1>
@@ -56,6 +77,13 @@ void accumulate_avx2(DType dtype, const void* src, float weight, float* acc, siz
       auto* p = static_cast<const uint16_t*>(src);
       return accumulate_vec([p](size_t i) { return load8_f16(p + i); },
                             [p](size_t i) { return f16_to_f32(p[i]); }, weight, acc, n, first);
+    }
+    case DType::kF8_E4M3:
+    case DType::kF8_E5M2: {
+      auto* p = static_cast<const uint8_t*>(src);
+      const float* table = dtype == DType::kF8_E4M3 ? kF8Table.e4m3 : kF8Table.e5m2;
+      return accumulate_vec([p, table](size_t i) { return load8_f8(table, p + i); },
+                            [p, table](size_t i) { return table[p[i]]; }, weight, acc, n, first);
     }
     default:
       return scalar_kernels().accumulate(dtype, src, weight, acc, n, first);
@@ -112,7 +140,54 @@ void store_avx2(DType dtype, const float* acc, float scale, void* dst, size_t n)
   scalar_kernels().store(dtype, acc + i, scale, static_cast<uint8_t*>(dst) + i * item, n - i);
 }
 
-const KernelSet kAvx2{"avx2", accumulate_avx2, store_avx2};
+float amax_avx2(const float* x, size_t n, float init) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  __m256 m = _mm256_set1_ps(init);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(x + i), abs_mask));
+  float lanes[8];
+  _mm256_storeu_ps(lanes, m);
+  for (float v : lanes) init = std::max(init, v);
+  return scalar_kernels().amax(x + i, n - i, init);
+}
+
+// f32_to_f8_e4m3 (dtype.cc) on 8 lanes, step for step: saturation above 448,
+// subnormals rounded by an fp32 add, normals by adding the rounding bias.
+inline __m256i f32x8_to_e4m3x8(__m256 v) {
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i sign = _mm256_and_si256(u, _mm256_set1_epi32(static_cast<int>(0x80000000u)));
+  const __m256i a = _mm256_xor_si256(u, sign);
+  const __m256i denorm_mask = _mm256_set1_epi32(141 << 23);
+  __m256i denorm = _mm256_sub_epi32(
+      _mm256_castps_si256(_mm256_add_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(denorm_mask))),
+      denorm_mask);
+  __m256i mant_odd = _mm256_and_si256(_mm256_srli_epi32(a, 20), _mm256_set1_epi32(1));
+  __m256i normal = _mm256_add_epi32(
+      a, _mm256_set1_epi32(static_cast<int>((static_cast<uint32_t>(7 - 127) << 23) + 0x7FFFFu)));
+  normal = _mm256_srli_epi32(_mm256_add_epi32(normal, mant_odd), 20);
+  __m256i is_denorm = _mm256_cmpgt_epi32(_mm256_set1_epi32(121 << 23), a);
+  __m256i r = _mm256_blendv_epi8(normal, denorm, is_denorm);
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7E), _mm256_cmpgt_epi32(a, _mm256_set1_epi32(0x43E00000)));
+  r = _mm256_and_si256(r, _mm256_set1_epi32(0xFF));
+  r = _mm256_or_si256(r, _mm256_srli_epi32(sign, 24));
+  __m256i is_nan = _mm256_cmpgt_epi32(a, _mm256_set1_epi32(0x7F800000));
+  return _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7F), is_nan);
+}
+
+void quantize_e4m3_avx2(const float* x, float scale, uint8_t* q, size_t n) {
+  const __m256 s = _mm256_set1_ps(scale);
+  const __m256i gather = _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256i r = f32x8_to_e4m3x8(_mm256_div_ps(_mm256_loadu_ps(x + i), s));
+    __m256i p = _mm256_packus_epi16(_mm256_packus_epi32(r, r), _mm256_setzero_si256());
+    p = _mm256_permutevar8x32_epi32(p, gather);  // bytes 0-3 of each 128-bit lane
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(q + i), _mm256_castsi256_si128(p));
+  }
+  scalar_kernels().quantize_e4m3(x + i, scale, q + i, n - i);
+}
+
+const KernelSet kAvx2{"avx2", accumulate_avx2, store_avx2, amax_avx2, quantize_e4m3_avx2};
 
 }  // namespace
 

@@ -96,7 +96,17 @@ void store_scalar(DType dtype, const float* acc, float scale, void* dst, size_t 
   }
 }
 
-const KernelSet kScalar{"scalar", accumulate_scalar, store_scalar};
+float amax_scalar(const float* x, size_t n, float init) {
+  for (size_t i = 0; i < n; ++i) init = std::max(init, std::fabs(x[i]));
+  return init;
+}
+
+void quantize_e4m3_scalar(const float* x, float scale, uint8_t* q, size_t n) {
+  for (size_t i = 0; i < n; ++i) q[i] = f32_to_f8_e4m3(x[i] / scale);
+}
+
+const KernelSet kScalar{"scalar", accumulate_scalar, store_scalar, amax_scalar,
+                        quantize_e4m3_scalar};
 
 // Any input dtype, exactly in fp64 (every mergeable dtype widens exactly).
 double load_f64(DType dtype, const void* src, size_t i) {

@@ -43,6 +43,19 @@ struct BlockScale {
   bool present() const { return block_rows != 0; }
 };
 
+// Fresh block scales of an F8_E4M3 output (the DeepSeek-V3 layout again): the merged
+// fp32 values of block (i, j) are written as q = f8_e4m3(x / s) with the F32 scale
+// s = amax|x| / 448 of that block (1 for a block whose s is 0: an all-zero block),
+// stored row-major at `offset` of `sink` as [ceil(R/block_rows), ceil(C/block_cols)].
+struct OutScale {
+  uint32_t sink = 0;
+  uint64_t offset = 0;
+  uint64_t block_rows = 0;  // 0: the output is not block-scaled
+  uint64_t block_cols = 0;
+  uint64_t n_cols = 0;      // C, the weight's row length
+  bool present() const { return block_rows != 0; }
+};
+
 struct JobInput {
   uint32_t source = 0;
   uint64_t offset = 0;  // byte offset of the tensor's first element in the source
@@ -93,6 +106,7 @@ struct Job {
   float post_scale = 1.0f;  // 1 skips the multiplication
   float threshold = 0.0f;   // kNearSwap: mergekit's t, rounded to fp32
   std::vector<JobInput> inputs;
+  OutScale out_scale{};  // weighted sums into F8_E4M3 only
 };
 
 // A weighted sum with an F64 input (nonzero weight) or output runs in fp64.
@@ -104,8 +118,9 @@ inline bool job_in_f64(const Job& job) {
   return false;
 }
 
-// A job with a block-scaled input (it runs on the host in every engine).
+// A job with a block-scaled input or output (it runs on the host in every engine).
 inline bool job_has_block_scales(const Job& job) {
+  if (job.out_scale.present()) return true;
   for (const JobInput& in : job.inputs)
     if (in.scale.present()) return true;
   return false;

@@ -28,7 +28,8 @@ class _Parser(argparse.ArgumentParser):
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", required=True, help="output .safetensors file or directory")
     p.add_argument("--dtype", help="output dtype of float tensors: bf16, f16, f32, f64, "
-                   "f8_e4m3, f8_e5m2 (default: the widest input dtype of each tensor)")
+                   "f8_e4m3, f8_e5m2 (default: the widest input dtype of each tensor); fp8: "
+                   "block-scaled FP8 weights as F8_E4M3 with fresh block scales")
     p.add_argument("--max-shard-size", default="5GB", help="shard size of directory outputs")
     p.add_argument("--threads", type=THREADS, default=0, help="worker threads (0: all cores)")
     p.add_argument("--memory-budget", default="256MiB", help="bound on buffers, e.g. 256MiB")

@@ -18,7 +18,7 @@ from ._units import engine_options
 from .checkpoint import Checkpoint, add_file_sources, open_checkpoint
 from .cuda import parse_device
 from .errors import LadleValueError, MismatchError
-from .fp8_blocks import add_input_scales, drop_quantization_config
+from .fp8_blocks import SCALES_OP, add_input_scales, add_output_scales, drop_quantization_config
 from .kinds import Kernel, parse_kind
 from .merge_report import MergeReport
 from .output import OutputDir, checked_output, write_atomically
@@ -241,11 +241,15 @@ def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, thre
                 plan.table.add_jobs(core_plan, i, sources, sinks[i], len(shard.header))
             jobs = []  # consecutive jobs go to the engine in one add_jobs call
             for t in by_shard[i]:
+                if t.op == SCALES_OP:
+                    continue  # written by its weight's job
                 jobs.append(_job(t, sources, sinks[i], len(shard.header)))
-                if t.scales:  # scale_input marks the last job added: flush first
+                if t.scales:  # scale_input/output mark the last job added: flush first
                     core_plan.add_jobs(jobs)
                     jobs = []
                     add_input_scales(core_plan, t.scales, t.shape[-1], sources)
+                    if t.out_scales:
+                        add_output_scales(core_plan, t.out_scales, sinks[i], len(shard.header))
             core_plan.add_jobs(jobs)
             on_progress = None
             if bar:

@@ -14,7 +14,15 @@ from ._bulk import bulk_objects
 from .checkpoint import Checkpoint, TensorInfo, _preview
 from .dtype_rules import widest_dtype
 from .errors import LadleValueError, MismatchError
-from .fp8_blocks import block_scales, check_dequantized_dtype, without_scales
+from .fp8_blocks import (
+    FP8_BLOCKS,
+    SCALES_OP,
+    OutputScales,
+    block_scales,
+    check_dequantized_dtype,
+    requantized_scales,
+    without_scales,
+)
 from .kinds import IntPolicy, JobKind, parse_kind
 from .patterns import as_patterns, selected
 from .sum_plan import SumTable, sum_table
@@ -26,19 +34,25 @@ _DTYPE_ALIASES = {
     "f64": "F64", "float64": "F64", "fp64": "F64", "double": "F64",
     "f8_e4m3": "F8_E4M3", "float8_e4m3fn": "F8_E4M3", "fp8_e4m3": "F8_E4M3", "e4m3": "F8_E4M3",
     "f8_e5m2": "F8_E5M2", "float8_e5m2": "F8_E5M2", "fp8_e5m2": "F8_E5M2", "e5m2": "F8_E5M2",
+    "fp8": FP8_BLOCKS,  # block-scaled F8_E4M3 with fresh scales (ladle.fp8_blocks)
 }
 _ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
-def normalize_dtype(dtype: str | None) -> str | None:
-    """Map ``bf16``/``torch.bfloat16``/``BF16`` style names to safetensors names."""
+def normalize_dtype(dtype: str | None, *, block_fp8: bool = False) -> str | None:
+    """Map ``bf16``/``torch.bfloat16``/``BF16`` style names to safetensors names;
+    ``fp8`` (:data:`FP8_BLOCKS`) only where ``block_fp8`` says the caller writes it."""
     if dtype is None:
         return None
     key = str(dtype).removeprefix("torch.").lower()
+    if _DTYPE_ALIASES.get(key) == FP8_BLOCKS and not block_fp8:
+        raise LadleValueError("output dtype 'fp8' (F8_E4M3 with fresh block scales) is "
+                              "written by the linear merge only (ladle merge --alpha/--weights, "
+                              "soups); use f8_e4m3 here")
     if key in _DTYPE_ALIASES:
         return _DTYPE_ALIASES[key]
     raise LadleValueError(f"unsupported output dtype {dtype!r} (choose from bf16, f16, f32, f64, "
-                          "f8_e4m3, f8_e5m2)")
+                          "f8_e4m3, f8_e5m2, fp8)")
 
 
 @dataclass(slots=True)  # slots: a plan may hold 10^6 of them
@@ -48,7 +62,9 @@ class OutputTensor:
     name: str
     dtype: str
     shape: tuple[int, ...]
-    op: str  # a JobKind: SUM (weighted sum), COPY (identical pass-through) or MAX
+    # A JobKind: SUM (weighted sum), COPY (identical pass-through) or MAX; or SCALES
+    # (fresh FP8 block scales, written by the job of the weight just before it).
+    op: str
     inputs: list[tuple[TensorInfo, float]]
     n_bytes: int
     n_elems: int
@@ -56,6 +72,7 @@ class OutputTensor:
     offset: int = 0  # byte offset inside the shard's data buffer
     # Per input: the block scale of a block-scaled FP8 input (ladle.fp8_blocks), or None.
     scales: list | None = None
+    out_scales: OutputScales | None = None  # F8_E4M3 with fresh block scales
 
 
 class SumTensors(Sequence):
@@ -134,8 +151,9 @@ class MergePlan:
 
     @property
     def has_scales(self) -> bool:
-        """Whether a block-scaled FP8 input is dequantized (never in a SumTable plan)."""
-        return self.table is None and any(t.scales for t in self.tensors)
+        """Whether a block-scaled FP8 input is dequantized to a plain dtype (not
+        requantized by --dtype fp8; never in a SumTable plan)."""
+        return self.table is None and any(t.scales and not t.out_scales for t in self.tensors)
 
     def weight_map(self) -> dict[str, str]:
         """Tensor name -> shard file name, for index.json."""
@@ -271,11 +289,11 @@ def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: st
     inputs with a non-zero weight (see :func:`nonfloat_inputs`).
     """
     weights = check_weights(weights, len(checkpoints))
-    out_dtype = normalize_dtype(dtype)
+    out_dtype = normalize_dtype(dtype, block_fp8=True)
     include, exclude = as_patterns(include, "include"), as_patterns(exclude, "exclude")
     scales = [block_scales(c) for c in checkpoints]
     metadata = {"ladle_dtype": out_dtype or "widest", **(metadata or {})}
-    if not (include or exclude or any(scales)):
+    if not (include or exclude or any(scales) or out_dtype == FP8_BLOCKS):
         table = sum_table(checkpoints, weights, out_dtype, list(_ITEM_BYTES))
         if table is not None:
             return _table_plan(table, checkpoints, weights, max_shard_bytes, single_file,
@@ -290,20 +308,28 @@ def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: st
         if mergeable[first.dtype]:
             scaled = [s.get(name) for s in scales] if any(scales) else None
             if scaled and any(scaled):
-                owner = checkpoints[next(k for k, s in enumerate(scaled) if s)]
-                odt = check_dequantized_dtype(out_dtype, owner, name)
+                owner = next(k for k, s in enumerate(scaled) if s)
+                # every scaled input's layout must allow the output dtype
+                odt = [check_dequantized_dtype(out_dtype, checkpoints[k], name)
+                       for k, s in enumerate(scaled) if s][-1]
             else:
                 scaled = None
-                odt = out_dtype or widest[frozenset([i.dtype for i in infos])]
+                plain = None if out_dtype == FP8_BLOCKS else out_dtype  # fp8: scaled only
+                odt = plain or widest[frozenset([i.dtype for i in infos])]
             n_elems = first.n_elems
             outputs.append(OutputTensor(name, odt, first.shape, JobKind.SUM,
                                         list(zip(infos, weights)), n_elems * _ITEM_BYTES[odt],
                                         n_elems, scales=scaled))
+            if scaled and out_dtype == FP8_BLOCKS:
+                outputs.append(_fresh_scales(outputs[-1], scaled[owner]))
         else:
             op, chosen = nonfloat_inputs(infos, weights, int_policy)
             outputs.append(OutputTensor(name, first.dtype, first.shape, op,
                                         [(i, 1.0) for i in chosen], first.n_bytes,
                                         first.n_elems))
+    if out_dtype == FP8_BLOCKS and not any(t.out_scales for t in outputs):
+        raise LadleValueError(f"{checkpoints[0].path}: --dtype fp8 requantizes block-scaled FP8 "
+                              f"weights (W + W_scale_inv), and no input has any")
     shards, meta = layout_shards(outputs, max_shard_bytes, single_file, metadata)
     return MergePlan(outputs, shards, sharded=len(shards) > 1, metadata=meta)
 
@@ -319,6 +345,15 @@ def _table_plan(table: SumTable, checkpoints: list[Checkpoint], weights: list[fl
                     known_data_n_bytes=table.core.shard_data_n_bytes(i)) for i in range(n)]
     return MergePlan(SumTensors(table, checkpoints, weights), shards, sharded=n > 1,
                      metadata=meta, table=table)
+
+
+def _fresh_scales(weight: OutputTensor, scale) -> OutputTensor:
+    """The F32 ``*_scale_inv`` output of ``weight`` (F8_E4M3), computed by its job."""
+    name, grid = requantized_scales(weight.name, weight.shape, scale)
+    n_elems = math.prod(grid)
+    t = OutputTensor(name, "F32", grid, SCALES_OP, [], 4 * n_elems, n_elems)
+    weight.out_scales = OutputScales(t, scale.block_rows, scale.block_cols, weight.shape[1])
+    return t
 
 
 # A directory output starts a new shard before its header could pass this
@@ -374,8 +409,9 @@ def _assign_shards(outputs: list[OutputTensor], max_shard_bytes: int,
     size = header = 0
     for t in outputs:
         t_header = _header_bound(t)
-        if not single_file and groups[-1] and (size + t.n_bytes > max_shard_bytes
-                                               or header + t_header > HEADER_SPLIT_BYTES):
+        if not single_file and groups[-1] and t.op != SCALES_OP and (
+                size + t.n_bytes > max_shard_bytes or header + t_header > HEADER_SPLIT_BYTES):
+            # (fresh scales stay in their weight's shard: one job writes both)
             groups.append([])
             size = header = 0
         groups[-1].append(t)
@@ -408,6 +444,8 @@ def describe_op(t: OutputTensor) -> str:
         return "sum(" + ", ".join(f"{w:g}" for _, w in t.inputs) + ")"
     if t.op == JobKind.MAX:
         return f"max({len(t.inputs)} inputs)"
+    if t.op == SCALES_OP:
+        return "scales(fresh FP8 block scales of the weight before)"
     return "copy(identical copy)" if len(t.inputs) > 1 else "copy(one input)"
 
 

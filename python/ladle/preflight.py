@@ -17,7 +17,7 @@ from . import _core
 from .checkpoint import Checkpoint, _preview
 from .dtype_rules import fp8_scale_pairs, widest_dtype
 from .errors import LadleValueError
-from .fp8_blocks import block_scales, check_dequantized_dtype
+from .fp8_blocks import FP8_BLOCKS, block_scales, check_dequantized_dtype
 from .plan import normalize_dtype
 
 
@@ -58,7 +58,7 @@ def preflight(ckpts: list[Checkpoint], dtype: str | None = None,
         >>> print(preflight([ladle.open("a/"), ladle.open("b/")]).text())  # doctest: +SKIP
     """
     report = Preflight()
-    out_dtype = normalize_dtype(dtype)
+    out_dtype = normalize_dtype(dtype, block_fp8=True)
     first = ckpts[0]
     for ckpt in ckpts[1:]:
         missing = sorted(set(first.tensors) - set(ckpt.tensors))
@@ -77,6 +77,7 @@ def preflight(ckpts: list[Checkpoint], dtype: str | None = None,
     except LadleValueError as e:  # a layout ladle does not dequantize (yet)
         report.problems.append(str(e))
     scale_names = {s for _, s in report.scale_pairs}
+    scale_of = dict(report.scale_pairs)
     for name, t in first.tensors.items():
         if name in scale_names:
             continue  # applied to its weight, never merged or written
@@ -87,11 +88,14 @@ def preflight(ckpts: list[Checkpoint], dtype: str | None = None,
                                    f"{sorted(list(s) for s in shapes)}")
         dtypes = sorted({i.dtype for i in infos})
         if name in scaled:
+            fresh = out_dtype == FP8_BLOCKS  # the scales are written again
             report.dtype_plan[f"{'+'.join(dtypes)} (block-scaled, dequantized) -> "
-                              f"{scaled[name]}"] += 1
+                              f"{scaled[name]}{' + fresh scales' if fresh else ''}"] += 1
             report.output_n_bytes += t.n_elems * _core.dtype_n_bits(scaled[name]) // 8
+            if fresh and name in scale_of:
+                report.output_n_bytes += first.tensors[scale_of[name]].n_bytes
         elif all(_core.dtype_is_mergeable(d) for d in dtypes):
-            odt = out_dtype or widest_dtype(dtypes)
+            odt = (None if out_dtype == FP8_BLOCKS else out_dtype) or widest_dtype(dtypes)
             report.dtype_plan[f"{'+'.join(dtypes)} -> {odt}"] += 1
             report.output_n_bytes += t.n_elems * _core.dtype_n_bits(odt) // 8
         elif len(dtypes) > 1:

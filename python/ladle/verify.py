@@ -30,7 +30,7 @@ import numpy as np
 from . import _core
 from .checkpoint import INDEX_NAME, Checkpoint, open_checkpoint
 from .errors import FormatError, LadleValueError
-from .fp8_blocks import add_input_scales, block_scales
+from .fp8_blocks import add_input_scales, block_scales, fresh_scale_names
 from .output import file_crc32c
 from .plan import check_int_policy, nonfloat_inputs
 
@@ -212,6 +212,10 @@ def _recompute(out: Checkpoint, ckpts: list[Checkpoint], weights: list[float], s
         rest = [n for n in names if n != largest]
         names = [largest, *random.Random(seed).sample(rest, min(sample - 1, len(rest)))]
     scales = [block_scales(c) for c in ckpts]  # block-scaled FP8 inputs, dequantized again
+    # --dtype fp8 outputs: a requantized weight and its fresh scales are one job.
+    fresh = fresh_scale_names(out, scales)
+    names = [n for n in names if n not in fresh.values()] + [
+        w for w, s in fresh.items() if s in names and w not in names]
     for name in names:
         t = out.tensors[name]
         missing = [str(c.path) for c in ckpts if name not in c.tensors]
@@ -220,9 +224,10 @@ def _recompute(out: Checkpoint, ckpts: list[Checkpoint], weights: list[float], s
             continue
         infos = [c.tensors[name] for c in ckpts]
         scaled = [s.get(name) for s in scales]
-        want = np.zeros(t.n_bytes, np.uint8)
+        scale_t = out.tensors[fresh[name]] if name in fresh else None
+        want = np.zeros(t.n_bytes + (scale_t.n_bytes if scale_t else 0), np.uint8)
         plan = _core.Plan()
-        sink = plan.add_memory_sink("recomputed", want.ctypes.data, t.n_bytes)
+        sink = plan.add_memory_sink("recomputed", want.ctypes.data, want.size)
         sources: dict[Path, int] = {}
         for info in [*infos, *(s.info for s in scaled if s)]:
             if info.file not in sources:
@@ -232,6 +237,9 @@ def _recompute(out: Checkpoint, ckpts: list[Checkpoint], weights: list[float], s
             job_inputs = [(sources[i.file], i.offset, i.dtype, w) for i, w in zip(infos, weights)]
             plan.add_job(name, "sum", t.n_elems, sink, 0, t.dtype, job_inputs)
             add_input_scales(plan, scaled, infos[0].shape[-1] if infos[0].shape else 1, sources)
+            if scale_t:
+                s = next(s for s in scaled if s)
+                plan.scale_output(sink, t.n_bytes, s.block_rows, s.block_cols, t.shape[-1])
         else:
             op, chosen = nonfloat_inputs(infos, weights, int_policy)
             dtype, n = (t.dtype, t.n_elems) if _core.dtype_n_bits(t.dtype) % 8 == 0 else \
@@ -241,6 +249,15 @@ def _recompute(out: Checkpoint, ckpts: list[Checkpoint], weights: list[float], s
         _core.run(plan, threads=1)
         got = np.frombuffer(_read(t.file, t.offset, t.n_bytes), np.uint8)
         report.tensors_recomputed += 1
+        if scale_t:
+            scale_got = np.frombuffer(_read(scale_t.file, scale_t.offset, scale_t.n_bytes),
+                                      np.uint8)
+            report.tensors_recomputed += 1
+            if not np.array_equal(scale_got, want[t.n_bytes:]):
+                report.problems.append(f"{scale_t.file}: tensor '{scale_t.name}': the fresh FP8 "
+                                       f"block scales differ from those recomputed from the "
+                                       f"inputs")
+            want = want[:t.n_bytes]
         if not np.array_equal(got, want):
             byte = int(np.flatnonzero(got != want)[0])
             item = max(1, _core.dtype_n_bits(t.dtype) // 8)

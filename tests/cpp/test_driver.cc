@@ -24,6 +24,7 @@
 
 #include "common.h"
 #include "engine.h"
+#include "fp8_requant.h"
 #include "json.h"
 #include "kernels.h"
 #include "safetensors.h"
@@ -238,6 +239,42 @@ void engine_runs(const std::string& work) {
     m->plan.jobs[0].threshold = std::nanf("");
     expect_error(ErrorKind::kValue, "nearswap with a NaN t",
                  [&] { run_plan(m->plan, EngineOptions(), nullptr); });
+  }
+  for (KernelImpl kernel : {KernelImpl::kScalar, KernelImpl::kAuto}) {
+    // --dtype fp8: the merge as [600, 500] F8_E4M3 with fresh 128x128 block scales
+    // (partial blocks at both edges) after the codes in the same sink, against the
+    // steps written out: s = amax / 448 per block, q = f8_e4m3(x / s).
+    const uint64_t rows = 600, cols = 500, br = 128, bc = 128, grid_cols = 4;
+    auto m = plan_merge(a, b, 0.25f, 0.75f, work + "/fp8.safetensors");
+    Job& job = m->plan.jobs[0];
+    job.out_dtype = DType::kF8_E4M3;
+    job.out_scale = {0, m->header_n_bytes + n, br, bc, cols};
+    EngineOptions options;
+    options.threads = 2;
+    options.chunk_elems = 4096 + 3;  // rounded up to one block row per chunk
+    options.kernel = kernel;
+    run_plan(m->plan, options, nullptr);
+    m->plan.sinks[0].writer->finish();
+    std::ifstream f(m->out_path, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    std::vector<float> x(n), scales(5 * grid_cols, 0.0f);
+    for (uint64_t i = 0; i < n; ++i) {
+      x[i] = 0.25f * (0.5f * i);
+      x[i] = x[i] + 0.75f * (1.0f - i);
+      float& s = scales[(i / cols / br) * grid_cols + (i % cols) / bc];
+      s = std::max(s, std::fabs(x[i]));
+    }
+    for (float& s : scales) s = block_scale_of(s);
+    bool same = true;
+    for (uint64_t i = 0; i < n && same; ++i) {
+      float s = scales[(i / cols / br) * grid_cols + (i % cols) / bc];
+      same = static_cast<uint8_t>(bytes[m->header_n_bytes + i]) == f32_to_f8_e4m3(x[i] / s);
+    }
+    same = same && std::memcmp(bytes.data() + m->header_n_bytes + n, scales.data(),
+                               4 * scales.size()) == 0;
+    expect(same && rows * cols == n, "FP8 codes and fresh block scales equal the reference");
+    std::printf("  ok  fp8 requantization of %llu elements (%s)\n", (unsigned long long)n,
+                select_kernels(kernel).name);
   }
   {
     auto m = plan_merge(a, b, 0.5f, 0.5f, work + "/range.safetensors");
