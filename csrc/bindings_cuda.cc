@@ -10,6 +10,7 @@
 #include "common.h"
 #include "engine_cuda.h"
 #include "kernels_cuda.h"
+#include "method_bench_cuda.h"
 #include "methods_cuda.h"
 #include "py_common.h"
 
@@ -170,6 +171,23 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("emulate") = false, py::arg("progress") = py::none(),
         "Gram matrices of a MethodJobs' Gram jobs (its _grams_capsule()) on the GPU; returns "
         "(grams, stats), the same values as _core.run_grams.");
+
+  m.def(
+      "time_method_pass",
+      [](const std::string& pass, const std::string& sparsify, uint64_t n_elems,
+         uint32_t n_models, const std::string& dtype, int repeat, int device) {
+        cuda::PassTiming t;
+        {
+          py::gil_scoped_release release;
+          t = cuda::time_method_pass(device, pass, sparsify, n_elems, n_models, dtype_from(dtype),
+                                     repeat);
+        }
+        return py::make_tuple(t.seconds, t.bytes);
+      },
+      py::arg("pass_"), py::arg("sparsify"), py::arg("n_elems"), py::arg("n_models"),
+      py::arg("dtype"), py::arg("repeat") = 10, py::arg("device") = 0,
+      "Benchmarks: (seconds per launch, bytes read + written) of one method pass over "
+      "device-resident inputs (hist_hi, hist_lo, ties, l1, apply, gram).");
 
   py::class_<cuda::DeviceSum>(m, "DeviceSum")
       .def(py::init(&make_device_sum), py::arg("device"), py::arg("tensors"),

@@ -5,7 +5,8 @@
 // parallel: the elements equal to the threshold before a lane's first one are the
 // tile's tie prefix (from the tie pass) plus the counts of the lanes before it (a
 // block scan). fp64 per-tile sums (L1, Gram) are chains in index order exactly as the
-// CPU writes them, one lane per chain. All per-thread code is __host__ __device__ so
+// CPU writes them, one thread per chain (chain_kernel: tile-major (tile, model) or
+// (tile, pair) numbering, so every SM has chains to run). All per-thread code is __host__ __device__ so
 // emulate_method() runs it on the CPU with the same barriers between phases.
 #include <cuda_runtime.h>
 
@@ -212,22 +213,20 @@ LADLE_HD uint64_t tie_prefix_at(const MethodLaunch& L, uint32_t k, uint32_t s, u
   return L.models[k].sel[s].need_ties ? L.tie_prefix[(2ull * k + s) * L.n_tiles + tile] : 0;
 }
 
-// Lane k (and k + 256, ...) sums model k's tile in index order: L1 before and after
-// sparsifying (no rescaling), walking the rank cursors itself.
-LADLE_HD void l1_lane(const MethodLaunch& L, uint64_t tile, uint32_t lane) {
-  LaneRange r{tile * kTile, tile * kTile + kTile < L.n_elems ? tile * kTile + kTile : L.n_elems};
-  for (uint32_t k = lane; k < L.n_models; k += kMethodThreads) {
-    uint64_t seen_lo = tie_prefix_at(L, k, 0, tile), seen_hi = tie_prefix_at(L, k, 1, tile);
-    double before = 0.0, after = 0.0;
-    for (uint64_t e = r.first; e < r.last; ++e) {
-      float d = delta_at(L, k, e, base_at(L, e));
-      before = dadd_rn(before, fabs(static_cast<double>(d)));
-      float kept = sparsify(L, k, e, d, false, &seen_lo, &seen_hi);
-      after = dadd_rn(after, fabs(static_cast<double>(kept)));
-    }
-    L.sums[(2ull * k) * L.n_tiles + tile] = before;
-    L.sums[(2ull * k + 1) * L.n_tiles + tile] = after;
+// Chain k of a tile: model k's L1 before and after sparsifying (no rescaling) in
+// index order, walking the rank cursors itself.
+LADLE_HD void l1_chain(const MethodLaunch& L, uint64_t tile, uint32_t k) {
+  uint64_t first = tile * kTile, last = first + kTile < L.n_elems ? first + kTile : L.n_elems;
+  uint64_t seen_lo = tie_prefix_at(L, k, 0, tile), seen_hi = tie_prefix_at(L, k, 1, tile);
+  double before = 0.0, after = 0.0;
+  for (uint64_t e = first; e < last; ++e) {
+    float d = delta_at(L, k, e, base_at(L, e));
+    before = dadd_rn(before, fabs(static_cast<double>(d)));
+    float kept = sparsify(L, k, e, d, false, &seen_lo, &seen_hi);
+    after = dadd_rn(after, fabs(static_cast<double>(kept)));
   }
+  L.sums[(2ull * k) * L.n_tiles + tile] = before;
+  L.sums[(2ull * k + 1) * L.n_tiles + tile] = after;
 }
 
 // Gram vector a at chunk element e: input a, minus the base when there is one.
@@ -236,20 +235,37 @@ LADLE_HD float gram_vector(const MethodLaunch& L, uint32_t a, uint64_t e) {
   return L.base ? sub_rn(x, base_at(L, e)) : x;
 }
 
-// Lane p (and p + 256, ...) sums pair p = (a, b), a <= b, row-major upper triangle.
-LADLE_HD void gram_lane(const MethodLaunch& L, uint64_t tile, uint32_t lane) {
+// Chain p of a tile: pair p = (a, b), a <= b (row-major upper triangle), summed in
+// index order.
+LADLE_HD void gram_chain(const MethodLaunch& L, uint64_t tile, uint32_t pair) {
   uint64_t first = tile * kTile, last = first + kTile < L.n_elems ? first + kTile : L.n_elems;
-  uint32_t m = L.n_models, pair = 0;
-  for (uint32_t a = 0; a < m; ++a) {
-    for (uint32_t b = a; b < m; ++b, ++pair) {
-      if (pair % kMethodThreads != lane) continue;
-      double sum = 0.0;
-      for (uint64_t e = first; e < last; ++e)
-        sum = dadd_rn(sum, dmul_rn(static_cast<double>(gram_vector(L, a, e)),
-                                   static_cast<double>(gram_vector(L, b, e))));
-      L.sums[static_cast<uint64_t>(pair) * L.n_tiles + tile] = sum;
-    }
+  uint32_t a = 0, b = pair, row = L.n_models;  // row a of the triangle holds m - a pairs
+  while (b >= row) {
+    b -= row;
+    ++a;
+    --row;
   }
+  b += a;
+  double sum = 0.0;
+  for (uint64_t e = first; e < last; ++e)
+    sum = dadd_rn(sum, dmul_rn(static_cast<double>(gram_vector(L, a, e)),
+                               static_cast<double>(gram_vector(L, b, e))));
+  L.sums[static_cast<uint64_t>(pair) * L.n_tiles + tile] = sum;
+}
+
+// The fp64 chains of the L1 and Gram passes: one per (tile, model) or (tile, pair),
+// numbered tile-major, one per thread.
+LADLE_HD uint32_t chains_per_tile(const MethodLaunch& L) {
+  return L.pass == kPassL1 ? L.n_models : L.n_models * (L.n_models + 1) / 2;
+}
+
+LADLE_HD void run_chain(const MethodLaunch& L, uint64_t chain) {
+  uint32_t per_tile = chains_per_tile(L);
+  if (per_tile == 0 || chain >= L.n_tiles * per_tile) return;
+  uint64_t tile = chain / per_tile;
+  uint32_t c = static_cast<uint32_t>(chain % per_tile);
+  if (L.pass == kPassL1) l1_chain(L, tile, c);
+  else gram_chain(L, tile, c);
 }
 
 LADLE_HD void simple_pass_lane(const MethodLaunch& L, uint64_t tile, uint32_t lane) {
@@ -257,8 +273,6 @@ LADLE_HD void simple_pass_lane(const MethodLaunch& L, uint64_t tile, uint32_t la
     case kPassHistHi: return hist_hi_lane(L, tile, lane);
     case kPassHistLo: return hist_lo_lane(L, tile, lane);
     case kPassTies: return ties_lane(L, tile, lane);
-    case kPassL1: return l1_lane(L, tile, lane);
-    case kPassGram: return gram_lane(L, tile, lane);
     default: return;
   }
 }
@@ -327,6 +341,12 @@ LADLE_HD void zero_cursors(const MethodLaunch& L, LaneCursors* c) {
   for (uint32_t k = 0; k < L.n_models; ++k) c->seen[k][0] = c->seen[k][1] = 0;
 }
 
+bool is_chain_pass(const MethodLaunch& L) { return L.pass == kPassL1 || L.pass == kPassGram; }
+
+__global__ void __launch_bounds__(kMethodThreads) chain_kernel(MethodLaunch L) {
+  run_chain(L, static_cast<uint64_t>(blockIdx.x) * kMethodThreads + threadIdx.x);
+}
+
 __global__ void __launch_bounds__(kMethodThreads) method_kernel(MethodLaunch L) {
   const uint64_t tile = blockIdx.x;
   const uint32_t lane = threadIdx.x;
@@ -353,6 +373,13 @@ __global__ void __launch_bounds__(kMethodThreads) method_kernel(MethodLaunch L) 
 
 int launch_method(const MethodLaunch& launch, void* stream) {
   if (launch.n_tiles == 0) return 0;
+  if (is_chain_pass(launch)) {
+    uint64_t n_chains = launch.n_tiles * chains_per_tile(launch);
+    if (n_chains == 0) return 0;
+    unsigned blocks = static_cast<unsigned>((n_chains + kMethodThreads - 1) / kMethodThreads);
+    chain_kernel<<<blocks, kMethodThreads, 0, static_cast<cudaStream_t>(stream)>>>(launch);
+    return static_cast<int>(cudaGetLastError());
+  }
   method_kernel<<<static_cast<unsigned>(launch.n_tiles), kMethodThreads, 0,
                   static_cast<cudaStream_t>(stream)>>>(launch);
   return static_cast<int>(cudaGetLastError());
@@ -360,6 +387,10 @@ int launch_method(const MethodLaunch& launch, void* stream) {
 
 void emulate_method(const MethodLaunch& launch) {
   const MethodLaunch& L = launch;
+  if (is_chain_pass(L)) {
+    for (uint64_t chain = 0; chain < L.n_tiles * chains_per_tile(L); ++chain) run_chain(L, chain);
+    return;
+  }
   for (uint64_t tile = 0; tile < L.n_tiles; ++tile) {
     if (L.pass != kPassApply) {
       for (uint32_t lane = 0; lane < kMethodThreads; ++lane) simple_pass_lane(L, tile, lane);
