@@ -64,13 +64,15 @@ LADLE_HD double dadd_rn(double a, double b) {
 
 LADLE_HD uint32_t abs_bits_of(float x) { return to_bits(x) & 0x7FFFFFFFu; }
 
-LADLE_HD void count_one(unsigned long long* p) {
+LADLE_HD void add_count(unsigned long long* p, unsigned long long n) {
 #ifdef __CUDA_ARCH__
-  atomicAdd(p, 1ull);
+  atomicAdd(p, n);
 #else
-  ++*p;
+  *p += n;
 #endif
 }
+
+LADLE_HD void count_one(unsigned long long* p) { add_count(p, 1ull); }
 
 // DARE's draw (method_kernels.h: mix64, dare_draw), integer arithmetic only.
 LADLE_HD uint64_t mix64_hd(uint64_t z) {
@@ -194,18 +196,20 @@ LADLE_HD void hist_lo_lane(const MethodLaunch& L, uint64_t tile, uint32_t lane) 
   }
 }
 
+// Each lane counts its own elements, then adds its count once per (model, bound):
+// one atomic per lane, not per element, on the tile's counter.
 LADLE_HD void ties_lane(const MethodLaunch& L, uint64_t tile, uint32_t lane) {
   LaneRange r = lane_range(L, tile, lane);
-  for (uint64_t e = r.first; e < r.last; ++e) {
-    float b = base_at(L, e);
-    for (uint32_t k = 0; k < L.n_models; ++k) {
-      const ModelDesc& m = L.models[k];
-      if (!m.sel[0].need_ties && !m.sel[1].need_ties) continue;
-      uint32_t bits = abs_bits_of(delta_at(L, k, e, b));
-      for (uint32_t s = 0; s < 2; ++s)
-        if (m.sel[s].need_ties && bits == m.sel[s].threshold)
-          count_one(L.counts + (2ull * k + s) * L.n_tiles + tile);
+  for (uint32_t k = 0; k < L.n_models; ++k) {
+    const ModelDesc& m = L.models[k];
+    if (!m.sel[0].need_ties && !m.sel[1].need_ties) continue;
+    unsigned long long c[2] = {0, 0};
+    for (uint64_t e = r.first; e < r.last; ++e) {
+      uint32_t bits = abs_bits_of(delta_at(L, k, e, base_at(L, e)));
+      for (uint32_t s = 0; s < 2; ++s) c[s] += m.sel[s].need_ties && bits == m.sel[s].threshold;
     }
+    for (uint32_t s = 0; s < 2; ++s)
+      if (c[s]) add_count(L.counts + (2ull * k + s) * L.n_tiles + tile, c[s]);
   }
 }
 
