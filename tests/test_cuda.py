@@ -503,12 +503,3 @@ def test_methods_on_an_unusable_cuda_device_are_a_clear_backend_error(tmp_path, 
     assert rc == 2 and not out.exists()
     assert len(err) == 1 and err[0].startswith("ladle: error:") and bad in err[0]
 
-
-def test_cuda_backend_declares_the_method_kinds():
-    if not INFO["compiled"]:
-        pytest.skip(f"CUDA backend not built: {INFO['error']}")
-    from ladle import _cuda
-
-    assert {k: _cuda.supports(k) for k in ("sum", "copy", "max", "task", "gram")} == \
-        dict.fromkeys(("sum", "copy", "max", "task", "gram"), True)
-    assert not _cuda.supports("nearswap")  # run on the CPU engine by ladle.methods
