@@ -168,15 +168,20 @@ LADLE_HD float mix(const MethodLaunch& L, const float* wd) {
 
 // ---- the passes without block-level cooperation ----
 
+// The high-16-bit bin of model k's |delta| at chunk element e.
+LADLE_HD uint32_t hi_bin_at(const MethodLaunch& L, uint32_t k, uint64_t e, float base) {
+  return abs_bits_of(delta_at(L, k, e, base)) >> 16;
+}
+
+// The emulator's histogram pass (the GPU's is hist_hi_kernel: the same bins, counted
+// in shared memory first; integer counts, so the two agree exactly).
 LADLE_HD void hist_hi_lane(const MethodLaunch& L, uint64_t tile, uint32_t lane) {
   LaneRange r = lane_range(L, tile, lane);
   for (uint64_t e = r.first; e < r.last; ++e) {
     float b = base_at(L, e);
-    for (uint32_t k = 0; k < L.n_models; ++k) {
-      if (!L.models[k].selects) continue;
-      uint32_t bits = abs_bits_of(delta_at(L, k, e, b));
-      count_one(L.counts + static_cast<uint64_t>(k) * kHiHistBins + (bits >> 16));
-    }
+    for (uint32_t k = 0; k < L.n_models; ++k)
+      if (L.models[k].selects)
+        count_one(L.counts + static_cast<uint64_t>(k) * kHiHistBins + hi_bin_at(L, k, e, b));
   }
 }
 
@@ -345,6 +350,47 @@ LADLE_HD void zero_cursors(const MethodLaunch& L, LaneCursors* c) {
   for (uint32_t k = 0; k < L.n_models; ++k) c->seen[k][0] = c->seen[k][1] = 0;
 }
 
+// Pass 1 on the GPU: every element lands in one of 32768 bins, and neighbouring
+// deltas mostly in the same few, so per-element global atomics would serialise on the
+// hot bins. Each block (one per SM, 1024 threads, 128 KiB of shared memory) counts its
+// grid-stride share of the chunk into a shared histogram, per model, then adds the
+// nonzero bins to the global one.
+constexpr int kHistThreads = 1024;
+constexpr unsigned kHistSharedBytes = kHiHistBins * sizeof(uint32_t);
+
+__global__ void __launch_bounds__(kHistThreads) hist_hi_kernel(MethodLaunch L) {
+  extern __shared__ uint32_t bins[];
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * kHistThreads;
+  const uint64_t first = static_cast<uint64_t>(blockIdx.x) * kHistThreads + threadIdx.x;
+  for (uint32_t k = 0; k < L.n_models; ++k) {
+    if (!L.models[k].selects) continue;
+    for (uint32_t b = threadIdx.x; b < kHiHistBins; b += kHistThreads) bins[b] = 0;
+    __syncthreads();
+    for (uint64_t e = first; e < L.n_elems; e += stride)
+      atomicAdd(&bins[hi_bin_at(L, k, e, base_at(L, e))], 1u);
+    __syncthreads();
+    unsigned long long* global = L.counts + static_cast<uint64_t>(k) * kHiHistBins;
+    for (uint32_t b = threadIdx.x; b < kHiHistBins; b += kHistThreads)
+      if (bins[b]) atomicAdd(global + b, static_cast<unsigned long long>(bins[b]));
+    __syncthreads();
+  }
+}
+
+int launch_hist_hi(const MethodLaunch& L, cudaStream_t stream) {
+  int device = 0, sm_count = 1;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess)
+    err = cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess)
+    err = cudaFuncSetAttribute(hist_hi_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               kHistSharedBytes);
+  if (err != cudaSuccess) return static_cast<int>(err);
+  uint64_t blocks = (L.n_elems + kHistThreads - 1) / kHistThreads;
+  if (blocks > static_cast<uint64_t>(sm_count)) blocks = static_cast<uint64_t>(sm_count);
+  hist_hi_kernel<<<static_cast<unsigned>(blocks), kHistThreads, kHistSharedBytes, stream>>>(L);
+  return static_cast<int>(cudaGetLastError());
+}
+
 bool is_chain_pass(const MethodLaunch& L) { return L.pass == kPassL1 || L.pass == kPassGram; }
 
 __global__ void __launch_bounds__(kMethodThreads) chain_kernel(MethodLaunch L) {
@@ -377,6 +423,7 @@ __global__ void __launch_bounds__(kMethodThreads) method_kernel(MethodLaunch L) 
 
 int launch_method(const MethodLaunch& launch, void* stream) {
   if (launch.n_tiles == 0) return 0;
+  if (launch.pass == kPassHistHi) return launch_hist_hi(launch, static_cast<cudaStream_t>(stream));
   if (is_chain_pass(launch)) {
     uint64_t n_chains = launch.n_tiles * chains_per_tile(launch);
     if (n_chains == 0) return 0;
