@@ -459,6 +459,11 @@ def test_method_check_finite_on_device(tmp_path, device):
     with pytest.raises(ladle.NonFiniteError, match="b.safetensors: tensor 'w'.*element 1"):
         ladle.methods.ties(a, [b], out, weights=[1.0], density=0.5, check_finite=True,
                            device=device, progress=False)
+    big = np.array([3e38, 1.0, 3e38], dtype=np.float32).tobytes()
+    c = write_raw(tmp_path / "c.safetensors", {"w": ("F32", [3], big)})
+    with pytest.raises(ladle.NonFiniteError, match="tensor 'w': merged value at element 0"):
+        ladle.methods.task_arithmetic(a, [c, c], out, weights=[1.0, 1.0], check_finite=True,
+                                      device=device, progress=True)  # the bar runs too
     assert not out.exists() and not list(tmp_path.glob("*partial*"))
 
 
