@@ -119,5 +119,16 @@ std::unique_ptr<DeviceOps> make_ops(Backend backend, int device) {
   return std::make_unique<CudaOps>(device);
 }
 
+RestoreCurrentDevice::RestoreCurrentDevice(Backend backend) {
+  if (backend == Backend::kCuda && cudaGetDevice(&device_) != cudaSuccess) {
+    device_ = -1;
+    cudaGetLastError();
+  }
+}
+
+RestoreCurrentDevice::~RestoreCurrentDevice() {
+  if (device_ >= 0) cudaSetDevice(device_);
+}
+
 }  // namespace cuda
 }  // namespace ladle

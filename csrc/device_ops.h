@@ -40,5 +40,18 @@ class DeviceOps {
 
 std::unique_ptr<DeviceOps> make_ops(Backend backend, int device);
 
+// Puts the calling thread's current CUDA device back when a run ends, however it ends
+// (a run binds its device to the calling thread). Does nothing for the emulator.
+class RestoreCurrentDevice {
+ public:
+  explicit RestoreCurrentDevice(Backend backend);
+  ~RestoreCurrentDevice();
+  RestoreCurrentDevice(const RestoreCurrentDevice&) = delete;
+  RestoreCurrentDevice& operator=(const RestoreCurrentDevice&) = delete;
+
+ private:
+  int device_ = -1;
+};
+
 }  // namespace cuda
 }  // namespace ladle

@@ -110,17 +110,7 @@ class Runner {
 
   RunStats run(const ProgressFn& progress) {
     auto t0 = std::chrono::steady_clock::now();
-    // The caller's current device is put back however the run ends.
-    struct RestoreDevice {
-      int device = -1;
-      ~RestoreDevice() {
-        if (device >= 0) cudaSetDevice(device);
-      }
-    } restore;
-    if (options_.backend == Backend::kCuda && cudaGetDevice(&restore.device) != cudaSuccess) {
-      restore.device = -1;
-      cudaGetLastError();
-    }
+    RestoreCurrentDevice restore(options_.backend);
     ops_ = make_ops(options_.backend, options_.device);
     int n_workers = std::max(1, options_.workers);
     // Allocate everything up front, on this thread: a failure leaves nothing behind.

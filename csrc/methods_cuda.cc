@@ -77,26 +77,23 @@ class Stage {
  public:
   Stage(const Options& options, uint64_t in_bytes, uint64_t out_bytes, uint64_t n_counts,
         uint64_t n_sums, uint32_t n_models)
-      : ops_(make_ops(options.backend, options.device)) {
-    ops_->bind_thread();
-    stream_ = ops_->create_stream();
-    host_in_ = static_cast<uint8_t*>(ops_->alloc_host(in_bytes));
-    dev_in_ = static_cast<uint8_t*>(ops_->alloc_device(in_bytes));
-    dev_out_ = static_cast<uint8_t*>(ops_->alloc_device(out_bytes));
-    dev_models_ = static_cast<ModelDesc*>(ops_->alloc_device(n_models * sizeof(ModelDesc)));
-    dev_counts_ = static_cast<unsigned long long*>(ops_->alloc_device(n_counts * 8));
-    dev_prefix_ = static_cast<unsigned long long*>(ops_->alloc_device(n_counts * 8));
-    dev_sums_ = static_cast<double*>(ops_->alloc_device(n_sums * 8));
+      : restore_(options.backend), ops_(make_ops(options.backend, options.device)) {
+    try {
+      ops_->bind_thread();
+      stream_ = ops_->create_stream();
+      host_in_ = static_cast<uint8_t*>(ops_->alloc_host(in_bytes));
+      dev_in_ = static_cast<uint8_t*>(ops_->alloc_device(in_bytes));
+      dev_out_ = static_cast<uint8_t*>(ops_->alloc_device(out_bytes));
+      dev_models_ = static_cast<ModelDesc*>(ops_->alloc_device(n_models * sizeof(ModelDesc)));
+      dev_counts_ = static_cast<unsigned long long*>(ops_->alloc_device(n_counts * 8));
+      dev_prefix_ = static_cast<unsigned long long*>(ops_->alloc_device(n_counts * 8));
+      dev_sums_ = static_cast<double*>(ops_->alloc_device(n_sums * 8));
+    } catch (...) {
+      release();  // a failed allocation leaves nothing behind
+      throw;
+    }
   }
-  ~Stage() {
-    ops_->sync(stream_);
-    for (void* p : {static_cast<void*>(dev_in_), static_cast<void*>(dev_out_),
-                    static_cast<void*>(dev_models_), static_cast<void*>(dev_counts_),
-                    static_cast<void*>(dev_prefix_), static_cast<void*>(dev_sums_)})
-      if (p) ops_->free_device(p);
-    if (host_in_) ops_->free_host(host_in_);
-    if (stream_) ops_->destroy_stream(stream_);
-  }
+  ~Stage() { release(); }
   Stage(const Stage&) = delete;
   Stage& operator=(const Stage&) = delete;
 
@@ -158,6 +155,27 @@ class Stage {
   const char* name() const { return ops_->name(); }
 
  private:
+  // Waits for the stream (a device error here is already being reported, or is
+  // reported by the next sync of a later run) and frees everything allocated.
+  void release() noexcept {
+    try {
+      if (stream_) ops_->sync(stream_);
+    } catch (...) {
+    }
+    for (void* p : {static_cast<void*>(dev_in_), static_cast<void*>(dev_out_),
+                    static_cast<void*>(dev_models_), static_cast<void*>(dev_counts_),
+                    static_cast<void*>(dev_prefix_), static_cast<void*>(dev_sums_)})
+      if (p) ops_->free_device(p);
+    if (host_in_) ops_->free_host(host_in_);
+    if (stream_) ops_->destroy_stream(stream_);
+    dev_in_ = dev_out_ = host_in_ = nullptr;
+    dev_models_ = nullptr;
+    dev_counts_ = dev_prefix_ = nullptr;
+    dev_sums_ = nullptr;
+    stream_ = nullptr;
+  }
+
+  RestoreCurrentDevice restore_;  // destroyed last: after everything is freed
   std::unique_ptr<DeviceOps> ops_;
   void* stream_ = nullptr;
   uint8_t* host_in_ = nullptr;
