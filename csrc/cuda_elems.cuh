@@ -59,6 +59,42 @@ LADLE_HD uint32_t to_bits(float f) {
 #endif
 }
 
+LADLE_HD float sub_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  // x86 returns the first NaN operand, quieted; the GPU a canonical NaN. The |delta|
+  // bits rank NaNs, so the CPU's payloads are kept.
+  if (a != a) return from_bits(to_bits(a) | 0x400000u);
+  if (b != b) return from_bits(to_bits(b) | 0x400000u);
+  return __fsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+
+LADLE_HD float div_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+
+LADLE_HD double dmul_rn(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+LADLE_HD double dadd_rn(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
 // ---- conversions: bit-for-bit copies of csrc/dtype.{h,cc} ----
 
 LADLE_HD float bf16_to_f32(uint32_t h) { return from_bits(h << 16); }

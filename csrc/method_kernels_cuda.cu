@@ -26,42 +26,6 @@ constexpr uint64_t kTile = kMethodTileElems;
 static_assert(kTile == static_cast<uint64_t>(kMethodThreads) * kLaneElems,
               "a block's lanes cover one tile");
 
-LADLE_HD float sub_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-  // x86 returns the first NaN operand, quieted; the GPU a canonical NaN. The |delta|
-  // bits rank NaNs, so the CPU's payloads are kept.
-  if (a != a) return from_bits(to_bits(a) | 0x400000u);
-  if (b != b) return from_bits(to_bits(b) | 0x400000u);
-  return __fsub_rn(a, b);
-#else
-  return a - b;
-#endif
-}
-
-LADLE_HD float div_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
-
-LADLE_HD double dmul_rn(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-
-LADLE_HD double dadd_rn(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-
 LADLE_HD uint32_t abs_bits_of(float x) { return to_bits(x) & 0x7FFFFFFFu; }
 
 LADLE_HD void add_count(unsigned long long* p, unsigned long long n) {
