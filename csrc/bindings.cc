@@ -335,6 +335,17 @@ std::vector<std::vector<double>> py_dot_products(
   return ladle::dot_products(plan.plan(), dot_jobs, options);
 }
 
+// A capsule for ladle._cuda holding `ptr`, a member of `owner`: the capsule keeps a
+// reference to `owner` (its context) so the object outlives every use through it.
+py::object owner_capsule(py::object owner, void* ptr, const char* name) {
+  PyObject* capsule = PyCapsule_New(ptr, name, [](PyObject* c) {
+    Py_XDECREF(static_cast<PyObject*>(PyCapsule_GetContext(c)));
+  });
+  if (!capsule) throw py::error_already_set();
+  PyCapsule_SetContext(capsule, owner.inc_ref().ptr());
+  return py::reinterpret_steal<py::object>(capsule);
+}
+
 // Jobs of the methods beyond a weighted sum (methods.h), run on a Plan's sources
 // and sinks: task-vector jobs and Gram reductions.
 class PyMethodJobs {
@@ -620,17 +631,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("n_bytes"))
       .def("_capsule",
            [](py::object self) {
-             // The capsule holds a reference to this Plan (its context) so the
-             // plan outlives every use through the capsule.
              const Plan* plan = &self.cast<const PyPlan&>().plan();
-             PyObject* capsule = PyCapsule_New(const_cast<Plan*>(plan), kPlanCapsuleName,
-                                               [](PyObject* c) {
-                                                 Py_XDECREF(static_cast<PyObject*>(
-                                                     PyCapsule_GetContext(c)));
-                                               });
-             if (!capsule) throw py::error_already_set();
-             PyCapsule_SetContext(capsule, self.inc_ref().ptr());
-             return py::reinterpret_steal<py::object>(capsule);
+             return owner_capsule(self, const_cast<Plan*>(plan), kPlanCapsuleName);
            },
            "The plan for ladle._cuda.run; the capsule keeps this Plan alive.")
       .def("clear_jobs", &PyPlan::clear_jobs)
@@ -648,6 +650,16 @@ PYBIND11_MODULE(_core, m) {
            py::arg("rescale"), py::arg("lambda_"), py::arg("seed"))
       .def("add_gram", &PyMethodJobs::add_gram, py::arg("name"), py::arg("n_elems"),
            py::arg("inputs"), py::arg("base"))
+      .def("_tasks_capsule",
+           [](py::object self) {
+             return owner_capsule(self, &self.cast<PyMethodJobs&>().tasks, kTaskJobsCapsuleName);
+           },
+           "The task jobs for ladle._cuda.run_tasks; the capsule keeps these jobs alive.")
+      .def("_grams_capsule",
+           [](py::object self) {
+             return owner_capsule(self, &self.cast<PyMethodJobs&>().grams, kGramJobsCapsuleName);
+           },
+           "The Gram jobs for ladle._cuda.run_grams; the capsule keeps these jobs alive.")
       .def_property_readonly("n_tasks", [](const PyMethodJobs& j) { return j.tasks.size(); })
       .def_property_readonly("n_grams", [](const PyMethodJobs& j) { return j.grams.size(); });
   m.def("run_tasks", &run_tasks, py::arg("plan"), py::arg("jobs"), py::arg("threads") = 0,

@@ -10,6 +10,8 @@
 #include "common.h"
 #include "engine_cuda.h"
 #include "kernels_cuda.h"
+#include "method_bench_cuda.h"
+#include "methods_cuda.h"
 #include "py_common.h"
 
 namespace py = pybind11;
@@ -51,11 +53,16 @@ py::dict build_info() {
   return info;
 }
 
-py::dict run(const py::capsule& plan_capsule, int device, int workers, uint64_t memory_budget,
-             uint64_t chunk_elems, bool check_finite, bool emulate, py::object progress) {
-  LADLE_CHECK(std::string(plan_capsule.name() ? plan_capsule.name() : "") == kPlanCapsuleName,
-              ErrorKind::kValue, "expected a capsule from ladle._core.Plan._capsule()");
-  const Plan& plan = *plan_capsule.get_pointer<Plan>();
+// The object a capsule from ladle._core holds, after checking the capsule's name.
+template <class T>
+const T& from_capsule(const py::capsule& capsule, const char* name, const char* made_by) {
+  LADLE_CHECK(std::string(capsule.name() ? capsule.name() : "") == name, ErrorKind::kValue,
+              "expected a capsule from ladle._core.%s", made_by);
+  return *capsule.get_pointer<T>();
+}
+
+cuda::Options options_from(int device, int workers, uint64_t memory_budget, uint64_t chunk_elems,
+                           bool check_finite, bool emulate) {
   cuda::Options options;
   options.device = device;
   options.workers = workers;
@@ -63,6 +70,14 @@ py::dict run(const py::capsule& plan_capsule, int device, int workers, uint64_t 
   options.chunk_elems = chunk_elems;
   options.check_finite = check_finite;
   options.backend = backend_from(emulate);
+  return options;
+}
+
+py::dict run(const py::capsule& plan_capsule, int device, int workers, uint64_t memory_budget,
+             uint64_t chunk_elems, bool check_finite, bool emulate, py::object progress) {
+  const Plan& plan = from_capsule<Plan>(plan_capsule, kPlanCapsuleName, "Plan._capsule()");
+  cuda::Options options =
+      options_from(device, workers, memory_budget, chunk_elems, check_finite, emulate);
   ProgressFn on_progress = python_progress(progress);
   RunStats stats;
   {
@@ -70,6 +85,39 @@ py::dict run(const py::capsule& plan_capsule, int device, int workers, uint64_t 
     stats = cuda::run_plan(plan, options, on_progress);
   }
   return stats_to_dict(stats);
+}
+
+py::dict run_tasks(const py::capsule& plan_capsule, const py::capsule& jobs_capsule, int device,
+                   uint64_t memory_budget, uint64_t chunk_elems, bool check_finite, bool emulate,
+                   py::object progress) {
+  const Plan& plan = from_capsule<Plan>(plan_capsule, kPlanCapsuleName, "Plan._capsule()");
+  const auto& jobs = from_capsule<std::vector<TaskJob>>(jobs_capsule, kTaskJobsCapsuleName,
+                                                        "MethodJobs._tasks_capsule()");
+  cuda::Options options = options_from(device, 1, memory_budget, chunk_elems, check_finite, emulate);
+  ProgressFn on_progress = python_progress(progress);
+  RunStats stats;
+  {
+    py::gil_scoped_release release;
+    stats = cuda::run_task_jobs(plan, jobs, options, on_progress);
+  }
+  return stats_to_dict(stats);
+}
+
+py::tuple run_grams(const py::capsule& plan_capsule, const py::capsule& jobs_capsule, int device,
+                    uint64_t memory_budget, uint64_t chunk_elems, bool emulate,
+                    py::object progress) {
+  const Plan& plan = from_capsule<Plan>(plan_capsule, kPlanCapsuleName, "Plan._capsule()");
+  const auto& jobs = from_capsule<std::vector<GramJob>>(jobs_capsule, kGramJobsCapsuleName,
+                                                        "MethodJobs._grams_capsule()");
+  cuda::Options options = options_from(device, 1, memory_budget, chunk_elems, false, emulate);
+  ProgressFn on_progress = python_progress(progress);
+  RunStats stats;
+  std::vector<std::vector<double>> grams;
+  {
+    py::gil_scoped_release release;
+    grams = cuda::run_gram_jobs(plan, jobs, options, on_progress, &stats);
+  }
+  return py::make_tuple(grams, stats_to_dict(stats));
 }
 
 using TensorSpec = std::tuple<std::string, uint64_t, std::string, uint64_t,
@@ -112,6 +160,34 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("check_finite") = false, py::arg("emulate") = false,
         py::arg("progress") = py::none(),
         "Run a ladle._core Plan (its _capsule()) through the GPU; same results as _core.run.");
+  m.def("run_tasks", &run_tasks, py::arg("plan"), py::arg("jobs"), py::arg("device") = 0,
+        py::arg("memory_budget") = 256ull << 20, py::arg("chunk_elems") = 0,
+        py::arg("check_finite") = false, py::arg("emulate") = false,
+        py::arg("progress") = py::none(),
+        "Run the task jobs of a ladle._core MethodJobs (its _tasks_capsule()) into the plan's "
+        "sinks on the GPU; same bits as _core.run_tasks.");
+  m.def("run_grams", &run_grams, py::arg("plan"), py::arg("jobs"), py::arg("device") = 0,
+        py::arg("memory_budget") = 256ull << 20, py::arg("chunk_elems") = 0,
+        py::arg("emulate") = false, py::arg("progress") = py::none(),
+        "Gram matrices of a MethodJobs' Gram jobs (its _grams_capsule()) on the GPU; returns "
+        "(grams, stats), the same values as _core.run_grams.");
+
+  m.def(
+      "time_method_pass",
+      [](const std::string& pass, const std::string& sparsify, uint64_t n_elems,
+         uint32_t n_models, const std::string& dtype, int repeat, int device) {
+        cuda::PassTiming t;
+        {
+          py::gil_scoped_release release;
+          t = cuda::time_method_pass(device, pass, sparsify, n_elems, n_models, dtype_from(dtype),
+                                     repeat);
+        }
+        return py::make_tuple(t.seconds, t.bytes);
+      },
+      py::arg("pass_"), py::arg("sparsify"), py::arg("n_elems"), py::arg("n_models"),
+      py::arg("dtype"), py::arg("repeat") = 10, py::arg("device") = 0,
+      "Benchmarks: (seconds per launch, bytes read + written) of one method pass over "
+      "device-resident inputs (hist_hi, hist_lo, ties, l1, apply, gram).");
 
   py::class_<cuda::DeviceSum>(m, "DeviceSum")
       .def(py::init(&make_device_sum), py::arg("device"), py::arg("tensors"),

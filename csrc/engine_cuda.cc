@@ -29,6 +29,7 @@
 #include "f64_sum.h"
 #include "host_sum.h"
 #include "kernels.h"
+#include "device_ops.h"
 #include "kernels_cuda.h"
 
 namespace ladle {
@@ -37,14 +38,6 @@ namespace {
 
 constexpr uint64_t kMinChunkElems = 64 * 1024;
 constexpr uint64_t kMaxChunkElems = 64ull << 20;
-
-uint64_t align_up(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
-
-void check_cuda(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return;
-  raise(ErrorKind::kBackend,
-        format("CUDA error in %s: %s (%s)", what, cudaGetErrorString(err), cudaGetErrorName(err)));
-}
 
 // Collects a tensor's dtypes to pick the kernel's VectorMode (no allocation:
 // it is used inside guard_inputs, which may siglongjmp out).
@@ -64,114 +57,6 @@ class VectorModeOf {
   bool any_f64_ = false;
   bool all_16bit_ = true;
 };
-
-// ---- the device, real or emulated ----
-
-class DeviceOps {
- public:
-  virtual ~DeviceOps() = default;
-  virtual void bind_thread() = 0;  // makes the device current on the calling thread
-  virtual void* alloc_host(uint64_t n_bytes) = 0;
-  virtual void free_host(void* p) = 0;
-  virtual void* alloc_device(uint64_t n_bytes) = 0;
-  virtual void free_device(void* p) = 0;
-  virtual void* create_stream() = 0;
-  virtual void destroy_stream(void* stream) = 0;
-  virtual void copy_h2d(void* dst, const void* src, uint64_t n_bytes, void* stream) = 0;
-  virtual void copy_d2h(void* dst, const void* src, uint64_t n_bytes, void* stream) = 0;
-  virtual void launch(const LaunchArgs& args, void* stream) = 0;
-  virtual void sync(void* stream) = 0;
-  virtual const char* name() const = 0;
-};
-
-class CudaOps final : public DeviceOps {
- public:
-  explicit CudaOps(int device) : device_(device) {
-    Status s = status();
-    LADLE_CHECK(s.device_count > 0, ErrorKind::kBackend, "CUDA is not available: %s",
-                s.error.c_str());
-    LADLE_CHECK(device >= 0 && device < s.device_count, ErrorKind::kBackend,
-                "CUDA device %d does not exist (%d device(s) found)", device, s.device_count);
-    check_cuda(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device),
-               "cudaDeviceGetAttribute(multiProcessorCount)");
-  }
-  void bind_thread() override { check_cuda(cudaSetDevice(device_), "cudaSetDevice"); }
-  void* alloc_host(uint64_t n) override {
-    void* p = nullptr;
-    cudaError_t err = cudaHostAlloc(&p, std::max<uint64_t>(n, 1), cudaHostAllocDefault);
-    LADLE_CHECK(err == cudaSuccess, ErrorKind::kBackend,
-                "CUDA error in cudaHostAlloc of %llu bytes of pinned staging memory: %s "
-                "(lower memory_budget)", (unsigned long long)n, cudaGetErrorString(err));
-    return p;
-  }
-  void free_host(void* p) override { cudaFreeHost(p); }
-  void* alloc_device(uint64_t n) override {
-    void* p = nullptr;
-    cudaError_t err = cudaMalloc(&p, std::max<uint64_t>(n, 1));
-    LADLE_CHECK(err == cudaSuccess, ErrorKind::kBackend,
-                "CUDA error in cudaMalloc of %llu bytes on device %d: %s (lower memory_budget)",
-                (unsigned long long)n, device_, cudaGetErrorString(err));
-    return p;
-  }
-  void free_device(void* p) override { cudaFree(p); }
-  void* create_stream() override {
-    cudaStream_t s = nullptr;
-    check_cuda(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
-    return s;
-  }
-  void destroy_stream(void* s) override { cudaStreamDestroy(static_cast<cudaStream_t>(s)); }
-  void copy_h2d(void* dst, const void* src, uint64_t n, void* s) override {
-    check_cuda(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(s)),
-               "cudaMemcpyAsync (host to device)");
-  }
-  void copy_d2h(void* dst, const void* src, uint64_t n, void* s) override {
-    check_cuda(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, static_cast<cudaStream_t>(s)),
-               "cudaMemcpyAsync (device to host)");
-  }
-  void launch(const LaunchArgs& args, void* s) override {
-    check_cuda(static_cast<cudaError_t>(launch_weighted_sum(args, s, sm_count_)),
-               "weighted_sum kernel launch");
-  }
-  void sync(void* s) override {
-    check_cuda(cudaStreamSynchronize(static_cast<cudaStream_t>(s)), "cudaStreamSynchronize");
-  }
-  const char* name() const override { return "cuda"; }
-
- private:
-  int device_;
-  int sm_count_ = 1;
-};
-
-// Host memory stands in for device memory; copies are memcpy, the kernel runs
-// its per-thread code on the CPU. Synchronous, so sync() has nothing to do.
-class EmulatorOps final : public DeviceOps {
- public:
-  void bind_thread() override {}
-  void* alloc_host(uint64_t n) override { return checked_alloc(n); }
-  void free_host(void* p) override { std::free(p); }
-  void* alloc_device(uint64_t n) override { return checked_alloc(n); }
-  void free_device(void* p) override { std::free(p); }
-  void* create_stream() override { return nullptr; }
-  void destroy_stream(void*) override {}
-  void copy_h2d(void* dst, const void* src, uint64_t n, void*) override { std::memcpy(dst, src, n); }
-  void copy_d2h(void* dst, const void* src, uint64_t n, void*) override { std::memcpy(dst, src, n); }
-  void launch(const LaunchArgs& args, void*) override { emulate_weighted_sum(args); }
-  void sync(void*) override {}
-  const char* name() const override { return "cuda-emulator"; }
-
- private:
-  static void* checked_alloc(uint64_t n) {
-    void* p = std::aligned_alloc(kTableAlign, align_up(std::max<uint64_t>(n, 1), kTableAlign));
-    LADLE_CHECK(p != nullptr, ErrorKind::kBackend, "emulator: cannot allocate %llu bytes",
-                (unsigned long long)n);
-    return p;
-  }
-};
-
-std::unique_ptr<DeviceOps> make_ops(Backend backend, int device) {
-  if (backend == Backend::kEmulator) return std::make_unique<EmulatorOps>();
-  return std::make_unique<CudaOps>(device);
-}
 
 // ---- streaming engine ----
 
@@ -225,17 +110,7 @@ class Runner {
 
   RunStats run(const ProgressFn& progress) {
     auto t0 = std::chrono::steady_clock::now();
-    // The caller's current device is put back however the run ends.
-    struct RestoreDevice {
-      int device = -1;
-      ~RestoreDevice() {
-        if (device >= 0) cudaSetDevice(device);
-      }
-    } restore;
-    if (options_.backend == Backend::kCuda && cudaGetDevice(&restore.device) != cudaSuccess) {
-      restore.device = -1;
-      cudaGetLastError();
-    }
+    RestoreCurrentDevice restore(options_.backend);
     ops_ = make_ops(options_.backend, options_.device);
     int n_workers = std::max(1, options_.workers);
     // Allocate everything up front, on this thread: a failure leaves nothing behind.

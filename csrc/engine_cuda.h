@@ -54,10 +54,12 @@ struct Options {
 // on the CPU. Memory sources and sinks must be host memory.
 RunStats run_plan(const Plan& plan, const Options& options, const ProgressFn& progress);
 
-// What this backend runs today: weighted sums, copies and maxima (the methods' task
-// programs, Gram and dot reductions run on the CPU backend).
+// What this backend runs: weighted sums, copies and maxima (run_plan), the methods'
+// task programs and Gram reductions (methods_cuda.h). Nearswap jobs and dot products
+// run on the CPU backend.
 inline bool supports(JobKind kind) {
-  return kind == JobKind::kWeightedSum || kind == JobKind::kCopy || kind == JobKind::kMax;
+  return kind == JobKind::kWeightedSum || kind == JobKind::kCopy || kind == JobKind::kMax ||
+         kind == JobKind::kTaskProgram || kind == JobKind::kGram;
 }
 
 // Chunk length (elements) run_plan uses for `plan` under `options`.

@@ -69,6 +69,11 @@ struct GramJob {
   int32_t base = -1;
 };
 
+// Names of the PyCapsules through which ladle._core hands its MethodJobs' task and
+// Gram jobs (std::vector<TaskJob>, std::vector<GramJob>) to ladle._cuda.
+constexpr const char kTaskJobsCapsuleName[] = "ladle.TaskJobs.v1";
+constexpr const char kGramJobsCapsuleName[] = "ladle.GramJobs.v1";
+
 RunStats run_task_jobs(const Plan& plan, const std::vector<TaskJob>& jobs,
                        const EngineOptions& options, const ProgressFn& progress);
 

@@ -14,6 +14,7 @@ Three layers, so most of it is checked on machines without a GPU:
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ import ladle
 from ladle import cli
 from ladle.cuda import EMULATOR, DeviceSum, cuda_info
 
-from reference import combine, random_raw
+from reference import combine, from_f32, random_raw
 from st_io import read_checkpoint, write_raw, write_sharded
 
 DTYPES = ["F32", "F16", "BF16"]
@@ -368,3 +369,164 @@ def test_block_scaled_fp8_matches_the_cpu_engine(tmp_path, device):
     got = read_checkpoint(tmp_path / device)
     assert got == read_checkpoint(tmp_path / "cpu")
     assert got == expected([deepseek_tensors(1), deepseek_tensors(2)], [0.25, 0.75])
+
+
+# ---- merge methods (ladle.methods) on the CUDA backend vs the CPU engine ----
+
+# Odd sizes around the 2048-element tile: tails, one tile, tile + 1, many tiles.
+METHOD_SIZES = [("a", 1), ("b", 7), ("c", 2047), ("d", 2049), ("e", 9000)]
+# Every method, with per-model settings that exercise its statistics: TIES/breadcrumbs
+# thresholds inside big ties (coarse values), DARE's draws with L1 and density
+# rescaling, the Gram reductions of SLERP / model stock / nuslerp.
+METHOD_RUNS = {
+    "linear": ({}, [{"weight": 0.3}, {"weight": 0.7}, {"weight": 0.2}]),
+    "task_arithmetic": ({"lambda": 0.8}, [{"weight": 0.7}, {"weight": -0.4}, {"weight": 1.3}]),
+    "ties": ({"lambda": 0.8}, [{"weight": 0.7, "density": 0.3},
+                               {"weight": -0.4, "density": [0.9, 0.2]},
+                               {"weight": 1.3, "density": 0.55}]),
+    "ties_sum": ({"normalize": False}, [{"weight": 1.0, "density": 0.37},
+                                        {"weight": 0.6, "density": 0.5}]),
+    "dare_ties": ({"rescale": True}, [{"weight": 1.0, "density": 0.4},
+                                      {"weight": 0.5, "density": 0.6}]),
+    "dare_linear": ({"rescale": True}, [{"weight": 1.0, "density": 0.4},
+                                        {"weight": 0.5, "density": 0.6}]),
+    "dare_density": ({"rescale": True}, [{"weight": 1.0, "density": 0.4},
+                                         {"weight": 0.5, "density": 0.6}]),
+    "breadcrumbs": ({}, [{"weight": 1.0, "density": 0.8, "gamma": 0.1},
+                         {"weight": 0.6, "density": 0.5, "gamma": 0.05}]),
+    "breadcrumbs_ties": ({}, [{"weight": 1.0, "density": 0.8, "gamma": 0.1},
+                              {"weight": 0.6, "density": 0.5, "gamma": 0.05}]),
+    "slerp": ({"t": [0.0, 0.3, 1.0]}, [{}]),
+    "model_stock": ({}, [{}, {}, {}]),
+    "model_stock_rows": ({"filter_wise": True}, [{}, {}]),
+    "nuslerp": ({}, [{"weight": 0.3}, {"weight": 0.9}]),
+    "nuslerp_rows": ({"nuslerp_flatten": False}, [{"weight": 0.3}, {"weight": 0.9}]),
+    "nearswap": ({"t": 0.001}, [{}]),
+}
+
+
+def _method_models(tmp_path, n_models, dtype):
+    """Base + n fine-tunes with coarse deltas (many equal magnitudes) and a 2-D tensor."""
+    rng = np.random.default_rng(n_models)
+    sizes = METHOD_SIZES + [("m", 33 * 61)]
+    raws = [{} for _ in range(n_models + 1)]
+    for name, n in sizes:
+        base = rng.standard_normal(n).astype(np.float32)
+        shape = [33, 61] if name == "m" else [n]
+        for k in range(n_models + 1):
+            delta = np.round(rng.standard_normal(n) * 4) / 64 if k else 0
+            x = (base + delta).astype(np.float32)
+            raws[k][name] = (dtype, shape, from_f32(x, dtype))
+    return [write_raw(tmp_path / f"m{k}.safetensors", r) for k, r in enumerate(raws)]
+
+
+def _run_method(name, paths, out, device, **options):
+    """METHOD_RUNS[name] over paths[0] (the base) and the next models; linear and the
+    per-row nuslerp run without a base (nuslerp with one runs its task program)."""
+    method = {"ties_sum": "ties", "dare_density": "dare_linear", "model_stock_rows": "model_stock",
+              "nuslerp_rows": "nuslerp"}.get(name, name)
+    parameters, per_model = METHOD_RUNS[name]
+    base = None if name in ("linear", "nuslerp_rows") else paths[0]
+    models = paths[1:len(per_model) + 1] if base else paths[:len(per_model)]
+    return ladle.methods.merge_models(
+        method, models, out, base_model=base, parameters=parameters, model_parameters=per_model,
+        seed=7, rescale_mode="density" if name == "dare_density" else "l1", device=device,
+        progress=False, **options)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(METHOD_RUNS))
+@pytest.mark.parametrize("dtype", ["BF16", "F32"])
+def test_every_method_is_bit_identical_to_the_cpu_engine(tmp_path, device, name, dtype):
+    paths = _method_models(tmp_path, 3, dtype)
+    expected = tmp_path / "cpu.safetensors"
+    _run_method(name, paths, expected, "cpu")
+    # The default chunk, one tile per chunk, and a budget that cuts 9000 elements in 3.
+    for i, options in enumerate([{}, {"chunk_elems": 2048}, {"memory_budget": "64KiB"}]):
+        out = tmp_path / f"dev{i}.safetensors"
+        _run_method(name, paths, out, device, **options)
+        assert out.read_bytes() == expected.read_bytes(), f"{name} {options}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ties_threshold_ties_keep_lowest_indices_on_device(tmp_path, device):
+    """The threshold falls inside 8571 equal magnitudes spread over 5 tiles and chunks."""
+    n = 10_000
+    base = np.zeros(n, dtype=np.float32)
+    delta = np.full(n, 0.5, dtype=np.float32)
+    delta[::7] = 2.0
+    delta[3::11] *= -1
+    a = write_raw(tmp_path / "b.safetensors", {"w": ("F32", [n], base.tobytes())})
+    b = write_raw(tmp_path / "x.safetensors", {"w": ("F32", [n], (base + delta).tobytes())})
+    for chunk in (2048, 4096, 0):
+        out = tmp_path / f"o{chunk}.safetensors"
+        ladle.methods.merge_models("ties", [b], out, base_model=a, chunk_elems=chunk,
+                                   model_parameters=[{"weight": 1.0, "density": 0.3}],
+                                   device=device, progress=False)
+        got = np.frombuffer(read_checkpoint(out)["w"][2], dtype=np.float32)
+        winners = np.flatnonzero(np.abs(delta) == 2.0)
+        ties = np.flatnonzero(np.abs(delta) == 0.5)[:3000 - winners.size]
+        expected = np.zeros(n, dtype=np.float32)
+        expected[winners] = delta[winners]
+        expected[ties] = delta[ties]
+        assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_method_check_finite_on_device(tmp_path, device):
+    nan = np.array([1.0, np.nan, 2.0], dtype=np.float32).tobytes()
+    a = write_raw(tmp_path / "a.safetensors", {"w": ("F32", [3], b"\0" * 12)})
+    b = write_raw(tmp_path / "b.safetensors", {"w": ("F32", [3], nan)})
+    out = tmp_path / "o.safetensors"
+    with pytest.raises(ladle.NonFiniteError, match="b.safetensors: tensor 'w'.*element 1"):
+        ladle.methods.ties(a, [b], out, weights=[1.0], density=0.5, check_finite=True,
+                           device=device, progress=False)
+    big = np.array([3e38, 1.0, 3e38], dtype=np.float32).tobytes()
+    c = write_raw(tmp_path / "c.safetensors", {"w": ("F32", [3], big)})
+    with pytest.raises(ladle.NonFiniteError, match="tensor 'w': merged value at element 0"):
+        ladle.methods.task_arithmetic(a, [c, c], out, weights=[1.0, 1.0], check_finite=True,
+                                      device=device, progress=True)  # the bar runs too
+    assert not out.exists() and not list(tmp_path.glob("*partial*"))
+
+
+def _recipe(tmp_path, paths) -> Path:
+    cfg = tmp_path / "recipe.yml"
+    cfg.write_text(f"merge_method: dare_ties\nbase_model: {paths[0]}\nparameters:\n"
+                   f"  rescale: true\nmodels:\n"
+                   + "".join(f"  - model: {p}\n    parameters: {{weight: 0.5, density: 0.6}}\n"
+                             for p in paths[1:]))
+    return cfg
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cli_config_runs_on_the_device(tmp_path, device):
+    paths = _method_models(tmp_path, 2, "BF16")
+    cfg = _recipe(tmp_path, paths)
+    for dev in (device, "cpu"):
+        out = tmp_path / f"{dev}.safetensors"
+        assert cli.main(["merge", "--config", str(cfg), "-o", str(out), "--device", dev,
+                         "--quiet"]) == 0
+    assert (tmp_path / f"{device}.safetensors").read_bytes() == \
+        (tmp_path / "cpu.safetensors").read_bytes()
+
+
+def test_methods_on_an_unusable_cuda_device_are_a_clear_backend_error(tmp_path, capsys):
+    """Runs everywhere: without a GPU every CUDA device is unusable, with one an index
+    past the last; nothing is written and the CLI prints one line, exit status 2."""
+    bad = f"cuda:{INFO['device_count']}" if HAVE_GPU else "cuda"
+    a = write_raw(tmp_path / "a.safetensors", {"w": ("F32", [3], b"\0" * 12)})
+    b = write_raw(tmp_path / "b.safetensors", {"w": ("F32", [3], b"\0" * 12)})
+    out = tmp_path / "o.safetensors"
+    with pytest.raises(ladle.BackendError, match=f"device '{bad}' requested but"):
+        ladle.methods.ties(a, [b], out, weights=[1.0], device=bad, progress=False)
+    with pytest.raises(ladle.BackendError, match=f"device '{bad}' requested but"):
+        ladle.methods.merge_models("slerp", [b], out, base_model=a, parameters={"t": 0.5},
+                                   device=bad, progress=False)
+    assert not out.exists() and not list(tmp_path.glob("*partial*"))
+    capsys.readouterr()
+    rc = cli.main(["merge", "--config", str(_recipe(tmp_path, [a, b])), "-o", str(out),
+                   "--device", bad, "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and not out.exists()
+    assert len(err) == 1 and err[0].startswith("ladle: error:") and bad in err[0]
+

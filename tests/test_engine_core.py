@@ -32,8 +32,9 @@ def test_backends_declare_the_job_kinds_they_run():
 
 
 @pytest.mark.skipif(not cuda_info()["compiled"], reason="CUDA backend not built")
-def test_cuda_backend_declares_weighted_sums_copies_and_maxima():
+def test_cuda_backend_declares_weighted_sums_copies_maxima_and_methods():
     import ladle._cuda as cuda_module
 
-    assert all(cuda_module.supports(k) for k in ("sum", "copy", "max"))
-    assert not any(cuda_module.supports(k) for k in ("task", "gram", "dot"))
+    # Issue 16: the task programs and Gram reductions run on CUDA too.
+    assert all(cuda_module.supports(k) for k in ("sum", "copy", "max", "task", "gram"))
+    assert not any(cuda_module.supports(k) for k in ("nearswap", "dot"))

@@ -40,6 +40,35 @@ def run(
     progress: Callable[[int, int], Any] | None = None,
 ) -> dict[str, Any]: ...
 
+def run_tasks(
+    plan: object,
+    jobs: object,
+    device: int = 0,
+    memory_budget: int = ...,
+    chunk_elems: int = 0,
+    check_finite: bool = False,
+    emulate: bool = False,
+    progress: Callable[[int, int], Any] | None = None,
+) -> dict[str, Any]: ...
+def run_grams(
+    plan: object,
+    jobs: object,
+    device: int = 0,
+    memory_budget: int = ...,
+    chunk_elems: int = 0,
+    emulate: bool = False,
+    progress: Callable[[int, int], Any] | None = None,
+) -> tuple[list[list[float]], dict[str, Any]]: ...
+def time_method_pass(
+    pass_: str,
+    sparsify: str,
+    n_elems: int,
+    n_models: int,
+    dtype: str,
+    repeat: int = 10,
+    device: int = 0,
+) -> tuple[float, int]: ...
+
 
 class DeviceSum:
     def __init__(

@@ -241,9 +241,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.config)
         if args.dtype is None:
             del options["dtype"]
-        if options.pop("device") != "cpu" or options.pop("trust_pickle", False):
-            raise LadleError("--config recipes run on the CPU engine without --device or "
-                             "--trust-pickle")
+        if options.pop("trust_pickle", False):
+            raise LadleError("--config recipes read safetensors models only (no --trust-pickle)")
         report = run_recipe(recipe, args.out, **options)
     elif not args.checkpoints:
         raise LadleError(f"{args.command}: no checkpoints given")

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
@@ -90,6 +91,14 @@ def parse_device(device: str) -> tuple[str, int]:
     if text.startswith("cuda:") and text[5:].isdigit():
         return "cuda", int(text[5:])
     raise LadleValueError(f"unknown device {device!r} (cpu, cuda, cuda:N)")
+
+
+def rank_device(device: str) -> str:
+    """``device`` for this process of a distributed run: plain ``"cuda"`` becomes
+    ``"cuda:LOCAL_RANK"`` (one GPU per local rank); anything else is kept."""
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
 
 
 def require(device: str = "cuda") -> tuple[ModuleType, int, bool]:

@@ -16,7 +16,7 @@ from . import _core
 from ._bulk import bulk_objects
 from ._units import engine_options
 from .checkpoint import Checkpoint, add_file_sources, open_checkpoint
-from .cuda import parse_device
+from .cuda import parse_device, rank_device
 from .errors import LadleValueError, MismatchError
 from .fp8_blocks import SCALES_OP, add_input_scales, add_output_scales, drop_quantization_config
 from .kinds import Kernel, parse_kind
@@ -160,8 +160,7 @@ def _merge_distributed(plan: MergePlan, ckpts: list[Checkpoint], output: OutputD
                        resume: bool, device: str, **engine) -> MergeReport:
     from .distributed import run_merge
 
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # one GPU per local rank
+    device = rank_device(device)  # one GPU per local rank
     engine["progress"] = engine["progress"] and os.environ.get("RANK", "0") == "0"
 
     def run(plan: MergePlan, ckpts: list[Checkpoint], view: OutputDir, only: list[int]) -> dict:

@@ -61,12 +61,14 @@ from . import _core
 from ._bulk import bulk_objects
 from ._units import engine_options
 from .checkpoint import Checkpoint, TensorInfo, _preview, add_file_sources
+from .cuda import rank_device
 from .distributed import run_merge, wanted
 from .errors import LadleValueError, MismatchError
 from .fp8_blocks import block_scales
 from .fusion import run_fusion
 from .kinds import Kernel, parse_kind
-from .merge import CheckpointLike, MergeReport, PathLike, _progress_bar, plan_hash
+from .merge import CheckpointLike, MergeReport, PathLike, _check_device, _progress_bar, plan_hash
+from .method_engine import MethodEngine
 from .nuslerp_columns import run_nuslerp_columns
 from .output import OutputDir, checked_output, write_atomically
 from .plan import (
@@ -784,7 +786,7 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
                  extra_files: list[Path] | None = None,
                  chat_template: str | None = None, int_policy: str = "first",
                  finish: Any = None, resume: bool = False,
-                 distributed: bool | None = None) -> MergeReport:
+                 distributed: bool | None = None, device: str = "cpu") -> MergeReport:
     """Merge ``models`` (and ``base_model``) with ``method``, streamed.
 
     Args:
@@ -816,6 +818,11 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
         resume: keep the finished shards of an interrupted run of the same merge.
         distributed: split the output shards across ``torch.distributed`` ranks
             (None: when launched with WORLD_SIZE > 1); byte-identical output.
+        device: ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"``: task-vector programs,
+            Gram reductions and weighted sums run on the GPU (nearswap stays on the
+            CPU engine); the output is bit-identical. Raises
+            :class:`~ladle.BackendError` before anything is written when CUDA is
+            unusable.
         Other options are those of :func:`ladle.merge`.
 
     Returns:
@@ -827,6 +834,7 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
     """
     threads, budget, shard_bytes = engine_options(threads, memory_budget, max_shard_size)
     kernel = parse_kind(Kernel, kernel, "kernel").value  # before any input is opened
+    _check_device(device, kernel, dry_run)
     if rescale_mode not in ("l1", "density"):
         raise LadleValueError(f"rescale_mode must be 'l1' or 'density', got {rescale_mode!r}")
     model_list = list(models)  # once: `models` may be an iterator
@@ -875,7 +883,7 @@ def merge_models(method: str, models: Sequence[CheckpointLike], out: PathLike, *
                              threads=threads, memory_budget=budget,
                              chunk_elems=chunk_elems, check_finite=check_finite,
                              progress=progress, kernel=kernel, resume=resume,
-                             distributed=distributed)
+                             distributed=distributed, device=device)
 
 
 def write_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: OutputDir,
@@ -884,14 +892,16 @@ def write_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: OutputD
                       threads: int = 0, memory_budget: int | str = "256MiB",
                       chunk_elems: int = 0, check_finite: bool = False, progress: bool = True,
                       kernel: str = "auto", resume: bool = False,
-                      distributed: bool | None = None) -> MergeReport:
+                      distributed: bool | None = None, device: str = "cpu") -> MergeReport:
     """Run ``plan`` over the files of ``ckpts`` into ``output``, atomically: shards,
     index, ``extra_files``, the chat template, then ``finish(output)`` (a hook that
     writes further files into the partial directory, e.g. a rewritten config).
 
     ``resume`` keeps the finished shards of an interrupted run of the same plan;
-    ``distributed`` splits the shards across ranks as :func:`ladle.merge` does."""
+    ``distributed`` splits the shards across ranks as :func:`ladle.merge` does;
+    ``device`` picks the backend (:class:`~ladle.method_engine.MethodEngine`)."""
     threads, budget, _ = engine_options(threads, memory_budget)
+    _check_device(device, kernel, dry_run)  # slices recipes come here directly
     if dry_run:
         output.check_destination()
         print(describe_method_plan(plan))
@@ -901,7 +911,7 @@ def write_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: OutputD
     identity = method_plan_hash(plan, ckpts, seed)  # before the run sets SLERP's weights
     engine = {"seed": seed, "threads": threads, "memory_budget": budget,
               "chunk_elems": chunk_elems, "check_finite": check_finite, "progress": progress,
-              "kernel": kernel}
+              "kernel": kernel, "device": device}
 
     def complete(output: OutputDir) -> None:
         if plan.sharded:
@@ -915,6 +925,7 @@ def write_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: OutputD
 
     if wanted(distributed):
         engine["progress"] = progress and os.environ.get("RANK", "0") == "0"
+        engine["device"] = rank_device(device)
 
         def run(plan: MethodPlan, ckpts: list[Checkpoint], view: OutputDir,
                 only: list[int]) -> dict:
@@ -965,7 +976,7 @@ def _write_chat_template(output: OutputDir, template: str) -> None:
 @bulk_objects()
 def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: OutputDir, *,
                         seed: int, threads: int, memory_budget: int, chunk_elems: int,
-                        check_finite: bool, progress: bool, kernel: str,
+                        check_finite: bool, progress: bool, kernel: str, device: str = "cpu",
                         only: list[int] | None = None) -> dict:
     """Run a MethodPlan into the shards of ``output``'s partial directory, one
     shard at a time; each finished shard is fsynced and recorded for resume.
@@ -988,8 +999,8 @@ def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: Outpu
     sinks = {i: core_plan.add_file_sink(str(output.shard_path(plan.shards[i].file_name)),
                                         plan.shards[i].n_bytes, plan.shards[i].header)
              for i in todo}
-    run_opts = {"threads": threads, "memory_budget": memory_budget, "chunk_elems": chunk_elems,
-                "kernel": kernel}
+    engine = MethodEngine(device, threads=threads, memory_budget=memory_budget,
+                          chunk_elems=chunk_elems, kernel=kernel)
     bar = _progress_bar(sum(plan.shards[i].n_bytes for i in todo), progress)
 
     finished = [0]  # bytes of the runs already done: the bar counts across all runs
@@ -1015,7 +1026,7 @@ def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: Outpu
     try:
         for i in todo:
             _run_shard(core_plan, plan.shards[i], sinks[i], by_shard[i], src, sources, seed,
-                       check_finite, on_progress, add, run_opts)
+                       check_finite, on_progress, add, engine)
             core_plan.finish_sink(sinks[i])
             output.record_shard(plan.shards[i].file_name)
     finally:
@@ -1026,8 +1037,10 @@ def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: Outpu
 
 def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTensor],
                src: Any, sources: dict, seed: int, check_finite: bool, on_progress: Any,
-               add: Any, run_opts: dict) -> None:
-    """The three engine passes of one output shard (see execute_method_plan)."""
+               add: Any, engine: MethodEngine) -> None:
+    """The three engine passes of one output shard (see execute_method_plan); job
+    kinds the engine's device does not run (nearswap on CUDA) run on the CPU."""
+    run_opts = engine.cpu_options  # the runners with no device implementation
     core_plan.clear_jobs()
     staged = [t for t in tensors if (t.op == "nuslerp" and not t.params["columns"])
               or t.op in SPHERE_METHODS or t.params.get("rows")]
@@ -1038,7 +1051,7 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
         for t in gram_tensors:
             jobs.add_gram(t.name, t.n_elems, [src(i) for i, _ in t.inputs],
                           0 if t.op == "model_stock" else -1)
-        grams, stats = _core.run_grams(core_plan, jobs, progress=on_progress, **run_opts)
+        grams, stats = engine.run_grams(core_plan, jobs, progress=on_progress)
         add(stats)
         for t, gram in zip(gram_tensors, grams):
             infos = [i for i, _ in t.inputs]
@@ -1050,21 +1063,25 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                 ratio = model_stock_t(gram, n)
                 t.params["model_stock_t"] = ratio
                 t.inputs = [(infos[0], 1.0 - ratio)] + [(i, ratio / n) for i in infos[1:]]
-    for t in tensors:
-        if t.op in ("task", "della", "sce", "nuslerp", "arcee_fusion", *SPHERE_METHODS) \
-                or t.params.get("rows"):
-            continue
-        out_offset = len(shard.header) + t.offset
-        op = t.op if t.op in ("copy", "max", "nearswap") else "sum"
-        dtype, n_elems = t.dtype, t.n_elems
-        if op == "copy" and _core.dtype_n_bits(dtype) % 8:
-            dtype, n_elems = "U8", t.n_bytes
-        inputs = [(sources[i.file], i.offset, dtype if op == "copy" else i.dtype, w)
-                  for i, w in t.inputs]
-        core_plan.add_job(t.name, op, n_elems, sink, out_offset, dtype, inputs,
-                          threshold=t.params["t"] if op == "nearswap" else 0.0)
-    if core_plan.n_jobs:
-        add(_core.run(core_plan, check_finite=check_finite, progress=on_progress, **run_opts))
+    # Plain jobs on the engine's device; kinds it does not run (nearswap on CUDA) on the CPU.
+    plain = [t for t in tensors if t.op not in ("task", "della", "sce", "nuslerp", "arcee_fusion",
+                                                *SPHERE_METHODS) and not t.params.get("rows")]
+    kinds = [t.op if t.op in ("copy", "max", "nearswap") else "sum" for t in plain]
+    for on_device, run in ((True, engine.run), (False, engine.run_on_cpu)):
+        core_plan.clear_jobs()
+        for t, op in zip(plain, kinds):
+            if engine.supports(op) != on_device:
+                continue
+            out_offset = len(shard.header) + t.offset
+            dtype, n_elems = t.dtype, t.n_elems
+            if op == "copy" and _core.dtype_n_bits(dtype) % 8:
+                dtype, n_elems = "U8", t.n_bytes
+            inputs = [(sources[i.file], i.offset, dtype if op == "copy" else i.dtype, w)
+                      for i, w in t.inputs]
+            core_plan.add_job(t.name, op, n_elems, sink, out_offset, dtype, inputs,
+                              threshold=t.params["t"] if op == "nearswap" else 0.0)
+        if core_plan.n_jobs:
+            add(run(core_plan, check_finite=check_finite, progress=on_progress))
     for batch in _row_batches(staged):
         # Per-row model stock and nuslerp: a Gram job per row (or tensor), then its
         # weighted sum or base + task vector, a bounded number of rows at a time so
@@ -1075,7 +1092,7 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
             has_base = t.op == "model_stock" or t.params["has_base"]
             jobs.add_gram(t.name, length, [src(i, first) for i, _ in t.inputs],
                           0 if has_base else -1)
-        grams, stats = _core.run_grams(core_plan, jobs, progress=on_progress, **run_opts)
+        grams, stats = engine.run_grams(core_plan, jobs, progress=on_progress)
         add(stats)
         tasks = _core.MethodJobs()
         for (t, first, length), gram in zip(batch, grams):
@@ -1100,11 +1117,10 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
             core_plan.add_job(t.name, "sum", length, sink, out_offset, t.dtype,
                               [(*src(i, first), w) for i, w in zip(infos, weights)])
         if core_plan.n_jobs:
-            add(_core.run(core_plan, check_finite=check_finite, progress=on_progress,
-                          **run_opts))
+            add(engine.run(core_plan, check_finite=check_finite, progress=on_progress))
         if tasks.n_tasks:
-            add(_core.run_tasks(core_plan, tasks, check_finite=check_finite,
-                                progress=on_progress, **run_opts))
+            add(engine.run_tasks(core_plan, tasks, check_finite=check_finite,
+                                 progress=on_progress))
         _release_rows(core_plan, sources, batch)
     for t in tensors:  # streamed by blocks of rows (ladle.row_stream)
         blocked = (run_fusion if t.op == "arcee_fusion" else
@@ -1132,8 +1148,8 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                           t.dtype, src(t.inputs[0][0]), models, spec["sparsify"],
                           spec["consensus"], spec["normalize"], spec["rescale"],
                           spec["lambda"], seed)
-        add(_core.run_tasks(core_plan, jobs, check_finite=check_finite,
-                            progress=on_progress, **run_opts))
+        add(engine.run_tasks(core_plan, jobs, check_finite=check_finite,
+                             progress=on_progress))
 
 
 def _run_della(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTensor], src: Any,

@@ -1,0 +1,610 @@
+// Host side of the merge methods on the CUDA backend (methods_cuda.h). A task job
+// runs the CPU's passes (methods_cpu.cc), each one launch per chunk: histograms of
+// the high, then the low 16 bits of |delta| (the rank thresholds: the k-th largest
+// |delta| bit pattern, ties broken by index), tie counts per tile, L1 norms per tile,
+// then the per-element program; a Gram job is one pass of per-tile fp64 sums. A
+// chunk's inputs are staged once (pinned memory, one H2D copy) and stay on the device
+// for every pass over it, so a tensor that fits one chunk is read once. Statistics
+// come back to the host, where histograms are searched and per-tile sums added in
+// tile order exactly as the CPU adds them.
+#include "methods_cuda.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <memory>
+
+#include "chunk_runner.h"
+#include "common.h"
+#include "device_ops.h"
+#include "kernels.h"
+#include "method_kernels.h"
+#include "method_kernels_cuda.h"
+
+namespace ladle {
+namespace cuda {
+namespace {
+
+constexpr uint64_t kTile = kMethodTileElems;
+constexpr uint64_t kMinChunkElems = 16 * 1024;
+constexpr uint64_t kMaxChunkElems = 16ull << 20;
+using Counts = std::vector<unsigned long long>;
+
+uint64_t tiles_of(uint64_t n_elems) { return (n_elems + kTile - 1) / kTile; }
+
+// One bound of a model's rank window: rank r and, once searched, its threshold.
+struct Bound {
+  SelDesc desc;
+  uint64_t rank = 0;
+  uint64_t above = 0;                // elements in bins above desc.hi_bin
+  std::vector<uint64_t> tie_prefix;  // per tile of the tensor: ties in earlier tiles
+
+  void init(uint64_t r, uint64_t n) {
+    rank = r;
+    desc = SelDesc{};
+    desc.none = r == 0;
+    desc.all = r >= n;
+    desc.active = !desc.none && !desc.all;
+  }
+  // Walks bins from the top down to the one holding the rank (from `cum` elements
+  // above the first bin); returns the bin and sets `cum` to the elements above it.
+  uint32_t find(const unsigned long long* hist, uint32_t n_bins, uint64_t* cum) const {
+    for (uint32_t b = n_bins; b-- > 0;) {
+      if (*cum + hist[b] > rank) return b;
+      *cum += hist[b];
+    }
+    raise(ErrorKind::kValue, "internal: rank beyond histogram");
+  }
+  void pick_hi_bin(const unsigned long long* hist) {
+    if (!desc.active) return;
+    above = 0;
+    desc.hi_bin = find(hist, kHiHistBins, &above);
+  }
+  void pick_threshold(const unsigned long long* hist) {
+    if (!desc.active) return;
+    uint64_t cum = above;
+    uint32_t b = find(hist, kLoHistBins, &cum);
+    desc.threshold = (desc.hi_bin << 16) | b;
+    desc.ties_keep = rank - cum;
+    desc.need_ties = desc.ties_keep > 0 && desc.ties_keep < hist[b];
+  }
+};
+
+// The device buffers of a run (pinned staging, device copies, statistics), sized once
+// for the largest job so a failing allocation happens before anything is written.
+class Stage {
+ public:
+  Stage(const Options& options, uint64_t in_bytes, uint64_t out_bytes, uint64_t n_counts,
+        uint64_t n_sums, uint32_t n_models)
+      : restore_(options.backend), ops_(make_ops(options.backend, options.device)) {
+    try {
+      ops_->bind_thread();
+      stream_ = ops_->create_stream();
+      host_in_ = static_cast<uint8_t*>(ops_->alloc_host(in_bytes));
+      dev_in_ = static_cast<uint8_t*>(ops_->alloc_device(in_bytes));
+      dev_out_ = static_cast<uint8_t*>(ops_->alloc_device(out_bytes));
+      dev_models_ = static_cast<ModelDesc*>(ops_->alloc_device(n_models * sizeof(ModelDesc)));
+      dev_counts_ = static_cast<unsigned long long*>(ops_->alloc_device(n_counts * 8));
+      dev_prefix_ = static_cast<unsigned long long*>(ops_->alloc_device(n_counts * 8));
+      dev_sums_ = static_cast<double*>(ops_->alloc_device(n_sums * 8));
+    } catch (...) {
+      release();  // a failed allocation leaves nothing behind
+      throw;
+    }
+  }
+  ~Stage() { release(); }
+  Stage(const Stage&) = delete;
+  Stage& operator=(const Stage&) = delete;
+
+  // Copies elements [first, first + n) of every input to the device, unless that very
+  // chunk (`key`) is staged already; returns the bytes read (0 when it was).
+  uint64_t stage(const Plan& plan, const std::string& name, const std::vector<JobInput>& inputs,
+                 uint64_t key, uint64_t first, uint64_t n) {
+    if (key == staged_key_ && first == staged_first_) return 0;
+    ops_->sync(stream_);  // the previous chunk's copy from host_in_ has completed
+    staged_key_ = ~0ull;
+    offsets_.clear();
+    uint64_t cursor = 0, read = 0;
+    for (const JobInput& in : inputs) {
+      uint64_t n_bytes = n * item_n_bytes(in.dtype);
+      const uint8_t* src = plan.sources[in.source].base + in.offset + first * item_n_bytes(in.dtype);
+      guard_reads(plan, name, [&] { std::memcpy(host_in_ + cursor, src, n_bytes); });
+      touch_input(plan, in, first, n, false);  // the pages are in pinned memory now
+      offsets_.push_back(cursor);
+      cursor += align_up(n_bytes, kTableAlign);
+      read += n_bytes;
+    }
+    ops_->copy_h2d(dev_in_, host_in_, cursor, stream_);
+    staged_key_ = key;
+    staged_first_ = first;
+    return read;
+  }
+  const void* device_input(size_t i) const { return dev_in_ + offsets_[i]; }
+  const uint8_t* host_input(size_t i) const { return host_in_ + offsets_[i]; }
+
+  // Launches one pass with `models` as its model table; `counts` (when not null) is
+  // zeroed on the device first and `prefix` uploaded.
+  void launch(MethodLaunch* L, const std::vector<ModelDesc>& models, uint64_t n_counts,
+              const Counts* prefix) {
+    ops_->copy_h2d(dev_models_, models.data(), models.size() * sizeof(ModelDesc), stream_);
+    L->models = dev_models_;
+    L->n_models = static_cast<uint32_t>(models.size());
+    L->counts = dev_counts_;
+    L->sums = dev_sums_;
+    L->out = dev_out_;
+    if (n_counts) ops_->zero_device(dev_counts_, n_counts * 8, stream_);
+    if (prefix) ops_->copy_h2d(dev_prefix_, prefix->data(), prefix->size() * 8, stream_);
+    L->tie_prefix = dev_prefix_;
+    ops_->launch_method(*L, stream_);
+  }
+  void counts_to(Counts* dst, uint64_t n) {
+    dst->resize(n);
+    ops_->copy_d2h(dst->data(), dev_counts_, n * 8, stream_);
+    ops_->sync(stream_);
+  }
+  void sums_to(std::vector<double>* dst, uint64_t n) {
+    dst->resize(n);
+    ops_->copy_d2h(dst->data(), dev_sums_, n * 8, stream_);
+    ops_->sync(stream_);
+  }
+  void out_to(uint8_t* dst, uint64_t n_bytes) {
+    ops_->copy_d2h(dst, dev_out_, n_bytes, stream_);
+    ops_->sync(stream_);
+  }
+  const char* name() const { return ops_->name(); }
+
+ private:
+  // Waits for the stream (a device error here is already being reported, or is
+  // reported by the next sync of a later run) and frees everything allocated.
+  void release() noexcept {
+    try {
+      if (stream_) ops_->sync(stream_);
+    } catch (...) {
+    }
+    for (void* p : {static_cast<void*>(dev_in_), static_cast<void*>(dev_out_),
+                    static_cast<void*>(dev_models_), static_cast<void*>(dev_counts_),
+                    static_cast<void*>(dev_prefix_), static_cast<void*>(dev_sums_)})
+      if (p) ops_->free_device(p);
+    if (host_in_) ops_->free_host(host_in_);
+    if (stream_) ops_->destroy_stream(stream_);
+    dev_in_ = dev_out_ = host_in_ = nullptr;
+    dev_models_ = nullptr;
+    dev_counts_ = dev_prefix_ = nullptr;
+    dev_sums_ = nullptr;
+    stream_ = nullptr;
+  }
+
+  RestoreCurrentDevice restore_;  // destroyed last: after everything is freed
+  std::unique_ptr<DeviceOps> ops_;
+  void* stream_ = nullptr;
+  uint8_t* host_in_ = nullptr;
+  uint8_t* dev_in_ = nullptr;
+  uint8_t* dev_out_ = nullptr;
+  ModelDesc* dev_models_ = nullptr;
+  unsigned long long* dev_counts_ = nullptr;
+  unsigned long long* dev_prefix_ = nullptr;
+  double* dev_sums_ = nullptr;
+  std::vector<uint64_t> offsets_;
+  uint64_t staged_key_ = ~0ull;
+  uint64_t staged_first_ = 0;
+};
+
+// Chunk length: whole tiles, derived from the budget as the CPU runners do (pinned and
+// device copies of one chunk's inputs and output, after the statistics' share).
+uint64_t chunk_elems_for(uint64_t per_elem_bytes, uint64_t state_bytes, const Options& options) {
+  uint64_t chunk = options.chunk_elems;
+  if (chunk == 0) {
+    uint64_t budget = options.memory_budget - std::min(state_bytes, options.memory_budget / 2);
+    chunk = budget_chunk_elems(budget, per_elem_bytes, 2, kTile, kMinChunkElems, kMaxChunkElems);
+  }
+  return (chunk + kTile - 1) / kTile * kTile;
+}
+
+// Counts progress over every pass of a run; a false from the callback cancels.
+class Progress {
+ public:
+  Progress(const ProgressFn& fn, uint64_t total) : fn_(fn), total_(total) {}
+  void add(uint64_t n_bytes) {
+    done_ += n_bytes;
+    if (fn_ && !fn_(std::min(done_, total_), total_))
+      raise(ErrorKind::kCancelled, "merge cancelled");
+  }
+
+ private:
+  const ProgressFn& fn_;
+  uint64_t total_;
+  uint64_t done_ = 0;
+};
+
+uint64_t dare_stream(uint64_t seed, uint64_t key, uint32_t model) {
+  return mix64(mix64(mix64(seed) ^ key) ^ (static_cast<uint64_t>(model) + 1));
+}
+
+bool selects(const TaskJob& job) {
+  return job.sparsify == Sparsify::kMagnitude || job.sparsify == Sparsify::kOutliers;
+}
+
+void validate_task(const Plan& plan, const TaskJob& job) {
+  validate_input(plan, job.name, job.base, job.n_elems, true);
+  LADLE_CHECK(job.models.size() <= kMaxTaskModels, ErrorKind::kValue,
+              "tensor '%s': %zu models; the CUDA backend merges at most %u per tensor "
+              "(use device='cpu')", job.name.c_str(), job.models.size(), kMaxTaskModels);
+  for (const TaskModel& m : job.models) {
+    validate_input(plan, job.name, m.input, job.n_elems, true);
+    LADLE_CHECK(m.input.weight == m.input.weight, ErrorKind::kValue, "tensor '%s': NaN weight",
+                job.name.c_str());
+    LADLE_CHECK(m.density >= 0.0f && m.density <= 1.0f, ErrorKind::kValue,
+                "tensor '%s': density %g outside [0, 1]", job.name.c_str(), (double)m.density);
+    LADLE_CHECK(m.rank_lo <= m.rank_hi && m.rank_hi <= job.n_elems, ErrorKind::kValue,
+                "tensor '%s': kept rank range [%llu, %llu) outside [0, %llu]", job.name.c_str(),
+                (unsigned long long)m.rank_lo, (unsigned long long)m.rank_hi,
+                (unsigned long long)job.n_elems);
+  }
+  validate_output(plan, job.name, job.sink, job.out_offset, job.out_dtype, job.n_elems, true);
+}
+
+std::vector<JobInput> task_inputs(const TaskJob& job) {
+  std::vector<JobInput> inputs{job.base};
+  for (const TaskModel& m : job.models) inputs.push_back(m.input);
+  return inputs;
+}
+
+uint64_t read_n_bytes(const std::vector<JobInput>& inputs, uint64_t n_elems) {
+  uint64_t n = 0;
+  for (const JobInput& in : inputs) n += n_elems * item_n_bytes(in.dtype);
+  return n;
+}
+
+class TaskRunner {
+ public:
+  TaskRunner(const Plan& plan, const std::vector<TaskJob>& jobs, const Options& options)
+      : plan_(plan), jobs_(jobs), options_(options) {}
+
+  RunStats run(const ProgressFn& progress) {
+    auto t0 = std::chrono::steady_clock::now();
+    uint64_t per_elem = 1, total = 0;
+    uint32_t max_models = 1;
+    for (const TaskJob& job : jobs_) {
+      std::vector<JobInput> inputs = task_inputs(job);
+      uint64_t bytes = item_n_bytes(job.out_dtype);
+      for (const JobInput& in : inputs) bytes += item_n_bytes(in.dtype);
+      per_elem = std::max(per_elem, bytes);
+      max_models = std::max<uint32_t>(max_models, static_cast<uint32_t>(job.models.size()));
+      total += read_n_bytes(inputs, job.n_elems) * (selects(job) ? 4 : 1);
+    }
+    uint64_t state = 2ull * max_models * kLoHistBins * 8;
+    chunk_elems_ = chunk_elems_for(per_elem, state, options_);
+    uint64_t chunk_tiles = chunk_elems_ / kTile;
+    uint64_t in_bytes = 0, out_bytes = 1;
+    for (const TaskJob& job : jobs_) {
+      uint64_t n = std::min(chunk_elems_, job.n_elems), bytes = 0;
+      for (const JobInput& in : task_inputs(job))
+        bytes += align_up(n * item_n_bytes(in.dtype), kTableAlign);
+      in_bytes = std::max(in_bytes, bytes);
+      out_bytes = std::max(out_bytes, n * item_n_bytes(job.out_dtype));
+    }
+    uint64_t n_counts = std::max<uint64_t>(2ull * max_models * kLoHistBins,
+                                           2ull * max_models * chunk_tiles);
+    stage_ = std::make_unique<Stage>(options_, in_bytes, out_bytes, n_counts,
+                                     2ull * max_models * chunk_tiles, max_models);
+    Progress bar(progress, total);
+    RunStats stats;
+    for (size_t j = 0; j < jobs_.size(); ++j) {
+      if (jobs_[j].n_elems == 0) continue;
+      run_job(j, &bar, &stats);
+    }
+    stats.chunk_elems = chunk_elems_;
+    stats.threads = 1;
+    stats.kernel = stage_->name();
+    stage_.reset();
+    stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return stats;
+  }
+
+ private:
+  struct ModelState {
+    Bound bound[2];  // lo, hi
+    bool selects() const { return bound[0].desc.active || bound[1].desc.active; }
+  };
+
+  // Calls fn(first, n, chunk_tiles) for every chunk of job j with its inputs staged.
+  template <class Fn>
+  void for_each_chunk(size_t j, Progress* bar, RunStats* stats, Fn&& fn) {
+    const TaskJob& job = jobs_[j];
+    std::vector<JobInput> inputs = task_inputs(job);
+    for (uint64_t first = 0; first < job.n_elems; first += chunk_elems_) {
+      uint64_t n = std::min(chunk_elems_, job.n_elems - first);
+      stats->bytes_read += stage_->stage(plan_, job.name, inputs, j, first, n);
+      fn(first, n, tiles_of(n));
+      bar->add(read_n_bytes(inputs, n));
+    }
+  }
+
+  // The launch of one pass over the staged chunk, with the job's settings.
+  MethodLaunch launch_of(const TaskJob& job, uint32_t pass, uint64_t first, uint64_t n) const {
+    MethodLaunch L;
+    L.pass = pass;
+    L.first_elem = first;
+    L.n_elems = n;
+    L.n_tiles = tiles_of(n);
+    L.base = stage_->device_input(0);
+    L.base_dtype = static_cast<uint32_t>(job.base.dtype);
+    L.sparsify = job.sparsify == Sparsify::kRandom ? kRandomDraw
+                 : selects(job)                    ? kRankWindow
+                                                   : kKeepAll;
+    L.consensus = static_cast<uint32_t>(job.consensus == Consensus::kSum     ? MixConsensus::kSum
+                                        : job.consensus == Consensus::kCount ? MixConsensus::kCount
+                                                                             : MixConsensus::kNone);
+    L.normalize = job.normalize;
+    L.by_density = job.rescale == Rescale::kDensity;
+    L.lambda = job.lambda;
+    float weight_sum = 0.0f;  // the unmasked divisor: weights summed in model order
+    for (const TaskModel& m : job.models) weight_sum = weight_sum + m.input.weight;
+    L.plain_divisor = std::fabs(weight_sum) < 1e-8f ? 1.0f : weight_sum;
+    L.out_dtype = static_cast<uint32_t>(job.out_dtype);
+    return L;
+  }
+
+  std::vector<ModelDesc> model_table(const TaskJob& job) const {
+    std::vector<ModelDesc> table(job.models.size());
+    for (size_t k = 0; k < job.models.size(); ++k) {
+      const TaskModel& m = job.models[k];
+      ModelDesc& d = table[k];
+      d.ptr = stage_->device_input(k + 1);
+      d.dtype = static_cast<uint32_t>(m.input.dtype);
+      d.selects = states_[k].selects();
+      d.weight = m.input.weight;
+      d.density = m.density;
+      d.stream = dare_stream(job.seed, job.tensor_key, static_cast<uint32_t>(k));
+      d.l1_scaled = l1_scaled_[k];
+      d.l1_scale = l1_scale_[k];
+      d.sel[0] = states_[k].bound[0].desc;
+      d.sel[1] = states_[k].bound[1].desc;
+    }
+    return table;
+  }
+
+  // The tie prefixes of the chunk's tiles, [(2k + s) * chunk_tiles + t].
+  Counts chunk_prefix(uint64_t first, uint64_t n_tiles) const {
+    Counts prefix(2 * states_.size() * n_tiles, 0);
+    for (size_t k = 0; k < states_.size(); ++k)
+      for (int s = 0; s < 2; ++s) {
+        const Bound& b = states_[k].bound[s];
+        if (!b.desc.need_ties) continue;
+        std::copy_n(b.tie_prefix.begin() + first / kTile, n_tiles,
+                    prefix.begin() + (2 * k + s) * n_tiles);
+      }
+    return prefix;
+  }
+
+  void run_job(size_t j, Progress* bar, RunStats* stats) {
+    const TaskJob& job = jobs_[j];
+    size_t n_models = job.models.size();
+    states_.assign(n_models, ModelState{});
+    l1_scaled_.assign(n_models, 0);
+    l1_scale_.assign(n_models, 1.0f);
+    bool selecting = false;
+    for (size_t k = 0; k < n_models; ++k) {
+      ModelState& ms = states_[k];
+      ms.bound[0].init(selects(job) ? job.models[k].rank_lo : 0, job.n_elems);
+      ms.bound[1].init(selects(job) ? job.models[k].rank_hi : job.n_elems, job.n_elems);
+      selecting = selecting || ms.selects();
+    }
+    if (selecting) find_thresholds(j, bar, stats);
+    if (job.rescale == Rescale::kL1 && job.sparsify != Sparsify::kNone) l1_norms(j, bar, stats);
+    apply(j, bar, stats);
+  }
+
+  void find_thresholds(size_t j, Progress* bar, RunStats* stats) {
+    const TaskJob& job = jobs_[j];
+    size_t n_models = job.models.size();
+    Counts hist;
+    // Pass 1: the high 16 bits of |delta|, one histogram per selecting model.
+    uint64_t n_hi = n_models * kHiHistBins;
+    for_each_chunk(j, bar, stats, [&](uint64_t first, uint64_t n, uint64_t) {
+      MethodLaunch L = launch_of(job, kPassHistHi, first, n);
+      stage_->launch(&L, model_table(job), first == 0 ? n_hi : 0, nullptr);
+    });
+    stage_->counts_to(&hist, n_hi);
+    for (size_t k = 0; k < n_models; ++k)
+      for (Bound& b : states_[k].bound) b.pick_hi_bin(hist.data() + k * kHiHistBins);
+    // Pass 2: the low 16 bits inside each bound's high bin.
+    uint64_t n_lo = 2 * n_models * kLoHistBins;
+    for_each_chunk(j, bar, stats, [&](uint64_t first, uint64_t n, uint64_t) {
+      MethodLaunch L = launch_of(job, kPassHistLo, first, n);
+      stage_->launch(&L, model_table(job), first == 0 ? n_lo : 0, nullptr);
+    });
+    stage_->counts_to(&hist, n_lo);
+    bool any_ties = false;
+    for (size_t k = 0; k < n_models; ++k)
+      for (int s = 0; s < 2; ++s) {
+        Bound& b = states_[k].bound[s];
+        b.pick_threshold(hist.data() + (2 * k + s) * kLoHistBins);
+        if (b.desc.need_ties) b.tie_prefix.assign(tiles_of(job.n_elems), 0);
+        any_ties = any_ties || b.desc.need_ties;
+      }
+    // Pass 3: elements equal to the threshold per tile, when only some of them are kept.
+    if (!any_ties) return;
+    for_each_chunk(j, bar, stats, [&](uint64_t first, uint64_t n, uint64_t n_tiles) {
+      MethodLaunch L = launch_of(job, kPassTies, first, n);
+      stage_->launch(&L, model_table(job), 2 * n_models * n_tiles, nullptr);
+      stage_->counts_to(&hist, 2 * n_models * n_tiles);
+      for (size_t k = 0; k < n_models; ++k)
+        for (int s = 0; s < 2; ++s)
+          if (states_[k].bound[s].desc.need_ties)
+            std::copy_n(hist.begin() + (2 * k + s) * n_tiles, n_tiles,
+                        states_[k].bound[s].tie_prefix.begin() + first / kTile);
+    });
+    for (ModelState& ms : states_)
+      for (Bound& b : ms.bound) {
+        uint64_t before = 0;
+        for (uint64_t& c : b.tie_prefix) {
+          uint64_t here = c;
+          c = before;
+          before += here;
+        }
+      }
+  }
+
+  // Rescale::kL1: per model, |delta|_1 / |kept|_1 unless either is below 1e-7, the
+  // per-tile sums added in tile order as the CPU adds them.
+  void l1_norms(size_t j, Progress* bar, RunStats* stats) {
+    const TaskJob& job = jobs_[j];
+    size_t n_models = job.models.size();
+    std::vector<double> before(n_models, 0.0), after(n_models, 0.0), sums;
+    for_each_chunk(j, bar, stats, [&](uint64_t first, uint64_t n, uint64_t n_tiles) {
+      MethodLaunch L = launch_of(job, kPassL1, first, n);
+      Counts prefix = chunk_prefix(first, n_tiles);
+      stage_->launch(&L, model_table(job), 0, &prefix);
+      stage_->sums_to(&sums, 2 * n_models * n_tiles);
+      for (size_t k = 0; k < n_models; ++k)
+        for (uint64_t t = 0; t < n_tiles; ++t) {
+          before[k] += sums[(2 * k) * n_tiles + t];
+          after[k] += sums[(2 * k + 1) * n_tiles + t];
+        }
+    });
+    for (size_t k = 0; k < n_models; ++k) {
+      l1_scaled_[k] = !(before[k] < 1e-7 || after[k] < 1e-7);
+      l1_scale_[k] = static_cast<float>(before[k] / after[k]);
+    }
+  }
+
+  void apply(size_t j, Progress* bar, RunStats* stats) {
+    const TaskJob& job = jobs_[j];
+    const Sink& sink = plan_.sinks[job.sink];
+    uint64_t out_size = item_n_bytes(job.out_dtype);
+    std::vector<JobInput> inputs = task_inputs(job);
+    std::vector<uint8_t> staging;
+    for_each_chunk(j, bar, stats, [&](uint64_t first, uint64_t n, uint64_t n_tiles) {
+      if (options_.check_finite)
+        for (size_t i = 0; i < inputs.size(); ++i) check_input(job, inputs[i], i, first, n);
+      MethodLaunch L = launch_of(job, kPassApply, first, n);
+      Counts prefix = chunk_prefix(first, n_tiles);
+      stage_->launch(&L, model_table(job), 0, &prefix);
+      SinkSpan span(sink, job.out_offset + first * out_size, n * out_size, &staging);
+      stage_->out_to(span.out_span(), n * out_size);
+      if (options_.check_finite) {
+        size_t bad = find_nonfinite(job.out_dtype, span.out_span(), n);
+        LADLE_CHECK(bad == n, ErrorKind::kNonFinite,
+                    "%s: tensor '%s': merged value at element %llu is not finite (overflow in %s)",
+                    sink.label.c_str(), job.name.c_str(), (unsigned long long)(first + bad),
+                    dtype_name(job.out_dtype));
+      }
+      span.commit();
+      stats->bytes_written += n * out_size;
+      ++stats->n_chunks;
+    });
+  }
+
+  void check_input(const TaskJob& job, const JobInput& in, size_t i, uint64_t first,
+                   uint64_t n) const {
+    size_t bad = find_nonfinite(in.dtype, stage_->host_input(i), n);
+    LADLE_CHECK(bad == n, ErrorKind::kNonFinite,
+                "%s: tensor '%s': non-finite value (NaN or Inf) at element %llu",
+                plan_.sources[in.source].label.c_str(), job.name.c_str(),
+                (unsigned long long)(first + bad));
+  }
+
+  const Plan& plan_;
+  const std::vector<TaskJob>& jobs_;
+  const Options& options_;
+  uint64_t chunk_elems_ = 0;
+  std::unique_ptr<Stage> stage_;
+  std::vector<ModelState> states_;
+  std::vector<uint8_t> l1_scaled_;
+  std::vector<float> l1_scale_;
+};
+
+}  // namespace
+
+RunStats run_task_jobs(const Plan& plan, const std::vector<TaskJob>& jobs, const Options& options,
+                       const ProgressFn& progress) {
+  for (const TaskJob& job : jobs) validate_task(plan, job);
+  TaskRunner runner(plan, jobs, options);
+  return runner.run(progress);
+}
+
+std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vector<GramJob>& jobs,
+                                               const Options& options, const ProgressFn& progress,
+                                               RunStats* stats) {
+  auto t0 = std::chrono::steady_clock::now();
+  uint64_t per_elem = 1, total = 0, max_pairs = 1;
+  uint32_t max_inputs = 1;
+  for (const GramJob& job : jobs) {
+    LADLE_CHECK(job.base < static_cast<int32_t>(job.inputs.size()), ErrorKind::kValue,
+                "tensor '%s': base index %d out of range", job.name.c_str(), job.base);
+    uint64_t bytes = 0;
+    for (const JobInput& in : job.inputs) {
+      validate_input(plan, job.name, in, job.n_elems, true);
+      bytes += item_n_bytes(in.dtype);
+    }
+    per_elem = std::max(per_elem, bytes);
+    total += read_n_bytes(job.inputs, job.n_elems);
+    uint64_t m = job.inputs.size() - (job.base >= 0 ? 1 : 0);
+    max_pairs = std::max(max_pairs, m * (m + 1) / 2);
+    max_inputs = std::max<uint32_t>(max_inputs, static_cast<uint32_t>(job.inputs.size()));
+  }
+  uint64_t chunk = chunk_elems_for(per_elem, 0, options), chunk_tiles = chunk / kTile;
+  uint64_t in_bytes = 0;
+  for (const GramJob& job : jobs) {
+    uint64_t n = std::min(chunk, job.n_elems), bytes = 0;
+    for (const JobInput& in : job.inputs) bytes += align_up(n * item_n_bytes(in.dtype), kTableAlign);
+    in_bytes = std::max(in_bytes, bytes);
+  }
+  RunStats run_stats;
+  std::vector<std::vector<double>> result(jobs.size());
+  {
+    Stage stage(options, in_bytes, 1, 1, max_pairs * chunk_tiles, max_inputs);
+    Progress bar(progress, total);
+    std::vector<double> sums;
+    for (size_t j = 0; j < jobs.size(); ++j) {
+      const GramJob& job = jobs[j];
+      size_t m = job.inputs.size() - (job.base >= 0 ? 1 : 0), n_pairs = m * (m + 1) / 2;
+      std::vector<double> pair_sums(n_pairs, 0.0);
+      for (uint64_t first = 0; first < job.n_elems; first += chunk) {
+        uint64_t n = std::min(chunk, job.n_elems - first), n_tiles = tiles_of(n);
+        run_stats.bytes_read += stage.stage(plan, job.name, job.inputs, j, first, n);
+        MethodLaunch L;
+        L.pass = kPassGram;
+        L.first_elem = first;
+        L.n_elems = n;
+        L.n_tiles = n_tiles;
+        std::vector<ModelDesc> vectors;  // the inputs in order, the base left out
+        for (size_t a = 0; a < job.inputs.size(); ++a) {
+          if (static_cast<int32_t>(a) == job.base) {
+            L.base = stage.device_input(a);
+            L.base_dtype = static_cast<uint32_t>(job.inputs[a].dtype);
+            continue;
+          }
+          ModelDesc d;
+          d.ptr = stage.device_input(a);
+          d.dtype = static_cast<uint32_t>(job.inputs[a].dtype);
+          vectors.push_back(d);
+        }
+        stage.launch(&L, vectors, 0, nullptr);
+        stage.sums_to(&sums, n_pairs * n_tiles);
+        for (size_t p = 0; p < n_pairs; ++p)
+          for (uint64_t t = 0; t < n_tiles; ++t) pair_sums[p] += sums[p * n_tiles + t];
+        ++run_stats.n_chunks;
+        bar.add(read_n_bytes(job.inputs, n));
+      }
+      std::vector<double>& gram = result[j];
+      gram.assign(m * m, 0.0);
+      size_t pair = 0;
+      for (size_t a = 0; a < m; ++a)
+        for (size_t b = a; b < m; ++b, ++pair) gram[a * m + b] = gram[b * m + a] = pair_sums[pair];
+    }
+    run_stats.kernel = stage.name();
+  }
+  if (stats) {
+    run_stats.chunk_elems = chunk;
+    run_stats.threads = 1;
+    run_stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    *stats = run_stats;
+  }
+  return result;
+}
+
+}  // namespace cuda
+}  // namespace ladle

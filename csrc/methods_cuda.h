@@ -1,0 +1,23 @@
+// The merge methods on the CUDA backend: task-vector jobs (task arithmetic, TIES,
+// DARE, breadcrumbs) and Gram reductions (SLERP, model stock, nuslerp) over the
+// sources and sinks of a Plan, chunk by chunk through the device (or the emulator).
+// Same contract and the same bits as run_task_jobs / run_gram_jobs (methods.h).
+#pragma once
+
+#include <vector>
+
+#include "engine_cuda.h"
+#include "methods.h"
+
+namespace ladle {
+namespace cuda {
+
+RunStats run_task_jobs(const Plan& plan, const std::vector<TaskJob>& jobs, const Options& options,
+                       const ProgressFn& progress);
+
+std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vector<GramJob>& jobs,
+                                               const Options& options, const ProgressFn& progress,
+                                               RunStats* stats);
+
+}  // namespace cuda
+}  // namespace ladle
