@@ -436,7 +436,7 @@ def _run_method(name, paths, out, device, **options):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(METHOD_RUNS))
-@pytest.mark.parametrize("dtype", ["BF16", "F32"])
+@pytest.mark.parametrize("dtype", ["BF16", "F16", "F32"])
 def test_every_method_is_bit_identical_to_the_cpu_engine(tmp_path, device, name, dtype):
     paths = _method_models(tmp_path, 3, dtype)
     expected = tmp_path / "cpu.safetensors"
