@@ -6,6 +6,7 @@
 #include "method_della.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <chrono>
 #include <cmath>
 #include <memory>
@@ -25,37 +26,51 @@ constexpr int kRadixBits = 11;
 constexpr uint32_t kRadixBins = 1u << kRadixBits;
 constexpr uint64_t kStateBytes = 64ull << 20;
 
+constexpr int kRadixPasses = 3;  // 3 x 11 bits cover the 31 bits of |x|
+
 struct Scratch {
-  std::vector<float> base, wd, mixed;
-  std::vector<uint32_t> rank, keys, group_rank, count;
+  std::vector<float> base, wd, mixed, prob;
+  std::vector<uint32_t> count;
   std::vector<uint64_t> sort_a, sort_b;
+  // Keep probability by rank, per model, of job `table_job` (every rank group of a
+  // job has the same length).
+  std::vector<std::vector<float>> table;
+  size_t table_job = SIZE_MAX;
   std::vector<uint8_t> out;
 };
 
-// rank[i] = position of keys[i] in ascending order, equal keys in index order
-// (a stable LSD radix sort of (key, index) pairs; passes whose digit is the same
-// for every key are skipped).
-void rank_ascending(const uint32_t* keys, uint32_t n, uint32_t* rank, Scratch* s) {
+// For the group d[0], d[stride], ... (n elements): prob[j * stride] = by_rank[r] with r
+// the ascending rank of |d[j * stride]| (as bits), equal magnitudes in index order. A
+// stable LSD radix sort of (bits, index) pairs; the three digit histograms come from
+// one read, and a pass whose digit is the same for every element is skipped.
+void probability_by_rank(const float* d, uint64_t stride, uint32_t n, const float* by_rank,
+                         float* prob, Scratch* s) {
   std::vector<uint64_t>& a = s->sort_a;
   std::vector<uint64_t>& b = s->sort_b;
   a.resize(n);
   b.resize(n);
-  for (uint32_t i = 0; i < n; ++i) a[i] = (static_cast<uint64_t>(keys[i]) << 32) | i;
-  for (int shift = 32; shift < 64; shift += kRadixBits) {
-    s->count.assign(kRadixBins, 0);
-    uint32_t* count = s->count.data();
-    for (uint32_t i = 0; i < n; ++i) ++count[(a[i] >> shift) & (kRadixBins - 1)];
-    if (count[(a[0] >> shift) & (kRadixBins - 1)] == n) continue;
+  s->count.assign(kRadixPasses * kRadixBins, 0);
+  uint32_t* count = s->count.data();
+  for (uint32_t i = 0; i < n; ++i) {
+    uint32_t bits = abs_bits(d[i * stride]);
+    a[i] = (static_cast<uint64_t>(bits) << 32) | i;
+    for (int p = 0; p < kRadixPasses; ++p)
+      ++count[p * kRadixBins + ((bits >> (p * kRadixBits)) & (kRadixBins - 1))];
+  }
+  for (int p = 0; p < kRadixPasses; ++p) {
+    uint32_t* c = count + p * kRadixBins;
+    int shift = 32 + p * kRadixBits;
+    if (c[(a[0] >> shift) & (kRadixBins - 1)] == n) continue;
     uint32_t sum = 0;
-    for (uint32_t d = 0; d < kRadixBins; ++d) {
-      uint32_t c = count[d];
-      count[d] = sum;
-      sum += c;
+    for (uint32_t digit = 0; digit < kRadixBins; ++digit) {
+      uint32_t here = c[digit];
+      c[digit] = sum;
+      sum += here;
     }
-    for (uint32_t i = 0; i < n; ++i) b[count[(a[i] >> shift) & (kRadixBins - 1)]++] = a[i];
+    for (uint32_t i = 0; i < n; ++i) b[c[(a[i] >> shift) & (kRadixBins - 1)]++] = a[i];
     a.swap(b);
   }
-  for (uint32_t i = 0; i < n; ++i) rank[static_cast<uint32_t>(a[i])] = i;
+  for (uint32_t r = 0; r < n; ++r) prob[static_cast<uint32_t>(a[r]) * stride] = by_rank[r];
 }
 
 enum class Prune : uint8_t { kKeepAll, kDropAll, kMagPrune };
@@ -140,10 +155,15 @@ class DellaRunner {
     while (begin < jobs_.size()) {  // batches whose L1 partial sums fit state_limit()
       size_t end = begin;
       uint64_t bytes = 0;
+      cached_.clear();
       while (end < jobs_.size()) {
         uint64_t b = norms(jobs_[end]) ? 2 * jobs_[end].models.size() * n_units(jobs_[end]) * 8 : 0;
         if (end > begin && bytes + b > state_limit()) break;
         bytes += b;
+        // The keep masks of pass 1 are kept for pass 2 while they fit too.
+        bool cache = norms(jobs_[end]) && bytes + mask_words(jobs_[end]) * 8 <= state_limit();
+        bytes += cache ? mask_words(jobs_[end]) * 8 : 0;
+        cached_.push_back(cache);
         ++end;
       }
       n_chunks += run_batch(begin, end);
@@ -174,8 +194,19 @@ class DellaRunner {
   }
   static uint64_t block_scratch_bytes(const DellaJob& job) {
     uint64_t block = block_elems(job), m = job.models.size();
-    return block * 4 * (m + 4) + job.group_len * (4 + 16) + kRadixBins * 4 +
-           block * item_n_bytes(job.out_dtype);
+    return block * 4 * (m + 4) + job.group_len * (4 * m + 16) +
+           kRadixPasses * kRadixBins * 4 + block * item_n_bytes(job.out_dtype);
+  }
+  // Keep-mask words of one model's block, and of the whole job (every model).
+  static uint64_t block_words(const DellaJob& job) { return (block_elems(job) + 63) / 64; }
+  static uint64_t mask_words(const DellaJob& job) {
+    return job.models.size() * (job.n_elems / block_elems(job)) * block_words(job);
+  }
+  uint64_t* mask_of(const DellaJob& job, size_t k, uint64_t first) {
+    size_t j = static_cast<size_t>(&job - jobs_.data()) - batch_begin_;
+    if (!cached_[j]) return nullptr;
+    uint64_t blocks = job.n_elems / block_elems(job);
+    return masks_[j].data() + (k * blocks + first / block_elems(job)) * block_words(job);
   }
   static bool norms(const DellaJob& job) {
     if (job.rescale != DellaRescale::kL1) return false;
@@ -199,6 +230,9 @@ class DellaRunner {
     };
     // Pass 1 (L1 rescale): |delta|_1 and |kept delta|_1 per unit, then per model.
     l1_.assign(end - begin, {});
+    masks_.assign(end - begin, {});
+    for (size_t j = begin; j < end; ++j)
+      if (cached_[j - begin]) masks_[j - begin].assign(mask_words(jobs_[j]), 0);
     std::vector<WorkItem> norm_items;
     for (size_t j = begin; j < end; ++j)
       if (norms(jobs_[j])) l1_[j - begin].assign(2 * jobs_[j].models.size() * n_units(jobs_[j]), 0.0);
@@ -246,23 +280,31 @@ class DellaRunner {
   // MAGPRUNE of model k's delta `d` over the block starting at element `first`:
   // dropped elements become +0; kept ones are divided by their keep probability
   // when `by_probability`.
+  // `keep_bits` (when not null) receives bit i set for every kept element i.
   void magprune(const DellaJob& job, size_t k, uint64_t first, float* d, bool by_probability,
-                Scratch* s) const {
-    const DellaModel& m = job.models[k];
+                Scratch* s, uint64_t* keep_bits = nullptr) const {
     uint64_t n = block_elems(job), len = job.group_len, stride = job.group_stride;
-    s->rank.resize(n);
-    s->keys.resize(len);
-    s->group_rank.resize(len);
-    for (uint64_t c = 0; c < stride; ++c) {
-      for (uint64_t j = 0; j < len; ++j) s->keys[j] = abs_bits(d[j * stride + c]);
-      rank_ascending(s->keys.data(), static_cast<uint32_t>(len), s->group_rank.data(), s);
-      for (uint64_t j = 0; j < len; ++j) s->rank[j * stride + c] = s->group_rank[j];
+    size_t j = static_cast<size_t>(&job - jobs_.data());
+    if (s->table_job != j) {
+      s->table.resize(job.models.size());
+      for (size_t q = 0; q < job.models.size(); ++q) {
+        const DellaModel& m = job.models[q];
+        s->table[q].resize(len);
+        for (uint64_t r = 0; r < len; ++r)
+          s->table[q][r] = della_keep_probability(r, len, m.floor, m.epsilon);
+      }
+      s->table_job = j;
     }
+    s->prob.resize(n);
+    for (uint64_t c = 0; c < stride; ++c)
+      probability_by_rank(d + c, stride, static_cast<uint32_t>(len), s->table[k].data(),
+                          s->prob.data() + c, s);
     uint64_t stream = dare_stream(job.seed, job.tensor_key, static_cast<uint32_t>(k));
-        for (uint64_t i = 0; i < n; ++i) {
-      float p = della_keep_probability(s->rank[i], len, m.floor, m.epsilon);
+    for (uint64_t i = 0; i < n; ++i) {
+      float p = s->prob[i];
       bool keep = static_cast<float>(dare_draw(stream, first + i)) * 0x1p-24f < p;
       d[i] = keep ? (by_probability ? d[i] / p : d[i]) : 0.0f;
+      if (keep_bits && keep) keep_bits[i / 64] |= 1ull << (i % 64);
     }
   }
 
@@ -282,7 +324,7 @@ class DellaRunner {
         double before = l1[2 * k * units + u];
         for (uint64_t i = 0; i < block; ++i) before += std::fabs(static_cast<double>(d[i]));
         l1[2 * k * units + u] = before;
-        magprune(job, k, first, d, false, s);
+        magprune(job, k, first, d, false, s, mask_of(job, k, first));
         double after = l1[(2 * k + 1) * units + u];
         for (uint64_t i = 0; i < block; ++i) after += std::fabs(static_cast<double>(d[i]));
         l1[(2 * k + 1) * units + u] = after;
@@ -326,7 +368,13 @@ class DellaRunner {
         Prune prune = prune_of(m);
         if (prune == Prune::kDropAll) std::fill(wd, wd + block, 0.0f);
         if (prune == Prune::kMagPrune) {
-          magprune(job, k, first, wd, by_probability, s);
+          const uint64_t* bits = mask_of(job, k, first);
+          if (bits != nullptr) {  // pass 1's keep mask of this block
+            for (uint64_t i = 0; i < block; ++i)
+              wd[i] = (bits[i / 64] >> (i % 64)) & 1 ? wd[i] : 0.0f;
+          } else {
+            magprune(job, k, first, wd, by_probability, s);
+          }
           if (scales[k] != 1.0f) method_kernels_.scale(wd, block, scales[k]);
         }
         method_kernels_.scale(wd, block, m.input.weight);
@@ -365,6 +413,8 @@ class DellaRunner {
   std::vector<std::vector<JobInput>> inputs_;
   std::vector<Scratch> scratch_;
   std::vector<std::vector<double>> l1_;     // per job of the batch: [2k or 2k+1][unit]
+  std::vector<bool> cached_;                 // per job of the batch: masks_ holds its masks
+  std::vector<std::vector<uint64_t>> masks_; // per job of the batch: [model][block] words
   std::vector<std::vector<float>> scales_;  // per job of the batch: L1 factor per model
   size_t batch_begin_ = 0;
 };

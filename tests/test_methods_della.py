@@ -73,9 +73,9 @@ def reference_della(method, name, shape, base, xs, weights, densities, epsilons,
                          out_dtype)
 
 
-def make_models(tmp_path, rng, n_models, dtype):
+def make_models(tmp_path, rng, n_models, dtype, shapes=SHAPES):
     raws = [{} for _ in range(n_models + 1)]
-    for name, shape in SHAPES:
+    for name, shape in shapes:
         n = math.prod(shape)
         base = rng.standard_normal(n).astype(F32)
         for k in range(n_models + 1):
@@ -116,6 +116,20 @@ def test_della_matches_reference(tmp_path, method, dtype, out_dtype, rescale_mod
         assert got[name][2] == expected, f"{method} {name}"
 
 
+def test_della_density_one_keeps_and_zero_drops(tmp_path):
+    paths, raws = make_models(tmp_path, np.random.default_rng(8), 3, "F32")
+    params = [{"weight": w, "density": d} for w, d in zip(WEIGHTS, (1.0, 0.0, 0.5))]
+    out = tmp_path / "out.safetensors"
+    methods.merge_models("della", paths[1:], out, base_model=paths[0], model_parameters=params,
+                         seed=9, progress=False)
+    got = read_checkpoint(out)
+    for name, shape in SHAPES:
+        base, *xs = [to_f32(r[name][2], "F32") for r in raws]
+        expected = reference_della("della", name, shape, base, xs, WEIGHTS, [1.0, 0.0, 0.5],
+                                   [0.15] * 3, "F32", seed=9, lam=1.0)
+        assert got[name][2] == expected, name
+
+
 def test_della_keeps_density_and_favours_large_magnitudes(tmp_path):
     """The kept share is about `density`, and large deltas are kept more often."""
     n_rows, n_cols = 64, 512
@@ -144,6 +158,16 @@ def test_della_independent_of_threads_and_chunks(tmp_path, method):
                                          {"threads": 2, "memory_budget": "1GiB"},
                                          {"threads": 1, "kernel": "scalar"}])]
     assert all(o == outputs[0] for o in outputs[1:])
+
+
+def test_della_keep_masks_recomputed_when_over_budget(tmp_path):
+    """Pass 1's keep masks are kept for pass 2 only while they fit a quarter of the
+    budget (here 32 KiB < 115 KiB of masks); ranking again gives the same bytes."""
+    paths, _ = make_models(tmp_path, np.random.default_rng(3), 3, "BF16",
+                           [("model.layers.0.w", [600, 512])])
+    small = run_della(tmp_path, "della", paths, "small.safetensors", memory_budget="128KiB")
+    large = run_della(tmp_path, "della", paths, "large.safetensors", memory_budget="1GiB")
+    assert small.read_bytes() == large.read_bytes()
 
 
 def test_della_recipe(tmp_path):
