@@ -178,9 +178,10 @@ def block_scales(ckpt: Checkpoint) -> dict[str, BlockScale]:
                                   f"{layout.strategy} scales named '*{layout.suffix}'; "
                                   f"not merged")
         if len(w.shape) != 2:
-            raise LadleValueError(f"{s.file}: tensor '{scale}' ({s.dtype}{list(s.shape)}) "
-                                  f"scales '{weight}' ({w.dtype}{list(w.shape)}): scales "
-                                  f"need a 2-D weight; not merged")
+            raise LadleValueError(f"{s.file}: tensor '{scale}' ({s.dtype}{list(s.shape)}) is "
+                                  f"not a {layout.strategy} scale of '{weight}' "
+                                  f"({w.dtype}{list(w.shape)}): {layout.strategy} scales need "
+                                  f"a 2-D weight; not merged")
         br, bc = _blocks_of(layout, tuple(w.shape))
         grid = (math.ceil(w.shape[0] / br), math.ceil(w.shape[1] / bc))
         fits = tuple(s.shape) == grid or (grid == (1, 1) and math.prod(s.shape) == 1)
