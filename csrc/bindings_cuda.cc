@@ -197,9 +197,8 @@ PYBIND11_MODULE(_cuda, m) {
           "run",
           [](cuda::DeviceSum& self, const std::vector<double>& weights, double post_scale,
              uint64_t stream) {
-            std::vector<float> w32(weights.begin(), weights.end());
             py::gil_scoped_release release;
-            self.run(w32, static_cast<float>(post_scale), stream);
+            self.run(weights, static_cast<float>(post_scale), stream);
           },
           py::arg("weights"), py::arg("post_scale") = 1.0, py::arg("stream") = 0,
           "Enqueue one launch computing every tensor on `stream` (a cudaStream_t as int).")

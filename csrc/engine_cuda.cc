@@ -408,6 +408,13 @@ DeviceSum::DeviceSum(int device, std::vector<DeviceTensor> tensors, Backend back
     d.post_scale = 1.0f;
     d.out_dtype = static_cast<uint32_t>(t.out_dtype);
     d.vectorized = vector_mode.mode(aligned, t.out_dtype);
+    bool f64 = t.out_dtype == DType::kF64;
+    for (int k = 0; k < n_inputs_; ++k) f64 = f64 || t.in_dtypes[k] == DType::kF64;
+    // fp64 weights travel as arguments only (kMaxArgWeights of them).
+    LADLE_CHECK(!f64 || n_inputs_ <= static_cast<int>(kMaxArgWeights), ErrorKind::kValue,
+                "tensor '%s': float64 tensors are summed in fp64 with at most %u inputs "
+                "(got %d)", t.name.c_str(), kMaxArgWeights, n_inputs_);
+    d.flags = f64 ? kAccumulateF64 : 0;
     descs.push_back(d);
     for (int k = 0; k < n_inputs_; ++k)
       inputs.push_back({reinterpret_cast<const void*>(t.in_addresses[k]), 1.0f,
@@ -431,7 +438,7 @@ DeviceSum::DeviceSum(int device, std::vector<DeviceTensor> tensors, Backend back
 
 DeviceSum::~DeviceSum() = default;
 
-void DeviceSum::run(const std::vector<float>& weights, float post_scale, uint64_t stream) {
+void DeviceSum::run(const std::vector<double>& weights, float post_scale, uint64_t stream) {
   LADLE_CHECK(weights.size() == static_cast<size_t>(n_inputs_), ErrorKind::kValue,
               "DeviceSum.run: %zu weights given for %d inputs", weights.size(), n_inputs_);
   for (size_t k = 0; k < weights.size(); ++k)
@@ -450,7 +457,10 @@ void DeviceSum::run(const std::vector<float>& weights, float post_scale, uint64_
     // Weights travel as kernel arguments: no copy, fully asynchronous.
     args.n_arg_weights = static_cast<uint32_t>(weights.size());
     args.arg_post_scale = post_scale;
-    for (size_t k = 0; k < weights.size(); ++k) args.arg_weights[k] = weights[k];
+    for (size_t k = 0; k < weights.size(); ++k) {
+      args.arg_weights[k] = static_cast<float>(weights[k]);
+      args.arg_weights64[k] = weights[k];
+    }
   } else {
     // Too many for the arguments: rewrite the table's weights. The copy is
     // ordered on the caller's stream after earlier launches that read the
@@ -460,7 +470,8 @@ void DeviceSum::run(const std::vector<float>& weights, float post_scale, uint64_
     auto* inputs = reinterpret_cast<InputDesc*>(table + impl_->n_live * sizeof(TensorDesc));
     for (size_t t = 0; t < impl_->n_live; ++t) {
       descs[t].post_scale = post_scale;
-      for (int k = 0; k < n_inputs_; ++k) inputs[t * n_inputs_ + k].weight = weights[k];
+      for (int k = 0; k < n_inputs_; ++k)
+        inputs[t * n_inputs_ + k].weight = static_cast<float>(weights[k]);
     }
     impl_->ops->copy_h2d(impl_->dev_table, table, impl_->host_table.size(), s);
   }

@@ -86,7 +86,9 @@ class DeviceSum {
   DeviceSum& operator=(const DeviceSum&) = delete;
 
   // `stream` is a cudaStream_t as an integer (0: the legacy default stream).
-  void run(const std::vector<float>& weights, float post_scale, uint64_t stream);
+  // Weights are rounded to fp32 once for fp32 tensors; tensors with an F64 input
+  // or output use them as given (fp64), as the host engine does.
+  void run(const std::vector<double>& weights, float post_scale, uint64_t stream);
 
   int n_inputs() const { return n_inputs_; }
   size_t n_tensors() const { return tensors_.size(); }

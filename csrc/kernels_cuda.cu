@@ -192,6 +192,40 @@ LADLE_HD void run_partial_tile(const LaunchArgs& args, const TensorDesc& t, uint
   }
 }
 
+// kAccumulateF64 tensors: fp64 products and sums in input order, one element per
+// step, stored as the host's store_f64 does.
+LADLE_HD void run_f64_tile(const LaunchArgs& args, const TensorDesc& t, uint64_t tile_e0,
+                           uint32_t lane, float post_scale) {
+  for (uint64_t e = tile_e0 + lane; e < t.n_elems && e < tile_e0 + kTileElems;
+       e += kBlockThreads) {
+    double acc = 0.0;
+    bool first = true;
+    for (uint32_t k = 0; k < t.n_inputs; ++k) {
+      const double w = args.arg_weights64[k];
+      if (w == 0.0) continue;
+      const InputDesc& in = args.inputs[t.first_input + k];
+      const double x = in.dtype == kF64 ? static_cast<const double*>(in.ptr)[e]
+                                        : static_cast<double>(load_one(in.dtype, in.ptr, e));
+      acc = first ? dmul_rn(w, x) : dadd_rn(acc, dmul_rn(w, x));
+      first = false;
+    }
+    if (post_scale != 1.0f) acc = dmul_rn(acc, static_cast<double>(post_scale));
+    if (t.out_dtype == kF64) {
+      uint64_t bits = 0x7FF8000000000000ull;  // canonical NaN, as f64_canonical_bits
+      if (acc == acc) {
+#ifdef __CUDA_ARCH__
+        bits = static_cast<uint64_t>(__double_as_longlong(acc));
+#else
+        std::memcpy(&bits, &acc, 8);
+#endif
+      }
+      static_cast<uint64_t*>(t.out)[e] = bits;
+    } else {
+      store_one(t.out_dtype, t.out, e, static_cast<float>(acc));  // RNE to fp32 first
+    }
+  }
+}
+
 LADLE_HD void run_lane(const LaunchArgs& args, uint64_t tile, uint32_t lane) {
   // The tensor owning this tile: the last one whose first_tile <= tile.
   uint32_t lo = 0, hi = args.n_tensors - 1;
@@ -203,6 +237,7 @@ LADLE_HD void run_lane(const LaunchArgs& args, uint64_t tile, uint32_t lane) {
   const TensorDesc& t = args.tensors[lo];
   const uint64_t tile_e0 = (tile - t.first_tile) * kTileElems;
   const float post_scale = args.n_arg_weights > 0 ? args.arg_post_scale : t.post_scale;
+  if (t.flags & kAccumulateF64) return run_f64_tile(args, t, tile_e0, lane, post_scale);
   const bool full = tile_e0 + kTileElems <= t.n_elems;
   if (full && t.vectorized == kVectorized16) run_full_tile<8>(args, t, tile_e0, lane, post_scale);
   else if (full && t.vectorized == kVectorized) run_full_tile<4>(args, t, tile_e0, lane, post_scale);

@@ -41,11 +41,17 @@ struct TensorDesc {
   float post_scale;   // 1 skips the multiplication
   uint32_t out_dtype;  // a ladle::DType
   uint32_t vectorized;  // a VectorMode: how full packs may be loaded
-  uint32_t reserved;
+  uint32_t flags;       // kAccumulateF64 or 0
 };
 static_assert(sizeof(TensorDesc) == 48, "TensorDesc must stay 48 bytes");
 
 constexpr uint32_t kMaxArgWeights = 32;
+
+// TensorDesc::flags: an F64 input or output. The tensor is then accumulated in
+// fp64 as csrc/f64_sum.cc does on the host (acc = w1*x1; acc = acc + wk*xk with
+// the fp64 weights arg_weights64, NaN canonical), rounded to a narrower output
+// through fp32. Only with weights passed as arguments.
+constexpr uint32_t kAccumulateF64 = 1;
 
 // What one launch computes. `tensors` is sorted by first_tile, tensors with no
 // elements are left out, and n_tiles is the total. When n_arg_weights > 0 the
@@ -60,6 +66,7 @@ struct LaunchArgs {
   uint32_t n_arg_weights = 0;
   float arg_post_scale = 1.0f;
   float arg_weights[kMaxArgWeights] = {};
+  double arg_weights64[kMaxArgWeights] = {};  // the same weights, for kAccumulateF64
 };
 
 // Tiles a tensor of n_elems occupies.

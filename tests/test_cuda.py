@@ -277,6 +277,42 @@ def _raw(t) -> bytes:
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_device_sum_float64_is_summed_in_fp64(device):
+    """Issue 15: float64 tensors in a DeviceSum are accumulated in fp64 (1e300 stays
+    finite, 0.1 stays 0.1); a narrower output with a float64 input is rounded from
+    the fp64 sum through fp32, as the host engine's store_f64 does."""
+    torch = pytest.importorskip("torch")
+    emulate = device == EMULATOR
+    tdev = "cpu" if emulate else "cuda"
+    a = [1e300, 0.1, 1 / 3, -2.5e-310, float("nan"), 1e308, 3.0]
+    b = [1e300, 0.2, 2 / 3, 1e-310, 1.0, 1e308, -7.0]
+    x0 = {n: torch.tensor(a, dtype=torch.float64, device=tdev) for n in ("wide", "narrow")}
+    x1 = {"wide": torch.tensor(b, dtype=torch.float64, device=tdev),
+          "narrow": torch.tensor(b, dtype=torch.float32, device=tdev)}  # mixed inputs
+    outs = {"wide": torch.zeros(len(a), dtype=torch.float64, device=tdev),
+            "narrow": torch.zeros(len(a), dtype=torch.float32, device=tdev)}
+    summer = DeviceSum(outs, x0, x1, emulate=emulate)
+    for alpha in (0.3, 0.0, 1.0):
+        summer.interpolate(alpha)
+        w0, w1 = 1.0 - alpha, alpha
+        for name, out in outs.items():
+            p0 = x0[name].cpu().numpy()
+            p1 = x1[name].cpu().numpy().astype(np.float64)
+            terms = [w * x for w, x in ((w0, p0), (w1, p1)) if w != 0.0]
+            acc = terms[0] + terms[1] if len(terms) == 2 else terms[0]
+            if name == "wide":
+                want = np.where(np.isnan(acc), np.float64("nan"), acc).view(np.uint64)
+                want = np.where(np.isnan(acc), np.uint64(0x7FF8000000000000), want)
+                got = out.cpu().numpy().view(np.uint64)
+            else:
+                f = acc.astype(np.float32)
+                want = np.where(np.isnan(f), np.uint32(0x7FC00000), f.view(np.uint32))
+                got = out.cpu().numpy().view(np.uint32)
+            assert got.tolist() == want.tolist(), (name, alpha)
+    assert outs["wide"][0].item() == 1e300 and np.isfinite(outs["wide"][5].item())
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("misalign", [False, True])
 def test_device_sum_matches_contract(device, misalign):
     torch = pytest.importorskip("torch")
