@@ -122,6 +122,14 @@ py::object read_sum_table(const py::list& tables, const std::vector<double>& wei
   return py::cast(std::move(table));
 }
 
+// value(tensor) for every tensor of `table`, in model order.
+template <typename Value>
+py::list per_tensor(const SumTable& table, Value value) {
+  py::list out(table.tensors().size());
+  for (size_t i = 0; i < table.tensors().size(); ++i) out[i] = value(table.tensors()[i]);
+  return out;
+}
+
 }  // namespace
 
 void bind_sum_table(py::module_& m) {
@@ -142,18 +150,12 @@ void bind_sum_table(py::module_& m) {
            "(name, out dtype, shape, out n_bytes, n_elems, shard, offset) of tensor `index`.")
       .def("names",
            [](const SumTable& t) {
-             py::list names(t.tensors().size());
-             for (size_t i = 0; i < t.tensors().size(); ++i)
-               names[i] = py::str(t.tensors()[i].name);
-             return names;
+             return per_tensor(t, [](const SumTensor& s) { return py::str(s.name); });
            },
            "Every tensor's name, in model order.")
       .def("shards",
            [](const SumTable& t) {
-             py::list shards(t.tensors().size());
-             for (size_t i = 0; i < t.tensors().size(); ++i)
-               shards[i] = py::int_(t.tensors()[i].shard);
-             return shards;
+             return per_tensor(t, [](const SumTensor& s) { return py::int_(s.shard); });
            },
            "Every tensor's shard index, in model order.")
       .def("layout", &SumTable::layout, py::arg("max_shard_bytes"), py::arg("single_file"),

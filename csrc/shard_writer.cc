@@ -185,6 +185,13 @@ void ShardWriter::write_at(uint64_t offset, const void* data, uint64_t n) {
               path_.c_str(), (unsigned long long)n, (unsigned long long)offset,
               (unsigned long long)n_bytes_);
   if (fault_fires(n)) raise_write_error(path_, ENOSPC, offset, n);
+  auto write = [this](uint64_t at, const uint8_t* bytes, uint64_t k) {
+    write_direct(at, bytes, k);
+  };
+  if (!small_writes_.add(offset, data, n, write)) write_direct(offset, data, n);
+}
+
+void ShardWriter::write_direct(uint64_t offset, const void* data, uint64_t n) {
   int fd = acquire();
   try {
     pwrite_all(path_, fd, offset, data, n);
@@ -196,6 +203,9 @@ void ShardWriter::write_at(uint64_t offset, const void* data, uint64_t n) {
 }
 
 void ShardWriter::finish() {
+  small_writes_.flush([this](uint64_t at, const uint8_t* bytes, uint64_t k) {
+    write_direct(at, bytes, k);
+  });
   int fd = -1;
   {
     OpenShards& open = OpenShards::get();

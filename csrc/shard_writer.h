@@ -15,6 +15,8 @@
 #include <list>
 #include <string>
 
+#include "write_combiner.h"
+
 namespace ladle {
 
 class ShardWriter {
@@ -38,6 +40,7 @@ class ShardWriter {
   int acquire();   // opens (or reuses) the descriptor and pins it for one write
   void release();  // unpins it; it may then be closed to make room for another
   void close_fd();
+  void write_direct(uint64_t offset, const void* data, uint64_t n);
 
   std::string path_;
   uint64_t n_bytes_;
@@ -46,6 +49,7 @@ class ShardWriter {
   bool finished_ = false;
   uint64_t checksum_at_ = 0;  // file offset of the checksum field's digits; 0: none
   std::list<ShardWriter*>::iterator lru_;  // place among the open writers
+  WriteCombiner small_writes_;  // tiny tensors' writes, written out in runs
 };
 
 // Metadata key of the whole-file checksum and its placeholder value.
