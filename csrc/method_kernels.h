@@ -94,6 +94,14 @@ struct MethodKernels {
   void (*gram)(const float* const* v, size_t m, double* sums);
 };
 
+// The Gram sums of one short run (n <= kMethodTileElems, e.g. a filter_wise row): for
+// every pair a <= b (row-major upper triangle, pair p) sums[p] = sum over i < n in
+// index order of double(v[a][i]) * double(v[b][i]), from +0: tile 0 of `gram` without
+// its zero padding (+0 products added to a +0 start change no bit). The pairs' chains
+// advance together, element by element, so the adder is not idle waiting on one
+// chain. Scalar: exact for every m, and short rows are too short for vector set-up.
+void gram_short(const float* const* v, size_t m, size_t n, double* sums);
+
 const MethodKernels& scalar_method_kernels();
 // Defined only when the AVX2 translation unit is compiled in.
 const MethodKernels* avx2_method_kernels();

@@ -124,6 +124,18 @@ const MethodKernels kScalar{"scalar",          delta_scalar,           histogram
 
 const MethodKernels& scalar_method_kernels() { return kScalar; }
 
+void gram_short(const float* const* v, size_t m, size_t n, double* sums) {
+  size_t n_pairs = m * (m + 1) / 2;
+  for (size_t p = 0; p < n_pairs; ++p) sums[p] = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    size_t pair = 0;
+    for (size_t a = 0; a < m; ++a) {
+      double x = static_cast<double>(v[a][i]);
+      for (size_t b = a; b < m; ++b, ++pair) sums[pair] += x * static_cast<double>(v[b][i]);
+    }
+  }
+}
+
 void near_swap_tile(const float* a, const float* b, float t, float* out, size_t n) {
   const float kMinDiff = 1e-6f;
   for (size_t i = 0; i < n; ++i) {

@@ -745,20 +745,11 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
           v.push_back(x);
         }
         if (one_tile) {
-          // The kernel's tile-0 chain without its zero padding: adding +0 products to
-          // a sum that starts at +0 changes no bit, so the result is the same.
-          size_t pair = 0;
-          for (size_t a = 0; a < m; ++a) {
-            for (size_t b = a; b < m; ++b, ++pair) {
-              double sum = 0.0;
-              for (size_t i = 0; i < n; ++i)
-                sum += static_cast<double>(v[a][i]) * static_cast<double>(v[b][i]);
-              sums[pair * kGramTiles] = sum;
-            }
-          }
-        } else {
-          method_kernels.gram(v.data(), m, sums.data());
+          gram_short(v.data(), m, n, sums.data());
+          for (size_t p = 0; p < n_pairs; ++p) part[p * n_tiles + elem / kTile] = sums[p];
+          continue;
         }
+        method_kernels.gram(v.data(), m, sums.data());
         for (uint64_t t = 0; t * kTile < n; ++t)
           for (size_t p = 0; p < n_pairs; ++p)
             part[p * n_tiles + (elem / kTile + t)] = sums[p * kGramTiles + t];
