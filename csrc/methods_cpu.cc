@@ -111,6 +111,9 @@ struct ModelState {
   std::vector<uint64_t> hist_hi;
   Selection lo, hi;  // kept: !(rank < lo.rank) && (rank < hi.rank)
   std::vector<double> l1_before, l1_after;  // Rescale::kL1: per-tile partial sums
+  // DARE with Rescale::kL1: the keep decisions the norm pass drew, one bit per element,
+  // so the apply pass reuses them instead of drawing the stream again (empty: redraw).
+  std::vector<uint64_t> keep;
   bool scaled = false;
   float scale = 1.0f;
   bool selects() const { return lo.active() || hi.active(); }
@@ -188,6 +191,7 @@ class TaskRunner {
       for (uint64_t f = 0; f < job.n_elems; f += chunk_elems_) ++stats.n_chunks;
     }
     stats.bytes_read = pool_->bytes_read();
+    stats.rng_draws = rng_draws_.load();
     stats.chunk_elems = chunk_elems_;
     stats.threads = threads_;
     stats.kernel = kernels_.name;
@@ -216,8 +220,20 @@ class TaskRunner {
     return job.sparsify == Sparsify::kMagnitude || job.sparsify == Sparsify::kOutliers;
   }
 
-  static uint64_t selection_bytes(const TaskJob& job) {
-    if (!selects(job)) return 0;
+  static bool norms(const TaskJob& job) {
+    return job.rescale == Rescale::kL1 && job.sparsify != Sparsify::kNone;
+  }
+
+  // DARE's keep bits of every model of `job`, when the norm pass records them: only
+  // while they fit the statistics' share of the budget (else the apply pass redraws).
+  uint64_t keep_bytes(const TaskJob& job) const {
+    if (job.sparsify != Sparsify::kRandom || !norms(job)) return 0;
+    uint64_t bytes = job.models.size() * (job.n_elems / 64 + 1) * sizeof(uint64_t);
+    return bytes <= state_limit(options_) ? bytes : 0;
+  }
+
+  uint64_t selection_bytes(const TaskJob& job) const {
+    if (!selects(job)) return keep_bytes(job);
     return job.models.size() * (kHiBins + 2ull * kLoBins) * sizeof(uint64_t) +
            job.models.size() * 2 * (job.n_elems / kTile + 1) * sizeof(uint64_t);
   }
@@ -344,9 +360,7 @@ class TaskRunner {
       }
     }
     // Pass 4 (Rescale::kL1): L1 norms of every delta before and after sparsification.
-    auto norming = [&](size_t j) {
-      return jobs_[j].rescale == Rescale::kL1 && jobs_[j].sparsify != Sparsify::kNone;
-    };
+    auto norming = [&](size_t j) { return norms(jobs_[j]); };
     bool any_norms = false;
     for (size_t j = begin; j < end; ++j) {
       if (!norming(j)) continue;
@@ -354,6 +368,7 @@ class TaskRunner {
       for (ModelState& ms : states_[j - begin]->models) {
         ms.l1_before.assign(jobs_[j].n_elems / kTile + 1, 0.0);
         ms.l1_after.assign(jobs_[j].n_elems / kTile + 1, 0.0);
+        if (keep_bytes(jobs_[j]) > 0) ms.keep.assign(jobs_[j].n_elems / 64 + 1, 0);
       }
     }
     if (any_norms) {
@@ -527,13 +542,21 @@ class TaskRunner {
 
   // Sparsifies one tile of model k's delta in place: dropped elements become +0,
   // kept ones are rescaled (when `rescale` and the job asks for it).
-  void sparsify_tile(const TaskJob& job, size_t k, const ModelState& ms, uint64_t elem,
-                     size_t n, float* d, bool rescale) const {
+  // DARE's decisions are drawn once: the norm pass (rescale false) records them in
+  // ms.keep when it has room, the apply pass (rescale true) reads them back.
+  void sparsify_tile(const TaskJob& job, size_t k, ModelState& ms, uint64_t elem,
+                     size_t n, float* d, bool rescale) {
     const TaskModel& m = job.models[k];
     if (job.sparsify == Sparsify::kRandom) {
-      uint64_t stream = dare_stream(job.seed, job.tensor_key, static_cast<uint32_t>(k));
       bool by_density = rescale && job.rescale == Rescale::kDensity;
-      method_kernels_.sparsify_random(d, n, stream, elem, m.density, by_density);
+      uint64_t* keep = ms.keep.empty() ? nullptr : ms.keep.data() + elem / 64;  // tiles: whole words
+      if (keep && rescale) {
+        method_kernels_.sparsify_kept(d, n, keep, m.density, by_density);
+      } else {
+        uint64_t stream = dare_stream(job.seed, job.tensor_key, static_cast<uint32_t>(k));
+        method_kernels_.sparsify_random(d, n, stream, elem, m.density, by_density, keep);
+        rng_draws_.fetch_add(n, std::memory_order_relaxed);
+      }
     } else if (job.sparsify != Sparsify::kNone) {
       RankWindowBound lo = bound_at(ms.lo, elem / kTile), hi = bound_at(ms.hi, elem / kTile);
       method_kernels_.sparsify_rank(d, n, &lo, &hi);
@@ -634,6 +657,7 @@ class TaskRunner {
   std::vector<TaskScratch> scratch_;
   std::vector<std::unique_ptr<JobState>> states_;
   size_t batch_begin_ = 0;
+  std::atomic<uint64_t> rng_draws_{0};
 };
 
 }  // namespace
