@@ -26,6 +26,7 @@ struct RunStats {
   int threads = 0;
   double seconds = 0;
   const char* kernel = "";
+  uint64_t rng_draws = 0;  // DARE keep decisions drawn (each element's once per model)
 };
 
 // Called from the thread that called run() every ~100 ms and once at the end

@@ -57,9 +57,11 @@ MappedFile::~MappedFile() {
 
 void MappedFile::prefetch(uint64_t offset, uint64_t n) const {
   uint64_t page = page_n_bytes();
-  // Ranges under a page are left to the kernel's sequential read-ahead: a hint
-  // per tiny tensor would cost a system call each (10^6 of them in some models).
-  if (!data_ || n < page || offset >= n_bytes_) return;
+  // Ranges under kMinPrefetchPages pages are left to the kernel's sequential read-ahead:
+  // a hint per tiny tensor or per row of per-row statistics would cost a system call
+  // each (10^5..10^6 of them), and two threads' hints contend for the mapping's lock.
+  constexpr uint64_t kMinPrefetchPages = 16;
+  if (!data_ || n < kMinPrefetchPages * page || offset >= n_bytes_) return;
   uint64_t begin = offset / page * page;
   uint64_t end = std::min(offset + n, n_bytes_);
   ::madvise(data_ + begin, end - begin, MADV_WILLNEED);

@@ -73,9 +73,15 @@ struct MethodKernels {
   // Elements whose abs_bits equal `bits`.
   uint64_t (*count_equal)(const float* d, size_t n, uint32_t bits);
   // DARE: keep d[i] when float(u24(stream, elem + i)) * 2^-24 < density (then d/density
-  // when by_density), else +0.
+  // when by_density), else +0. When `keep` is not null the decisions are also recorded
+  // there (bit i % 64 of keep[i / 64] set for a kept element; the caller zeroes the
+  // words), so a second pass over the same elements need not draw them again.
   void (*sparsify_random)(float* d, size_t n, uint64_t stream, uint64_t elem, float density,
-                          bool by_density);
+                          bool by_density, uint64_t* keep);
+  // DARE from recorded decisions (as sparsify_random wrote them to `keep`): d[i] (or
+  // d[i]/density when by_density) where bit i is set, else +0.
+  void (*sparsify_kept)(float* d, size_t n, const uint64_t* keep, float density,
+                        bool by_density);
   // Keeps d[i] when !(rank < lo) && (rank < hi), else +0; advances both cursors.
   void (*sparsify_rank)(float* d, size_t n, RankWindowBound* lo, RankWindowBound* hi);
   // d[i] = fp32(d[i] * s)
@@ -93,6 +99,14 @@ struct MethodKernels {
   // tile's elements in index order of double(v[a]) * double(v[b]), from +0.
   void (*gram)(const float* const* v, size_t m, double* sums);
 };
+
+// The Gram sums of one short run (n <= kMethodTileElems, e.g. a filter_wise row): for
+// every pair a <= b (row-major upper triangle, pair p) sums[p] = sum over i < n in
+// index order of double(v[a][i]) * double(v[b][i]), from +0: tile 0 of `gram` without
+// its zero padding (+0 products added to a +0 start change no bit). The pairs' chains
+// advance together, element by element, so the adder is not idle waiting on one
+// chain. Scalar: exact for every m, and short rows are too short for vector set-up.
+void gram_short(const float* const* v, size_t m, size_t n, double* sums);
 
 const MethodKernels& scalar_method_kernels();
 // Defined only when the AVX2 translation unit is compiled in.
@@ -118,6 +132,9 @@ inline uint64_t dare_stream(uint64_t seed, uint64_t key, uint32_t model) {
 }
 inline uint32_t dare_draw(uint64_t stream, uint64_t elem) {
   return static_cast<uint32_t>(mix64(stream + (elem + 1) * kGolden) >> 40);
+}
+inline bool dare_keeps(uint64_t stream, uint64_t elem, float density) {
+  return static_cast<float>(dare_draw(stream, elem)) * 0x1p-24f < density;
 }
 
 }  // namespace ladle

@@ -106,7 +106,7 @@ inline __m256i mix64x4(__m256i z) {
 }
 
 void sparsify_random_avx2(float* d, size_t n, uint64_t stream, uint64_t elem, float density,
-                          bool by_density) {
+                          bool by_density, uint64_t* keep) {
   // Lane j of the counters holds stream + (elem + i + j + 1) * golden (mod 2^64).
   uint64_t first = stream + (elem + 1) * kGolden;
   __m256i lo = _mm256_set_epi64x(static_cast<long long>(first + 3 * kGolden),
@@ -123,14 +123,39 @@ void sparsify_random_avx2(float* d, size_t n, uint64_t stream, uint64_t elem, fl
     __m256i ulo = _mm256_permutevar8x32_epi32(_mm256_srli_epi64(mix64x4(lo), 40), evens);
     __m256i uhi = _mm256_permutevar8x32_epi32(_mm256_srli_epi64(mix64x4(hi), 40), evens);
     __m256 u = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(ulo, uhi, 0x20));
-    __m256 keep = _mm256_cmp_ps(_mm256_mul_ps(u, unit), dens, _CMP_LT_OQ);
+    __m256 kept = _mm256_cmp_ps(_mm256_mul_ps(u, unit), dens, _CMP_LT_OQ);
     __m256 v = _mm256_loadu_ps(d + i);
     if (by_density) v = _mm256_div_ps(v, dens);
-    _mm256_storeu_ps(d + i, _mm256_and_ps(keep, v));
+    _mm256_storeu_ps(d + i, _mm256_and_ps(kept, v));
+    if (keep)  // i is a multiple of 8: the 8 bits never straddle a word
+      keep[i / 64] |= static_cast<uint64_t>(_mm256_movemask_ps(kept)) << (i % 64);
     lo = _mm256_add_epi64(lo, step);
     hi = _mm256_add_epi64(hi, step);
   }
-  scalar_method_kernels().sparsify_random(d + i, n - i, stream, elem + i, density, by_density);
+  for (; i < n; ++i) {  // the scalar reference's step, bit offsets kept
+    bool kept = dare_keeps(stream, elem + i, density);
+    d[i] = kept ? (by_density ? d[i] / density : d[i]) : 0.0f;
+    if (keep) keep[i / 64] |= static_cast<uint64_t>(kept) << (i % 64);
+  }
+}
+
+void sparsify_kept_avx2(float* d, size_t n, const uint64_t* keep, float density,
+                        bool by_density) {
+  const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256 dens = _mm256_set1_ps(density);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    int bits = static_cast<int>((keep[i / 64] >> (i % 64)) & 0xFF);
+    __m256i set = _mm256_and_si256(_mm256_set1_epi32(bits), lane_bit);
+    __m256 kept = _mm256_castsi256_ps(_mm256_cmpeq_epi32(set, lane_bit));
+    __m256 v = _mm256_loadu_ps(d + i);
+    if (by_density) v = _mm256_div_ps(v, dens);
+    _mm256_storeu_ps(d + i, _mm256_and_ps(kept, v));
+  }
+  for (; i < n; ++i) {
+    bool kept = (keep[i / 64] >> (i % 64)) & 1;
+    d[i] = kept ? (by_density ? d[i] / density : d[i]) : 0.0f;
+  }
 }
 
 // Lanes of `bits` below the bound, ties resolved lane by lane in index order.
@@ -264,10 +289,10 @@ void gram_avx2(const float* const* v, size_t m, double* sums) {
   }
 }
 
-const MethodKernels kAvx2{"avx2",          delta_avx2,           histogram_hi_avx2,
-                          histogram_lo_avx2, count_equal_avx2,   sparsify_random_avx2,
-                          sparsify_rank_avx2, scale_avx2,        l1_avx2,
-                          mix_avx2,          gram_avx2};
+const MethodKernels kAvx2{"avx2",             delta_avx2,          histogram_hi_avx2,
+                          histogram_lo_avx2,  count_equal_avx2,    sparsify_random_avx2,
+                          sparsify_kept_avx2, sparsify_rank_avx2,  scale_avx2,
+                          l1_avx2,            mix_avx2,            gram_avx2};
 
 }  // namespace
 

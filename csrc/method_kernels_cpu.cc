@@ -36,10 +36,19 @@ uint64_t count_equal_scalar(const float* d, size_t n, uint32_t bits) {
 }
 
 void sparsify_random_scalar(float* d, size_t n, uint64_t stream, uint64_t elem, float density,
-                            bool by_density) {
+                            bool by_density, uint64_t* keep) {
   for (size_t i = 0; i < n; ++i) {
-    bool keep = static_cast<float>(dare_draw(stream, elem + i)) * 0x1p-24f < density;
-    d[i] = keep ? (by_density ? d[i] / density : d[i]) : 0.0f;
+    bool kept = dare_keeps(stream, elem + i, density);
+    d[i] = kept ? (by_density ? d[i] / density : d[i]) : 0.0f;
+    if (keep) keep[i / 64] |= static_cast<uint64_t>(kept) << (i % 64);
+  }
+}
+
+void sparsify_kept_scalar(float* d, size_t n, const uint64_t* keep, float density,
+                          bool by_density) {
+  for (size_t i = 0; i < n; ++i) {
+    bool kept = (keep[i / 64] >> (i % 64)) & 1;
+    d[i] = kept ? (by_density ? d[i] / density : d[i]) : 0.0f;
   }
 }
 
@@ -115,14 +124,26 @@ void gram_scalar(const float* const* v, size_t m, double* sums) {
   }
 }
 
-const MethodKernels kScalar{"scalar",          delta_scalar,           histogram_hi_scalar,
-                            histogram_lo_scalar, count_equal_scalar,   sparsify_random_scalar,
-                            sparsify_rank_scalar, scale_scalar,        l1_scalar,
-                            mix_scalar,          gram_scalar};
+const MethodKernels kScalar{"scalar",           delta_scalar,           histogram_hi_scalar,
+                            histogram_lo_scalar,  count_equal_scalar,     sparsify_random_scalar,
+                            sparsify_kept_scalar, sparsify_rank_scalar,   scale_scalar,
+                            l1_scalar,            mix_scalar,             gram_scalar};
 
 }  // namespace
 
 const MethodKernels& scalar_method_kernels() { return kScalar; }
+
+void gram_short(const float* const* v, size_t m, size_t n, double* sums) {
+  size_t n_pairs = m * (m + 1) / 2;
+  for (size_t p = 0; p < n_pairs; ++p) sums[p] = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    size_t pair = 0;
+    for (size_t a = 0; a < m; ++a) {
+      double x = static_cast<double>(v[a][i]);
+      for (size_t b = a; b < m; ++b, ++pair) sums[pair] += x * static_cast<double>(v[b][i]);
+    }
+  }
+}
 
 void near_swap_tile(const float* a, const float* b, float t, float* out, size_t n) {
   const float kMinDiff = 1e-6f;

@@ -107,6 +107,9 @@ struct ModelState {
   std::vector<uint64_t> hist_hi;
   Selection lo, hi;  // kept: !(rank < lo.rank) && (rank < hi.rank)
   std::vector<double> l1_before, l1_after;  // Rescale::kL1: per-tile partial sums
+  // DARE with Rescale::kL1: the keep decisions the norm pass drew, one bit per element,
+  // so the apply pass reuses them instead of drawing the stream again (empty: redraw).
+  std::vector<uint64_t> keep;
   bool scaled = false;
   float scale = 1.0f;
   bool selects() const { return lo.active() || hi.active(); }
@@ -184,6 +187,7 @@ class TaskRunner {
       for (uint64_t f = 0; f < job.n_elems; f += chunk_elems_) ++stats.n_chunks;
     }
     stats.bytes_read = pool_->bytes_read();
+    stats.rng_draws = rng_draws_.load();
     stats.chunk_elems = chunk_elems_;
     stats.threads = threads_;
     stats.kernel = kernels_.name;
@@ -212,8 +216,20 @@ class TaskRunner {
     return job.sparsify == Sparsify::kMagnitude || job.sparsify == Sparsify::kOutliers;
   }
 
-  static uint64_t selection_bytes(const TaskJob& job) {
-    if (!selects(job)) return 0;
+  static bool norms(const TaskJob& job) {
+    return job.rescale == Rescale::kL1 && job.sparsify != Sparsify::kNone;
+  }
+
+  // DARE's keep bits of every model of `job`, when the norm pass records them: only
+  // while they fit the statistics' share of the budget (else the apply pass redraws).
+  uint64_t keep_bytes(const TaskJob& job) const {
+    if (job.sparsify != Sparsify::kRandom || !norms(job)) return 0;
+    uint64_t bytes = job.models.size() * (job.n_elems / 64 + 1) * sizeof(uint64_t);
+    return bytes <= state_limit(options_) ? bytes : 0;
+  }
+
+  uint64_t selection_bytes(const TaskJob& job) const {
+    if (!selects(job)) return keep_bytes(job);
     return job.models.size() * (kHiBins + 2ull * kLoBins) * sizeof(uint64_t) +
            job.models.size() * 2 * (job.n_elems / kTile + 1) * sizeof(uint64_t);
   }
@@ -340,9 +356,7 @@ class TaskRunner {
       }
     }
     // Pass 4 (Rescale::kL1): L1 norms of every delta before and after sparsification.
-    auto norming = [&](size_t j) {
-      return jobs_[j].rescale == Rescale::kL1 && jobs_[j].sparsify != Sparsify::kNone;
-    };
+    auto norming = [&](size_t j) { return norms(jobs_[j]); };
     bool any_norms = false;
     for (size_t j = begin; j < end; ++j) {
       if (!norming(j)) continue;
@@ -350,6 +364,7 @@ class TaskRunner {
       for (ModelState& ms : states_[j - begin]->models) {
         ms.l1_before.assign(jobs_[j].n_elems / kTile + 1, 0.0);
         ms.l1_after.assign(jobs_[j].n_elems / kTile + 1, 0.0);
+        if (keep_bytes(jobs_[j]) > 0) ms.keep.assign(jobs_[j].n_elems / 64 + 1, 0);
       }
     }
     if (any_norms) {
@@ -523,13 +538,21 @@ class TaskRunner {
 
   // Sparsifies one tile of model k's delta in place: dropped elements become +0,
   // kept ones are rescaled (when `rescale` and the job asks for it).
-  void sparsify_tile(const TaskJob& job, size_t k, const ModelState& ms, uint64_t elem,
-                     size_t n, float* d, bool rescale) const {
+  // DARE's decisions are drawn once: the norm pass (rescale false) records them in
+  // ms.keep when it has room, the apply pass (rescale true) reads them back.
+  void sparsify_tile(const TaskJob& job, size_t k, ModelState& ms, uint64_t elem,
+                     size_t n, float* d, bool rescale) {
     const TaskModel& m = job.models[k];
     if (job.sparsify == Sparsify::kRandom) {
-      uint64_t stream = dare_stream(job.seed, job.tensor_key, static_cast<uint32_t>(k));
       bool by_density = rescale && job.rescale == Rescale::kDensity;
-      method_kernels_.sparsify_random(d, n, stream, elem, m.density, by_density);
+      uint64_t* keep = ms.keep.empty() ? nullptr : ms.keep.data() + elem / 64;  // tiles: whole words
+      if (keep && rescale) {
+        method_kernels_.sparsify_kept(d, n, keep, m.density, by_density);
+      } else {
+        uint64_t stream = dare_stream(job.seed, job.tensor_key, static_cast<uint32_t>(k));
+        method_kernels_.sparsify_random(d, n, stream, elem, m.density, by_density, keep);
+        rng_draws_.fetch_add(n, std::memory_order_relaxed);
+      }
     } else if (job.sparsify != Sparsify::kNone) {
       RankWindowBound lo = bound_at(ms.lo, elem / kTile), hi = bound_at(ms.hi, elem / kTile);
       method_kernels_.sparsify_rank(d, n, &lo, &hi);
@@ -630,6 +653,7 @@ class TaskRunner {
   std::vector<TaskScratch> scratch_;
   std::vector<std::unique_ptr<JobState>> states_;
   size_t batch_begin_ = 0;
+  std::atomic<uint64_t> rng_draws_{0};
 };
 
 }  // namespace
@@ -741,20 +765,11 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
           v.push_back(x);
         }
         if (one_tile) {
-          // The kernel's tile-0 chain without its zero padding: adding +0 products to
-          // a sum that starts at +0 changes no bit, so the result is the same.
-          size_t pair = 0;
-          for (size_t a = 0; a < m; ++a) {
-            for (size_t b = a; b < m; ++b, ++pair) {
-              double sum = 0.0;
-              for (size_t i = 0; i < n; ++i)
-                sum += static_cast<double>(v[a][i]) * static_cast<double>(v[b][i]);
-              sums[pair * kGramTiles] = sum;
-            }
-          }
-        } else {
-          method_kernels.gram(v.data(), m, sums.data());
+          gram_short(v.data(), m, n, sums.data());
+          for (size_t p = 0; p < n_pairs; ++p) part[p * n_tiles + elem / kTile] = sums[p];
+          continue;
         }
+        method_kernels.gram(v.data(), m, sums.data());
         for (uint64_t t = 0; t * kTile < n; ++t)
           for (size_t p = 0; p < n_pairs; ++p)
             part[p * n_tiles + (elem / kTile + t)] = sums[p * kGramTiles + t];

@@ -102,6 +102,7 @@ inline pybind11::dict stats_to_dict(const RunStats& stats) {
   out["threads"] = stats.threads;
   out["seconds"] = stats.seconds;
   out["kernel"] = stats.kernel;
+  out["rng_draws"] = stats.rng_draws;
   return out;
 }
 

@@ -132,3 +132,38 @@ def test_gram_sums_each_tile_in_index_order(kernel, base):
     for chunk in (0, 2048, 3 * 2048):
         grams, _ = ladle._core.run_grams(plan, jobs, threads=2, chunk_elems=chunk, kernel=kernel)
         assert grams[0] == expected
+
+
+def _dare_l1(kernel: str, threads: int, chunk: int, budget: int, densities) -> tuple[bytes, int]:
+    """DARE-TIES with L1 rescale on memory buffers: (output bytes, RNG draws)."""
+    rng = np.random.default_rng(11)
+    n = 2 * 2048 + 2049 + 13  # whole tiles, a partial word and a partial tile
+    vecs = [(np.round(rng.standard_normal(n) * 16) / 16).astype(F32) for _ in range(4)]
+    vecs[2][[3, 100, 4097]] = [np.nan, np.inf, -0.0]
+    out = np.zeros(n, dtype=F32)
+    plan = ladle._core.Plan()
+    srcs = [plan.add_memory_source(f"v{k}", v.ctypes.data, v.nbytes) for k, v in enumerate(vecs)]
+    sink = plan.add_memory_sink("out", out.ctypes.data, out.nbytes)
+    jobs = ladle._core.MethodJobs()
+    jobs.add_task("w", n, sink, 0, "F32", (srcs[0], 0, "F32"),
+                  [(s, 0, "F32", w, d, 0, n) for s, w, d in zip(srcs[1:], (0.7, -0.4, 1.3),
+                                                                 densities)],
+                  "random", "sum", True, "l1", 1.0, 7)
+    stats = ladle._core.run_tasks(plan, jobs, threads=threads, chunk_elems=chunk,
+                                  memory_budget=budget, kernel=kernel)
+    return out.tobytes(), stats["rng_draws"]
+
+
+@pytest.mark.parametrize("densities", [(0.4, 0.6, 0.25), (0.0, 1.0, 0.5)])
+def test_dare_l1_draws_each_decision_once(densities):
+    # The L1 pass records DARE's keep bits and the apply pass reuses them: 3 models × n
+    # draws, not 6; with no room for the bits (tiny budget) it redraws, same output, and
+    # the AVX2 record/replay kernels match the scalar ones bit for bit.
+    n = 2 * 2048 + 2049 + 13
+    kernels = ["scalar"] + (["avx2"] if ladle.build_info()["avx2_cpu"] else [])
+    want, draws = _dare_l1("scalar", 1, 0, 256 << 20, densities)
+    assert draws == 3 * n
+    for kernel in kernels:
+        for threads, chunk in ((1, 2048), (2, 2048), (2, 0)):
+            assert _dare_l1(kernel, threads, chunk, 256 << 20, densities) == (want, 3 * n)
+        assert _dare_l1(kernel, 2, 2048, 64, densities) == (want, 6 * n)

@@ -100,6 +100,23 @@ def test_model_stock_filter_wise_matches_reference(tmp_path, monkeypatch, dtype,
     assert read_checkpoint(whole)["model.scale"][2] == outs[0]["model.scale"][2]
 
 
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_model_stock_ratios_vectorised_bit_for_bit(n):
+    # filter_wise rows take their ratios from one vectorised call: the same bits as
+    # model_stock_t row by row, zero rows, NaN/inf sums and near-zero norms included.
+    rng = np.random.default_rng(n)
+    grams = []
+    for row in range(400):
+        v = rng.standard_normal((n, 7)) * 10.0 ** rng.integers(-8, 4)
+        g = (v @ v.T).ravel().tolist()
+        if row % 7 == 0:
+            g[int(rng.integers(n * n))] = [math.nan, math.inf, 0.0, -0.0, 1e-300][row % 5]
+        grams.append([0.0] * (n * n) if row % 11 == 0 else g)
+    got = methods.model_stock_ratios(grams, n)
+    want = [methods.model_stock_t(g, n) for g in grams]
+    assert np.array(got).tobytes() == np.array(want).tobytes()
+
+
 def test_model_stock_filter_wise_recipe_and_errors(tmp_path):
     paths, raws = _models(tmp_path, "BF16", n_models=2)
     recipe = {"merge_method": "model_stock", "base_model": str(paths[0]),

@@ -35,6 +35,7 @@ class _RunStatsDict(TypedDict):
     threads: int
     seconds: float
     kernel: str
+    rng_draws: int  # DARE keep decisions drawn (run_tasks)
 
 
 def read_header(path: _PathLike, tensor_info: type | None = None,
