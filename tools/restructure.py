@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib.util
 import re
 import subprocess
 import sys
@@ -95,12 +96,12 @@ MAPPING: dict[str, str] = {
 KEEP = {"__init__", "__main__", "errors", "scores"}
 
 PACKAGE_DOCS: dict[str, str] = {
-    "formats": "Inputs: checkpoint files and directories read header-only, tensor sets of "
-               "every input kind, key maps and patterns.",
-    "engine": "Plans and their execution: the bridge to the C++ core, outputs written "
-              "atomically, live modules, verification and torch.distributed ranks.",
-    "methods": "Merge methods: linear merges, the mergekit-style methods, recipes, slices, "
-               "tokenizers and LoRA extraction.",
+    "formats": "Inputs: checkpoint files and directories read header-only, tensor sets of\n"
+               "every input kind, key maps and patterns.\n",
+    "engine": "Plans and their execution: the bridge to the C++ core, outputs written\n"
+              "atomically, live modules, verification and torch.distributed ranks.\n",
+    "methods": "Merge methods: linear merges, the mergekit-style methods, recipes, slices,\n"
+               "tokenizers and LoRA extraction.\n",
     "soups": "Model soups, WiSE-FT sweeps and ensembles over live models.",
     "cli": "The ``ladle`` command line.",
 }
@@ -436,9 +437,24 @@ def main(argv: list[str] | None = None) -> int:
         git("add", str(path))
     for old, new in moves:
         git("mv", str(old), str(new))
+    destinations = dict(moves)
+    sort_imports([destinations.get(p, p) for p in rewrites if p.suffix == ".py"]
+                 + [p for p, _ in inits])
     print(f"restructure: {len(rewrites)} files rewritten, {len(moves)} modules moved, "
           f"{len(inits)} packages created")
     return 0
+
+
+def sort_imports(paths: list[Path]) -> None:
+    """Renamed imports sort differently; the project's ruff (isort rules) re-sorts them."""
+    if not paths:
+        return
+    command = [sys.executable, "-m", "ruff", "check", "--fix", "--select", "I", "--quiet"]
+    if importlib.util.find_spec("ruff") is None:
+        print("restructure: ruff is not installed here; sort the imports with\n  "
+              + " ".join(command[2:] + ["python", "tests", "benchmarks", "tools"]))
+        return
+    subprocess.run(command + [str(p) for p in paths], check=False)
 
 
 if __name__ == "__main__":
