@@ -102,7 +102,7 @@ def layer(module: str) -> str:
     CLI, which dispatches to them and whose option types they share."""
     parts = module.split(".")
     if len(parts) > 2 and parts[-1] == "cli":
-        return "ladle.cli"
+        return f"{parts[0]}.cli"  # (spelled so that tools/restructure.py leaves it)
     return ".".join(parts[:2])
 
 
