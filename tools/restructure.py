@@ -226,10 +226,13 @@ def new_target(target: str, names: list[str], layout: Layout) -> str:
     return ".".join(["ladle", layout.new_module(name), *parts[2:]])
 
 
-def from_root(name: str, layout: Layout) -> str:
-    """The package that ``from ladle import <name>`` must now import name from."""
-    if name not in layout.moved or name in layout.shadowed or name in REEXPORT:
-        return "ladle"  # stays, or the public object ladle/__init__.py binds to it
+def from_root(name: str, layout: Layout, face: bool) -> str:
+    """The package that ``from ladle import <name>`` must now import name from; in
+    ladle/__init__.py (the face) a re-exporting package stays what it imports."""
+    if name not in layout.moved or (name in REEXPORT and face):
+        return "ladle"
+    if name in layout.shadowed and name not in REEXPORT:
+        return "ladle"  # the public object ladle/__init__.py binds to the name
     return f"ladle.{layout.moved[name]}"
 
 
@@ -251,14 +254,14 @@ def alias_text(aliases: list[ast.alias]) -> str:
 
 
 def rewrite_import(node: ast.ImportFrom, segment: str, here: str, there: str,
-                   layout: Layout) -> str:
+                   layout: Layout, face: bool) -> str:
     """The statement ``from ... import ...`` (text segment, in package ``here``) once
     the layout is new and the file sits in package ``there``."""
     target = absolute_target(node, here)
     if target == "ladle":
         groups: dict[str, list[ast.alias]] = {}
         for alias in node.names:
-            groups.setdefault(from_root(alias.name, layout), []).append(alias)
+            groups.setdefault(from_root(alias.name, layout, face), []).append(alias)
     else:
         groups = {new_target(target, [a.name for a in node.names], layout): list(node.names)}
     if list(groups) == [target] and (here == there or not node.level):
@@ -287,7 +290,8 @@ def rewrite_python_imports(source: str, path: Path, layout: Layout) -> str:
         if not inside and (node.level or (node.module or "").split(".")[0] != "ladle"):
             continue
         old = ast.get_source_segment(source, node) or ""
-        new = rewrite_import(node, old, here, there, layout)
+        new = rewrite_import(node, old, here, there, layout,
+                             face=path == PACKAGE_DIR / "__init__.py")
         if new != old:
             start = offsets[node.lineno - 1] + node.col_offset
             end = offsets[node.end_lineno - 1] + node.end_col_offset
@@ -328,9 +332,8 @@ def rewrite_dotted(text: str, layout: Layout, markdown: bool) -> str:
                 return m[0]
             if markdown and name in REEXPORT and names and set(names) <= public_names(name):
                 return m[0]
-        elif lead == "import" and attr is None:
-            if name in REEXPORT:
-                return m[0]
+        elif lead == "import":
+            pass  # `import ladle.X` imports the module X
         elif attr is None and (name in layout.shadowed or name in REEXPORT):
             return m[0]  # `ladle.merge` is the public function, `ladle.methods` the package
         elif markdown and name in REEXPORT and attr in public_names(name):
