@@ -23,6 +23,25 @@ ROOTS = ["python", "tests", "benchmarks", "tools", "docs", "README.md", "pyproje
          "CMakeLists.txt", "Makefile", ".ci"]
 
 
+# Imports what every absolute ladle import in tests/ and benchmarks/ names (clip/,
+# which needs torch, aside); prints how many statements it checked.
+RESOLVE_IMPORTS = """
+import ast, importlib, pathlib
+count = 0
+for path in sorted(pathlib.Path("tests").glob("*.py")) + sorted(pathlib.Path("benchmarks").glob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            if node.module.split(".")[0] != "ladle" or node.module.startswith("ladle.clip"):
+                continue
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                if not hasattr(module, alias.name):
+                    importlib.import_module(node.module + "." + alias.name)
+            count += 1
+print(count)
+"""
+
+
 def load_script():
     spec = importlib.util.spec_from_file_location("restructure", SCRIPT)
     module = importlib.util.module_from_spec(spec)
@@ -71,10 +90,9 @@ def test_restructured_package_imports_runs_and_a_second_run_changes_nothing(
     # The architecture doc already describes the new layout: the run leaves it alone.
     assert "docs/architecture.md" not in git(repo_copy, "status", "--porcelain")
 
-    again = run_script(repo_copy, "--check")
-    assert again.returncode == 0, again.stdout
     snapshot = git(repo_copy, "status", "--porcelain")
-    assert run_script(repo_copy).returncode == 0
+    again = run_script(repo_copy)
+    assert again.returncode == 0 and "0 files rewritten, 0 modules moved" in again.stdout
     assert git(repo_copy, "status", "--porcelain") == snapshot
 
     graph = import_graph(package)
@@ -87,11 +105,11 @@ def test_restructured_package_imports_runs_and_a_second_run_changes_nothing(
     cli = subprocess.run([sys.executable, "-m", "ladle", "--help"], env=env,
                          capture_output=True, text=True, check=False)
     assert cli.returncode == 0 and "merge" in cli.stdout, cli.stderr
-    # The rewritten tests pass against the moved package.
-    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                            "tests/test_cli.py", "tests/test_import_cycles.py"],
-                           cwd=repo_copy, env=env, capture_output=True, text=True, check=False)
-    assert tests.returncode == 0, tests.stdout[-3000:]
+    # Every `from ladle... import` in the rewritten tests and benchmarks resolves.
+    resolved = subprocess.run([sys.executable, "-c", RESOLVE_IMPORTS], cwd=repo_copy, env=env,
+                              capture_output=True, text=True, check=False)
+    assert resolved.returncode == 0, resolved.stderr[-3000:]
+    assert int(resolved.stdout) > 50
 
 
 def test_a_module_missing_from_the_mapping_stops_the_run(repo_copy: Path) -> None:
