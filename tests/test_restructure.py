@@ -99,7 +99,11 @@ def test_restructured_package_imports_runs_and_a_second_run_changes_nothing(
     assert find_cycles(graph) == [] and find_cycles(layer_graph(graph)) == []
     env = {**os.environ, "PYTHONPATH": str(package.parent)}
     probe = ("import ladle, ladle.methods; from ladle.engine import plan; "
-             "assert callable(ladle.methods.merge_models) and callable(ladle.merge)")
+             "assert callable(ladle.methods.merge_models) and callable(ladle.merge); "
+             # the demo's children import this package, not one a level too deep
+             "import os, pathlib, ladle.cli.demo as demo; "
+             "assert demo._child_env()['PYTHONPATH'].split(os.pathsep)[0] == "
+             "str(pathlib.Path(ladle.__file__).resolve().parent.parent)")
     run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
     cli = subprocess.run([sys.executable, "-m", "ladle", "--help"], env=env,
