@@ -387,7 +387,7 @@ def files_to_rewrite() -> list[Path]:
         or p.parent == Path(".ci"))]
 
 
-def package_init(package: str, layout: Layout) -> str:
+def package_init(package: str) -> str:
     text = f'"""{PACKAGE_DOCS[package]}"""\n'
     if package in REEXPORT:
         names = sorted(public_names(package))
@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(text)
     for path, package in inits:
         path.parent.mkdir(exist_ok=True)
-        path.write_text(package_init(package, layout))
+        path.write_text(package_init(package))
         git("add", str(path))
     for old, new in moves:
         git("mv", str(old), str(new))
