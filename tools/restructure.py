@@ -38,7 +38,8 @@ from pathlib import Path
 
 PACKAGE_DIR = Path("python/ladle")
 
-# Where each top-level module of python/ladle goes: one place for every module.
+# Where each top-level module of python/ladle goes: one place for every module. Rows
+# for modules that do not exist (yet: other branches add them) are skipped.
 MAPPING: dict[str, str] = {
     # formats/: reading checkpoints (headers only) and tensor sets of every input kind
     "checkpoint": "formats",
@@ -68,6 +69,8 @@ MAPPING: dict[str, str] = {
     "live": "engine",
     "live_cuda": "engine",
     "load": "engine",
+    "sum_plan": "engine",      # (issue14-perf)
+    "row_stream": "engine",    # (issue18-geo)
     # methods/: what every output tensor is computed from
     "merge": "methods",
     "methods": "methods",
@@ -76,6 +79,10 @@ MAPPING: dict[str, str] = {
     "slices": "methods",
     "tokenizer": "methods",
     "lora": "methods",
+    "chat_templates": "methods",   # (issue18-geo)
+    "fusion": "methods",           # (issue18-geo)
+    "nuslerp_columns": "methods",  # (issue18-geo)
+    "sphere": "methods",           # (issue18-geo)
     # soups/: soups, WiSE-FT sweeps and ensembles of live models
     "soups": "soups",
     "learned": "soups",
