@@ -61,7 +61,9 @@ def run_demo(workdir: Path, size_bytes: int, alpha: float = 0.5) -> int:
 
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
+    import ladle  # the package root: right wherever this module sits inside it
+
+    root = str(Path(ladle.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
