@@ -53,6 +53,7 @@ MAPPING: dict[str, str] = {
     "dtype_rules": "formats",
     "synthetic": "formats",
     "_bulk": "formats",
+    "set_checkpoint": "formats",
     # engine/: plans, the bridge to the C++ core, outputs, verification, ranks
     "plan": "engine",
     "preflight": "engine",
@@ -83,6 +84,8 @@ MAPPING: dict[str, str] = {
     "fusion": "methods",           # (issue18-geo)
     "nuslerp_columns": "methods",  # (issue18-geo)
     "sphere": "methods",           # (issue18-geo)
+    "method_engine": "methods",
+    "lora_apply": "methods",
     # soups/: soups, WiSE-FT sweeps and ensembles of live models
     "soups": "soups",
     "learned": "soups",
