@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import ladle
-from ladle._units import parse_size
+from ladle.engine._units import parse_size
 
 HERE = Path(__file__).resolve().parent
 
@@ -68,7 +68,7 @@ def bench_kernel(torch, gib: float, repeat: int) -> None:
         inputs = [torch.empty(n_elems, dtype=dtype, device="cuda").normal_() for _ in range(k)]
         out = torch.empty_like(inputs[0])
         weights = [1.0 / k] * k
-        summer = ladle.cuda.DeviceSum([out], *[[x] for x in inputs])
+        summer = ladle.engine.cuda.DeviceSum([out], *[[x] for x in inputs])
         t = _time_cuda(torch, lambda s=summer, w=weights: s(w), repeat)
         bw = _gbps((k + 1) * src.nbytes, t)
 
@@ -178,7 +178,7 @@ def bench_sweep(torch, workdir: Path) -> None:
     # GPU-resident: endpoints stay on the GPU, one launch per α into the live tensors.
     g0 = {k: v.cuda() for k, v in theta0.items()}
     g1 = {k: v.cuda() for k, v in theta1.items()}
-    wise = ladle.cuda.DeviceSum(live, g0, g1)
+    wise = ladle.engine.cuda.DeviceSum(live, g0, g1)
     wise.interpolate(0.0)
     torch.cuda.synchronize()
     t0 = time.perf_counter()

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import ladle
-from ladle._units import parse_size
+from ladle.engine._units import parse_size
 
 WORKER = """
 import json, os, sys, time, ladle

@@ -29,7 +29,7 @@ import yaml
 from compare import child_env, dir_bytes, remove, run_ceiling, run_tool
 from llama_checkpoints import checkpoint_files, generate_checkpoints
 
-from ladle._units import format_size, parse_size
+from ladle.engine._units import format_size, parse_size
 
 METHODS = ("linear", "ties", "dare_ties", "breadcrumbs", "slerp", "model_stock",
            "model_stock_filter_wise", "nuslerp", "nearswap", "della", "della_linear",

@@ -21,7 +21,7 @@ from pathlib import Path
 from compare import REPO, child_env, dir_bytes, ladle_cmd, remove, run_ceiling, run_tool
 from llama_checkpoints import generate_checkpoints
 
-from ladle._units import parse_size
+from ladle.engine._units import parse_size
 
 
 def convert(src: Path, dst: Path, dtype: str) -> Path:

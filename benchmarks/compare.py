@@ -34,7 +34,7 @@ try:
 except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(REPO / "python"))
     import ladle
-from ladle._units import format_size, parse_size
+from ladle.engine._units import format_size, parse_size
 
 LADLE_PYTHONPATH = str(Path(ladle.__file__).resolve().parent.parent)
 _ITEM_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}

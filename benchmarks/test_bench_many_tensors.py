@@ -15,7 +15,7 @@ from bench_many_tensors import measure, report, write_tiny_tensors
 from safetensors import safe_open
 
 import ladle
-from ladle.verify import verify
+from ladle.engine.verify import verify
 
 N_TENSORS = int(os.environ.get("LADLE_BENCH_TENSORS", "2000"))
 

@@ -18,7 +18,7 @@ import yaml
 from conftest import gb_per_s
 
 import ladle
-from ladle.recipe import load_recipe, run_recipe
+from ladle.methods.recipe import load_recipe, run_recipe
 
 ROUNDS = int(os.environ.get("LADLE_BENCH_ROUNDS", "3"))
 
@@ -56,7 +56,7 @@ def test_extract_lora(benchmark, llama_checkpoints, bench_dir: Path) -> None:
     pytest.importorskip("torch")
     base, tuned = llama_checkpoints(2)
     out = bench_dir / "out-lora"
-    reports: list[ladle.lora.LoraReport] = []
+    reports: list[ladle.methods.lora.LoraReport] = []
 
     benchmark.pedantic(lambda: reports.append(ladle.extract_lora(base, tuned, out, rank=16,
                                                                  device="cpu",

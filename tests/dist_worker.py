@@ -13,8 +13,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ladle
-from ladle import distributed
-from ladle.output import OutputDir
+from ladle.engine import distributed
+from ladle.engine.output import OutputDir
 
 RANK = int(os.environ.get("RANK", "0"))  # the test imports method_options too
 WORLD = int(os.environ.get("WORLD_SIZE", "1"))
@@ -106,7 +106,7 @@ def method_options(job: dict, method: str) -> dict:
 
 
 def _merge_method(job: dict, method: str, out: str, **extra):
-    from ladle.methods import merge_models
+    from ladle.methods.methods import merge_models
 
     options = method_options(job, method)
     return merge_models(method, options.pop("models"), out, **options, **extra)
@@ -122,7 +122,7 @@ def slerp(job: dict) -> dict:
 
 
 def recipe(job: dict) -> dict:
-    from ladle.cli import main as cli_main
+    from ladle.cli.cli import main as cli_main
 
     out = job["out"] + f".recipe.w{WORLD}"
     rc = cli_main(["merge", "--config", job["recipe"], "-o", out, "--quiet", "--distributed",
@@ -138,7 +138,7 @@ def ties_resume(job: dict) -> dict:
 
 def bin_inputs(job: dict) -> dict:
     """A linear merge and TIES of the .bin copies of the inputs, distributed."""
-    from ladle.methods import merge_models
+    from ladle.methods.methods import merge_models
 
     base, *models = job["bin_inputs"]
     common = {"max_shard_size": job["shard"], "threads": 1, "progress": False,

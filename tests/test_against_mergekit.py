@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from ladle.cli import main
+from ladle.cli.cli import main
 
 from mergekit_env import mergekit_python, run_mergekit
 from st_io import read_checkpoint
@@ -87,7 +87,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
-    from ladle.synthetic import LlamaShape, write_llama_checkpoint
+    from ladle.formats.synthetic import LlamaShape, write_llama_checkpoint
 
     tmp = tmp_path_factory.mktemp("llama")
     shape = LlamaShape(64, 128, 4, 2, 256, 2)

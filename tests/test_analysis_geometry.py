@@ -11,7 +11,7 @@ import torch
 
 import ladle
 from ladle.analysis import baselines, geometry, plane, soup_vs_ensemble
-from ladle.cli import main
+from ladle.cli.cli import main
 from ladle.errors import LadleValueError
 
 from toy_models import data, mlp, neg_loss

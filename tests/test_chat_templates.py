@@ -1,4 +1,4 @@
-"""The named chat templates (ladle.chat_templates): each renders conversations exactly
+"""The named chat templates (ladle.methods.chat_templates): each renders conversations exactly
 as mergekit's template of that name does under transformers' chat-template
 environment (expected prompts written out here), and a recipe's
 ``chat_template: NAME`` writes that template into the output."""
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from ladle.chat_templates import BUILTIN_TEMPLATES
-from ladle.cli import main
+from ladle.cli.cli import main
+from ladle.methods.chat_templates import BUILTIN_TEMPLATES
 
 from st_io import write_raw
 

@@ -1,4 +1,4 @@
-"""The ``ladle`` command line, run in-process through ``ladle.cli.main`` and once
+"""The ``ladle`` command line, run in-process through ``ladle.cli.cli.main`` and once
 as ``python -m ladle`` in a subprocess.
 
 Outputs are checked against the Python API (byte for byte where the call is the
@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 import ladle
-from ladle.cli import main
+from ladle.cli.cli import main
 
 from child_env import child_env
 

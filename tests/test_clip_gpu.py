@@ -14,9 +14,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import ladle
+from ladle.engine.live_cuda import StagedLoader, on_cuda
 from ladle.errors import MismatchError
-from ladle.live_cuda import StagedLoader, on_cuda
-from ladle.sources import open_input
+from ladle.formats.sources import open_input
 
 from toy_models import TiedNet
 

@@ -233,7 +233,7 @@ def test_cli_pipeline_end_to_end(tmp_path):
     }
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(cfg))
-    from ladle.cli import main
+    from ladle.cli.cli import main
 
     out = tmp_path / "run"
     assert main(["clip", "demo", "--config", str(path), "--out", str(out), "--quiet"]) == 0

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 
 import ladle
-from ladle.cli import main
+from ladle.cli.cli import main
 from ladle.clip.models import create_clip
 
 from reference import combine

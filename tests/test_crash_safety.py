@@ -31,8 +31,8 @@ from safetensors.numpy import save_file
 
 import ladle
 from ladle import _core
+from ladle.engine.output import MANIFEST_NAME, OutputDir
 from ladle.errors import LadleError, LadleIOError, LadleValueError
-from ladle.output import MANIFEST_NAME, OutputDir
 
 from child_env import child_env
 from st_io import write_old_ladle_output
@@ -261,7 +261,7 @@ def test_cli_resume_and_verify(inputs, reference, tmp_path: Path):
 
 
 def test_verify_single_file_with_explicit_recipe(inputs, tmp_path: Path):
-    from ladle.verify import verify
+    from ladle.engine.verify import verify
 
     dest = tmp_path / "out.safetensors"
     merge_quiet(inputs, dest)
@@ -392,9 +392,9 @@ def test_input_truncated_during_a_method_merge_is_an_error(tmp_path: Path, monke
     out = tmp_path / "out"
     with pytest.raises(LadleIOError, match=TRUNCATED) as info:
         if method == "ties":
-            ladle.methods.ties(paths[0], paths[1:], out, weights=[0.5, 0.5], progress=False)
+            ladle.methods.methods.ties(paths[0], paths[1:], out, weights=[0.5, 0.5], progress=False)
         else:
-            ladle.methods.slerp(paths[0], paths[1], 0.5, out, progress=False)
+            ladle.methods.methods.slerp(paths[0], paths[1], 0.5, out, progress=False)
     assert info.value.errno == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base.safetensors", "m1.safetensors",
                                                           "m2.safetensors"]

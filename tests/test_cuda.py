@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 import ladle
-from ladle import cli
-from ladle.cuda import EMULATOR, DeviceSum, cuda_info
+from ladle.cli import cli
+from ladle.engine.cuda import EMULATOR, DeviceSum, cuda_info
 
 from reference import combine, from_f32, random_raw
 from st_io import read_checkpoint, write_raw, write_sharded
@@ -184,7 +184,7 @@ def test_int_policy_max_matches_the_cpu_engine(tmp_path, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_torch_bin_inputs_on_the_device(tmp_path, device):
-    """PyTorch .bin directories (memory-mapped by ladle.torch_bin) stream to the
+    """PyTorch .bin directories (memory-mapped by ladle.formats.torch_bin) stream to the
     device like safetensors: same bytes as the CPU engine, config copied."""
     torch = pytest.importorskip("torch")
     g = torch.Generator().manual_seed(4)
@@ -464,7 +464,7 @@ def _run_method(name, paths, out, device, **options):
     parameters, per_model = METHOD_RUNS[name]
     base = None if name in ("linear", "nuslerp_rows") else paths[0]
     models = paths[1:len(per_model) + 1] if base else paths[:len(per_model)]
-    return ladle.methods.merge_models(
+    return ladle.methods.methods.merge_models(
         method, models, out, base_model=base, parameters=parameters, model_parameters=per_model,
         seed=7, rescale_mode="density" if name == "dare_density" else "l1", device=device,
         progress=False, **options)
@@ -496,7 +496,7 @@ def test_ties_threshold_ties_keep_lowest_indices_on_device(tmp_path, device):
     b = write_raw(tmp_path / "x.safetensors", {"w": ("F32", [n], (base + delta).tobytes())})
     for chunk in (2048, 4096, 0):
         out = tmp_path / f"o{chunk}.safetensors"
-        ladle.methods.merge_models("ties", [b], out, base_model=a, chunk_elems=chunk,
+        ladle.methods.methods.merge_models("ties", [b], out, base_model=a, chunk_elems=chunk,
                                    model_parameters=[{"weight": 1.0, "density": 0.3}],
                                    device=device, progress=False)
         got = np.frombuffer(read_checkpoint(out)["w"][2], dtype=np.float32)
@@ -515,12 +515,12 @@ def test_method_check_finite_on_device(tmp_path, device):
     b = write_raw(tmp_path / "b.safetensors", {"w": ("F32", [3], nan)})
     out = tmp_path / "o.safetensors"
     with pytest.raises(ladle.NonFiniteError, match="b.safetensors: tensor 'w'.*element 1"):
-        ladle.methods.ties(a, [b], out, weights=[1.0], density=0.5, check_finite=True,
+        ladle.methods.methods.ties(a, [b], out, weights=[1.0], density=0.5, check_finite=True,
                            device=device, progress=False)
     big = np.array([3e38, 1.0, 3e38], dtype=np.float32).tobytes()
     c = write_raw(tmp_path / "c.safetensors", {"w": ("F32", [3], big)})
     with pytest.raises(ladle.NonFiniteError, match="tensor 'w': merged value at element 0"):
-        ladle.methods.task_arithmetic(a, [c, c], out, weights=[1.0, 1.0], check_finite=True,
+        ladle.methods.methods.task_arithmetic(a, [c, c], out, weights=[1.0, 1.0], check_finite=True,
                                       device=device, progress=True)  # the bar runs too
     assert not out.exists() and not list(tmp_path.glob("*partial*"))
 
@@ -554,9 +554,9 @@ def test_methods_on_an_unusable_cuda_device_are_a_clear_backend_error(tmp_path, 
     b = write_raw(tmp_path / "b.safetensors", {"w": ("F32", [3], b"\0" * 12)})
     out = tmp_path / "o.safetensors"
     with pytest.raises(ladle.BackendError, match=f"device '{bad}' requested but"):
-        ladle.methods.ties(a, [b], out, weights=[1.0], device=bad, progress=False)
+        ladle.methods.methods.ties(a, [b], out, weights=[1.0], device=bad, progress=False)
     with pytest.raises(ladle.BackendError, match=f"device '{bad}' requested but"):
-        ladle.methods.merge_models("slerp", [b], out, base_model=a, parameters={"t": 0.5},
+        ladle.methods.methods.merge_models("slerp", [b], out, base_model=a, parameters={"t": 0.5},
                                    device=bad, progress=False)
     assert not out.exists() and not list(tmp_path.glob("*partial*"))
     capsys.readouterr()

@@ -19,7 +19,7 @@ if not torch.distributed.is_available():
     pytest.skip("this torch build has no torch.distributed", allow_module_level=True)
 
 import ladle
-from ladle.distributed import partition, wanted
+from ladle.engine.distributed import partition, wanted
 
 from toy_models import data, ingredients, mlp
 
@@ -158,8 +158,8 @@ def test_two_ranks_methods_and_recipes(job):
     distributed TIES run resumes from the shards both ranks finished."""
     from dist_worker import method_options
 
-    from ladle.cli import main as cli_main
-    from ladle.methods import merge_models
+    from ladle.cli.cli import main as cli_main
+    from ladle.methods.methods import merge_models
 
     tmp, spec, _ = job
     ranks = _launch(tmp, 2, "ties", "slerp", "recipe", "ties_resume", "bin_inputs")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ladle
-from ladle.cuda import cuda_info
+from ladle.engine.cuda import cuda_info
 from ladle.errors import LadleValueError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ladle.cli import main
+from ladle.cli.cli import main
 from ladle.errors import MismatchError, printable
 
 from st_io import write_raw

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import ladle
-from ladle.cli import main
+from ladle.cli.cli import main
 from ladle.errors import LadleValueError
-from ladle.methods import ties
+from ladle.methods.methods import ties
 
 from reference import combine, fp8_encode, from_f32, random_raw, to_f32
 from st_io import read_checkpoint, write_raw

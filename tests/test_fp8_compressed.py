@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import ladle
-from ladle.cli import main
+from ladle.cli.cli import main
 from ladle.errors import LadleValueError
 
 from reference import combine, fp8_encode, random_raw, to_f32

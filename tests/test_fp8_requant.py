@@ -14,7 +14,7 @@ import torch
 from test_fp8_blocks import BLOCK, PLAIN, SCALED, deepseek_checkpoint, deepseek_tensors, dequantized
 
 import ladle
-from ladle.cli import main
+from ladle.cli.cli import main
 from ladle.errors import LadleError, LadleValueError
 
 from reference import combine, to_f32
@@ -166,7 +166,7 @@ def test_fresh_scales_stay_in_their_weights_shard(tmp_path):
 
 
 def test_fp8_is_refused_by_the_task_vector_methods(tmp_path):
-    from ladle.methods import ties
+    from ladle.methods.methods import ties
 
     plain = {"w": ("F32", [4, 4], np.ones(16, np.float32).tobytes())}
     a, b = write_raw(tmp_path / "a.safetensors", plain), write_raw(tmp_path / "b.safetensors",

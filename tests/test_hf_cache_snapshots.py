@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import ladle
-from ladle.cli import main
+from ladle.cli.cli import main
 from ladle.errors import FormatError
 
 from reference import combine

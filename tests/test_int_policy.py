@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from test_cli import assert_one_line_error, run_cli
 
 import ladle
+from ladle.engine.verify import verify
 from ladle.errors import LadleValueError, MismatchError
-from ladle.verify import verify
 
 from st_io import write_raw
 

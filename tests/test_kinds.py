@@ -1,4 +1,4 @@
-"""The string enums of ladle.kinds name exactly the sets the C++ core accepts,
+"""The string enums of ladle.engine.kinds name exactly the sets the C++ core accepts,
 and the public API keeps taking plain strings as well as the members."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import pytest
 
 import ladle
 from ladle import _core
+from ladle.engine.kinds import IntPolicy, JobKind, Kernel, parse_kind
+from ladle.engine.plan import INT_POLICIES, check_int_policy
 from ladle.errors import LadleValueError
-from ladle.kinds import IntPolicy, JobKind, Kernel, parse_kind
-from ladle.plan import INT_POLICIES, check_int_policy
 
 
 def test_job_kinds_are_the_cores() -> None:

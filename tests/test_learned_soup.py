@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import ladle
-from ladle.learned import layer_of
+from ladle.soups.learned import layer_of
 
 from child_env import child_env
 from toy_models import TiedNet, data, ingredients, mlp
@@ -144,7 +144,7 @@ def test_learned_soup_checks_out_before_any_step(tmp_path):
     with pytest.raises(ladle.errors.LadleValueError, match="destination exists"):
         ladle.learned_soup(mlp(9), paths, [(x, y)], epochs=1, loss_fn=loss_fn, out=taken)
     # The class API too: fit() checks out= before its first step.
-    soup = ladle.learned.LearnedSoup(mlp(9), paths)
+    soup = ladle.soups.learned.LearnedSoup(mlp(9), paths)
     with pytest.raises(ladle.errors.LadleValueError, match="destination exists"):
         soup.fit([(x, y)], epochs=1, loss_fn=loss_fn, out=taken)
     with pytest.raises(OSError, match="parent directory does not exist"):

@@ -90,7 +90,7 @@ def test_cli_refuses_out_of_range_option(tmp_path: Path, command: str, option: l
 @pytest.mark.parametrize("option,pattern", BAD_OPTIONS)
 def test_cli_refuses_out_of_range_option_in_process(tmp_path: Path, capsys, option: list[str],
                                                     pattern: str):
-    from ladle.cli import main
+    from ladle.cli.cli import main
 
     inputs = make_pair(tmp_path)
     try:  # argparse exits for --threads; sizes are checked by the API (returns 2)
@@ -129,7 +129,7 @@ def test_api_refuses_out_of_range_option(tmp_path: Path, options: dict, pattern:
             ladle.merge([load_file(str(p)) for p in inputs], [0.5, 0.5], out, progress=False,
                         **options)
         else:
-            ladle.methods.merge_models("linear", inputs, out, progress=False,
+            ladle.methods.methods.merge_models("linear", inputs, out, progress=False,
                                        model_parameters=[{"weight": 1.0}] * 2, **options)
     assert_nothing_left(tmp_path, inputs)
 
@@ -200,7 +200,7 @@ ladle.merge([tmp / "files", tmp / "files"], [0.5, 0.5], tmp / "from_many", max_s
             progress=False)
 live = load_file(str(a))
 ladle.merge([live, live], [0.5, 0.5], tmp / "live", max_shard_size=1, progress=False)
-ladle.methods.merge_models("linear", [a, b], tmp / "method", max_shard_size=1, progress=False,
+ladle.methods.methods.merge_models("linear", [a, b], tmp / "method", max_shard_size=1, progress=False,
                            model_parameters=[{"weight": 0.5}] * 2)
 _core._set_enospc_fault_after(int(sys.argv[2]))
 try:
@@ -257,7 +257,7 @@ def test_single_file_header_over_the_format_limit_is_refused_before_writing(tmp_
 def test_directory_output_splits_shards_before_the_header_limit(monkeypatch):
     """Into a directory, shards are split so that no header nears the limit
     (here lowered to 2.5 MB so the test stays small), whatever max_shard_size."""
-    from ladle import plan
+    from ladle.engine import plan
 
     monkeypatch.setattr(plan, "HEADER_SPLIT_BYTES", 2_500_000)
     outputs = [plan.OutputTensor(f"{i:06d}" + "x" * 99_994, "F32", (1,), "copy", [], 4, 1)

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import ladle
-from ladle.cli import main
+from ladle.cli.cli import main
 from ladle.errors import MismatchError
 
 from toy_models import TiedNet, mlp

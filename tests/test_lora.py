@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import ladle
-from ladle.cli import main
+from ladle.cli.cli import main
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -11,7 +11,7 @@ import pytest
 from test_lora import _adapter, _llama
 
 import ladle
-from ladle.cli import main
+from ladle.cli.cli import main
 from ladle.errors import LadleValueError, LadleWarning
 
 torch = pytest.importorskip("torch")

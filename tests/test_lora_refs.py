@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ladle.cli import main
+from ladle.cli.cli import main
 from ladle.errors import LadleValueError
-from ladle.lora_apply import lora_ref_path, lora_view
+from ladle.methods.lora_apply import lora_ref_path, lora_view
 
 from st_io import read_checkpoint
 
@@ -156,7 +156,7 @@ def test_resume_and_unknown_parts_are_refused(tmp_path, base, capsys):
     assert _run(tmp_path, base, adapter, "--resume") == 2
     assert "without --resume" in capsys.readouterr().err
     with pytest.raises(LadleValueError, match="both parts local paths"):
-        from ladle.recipe import parse_recipe
+        from ladle.methods.recipe import parse_recipe
 
         parse_recipe({"merge_method": "linear",
                       "models": [{"model": f"{base}+{tmp_path}/nope",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ladle
-from ladle import methods
+from ladle.methods import methods
 
 from st_io import write_raw
 

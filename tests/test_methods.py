@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import ladle
-from ladle import methods
 from ladle.errors import LadleValueError, MismatchError
+from ladle.methods import methods
 
 from reference import combine, from_f32, to_f32
 from st_io import read_checkpoint, write_raw
@@ -436,7 +436,7 @@ def test_resolve_setting_gradients_and_filters():
 # Resume: an interrupted method run keeps its finished shards.
 
 def test_interrupted_method_run_resumes_from_finished_shards(tmp_path, monkeypatch):
-    from ladle.output import OutputDir
+    from ladle.engine.output import OutputDir
 
     rng = np.random.default_rng(11)
     paths, _ = make_models(tmp_path, rng, 2)

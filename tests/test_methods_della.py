@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from test_methods import dare_u24, reference_mix
 
-from ladle import methods
 from ladle.errors import LadleError, LadleValueError
+from ladle.methods import methods
 
 from reference import from_f32, to_f32
 from st_io import read_checkpoint, write_raw
@@ -172,7 +172,7 @@ def test_della_keep_masks_recomputed_when_over_budget(tmp_path):
 
 def test_della_recipe(tmp_path):
     """`merge_method: della` from a YAML recipe gives the Python API's bytes."""
-    from ladle.recipe import load_recipe, run_recipe
+    from ladle.methods.recipe import load_recipe, run_recipe
 
     paths, _ = make_models(tmp_path, np.random.default_rng(4), 3, "BF16")
     api = run_della(tmp_path, "della", paths, "api.safetensors")

@@ -1,4 +1,4 @@
-"""arcee_fusion (ladle.fusion): bit-exact against a plain numpy reference written here
+"""arcee_fusion (ladle.methods.fusion): bit-exact against a plain numpy reference written here
 (docs/methods.md's order; quantiles from a full sort, not the streamed radix select),
 independent of threads and block size, close to mergekit's torch code, from recipes,
 with clear errors."""
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import yaml
 
-from ladle import fusion, methods, row_stream
-from ladle.cli import main
+from ladle.cli.cli import main
+from ladle.engine import row_stream
 from ladle.errors import LadleValueError
+from ladle.methods import fusion, methods
 
 from reference import from_f32, to_f32
 from st_io import read_checkpoint, write_raw

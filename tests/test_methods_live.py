@@ -10,8 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 from safetensors.torch import save_file
 
-from ladle import methods
 from ladle.errors import LadleValueError
+from ladle.methods import methods
 
 from st_io import read_checkpoint
 

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import yaml
 
-from ladle import _core, methods
-from ladle.cli import main
+from ladle import _core
+from ladle.cli.cli import main
 from ladle.errors import LadleValueError
+from ladle.methods import methods
 
 from reference import combine, from_f32, to_f32
 from st_io import read_checkpoint, write_raw

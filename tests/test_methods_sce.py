@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from test_methods import seq_sum64
 
-from ladle import methods
 from ladle.errors import LadleValueError
+from ladle.methods import methods
 
 from reference import from_f32, to_f32
 from st_io import read_checkpoint, write_raw
@@ -106,7 +106,7 @@ def test_sce_independent_of_threads_and_chunks(tmp_path):
 
 
 def test_sce_recipe_and_refusals(tmp_path):
-    from ladle.recipe import load_recipe, run_recipe
+    from ladle.methods.recipe import load_recipe, run_recipe
 
     paths, _ = make_models(tmp_path, np.random.default_rng(4), 2, "BF16")
     api = run_sce(tmp_path, paths, 0.5, "api.safetensors")

@@ -1,4 +1,4 @@
-"""multislerp and karcher (ladle.sphere): bit-exact against plain references written
+"""multislerp and karcher (ladle.methods.sphere): bit-exact against plain references written
 here in docs/methods.md's order (fp64 Gram sums tiled as the engine tiles them,
 coefficients in fp64, the fp32 weighted sum or base + task program), close to
 mergekit's tensor formulas (transcribed in torch), independent of threads and
@@ -13,9 +13,9 @@ import pytest
 import yaml
 from test_methods_mergekit import SHAPES, _models, _tiled_sum64
 
-from ladle import methods
-from ladle.cli import main
+from ladle.cli.cli import main
 from ladle.errors import LadleValueError
+from ladle.methods import methods
 
 from reference import combine, from_f32, to_f32
 from st_io import read_checkpoint, write_raw

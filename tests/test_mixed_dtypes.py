@@ -1,6 +1,6 @@
 """Inputs of different float dtypes per tensor (F16, BF16, F32, F64, FP8) merge under
 the arithmetic contract, bit for bit against tests/reference.py; F64 runs in fp64;
-the default output dtype is the widest input dtype (ladle.dtype_rules)."""
+the default output dtype is the widest input dtype (ladle.formats.dtype_rules)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import ladle
-from ladle.dtype_rules import widest_dtype
+from ladle.formats.dtype_rules import widest_dtype
 
 from reference import combine, random_raw
 from st_io import read_checkpoint, read_raw, write_raw
@@ -29,7 +29,7 @@ def test_mixed_inputs_match_contract(tmp_path, out_dtype, kernel):
 
 @pytest.mark.parametrize("out_dtype", [None, "F8_E4M3", "F64", "BF16"])
 def test_mixed_inputs_on_cuda_emulator(tmp_path, out_dtype):
-    from ladle.cuda import EMULATOR, cuda_info
+    from ladle.engine.cuda import EMULATOR, cuda_info
 
     if not cuda_info()["compiled"]:
         pytest.skip(f"CUDA backend not built: {cuda_info()['error']}")
@@ -60,7 +60,7 @@ def _check_mixed(tmp_path, out_dtype: str | None, **engine) -> None:
         assert got[name][0] == want_dtype, name
         assert got[name][2] == combine([r[name][2] for r in raws], dtypes, weights,
                                        want_dtype), name
-    from ladle.verify import verify
+    from ladle.engine.verify import verify
 
     assert verify(out, sample=-1).ok
 
@@ -89,7 +89,7 @@ def test_f64_is_computed_in_fp64(tmp_path):
 
 
 def test_fp16_with_fp32_from_cli(tmp_path):
-    from ladle.cli import main
+    from ladle.cli.cli import main
 
     rng = np.random.default_rng(3)
     w = rng.standard_normal((4, 5)).astype(np.float32)

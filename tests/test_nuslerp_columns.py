@@ -13,8 +13,9 @@ import pytest
 import yaml
 from test_methods_mergekit import SHAPES, _models, _nuslerp_reference
 
-from ladle import methods, row_stream
-from ladle.cli import main
+from ladle.cli.cli import main
+from ladle.engine import row_stream
+from ladle.methods import methods
 
 from reference import from_f32, to_f32
 from st_io import read_checkpoint

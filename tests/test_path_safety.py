@@ -23,11 +23,11 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import ladle
-from ladle import output as output_module
-from ladle.cli import main
+from ladle.cli.cli import main
+from ladle.engine import output as output_module
+from ladle.engine.verify import verify
 from ladle.errors import FormatError, LadleValueError, LadleWarning
-from ladle.recipe import load_recipe, run_recipe
-from ladle.verify import verify
+from ladle.methods.recipe import load_recipe, run_recipe
 
 from child_env import child_env
 from st_io import write_old_ladle_output
@@ -155,7 +155,7 @@ def test_python_api_refuses_before_reading_inputs(tmp_path, zs_ft):
     with pytest.raises(LadleValueError, match="the output contains the input"):
         ladle.save(garbage, ft, overwrite=True)  # ladle convert
     with pytest.raises(LadleValueError, match="lies inside the input directory"):
-        ladle.methods.merge_models("ties", [ft], ft / "out", base_model=zs,
+        ladle.methods.methods.merge_models("ties", [ft], ft / "out", base_model=zs,
                                    parameters={"density": 1.0}, progress=False)
     broken = _model(tmp_path / "broken", 0.0)
     (broken / "model.safetensors").write_bytes(b"\xff" * 16)  # its header is never parsed
@@ -412,7 +412,7 @@ def test_yaml_alias_bomb_is_refused_at_once(tmp_path):
     recipe = tmp_path / "bomb.yml"
     recipe.write_text(_bomb(_model(tmp_path / "m", 1.0)))
     assert recipe.stat().st_size < 2048
-    code = ("import time, ladle.recipe as r\nt = time.perf_counter()\ntry:\n"
+    code = ("import time, ladle.methods.recipe as r\nt = time.perf_counter()\ntry:\n"
             f"    r.load_recipe({str(recipe)!r})\nexcept ValueError as e:\n"
             "    print(f'{time.perf_counter() - t:.3f}', e)\n")
     # On a build without the bound this expands 9**11 nodes: the timeout ends it.

@@ -9,7 +9,7 @@ from safetensors.numpy import load_file, save_file
 import ladle
 from ladle.analysis.geometry import Gram
 from ladle.errors import LadleValueError
-from ladle.methods import merge_models
+from ladle.methods.methods import merge_models
 
 NAMES = ["layer.0.weight", "layer.0.bias", "head.weight"]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import ladle
-from ladle.cli import main
+from ladle.cli.cli import main
 from ladle.errors import LadleValueError
 
 from st_io import write_raw

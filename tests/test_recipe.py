@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from ladle.cli import main
-from ladle.recipe import parse_recipe
+from ladle.cli.cli import main
+from ladle.methods.recipe import parse_recipe
 
 from reference import from_f32, to_f32
 from st_io import read_checkpoint, write_raw
@@ -64,7 +64,7 @@ def test_ties_recipe_runs_and_matches_api(tmp_path, models):
               "tokenizer_source": str(a), "chat_template": "chatml"}
     rc, out = _run(tmp_path, recipe)
     assert rc == 0
-    from ladle import methods
+    from ladle.methods import methods
 
     api = tmp_path / "api.safetensors"
     methods.merge_models("ties", [a, b], api, base_model=base, progress=False,

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ladle.cli import main
+from ladle.cli.cli import main
 from ladle.errors import LadleValueError
-from ladle.recipe import load_recipe, run_recipe
+from ladle.methods.recipe import load_recipe, run_recipe
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

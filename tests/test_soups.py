@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import ladle
-from ladle.cli import main
+from ladle.cli.cli import main
 from ladle.errors import LadleValueError
 
 from toy_models import data, ingredients, mlp, neg_loss
@@ -118,10 +118,10 @@ def test_orders_and_sampling_with_replacement(tmp_path):
     assert [h["candidate"] for h in a.history] == [h["candidate"] for h in b.history]
     r = ladle.greedy_soup(model, paths, evaluate, with_replacement=True, n_steps=9)
     assert len(r.history) == 9 and sum(r.counts) == sum(h["accepted"] for h in r.history)
-    assert ladle.soups.candidate_order(3, order="given", with_replacement=True,
+    assert ladle.soups.soups.candidate_order(3, order="given", with_replacement=True,
                                        n_steps=5) == [0, 1, 2, 0, 1]
     with pytest.raises(LadleValueError):
-        ladle.soups.candidate_order(3, order="best")
+        ladle.soups.soups.candidate_order(3, order="best")
 
 
 def test_logit_and_greedy_ensembles(tmp_path):

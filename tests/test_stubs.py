@@ -75,7 +75,7 @@ def test_core_stub_names_every_export_and_nothing_else() -> None:
 
 
 def test_cuda_stub_names_every_export_and_nothing_else() -> None:
-    from ladle import cuda
+    from ladle.engine import cuda
 
     module = cuda._module()
     if module is None:

@@ -1,4 +1,4 @@
-"""Same-layout merges planned in C++ (ladle.sum_plan, issue 14: 10^6-tensor
+"""Same-layout merges planned in C++ (ladle.engine.sum_plan, issue 14: 10^6-tensor
 checkpoints): the bulk plan must write byte for byte what the general Python path
 writes, fall back to it for anything special, and word mismatches as it does.
 ``include="*"`` selects every tensor but forces the general path."""
@@ -12,11 +12,11 @@ import pytest
 
 import ladle
 from ladle import _core
-from ladle.checkpoint import open_checkpoint
+from ladle.engine.plan import build_plan, describe
+from ladle.engine.verify import verify
 from ladle.errors import MismatchError
-from ladle.plan import build_plan, describe
-from ladle.tensor_info import TensorInfo
-from ladle.verify import verify
+from ladle.formats.checkpoint import open_checkpoint
+from ladle.formats.tensor_info import TensorInfo
 
 from st_io import ITEM, write_raw
 

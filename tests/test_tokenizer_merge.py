@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ladle.cli import main
+from ladle.cli.cli import main
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

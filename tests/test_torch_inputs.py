@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ladle
-from ladle.cli import main
+from ladle.cli.cli import main
 from ladle.errors import FormatError
 
 from reference import combine
@@ -72,7 +72,7 @@ def test_bin_dirs_stream_verify_and_copy_config(tmp_path):
 def test_resume_with_bin_inputs(tmp_path, monkeypatch):
     from test_crash_safety import interrupt_after
 
-    from ladle.output import MANIFEST_NAME, OutputDir
+    from ladle.engine.output import MANIFEST_NAME, OutputDir
 
     da = _hf_bin_dir(tmp_path / "a", _state(0), 2)
     db = _hf_bin_dir(tmp_path / "b", _state(1), 2)

@@ -18,8 +18,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import ladle
+from ladle.engine.verify import verify
 from ladle.errors import FormatError
-from ladle.verify import verify
 
 from child_env import child_env
 
@@ -123,7 +123,7 @@ def test_live_and_method_single_file_outputs_are_checksummed(tmp_path: Path, mer
     live = tmp_path / "live.safetensors"
     ladle.save(load_file(str(inputs[0])), live)
     method = tmp_path / "method.safetensors"
-    ladle.methods.merge_models("linear", inputs, method, progress=False,
+    ladle.methods.methods.merge_models("linear", inputs, method, progress=False,
                                model_parameters=[{"weight": 0.5}] * 2)
     for out in (live, method):
         assert "ladle_file_crc32c" in ladle.open(out).metadata
@@ -197,7 +197,7 @@ def test_sparse_tensors_in_pt_inputs(tmp_path: Path, capsys):
     """In-process CLI (torch is slow to import in a child); one subprocess run
     shows the same single line from ``python -m ladle``."""
     torch = pytest.importorskip("torch")
-    from ladle.cli import main
+    from ladle.cli.cli import main
 
     dense = tmp_path / "dense.pt"
     torch.save({"w": torch.ones(4, 4), "b": torch.ones(4)}, dense)

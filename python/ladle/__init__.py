@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from . import errors, methods
 from ._core import build_info
-from .checkpoint import Checkpoint, TensorInfo
-from .checkpoint import open_checkpoint as open
-from .cuda import cuda_available, cuda_info
-from .ensembles import EnsembleResult, greedy_ensemble, logit_ensemble
+from .engine.cuda import cuda_available, cuda_info
+from .engine.live import Loader
+from .engine.load import load_into
+from .engine.writer import save
 from .errors import (
     BackendError,
     CancelledError,
@@ -26,21 +26,21 @@ from .errors import (
     MismatchError,
     NonFiniteError,
 )
-from .learned import LearnedSoup, LearnedSoupResult, learned_soup
-from .live import Loader
-from .load import load_into
-from .lora import LoraReport, extract_lora
-from .merge import MergeReport, interpolate, merge, soup
-from .results import ResultsLog
-from .selection import (
+from .formats.checkpoint import Checkpoint, TensorInfo
+from .formats.checkpoint import open_checkpoint as open
+from .methods.lora import LoraReport, extract_lora
+from .methods.merge import MergeReport, interpolate, merge, soup
+from .soups.ensembles import EnsembleResult, greedy_ensemble, logit_ensemble
+from .soups.learned import LearnedSoup, LearnedSoupResult, learned_soup
+from .soups.results import ResultsLog
+from .soups.selection import (
     best_id_without_ood_loss,
     best_on_heldout,
     best_ood_without_id_loss,
     fixed_alpha,
 )
-from .soups import SoupResult, greedy_soup, uniform_soup
-from .wiseft import SweepPoint, wiseft_sweep
-from .writer import save
+from .soups.soups import SoupResult, greedy_soup, uniform_soup
+from .soups.wiseft import SweepPoint, wiseft_sweep
 
 __version__ = build_info()["version"]
 

@@ -110,7 +110,7 @@ def wiseft_soup(theta0: Any, soup: Any | Sequence[Any], alpha: float, out: Any,
     Returns:
         The :class:`ladle.MergeReport`.
     """
-    from ..merge import interpolate, merge
+    from ..methods.merge import interpolate, merge
 
     if isinstance(soup, (list, tuple)):
         k = len(soup)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cli_types import COUNT, FINITE, THREADS
+from ..cli.cli_types import COUNT, FINITE, THREADS
 from ..errors import LadleValueError
 
 
@@ -125,7 +125,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def _evaluate_models(args: argparse.Namespace) -> int:
-    from ..cli_soups import load_hook
+    from ..cli.cli_soups import load_hook
 
     model = load_hook(args.model, "--model")()
     evaluate = load_hook(args.evaluate, "--evaluate")

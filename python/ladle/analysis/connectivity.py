@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..selection import _check, _endpoint
+from ..soups.selection import _check, _endpoint
 
 
 def lmc_check(alphas: Sequence[float], accs: Sequence[float], *, tol: float = 0.0) -> list[bool]:

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from .._units import engine_options
+from ..engine._units import engine_options
 from ..errors import LadleValueError, MismatchError
-from ..patterns import as_patterns
-from ..sources import TensorSet, open_input
+from ..formats.patterns import as_patterns
+from ..formats.sources import TensorSet, open_input
 
 #: Name patterns (fnmatch, case-insensitive) of gain-like parameters that the paper
 #: leaves out of φ: biases and normalisation scales/shifts.
@@ -223,8 +223,8 @@ def pairwise_interpolation_advantage(module: Any, thetas: Sequence[Any],
     Example:
         >>> r = pairwise_interpolation_advantage(model, paths, heldout_acc)  # doctest: +SKIP
     """
-    from ..live import Loader
-    from ..sources import target_set
+    from ..engine.live import Loader
+    from ..formats.sources import target_set
 
     k = len(thetas)
     if k < 2:

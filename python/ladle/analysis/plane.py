@@ -102,8 +102,8 @@ def evaluate_plane(module: Any, theta0: Any, theta1: Any, theta2: Any,
     Returns:
         A :class:`PlaneGrid`.
     """
-    from ..live import Loader
-    from ..sources import open_input, target_set
+    from ..engine.live import Loader
+    from ..formats.sources import open_input, target_set
 
     sets = [open_input(x) for x in (theta0, theta1, theta2)]
     loader = Loader(target_set(module), sets, key_map=key_map, strict=strict, threads=threads)

@@ -93,8 +93,8 @@ def module_predict(module: Any, theta0: Any, theta1: Any, forward: Callable[[Any
         >>> predict = module_predict(model, "zs/", "ft/", lambda m: m(x))  # doctest: +SKIP
         >>> soup_ensemble_gap(predict, y)                                  # doctest: +SKIP
     """
-    from ..live import Loader
-    from ..sources import open_input, target_set
+    from ..engine.live import Loader
+    from ..formats.sources import open_input, target_set
 
     loader = Loader(target_set(module), [open_input(theta0), open_input(theta1)],
                     key_map=key_map, strict=strict, threads=threads)

@@ -157,7 +157,7 @@ def finetune(model: ImageClassifier, train: ImageSet, cfg: FinetuneConfig, *,
     Example:
         >>> finetune(model, train, FinetuneConfig(mode="lc", epochs=5))   # doctest: +SKIP
     """
-    from ..results import as_log
+    from ..soups.results import as_log
 
     if cfg.mode == "flyp":
         raise ValueError("mode flyp trains both CLIP towers: use ladle.clip.flyp.flyp_finetune "

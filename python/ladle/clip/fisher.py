@@ -100,7 +100,7 @@ def fisher_merge_into(module: Any, theta0: str | os.PathLike, theta1: str | os.P
     from safetensors import safe_open
 
     from ..errors import MismatchError
-    from ..sources import module_tensors
+    from ..formats.sources import module_tensors
 
     targets = module_tensors(module)
     with safe_open(str(theta0), "pt") as t0, safe_open(str(theta1), "pt") as t1, \

@@ -59,7 +59,7 @@ def flyp_finetune(clip: Any, tokenizer: Any, train: Any, classnames: Sequence[st
         ``(classifier, history)``: the :class:`~.zeroshot.ImageClassifier` of the
         fine-tuned towers (CPU, eval mode) and per-epoch ``{"epoch", "loss"}``.
     """
-    from ..results import as_log
+    from ..soups.results import as_log
     from .finetune import _optimizer, _steps_per_epoch, lr_at
     from .loaders import EpochSampler, train_loader
     from .precision import autocast_context, to_device

@@ -45,7 +45,7 @@ def pretrain_clip(clip: Any, tokenizer: Any, data: ImageSet, *, epochs: int = 8,
         >>> pretrain_clip(clip, tok, data, epochs=1)["steps"]      # doctest: +SKIP
         24
     """
-    from ..results import as_log
+    from ..soups.results import as_log
 
     if not data.captions:
         raise ValueError(f"{data.name}: contrastive pre-training needs captions")

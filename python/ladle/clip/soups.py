@@ -57,10 +57,10 @@ def _heldout_batches(exp: Experiment, batch_size: int = 256) -> list[tuple[Any, 
 def model_stock_model(exp: Experiment, finetuned: list[Any], out: Path) -> Any:
     """Model Stock for CLIP (Jang et al. 2024): the fine-tuned models' mean pulled
     toward the pre-trained θ0 by t = k·cosθ / ((k − 1)·cosθ + 1) per tensor (θ the
-    mean pairwise angle of the deltas), via :func:`ladle.methods.model_stock`;
+    mean pairwise angle of the deltas), via :func:`ladle.methods.methods.model_stock`;
     saved as ``model_stock.safetensors`` and loaded into a fresh classifier."""
     import ladle
-    from ladle.methods import model_stock
+    from ladle.methods.methods import model_stock
 
     if len(finetuned) < 2:
         raise ValueError(f"model stock needs at least 2 fine-tuned models, got {len(finetuned)}")

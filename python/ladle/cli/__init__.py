@@ -1,0 +1,1 @@
+"""The ``ladle`` command line."""

@@ -1,0 +1,3 @@
+"""Plans and their execution: the bridge to the C++ core, outputs written
+atomically, live modules, verification and torch.distributed ranks.
+"""

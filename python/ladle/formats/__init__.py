@@ -1,0 +1,3 @@
+"""Inputs: checkpoint files and directories read header-only, tensor sets of
+every input kind, key maps and patterns.
+"""

@@ -1,0 +1,1 @@
+"""Model soups, WiSE-FT sweeps and ensembles over live models."""
