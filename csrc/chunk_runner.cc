@@ -258,6 +258,20 @@ void guard_reads(const Plan& plan, const std::string& tensor, const std::functio
         EIO);
 }
 
+const uint8_t* input_ptr(const Plan& plan, const JobInput& in, uint64_t elem) {
+  return plan.sources[in.source].base + in.offset + elem * item_n_bytes(in.dtype);
+}
+
+void check_finite_input(const Plan& plan, const std::string& tensor, const JobInput& in,
+                        uint64_t elem, size_t n) {
+  size_t bad = n;
+  guard_reads(plan, tensor, [&] { bad = find_nonfinite(in.dtype, input_ptr(plan, in, elem), n); });
+  LADLE_CHECK(bad == n, ErrorKind::kNonFinite,
+              "%s: tensor '%s': non-finite value (NaN or Inf) at element %llu",
+              plan.sources[in.source].label.c_str(), tensor.c_str(),
+              (unsigned long long)(elem + bad));
+}
+
 int resolve_threads(int threads) {
   LADLE_CHECK(threads >= 0 && threads <= kMaxThreads, ErrorKind::kValue,
               "threads must be from 0 (all cores) to %d, got %d", kMaxThreads, threads);

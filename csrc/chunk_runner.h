@@ -104,6 +104,15 @@ class ChunkSet {
 // no object with a destructor (plain loads: kernels, memcpy, conversions).
 void guard_reads(const Plan& plan, const std::string& tensor, const std::function<void()>& body);
 
+// Element `elem` of input `in` in its mapped source.
+const uint8_t* input_ptr(const Plan& plan, const JobInput& in, uint64_t elem);
+
+// Raises kNonFinite naming the input's source, `tensor` and the element when one of
+// the `n` elements of `in` from `elem` on is NaN or Inf (reads guarded): the
+// --check-finite test of the method runners.
+void check_finite_input(const Plan& plan, const std::string& tensor, const JobInput& in,
+                        uint64_t elem, size_t n);
+
 // Most worker threads a run may ask for (the Python layer refuses more, too).
 constexpr int kMaxThreads = 1024;
 

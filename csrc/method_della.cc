@@ -358,11 +358,11 @@ class DellaRunner {
     s->mixed.resize(block);
     bool by_probability = job.rescale == DellaRescale::kProbability;
     for (uint64_t first = item.first_elem; first < item.first_elem + item.n_elems; first += block) {
-      if (options_.check_finite) check_finite_input(job, job.base, first, block);
+      if (options_.check_finite) check_finite_input(plan_, job.name, job.base, first, block);
       load_base(job, first, block, s->base.data());
       for (size_t k = 0; k < n_models; ++k) {
         const DellaModel& m = job.models[k];
-        if (options_.check_finite) check_finite_input(job, m.input, first, block);
+        if (options_.check_finite) check_finite_input(plan_, job.name, m.input, first, block);
         float* wd = s->wd.data() + k * block;
         load_delta(job, m.input, first, block, s->base.data(), wd);
         Prune prune = prune_of(m);
@@ -392,15 +392,6 @@ class DellaRunner {
       }
     }
     span.commit();
-  }
-
-  void check_finite_input(const DellaJob& job, const JobInput& in, uint64_t elem, size_t n) const {
-    size_t bad = n;
-    guard_reads(plan_, job.name, [&] { bad = find_nonfinite(in.dtype, input_ptr(in, elem), n); });
-    LADLE_CHECK(bad == n, ErrorKind::kNonFinite,
-                "%s: tensor '%s': non-finite value (NaN or Inf) at element %llu",
-                plan_.sources[in.source].label.c_str(), job.name.c_str(),
-                (unsigned long long)(elem + bad));
   }
 
   const Plan& plan_;

@@ -211,11 +211,13 @@ class SceRunner {
   // (fp64 two-pass over the models, rounded to fp32 once).
   void load_tile(const SceJob& job, uint64_t elem, size_t n, Scratch* s) const {
     size_t m = job.models.size();
+    if (options_.check_finite) {  // before the guarded loads: its own reads are guarded
+      check_finite_input(plan_, job.name, job.base, elem, n);
+      for (size_t k = 0; k < m; ++k) check_finite_input(plan_, job.name, job.models[k], elem, n);
+    }
     guard_reads(plan_, job.name, [&] {
-      if (options_.check_finite) check_finite(job, job.base, elem, n);
       kernels_.accumulate(job.base.dtype, input_ptr(job.base, elem), 1.0f, s->base.data(), n, true);
       for (size_t k = 0; k < m; ++k) {
-        if (options_.check_finite) check_finite(job, job.models[k], elem, n);
         method_kernels_.delta(job.models[k].dtype, input_ptr(job.models[k], elem), s->base.data(),
                               s->tv.data() + k * kTile, n);
       }
@@ -340,14 +342,6 @@ class SceRunner {
       }
     });
     span.commit();
-  }
-
-  void check_finite(const SceJob& job, const JobInput& in, uint64_t elem, size_t n) const {
-    size_t bad = find_nonfinite(in.dtype, input_ptr(in, elem), n);
-    LADLE_CHECK(bad == n, ErrorKind::kNonFinite,
-                "%s: tensor '%s': non-finite value (NaN or Inf) at element %llu",
-                plan_.sources[in.source].label.c_str(), job.name.c_str(),
-                (unsigned long long)(elem + bad));
   }
 
   const Plan& plan_;

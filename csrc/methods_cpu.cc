@@ -55,10 +55,6 @@ uint64_t method_chunk_elems(uint64_t per_elem_bytes, const EngineOptions& option
   return (chunk + kTile - 1) / kTile * kTile;
 }
 
-const uint8_t* input_ptr(const Plan& plan, const JobInput& in, uint64_t elem) {
-  return plan.sources[in.source].base + in.offset + elem * item_n_bytes(in.dtype);
-}
-
 // ---------------------------------------------------------------------------
 // Rank selection. "rank < r" for an element means: fewer than r elements come
 // before it in the order (|delta| descending, then index ascending). With T the
@@ -608,10 +604,10 @@ class TaskRunner {
     for (const TaskModel& m : job.models) weights.push_back(m.input.weight);
     spec.weights = weights.data();
     for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
-      if (options_.check_finite) check_finite_input(job, job.base, elem, n);
+      if (options_.check_finite) check_finite_input(plan_, job.name, job.base, elem, n);
       for (size_t k = 0; k < n_models; ++k) {
         const TaskModel& m = job.models[k];
-        if (options_.check_finite) check_finite_input(job, m.input, elem, n);
+        if (options_.check_finite) check_finite_input(plan_, job.name, m.input, elem, n);
         float* wd = s->wd.data() + k * kTile;
         load_delta(job, k, elem, n, s, wd);
         sparsify_tile(job, k, st.models[k], elem, n, wd, true);
@@ -630,15 +626,6 @@ class TaskRunner {
       }
     });
     span.commit();
-  }
-
-  void check_finite_input(const TaskJob& job, const JobInput& in, uint64_t elem, size_t n) const {
-    size_t bad = n;
-    guard_reads(plan_, job.name, [&] { bad = find_nonfinite(in.dtype, input_ptr(plan_, in, elem), n); });
-    LADLE_CHECK(bad == n, ErrorKind::kNonFinite,
-                "%s: tensor '%s': non-finite value (NaN or Inf) at element %llu",
-                plan_.sources[in.source].label.c_str(), job.name.c_str(),
-                (unsigned long long)(elem + bad));
   }
 
   const Plan& plan_;
