@@ -236,3 +236,37 @@ def test_chat_template_auto_takes_the_most_common(two_models):
                                      for p in (third, tmp_path / "base", tmp_path / "ft")]})
     assert (out / "chat_template.jinja").read_text() == common
     assert transformers.AutoTokenizer.from_pretrained(out).chat_template == common
+
+
+def test_union_vocabulary_with_a_lora_reference(two_models):
+    """A LoRA reference takes part in a tokenizer recipe: its tokenizer and config are
+    the model's, its embeddings are permuted from the adapter-merged view."""
+    torch = pytest.importorskip("torch")
+    tmp_path, base, ft = two_models
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((2, DIM)).astype(F32)
+    b = rng.standard_normal((DIM, 2)).astype(F32)
+    prefix = "base_model.model.model.layers.0.mlp"
+    save_file({f"{prefix}.lora_A.weight": a, f"{prefix}.lora_B.weight": b},
+              str(adapter / "adapter_model.safetensors"))
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["mlp"]}))
+    out = _run(tmp_path, {"merge_method": "linear", "base_model": str(tmp_path / "base"),
+                          "models": [{"model": str(tmp_path / "base"),
+                                      "parameters": {"weight": 1.0}},
+                                     {"model": f"{tmp_path / 'ft'}+{adapter}",
+                                      "parameters": {"weight": 1.0}}],
+                          "tokenizer_source": "union"})
+    vocab = transformers.AutoTokenizer.from_pretrained(out).get_vocab()
+    assert set(vocab) == set(base["vocab"]) | set(ft["vocab"])
+    got = load_file(str(out / "model.safetensors"))
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        r0, r1 = _reference_rows(vocab, [base, ft], 0, {}, name, len(vocab))
+        np.testing.assert_array_equal(got[name], _linear(r0, r1), err_msg=name)
+    w = "model.layers.0.mlp.weight"
+    tuned = (torch.from_numpy(ft["tensors"][w]) + 2.0 * (torch.from_numpy(b) @ torch.from_numpy(a))
+             ).numpy()
+    np.testing.assert_array_equal(got[w], _linear(base["tensors"][w], tuned))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

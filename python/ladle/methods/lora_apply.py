@@ -73,6 +73,11 @@ def parts(path: Path) -> tuple[Path, Path]:
     return found
 
 
+def model_dir(path: Path) -> Path:
+    """Where a recipe's model lives on disk: the model part of a LoRA reference."""
+    return parts(path)[0] if is_lora_ref(Path(path)) else Path(path)
+
+
 def open_model(path: Path) -> Checkpoint:
     """Headers of a recipe's model; of the model part for a LoRA reference."""
     return open_checkpoint(parts(path)[0] if is_lora_ref(path) else path)

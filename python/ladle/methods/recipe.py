@@ -406,54 +406,38 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, **options):
     template = resolve_chat_template(recipe)
     files = extra_files(recipe)
     spec = recipe.tokenizer
-    if loras:
-        return _merge_with_loras(recipe, out, files, loras, template, **options)
-    if spec is None:
+    if spec is None and not loras:
         return _merge(recipe, out, files, None, None, template, **options)
     if options.get("resume") or options.get("distributed"):
-        # The permuted embeddings are rewritten beside the output on every run
-        # (by every rank), so neither a resume nor a split across ranks holds.
-        raise LadleValueError("tokenizer_source: a tokenizer recipe runs in one process "
-                              "without --resume or --distributed")
-    try:
-        vocab = build_vocabulary(spec, recipe.base_model, recipe.referenced_models())
-    except LadleValueError as e:
-        if spec.block or spec.source == "union":
-            raise
-        warnings.warn(f"{e}; copying the tokenizer files of {recipe.tokenizer_source} "
-                      f"without remapping embedding rows", LadleWarning, stacklevel=2)
+        # The permuted embeddings and merged-in adapters are rewritten beside the
+        # output on every run (by every rank), so neither a resume nor a split
+        # across ranks holds.
+        what = "tokenizer_source: a tokenizer recipe" if spec is not None else (
+            f"LoRA reference '{loras[0]}': a recipe with LoRA references")
+        raise LadleValueError(f"{what} runs in one process without --resume or --distributed")
+    vocab = None
+    if spec is not None:
+        try:
+            vocab = build_vocabulary(spec, recipe.base_model, models)
+        except LadleValueError as e:
+            if spec.block or spec.source == "union":
+                raise
+            warnings.warn(f"{e}; copying the tokenizer files of {recipe.tokenizer_source} "
+                          f"without remapping embedding rows", LadleWarning, stacklevel=2)
+        else:
+            files = [f for f in files if f.name not in TOKENIZER_FILES]
+    if vocab is None and not loras:
         return _merge(recipe, out, files, None, None, template, **options)
-    files = [f for f in files if f.name not in TOKENIZER_FILES]
     scratch = scratch_dir(Path(out))
     try:
-        ckpts = {m: open_checkpoint(m) for m in recipe.referenced_models()}
-        views = permute_embeddings(spec, vocab, ckpts, recipe.base_model, scratch,
-                                   _contributors(recipe))
-        return _merge(recipe, out, files, views, vocab, template, **options)
-    finally:
-        remove_scratch(scratch)
-
-
-def _merge_with_loras(recipe: Recipe, out, files: list[Path], loras: list[Path],
-                      template: str | None, **options):
-    """The merge with each LoRA reference's adapter merged into its model first,
-    in a scratch directory beside the output that is removed afterwards."""
-    from ..formats.checkpoint import open_checkpoint
-    from .tokenizer import remove_scratch, scratch_dir
-
-    if options.get("resume") or options.get("distributed"):
-        # The merged-in weights are rewritten beside the output on every run.
-        raise LadleValueError(f"LoRA reference '{loras[0]}': a recipe with LoRA references "
-                              f"runs in one process without --resume or --distributed")
-    if recipe.tokenizer is not None:
-        raise LadleValueError(f"LoRA reference '{loras[0]}': LoRA references cannot be "
-                              f"combined with tokenizer_source/tokenizer yet; merge the "
-                              f"adapter in a recipe of its own first")
-    scratch = scratch_dir(Path(out))
-    try:
+        # LoRA references first (their adapters merged into their models), then the
+        # embeddings of those views permuted into the output vocabulary.
         views = {m: lora_view(m, scratch, loras.index(m)) if m in loras else open_checkpoint(m)
-                 for m in recipe.referenced_models()}
-        return _merge(recipe, out, files, views, None, template, **options)
+                 for m in models}
+        if vocab is not None:
+            views = permute_embeddings(spec, vocab, views, recipe.base_model, scratch,
+                                       _contributors(recipe))
+        return _merge(recipe, out, files, views, vocab, template, **options)
     finally:
         remove_scratch(scratch)
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import LadleValueError, LadleWarning
 from ..formats.checkpoint import Checkpoint, TensorInfo
+from .lora_apply import model_dir
 from .mapping_keys import refuse_unknown_keys
 
 EMBED_SUFFIXES = ("embed_tokens.weight", "lm_head.weight", "wte.weight",
@@ -103,14 +104,15 @@ def _load(path: Path):
     level = logging.get_verbosity()
     logging.set_verbosity_error()
     try:
-        return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        return transformers.AutoTokenizer.from_pretrained(str(model_dir(path)),
+                                                          local_files_only=True)
     finally:
         logging.set_verbosity(level)
 
 
 def _config_vocab_size(path: Path) -> int | None:
     try:
-        value = json.loads((Path(path) / "config.json").read_text()).get("vocab_size")
+        value = json.loads((model_dir(path) / "config.json").read_text()).get("vocab_size")
     except (OSError, ValueError, AttributeError):
         return None
     return value if isinstance(value, int) else None
