@@ -19,7 +19,7 @@ demo: install
 	$(BIN)/ladle clip demo --out demo-work/clip
 
 test: install sanitize
-	$(BIN)/python -m ruff check python tests benchmarks
+	$(BIN)/python -m ruff check python tests benchmarks tools
 	LADLE_TEST_DRIVER=$(abspath build/sanitize/ladle_test_driver) \
 	  $(BIN)/python -m pytest tests --durations=15 -q
 	$(BIN)/python -m pytest benchmarks -q --benchmark-disable -p no:cacheprovider
