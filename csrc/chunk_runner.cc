@@ -226,11 +226,16 @@ void ChunkSet::check_input_finite(const Job& job, const JobInput& in, const void
 
 void ChunkSet::check_output_finite(const Job& job, const void* dst, size_t n,
                                    uint64_t first_elem) const {
-  size_t bad = find_nonfinite(job.out_dtype, dst, n);
+  check_finite_output(plan_.sinks[job.sink], job.name, job.out_dtype, dst, n, first_elem);
+}
+
+void check_finite_output(const Sink& sink, const std::string& tensor, DType dtype,
+                         const void* dst, size_t n, uint64_t first_elem) {
+  size_t bad = find_nonfinite(dtype, dst, n);
   LADLE_CHECK(bad == n, ErrorKind::kNonFinite,
               "%s: tensor '%s': merged value at element %llu is not finite (overflow in %s)",
-              plan_.sinks[job.sink].label.c_str(), job.name.c_str(),
-              (unsigned long long)(first_elem + bad), dtype_name(job.out_dtype));
+              sink.label.c_str(), tensor.c_str(), (unsigned long long)(first_elem + bad),
+              dtype_name(dtype));
 }
 
 void ChunkSet::guard_inputs(const Job& job, const std::function<void()>& body) const {

@@ -113,6 +113,11 @@ const uint8_t* input_ptr(const Plan& plan, const JobInput& in, uint64_t elem);
 void check_finite_input(const Plan& plan, const std::string& tensor, const JobInput& in,
                         uint64_t elem, size_t n);
 
+// Raises kNonFinite naming the sink, `tensor` and the element when one of the `n`
+// merged values at `dst` (element `first_elem` on, written as `dtype`) is NaN or Inf.
+void check_finite_output(const Sink& sink, const std::string& tensor, DType dtype,
+                         const void* dst, size_t n, uint64_t first_elem);
+
 // Most worker threads a run may ask for (the Python layer refuses more, too).
 constexpr int kMaxThreads = 1024;
 

@@ -383,13 +383,8 @@ class DellaRunner {
                           block);
       uint8_t* dst = out + (first - item.first_elem) * out_size;
       kernels_.store(job.out_dtype, s->mixed.data(), 1.0f, dst, block);
-      if (options_.check_finite) {
-        size_t bad = find_nonfinite(job.out_dtype, dst, block);
-        LADLE_CHECK(bad == block, ErrorKind::kNonFinite,
-                    "%s: tensor '%s': merged value at element %llu is not finite (overflow in %s)",
-                    sink.label.c_str(), job.name.c_str(), (unsigned long long)(first + bad),
-                    dtype_name(job.out_dtype));
-      }
+      if (options_.check_finite)
+        check_finite_output(sink, job.name, job.out_dtype, dst, block, first);
     }
     span.commit();
   }

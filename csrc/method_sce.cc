@@ -333,13 +333,8 @@ class SceRunner {
       }
       uint8_t* dst = out + (elem - item.first_elem) * out_size;
       kernels_.store(job.out_dtype, mixed, 1.0f, dst, n);
-      if (options_.check_finite) {
-        size_t bad = find_nonfinite(job.out_dtype, dst, n);
-        LADLE_CHECK(bad == n, ErrorKind::kNonFinite,
-                    "%s: tensor '%s': merged value at element %llu is not finite (overflow in %s)",
-                    sink.label.c_str(), job.name.c_str(), (unsigned long long)(elem + bad),
-                    dtype_name(job.out_dtype));
-      }
+      if (options_.check_finite)
+        check_finite_output(sink, job.name, job.out_dtype, dst, n, elem);
     });
     span.commit();
   }

@@ -77,6 +77,16 @@ constexpr const char kGramJobsCapsuleName[] = "ladle.GramJobs.v1";
 RunStats run_task_jobs(const Plan& plan, const std::vector<TaskJob>& jobs,
                        const EngineOptions& options, const ProgressFn& progress);
 
+// Checks a task job against its plan (inputs, weights, densities, rank ranges, the
+// output) before anything runs; every backend's task runner calls it.
+void validate_task_job(const Plan& plan, const TaskJob& job);
+
+// Whether the job keeps deltas by magnitude rank (TIES, breadcrumbs): it needs the
+// per-model rank thresholds of the statistics passes.
+inline bool selects_by_rank(const TaskJob& job) {
+  return job.sparsify == Sparsify::kMagnitude || job.sparsify == Sparsify::kOutliers;
+}
+
 // Returns, per job, the m*m Gram matrix row-major: G[a][b] = sum_i v_a[i] * v_b[i]
 // with fp32 elements multiplied and summed in fp64, tile by tile in index order.
 std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vector<GramJob>& jobs,

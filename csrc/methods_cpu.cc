@@ -191,27 +191,7 @@ class TaskRunner {
     return stats;
   }
 
-  static void validate(const Plan& plan, const TaskJob& job) {
-    validate_input(plan, job.name, job.base, job.n_elems, true);
-    for (const TaskModel& m : job.models) {
-      validate_input(plan, job.name, m.input, job.n_elems, true);
-      LADLE_CHECK(m.input.weight == m.input.weight, ErrorKind::kValue, "tensor '%s': NaN weight",
-                  job.name.c_str());
-      LADLE_CHECK(m.density >= 0.0f && m.density <= 1.0f, ErrorKind::kValue,
-                  "tensor '%s': density %g outside [0, 1]", job.name.c_str(), (double)m.density);
-      LADLE_CHECK(m.rank_lo <= m.rank_hi && m.rank_hi <= job.n_elems, ErrorKind::kValue,
-                  "tensor '%s': kept rank range [%llu, %llu) outside [0, %llu]", job.name.c_str(),
-                  (unsigned long long)m.rank_lo, (unsigned long long)m.rank_hi,
-                  (unsigned long long)job.n_elems);
-    }
-    validate_output(plan, job.name, job.sink, job.out_offset, job.out_dtype, job.n_elems, true);
-  }
-
  private:
-  static bool selects(const TaskJob& job) {
-    return job.sparsify == Sparsify::kMagnitude || job.sparsify == Sparsify::kOutliers;
-  }
-
   static bool norms(const TaskJob& job) {
     return job.rescale == Rescale::kL1 && job.sparsify != Sparsify::kNone;
   }
@@ -225,7 +205,7 @@ class TaskRunner {
   }
 
   uint64_t selection_bytes(const TaskJob& job) const {
-    if (!selects(job)) return keep_bytes(job);
+    if (!selects_by_rank(job)) return keep_bytes(job);
     return job.models.size() * (kHiBins + 2ull * kLoBins) * sizeof(uint64_t) +
            job.models.size() * 2 * (job.n_elems / kTile + 1) * sizeof(uint64_t);
   }
@@ -271,7 +251,7 @@ class TaskRunner {
       st.models.resize(job.models.size());
       for (size_t k = 0; k < job.models.size(); ++k) {
         ModelState& ms = st.models[k];
-        if (selects(job)) {
+        if (selects_by_rank(job)) {
           ms.lo.init(job.models[k].rank_lo, job.n_elems);
           ms.hi.init(job.models[k].rank_hi, job.n_elems);
         } else {
@@ -617,13 +597,8 @@ class TaskRunner {
       method_kernels_.mix(spec, s->wd.data(), kTile, n_models, s->base.data(), mixed, n);
       uint8_t* dst = out + (elem - item.first_elem) * out_size;
       kernels_.store(job.out_dtype, mixed, 1.0f, dst, n);
-      if (options_.check_finite) {
-        size_t bad = find_nonfinite(job.out_dtype, dst, n);
-        LADLE_CHECK(bad == n, ErrorKind::kNonFinite,
-                    "%s: tensor '%s': merged value at element %llu is not finite (overflow in %s)",
-                    sink.label.c_str(), job.name.c_str(), (unsigned long long)(elem + bad),
-                    dtype_name(job.out_dtype));
-      }
+      if (options_.check_finite)
+        check_finite_output(sink, job.name, job.out_dtype, dst, n, elem);
     });
     span.commit();
   }
@@ -658,9 +633,25 @@ uint32_t dare_u24(uint64_t seed, uint64_t key, uint32_t model, uint64_t elem) {
   return dare_draw(dare_stream(seed, key, model), elem);
 }
 
+void validate_task_job(const Plan& plan, const TaskJob& job) {
+  validate_input(plan, job.name, job.base, job.n_elems, true);
+  for (const TaskModel& m : job.models) {
+    validate_input(plan, job.name, m.input, job.n_elems, true);
+    LADLE_CHECK(m.input.weight == m.input.weight, ErrorKind::kValue, "tensor '%s': NaN weight",
+                job.name.c_str());
+    LADLE_CHECK(m.density >= 0.0f && m.density <= 1.0f, ErrorKind::kValue,
+                "tensor '%s': density %g outside [0, 1]", job.name.c_str(), (double)m.density);
+    LADLE_CHECK(m.rank_lo <= m.rank_hi && m.rank_hi <= job.n_elems, ErrorKind::kValue,
+                "tensor '%s': kept rank range [%llu, %llu) outside [0, %llu]", job.name.c_str(),
+                (unsigned long long)m.rank_lo, (unsigned long long)m.rank_hi,
+                (unsigned long long)job.n_elems);
+  }
+  validate_output(plan, job.name, job.sink, job.out_offset, job.out_dtype, job.n_elems, true);
+}
+
 RunStats run_task_jobs(const Plan& plan, const std::vector<TaskJob>& jobs,
                        const EngineOptions& options, const ProgressFn& progress) {
-  for (const TaskJob& job : jobs) TaskRunner::validate(plan, job);
+  for (const TaskJob& job : jobs) validate_task_job(plan, job);
   TaskRunner runner(plan, jobs, options);
   return runner.run(progress);
 }

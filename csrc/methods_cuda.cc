@@ -221,27 +221,11 @@ uint64_t dare_stream(uint64_t seed, uint64_t key, uint32_t model) {
   return mix64(mix64(mix64(seed) ^ key) ^ (static_cast<uint64_t>(model) + 1));
 }
 
-bool selects(const TaskJob& job) {
-  return job.sparsify == Sparsify::kMagnitude || job.sparsify == Sparsify::kOutliers;
-}
-
 void validate_task(const Plan& plan, const TaskJob& job) {
-  validate_input(plan, job.name, job.base, job.n_elems, true);
   LADLE_CHECK(job.models.size() <= kMaxTaskModels, ErrorKind::kValue,
               "tensor '%s': %zu models; the CUDA backend merges at most %u per tensor "
               "(use device='cpu')", job.name.c_str(), job.models.size(), kMaxTaskModels);
-  for (const TaskModel& m : job.models) {
-    validate_input(plan, job.name, m.input, job.n_elems, true);
-    LADLE_CHECK(m.input.weight == m.input.weight, ErrorKind::kValue, "tensor '%s': NaN weight",
-                job.name.c_str());
-    LADLE_CHECK(m.density >= 0.0f && m.density <= 1.0f, ErrorKind::kValue,
-                "tensor '%s': density %g outside [0, 1]", job.name.c_str(), (double)m.density);
-    LADLE_CHECK(m.rank_lo <= m.rank_hi && m.rank_hi <= job.n_elems, ErrorKind::kValue,
-                "tensor '%s': kept rank range [%llu, %llu) outside [0, %llu]", job.name.c_str(),
-                (unsigned long long)m.rank_lo, (unsigned long long)m.rank_hi,
-                (unsigned long long)job.n_elems);
-  }
-  validate_output(plan, job.name, job.sink, job.out_offset, job.out_dtype, job.n_elems, true);
+  validate_task_job(plan, job);
 }
 
 std::vector<JobInput> task_inputs(const TaskJob& job) {
@@ -271,7 +255,7 @@ class TaskRunner {
       for (const JobInput& in : inputs) bytes += item_n_bytes(in.dtype);
       per_elem = std::max(per_elem, bytes);
       max_models = std::max<uint32_t>(max_models, static_cast<uint32_t>(job.models.size()));
-      total += read_n_bytes(inputs, job.n_elems) * (selects(job) ? 4 : 1);
+      total += read_n_bytes(inputs, job.n_elems) * (selects_by_rank(job) ? 4 : 1);
     }
     uint64_t state = 2ull * max_models * kLoHistBins * 8;
     chunk_elems_ = chunk_elems_for(per_elem, state, options_);
@@ -331,8 +315,8 @@ class TaskRunner {
     L.base = stage_->device_input(0);
     L.base_dtype = static_cast<uint32_t>(job.base.dtype);
     L.sparsify = job.sparsify == Sparsify::kRandom ? kRandomDraw
-                 : selects(job)                    ? kRankWindow
-                                                   : kKeepAll;
+                 : selects_by_rank(job)                 ? kRankWindow
+                                                        : kKeepAll;
     L.consensus = static_cast<uint32_t>(job.consensus == Consensus::kSum     ? MixConsensus::kSum
                                         : job.consensus == Consensus::kCount ? MixConsensus::kCount
                                                                              : MixConsensus::kNone);
@@ -385,10 +369,11 @@ class TaskRunner {
     l1_scaled_.assign(n_models, 0);
     l1_scale_.assign(n_models, 1.0f);
     bool selecting = false;
+    const bool by_rank = selects_by_rank(job);
     for (size_t k = 0; k < n_models; ++k) {
       ModelState& ms = states_[k];
-      ms.bound[0].init(selects(job) ? job.models[k].rank_lo : 0, job.n_elems);
-      ms.bound[1].init(selects(job) ? job.models[k].rank_hi : job.n_elems, job.n_elems);
+      ms.bound[0].init(by_rank ? job.models[k].rank_lo : 0, job.n_elems);
+      ms.bound[1].init(by_rank ? job.models[k].rank_hi : job.n_elems, job.n_elems);
       selecting = selecting || ms.selects();
     }
     if (selecting) find_thresholds(j, bar, stats);
@@ -484,13 +469,8 @@ class TaskRunner {
       stage_->launch(&L, model_table(job), 0, &prefix);
       SinkSpan span(sink, job.out_offset + first * out_size, n * out_size, &staging);
       stage_->out_to(span.out_span(), n * out_size);
-      if (options_.check_finite) {
-        size_t bad = find_nonfinite(job.out_dtype, span.out_span(), n);
-        LADLE_CHECK(bad == n, ErrorKind::kNonFinite,
-                    "%s: tensor '%s': merged value at element %llu is not finite (overflow in %s)",
-                    sink.label.c_str(), job.name.c_str(), (unsigned long long)(first + bad),
-                    dtype_name(job.out_dtype));
-      }
+      if (options_.check_finite)
+        check_finite_output(sink, job.name, job.out_dtype, span.out_span(), n, first);
       span.commit();
       stats->bytes_written += n * out_size;
       ++stats->n_chunks;
