@@ -277,6 +277,17 @@ void check_finite_input(const Plan& plan, const std::string& tensor, const JobIn
               (unsigned long long)(elem + bad));
 }
 
+RunStats ChunkPool::stats(uint64_t chunk_elems, int threads, const char* kernel,
+                          std::chrono::steady_clock::time_point t0) const {
+  RunStats s;
+  s.bytes_read = bytes_read();
+  s.chunk_elems = chunk_elems;
+  s.threads = threads;
+  s.kernel = kernel;
+  s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return s;
+}
+
 int resolve_threads(int threads) {
   LADLE_CHECK(threads >= 0 && threads <= kMaxThreads, ErrorKind::kValue,
               "threads must be from 0 (all cores) to %d, got %d", kMaxThreads, threads);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -154,6 +155,10 @@ class ChunkPool {
   int threads() const { return threads_; }
   uint64_t bytes_read() const { return read_.load(); }
   uint64_t bytes_done() const { return done_.load(); }
+  // The stats every runner reports of a finished run: bytes read, chunk size,
+  // threads, kernel and the seconds since `t0` (the runner adds its own counts).
+  RunStats stats(uint64_t chunk_elems, int threads, const char* kernel,
+                 std::chrono::steady_clock::time_point t0) const;
 
  private:
   const Plan& plan_;

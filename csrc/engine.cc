@@ -58,14 +58,9 @@ class Runner {
         [&](const WorkItem& item) {
           return item.n_elems * item_n_bytes(plan.jobs[item.job].out_dtype);
         });
-    RunStats stats;
-    stats.bytes_read = pool.bytes_read();
+    RunStats stats = pool.stats(chunks_.chunk_elems(), n_workers, kernels_.name, t0);
     stats.bytes_written = pool.bytes_done();
     stats.n_chunks = items.size();
-    stats.chunk_elems = chunks_.chunk_elems();
-    stats.threads = n_workers;
-    stats.kernel = kernels_.name;
-    stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return stats;
   }
 

@@ -170,14 +170,9 @@ class DellaRunner {
       begin = end;
     }
     pool_->finish();
-    RunStats stats;
+    RunStats stats = pool_->stats(chunk_elems_, threads, kernels_.name, t0);
     for (const DellaJob& job : jobs_) stats.bytes_written += job.n_elems * item_n_bytes(job.out_dtype);
     stats.n_chunks = n_chunks;
-    stats.bytes_read = pool_->bytes_read();
-    stats.chunk_elems = chunk_elems_;
-    stats.threads = threads;
-    stats.kernel = kernels_.name;
-    stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return stats;
   }
 

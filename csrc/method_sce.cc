@@ -97,14 +97,9 @@ class SceRunner {
     uint64_t n_chunks = 0;
     for (size_t j = 0; j < jobs_.size(); ++j) n_chunks += run_job(j);
     pool_->finish();
-    RunStats stats;
+    RunStats stats = pool_->stats(chunk_elems_, threads_, kernels_.name, t0);
     for (const SceJob& job : jobs_) stats.bytes_written += job.n_elems * item_n_bytes(job.out_dtype);
     stats.n_chunks = n_chunks;
-    stats.bytes_read = pool_->bytes_read();
-    stats.chunk_elems = chunk_elems_;
-    stats.threads = threads_;
-    stats.kernel = kernels_.name;
-    stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return stats;
   }
 

@@ -177,17 +177,12 @@ class TaskRunner {
       begin = end;
     }
     pool_->finish();
-    RunStats stats;
+    RunStats stats = pool_->stats(chunk_elems_, threads_, kernels_.name, t0);
     for (const TaskJob& job : jobs_) {
       stats.bytes_written += job.n_elems * item_n_bytes(job.out_dtype);
       for (uint64_t f = 0; f < job.n_elems; f += chunk_elems_) ++stats.n_chunks;
     }
-    stats.bytes_read = pool_->bytes_read();
     stats.rng_draws = rng_draws_.load();
-    stats.chunk_elems = chunk_elems_;
-    stats.threads = threads_;
-    stats.kernel = kernels_.name;
-    stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return stats;
   }
 
