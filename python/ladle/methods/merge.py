@@ -32,9 +32,10 @@ from ..engine.plan import (
     check_weights,
     describe,
 )
+from ..engine.shard_sinks import open_shard_sinks
 from ..errors import LadleValueError, MismatchError
 from ..formats._bulk import bulk_objects
-from ..formats.checkpoint import Checkpoint, add_file_sources, open_checkpoint
+from ..formats.checkpoint import Checkpoint, open_checkpoint
 
 PathLike = str | os.PathLike
 CheckpointLike = PathLike | Checkpoint
@@ -228,19 +229,9 @@ def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, thre
     at a time; each finished shard is fsynced and recorded for resume. Shards
     already in ``output.finished`` (a resumed run) are skipped, and so are those
     not in ``only`` (the shards of one rank of a distributed merge) when given."""
-    todo = [i for i, s in enumerate(plan.shards) if s.file_name not in output.finished
-            and (only is None or i in only)]
-    by_shard: dict[int, list] = {i: [] for i in todo}
-    for t in plan.tensors if plan.table is None else ():  # a table adds its own jobs
-        if t.shard in by_shard:
-            by_shard[t.shard].append(t)
-    # Every remaining shard is created and preallocated before any data is
-    # written, so a full disk fails first; jobs then run shard by shard.
-    core_plan = _core.Plan()
-    sources = add_file_sources(core_plan, ckpts)
-    sinks = {i: core_plan.add_file_sink(str(output.shard_path(plan.shards[i].file_name)),
-                                        plan.shards[i].n_bytes, plan.shards[i].header)
-             for i in todo}
+    run = open_shard_sinks(plan.shards, ckpts, output, only)  # jobs then run shard by shard
+    todo, core_plan, sources, sinks = run.todo, run.core_plan, run.sources, run.sinks
+    by_shard = run.by_shard(plan.tensors if plan.table is None else ())  # a table adds its own
     bar = _progress_bar(sum(plan.shards[i].n_bytes for i in todo), progress)
     totals = {"bytes_read": 0, "threads": 0, "chunk_elems": 0, "kernel": ""}
     base = 0

@@ -73,9 +73,10 @@ from ..engine.plan import (
     nonfloat_inputs,
     normalize_dtype,
 )
+from ..engine.shard_sinks import open_shard_sinks
 from ..errors import LadleValueError, MismatchError
 from ..formats._bulk import bulk_objects
-from ..formats.checkpoint import Checkpoint, TensorInfo, _preview, add_file_sources
+from ..formats.checkpoint import Checkpoint, TensorInfo, _preview
 from ..formats.set_checkpoint import open_inputs, refuse_memory_inputs, same_input
 from .fusion import run_fusion
 from .merge import CheckpointLike, MergeReport, PathLike, _check_device, _progress_bar, plan_hash
@@ -1020,18 +1021,9 @@ def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: Outpu
     Python → weighted sums and copies on the linear engine → task-vector jobs.
     A tensor's statistics are computed by the run that writes its shard.
     """
-    todo = [i for i, s in enumerate(plan.shards) if s.file_name not in output.finished
-            and (only is None or i in only)]
-    by_shard: dict[int, list[MethodTensor]] = {i: [] for i in todo}
-    for t in plan.tensors:
-        if t.shard in by_shard:
-            by_shard[t.shard].append(t)
-    # Every remaining shard is created and preallocated before any data is written.
-    core_plan = _core.Plan()
-    sources = add_file_sources(core_plan, ckpts)
-    sinks = {i: core_plan.add_file_sink(str(output.shard_path(plan.shards[i].file_name)),
-                                        plan.shards[i].n_bytes, plan.shards[i].header)
-             for i in todo}
+    run = open_shard_sinks(plan.shards, ckpts, output, only)
+    todo, core_plan, sources, sinks = run.todo, run.core_plan, run.sources, run.sinks
+    by_shard: dict[int, list[MethodTensor]] = run.by_shard(plan.tensors)
     engine = MethodEngine(device, threads=threads, memory_budget=memory_budget,
                           chunk_elems=chunk_elems, kernel=kernel)
     bar = _progress_bar(sum(plan.shards[i].n_bytes for i in todo), progress)
