@@ -263,11 +263,20 @@ class PyPlan {
     for (Sink& s : plan_.sinks)
       if (s.writer) s.writer->finish();
   }
-  // fsyncs and closes one shard (runs of a plan may go shard by shard).
-  void finish_sink(uint32_t index) {
+  // fsyncs and closes one shard (runs of a plan may go shard by shard); returns the
+  // file's CRC-32C when the writer knows it from its writes (else None: read it).
+  py::object finish_sink(uint32_t index) {
     LADLE_CHECK(index < plan_.sinks.size(), ErrorKind::kValue, "sink index %u out of range",
                 index);
-    if (plan_.sinks[index].writer) plan_.sinks[index].writer->finish();
+    const std::shared_ptr<ShardWriter>& writer = plan_.sinks[index].writer;
+    if (!writer) return py::none();
+    {
+      py::gil_scoped_release release;
+      writer->finish();
+    }
+    uint32_t crc = 0;
+    if (!writer->written_crc32c(&crc)) return py::none();
+    return py::int_(crc);
   }
   void clear_jobs() { plan_.jobs.clear(); }
   // Drops the resident pages (whole pages only) of a file source's byte range once
@@ -597,6 +606,8 @@ PYBIND11_MODULE(_core, m) {
         "CRC-32C of a file, or of n_bytes from offset continuing crc (SSE4.2 when available).");
   m.attr("FILE_CHECKSUM_KEY") = kFileChecksumKey;
   m.attr("FILE_CHECKSUM_PLACEHOLDER") = kFileChecksumPlaceholder;
+  m.def("crc32c_combine", &crc32c_combine, py::arg("crc1"), py::arg("crc2"), py::arg("len2"),
+        "CRC-32C of A followed by B from crc32c(A), crc32c(B) and len(B).");
   m.def("crc32c", [](const py::bytes& data, uint32_t crc) {
           std::string s(data);
           return crc32c(crc, s.data(), s.size());

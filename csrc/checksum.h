@@ -12,6 +12,10 @@ namespace ladle {
 // Continues `crc` (0 to start) over [data, data + n).
 uint32_t crc32c(uint32_t crc, const void* data, size_t n);
 
+// The CRC-32C of A followed by B from crc1 = crc32c(0, A), crc2 = crc32c(0, B) and
+// len2 = |B|, without the bytes (as zlib's crc32_combine).
+uint32_t crc32c_combine(uint32_t crc1, uint32_t crc2, uint64_t len2);
+
 // CRC-32C of a file (or of its bytes [offset, offset + n_bytes), continuing
 // `crc`), read with pread through one reused buffer. Reading stops at the end
 // of the file; a range past it is an IO error.

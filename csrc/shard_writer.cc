@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -38,6 +39,12 @@ bool fault_fires(uint64_t n) {
                (unsigned long long)n, (unsigned long long)offset, std::strerror(e)),
         e);
 }
+
+// Most byte ranges whose CRC a writer keeps (24 bytes each): an output of up to this
+// many out-of-order writes is checksummed without reading it back.
+constexpr size_t kMaxWrittenRanges = 1u << 18;
+// Writes up to this size right after the last recorded range extend it in place.
+constexpr uint64_t kContinueMaxBytes = 256u << 10;
 
 void pwrite_all(const std::string& path, int fd, uint64_t offset, const void* data, uint64_t n) {
   const auto* p = static_cast<const uint8_t*>(data);
@@ -135,6 +142,7 @@ ShardWriter::ShardWriter(const std::string& path, uint64_t n_bytes, const std::s
     ::unlink(path.c_str());
     throw;
   }
+  record_written(0, header.data(), header.size());
   fd_ = fd;
   open.lru.push_front(this);
   lru_ = open.lru.begin();
@@ -185,6 +193,7 @@ void ShardWriter::write_at(uint64_t offset, const void* data, uint64_t n) {
               path_.c_str(), (unsigned long long)n, (unsigned long long)offset,
               (unsigned long long)n_bytes_);
   if (fault_fires(n)) raise_write_error(path_, ENOSPC, offset, n);
+  record_written(offset, data, n);
   auto write = [this](uint64_t at, const uint8_t* bytes, uint64_t k) {
     write_direct(at, bytes, k);
   };
@@ -222,14 +231,15 @@ void ShardWriter::finish() {
       fd_ = -1;
     }
   }
-  if (checksum_at_ > 0) {
-    try {
-      std::string digits = format("%08x", file_crc32c(path_, 0, 0, n_bytes_));
+  try {
+    crc_ = crc_of_ranges();
+    if (checksum_at_ > 0) {
+      std::string digits = format("%08x", crc_);
       pwrite_all(path_, fd, checksum_at_, digits.data(), digits.size());
-    } catch (...) {
-      ::close(fd);
-      throw;
     }
+  } catch (...) {
+    ::close(fd);
+    throw;
   }
   if (::fsync(fd) != 0) {
     int e = errno;
@@ -238,6 +248,58 @@ void ShardWriter::finish() {
   }
   LADLE_CHECK(::close(fd) == 0, ErrorKind::kIO, "%s: close failed: %s", path_.c_str(),
               std::strerror(errno));
+  std::lock_guard<std::mutex> guard(ranges_mu_);
+  crc_known_ = checksum_at_ == 0;
+}
+
+void ShardWriter::record_written(uint64_t offset, const void* data, uint64_t n) {
+  if (n == 0) return;
+  {
+    std::lock_guard<std::mutex> guard(ranges_mu_);
+    if (ranges_dropped_) return;
+    if (!ranges_.empty() && n <= kContinueMaxBytes) {
+      WrittenRange& last = ranges_.back();
+      if (last.offset + last.n == offset) {
+        last.crc = crc32c(last.crc, data, n);
+        last.n += n;
+        return;
+      }
+    }
+  }
+  uint32_t crc = crc32c(0, data, n);
+  std::lock_guard<std::mutex> guard(ranges_mu_);
+  if (ranges_dropped_) return;
+  if (ranges_.size() == kMaxWrittenRanges) {
+    ranges_dropped_ = true;
+    std::vector<WrittenRange>().swap(ranges_);
+    return;
+  }
+  ranges_.push_back({offset, n, crc});
+}
+
+uint32_t ShardWriter::crc_of_ranges() {
+  std::lock_guard<std::mutex> guard(ranges_mu_);
+  if (ranges_dropped_) return file_crc32c(path_, 0, 0, n_bytes_);
+  std::sort(ranges_.begin(), ranges_.end(),
+            [](const WrittenRange& a, const WrittenRange& b) { return a.offset < b.offset; });
+  uint32_t crc = 0;
+  uint64_t at = 0;
+  for (const WrittenRange& r : ranges_) {
+    if (r.offset < at) return file_crc32c(path_, 0, 0, n_bytes_);  // overlapping writes
+    if (r.offset > at) crc = file_crc32c(path_, crc, at, r.offset - at);
+    crc = crc32c_combine(crc, r.crc, r.n);
+    at = r.offset + r.n;
+  }
+  if (at < n_bytes_) crc = file_crc32c(path_, crc, at, n_bytes_ - at);
+  std::vector<WrittenRange>().swap(ranges_);
+  return crc;
+}
+
+bool ShardWriter::written_crc32c(uint32_t* crc) const {
+  std::lock_guard<std::mutex> guard(ranges_mu_);
+  if (!crc_known_) return false;
+  *crc = crc_;
+  return true;
 }
 
 }  // namespace ladle

@@ -13,7 +13,9 @@
 
 #include <cstdint>
 #include <list>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "write_combiner.h"
 
@@ -31,6 +33,13 @@ class ShardWriter {
   void write_at(uint64_t offset, const void* data, uint64_t n);
   // Seals the checksum field (if any), fsyncs and closes; further writes fail.
   void finish();
+
+  // The CRC-32C of the finished file, joined from the CRCs of the header and of
+  // every write_at taken as they were written (no read of the file; gaps never
+  // written are read back). False when unknown: before finish(), for a
+  // self-checksummed file (its digits changed it after), or when the writes
+  // overlapped or were too many to record.
+  bool written_crc32c(uint32_t* crc) const;
 
   const std::string& path() const { return path_; }
   uint64_t n_bytes() const { return n_bytes_; }
@@ -50,6 +59,21 @@ class ShardWriter {
   uint64_t checksum_at_ = 0;  // file offset of the checksum field's digits; 0: none
   std::list<ShardWriter*>::iterator lru_;  // place among the open writers
   WriteCombiner small_writes_;  // tiny tensors' writes, written out in runs
+
+  // CRC-32C of each written byte range; a write right after the last recorded
+  // range continues its CRC instead of adding a range (tiny tensors in order).
+  struct WrittenRange {
+    uint64_t offset;
+    uint64_t n;
+    uint32_t crc;
+  };
+  void record_written(uint64_t offset, const void* data, uint64_t n);
+  uint32_t crc_of_ranges();  // at finish(): sorted, gaps read back from the file
+  mutable std::mutex ranges_mu_;
+  std::vector<WrittenRange> ranges_;
+  bool ranges_dropped_ = false;  // too many to keep: the CRC is read from the file
+  bool crc_known_ = false;
+  uint32_t crc_ = 0;
 };
 
 // Metadata key of the whole-file checksum and its placeholder value.

@@ -37,8 +37,8 @@ def _fail_on_rank(rank: int, exc: BaseException, after: int):
     original = OutputDir.record_shard
     seen = [0]
 
-    def record(self, name):
-        original(self, name)
+    def record(self, name, crc32c=None):
+        original(self, name, crc32c)
         seen[0] += 1
         if RANK == rank and seen[0] >= after:
             raise exc

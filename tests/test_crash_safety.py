@@ -173,8 +173,8 @@ def interrupt_after(monkeypatch, n_shards: int) -> None:
     real = OutputDir.record_shard
     count = {"n": 0}
 
-    def record(self, file_name):
-        real(self, file_name)
+    def record(self, file_name, crc32c=None):
+        real(self, file_name, crc32c)
         count["n"] += 1
         if count["n"] == n_shards:
             raise Interrupt
@@ -204,8 +204,8 @@ def test_resume_keeps_finished_shards(inputs, reference, tmp_path: Path, monkeyp
     seen = {}
     real = OutputDir.record_shard
     monkeypatch.setattr(OutputDir, "record_shard",
-                        lambda self, f: (seen.setdefault(f, (self.partial / f).stat()),
-                                         real(self, f))[1])
+                        lambda self, f, crc=None: (seen.setdefault(f, (self.partial / f).stat()),
+                                                   real(self, f, crc))[1])
     merge_quiet(inputs, dest, max_shard_size="2MB", resume=True)
     assert not set(seen) & set(kept), "resume rewrote a finished shard"
     for name, st in stats.items():

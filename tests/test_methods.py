@@ -450,8 +450,8 @@ def test_interrupted_method_run_resumes_from_finished_shards(tmp_path, monkeypat
     out = tmp_path / "out"
     record = OutputDir.record_shard
 
-    def interrupt_after_first(self, name):
-        record(self, name)
+    def interrupt_after_first(self, name, crc32c=None):
+        record(self, name, crc32c)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(OutputDir, "record_shard", interrupt_after_first)

@@ -211,10 +211,13 @@ class OutputDir:
         self._write_manifest()
         return True
 
-    def record_shard(self, file_name: str) -> None:
-        """Checksum a finished, fsynced shard and record it in the manifest."""
+    def record_shard(self, file_name: str, crc32c: int | None = None) -> None:
+        """Record a finished, fsynced shard in the manifest with its CRC-32C:
+        ``crc32c`` when the writer joined it from its writes (``finish_sink``'s
+        result), else read from the file."""
         path = self.partial / file_name
-        self.finished[file_name] = {"n_bytes": path.stat().st_size, "crc32c": file_crc32c(path)}
+        crc = f"{crc32c:08x}" if crc32c is not None else file_crc32c(path)
+        self.finished[file_name] = {"n_bytes": path.stat().st_size, "crc32c": crc}
         self._write_manifest()
 
     def _write_manifest(self) -> None:

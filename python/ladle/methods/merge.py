@@ -260,8 +260,7 @@ def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, thre
             stats = _run_on_device(core_plan, device, threads=threads,
                                    memory_budget=memory_budget, check_finite=check_finite,
                                    kernel=kernel, progress=on_progress)
-            core_plan.finish_sink(sinks[i])
-            output.record_shard(shard.file_name)
+            output.record_shard(shard.file_name, core_plan.finish_sink(sinks[i]))
             base += stats["bytes_written"]
             totals["bytes_read"] += stats["bytes_read"]
             for key in ("threads", "chunk_elems", "kernel"):

@@ -1056,8 +1056,7 @@ def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: Outpu
         for i in todo:
             _run_shard(core_plan, plan.shards[i], sinks[i], by_shard[i], src, sources, seed,
                        check_finite, on_progress, add, engine)
-            core_plan.finish_sink(sinks[i])
-            output.record_shard(plan.shards[i].file_name)
+            output.record_shard(plan.shards[i].file_name, core_plan.finish_sink(sinks[i]))
     finally:
         if bar is not None:
             bar.close()
