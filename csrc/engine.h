@@ -27,6 +27,10 @@ struct RunStats {
   double seconds = 0;
   const char* kernel = "";
   uint64_t rng_draws = 0;  // DARE keep decisions drawn (each element's once per model)
+  // Rank thresholds (TIES, breadcrumbs) found from a sample or its window, and those
+  // whose window missed (or did not fit the budget) and took the histogram passes.
+  uint64_t ranks_sampled = 0;
+  uint64_t ranks_histogrammed = 0;
 };
 
 // Called from the thread that called run() every ~100 ms and once at the end

@@ -72,6 +72,11 @@ struct MethodKernels {
                          uint16_t* found);
   // Elements whose abs_bits equal `bits`.
   uint64_t (*count_equal)(const float* d, size_t n, uint32_t bits);
+  // Rank selection's window (w_lo <= w_hi <= 0x7FFFFFFF): adds to *above the number
+  // of elements with abs_bits > w_hi, appends the abs_bits of those inside
+  // [w_lo, w_hi] to `found` in index order and returns how many there were.
+  size_t (*window_scan)(const float* d, size_t n, uint32_t w_lo, uint32_t w_hi,
+                        uint64_t* above, uint32_t* found);
   // DARE: keep d[i] when float(u24(stream, elem + i)) * 2^-24 < density (then d/density
   // when by_density), else +0. When `keep` is not null the decisions are also recorded
   // there (bit i % 64 of keep[i / 64] set for a kept element; the caller zeroes the

@@ -89,6 +89,29 @@ uint64_t count_equal_avx2(const float* d, size_t n, uint32_t bits) {
   return count + scalar_method_kernels().count_equal(d + i, n - i, bits);
 }
 
+size_t window_scan_avx2(const float* d, size_t n, uint32_t w_lo, uint32_t w_hi,
+                        uint64_t* above, uint32_t* found) {
+  // abs_bits <= 0x7FFFFFFF: signed compares order them as unsigned ones would.
+  const __m256i hi = _mm256_set1_epi32(static_cast<int>(w_hi));
+  const __m256i lo_minus_1 = _mm256_set1_epi32(static_cast<int>(w_lo) - 1);  // w_lo 0: -1
+  alignas(32) uint32_t bits[8];
+  uint64_t higher = 0;
+  size_t count = 0, i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256i b = abs_bits8(_mm256_loadu_ps(d + i));
+    __m256i gt = _mm256_cmpgt_epi32(b, hi);
+    __m256i ge_lo = _mm256_cmpgt_epi32(b, lo_minus_1);
+    higher += static_cast<uint64_t>(__builtin_popcount(_mm256_movemask_ps(_mm256_castsi256_ps(gt))));
+    int in = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(gt, ge_lo)));
+    if (in == 0) continue;
+    _mm256_store_si256(reinterpret_cast<__m256i*>(bits), b);
+    for (; in != 0; in &= in - 1) found[count++] = bits[__builtin_ctz(in)];
+  }
+  *above += higher;
+  return count + scalar_method_kernels().window_scan(d + i, n - i, w_lo, w_hi, above,
+                                                     found + count);
+}
+
 // Low 64 bits of a * b per 64-bit lane (AVX2 has only 32x32->64 multiplies).
 inline __m256i mul64(__m256i a, __m256i b) {
   __m256i lo = _mm256_mul_epu32(a, b);
@@ -290,7 +313,8 @@ void gram_avx2(const float* const* v, size_t m, double* sums) {
 }
 
 const MethodKernels kAvx2{"avx2",             delta_avx2,          histogram_hi_avx2,
-                          histogram_lo_avx2,  count_equal_avx2,    sparsify_random_avx2,
+                          histogram_lo_avx2,  count_equal_avx2,    window_scan_avx2,
+                          sparsify_random_avx2,
                           sparsify_kept_avx2, sparsify_rank_avx2,  scale_avx2,
                           l1_avx2,            mix_avx2,            gram_avx2};
 

@@ -35,6 +35,19 @@ uint64_t count_equal_scalar(const float* d, size_t n, uint32_t bits) {
   return count;
 }
 
+size_t window_scan_scalar(const float* d, size_t n, uint32_t w_lo, uint32_t w_hi,
+                          uint64_t* above, uint32_t* found) {
+  size_t count = 0;
+  uint64_t higher = 0;
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t bits = abs_bits(d[i]);
+    higher += bits > w_hi;
+    if (bits >= w_lo && bits <= w_hi) found[count++] = bits;
+  }
+  *above += higher;
+  return count;
+}
+
 void sparsify_random_scalar(float* d, size_t n, uint64_t stream, uint64_t elem, float density,
                             bool by_density, uint64_t* keep) {
   for (size_t i = 0; i < n; ++i) {
@@ -125,7 +138,8 @@ void gram_scalar(const float* const* v, size_t m, double* sums) {
 }
 
 const MethodKernels kScalar{"scalar",           delta_scalar,           histogram_hi_scalar,
-                            histogram_lo_scalar,  count_equal_scalar,     sparsify_random_scalar,
+                            histogram_lo_scalar,  count_equal_scalar,     window_scan_scalar,
+                            sparsify_random_scalar,
                             sparsify_kept_scalar, sparsify_rank_scalar,   scale_scalar,
                             l1_scalar,            mix_scalar,             gram_scalar};
 

@@ -38,6 +38,8 @@ uint64_t state_limit(const EngineOptions& options) {
 uint64_t candidate_limit(const EngineOptions& options) {
   return std::min(kCandidateBytes, options.memory_budget / 4);
 }
+// Tiles per tensor whose |delta| guess the rank windows (spread evenly over it).
+constexpr uint64_t kSampleTiles = 256;
 constexpr uint64_t kMinChunkElems = 16 * 1024;
 constexpr uint64_t kMaxChunkElems = 16ull << 20;
 
@@ -78,7 +80,17 @@ struct Selection {
   uint64_t in_bin = 0;
   bool recorded = false;
   std::vector<std::vector<uint16_t>> chunk_lo;
-  std::vector<uint32_t> tile_in_bin;
+  std::vector<uint32_t> tile_in_bin;  // per tile: candidates recorded (either pass)
+  // The window pass, tried before the histograms: a sample of tiles guesses the bit
+  // range [w_lo, w_hi] holding the threshold; one read then counts the elements above
+  // it (per chunk) and records those inside it (their abs bits, in index order). When
+  // the rank falls inside, the threshold and tie counts come from the record and the
+  // histogram passes are skipped (`resolved`); else they run as before.
+  bool windowed = false;
+  bool resolved = false;
+  uint32_t w_lo = 0, w_hi = 0;
+  std::vector<uint64_t> chunk_above;
+  std::vector<std::vector<uint32_t>> chunk_bits;
 
   void init(uint64_t r, uint64_t n) {
     rank = r;
@@ -108,13 +120,21 @@ struct ModelState {
   std::vector<uint64_t> keep;
   bool scaled = false;
   float scale = 1.0f;
+  std::vector<uint32_t> sample;  // abs bits of |delta| in the sampled tiles (windows)
   bool selects() const { return lo.active() || hi.active(); }
+  // Some selection still needs the histogram passes (its window missed).
+  bool needs_histograms() const {
+    return (lo.active() && !lo.resolved) || (hi.active() && !hi.resolved);
+  }
 };
 
 struct JobState {
   std::mutex mu;
   std::vector<ModelState> models;
   bool selects = false;
+  std::atomic<uint64_t> window_recorded{0};  // candidates recorded by the window pass
+  uint64_t window_max = 0;                   // more than this: every window misses
+  std::atomic<bool> window_overflow{false};
 };
 
 // Per-thread scratch.
@@ -122,6 +142,7 @@ struct TaskScratch {
   std::vector<float> base, x, wd;  // wd: n_models tiles of weighted deltas
   std::vector<uint32_t> hist;      // pass 1: n_models * kHiHistCopies * kHiBins; pass 2: 2 * n_models * kLoBins
   std::vector<uint16_t> found;     // pass 2: one tile's candidates
+  std::vector<uint32_t> in_window; // window pass: one tile's candidates
   std::vector<uint8_t> out;
 };
 
@@ -150,7 +171,7 @@ class TaskRunner {
       max_models = std::max(max_models, job.models.size());
       bool selects = job.sparsify == Sparsify::kMagnitude || job.sparsify == Sparsify::kOutliers;
       bool norms = job.rescale == Rescale::kL1 && job.sparsify != Sparsify::kNone;
-      total += read * ((selects ? 4 : 1) + (norms ? 1 : 0));
+      total += read * ((selects ? 2 : 1) + (norms ? 1 : 0));
     }
     chunk_elems_ = method_chunk_elems(per_elem, options_, threads_,
                                       state_limit(options_) + candidate_limit(options_));
@@ -161,6 +182,7 @@ class TaskRunner {
       s.x.resize(kGroupElems);
       s.wd.resize(kTile * max_models);
       s.found.resize(kTile);
+      s.in_window.resize(kTile);
     }
     // Batches of consecutive jobs whose selection state fits state_limit().
     size_t begin = 0;
@@ -183,6 +205,8 @@ class TaskRunner {
       for (uint64_t f = 0; f < job.n_elems; f += chunk_elems_) ++stats.n_chunks;
     }
     stats.rng_draws = rng_draws_.load();
+    stats.ranks_sampled = ranks_sampled_;
+    stats.ranks_histogrammed = ranks_histogrammed_;
     return stats;
   }
 
@@ -201,15 +225,21 @@ class TaskRunner {
 
   uint64_t selection_bytes(const TaskJob& job) const {
     if (!selects_by_rank(job)) return keep_bytes(job);
+    uint64_t sample = std::min(job.n_elems, kSampleTiles * kTile) * sizeof(uint32_t);
     return job.models.size() * (kHiBins + 2ull * kLoBins) * sizeof(uint64_t) +
+           job.models.size() * sample +
            job.models.size() * 2 * (job.n_elems / kTile + 1) * sizeof(uint64_t);
   }
 
   // One read of the inputs: `pass` on every item.
-  void run_pass(const std::vector<Item>& items, void (TaskRunner::*pass)(const Item&, TaskScratch*)) {
+  // `counted`: its bytes count as progress (else the pass is not in the total).
+  void run_pass(const std::vector<Item>& items, void (TaskRunner::*pass)(const Item&, TaskScratch*),
+                bool counted = true) {
+    ChunkPool::BytesOf progress_of;
+    if (!counted) progress_of = [](const Item&) -> uint64_t { return 0; };
     pool_->run(
         items, [this](const Item& item) -> const std::vector<JobInput>& { return inputs_[item.job]; },
-        [this, pass](const Item& item, int t) { (this->*pass)(item, &scratch_[t]); });
+        [this, pass](const Item& item, int t) { (this->*pass)(item, &scratch_[t]); }, progress_of);
   }
 
   uint64_t job_read_bytes(size_t j) const {
@@ -258,62 +288,36 @@ class TaskRunner {
     }
     batch_begin_ = begin;
     auto selecting = [&](size_t j) { return states_[j - begin]->selects; };
-    // Pass 1: histogram of the high 16 bits of |delta|.
-    for (size_t j = begin; j < end; ++j)
-      for (ModelState& ms : states_[j - begin]->models)
-        if (ms.selects()) ms.hist_hi.assign(kHiBins, 0);
-    run_pass(items_of(begin, end, selecting), &TaskRunner::histogram_hi);
-    for (size_t j = begin; j < end; ++j) {
-      for (ModelState& ms : states_[j - begin]->models) {
-        pick_hi_bin(ms, &ms.lo);
-        pick_hi_bin(ms, &ms.hi);
-        std::vector<uint64_t>().swap(ms.hist_hi);
-      }
-    }
-    uint64_t candidate_bytes = 0;
-    uint64_t candidates_max = candidate_limit(options_);
-    for (size_t j = begin; j < end; ++j) {
-      uint64_t n_tiles = jobs_[j].n_elems / kTile + 1;
-      uint64_t n_chunks = (jobs_[j].n_elems + chunk_elems_ - 1) / chunk_elems_;
-      for (ModelState& ms : states_[j - begin]->models) {
-        for (Selection* sel : {&ms.lo, &ms.hi}) {
-          if (!sel->active()) continue;
-          uint64_t bytes = sel->in_bin * sizeof(uint16_t) + n_tiles * sizeof(uint32_t);
-          if (candidate_bytes + bytes > candidates_max) continue;
-          candidate_bytes += bytes;
-          sel->recorded = true;
-          sel->chunk_lo.resize(n_chunks);
-          sel->tile_in_bin.assign(n_tiles, 0);
-        }
-      }
-    }
-    // Pass 2: histogram of the low 16 bits inside each selection's high bin.
-    run_pass(items_of(begin, end, selecting), &TaskRunner::histogram_lo);
-    bool any_ties = false;
-    for (size_t j = begin; j < end; ++j) {
-      for (ModelState& ms : states_[j - begin]->models) {
-        for (Selection* s : {&ms.lo, &ms.hi}) {
-          pick_threshold(s);
-          if (s->need_ties) s->tie_prefix.assign(jobs_[j].n_elems / kTile + 1, 0);
-          if (s->need_ties && s->recorded) count_recorded_ties(jobs_[j], s);
-          any_ties = any_ties || (s->need_ties && !s->recorded);
-          std::vector<std::vector<uint16_t>>().swap(s->chunk_lo);
-          std::vector<uint32_t>().swap(s->tile_in_bin);
-        }
-      }
-    }
-    // Pass 3: elements equal to the threshold, per tile, when only some are kept.
-    auto tying = [&](size_t j) {
-      for (ModelState& ms : states_[j - begin]->models)
-        for (const Selection* s : {&ms.lo, &ms.hi})
-          if (s->need_ties && !s->recorded) return true;
+    // Statistics in one read when the sampled windows hold the thresholds.
+    choose_windows(begin, end);
+    auto windowing = [&](size_t j) {
+      for (const ModelState& ms : states_[j - begin]->models)
+        if (ms.lo.windowed || ms.hi.windowed) return true;
       return false;
     };
-    for (size_t j = begin; j < end; ++j)
-      if (selecting(j) && !tying(j)) pool_->skip(job_read_bytes(j));
-    if (any_ties) {
-      run_pass(items_of(begin, end, tying), &TaskRunner::count_ties);
+    run_pass(items_of(begin, end, windowing), &TaskRunner::window_scan);
+    for (size_t j = begin; j < end; ++j) {
+      if (selecting(j) && !windowing(j)) pool_->skip(job_read_bytes(j));
+      resolve_windows(j);
     }
+    // The histogram passes, for the selections whose window missed (not counted as
+    // progress: the window pass already was).
+    auto histogramming = [&](size_t j) {
+      for (const ModelState& ms : states_[j - begin]->models)
+        if (ms.needs_histograms()) return true;
+      return false;
+    };
+    bool any_histograms = false;
+    for (size_t j = begin; j < end; ++j) {
+      any_histograms = any_histograms || histogramming(j);
+      for (const ModelState& ms : states_[j - begin]->models) {
+        for (const Selection* sel : {&ms.lo, &ms.hi}) {
+          if (!sel->active()) continue;
+          ++(sel->resolved ? ranks_sampled_ : ranks_histogrammed_);
+        }
+      }
+    }
+    if (any_histograms) histogram_passes(begin, end, histogramming);
     for (size_t j = begin; j < end; ++j) {
       for (ModelState& ms : states_[j - begin]->models) {
         for (Selection* s : {&ms.lo, &ms.hi}) {
@@ -357,9 +361,67 @@ class TaskRunner {
     run_pass(items_of(begin, end, [](size_t) { return true; }), &TaskRunner::apply);
   }
 
+  // Radix selection for the selections without a resolved window: pass 1 histograms
+  // the high 16 bits of |delta|, pass 2 the low 16 bits inside the chosen high bin
+  // (recording them when they fit, so the tie counts need no third read), pass 3
+  // counts the elements equal to the threshold per tile when some of them are kept.
+  void histogram_passes(size_t begin, size_t end, const std::function<bool(size_t)>& want) {
+    for (size_t j = begin; j < end; ++j)
+      for (ModelState& ms : states_[j - begin]->models)
+        if (ms.needs_histograms()) ms.hist_hi.assign(kHiBins, 0);
+    run_pass(items_of(begin, end, want), &TaskRunner::histogram_hi, false);
+    for (size_t j = begin; j < end; ++j) {
+      for (ModelState& ms : states_[j - begin]->models) {
+        pick_hi_bin(ms, &ms.lo);
+        pick_hi_bin(ms, &ms.hi);
+        std::vector<uint64_t>().swap(ms.hist_hi);
+      }
+    }
+    uint64_t candidate_bytes = 0;
+    uint64_t candidates_max = candidate_limit(options_);
+    for (size_t j = begin; j < end; ++j) {
+      uint64_t n_tiles = jobs_[j].n_elems / kTile + 1;
+      uint64_t n_chunks = (jobs_[j].n_elems + chunk_elems_ - 1) / chunk_elems_;
+      for (ModelState& ms : states_[j - begin]->models) {
+        for (Selection* sel : {&ms.lo, &ms.hi}) {
+          if (!sel->active() || sel->resolved) continue;
+          uint64_t bytes = sel->in_bin * sizeof(uint16_t) + n_tiles * sizeof(uint32_t);
+          if (candidate_bytes + bytes > candidates_max) continue;
+          candidate_bytes += bytes;
+          sel->recorded = true;
+          sel->chunk_lo.resize(n_chunks);
+          sel->tile_in_bin.assign(n_tiles, 0);
+        }
+      }
+    }
+    run_pass(items_of(begin, end, want), &TaskRunner::histogram_lo, false);
+    bool any_ties = false;
+    for (size_t j = begin; j < end; ++j) {
+      for (ModelState& ms : states_[j - begin]->models) {
+        for (Selection* s : {&ms.lo, &ms.hi}) {
+          if (s->resolved) continue;
+          pick_threshold(s);
+          if (s->need_ties) s->tie_prefix.assign(jobs_[j].n_elems / kTile + 1, 0);
+          if (s->need_ties && s->recorded)
+            count_recorded_ties(jobs_[j], s->chunk_lo, static_cast<uint16_t>(s->threshold & 0xFFFFu), s);
+          any_ties = any_ties || (s->need_ties && !s->recorded);
+          std::vector<std::vector<uint16_t>>().swap(s->chunk_lo);
+          std::vector<uint32_t>().swap(s->tile_in_bin);
+        }
+      }
+    }
+    auto tying = [&](size_t j) {
+      for (ModelState& ms : states_[j - begin]->models)
+        for (const Selection* s : {&ms.lo, &ms.hi})
+          if (s->need_ties && !s->recorded && !s->resolved) return true;
+      return false;
+    };
+    if (any_ties) run_pass(items_of(begin, end, tying), &TaskRunner::count_ties, false);
+  }
+
   // Walks bins from the top down to the one holding rank r.
   static void pick_hi_bin(const ModelState& ms, Selection* s) {
-    if (!s->active()) return;
+    if (!s->active() || s->resolved) return;
     uint64_t cum = 0;
     for (uint32_t b = kHiBins; b-- > 0;) {
       if (cum + ms.hist_hi[b] > s->rank) {
@@ -374,17 +436,171 @@ class TaskRunner {
     raise(ErrorKind::kValue, "internal: rank beyond histogram");
   }
 
-  // Per tile, the recorded candidates equal to the threshold (tie_prefix, not yet summed).
-  void count_recorded_ties(const TaskJob& job, Selection* s) const {
-    uint16_t want = static_cast<uint16_t>(s->threshold & 0xFFFFu);
-    for (size_t c = 0; c < s->chunk_lo.size(); ++c) {
-      const uint16_t* lo = s->chunk_lo[c].data();
+  // Per tile, the recorded candidates equal to `want` (tie_prefix, not yet summed):
+  // `chunks` holds them per chunk in index order, tile_in_bin how many per tile.
+  template <class Bits>
+  void count_recorded_ties(const TaskJob& job, const std::vector<std::vector<Bits>>& chunks,
+                           Bits want, Selection* s) const {
+    for (size_t c = 0; c < chunks.size(); ++c) {
+      const Bits* bits = chunks[c].data();
       uint64_t first = c * chunk_elems_, last = std::min(job.n_elems, first + chunk_elems_);
       for (uint64_t t = first / kTile; t * kTile < last; ++t) {
         uint64_t count = 0;
-        for (uint32_t i = 0; i < s->tile_in_bin[t]; ++i) count += lo[i] == want;
+        for (uint32_t i = 0; i < s->tile_in_bin[t]; ++i) count += bits[i] == want;
         s->tie_prefix[t] = count;
-        lo += s->tile_in_bin[t];
+        bits += s->tile_in_bin[t];
+      }
+    }
+  }
+
+  // The sample of every selecting model of jobs [begin, end): the |delta| bits of
+  // kSampleTiles tiles spread over the tensor (all of a smaller one); then each
+  // selection's window [w_lo, w_hi] around the sample's guess of its threshold,
+  // wide enough that a miss is unlikely and narrow enough that its candidates fit
+  // the budget's candidate share (a selection that does not fit skips the window).
+  void choose_windows(size_t begin, size_t end) {
+    std::vector<Item> items;
+    for (size_t j = begin; j < end; ++j) {
+      JobState& st = *states_[j - begin];
+      if (!st.selects) continue;
+      const TaskJob& job = jobs_[j];
+      uint64_t n_tiles = (job.n_elems + kTile - 1) / kTile;
+      uint64_t n_sampled = std::min(n_tiles, kSampleTiles);
+      for (ModelState& ms : st.models)
+        if (ms.selects()) ms.sample.assign(n_sampled * kTile, 0);
+      for (uint64_t i = 0; i < n_sampled; ++i) {
+        uint64_t t = i * n_tiles / n_sampled;
+        items.push_back({static_cast<uint32_t>(j), t * kTile, std::min(kTile, job.n_elems - t * kTile)});
+      }
+    }
+    if (items.empty()) return;
+    run_pass(items, &TaskRunner::sample_tile, false);
+    // A tile is rarely whole pages: drop every page the sample mapped (fault-around
+    // maps neighbours too) by releasing the sampled tensors' whole ranges.
+    for (size_t j = begin; j < end; ++j)
+      if (states_[j - begin]->selects)
+        for (const JobInput& in : inputs_[j]) touch_input(plan_, in, 0, jobs_[j].n_elems, false);
+    uint64_t used = 0;
+    for (size_t j = begin; j < end; ++j) {
+      JobState& st = *states_[j - begin];
+      const TaskJob& job = jobs_[j];
+      uint64_t n_tiles = (job.n_elems + kTile - 1) / kTile;
+      uint64_t n_sampled = std::min(n_tiles, kSampleTiles);
+      uint64_t n_chunks = (job.n_elems + chunk_elems_ - 1) / chunk_elems_;
+      for (ModelState& ms : st.models) {
+        if (ms.sample.empty()) continue;
+        // The last tile may be short: drop its unused slots.
+        uint64_t last = (n_sampled - 1) * n_tiles / n_sampled;
+        ms.sample.resize((n_sampled - 1) * kTile + std::min(kTile, job.n_elems - last * kTile));
+        for (Selection* sel : {&ms.lo, &ms.hi}) {
+          if (!sel->active()) continue;
+          if (n_sampled == n_tiles) {
+            settle_from_sample(ms.sample, sel);
+            continue;
+          }
+          uint64_t expected = 0;
+          pick_window(ms.sample, job.n_elems, sel, &expected);
+          expected += expected / 4;  // what the sample predicts, give or take
+          uint64_t bytes = expected * sizeof(uint32_t) + n_tiles * sizeof(uint32_t) +
+                           n_chunks * (sizeof(uint64_t) + sizeof(std::vector<uint32_t>));
+          if (used + bytes > candidate_limit(options_)) continue;
+          used += bytes;
+          st.window_max += expected;
+          sel->windowed = true;
+          sel->chunk_above.assign(n_chunks, 0);
+          sel->chunk_bits.resize(n_chunks);
+          sel->tile_in_bin.assign(n_tiles, 0);
+        }
+        std::vector<uint32_t>().swap(ms.sample);
+      }
+    }
+  }
+
+  // The window of `s` from a model's sample (which it reorders): sample positions
+  // around the rank's share of it, descending by bits. *expected: the candidates the
+  // sample predicts for the whole tensor, plus a tile.
+  static void pick_window(std::vector<uint32_t>& sample, uint64_t n_elems, Selection* s,
+                          uint64_t* expected) {
+    double m = static_cast<double>(sample.size());
+    double q = static_cast<double>(s->rank) / static_cast<double>(n_elems);
+    // Six standard deviations of the sample quantile, plus 0.4% of the ranks because
+    // sampled tiles are runs of neighbours (rows), not independent draws.
+    double margin = 0.004 * m + 6.0 * std::sqrt(m * q * (1.0 - q)) + 4.0;
+    double at = q * m;
+    auto greater = std::greater<uint32_t>();
+    uint32_t w_hi = 0x7FFFFFFFu, w_lo = 0;
+    if (at - margin >= 0.0) {
+      auto pos = sample.begin() + static_cast<int64_t>(std::floor(at - margin));
+      std::nth_element(sample.begin(), pos, sample.end(), greater);
+      w_hi = *pos;
+    }
+    if (at + margin <= m - 1.0) {
+      auto pos = sample.begin() + static_cast<int64_t>(std::ceil(at + margin));
+      std::nth_element(sample.begin(), pos, sample.end(), greater);
+      w_lo = *pos;
+    }
+    s->w_lo = w_lo;
+    s->w_hi = w_hi;
+    uint64_t inside = 0;
+    for (uint32_t b : sample) inside += b >= w_lo && b <= w_hi;
+    *expected = static_cast<uint64_t>(static_cast<double>(inside) / m *
+                                      static_cast<double>(n_elems)) + kTile;
+  }
+
+  // Resolves `s` from `candidates`, the bits of every element inside its window, and
+  // `above`, the number of elements above the window (the rank is known to fall
+  // inside): the threshold, how many equal it and how many of those are kept.
+  static void settle(std::vector<uint32_t> candidates, uint64_t above, Selection* s) {
+    auto nth = candidates.begin() + static_cast<int64_t>(s->rank - above);
+    std::nth_element(candidates.begin(), nth, candidates.end(), std::greater<uint32_t>());
+    uint32_t threshold = *nth;
+    uint64_t higher = above, equal = 0;
+    for (uint32_t b : candidates) {
+      higher += b > threshold;
+      equal += b == threshold;
+    }
+    s->threshold = threshold;
+    s->n_equal = equal;
+    s->ties_keep = s->rank - higher;
+    s->need_ties = s->ties_keep > 0 && s->ties_keep < s->n_equal;
+    s->resolved = true;
+  }
+
+  // A tensor of at most kSampleTiles tiles is sampled whole, tile i in slot i: its
+  // selections are resolved from the sample, with no window pass.
+  static void settle_from_sample(const std::vector<uint32_t>& sample, Selection* s) {
+    settle(sample, 0, s);
+    if (!s->need_ties) return;
+    s->tie_prefix.assign(sample.size() / kTile + 1, 0);
+    for (size_t i = 0; i < sample.size(); ++i) s->tie_prefix[i / kTile] += sample[i] == s->threshold;
+  }
+
+  // After the window pass: the threshold and tie counts of each windowed selection
+  // of job j whose rank fell inside its window (else the histogram passes find them).
+  void resolve_windows(size_t j) {
+    JobState& st = *states_[j - batch_begin_];
+    const TaskJob& job = jobs_[j];
+    bool overflow = st.window_overflow.load();
+    for (ModelState& ms : st.models) {
+      for (Selection* s : {&ms.lo, &ms.hi}) {
+        if (!s->windowed) continue;
+        s->windowed = false;
+        uint64_t above = 0, inside = 0;
+        for (uint64_t c : s->chunk_above) above += c;
+        for (const std::vector<uint32_t>& c : s->chunk_bits) inside += c.size();
+        if (!overflow && above <= s->rank && s->rank < above + inside) {
+          std::vector<uint32_t> all;
+          all.reserve(inside);
+          for (const std::vector<uint32_t>& c : s->chunk_bits) all.insert(all.end(), c.begin(), c.end());
+          settle(std::move(all), above, s);
+          if (s->need_ties) {
+            s->tie_prefix.assign(job.n_elems / kTile + 1, 0);
+            count_recorded_ties(job, s->chunk_bits, s->threshold, s);
+          }
+        }
+        std::vector<std::vector<uint32_t>>().swap(s->chunk_bits);
+        std::vector<uint64_t>().swap(s->chunk_above);
+        std::vector<uint32_t>().swap(s->tile_in_bin);
       }
     }
   }
@@ -430,6 +646,63 @@ class TaskRunner {
     });
   }
 
+  // The sample pass: one tile's |delta| bits into each selecting model's sample.
+  void sample_tile(const Item& item, TaskScratch* s) {
+    const TaskJob& job = jobs_[item.job];
+    JobState& st = *states_[item.job - batch_begin_];
+    uint64_t n_tiles = (job.n_elems + kTile - 1) / kTile;
+    uint64_t n_sampled = std::min(n_tiles, kSampleTiles);
+    // Tile t = floor(i * n_tiles / n_sampled) is sample slot i = ceil(t * n_sampled / n_tiles).
+    uint64_t slot = (item.first_elem / kTile * n_sampled + n_tiles - 1) / n_tiles;
+    for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
+      for (size_t k = 0; k < job.models.size(); ++k) {
+        ModelState& ms = st.models[k];
+        if (ms.sample.empty()) continue;
+        load_delta(job, k, elem, n, s);
+        uint32_t* dst = ms.sample.data() + slot * kTile;  // each slot is one thread's
+        for (size_t i = 0; i < n; ++i) dst[i] = abs_bits(s->x[i]);
+      }
+    });
+    // The kernel maps the neighbours of every faulted page too (fault-around, 64 KiB):
+    // unmap them now, or a batch's samples would hold hundreds of MiB of pages.
+    for (const JobInput& in : inputs_[item.job]) {
+      uint64_t around = (256u << 10) / item_n_bytes(in.dtype);
+      uint64_t first = item.first_elem > around ? item.first_elem - around : 0;
+      uint64_t last = std::min(job.n_elems, item.first_elem + item.n_elems + around);
+      touch_input(plan_, in, first, last - first, false);
+    }
+  }
+
+  // The window pass: per chunk, the elements above each window counted and those
+  // inside recorded in index order (per tile counts in tile_in_bin).
+  void window_scan(const Item& item, TaskScratch* s) {
+    const TaskJob& job = jobs_[item.job];
+    JobState& st = *states_[item.job - batch_begin_];
+    size_t chunk = static_cast<size_t>(item.first_elem / chunk_elems_);
+    for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
+      for (size_t k = 0; k < job.models.size(); ++k) {
+        ModelState& ms = st.models[k];
+        if (!ms.lo.windowed && !ms.hi.windowed) continue;
+        load_delta(job, k, elem, n, s);
+        for (Selection* sel : {&ms.lo, &ms.hi}) {
+          if (!sel->windowed) continue;
+          uint64_t above = 0;
+          size_t count = method_kernels_.window_scan(s->x.data(), n, sel->w_lo, sel->w_hi,
+                                                     &above, s->in_window.data());
+          sel->chunk_above[chunk] += above;  // each chunk and tile is written by one thread
+          if (st.window_overflow.load(std::memory_order_relaxed)) continue;
+          if (st.window_recorded.fetch_add(count) + count > st.window_max) {
+            st.window_overflow.store(true);  // far more than sampled: the histograms decide
+            continue;
+          }
+          std::vector<uint32_t>& bits = sel->chunk_bits[chunk];
+          bits.insert(bits.end(), s->in_window.data(), s->in_window.data() + count);
+          sel->tile_in_bin[elem / kTile] = static_cast<uint32_t>(count);
+        }
+      }
+    });
+  }
+
   void histogram_hi(const Item& item, TaskScratch* s) {
     const TaskJob& job = jobs_[item.job];
     JobState& st = *states_[item.job - batch_begin_];
@@ -438,14 +711,14 @@ class TaskRunner {
     s->hist.assign(n_models * kPerModel, 0);
     for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
       for (size_t k = 0; k < n_models; ++k) {
-        if (!st.models[k].selects()) continue;
+        if (!st.models[k].needs_histograms()) continue;
         load_delta(job, k, elem, n, s);
         method_kernels_.histogram_hi(s->x.data(), n, s->hist.data() + k * kPerModel);
       }
     });
     std::lock_guard<std::mutex> guard(st.mu);
     for (size_t k = 0; k < n_models; ++k) {
-      if (!st.models[k].selects()) continue;
+      if (!st.models[k].needs_histograms()) continue;
       const uint32_t* h = s->hist.data() + k * kPerModel;
       uint64_t* g = st.models[k].hist_hi.data();
       for (size_t c = 0; c < kHiHistCopies; ++c)
@@ -461,12 +734,12 @@ class TaskRunner {
     for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
       for (size_t k = 0; k < n_models; ++k) {
         ModelState& ms = st.models[k];
-        if (!ms.selects()) continue;
+        if (!ms.needs_histograms()) continue;
         load_delta(job, k, elem, n, s);
         int which = 0;
         for (Selection* sel : {&ms.lo, &ms.hi}) {
           uint32_t* h = s->hist.data() + (2 * k + which++) * kLoBins;
-          if (!sel->active()) continue;
+          if (!sel->active() || sel->resolved) continue;
           uint16_t* found = sel->recorded ? s->found.data() : nullptr;
           size_t count = method_kernels_.histogram_lo(s->x.data(), n, sel->hi_bin, h, found);
           if (!found) continue;
@@ -483,7 +756,7 @@ class TaskRunner {
       int which = 0;
       for (Selection* sel : {&ms.lo, &ms.hi}) {
         const uint32_t* h = s->hist.data() + (2 * k + which++) * kLoBins;
-        if (!sel->active()) continue;
+        if (!sel->active() || sel->resolved) continue;
         for (uint32_t b = 0; b < kLoBins; ++b) sel->hist_lo[b] += h[b];
       }
     }
@@ -495,11 +768,13 @@ class TaskRunner {
     for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
       for (size_t k = 0; k < job.models.size(); ++k) {
         ModelState& ms = st.models[k];
-        if (!(ms.lo.need_ties && !ms.lo.recorded) && !(ms.hi.need_ties && !ms.hi.recorded))
-          continue;
+        auto counts = [](const Selection& sel) {
+          return sel.need_ties && !sel.recorded && !sel.resolved;
+        };
+        if (!counts(ms.lo) && !counts(ms.hi)) continue;
         load_delta(job, k, elem, n, s);
         for (Selection* sel : {&ms.lo, &ms.hi}) {
-          if (!sel->need_ties || sel->recorded) continue;
+          if (!counts(*sel)) continue;
           // each tile is written by one thread
           sel->tie_prefix[elem / kTile] = method_kernels_.count_equal(s->x.data(), n, sel->threshold);
         }
@@ -611,6 +886,7 @@ class TaskRunner {
   std::vector<std::unique_ptr<JobState>> states_;
   size_t batch_begin_ = 0;
   std::atomic<uint64_t> rng_draws_{0};
+  uint64_t ranks_sampled_ = 0, ranks_histogrammed_ = 0;
 };
 
 }  // namespace

@@ -103,6 +103,8 @@ inline pybind11::dict stats_to_dict(const RunStats& stats) {
   out["seconds"] = stats.seconds;
   out["kernel"] = stats.kernel;
   out["rng_draws"] = stats.rng_draws;
+  out["ranks_sampled"] = stats.ranks_sampled;
+  out["ranks_histogrammed"] = stats.ranks_histogrammed;
   return out;
 }
 

@@ -86,26 +86,63 @@ def test_dare_density_rescale_avx2_matches_scalar(tmp_path):
         merged(tmp_path, "dare_ties", paths, "scalar", **kw)
 
 
-def test_magnitude_selection_reads_inputs_three_times(tmp_path):
-    # Equal magnitudes straddle the threshold, so some ties are kept and some dropped:
-    # pass 2 records the candidates and the tie counts need no extra read.
+def _ties(paths, out, **kw):
+    return methods.merge_models("ties", paths[1:], out, base_model=paths[0],
+                                model_parameters=[{"weight": 1.0, "density": 0.5}] * 3,
+                                progress=False, **kw)
+
+
+def test_magnitude_selection_reads_small_tensors_twice(tmp_path):
+    # Tensors of at most 64 tiles are sampled whole: their thresholds and tie counts
+    # come from the sample (one read), then the apply pass reads them again.
     paths = make_models(tmp_path, 3, "F32", False, seed=2)
     # 4 inputs of F32; the 1-element tensor keeps everything (K = 1), so needs no selection.
     selected = sum(4 * n for _, n in SIZES if n > 1) * 4
     unselected = 4 * 4
-    report = methods.merge_models("ties", paths[1:], tmp_path / "o.safetensors",
-                                  base_model=paths[0],
-                                  model_parameters=[{"weight": 1.0, "density": 0.5}] * 3,
-                                  progress=False)
-    assert report.bytes_read == 3 * selected + unselected
-    # A budget too small for the candidates falls back to a tie-count pass (for the
-    # tensors whose threshold splits ties), same bits.
-    small = methods.merge_models("ties", paths[1:], tmp_path / "s.safetensors",
-                                 base_model=paths[0],
-                                 model_parameters=[{"weight": 1.0, "density": 0.5}] * 3,
-                                 memory_budget=64, progress=False)
-    assert 3 * selected + unselected < small.bytes_read <= 4 * selected + unselected
-    assert (tmp_path / "s.safetensors").read_bytes() == (tmp_path / "o.safetensors").read_bytes()
+    assert _ties(paths, tmp_path / "o.safetensors").bytes_read == 2 * selected + unselected
+
+
+def _big_models(tmp_path, adversarial: bool):
+    """Base + 3 models of one 300,000-element F32 tensor (147 tiles) with many equal
+    |delta|; `adversarial`: the 64 tiles the window sample reads (tile
+    floor(i * 147 / 64)) hold tiny deltas, the others large ones, so the sample's
+    guess of every threshold is far off."""
+    n, tile = 300_000, 2048
+    rng = np.random.default_rng(9)
+    sampled = np.zeros(n, dtype=bool)
+    for i in range(64):
+        t = i * 147 // 64
+        sampled[t * tile:(t + 1) * tile] = True
+    base = rng.standard_normal(n).astype(F32)
+    paths = [write_raw(tmp_path / "b.safetensors", {"w": ("F32", [n], base.tobytes())})]
+    for k in range(3):
+        d = (np.round(rng.standard_normal(n) * 8) / 8).astype(F32)
+        if adversarial:
+            d = np.where(sampled, d * F32(1e-3), d * F32(100.0)).astype(F32)
+        paths.append(write_raw(tmp_path / f"x{k}.safetensors",
+                               {"w": ("F32", [n], (base + d).astype(F32).tobytes())}))
+    return paths, n * 4 * 4
+
+
+@pytest.mark.parametrize("adversarial", [False, True])
+def test_magnitude_selection_windows(tmp_path, adversarial):
+    # Larger tensors: a sample of 64 tiles guesses each threshold's bit window, one
+    # read counts the elements above it and records those inside; when the rank falls
+    # inside (the usual case) the histogram passes are skipped. A missed window (the
+    # adversarial layout) or one too big for the budget falls back to them, same bits.
+    paths, n_bytes = _big_models(tmp_path, adversarial)
+    sample_bytes = 64 * 2048 * 4 * 4
+    windowed = _ties(paths, tmp_path / "w.safetensors")
+    small = _ties(paths, tmp_path / "s.safetensors", memory_budget=64)
+    if adversarial:
+        assert windowed.bytes_read >= sample_bytes + 4 * n_bytes
+    else:
+        assert windowed.bytes_read == sample_bytes + 2 * n_bytes
+    assert small.bytes_read >= sample_bytes + 4 * n_bytes
+    got = (tmp_path / "w.safetensors").read_bytes()
+    assert got == (tmp_path / "s.safetensors").read_bytes()
+    _ties(paths, tmp_path / "t.safetensors", kernel="scalar", threads=2, chunk_elems=2048)
+    assert got == (tmp_path / "t.safetensors").read_bytes()
 
 
 def _tile_sums(x: np.ndarray, y: np.ndarray) -> float:

@@ -193,6 +193,27 @@ def test_task_methods_match_reference(tmp_path, method, dtype, out_dtype):
         assert got[name][2] == expected, f"{method} {name}"
 
 
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties"])
+@pytest.mark.parametrize("quantize", [None, 64])
+def test_windowed_rank_selection_matches_reference(tmp_path, method, quantize):
+    """A tensor of more than 64 tiles: its thresholds come from the sampled windows
+    (csrc/methods_cpu.cc), not the histograms; `quantize` makes many |delta| equal,
+    so ties straddle the thresholds."""
+    rng = np.random.default_rng(11)
+    sizes = [("model.layers.0.big", 300_001)]
+    paths, raws = make_models(tmp_path, rng, 3, "BF16", sizes=sizes, quantize=quantize)
+    weights, densities, gamma = [0.7, -0.4, 1.3], [0.3, 0.8, 0.55], 0.05
+    params = [{"weight": w, "density": d, **({"gamma": gamma} if "bread" in method else {})}
+              for w, d in zip(weights, densities)]
+    out = tmp_path / "out.safetensors"
+    methods.merge_models(method, paths[1:], out, base_model=paths[0], model_parameters=params,
+                         threads=2, progress=False)
+    base, *xs = decoded(raws, sizes[0][0], "BF16")
+    expected = reference_task(method, sizes[0][0], base, xs, weights, densities,
+                              [gamma if "bread" in method else 0.0] * 3, "BF16")
+    assert read_checkpoint(out)[sizes[0][0]][2] == expected
+
+
 @pytest.mark.parametrize("kernel", ["scalar", "avx2"])
 def test_ties_count_consensus_and_dare_density_rescale(tmp_path, kernel):
     if kernel == "avx2" and not ladle.build_info()["avx2_cpu"]:

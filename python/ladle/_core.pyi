@@ -36,6 +36,8 @@ class _RunStatsDict(TypedDict):
     seconds: float
     kernel: str
     rng_draws: int  # DARE keep decisions drawn (run_tasks)
+    ranks_sampled: int  # rank thresholds found from a sample or its window (run_tasks)
+    ranks_histogrammed: int  # rank thresholds found by the histogram passes (run_tasks)
 
 
 def read_header(path: _PathLike, tensor_info: type | None = None,
