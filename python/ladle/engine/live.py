@@ -208,7 +208,7 @@ class Loader:
         """
         lhs.register(self.plan, self.registry)
         by_name = {g.name: g for g in self.float_groups}
-        jobs, order = [], []
+        order = []
         for name in names if names is not None else list(lhs.tensors):
             g, ref = by_name.get(name), lhs.tensors.get(name)
             if g is None or ref is None or ref.n_elems == 0:
@@ -216,12 +216,18 @@ class Loader:
             if ref.n_elems != g.ref.n_elems:
                 raise MismatchError(f"{lhs.label}: tensor '{name}' has {ref.n_elems} elements, "
                                     f"the model has {g.ref.n_elems}")
-            jobs.append((name, ref.n_elems, (self.registry[ref.source], ref.offset, ref.dtype),
-                         [(self.registry[r.source], r.offset, r.dtype) for r in g.inputs]))
+            self.plan.add_dot(name, ref.n_elems,
+                              _core.Input(self.registry[ref.source], ref.offset, ref.dtype),
+                              [_core.Input(self.registry[r.source], r.offset, r.dtype)
+                               for r in g.inputs])
             order.append(name)
-        out = _core.dot_products(self.plan, jobs, threads=self.threads,
-                                 memory_budget=self.memory_budget)
-        return dict(zip(order, out))
+        dot = [_core.JobKind.dot]
+        try:
+            out = _core.run(self.plan, kinds=dot, threads=self.threads,
+                            memory_budget=self.memory_budget)
+        finally:
+            self.plan.clear_jobs(dot)
+        return dict(zip(order, out.get("dots", [])))
 
 
 def _check_compatible(label: str, name: str, target: TensorRef, ref: TensorRef) -> None:
