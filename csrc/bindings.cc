@@ -130,6 +130,20 @@ JobOp job_op_from(const std::string& op) {
   raise(ErrorKind::kValue, format("unknown job op '%s' (sum, copy, max, nearswap)", op.c_str()));
 }
 
+// The op of an engine job of `kind` (add_job takes only the engine's kinds).
+JobOp job_op_of(const std::string& name, JobKind kind) {
+  switch (kind) {
+    case JobKind::kWeightedSum: return JobOp::kWeightedSum;
+    case JobKind::kCopy: return JobOp::kCopyIdentical;
+    case JobKind::kMax: return JobOp::kMax;
+    case JobKind::kNearSwap: return JobOp::kNearSwap;
+    default: break;
+  }
+  raise(ErrorKind::kValue,
+        format("tensor '%s': add_job takes sum, copy, max or nearswap jobs, not %s (add_%s)",
+               name.c_str(), job_kind_name(kind), job_kind_name(kind)));
+}
+
 // The UTF-8 bytes of a str (errors as Python's own, e.g. a TypeError).
 std::string py_utf8(PyObject* s) {
   Py_ssize_t n = 0;
@@ -186,21 +200,19 @@ class PyPlan {
     plan_.sinks.push_back({label, reinterpret_cast<uint8_t*>(address), n_bytes, nullptr});
     return static_cast<uint32_t>(plan_.sinks.size() - 1);
   }
-  void add_job(const std::string& name, const std::string& op, uint64_t n_elems, uint32_t sink,
+  void add_job(const std::string& name, JobKind kind, uint64_t n_elems, uint32_t sink,
                uint64_t out_offset, const std::string& out_dtype,
-               const std::vector<std::tuple<uint32_t, uint64_t, std::string, double>>& inputs,
-               double post_scale, double threshold) {
+               const std::vector<JobInput>& inputs, double post_scale, double threshold) {
     Job job;
     job.name = name;
-    job.op = job_op_from(op);
+    job.op = job_op_of(name, kind);
     job.n_elems = n_elems;
     job.sink = sink;
     job.out_offset = out_offset;
     job.out_dtype = dtype_from(out_dtype);
     job.post_scale = static_cast<float>(post_scale);
     job.threshold = static_cast<float>(threshold);
-    for (const auto& [source, offset, dtype, weight] : inputs)
-      job.inputs.push_back(job_input(source, offset, dtype_from(dtype), weight));
+    job.inputs = inputs;
     plan_.jobs.push_back(std::move(job));
   }
   // Marks input `k` of the last job added as block-scaled (see BlockScale in plan.h);
@@ -518,13 +530,16 @@ PYBIND11_MODULE(_core, m) {
            py::arg("n_bytes"))
       .def("add_job", &PyPlan::add_job, py::arg("name"), py::arg("op"), py::arg("n_elems"),
            py::arg("sink"), py::arg("out_offset"), py::arg("out_dtype"), py::arg("inputs"),
-           py::arg("post_scale") = 1.0, py::arg("threshold") = 0.0)
+           py::arg("post_scale") = 1.0, py::arg("threshold") = 0.0,
+           "An engine job (op: JobKind sum, copy, max or nearswap) of weighted inputs.")
       .def("scale_input", &PyPlan::scale_input, py::arg("k"), py::arg("source"),
            py::arg("offset"), py::arg("block_rows"), py::arg("block_cols"), py::arg("n_cols"))
       .def("scale_output", &PyPlan::scale_output, py::arg("sink"), py::arg("offset"),
            py::arg("block_rows"), py::arg("block_cols"), py::arg("n_cols"))
       .def("add_jobs", &PyPlan::add_jobs, py::arg("jobs"),
-           "add_job for each (name, op, n_elems, sink, out_offset, out_dtype, inputs) tuple.")
+           "add_job for each (name, op, n_elems, sink, out_offset, out_dtype, inputs) tuple, "
+           "op a name ('sum', 'copy', 'max') and each input a (source, offset, dtype, weight) "
+           "tuple: read with the CPython API, the bulk path of 10^6-tensor plans.")
       .def("add_sum_table_jobs", &PyPlan::add_sum_table_jobs, py::arg("table"),
            py::arg("shard"), py::arg("sources"), py::arg("sink"), py::arg("header_n_bytes"))
       .def("finish_sinks", &PyPlan::finish_sinks)

@@ -14,7 +14,7 @@ PlanResults run_jobs(const Plan& plan, KindSet kinds, const Options& options,
   for (JobKind k : kAllJobKinds) {
     if (!kinds.has(k)) continue;
     size_t n = count_jobs(plan, k);
-    LADLE_CHECK(supports(k) || n == 0, ErrorKind::kValue,
+    LADLE_CHECK(cuda::supports(k) || n == 0, ErrorKind::kValue,
                 "the CUDA backend does not run %s jobs (%zu in the plan): run them on the CPU",
                 job_kind_name(k), n);
     if (is_engine_kind(k)) {

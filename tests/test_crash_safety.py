@@ -357,7 +357,8 @@ def test_input_truncated_while_mapped_is_an_error(tmp_path: Path):
     plan, src, start = _mapped_then_truncated(tmp_path / "a.safetensors", 1 << 21)
     out = np.zeros(1 << 21, np.float32)
     sink = plan.add_memory_sink("out", out.ctypes.data, out.nbytes)
-    plan.add_job("w", "sum", 1 << 21, sink, 0, "F32", [(src, start, "F32", 2.0)])
+    plan.add_job("w", _core.JobKind.sum, 1 << 21, sink, 0, "F32",
+                 [_core.Input(src, start, "F32", 2.0)])
     with pytest.raises(LadleIOError, match=r"a\.safetensors: tensor 'w': input changed while "
                                            r"being read \(bus error at byte 12288") as info:
         # One thread: the first fault is then always the first page past the new end;

@@ -174,15 +174,17 @@ class Plan:
     def add_job(
         self,
         name: str,
-        op: str,
+        op: JobKind,  # sum, copy, max or nearswap
         n_elems: int,
         sink: int,
         out_offset: int,
         out_dtype: str,
-        inputs: Sequence[tuple[int, int, str, float]],
+        inputs: Sequence[Input],
         post_scale: float = 1.0,
         threshold: float = 0.0,
     ) -> None: ...
+    # The bulk path of 10^6-tensor plans: tuples read with the CPython API, op a name
+    # ("sum", "copy", "max") and each input (source, offset, dtype, weight).
     def add_jobs(
         self,
         jobs: Sequence[

@@ -18,6 +18,7 @@ from ..errors import LadleValueError, MismatchError
 from ..formats.keymap import KeyMap, key_diff, make_key_fn
 from ..formats.sources import TensorRef, TensorSet
 from ._units import engine_options
+from .kinds import core_enum
 from .plan import check_int_policy, check_weights, nonfloat_inputs
 
 Weights = Sequence[float] | Callable[[str], Sequence[float]]
@@ -191,9 +192,10 @@ class Loader:
                  post_scale: float, written: list[TargetGroup] | None = None) -> None:
         if written is not None:
             written.append(g)
-        self.plan.add_job(g.name, op, g.ref.n_elems, self.sinks[g.ref.source], g.ref.offset,
-                          g.ref.dtype,
-                          [(self.registry[r.source], r.offset, r.dtype, w) for r, w in inputs],
+        self.plan.add_job(g.name, core_enum(_core.JobKind, op, "job op"), g.ref.n_elems,
+                          self.sinks[g.ref.source], g.ref.offset, g.ref.dtype,
+                          [_core.Input(self.registry[r.source], r.offset, r.dtype, w)
+                           for r, w in inputs],
                           post_scale)
 
     def dot(self, lhs: TensorSet, names: Sequence[str] | None = None) -> dict[str, list[float]]:

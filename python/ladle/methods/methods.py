@@ -1116,9 +1116,10 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
         dtype, n_elems = t.dtype, t.n_elems
         if op == "copy" and _core.dtype_n_bits(dtype) % 8:
             dtype, n_elems = "U8", t.n_bytes
-        inputs = [(sources[i.file], i.offset, dtype if op == "copy" else i.dtype, w)
+        inputs = [_core.Input(sources[i.file], i.offset, dtype if op == "copy" else i.dtype, w)
                   for i, w in t.inputs]
-        core_plan.add_job(t.name, op, n_elems, sink, out_offset, dtype, inputs,
+        core_plan.add_job(t.name, core_enum(_core.JobKind, op, "job op"), n_elems, sink,
+                          out_offset, dtype, inputs,
                           threshold=t.params["t"] if op == "nearswap" else 0.0)
     run(ENGINE_KINDS)
     for batch in _row_batches(staged):
@@ -1153,8 +1154,8 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                 weights = list(nuslerp_coefficients(t.params["t"], gram))
             else:
                 weights = sphere_coefficients(t, gram)
-            core_plan.add_job(t.name, "sum", length, sink, out_offset, t.dtype,
-                              [(*src(i, first), w) for i, w in zip(infos, weights)])
+            core_plan.add_job(t.name, _core.JobKind.sum, length, sink, out_offset, t.dtype,
+                              [inp(i, first, w) for i, w in zip(infos, weights)])
         run([JobKind.SUM])
         run([JobKind.TASK])
         _release_rows(core_plan, sources, batch)
