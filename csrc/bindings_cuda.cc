@@ -14,7 +14,6 @@
 #include "engine_cuda.h"
 #include "kernels_cuda.h"
 #include "method_bench_cuda.h"
-#include "methods_cuda.h"
 #include "plan_runner_cuda.h"
 #include "py_common.h"
 

@@ -72,3 +72,24 @@ def test_bound_values_check_what_they_are_given():
     with pytest.raises(TypeError):
         plan.add_task("w", 1, 0, 0, "F32", x, [], "magnitude", _core.Consensus.none, False,
                       _core.Rescale.none, 1.0, 0)  # a string is not a Sparsify
+
+
+def test_cuda_runs_the_same_plan_and_refuses_kinds_it_lacks():
+    from ladle.engine.cuda import cuda_info
+
+    if not cuda_info()["compiled"]:
+        pytest.skip("CUDA backend not built")
+    import ladle._cuda as cuda
+
+    plan, xs, outs, srcs, sinks = _plan()
+    _add_task(plan, srcs, sinks[1], xs[0].size)
+    _core.run(plan)
+    want = [o.copy() for o in outs]
+    for o in outs:
+        o[:] = 0
+    cuda.run(plan._capsule(), kinds=[K.sum, K.task], emulate=True)
+    assert all(o.tobytes() == w.tobytes() for o, w in zip(outs, want))
+    plan.add_sce("e", xs[0].size, sinks[1], 0, "F32", _core.Input(srcs[0], 0, "F32"),
+                 [_core.Input(srcs[1], 0, "F32")], 0.5)
+    with pytest.raises(LadleValueError, match="CUDA backend does not run sce jobs"):
+        cuda.run(plan._capsule(), emulate=True)

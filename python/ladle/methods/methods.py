@@ -1191,11 +1191,8 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                 core_enum(_core.Sparsify, spec["sparsify"], "sparsification"),
                 core_enum(_core.Consensus, spec["consensus"], "consensus"), spec["normalize"],
                 core_enum(_core.Rescale, spec["rescale"], "rescale"), spec["lambda"], seed)
-    # DELLA and SCE on the CPU (no device runner), then the task programs.
-    for kind in (JobKind.DELLA, JobKind.SCE):
-        if core_plan.count(core_kinds([kind])[0]):
-            add(_core.run(core_plan, kinds=core_kinds([kind]), check_finite=check_finite,
-                          progress=on_progress, **run_opts))
+    run([JobKind.DELLA])  # on the CPU: no device runs DELLA or SCE
+    run([JobKind.SCE])
     run([JobKind.TASK])
 
 
