@@ -72,8 +72,8 @@ def test_weighted_sum(benchmark, dtype: str, kernel: str, n_inputs: int) -> None
     plan = _core.Plan()
     sources = [plan.add_memory_source(f"x{k}", x.ctypes.data, x.nbytes) for k, x in enumerate(xs)]
     sink = plan.add_memory_sink("out", out.ctypes.data, out.nbytes)
-    plan.add_job("t", "sum", xs[0].size, sink, 0, dtype,
-                 [(s, 0, dtype, w) for s, w in zip(sources, weights)])
+    plan.add_job("t", _core.JobKind.sum, xs[0].size, sink, 0, dtype,
+                 [_core.Input(s, 0, dtype, w) for s, w in zip(sources, weights)])
 
     stats = benchmark(_core.run, plan, kernel=kernel)
 

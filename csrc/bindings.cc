@@ -3,6 +3,7 @@
 // kinds onto the exception classes of ladle.errors.
 #include <Python.h>
 #include <map>
+#include <optional>
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
@@ -16,8 +17,8 @@
 #include "method_della.h"
 #include "method_sce.h"
 #include "methods.h"
+#include "plan_runner.h"
 #include "py_common.h"
-#include "reduce.h"
 #include "safetensors.h"
 #include "sum_table.h"
 
@@ -26,6 +27,7 @@ using namespace ladle;
 
 namespace ladle {
 void bind_sum_table(py::module_& m);  // bindings_sum_table.cc
+void bind_job_types(py::module_& m);  // bindings_jobs.cc
 }  // namespace ladle
 
 namespace {
@@ -128,6 +130,20 @@ JobOp job_op_from(const std::string& op) {
   raise(ErrorKind::kValue, format("unknown job op '%s' (sum, copy, max, nearswap)", op.c_str()));
 }
 
+// The op of an engine job of `kind` (add_job takes only the engine's kinds).
+JobOp job_op_of(const std::string& name, JobKind kind) {
+  switch (kind) {
+    case JobKind::kWeightedSum: return JobOp::kWeightedSum;
+    case JobKind::kCopy: return JobOp::kCopyIdentical;
+    case JobKind::kMax: return JobOp::kMax;
+    case JobKind::kNearSwap: return JobOp::kNearSwap;
+    default: break;
+  }
+  raise(ErrorKind::kValue,
+        format("tensor '%s': add_job takes sum, copy, max or nearswap jobs, not %s (add_%s)",
+               name.c_str(), job_kind_name(kind), job_kind_name(kind)));
+}
+
 // The UTF-8 bytes of a str (errors as Python's own, e.g. a TypeError).
 std::string py_utf8(PyObject* s) {
   Py_ssize_t n = 0;
@@ -155,6 +171,12 @@ uint64_t py_u64(PyObject* v, uint64_t most = UINT64_MAX) {
   return x;
 }
 
+// An input whose weight the job ignores (a base, a Gram or dot operand): weight 1,
+// as these jobs always stored it.
+JobInput unweighted(const JobInput& in) {
+  return job_input(in.source, in.offset, in.dtype, 1.0);
+}
+
 // Python-facing wrapper that owns the plan's files and writers.
 class PyPlan {
  public:
@@ -178,21 +200,19 @@ class PyPlan {
     plan_.sinks.push_back({label, reinterpret_cast<uint8_t*>(address), n_bytes, nullptr});
     return static_cast<uint32_t>(plan_.sinks.size() - 1);
   }
-  void add_job(const std::string& name, const std::string& op, uint64_t n_elems, uint32_t sink,
+  void add_job(const std::string& name, JobKind kind, uint64_t n_elems, uint32_t sink,
                uint64_t out_offset, const std::string& out_dtype,
-               const std::vector<std::tuple<uint32_t, uint64_t, std::string, double>>& inputs,
-               double post_scale, double threshold) {
+               const std::vector<JobInput>& inputs, double post_scale, double threshold) {
     Job job;
     job.name = name;
-    job.op = job_op_from(op);
+    job.op = job_op_of(name, kind);
     job.n_elems = n_elems;
     job.sink = sink;
     job.out_offset = out_offset;
     job.out_dtype = dtype_from(out_dtype);
     job.post_scale = static_cast<float>(post_scale);
     job.threshold = static_cast<float>(threshold);
-    for (const auto& [source, offset, dtype, weight] : inputs)
-      job.inputs.push_back(job_input(source, offset, dtype_from(dtype), weight));
+    job.inputs = inputs;
     plan_.jobs.push_back(std::move(job));
   }
   // Marks input `k` of the last job added as block-scaled (see BlockScale in plan.h);
@@ -278,7 +298,87 @@ class PyPlan {
     if (!writer->written_crc32c(&crc)) return py::none();
     return py::int_(crc);
   }
-  void clear_jobs() { plan_.jobs.clear(); }
+  // The jobs of the methods, each kind in its own list of the plan (plan.h).
+  void add_task(const std::string& name, uint64_t n_elems, uint32_t sink, uint64_t out_offset,
+                const std::string& out_dtype, const JobInput& base,
+                const std::vector<TaskModel>& models, Sparsify sparsify, Consensus consensus,
+                bool normalize, Rescale rescale, double lambda, uint64_t seed) {
+    TaskJob job;
+    job.name = name;
+    job.n_elems = n_elems;
+    job.sink = sink;
+    job.out_offset = out_offset;
+    job.out_dtype = dtype_from(out_dtype);
+    job.base = unweighted(base);
+    job.models = models;
+    job.sparsify = sparsify;
+    job.consensus = consensus;
+    job.normalize = normalize;
+    job.rescale = rescale;
+    job.lambda = static_cast<float>(lambda);
+    job.seed = seed;
+    job.tensor_key = tensor_key(name);
+    plan_.tasks.push_back(std::move(job));
+  }
+  void add_gram(const std::string& name, uint64_t n_elems, const std::vector<JobInput>& inputs,
+                int32_t base) {
+    GramJob job;
+    job.name = name;
+    job.n_elems = n_elems;
+    job.base = base;
+    for (const JobInput& in : inputs) job.inputs.push_back(unweighted(in));
+    plan_.grams.push_back(std::move(job));
+  }
+  void add_della(const std::string& name, uint64_t n_elems, uint64_t group_len,
+                 uint64_t group_stride, uint32_t sink, uint64_t out_offset,
+                 const std::string& out_dtype, const JobInput& base,
+                 const std::vector<DellaModel>& models, bool elect_sign, bool normalize,
+                 DellaRescale rescale, double lambda, uint64_t seed) {
+    DellaJob job;
+    job.name = name;
+    job.n_elems = n_elems;
+    job.group_len = group_len;
+    job.group_stride = group_stride;
+    job.sink = sink;
+    job.out_offset = out_offset;
+    job.out_dtype = dtype_from(out_dtype);
+    job.base = unweighted(base);
+    job.models = models;
+    job.elect_sign = elect_sign;
+    job.normalize = normalize;
+    job.rescale = rescale;
+    job.lambda = static_cast<float>(lambda);
+    job.seed = seed;
+    job.tensor_key = tensor_key(name);
+    plan_.dellas.push_back(std::move(job));
+  }
+  void add_sce(const std::string& name, uint64_t n_elems, uint32_t sink, uint64_t out_offset,
+               const std::string& out_dtype, const JobInput& base,
+               const std::vector<JobInput>& models, double select_topk) {
+    SceJob job;
+    job.name = name;
+    job.n_elems = n_elems;
+    job.sink = sink;
+    job.out_offset = out_offset;
+    job.out_dtype = dtype_from(out_dtype);
+    job.base = unweighted(base);
+    for (const JobInput& in : models) job.models.push_back(unweighted(in));
+    job.select_topk = select_topk;
+    plan_.sces.push_back(std::move(job));
+  }
+  void add_dot(const std::string& name, uint64_t n_elems, const JobInput& lhs,
+               const std::vector<JobInput>& inputs) {
+    DotJob job;
+    job.name = name;
+    job.n_elems = n_elems;
+    job.lhs = unweighted(lhs);
+    for (const JobInput& in : inputs) job.inputs.push_back(unweighted(in));
+    plan_.dots.push_back(std::move(job));
+  }
+  void clear_jobs(const std::optional<std::vector<JobKind>>& kinds) {
+    ladle::clear_jobs(&plan_, kind_set(kinds));
+  }
+  size_t count(JobKind kind) const { return count_jobs(plan_, kind); }
   // Drops the resident pages (whole pages only) of a file source's byte range once
   // the caller's runs are done with it: runs of jobs under a page each (per-row
   // statistics) release nothing themselves.
@@ -287,7 +387,10 @@ class PyPlan {
                 ErrorKind::kValue, "release_source: source %u, range out of bounds", source);
     if (plan_.sources[source].file) plan_.sources[source].file->release(offset, n_bytes);
   }
-  size_t n_jobs() const { return plan_.jobs.size(); }
+  size_t n_jobs() const {
+    return plan_.jobs.size() + plan_.tasks.size() + plan_.grams.size() + plan_.dellas.size() +
+           plan_.sces.size() + plan_.dots.size();
+  }
   const Plan& plan() const { return plan_; }
 
  private:
@@ -305,43 +408,19 @@ EngineOptions engine_options(int threads, uint64_t memory_budget, uint64_t chunk
   return options;
 }
 
-py::dict run(const PyPlan& plan, int threads, uint64_t memory_budget, uint64_t chunk_elems,
-             bool check_finite, const std::string& kernel, py::object progress) {
+// The plan's jobs of `kinds` (None: all) through run_jobs (plan_runner.h): the run's
+// statistics, with "grams" / "dots" (one list per job) when those kinds ran.
+py::dict run(const PyPlan& plan, const std::optional<std::vector<JobKind>>& kinds, int threads,
+             uint64_t memory_budget, uint64_t chunk_elems, bool check_finite,
+             const std::string& kernel, py::object progress) {
   EngineOptions options = engine_options(threads, memory_budget, chunk_elems, check_finite, kernel);
   ProgressFn on_progress = python_progress(progress);
-  RunStats stats;
+  PlanResults results;
   {
     py::gil_scoped_release release;
-    stats = run_plan(plan.plan(), options, on_progress);
+    results = run_jobs(plan.plan(), kind_set(kinds), options, on_progress);
   }
-  return stats_to_dict(stats);
-}
-
-using DotInput = std::tuple<uint32_t, uint64_t, std::string>;  // (source, offset, dtype)
-
-// Streamed fp64 dot products <lhs, x_k> per job (the learned soup's gradient).
-std::vector<std::vector<double>> py_dot_products(
-    const PyPlan& plan,
-    const std::vector<std::tuple<std::string, uint64_t, DotInput, std::vector<DotInput>>>& jobs,
-    int threads, uint64_t memory_budget, uint64_t chunk_elems) {
-  auto to_input = [](const DotInput& d) {
-    return JobInput{std::get<0>(d), std::get<1>(d), dtype_from(std::get<2>(d)), 1.0f};
-  };
-  std::vector<DotJob> dot_jobs;
-  for (const auto& [name, n_elems, lhs, inputs] : jobs) {
-    DotJob job;
-    job.name = name;
-    job.n_elems = n_elems;
-    job.lhs = to_input(lhs);
-    for (const DotInput& in : inputs) job.inputs.push_back(to_input(in));
-    dot_jobs.push_back(std::move(job));
-  }
-  DotOptions options;
-  options.threads = threads;
-  options.memory_budget = memory_budget;
-  options.chunk_elems = chunk_elems;
-  py::gil_scoped_release release;
-  return ladle::dot_products(plan.plan(), dot_jobs, options);
+  return results_to_dict(results);
 }
 
 // A capsule for ladle._cuda holding `ptr`, a member of `owner`: the capsule keeps a
@@ -353,172 +432,6 @@ py::object owner_capsule(py::object owner, void* ptr, const char* name) {
   if (!capsule) throw py::error_already_set();
   PyCapsule_SetContext(capsule, owner.inc_ref().ptr());
   return py::reinterpret_steal<py::object>(capsule);
-}
-
-// Jobs of the methods beyond a weighted sum (methods.h), run on a Plan's sources
-// and sinks: task-vector jobs and Gram reductions.
-class PyMethodJobs {
- public:
-  using Input = std::tuple<uint32_t, uint64_t, std::string>;
-  // models: (source, offset, dtype, weight, density, rank_lo, rank_hi) per model.
-  void add_task(const std::string& name, uint64_t n_elems, uint32_t sink, uint64_t out_offset,
-                const std::string& out_dtype, const Input& base,
-                const std::vector<std::tuple<uint32_t, uint64_t, std::string, double, double,
-                                             uint64_t, uint64_t>>& models,
-                const std::string& sparsify, const std::string& consensus, bool normalize,
-                const std::string& rescale, double lambda, uint64_t seed) {
-    TaskJob job;
-    job.name = name;
-    job.n_elems = n_elems;
-    job.sink = sink;
-    job.out_offset = out_offset;
-    job.out_dtype = dtype_from(out_dtype);
-    job.base = {std::get<0>(base), std::get<1>(base), dtype_from(std::get<2>(base)), 1.0f};
-    for (const auto& [source, offset, dtype, weight, density, lo, hi] : models)
-      job.models.push_back({{source, offset, dtype_from(dtype), static_cast<float>(weight), weight},
-                            static_cast<float>(density), lo, hi});
-    if (sparsify == "none") job.sparsify = Sparsify::kNone;
-    else if (sparsify == "magnitude") job.sparsify = Sparsify::kMagnitude;
-    else if (sparsify == "random") job.sparsify = Sparsify::kRandom;
-    else if (sparsify == "outliers") job.sparsify = Sparsify::kOutliers;
-    else raise(ErrorKind::kValue, format("unknown sparsification '%s'", sparsify.c_str()));
-    if (consensus == "none") job.consensus = Consensus::kNone;
-    else if (consensus == "sum") job.consensus = Consensus::kSum;
-    else if (consensus == "count") job.consensus = Consensus::kCount;
-    else raise(ErrorKind::kValue, format("unknown consensus '%s'", consensus.c_str()));
-    job.normalize = normalize;
-    if (rescale == "none") job.rescale = Rescale::kNone;
-    else if (rescale == "density") job.rescale = Rescale::kDensity;
-    else if (rescale == "l1") job.rescale = Rescale::kL1;
-    else raise(ErrorKind::kValue, format("unknown rescale '%s' (none, density, l1)", rescale.c_str()));
-    job.lambda = static_cast<float>(lambda);
-    job.seed = seed;
-    job.tensor_key = tensor_key(name);
-    tasks.push_back(std::move(job));
-  }
-  void add_gram(const std::string& name, uint64_t n_elems, const std::vector<Input>& inputs,
-                int32_t base) {
-    GramJob job;
-    job.name = name;
-    job.n_elems = n_elems;
-    job.base = base;
-    for (const auto& [source, offset, dtype] : inputs)
-      job.inputs.push_back({source, offset, dtype_from(dtype), 1.0f});
-    grams.push_back(std::move(job));
-  }
-  std::vector<TaskJob> tasks;
-  std::vector<GramJob> grams;
-};
-
-
-py::dict run_tasks(const PyPlan& plan, const PyMethodJobs& jobs, int threads,
-                   uint64_t memory_budget, uint64_t chunk_elems, bool check_finite,
-                   const std::string& kernel, py::object progress) {
-  EngineOptions options = engine_options(threads, memory_budget, chunk_elems, check_finite, kernel);
-  ProgressFn on_progress = python_progress(progress);
-  RunStats stats;
-  {
-    py::gil_scoped_release release;
-    stats = run_task_jobs(plan.plan(), jobs.tasks, options, on_progress);
-  }
-  return stats_to_dict(stats);
-}
-
-py::tuple run_grams(const PyPlan& plan, const PyMethodJobs& jobs, int threads,
-                    uint64_t memory_budget, uint64_t chunk_elems, const std::string& kernel,
-                    py::object progress) {
-  EngineOptions options = engine_options(threads, memory_budget, chunk_elems, false, kernel);
-  ProgressFn on_progress = python_progress(progress);
-  RunStats stats;
-  std::vector<std::vector<double>> grams;
-  {
-    py::gil_scoped_release release;
-    grams = run_gram_jobs(plan.plan(), jobs.grams, options, on_progress, &stats);
-  }
-  return py::make_tuple(grams, stats_to_dict(stats));
-}
-
-// DELLA jobs (method_della.h): (name, n_elems, group_len, group_stride, sink, out_offset,
-// out_dtype, base, models, elect_sign, normalize, rescale, lambda, seed) with models
-// (source, offset, dtype, weight, density, epsilon).
-using DellaModelTuple = std::tuple<uint32_t, uint64_t, std::string, double, double, double>;
-using DellaJobTuple =
-    std::tuple<std::string, uint64_t, uint64_t, uint64_t, uint32_t, uint64_t, std::string,
-               PyMethodJobs::Input, std::vector<DellaModelTuple>, bool, bool, std::string,
-               double, uint64_t>;
-
-py::dict run_della(const PyPlan& plan, const std::vector<DellaJobTuple>& tuples, int threads,
-                   uint64_t memory_budget, uint64_t chunk_elems, bool check_finite,
-                   const std::string& kernel, py::object progress) {
-  std::vector<DellaJob> jobs;
-  for (const auto& [name, n_elems, group_len, group_stride, sink, out_offset, out_dtype, base,
-                    models, elect_sign, normalize, rescale, lambda, seed] : tuples) {
-    DellaJob job;
-    job.name = name;
-    job.n_elems = n_elems;
-    job.group_len = group_len;
-    job.group_stride = group_stride;
-    job.sink = sink;
-    job.out_offset = out_offset;
-    job.out_dtype = dtype_from(out_dtype);
-    job.base = {std::get<0>(base), std::get<1>(base), dtype_from(std::get<2>(base)), 1.0f};
-    for (const auto& [source, offset, dtype, weight, density, epsilon] : models)
-      job.models.push_back({{source, offset, dtype_from(dtype), static_cast<float>(weight), weight},
-                            static_cast<float>(density), static_cast<float>(epsilon),
-                            static_cast<float>(density - epsilon)});
-    job.elect_sign = elect_sign;
-    job.normalize = normalize;
-    if (rescale == "none") job.rescale = DellaRescale::kNone;
-    else if (rescale == "l1") job.rescale = DellaRescale::kL1;
-    else if (rescale == "density") job.rescale = DellaRescale::kProbability;
-    else raise(ErrorKind::kValue, format("unknown rescale '%s' (none, l1, density)", rescale.c_str()));
-    job.lambda = static_cast<float>(lambda);
-    job.seed = seed;
-    job.tensor_key = tensor_key(name);
-    jobs.push_back(std::move(job));
-  }
-  EngineOptions options = engine_options(threads, memory_budget, chunk_elems, check_finite, kernel);
-  ProgressFn on_progress = python_progress(progress);
-  RunStats stats;
-  {
-    py::gil_scoped_release release;
-    stats = run_della_jobs(plan.plan(), jobs, options, on_progress);
-  }
-  return stats_to_dict(stats);
-}
-
-// SCE jobs (method_sce.h): (name, n_elems, sink, out_offset, out_dtype, base, models,
-// select_topk), each input a (source, offset, dtype).
-using SceJobTuple = std::tuple<std::string, uint64_t, uint32_t, uint64_t, std::string,
-                               PyMethodJobs::Input, std::vector<PyMethodJobs::Input>, double>;
-
-py::dict run_sce(const PyPlan& plan, const std::vector<SceJobTuple>& tuples, int threads,
-                 uint64_t memory_budget, uint64_t chunk_elems, bool check_finite,
-                 const std::string& kernel, py::object progress) {
-  auto input = [](const PyMethodJobs::Input& in) {
-    return JobInput{std::get<0>(in), std::get<1>(in), dtype_from(std::get<2>(in)), 1.0f};
-  };
-  std::vector<SceJob> jobs;
-  for (const auto& [name, n_elems, sink, out_offset, out_dtype, base, models, topk] : tuples) {
-    SceJob job;
-    job.name = name;
-    job.n_elems = n_elems;
-    job.sink = sink;
-    job.out_offset = out_offset;
-    job.out_dtype = dtype_from(out_dtype);
-    job.base = input(base);
-    for (const auto& m : models) job.models.push_back(input(m));
-    job.select_topk = topk;
-    jobs.push_back(std::move(job));
-  }
-  EngineOptions options = engine_options(threads, memory_budget, chunk_elems, check_finite, kernel);
-  ProgressFn on_progress = python_progress(progress);
-  RunStats stats;
-  {
-    py::gil_scoped_release release;
-    stats = run_sce_jobs(plan.plan(), jobs, options, on_progress);
-  }
-  return stats_to_dict(stats);
 }
 
 // tensors: (name, dtype, shape, begin, end) tuples, read with the CPython API as
@@ -570,6 +483,7 @@ PYBIND11_MODULE(_core, m) {
 
   register_error_translator();
   bind_sum_table(m);
+  bind_job_types(m);
 
   m.def("read_header",
         [](const py::object& path, const py::object& tensor_info, const py::object& file) {
@@ -595,8 +509,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("dtype_n_bits", [](const std::string& d) { return dtype_bits(dtype_from(d)); });
   m.def("dtype_is_mergeable", [](const std::string& d) { return dtype_is_mergeable(dtype_from(d)); });
   m.def("build_info", &build_info);
-  m.def("supports", [](const std::string& kind) { return supports(parse_job_kind(kind)); },
-        py::arg("kind"), "Whether the CPU backend runs job kind sum/copy/max/task/gram/dot.");
+  m.def("supports", [](JobKind kind) { return supports(kind); }, py::arg("kind"),
+        "Whether the CPU backend runs jobs of `kind` (it runs every kind).");
   m.def("file_crc32c", [](const py::object& path, uint32_t crc, uint64_t offset, uint64_t n_bytes) {
           std::string p = fs_path(path);
           py::gil_scoped_release release;
@@ -627,13 +541,16 @@ PYBIND11_MODULE(_core, m) {
            py::arg("n_bytes"))
       .def("add_job", &PyPlan::add_job, py::arg("name"), py::arg("op"), py::arg("n_elems"),
            py::arg("sink"), py::arg("out_offset"), py::arg("out_dtype"), py::arg("inputs"),
-           py::arg("post_scale") = 1.0, py::arg("threshold") = 0.0)
+           py::arg("post_scale") = 1.0, py::arg("threshold") = 0.0,
+           "An engine job (op: JobKind sum, copy, max or nearswap) of weighted inputs.")
       .def("scale_input", &PyPlan::scale_input, py::arg("k"), py::arg("source"),
            py::arg("offset"), py::arg("block_rows"), py::arg("block_cols"), py::arg("n_cols"))
       .def("scale_output", &PyPlan::scale_output, py::arg("sink"), py::arg("offset"),
            py::arg("block_rows"), py::arg("block_cols"), py::arg("n_cols"))
       .def("add_jobs", &PyPlan::add_jobs, py::arg("jobs"),
-           "add_job for each (name, op, n_elems, sink, out_offset, out_dtype, inputs) tuple.")
+           "add_job for each (name, op, n_elems, sink, out_offset, out_dtype, inputs) tuple, "
+           "op a name ('sum', 'copy', 'max') and each input a (source, offset, dtype, weight) "
+           "tuple: read with the CPython API, the bulk path of 10^6-tensor plans.")
       .def("add_sum_table_jobs", &PyPlan::add_sum_table_jobs, py::arg("table"),
            py::arg("shard"), py::arg("sources"), py::arg("sink"), py::arg("header_n_bytes"))
       .def("finish_sinks", &PyPlan::finish_sinks)
@@ -645,60 +562,39 @@ PYBIND11_MODULE(_core, m) {
              const Plan* plan = &self.cast<const PyPlan&>().plan();
              return owner_capsule(self, const_cast<Plan*>(plan), kPlanCapsuleName);
            },
-           "The plan for ladle._cuda.run; the capsule keeps this Plan alive.")
-      .def("clear_jobs", &PyPlan::clear_jobs)
+           "The plan (jobs of every kind) for ladle._cuda.run; the capsule keeps it alive.")
+      .def("add_task", &PyPlan::add_task, py::arg("name"), py::arg("n_elems"), py::arg("sink"),
+           py::arg("out_offset"), py::arg("out_dtype"), py::arg("base"), py::arg("models"),
+           py::arg("sparsify"), py::arg("consensus"), py::arg("normalize"), py::arg("rescale"),
+           py::arg("lambda_"), py::arg("seed"),
+           "A task-vector job (task arithmetic, TIES, DARE, breadcrumbs) into a sink.")
+      .def("add_gram", &PyPlan::add_gram, py::arg("name"), py::arg("n_elems"), py::arg("inputs"),
+           py::arg("base"),
+           "An fp64 Gram matrix of the inputs (base >= 0: of the others minus that one).")
+      .def("add_della", &PyPlan::add_della, py::arg("name"), py::arg("n_elems"),
+           py::arg("group_len"), py::arg("group_stride"), py::arg("sink"), py::arg("out_offset"),
+           py::arg("out_dtype"), py::arg("base"), py::arg("models"), py::arg("elect_sign"),
+           py::arg("normalize"), py::arg("rescale"), py::arg("lambda_"), py::arg("seed"),
+           "A DELLA job (della, della_linear: MAGPRUNE, rescale, mix) into a sink.")
+      .def("add_sce", &PyPlan::add_sce, py::arg("name"), py::arg("n_elems"), py::arg("sink"),
+           py::arg("out_offset"), py::arg("out_dtype"), py::arg("base"), py::arg("models"),
+           py::arg("select_topk"),
+           "An SCE job (select by variance, calculate weights, erase by sign) into a sink.")
+      .def("add_dot", &PyPlan::add_dot, py::arg("name"), py::arg("n_elems"), py::arg("lhs"),
+           py::arg("inputs"), "fp64 dot products <lhs, x_k> for each input x_k.")
+      .def("clear_jobs", &PyPlan::clear_jobs, py::arg("kinds") = py::none(),
+           "Drop the jobs of `kinds` (default: every kind); sources and sinks stay.")
+      .def("count", &PyPlan::count, py::arg("kind"), "How many jobs of `kind` the plan holds.")
       .def_property_readonly("n_jobs", &PyPlan::n_jobs);
 
-  m.def("dot_products", &py_dot_products, py::arg("plan"), py::arg("jobs"), py::arg("threads") = 0,
-        py::arg("memory_budget") = 256ull << 20, py::arg("chunk_elems") = 0,
-        "fp64 dot products <lhs, x_k> for jobs (name, n_elems, lhs, [x_k]), each input a "
-        "(source, offset, dtype) of the plan's sources; returns one list per job.");
-  py::class_<PyMethodJobs>(m, "MethodJobs")
-      .def(py::init<>())
-      .def("add_task", &PyMethodJobs::add_task, py::arg("name"), py::arg("n_elems"),
-           py::arg("sink"), py::arg("out_offset"), py::arg("out_dtype"), py::arg("base"),
-           py::arg("models"), py::arg("sparsify"), py::arg("consensus"), py::arg("normalize"),
-           py::arg("rescale"), py::arg("lambda_"), py::arg("seed"))
-      .def("add_gram", &PyMethodJobs::add_gram, py::arg("name"), py::arg("n_elems"),
-           py::arg("inputs"), py::arg("base"))
-      .def("_tasks_capsule",
-           [](py::object self) {
-             return owner_capsule(self, &self.cast<PyMethodJobs&>().tasks, kTaskJobsCapsuleName);
-           },
-           "The task jobs for ladle._cuda.run_tasks; the capsule keeps these jobs alive.")
-      .def("_grams_capsule",
-           [](py::object self) {
-             return owner_capsule(self, &self.cast<PyMethodJobs&>().grams, kGramJobsCapsuleName);
-           },
-           "The Gram jobs for ladle._cuda.run_grams; the capsule keeps these jobs alive.")
-      .def_property_readonly("n_tasks", [](const PyMethodJobs& j) { return j.tasks.size(); })
-      .def_property_readonly("n_grams", [](const PyMethodJobs& j) { return j.grams.size(); });
-  m.def("run_tasks", &run_tasks, py::arg("plan"), py::arg("jobs"), py::arg("threads") = 0,
-        py::arg("memory_budget") = 256ull << 20, py::arg("chunk_elems") = 0,
-        py::arg("check_finite") = false, py::arg("kernel") = "auto",
-        py::arg("progress") = py::none(),
-        "Run the task-vector jobs (task arithmetic, TIES, DARE, breadcrumbs) into the plan's sinks.");
-  m.def("run_grams", &run_grams, py::arg("plan"), py::arg("jobs"), py::arg("threads") = 0,
-        py::arg("memory_budget") = 256ull << 20, py::arg("chunk_elems") = 0,
-        py::arg("kernel") = "auto", py::arg("progress") = py::none(),
-        "Streamed fp64 Gram matrices of the Gram jobs; returns (grams, stats).");
-  m.def("run_della", &run_della, py::arg("plan"), py::arg("jobs"), py::arg("threads") = 0,
-        py::arg("memory_budget") = 256ull << 20, py::arg("chunk_elems") = 0,
-        py::arg("check_finite") = false, py::arg("kernel") = "auto",
-        py::arg("progress") = py::none(),
-        "Run DELLA jobs (della, della_linear: MAGPRUNE, rescale, mix) into the plan's sinks.");
-  m.def("run_sce", &run_sce, py::arg("plan"), py::arg("jobs"), py::arg("threads") = 0,
-        py::arg("memory_budget") = 256ull << 20, py::arg("chunk_elems") = 0,
-        py::arg("check_finite") = false, py::arg("kernel") = "auto",
-        py::arg("progress") = py::none(),
-        "Run SCE jobs (select by variance, calculate weights, erase by sign) into the plan's sinks.");
   m.def("tensor_key", &tensor_key, py::arg("name"), "FNV-1a 64 of a tensor name (DARE's key).");
   m.def("dare_u24", &dare_u24, py::arg("seed"), py::arg("key"), py::arg("model"),
         py::arg("elem"), "DARE's counter-based draw in [0, 2^24) for one element.");
 
-  m.def("run", &run, py::arg("plan"), py::arg("threads") = 0,
+  m.def("run", &run, py::arg("plan"), py::arg("kinds") = py::none(), py::arg("threads") = 0,
         py::arg("memory_budget") = 256ull << 20, py::arg("chunk_elems") = 0,
         py::arg("check_finite") = false, py::arg("kernel") = "auto",
         py::arg("progress") = py::none(),
-        "Run every job of the plan; returns bytes read/written, chunking and timing.");
+        "Run the plan's jobs of `kinds` (default: every kind); returns bytes read/written, "
+        "chunking and timing, and 'grams' / 'dots' (one list per job) when those kinds ran.");
 }

@@ -3,6 +3,9 @@
 // DeviceSum over raw device pointers. Importing it needs no driver or GPU: the
 // CUDA runtime is linked statically and looks for the driver on first use.
 #include <Python.h>
+
+#include <optional>
+#include <vector>
 #include <pybind11/functional.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -11,7 +14,7 @@
 #include "engine_cuda.h"
 #include "kernels_cuda.h"
 #include "method_bench_cuda.h"
-#include "methods_cuda.h"
+#include "plan_runner_cuda.h"
 #include "py_common.h"
 
 namespace py = pybind11;
@@ -73,51 +76,21 @@ cuda::Options options_from(int device, int workers, uint64_t memory_budget, uint
   return options;
 }
 
-py::dict run(const py::capsule& plan_capsule, int device, int workers, uint64_t memory_budget,
-             uint64_t chunk_elems, bool check_finite, bool emulate, py::object progress) {
+// The jobs of `kinds` (None: every kind) of a ladle._core Plan, through
+// cuda::run_jobs (plan_runner_cuda.h); results as ladle._core.run's.
+py::dict run(const py::capsule& plan_capsule, const std::optional<std::vector<JobKind>>& kinds,
+             int device, int workers, uint64_t memory_budget, uint64_t chunk_elems,
+             bool check_finite, bool emulate, py::object progress) {
   const Plan& plan = from_capsule<Plan>(plan_capsule, kPlanCapsuleName, "Plan._capsule()");
   cuda::Options options =
       options_from(device, workers, memory_budget, chunk_elems, check_finite, emulate);
   ProgressFn on_progress = python_progress(progress);
-  RunStats stats;
+  PlanResults results;
   {
     py::gil_scoped_release release;
-    stats = cuda::run_plan(plan, options, on_progress);
+    results = cuda::run_jobs(plan, kind_set(kinds), options, on_progress);
   }
-  return stats_to_dict(stats);
-}
-
-py::dict run_tasks(const py::capsule& plan_capsule, const py::capsule& jobs_capsule, int device,
-                   uint64_t memory_budget, uint64_t chunk_elems, bool check_finite, bool emulate,
-                   py::object progress) {
-  const Plan& plan = from_capsule<Plan>(plan_capsule, kPlanCapsuleName, "Plan._capsule()");
-  const auto& jobs = from_capsule<std::vector<TaskJob>>(jobs_capsule, kTaskJobsCapsuleName,
-                                                        "MethodJobs._tasks_capsule()");
-  cuda::Options options = options_from(device, 1, memory_budget, chunk_elems, check_finite, emulate);
-  ProgressFn on_progress = python_progress(progress);
-  RunStats stats;
-  {
-    py::gil_scoped_release release;
-    stats = cuda::run_task_jobs(plan, jobs, options, on_progress);
-  }
-  return stats_to_dict(stats);
-}
-
-py::tuple run_grams(const py::capsule& plan_capsule, const py::capsule& jobs_capsule, int device,
-                    uint64_t memory_budget, uint64_t chunk_elems, bool emulate,
-                    py::object progress) {
-  const Plan& plan = from_capsule<Plan>(plan_capsule, kPlanCapsuleName, "Plan._capsule()");
-  const auto& jobs = from_capsule<std::vector<GramJob>>(jobs_capsule, kGramJobsCapsuleName,
-                                                        "MethodJobs._grams_capsule()");
-  cuda::Options options = options_from(device, 1, memory_budget, chunk_elems, false, emulate);
-  ProgressFn on_progress = python_progress(progress);
-  RunStats stats;
-  std::vector<std::vector<double>> grams;
-  {
-    py::gil_scoped_release release;
-    grams = cuda::run_gram_jobs(plan, jobs, options, on_progress, &stats);
-  }
-  return py::make_tuple(grams, stats_to_dict(stats));
+  return results_to_dict(results);
 }
 
 using TensorSpec = std::tuple<std::string, uint64_t, std::string, uint64_t,
@@ -153,24 +126,15 @@ PYBIND11_MODULE(_cuda, m) {
         "Device count, runtime/driver versions and, when unusable, why. Never raises.");
   m.def("device_props", &device_props_dict, py::arg("device") = 0);
   m.def("build_info", &build_info);
-  m.def("supports", [](const std::string& kind) { return cuda::supports(parse_job_kind(kind)); },
-        py::arg("kind"), "Whether the CUDA backend runs job kind sum/copy/max/task/gram/dot.");
-  m.def("run", &run, py::arg("plan"), py::arg("device") = 0, py::arg("workers") = 3,
-        py::arg("memory_budget") = 256ull << 20, py::arg("chunk_elems") = 0,
-        py::arg("check_finite") = false, py::arg("emulate") = false,
+  m.def("supports", [](JobKind kind) { return cuda::supports(kind); }, py::arg("kind"),
+        "Whether the CUDA backend runs jobs of `kind` (a ladle._core.JobKind).");
+  m.def("run", &run, py::arg("plan"), py::arg("kinds") = py::none(), py::arg("device") = 0,
+        py::arg("workers") = 3, py::arg("memory_budget") = 256ull << 20,
+        py::arg("chunk_elems") = 0, py::arg("check_finite") = false, py::arg("emulate") = false,
         py::arg("progress") = py::none(),
-        "Run a ladle._core Plan (its _capsule()) through the GPU; same results as _core.run.");
-  m.def("run_tasks", &run_tasks, py::arg("plan"), py::arg("jobs"), py::arg("device") = 0,
-        py::arg("memory_budget") = 256ull << 20, py::arg("chunk_elems") = 0,
-        py::arg("check_finite") = false, py::arg("emulate") = false,
-        py::arg("progress") = py::none(),
-        "Run the task jobs of a ladle._core MethodJobs (its _tasks_capsule()) into the plan's "
-        "sinks on the GPU; same bits as _core.run_tasks.");
-  m.def("run_grams", &run_grams, py::arg("plan"), py::arg("jobs"), py::arg("device") = 0,
-        py::arg("memory_budget") = 256ull << 20, py::arg("chunk_elems") = 0,
-        py::arg("emulate") = false, py::arg("progress") = py::none(),
-        "Gram matrices of a MethodJobs' Gram jobs (its _grams_capsule()) on the GPU; returns "
-        "(grams, stats), the same values as _core.run_grams.");
+        "Run the jobs of `kinds` (default: every kind) of a ladle._core Plan (its _capsule()) "
+        "on the GPU; same bits and results as _core.run. Kinds it lacks (supports) are "
+        "refused when the plan holds such jobs.");
 
   m.def(
       "time_method_pass",

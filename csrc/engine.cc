@@ -130,6 +130,8 @@ const char* job_kind_name(JobKind kind) {
     case JobKind::kTaskProgram: return "task";
     case JobKind::kGram: return "gram";
     case JobKind::kDot: return "dot";
+    case JobKind::kDella: return "della";
+    case JobKind::kSce: return "sce";
   }
   return "?";
 }
@@ -137,7 +139,7 @@ const char* job_kind_name(JobKind kind) {
 JobKind parse_job_kind(const std::string& name) {
   for (JobKind kind : kAllJobKinds)
     if (name == job_kind_name(kind)) return kind;
-  LADLE_CHECK(false, ErrorKind::kValue, "unknown job kind '%s' (known: sum, copy, max, nearswap, task, gram, dot)",
+  LADLE_CHECK(false, ErrorKind::kValue, "unknown job kind '%s' (known: sum, copy, max, nearswap, task, gram, dot, della, sce)",
               name.c_str());
   return JobKind::kWeightedSum;
 }

@@ -411,6 +411,10 @@ float della_keep_probability(uint64_t rank, uint64_t group_len, float density_mi
   return density_minus_eps + spread;
 }
 
+void validate_della_job(const Plan& plan, const DellaJob& job) {
+  DellaRunner::validate(plan, job);
+}
+
 RunStats run_della_jobs(const Plan& plan, const std::vector<DellaJob>& jobs,
                         const EngineOptions& options, const ProgressFn& progress) {
   for (const DellaJob& job : jobs) DellaRunner::validate(plan, job);

@@ -356,6 +356,8 @@ class SceRunner {
 
 }  // namespace
 
+void validate_sce_job(const Plan& plan, const SceJob& job) { SceRunner::validate(plan, job); }
+
 RunStats run_sce_jobs(const Plan& plan, const std::vector<SceJob>& jobs,
                       const EngineOptions& options, const ProgressFn& progress) {
   for (const SceJob& job : jobs) SceRunner::validate(plan, job);

@@ -14,16 +14,8 @@
 
 namespace ladle {
 
-struct SceJob {
-  std::string name;
-  uint64_t n_elems = 0;
-  uint32_t sink = 0;
-  uint64_t out_offset = 0;
-  DType out_dtype = DType::kF32;
-  JobInput base;
-  std::vector<JobInput> models;
-  double select_topk = 1.0;  // >= 1 selects every element, <= 0 none
-};
+// Checks an SCE job against its plan; run_sce_jobs and validate_jobs call it.
+void validate_sce_job(const Plan& plan, const SceJob& job);
 
 RunStats run_sce_jobs(const Plan& plan, const std::vector<SceJob>& jobs,
                       const EngineOptions& options, const ProgressFn& progress);

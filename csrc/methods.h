@@ -19,61 +19,6 @@
 
 namespace ladle {
 
-enum class Sparsify : uint8_t {
-  kNone,
-  kMagnitude,  // TIES: keep the rank_hi largest |delta| (rank range [0, rank_hi))
-  kRandom,     // DARE: keep with probability `density` (counter-based RNG)
-  kOutliers,   // breadcrumbs: keep descending ranks [rank_lo, rank_hi)
-};
-
-enum class Consensus : uint8_t { kNone, kSum, kCount };
-
-// What kept deltas are multiplied by after sparsification.
-enum class Rescale : uint8_t {
-  kNone,
-  kDensity,  // kRandom only: divide by density (the DARE paper)
-  kL1,       // match the L1 norm of the unsparsified delta (mergekit's `rescale`):
-             // scale = |delta|_1 / |kept|_1 unless either is below 1e-7
-};
-
-struct TaskModel {
-  JobInput input;          // input.weight is the model's weight w_k (fp32)
-  float density = 1.0f;    // kRandom: keep probability
-  uint64_t rank_lo = 0;    // kMagnitude/kOutliers: keep elements whose rank by
-  uint64_t rank_hi = 0;    // descending |delta| (ties by index) is in [lo, hi)
-};
-
-struct TaskJob {
-  std::string name;
-  uint64_t n_elems = 0;
-  uint32_t sink = 0;
-  uint64_t out_offset = 0;
-  DType out_dtype = DType::kF32;
-  JobInput base;
-  std::vector<TaskModel> models;
-  Sparsify sparsify = Sparsify::kNone;
-  Consensus consensus = Consensus::kNone;
-  bool normalize = false;   // divide the mixed delta by the (masked) weight sum
-  Rescale rescale = Rescale::kNone;
-  float lambda = 1.0f;      // scales the mixed delta; 1 skips the multiplication
-  uint64_t seed = 0;        // kRandom
-  uint64_t tensor_key = 0;  // kRandom: tensor_key(name)
-};
-
-// Gram matrix of m vectors: the inputs, or (base >= 0) every input but the base
-// minus the base. Weights of the inputs are ignored.
-struct GramJob {
-  std::string name;
-  uint64_t n_elems = 0;
-  std::vector<JobInput> inputs;
-  int32_t base = -1;
-};
-
-// Names of the PyCapsules through which ladle._core hands its MethodJobs' task and
-// Gram jobs (std::vector<TaskJob>, std::vector<GramJob>) to ladle._cuda.
-constexpr const char kTaskJobsCapsuleName[] = "ladle.TaskJobs.v1";
-constexpr const char kGramJobsCapsuleName[] = "ladle.GramJobs.v1";
-
 RunStats run_task_jobs(const Plan& plan, const std::vector<TaskJob>& jobs,
                        const EngineOptions& options, const ProgressFn& progress);
 

@@ -5,13 +5,17 @@
 
 #include <Python.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstring>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "common.h"
 #include "dtype.h"
 #include "engine.h"
+#include "plan_runner.h"
 
 namespace ladle {
 
@@ -105,6 +109,22 @@ inline pybind11::dict stats_to_dict(const RunStats& stats) {
   out["rng_draws"] = stats.rng_draws;
   out["ranks_sampled"] = stats.ranks_sampled;
   out["ranks_histogrammed"] = stats.ranks_histogrammed;
+  return out;
+}
+
+// The kinds a run or clear_jobs names (bound as ladle._core.JobKind); None: every kind.
+inline KindSet kind_set(const std::optional<std::vector<JobKind>>& kinds) {
+  if (!kinds) return KindSet::all();
+  KindSet set;
+  for (JobKind k : *kinds) set.add(k);
+  return set;
+}
+
+// A run's statistics, with "grams" / "dots" (one list per job) when those kinds ran.
+inline pybind11::dict results_to_dict(const PlanResults& results) {
+  pybind11::dict out = stats_to_dict(results.stats);
+  if (results.ran_grams) out["grams"] = pybind11::cast(results.grams);
+  if (results.ran_dots) out["dots"] = pybind11::cast(results.dots);
   return out;
 }
 

@@ -69,16 +69,18 @@ void dot_chunk(const Plan& plan, const DotJob& job, const WorkItem& item, double
 
 }  // namespace
 
+void validate_dot_job(const Plan& plan, const DotJob& job) {
+  validate_input(plan, job.name, job.lhs, job.n_elems, true);
+  for (const JobInput& in : job.inputs) validate_input(plan, job.name, in, job.n_elems, true);
+}
+
 std::vector<std::vector<double>> dot_products(const Plan& plan, const std::vector<DotJob>& jobs,
                                               const DotOptions& options) {
   uint64_t per_elem = 1;
   for (const DotJob& job : jobs) {
-    validate_input(plan, job.name, job.lhs, job.n_elems, true);
+    validate_dot_job(plan, job);
     uint64_t bytes = item_n_bytes(job.lhs.dtype);
-    for (const JobInput& in : job.inputs) {
-      validate_input(plan, job.name, in, job.n_elems, true);
-      bytes += 2 * item_n_bytes(in.dtype);
-    }
+    for (const JobInput& in : job.inputs) bytes += 2 * item_n_bytes(in.dtype);
     per_elem = std::max(per_elem, bytes);
   }
   int threads = resolve_threads(options.threads);

@@ -12,18 +12,14 @@
 
 namespace ladle {
 
-struct DotJob {
-  std::string name;     // tensor name, for messages
-  uint64_t n_elems = 0;
-  JobInput lhs;         // g (its weight is ignored)
-  std::vector<JobInput> inputs;  // x_1..x_N (weights ignored)
-};
-
 struct DotOptions {
   int threads = 0;                        // 0: all hardware threads
   uint64_t memory_budget = 256ull << 20;  // bounds the chunk length, as for merges
   uint64_t chunk_elems = 0;               // 0: derive from the budget
 };
+
+// Raises ladle::Error when a range lies outside its source or a dtype is not a float.
+void validate_dot_job(const Plan& plan, const DotJob& job);
 
 // Returns, for every job, the N values sum_i double(g[i]) * double(x_k[i]).
 // Each chunk is summed in fp64 in element order and the chunk sums are added in

@@ -33,8 +33,9 @@ def _run(jobs_in_one_call: bool) -> np.ndarray:
     if jobs_in_one_call:
         plan.add_jobs(jobs)
     else:
-        for job in jobs:
-            plan.add_job(*job)
+        for name, op, n, sink, offset, dtype, inputs in jobs:
+            plan.add_job(name, _core.JobKind.__members__[op], n, sink, offset, dtype,
+                         [_core.Input(*i) for i in inputs])
     assert plan.n_jobs == len(jobs)
     _core.run(plan, threads=1)
     return out

@@ -357,7 +357,8 @@ def test_input_truncated_while_mapped_is_an_error(tmp_path: Path):
     plan, src, start = _mapped_then_truncated(tmp_path / "a.safetensors", 1 << 21)
     out = np.zeros(1 << 21, np.float32)
     sink = plan.add_memory_sink("out", out.ctypes.data, out.nbytes)
-    plan.add_job("w", "sum", 1 << 21, sink, 0, "F32", [(src, start, "F32", 2.0)])
+    plan.add_job("w", _core.JobKind.sum, 1 << 21, sink, 0, "F32",
+                 [_core.Input(src, start, "F32", 2.0)])
     with pytest.raises(LadleIOError, match=r"a\.safetensors: tensor 'w': input changed while "
                                            r"being read \(bus error at byte 12288") as info:
         # One thread: the first fault is then always the first page past the new end;
@@ -366,29 +367,29 @@ def test_input_truncated_while_mapped_is_an_error(tmp_path: Path):
     assert info.value.errno == 5
 
 
-def _truncate_before(monkeypatch, core_function: str, path: Path) -> None:
-    """Make _core.<core_function> truncate `path` (already mapped by then) first."""
-    real = getattr(_core, core_function)
+def _truncate_before(monkeypatch, kind: str, path: Path) -> None:
+    """Make the first _core.run of `kind` jobs truncate `path` (already mapped by then)."""
+    real = _core.run
 
-    def truncating(*args, **kwargs):
-        os.truncate(path, 3 * 4096)
-        return real(*args, **kwargs)
+    def truncating(plan, *args, **kwargs):
+        if plan.count(_core.JobKind.__members__[kind]):
+            os.truncate(path, 3 * 4096)
+        return real(plan, *args, **kwargs)
 
-    monkeypatch.setattr(_core, core_function, truncating)
+    monkeypatch.setattr(_core, "run", truncating)
 
 
 TRUNCATED = r"m1\.safetensors: tensor 'w': input changed while being read \(bus error"
 
 
-@pytest.mark.parametrize("method,core_function", [("ties", "run_tasks"),
-                                                  ("slerp", "run_grams")])
+@pytest.mark.parametrize("method,kind", [("ties", "task"), ("slerp", "gram")])
 def test_input_truncated_during_a_method_merge_is_an_error(tmp_path: Path, monkeypatch,
-                                                          method, core_function):
+                                                          method, kind):
     paths = []
     for i, name in enumerate(("base", "m1", "m2")):
         paths.append(tmp_path / f"{name}.safetensors")
         save_file({"w": np.full(1 << 20, i + 1, np.float32)}, str(paths[-1]))
-    _truncate_before(monkeypatch, core_function, paths[1])
+    _truncate_before(monkeypatch, kind, paths[1])
     out = tmp_path / "out"
     with pytest.raises(LadleIOError, match=TRUNCATED) as info:
         if method == "ties":
@@ -402,9 +403,10 @@ def test_input_truncated_during_a_method_merge_is_an_error(tmp_path: Path, monke
 
 def test_input_truncated_during_dot_products_is_an_error(tmp_path: Path):
     plan, src, start = _mapped_then_truncated(tmp_path / "m1.safetensors", 1 << 20)
-    x = (src, start, "F32")
+    x = _core.Input(src, start, "F32")
+    plan.add_dot("w", 1 << 20, x, [x])
     with pytest.raises(LadleIOError, match=TRUNCATED):
-        _core.dot_products(plan, [("w", 1 << 20, x, [x])], threads=1, chunk_elems=16384)
+        _core.run(plan, kinds=[_core.JobKind.dot], threads=1, chunk_elems=16384)
 
 
 def _ro_tmpfs(tmp_path: Path) -> Path | None:

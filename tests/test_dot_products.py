@@ -18,6 +18,14 @@ def _plan_with(buffers: list[np.ndarray]) -> _core.Plan:
     return plan
 
 
+def dot_products(plan: _core.Plan, jobs: list, **options) -> list[list[float]]:
+    """The plan's dot jobs (name, n_elems, lhs, [x_k]) as one run of kind dot."""
+    plan.clear_jobs()
+    for name, n_elems, lhs, inputs in jobs:
+        plan.add_dot(name, n_elems, _core.Input(*lhs), [_core.Input(*x) for x in inputs])
+    return _core.run(plan, kinds=[_core.JobKind.dot], **options)["dots"]
+
+
 @pytest.mark.parametrize("dtype", ["F32", "BF16", "F16", "F64"])
 @pytest.mark.parametrize("threads", [1, 3])
 def test_dots_match_fp64_reference(dtype, threads):
@@ -27,7 +35,7 @@ def test_dots_match_fp64_reference(dtype, threads):
     plan = _plan_with(raws)
     jobs = [("t", n, (0, 0, dtype), [(k, 0, dtype) for k in (1, 2, 3)]),
             ("head", 5, (1, 8, dtype), [(0, 0, dtype)])]
-    out = _core.dot_products(plan, jobs, threads=threads, chunk_elems=16384)
+    out = dot_products(plan, jobs, threads=threads, chunk_elems=16384)
     vals = [to_f32(r.tobytes(), dtype).astype(np.float64) if dtype != "F64"
             else r.view(np.float64) for r in raws]
     for k in (1, 2, 3):
@@ -42,15 +50,15 @@ def test_dots_do_not_depend_on_threads():
     a, b = (rng.standard_normal(200_000).astype(np.float32) for _ in range(2))
     plan = _plan_with([a, b])
     jobs = [("x", a.size, (0, 0, "F32"), [(1, 0, "F32")])]
-    ref = _core.dot_products(plan, jobs, threads=1, chunk_elems=16384)
-    assert _core.dot_products(plan, jobs, threads=4, chunk_elems=16384) == ref
+    ref = dot_products(plan, jobs, threads=1, chunk_elems=16384)
+    assert dot_products(plan, jobs, threads=4, chunk_elems=16384) == ref
 
 
 def test_dots_reject_out_of_range_and_int_dtypes():
     a = np.zeros(10, np.float32)
     plan = _plan_with([a])
     with pytest.raises(FormatError, match="tensor 'x'.*exceeds the 40 bytes"):
-        _core.dot_products(plan, [("x", 11, (0, 0, "F32"), [(0, 0, "F32")])])
+        dot_products(plan, [("x", 11, (0, 0, "F32"), [(0, 0, "F32")])])
     with pytest.raises(LadleValueError, match="dtype I32"):
-        _core.dot_products(plan, [("x", 2, (0, 0, "F32"), [(0, 0, "I32")])])
+        dot_products(plan, [("x", 2, (0, 0, "F32"), [(0, 0, "I32")])])
     assert from_f32(np.zeros(1, np.float32), "F32")  # reference helpers importable

@@ -10,6 +10,7 @@ import pytest
 
 import ladle
 from ladle.engine.cuda import cuda_info
+from ladle.engine.kinds import core_kinds
 from ladle.errors import LadleValueError
 
 
@@ -17,18 +18,17 @@ def test_check_failure_records_cpp_location():
     v = np.zeros(16, dtype=np.float32)
     plan = ladle._core.Plan()
     src = plan.add_memory_source("v", v.ctypes.data, v.nbytes)
-    jobs = ladle._core.MethodJobs()
-    jobs.add_gram("w", 16, [(src, 0, "F32")], 5)  # base index out of range
+    plan.add_gram("w", 16, [ladle._core.Input(src, 0, "F32")], 5)  # base index out of range
     with pytest.raises(LadleValueError, match="base index 5 out of range") as info:
-        ladle._core.run_grams(plan, jobs)
+        ladle._core.run(plan, kinds=[ladle._core.JobKind.gram])
     assert re.fullmatch(r"methods_cpu\.cc:\d+", info.value.cpp_location)
 
 
 def test_backends_declare_the_job_kinds_they_run():
-    for kind in ("sum", "copy", "max", "task", "gram", "dot"):
+    for kind in core_kinds(("sum", "copy", "max", "task", "gram", "dot", "della", "sce")):
         assert ladle._core.supports(kind)
-    with pytest.raises(LadleValueError, match="unknown job kind 'ties'"):
-        ladle._core.supports("ties")
+    with pytest.raises(LadleValueError, match="job kind must be one of sum, copy, .*not 'ties'"):
+        core_kinds(["ties"])
 
 
 @pytest.mark.skipif(not cuda_info()["compiled"], reason="CUDA backend not built")
@@ -36,5 +36,7 @@ def test_cuda_backend_declares_weighted_sums_copies_maxima_and_methods():
     import ladle._cuda as cuda_module
 
     # Issue 16: the task programs and Gram reductions run on CUDA too.
-    assert all(cuda_module.supports(k) for k in ("sum", "copy", "max", "task", "gram"))
-    assert not any(cuda_module.supports(k) for k in ("nearswap", "dot"))
+    assert all(cuda_module.supports(k) for k in core_kinds(("sum", "copy", "max", "task",
+                                                            "gram")))
+    assert not any(cuda_module.supports(k) for k in core_kinds(("nearswap", "dot", "della",
+                                                                "sce")))

@@ -7,15 +7,25 @@ import pytest
 
 import ladle
 from ladle import _core
-from ladle.engine.kinds import IntPolicy, JobKind, Kernel, parse_kind
+from ladle.engine.kinds import IntPolicy, JobKind, Kernel, core_enum, core_kinds, parse_kind
 from ladle.engine.plan import INT_POLICIES, check_int_policy
 from ladle.errors import LadleValueError
 
 
 def test_job_kinds_are_the_cores() -> None:
-    assert all(_core.supports(k) for k in JobKind)  # each name parses; CPU runs them all
-    with pytest.raises(LadleValueError, match="sum"):
-        _core.supports("median")  # and the core knows no others
+    assert list(JobKind) == list(_core.JobKind.__members__)  # the same names, in order
+    assert all(_core.supports(k) for k in core_kinds(JobKind))  # the CPU runs them all
+    with pytest.raises(LadleValueError, match="job kind must be one of sum, .*not 'median'"):
+        core_kinds(["median"])  # and the core knows no others
+
+
+def test_method_settings_are_the_cores() -> None:
+    assert core_enum(_core.Sparsify, "magnitude", "sparsify") == _core.Sparsify.magnitude
+    assert list(_core.Consensus.__members__) == ["none", "sum", "count"]
+    assert list(_core.DellaRescale.__members__) == ["none", "l1", "density"]
+    with pytest.raises(LadleValueError, match="rescale must be one of none, density, l1, "
+                                              "not 'l2'"):
+        core_enum(_core.Rescale, "l2", "rescale")
 
 
 def test_kernels_are_the_cores() -> None:

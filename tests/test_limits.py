@@ -140,7 +140,7 @@ def test_core_refuses_thread_counts_without_aborting(threads: int):
     with pytest.raises(LadleValueError, match="threads must be from 0"):
         _core.run(_core.Plan(), threads=threads)
     with pytest.raises(LadleValueError, match="threads must be from 0"):
-        _core.dot_products(_core.Plan(), [], threads=threads)
+        _core.run(_core.Plan(), kinds=[_core.JobKind.dot], threads=threads)
 
 
 def test_valid_extremes_still_work(tmp_path: Path):

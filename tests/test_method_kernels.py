@@ -162,13 +162,13 @@ def test_gram_sums_each_tile_in_index_order(kernel, base):
     vecs[1][5] = F32(1e-41)  # a subnormal
     plan = ladle._core.Plan()
     srcs = [plan.add_memory_source(f"v{k}", v.ctypes.data, v.nbytes) for k, v in enumerate(vecs)]
-    jobs = ladle._core.MethodJobs()
-    jobs.add_gram("w", n, [(s, 0, "F32") for s in srcs], base)
+    plan.add_gram("w", n, [ladle._core.Input(s, 0, "F32") for s in srcs], base)
     vs = [v - vecs[0] for v in vecs[1:]] if base == 0 else vecs
     expected = [_tile_sums(a, b) for a in vs for b in vs]
     for chunk in (0, 2048, 3 * 2048):
-        grams, _ = ladle._core.run_grams(plan, jobs, threads=2, chunk_elems=chunk, kernel=kernel)
-        assert grams[0] == expected
+        out = ladle._core.run(plan, kinds=[ladle._core.JobKind.gram], threads=2,
+                              chunk_elems=chunk, kernel=kernel)
+        assert out["grams"][0] == expected
 
 
 def _dare_l1(kernel: str, threads: int, chunk: int, budget: int, densities) -> tuple[bytes, int]:
@@ -181,13 +181,13 @@ def _dare_l1(kernel: str, threads: int, chunk: int, budget: int, densities) -> t
     plan = ladle._core.Plan()
     srcs = [plan.add_memory_source(f"v{k}", v.ctypes.data, v.nbytes) for k, v in enumerate(vecs)]
     sink = plan.add_memory_sink("out", out.ctypes.data, out.nbytes)
-    jobs = ladle._core.MethodJobs()
-    jobs.add_task("w", n, sink, 0, "F32", (srcs[0], 0, "F32"),
-                  [(s, 0, "F32", w, d, 0, n) for s, w, d in zip(srcs[1:], (0.7, -0.4, 1.3),
-                                                                 densities)],
-                  "random", "sum", True, "l1", 1.0, 7)
-    stats = ladle._core.run_tasks(plan, jobs, threads=threads, chunk_elems=chunk,
-                                  memory_budget=budget, kernel=kernel)
+    core = ladle._core
+    plan.add_task("w", n, sink, 0, "F32", core.Input(srcs[0], 0, "F32"),
+                  [core.TaskModel(core.Input(s, 0, "F32", w), d, 0, n)
+                   for s, w, d in zip(srcs[1:], (0.7, -0.4, 1.3), densities)],
+                  core.Sparsify.random, core.Consensus.sum, True, core.Rescale.l1, 1.0, 7)
+    stats = core.run(plan, threads=threads, chunk_elems=chunk, memory_budget=budget,
+                     kernel=kernel)
     return out.tobytes(), stats["rng_draws"]
 
 

@@ -210,8 +210,9 @@ def test_nearswap_engine_job_checks_its_inputs():
     plan = _core.Plan()
     src = plan.add_memory_source("v", v.ctypes.data, v.nbytes)
     sink = plan.add_memory_sink("out", out.ctypes.data, out.nbytes)
-    assert _core.supports("nearswap")
-    plan.add_job("w", "nearswap", 16, sink, 0, "F32", [(src, 0, "F32", 1.0)], threshold=0.1)
+    assert _core.supports(_core.JobKind.nearswap)
+    plan.add_job("w", _core.JobKind.nearswap, 16, sink, 0, "F32", [_core.Input(src, 0, "F32")],
+                 threshold=0.1)
     with pytest.raises(LadleValueError, match="nearswap needs 2 inputs and a finite t"):
         _core.run(plan)
     with pytest.raises(LadleValueError, match="add_jobs has no threshold"):

@@ -41,9 +41,10 @@ def stub_names(tree: ast.Module | ast.ClassDef) -> tuple[set[str], set[str]]:
 
 def declared(names: object) -> set[str]:
     """Names a binding declares: not dunders, not pybind11's own hooks
-    (``_pybind11_conduit_v1_`` is added to every class)."""
+    (``_pybind11_conduit_v1_`` is added to every class, ``__entries`` to every enum)."""
     return {n for n in names
-            if not (n.startswith("__") and n.endswith("__")) and not n.startswith("_pybind11")}
+            if not (n.startswith("__") and n.endswith("__")) and not n.startswith("_pybind11")
+            and n != "__entries"}
 
 
 def public(obj: object) -> set[str]:

@@ -6,14 +6,12 @@ with the compiled module's.
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, TypeAlias, TypedDict
+from typing import Any, NotRequired, TypeAlias, TypedDict
 
 FILE_CHECKSUM_KEY: str
 FILE_CHECKSUM_PLACEHOLDER: str
 
 _PathLike: TypeAlias = str | os.PathLike[str]
-# (source index, byte offset, dtype name)
-_Input: TypeAlias = tuple[int, int, str]
 # (name, dtype, shape, begin, end) of one header entry
 _TensorEntry: TypeAlias = tuple[str, str, tuple[int, ...], int, int]
 _Progress: TypeAlias = Callable[[int, int], Any] | None
@@ -35,9 +33,11 @@ class _RunStatsDict(TypedDict):
     threads: int
     seconds: float
     kernel: str
-    rng_draws: int  # DARE keep decisions drawn (run_tasks)
-    ranks_sampled: int  # rank thresholds found from a sample or its window (run_tasks)
-    ranks_histogrammed: int  # rank thresholds found by the histogram passes (run_tasks)
+    rng_draws: int  # DARE keep decisions drawn (task jobs)
+    ranks_sampled: int  # rank thresholds found from a sample or its window (task jobs)
+    ranks_histogrammed: int  # rank thresholds found by the histogram passes (task jobs)
+    grams: NotRequired[list[list[float]]]  # per Gram job (row-major m*m), when they ran
+    dots: NotRequired[list[list[float]]]  # per dot job, when they ran
 
 
 def read_header(path: _PathLike, tensor_info: type | None = None,
@@ -52,11 +52,120 @@ def serialize_header(
 def dtype_n_bits(arg0: str) -> int: ...
 def dtype_is_mergeable(arg0: str) -> bool: ...
 def build_info() -> dict[str, Any]: ...
-def supports(kind: str) -> bool: ...
+def supports(kind: JobKind) -> bool: ...
 def file_crc32c(path: _PathLike, crc: int = 0, offset: int = 0, n_bytes: int = ...) -> int: ...
 def crc32c(data: bytes, crc: int = 0) -> int: ...
 def crc32c_combine(crc1: int, crc2: int, len2: int) -> int: ...
 def _set_enospc_fault_after(n_bytes: int) -> None: ...
+
+
+# Bound enums (pybind11 py::enum_): members named as the strings of the public API;
+# engine/kinds.py core_enum() turns a string into one.
+class JobKind:
+    sum: JobKind
+    copy: JobKind
+    max: JobKind
+    nearswap: JobKind
+    task: JobKind
+    gram: JobKind
+    dot: JobKind
+    della: JobKind
+    sce: JobKind
+    __members__: dict[str, JobKind]
+    def __init__(self, value: int) -> None: ...
+    def __int__(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> int: ...
+
+
+class Sparsify:
+    none: Sparsify
+    magnitude: Sparsify
+    random: Sparsify
+    outliers: Sparsify
+    __members__: dict[str, Sparsify]
+    def __init__(self, value: int) -> None: ...
+    def __int__(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> int: ...
+
+
+class Consensus:
+    none: Consensus
+    sum: Consensus
+    count: Consensus
+    __members__: dict[str, Consensus]
+    def __init__(self, value: int) -> None: ...
+    def __int__(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> int: ...
+
+
+class Rescale:
+    none: Rescale
+    density: Rescale
+    l1: Rescale
+    __members__: dict[str, Rescale]
+    def __init__(self, value: int) -> None: ...
+    def __int__(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> int: ...
+
+
+class DellaRescale:
+    none: DellaRescale
+    l1: DellaRescale
+    density: DellaRescale
+    __members__: dict[str, DellaRescale]
+    def __init__(self, value: int) -> None: ...
+    def __int__(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> int: ...
+
+
+class Input:
+    def __init__(self, source: int, offset: int, dtype: str, weight: float = 1.0) -> None: ...
+    @property
+    def source(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def weight(self) -> float: ...
+
+
+class TaskModel:
+    def __init__(self, input: Input, density: float = 1.0, rank_lo: int = 0,
+                 rank_hi: int = 0) -> None: ...
+    @property
+    def input(self) -> Input: ...
+    @property
+    def density(self) -> float: ...
+    @property
+    def rank_lo(self) -> int: ...
+    @property
+    def rank_hi(self) -> int: ...
+
+
+class DellaModel:
+    def __init__(self, input: Input, density: float, epsilon: float) -> None: ...
+    @property
+    def input(self) -> Input: ...
+    @property
+    def density(self) -> float: ...
+    @property
+    def epsilon(self) -> float: ...
 
 
 class Plan:
@@ -68,15 +177,17 @@ class Plan:
     def add_job(
         self,
         name: str,
-        op: str,
+        op: JobKind,  # sum, copy, max or nearswap
         n_elems: int,
         sink: int,
         out_offset: int,
         out_dtype: str,
-        inputs: Sequence[tuple[int, int, str, float]],
+        inputs: Sequence[Input],
         post_scale: float = 1.0,
         threshold: float = 0.0,
     ) -> None: ...
+    # The bulk path of 10^6-tensor plans: tuples read with the CPython API, op a name
+    # ("sum", "copy", "max") and each input (source, offset, dtype, weight).
     def add_jobs(
         self,
         jobs: Sequence[
@@ -96,8 +207,55 @@ class Plan:
     def finish_sinks(self) -> None: ...
     def finish_sink(self, index: int) -> int | None: ...
     def release_source(self, source: int, offset: int, n_bytes: int) -> None: ...
+    def add_task(
+        self,
+        name: str,
+        n_elems: int,
+        sink: int,
+        out_offset: int,
+        out_dtype: str,
+        base: Input,
+        models: Sequence[TaskModel],
+        sparsify: Sparsify,
+        consensus: Consensus,
+        normalize: bool,
+        rescale: Rescale,
+        lambda_: float,
+        seed: int,
+    ) -> None: ...
+    def add_gram(self, name: str, n_elems: int, inputs: Sequence[Input], base: int) -> None: ...
+    def add_della(
+        self,
+        name: str,
+        n_elems: int,
+        group_len: int,
+        group_stride: int,
+        sink: int,
+        out_offset: int,
+        out_dtype: str,
+        base: Input,
+        models: Sequence[DellaModel],
+        elect_sign: bool,
+        normalize: bool,
+        rescale: DellaRescale,
+        lambda_: float,
+        seed: int,
+    ) -> None: ...
+    def add_sce(
+        self,
+        name: str,
+        n_elems: int,
+        sink: int,
+        out_offset: int,
+        out_dtype: str,
+        base: Input,
+        models: Sequence[Input],
+        select_topk: float,
+    ) -> None: ...
+    def add_dot(self, name: str, n_elems: int, lhs: Input, inputs: Sequence[Input]) -> None: ...
     def _capsule(self) -> object: ...
-    def clear_jobs(self) -> None: ...
+    def clear_jobs(self, kinds: Sequence[JobKind] | None = None) -> None: ...
+    def count(self, kind: JobKind) -> int: ...
     @property
     def n_jobs(self) -> int: ...
 
@@ -116,94 +274,11 @@ class SumTable:
     def bytes_read(self) -> int: ...
 
 
-class MethodJobs:
-    def __init__(self) -> None: ...
-    def add_task(
-        self,
-        name: str,
-        n_elems: int,
-        sink: int,
-        out_offset: int,
-        out_dtype: str,
-        base: _Input,
-        models: Sequence[tuple[int, int, str, float, float, int, int]],
-        sparsify: str,
-        consensus: str,
-        normalize: bool,
-        rescale: str,
-        lambda_: float,
-        seed: int,
-    ) -> None: ...
-    def add_gram(self, name: str, n_elems: int, inputs: Sequence[_Input], base: int) -> None: ...
-    def _tasks_capsule(self) -> object: ...
-    def _grams_capsule(self) -> object: ...
-    @property
-    def n_tasks(self) -> int: ...
-    @property
-    def n_grams(self) -> int: ...
-
-
-def dot_products(
-    plan: Plan,
-    jobs: Sequence[tuple[str, int, _Input, Sequence[_Input]]],
-    threads: int = 0,
-    memory_budget: int = ...,
-    chunk_elems: int = 0,
-) -> list[list[float]]: ...
-def run_tasks(
-    plan: Plan,
-    jobs: MethodJobs,
-    threads: int = 0,
-    memory_budget: int = ...,
-    chunk_elems: int = 0,
-    check_finite: bool = False,
-    kernel: str = "auto",
-    progress: _Progress = None,
-) -> _RunStatsDict: ...
-# DELLA job: (name, n_elems, group_len, group_stride, sink, out_offset, out_dtype, base,
-# models (source, offset, dtype, weight, density, epsilon), elect_sign, normalize,
-# rescale ("none" | "l1" | "density"), lambda, seed).
-_DellaJob: TypeAlias = tuple[
-    str, int, int, int, int, int, str, _Input,
-    Sequence[tuple[int, int, str, float, float, float]], bool, bool, str, float, int,
-]
-
-def run_della(
-    plan: Plan,
-    jobs: Sequence[_DellaJob],
-    threads: int = 0,
-    memory_budget: int = ...,
-    chunk_elems: int = 0,
-    check_finite: bool = False,
-    kernel: str = "auto",
-    progress: _Progress = None,
-) -> _RunStatsDict: ...
-# SCE job: (name, n_elems, sink, out_offset, out_dtype, base, models, select_topk).
-_SceJob: TypeAlias = tuple[str, int, int, int, str, _Input, Sequence[_Input], float]
-
-def run_sce(
-    plan: Plan,
-    jobs: Sequence[_SceJob],
-    threads: int = 0,
-    memory_budget: int = ...,
-    chunk_elems: int = 0,
-    check_finite: bool = False,
-    kernel: str = "auto",
-    progress: _Progress = None,
-) -> _RunStatsDict: ...
-def run_grams(
-    plan: Plan,
-    jobs: MethodJobs,
-    threads: int = 0,
-    memory_budget: int = ...,
-    chunk_elems: int = 0,
-    kernel: str = "auto",
-    progress: _Progress = None,
-) -> tuple[list[list[float]], _RunStatsDict]: ...
 def tensor_key(name: str) -> int: ...
 def dare_u24(seed: int, key: int, model: int, elem: int) -> int: ...
 def run(
     plan: Plan,
+    kinds: Sequence[JobKind] | None = None,
     threads: int = 0,
     memory_budget: int = ...,
     chunk_elems: int = 0,

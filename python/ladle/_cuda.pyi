@@ -1,11 +1,14 @@
 """Type stubs for ladle._cuda, the optional CUDA module built from csrc/bindings_cuda.cc.
 
 Keep in step with the bindings: tests/test_stubs.py compares the names here
-with the compiled module's (when it was built).
+with the compiled module's (when it was built). ``run`` takes the capsule of a
+``ladle._core.Plan`` (``Plan._capsule()``), whose jobs of every kind it holds.
 """
 
 from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias, TypedDict
+
+from ._core import JobKind
 
 class _StatusDict(TypedDict):
     device_count: int
@@ -28,9 +31,10 @@ _DeviceTensorSpec: TypeAlias = tuple[str, int, str, int, Sequence[tuple[int, str
 def status() -> _StatusDict: ...
 def device_props(device: int = 0) -> _DevicePropsDict: ...
 def build_info() -> dict[str, Any]: ...
-def supports(kind: str) -> bool: ...
+def supports(kind: JobKind) -> bool: ...
 def run(
     plan: object,
+    kinds: Sequence[JobKind] | None = None,
     device: int = 0,
     workers: int = 3,
     memory_budget: int = ...,
@@ -39,26 +43,6 @@ def run(
     emulate: bool = False,
     progress: Callable[[int, int], Any] | None = None,
 ) -> dict[str, Any]: ...
-
-def run_tasks(
-    plan: object,
-    jobs: object,
-    device: int = 0,
-    memory_budget: int = ...,
-    chunk_elems: int = 0,
-    check_finite: bool = False,
-    emulate: bool = False,
-    progress: Callable[[int, int], Any] | None = None,
-) -> dict[str, Any]: ...
-def run_grams(
-    plan: object,
-    jobs: object,
-    device: int = 0,
-    memory_budget: int = ...,
-    chunk_elems: int = 0,
-    emulate: bool = False,
-    progress: Callable[[int, int], Any] | None = None,
-) -> tuple[list[list[float]], dict[str, Any]]: ...
 def time_method_pass(
     pass_: str,
     sparsify: str,

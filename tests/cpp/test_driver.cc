@@ -4,7 +4,8 @@
 // (must be accepted), then a few engine runs on files it writes itself:
 // merges checked against a scalar reference, many small chunks on 2 threads,
 // an injected ENOSPC, an input truncated under its mapping (SIGBUS -> error),
-// a pass-through mismatch and out-of-range plans; and the write combiner of shards.
+// a pass-through mismatch and out-of-range plans; the write combiner of shards; and
+// DELLA and SCE jobs (method_runs.cc).
 //
 // Usage: ladle_test_driver [--attacks DIR] [--valid DIR] [--workdir DIR]
 #include <dirent.h>
@@ -32,6 +33,10 @@
 #include "write_combiner.h"
 
 using namespace ladle;
+
+namespace ladle {
+void method_runs(void (*expect)(bool, const std::string&));  // method_runs.cc
+}  // namespace ladle
 
 namespace {
 
@@ -404,6 +409,7 @@ int main(int argc, char** argv) {
   engine_runs(dir);
   write_combiner_run();
   conversions_run();
+  method_runs(expect);
   if (work == "/tmp") std::filesystem::remove_all(dir);
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;

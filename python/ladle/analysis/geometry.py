@@ -1,6 +1,6 @@
 """Weight-space geometry streamed through the engine (Model soups §3.2, J.1):
 Gram matrices of checkpoints from the C++ fp64 dot-product reduction
-(``_core.dot_products``; no state dict is built, inputs stay memory-mapped), the
+(dot jobs of a ``_core.Plan``; no state dict is built, inputs stay memory-mapped), the
 angle φ between θ1 − θ0 and θ2 − θ0 over weight matrices excluding gain
 parameters, and the interpolation advantage of a pair.
 
@@ -114,7 +114,7 @@ def streamed_gram(checkpoints: Sequence[Any], *, names: Sequence[str] | None = N
     registry: dict = {}
     for s in sets:
         s.register(plan, registry)
-    jobs, shapes = [], {}
+    shapes = {}
     for name in names:
         refs = []
         for s in sets:
@@ -124,13 +124,14 @@ def streamed_gram(checkpoints: Sequence[Any], *, names: Sequence[str] | None = N
             if tuple(r.shape) != tuple(first.tensors[name].shape):
                 raise MismatchError(f"{s.label}: tensor '{name}' has shape {list(r.shape)}, "
                                     f"{first.label} has {list(first.tensors[name].shape)}")
-            refs.append((registry[r.source], r.offset, r.dtype))
+            refs.append(_core.Input(registry[r.source], r.offset, r.dtype))
         shapes[name] = tuple(first.tensors[name].shape)
         n_elems = first.tensors[name].n_elems
         for i in range(len(sets)):
-            jobs.append((name, n_elems, refs[i], refs[i:]))
+            plan.add_dot(name, n_elems, refs[i], refs[i:])
     threads, budget, _ = engine_options(threads, memory_budget)
-    out = _core.dot_products(plan, jobs, threads=threads, memory_budget=budget)
+    out = _core.run(plan, kinds=[_core.JobKind.dot], threads=threads,
+                    memory_budget=budget).get("dots", [])
     k = len(sets)
     per_tensor: dict[str, np.ndarray] = {}
     it = iter(out)

@@ -128,12 +128,16 @@ def loader_deltas(loader: Any) -> np.ndarray:
     from .. import _core
 
     groups = [g for g in loader.float_groups if g.ref.n_elems > 0]
-    jobs = []
     for g in groups:
-        refs = [(loader.registry[r.source], r.offset, r.dtype) for r in g.inputs]
-        jobs += [(g.name, g.ref.n_elems, refs[i], refs[i:]) for i in range(3)]
-    out = _core.dot_products(loader.plan, jobs, threads=loader.threads,
-                             memory_budget=loader.memory_budget)
+        refs = [_core.Input(loader.registry[r.source], r.offset, r.dtype) for r in g.inputs]
+        for i in range(3):
+            loader.plan.add_dot(g.name, g.ref.n_elems, refs[i], refs[i:])
+    dot = [_core.JobKind.dot]
+    try:
+        out = _core.run(loader.plan, kinds=dot, threads=loader.threads,
+                        memory_budget=loader.memory_budget).get("dots", [])
+    finally:
+        loader.plan.clear_jobs(dot)
     total = np.zeros((2, 2))
     for t in range(len(groups)):
         g = np.zeros((3, 3))

@@ -18,6 +18,7 @@ from ..errors import LadleValueError, MismatchError
 from ..formats.keymap import KeyMap, key_diff, make_key_fn
 from ..formats.sources import TensorRef, TensorSet
 from ._units import engine_options
+from .kinds import core_enum
 from .plan import check_int_policy, check_weights, nonfloat_inputs
 
 Weights = Sequence[float] | Callable[[str], Sequence[float]]
@@ -191,9 +192,10 @@ class Loader:
                  post_scale: float, written: list[TargetGroup] | None = None) -> None:
         if written is not None:
             written.append(g)
-        self.plan.add_job(g.name, op, g.ref.n_elems, self.sinks[g.ref.source], g.ref.offset,
-                          g.ref.dtype,
-                          [(self.registry[r.source], r.offset, r.dtype, w) for r, w in inputs],
+        self.plan.add_job(g.name, core_enum(_core.JobKind, op, "job op"), g.ref.n_elems,
+                          self.sinks[g.ref.source], g.ref.offset, g.ref.dtype,
+                          [_core.Input(self.registry[r.source], r.offset, r.dtype, w)
+                           for r, w in inputs],
                           post_scale)
 
     def dot(self, lhs: TensorSet, names: Sequence[str] | None = None) -> dict[str, list[float]]:
@@ -208,7 +210,7 @@ class Loader:
         """
         lhs.register(self.plan, self.registry)
         by_name = {g.name: g for g in self.float_groups}
-        jobs, order = [], []
+        order = []
         for name in names if names is not None else list(lhs.tensors):
             g, ref = by_name.get(name), lhs.tensors.get(name)
             if g is None or ref is None or ref.n_elems == 0:
@@ -216,12 +218,18 @@ class Loader:
             if ref.n_elems != g.ref.n_elems:
                 raise MismatchError(f"{lhs.label}: tensor '{name}' has {ref.n_elems} elements, "
                                     f"the model has {g.ref.n_elems}")
-            jobs.append((name, ref.n_elems, (self.registry[ref.source], ref.offset, ref.dtype),
-                         [(self.registry[r.source], r.offset, r.dtype) for r in g.inputs]))
+            self.plan.add_dot(name, ref.n_elems,
+                              _core.Input(self.registry[ref.source], ref.offset, ref.dtype),
+                              [_core.Input(self.registry[r.source], r.offset, r.dtype)
+                               for r in g.inputs])
             order.append(name)
-        out = _core.dot_products(self.plan, jobs, threads=self.threads,
-                                 memory_budget=self.memory_budget)
-        return dict(zip(order, out))
+        dot = [_core.JobKind.dot]
+        try:
+            out = _core.run(self.plan, kinds=dot, threads=self.threads,
+                            memory_budget=self.memory_budget)
+        finally:
+            self.plan.clear_jobs(dot)
+        return dict(zip(order, out.get("dots", [])))
 
 
 def _check_compatible(label: str, name: str, target: TensorRef, ref: TensorRef) -> None:

@@ -64,9 +64,9 @@ class RowStream:
         out = np.ascontiguousarray(values, dtype=np.float32).ravel()
         item = _core.dtype_n_bits(self.t.dtype) // 8
         src = self.plan.add_memory_source(f"{self.t.name}:out", out.ctypes.data, out.nbytes)
-        self.plan.add_job(self.t.name, "sum", out.size, self.sink,
+        self.plan.add_job(self.t.name, _core.JobKind.sum, out.size, self.sink,
                           self.out_offset + first * self.cols * item, self.t.dtype,
-                          [(src, 0, "F32", 1.0)])
+                          [_core.Input(src, 0, "F32")])
         self._run()
 
     def _run(self) -> None:
@@ -83,8 +83,8 @@ class RowStream:
         size = _core.dtype_n_bits(info.dtype) // 8
         offset = info.offset + first * self.cols * size
         self.plan.clear_jobs()
-        self.plan.add_job(self.t.name, "sum", n, sink, 0, "F32",
-                          [(self.sources[info.file], offset, info.dtype, 1.0)])
+        self.plan.add_job(self.t.name, _core.JobKind.sum, n, sink, 0, "F32",
+                          [_core.Input(self.sources[info.file], offset, info.dtype)])
         self._run()
         self.plan.release_source(self.sources[info.file], offset, n * size)
         return buf.reshape(rows, self.cols)

@@ -31,6 +31,7 @@ from .. import _core
 from ..errors import FormatError, LadleValueError
 from ..formats.checkpoint import INDEX_NAME, Checkpoint, open_checkpoint
 from .fp8_blocks import add_input_scales, block_scales, fresh_scale_names
+from .kinds import core_enum
 from .output import file_crc32c
 from .plan import check_int_policy, nonfloat_inputs
 
@@ -234,8 +235,9 @@ def _recompute(out: Checkpoint, ckpts: list[Checkpoint], weights: list[float], s
                 size = next(c.file_sizes[info.file] for c in ckpts if info.file in c.file_sizes)
                 sources[info.file] = plan.add_file_source(str(info.file), size)
         if _core.dtype_is_mergeable(infos[0].dtype):
-            job_inputs = [(sources[i.file], i.offset, i.dtype, w) for i, w in zip(infos, weights)]
-            plan.add_job(name, "sum", t.n_elems, sink, 0, t.dtype, job_inputs)
+            job_inputs = [_core.Input(sources[i.file], i.offset, i.dtype, w)
+                          for i, w in zip(infos, weights)]
+            plan.add_job(name, _core.JobKind.sum, t.n_elems, sink, 0, t.dtype, job_inputs)
             add_input_scales(plan, scaled, infos[0].shape[-1] if infos[0].shape else 1, sources)
             if scale_t:
                 s = next(s for s in scaled if s)
@@ -244,8 +246,8 @@ def _recompute(out: Checkpoint, ckpts: list[Checkpoint], weights: list[float], s
             op, chosen = nonfloat_inputs(infos, weights, int_policy)
             dtype, n = (t.dtype, t.n_elems) if _core.dtype_n_bits(t.dtype) % 8 == 0 else \
                 ("U8", t.n_bytes)
-            plan.add_job(name, op, n, sink, 0, dtype,
-                         [(sources[i.file], i.offset, dtype, 1.0) for i in chosen])
+            plan.add_job(name, core_enum(_core.JobKind, op, "job op"), n, sink, 0, dtype,
+                         [_core.Input(sources[i.file], i.offset, dtype) for i in chosen])
         _core.run(plan, threads=1)
         got = np.frombuffer(_read(t.file, t.offset, t.n_bytes), np.uint8)
         report.tensors_recomputed += 1

@@ -18,6 +18,7 @@ from .. import _core
 from ..errors import LadleValueError
 from ..formats.sources import TensorRef, TensorSet, open_input
 from ._units import engine_options
+from .kinds import core_enum
 from .merge_report import MergeReport
 from .output import OutputDir, checked_output, write_atomically
 from .path_safety import input_paths
@@ -73,9 +74,10 @@ def write_tensors(out: PathLike, tensors: Sequence[OutputTensor], sets: Sequence
             if t.n_elems == 0:
                 continue
             scale = getattr(t, "post_scale", 1.0)
-            plan.add_job(t.name, t.op, t.n_elems, sinks[t.shard],
-                         len(shards[t.shard].header) + t.offset, t.dtype,
-                         [(registry[r.source], r.offset, r.dtype, w) for r, w in t.inputs], scale)
+            plan.add_job(t.name, core_enum(_core.JobKind, t.op, "job op"), t.n_elems,
+                         sinks[t.shard], len(shards[t.shard].header) + t.offset, t.dtype,
+                         [_core.Input(registry[r.source], r.offset, r.dtype, w)
+                          for r, w in t.inputs], scale)
         stats = _core.run(plan, threads=threads, memory_budget=budget,
                           check_finite=check_finite)
         plan.finish_sinks()

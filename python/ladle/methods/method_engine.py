@@ -1,10 +1,12 @@
 """Where a method run's jobs execute: the CPU engine (``ladle._core``) or the CUDA
 backend (``ladle._cuda``, or its CPU emulator), chosen once per run from ``device``.
 
-Each backend declares the job kinds it runs (``supports(kind)``: ``sum``, ``copy``,
-``max``, ``nearswap``, ``task``, ``gram``, ``dot``); a kind the CUDA backend does not
-run (nearswap) goes to the CPU engine, so every method works on every device and
-the bytes written do not depend on the device.
+A run's jobs of every kind sit in one ``_core.Plan``; each call runs the plan's jobs
+of a set of kinds (``sum``, ``copy``, ``max``, ``nearswap``, ``task``, ``gram``,
+``dot``, ``della``, ``sce``). Each backend declares the kinds it runs
+(``supports(kind)``); a kind the CUDA backend does not run (nearswap, DELLA, SCE)
+goes to the CPU engine, so every method works on every device and the bytes
+written do not depend on the device.
 
 Example:
     >>> engine = MethodEngine("cuda", threads=0, memory_budget=256 << 20,
@@ -15,10 +17,12 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from .. import _core
 from ..engine.cuda import parse_device
+from ..engine.kinds import core_kinds
 
 
 class MethodEngine:
@@ -34,8 +38,9 @@ class MethodEngine:
             from ..engine.cuda import require
 
             self._cuda, index, emulate = require(device)
-            self._cuda_opts = {"device": index, "memory_budget": memory_budget,
-                               "chunk_elems": chunk_elems, "emulate": emulate}
+            self._cuda_opts = {"device": index, "workers": threads or 3,
+                               "memory_budget": memory_budget, "chunk_elems": chunk_elems,
+                               "emulate": emulate}
 
     @property
     def cpu_options(self) -> dict[str, Any]:
@@ -45,35 +50,21 @@ class MethodEngine:
 
     def supports(self, kind: str) -> bool:
         """Whether this run's backend executes job kind ``kind`` itself."""
-        return _core.supports(kind) if self._cuda is None else self._cuda.supports(kind)
+        [k] = core_kinds([kind])
+        return _core.supports(k) if self._cuda is None else self._cuda.supports(k)
 
-    def run(self, core_plan: Any, *, check_finite: bool, progress: Any) -> dict:
-        """The plan's current jobs (weighted sums, copies, maxima, nearswap)."""
-        from .merge import _run_on_device
-
-        return _run_on_device(core_plan, self.device, threads=self._cpu_opts["threads"],
-                              memory_budget=self._cpu_opts["memory_budget"],
-                              check_finite=check_finite, kernel=self._cpu_opts["kernel"],
-                              progress=progress)
-
-    def run_on_cpu(self, core_plan: Any, *, check_finite: bool, progress: Any) -> dict:
-        """The plan's current jobs on the CPU engine (kinds the device lacks)."""
-        return _core.run(core_plan, check_finite=check_finite, progress=progress,
-                         **self._cpu_opts)
-
-    def run_tasks(self, core_plan: Any, jobs: Any, *, check_finite: bool,
-                  progress: Any) -> dict:
-        """Task-vector jobs (TIES, DARE, breadcrumbs, task arithmetic) into the sinks."""
+    def run(self, core_plan: Any, kinds: Iterable[str], *, check_finite: bool,
+            progress: Any) -> dict:
+        """The plan's jobs of ``kinds`` on this run's device: its statistics, with
+        ``grams`` (one Gram matrix per Gram job) when Gram jobs ran."""
         if self._cuda is None:
-            return _core.run_tasks(core_plan, jobs, check_finite=check_finite,
-                                   progress=progress, **self._cpu_opts)
-        return self._cuda.run_tasks(core_plan._capsule(), jobs._tasks_capsule(),
-                                    check_finite=check_finite, progress=progress,
-                                    **self._cuda_opts)
+            return self.run_on_cpu(core_plan, kinds, check_finite=check_finite,
+                                   progress=progress)
+        return self._cuda.run(core_plan._capsule(), kinds=core_kinds(kinds),
+                              check_finite=check_finite, progress=progress, **self._cuda_opts)
 
-    def run_grams(self, core_plan: Any, jobs: Any, *, progress: Any) -> tuple[list, dict]:
-        """Gram matrices of the Gram jobs (SLERP, model stock, nuslerp): (grams, stats)."""
-        if self._cuda is None:
-            return _core.run_grams(core_plan, jobs, progress=progress, **self._cpu_opts)
-        return self._cuda.run_grams(core_plan._capsule(), jobs._grams_capsule(),
-                                    progress=progress, **self._cuda_opts)
+    def run_on_cpu(self, core_plan: Any, kinds: Iterable[str], *, check_finite: bool,
+                   progress: Any) -> dict:
+        """The plan's jobs of ``kinds`` on the CPU engine (kinds the device lacks)."""
+        return _core.run(core_plan, kinds=core_kinds(kinds), check_finite=check_finite,
+                         progress=progress, **self._cpu_opts)

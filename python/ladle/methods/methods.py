@@ -62,7 +62,7 @@ from ..engine._units import engine_options
 from ..engine.cuda import rank_device
 from ..engine.distributed import run_merge, wanted
 from ..engine.fp8_blocks import block_scales
-from ..engine.kinds import Kernel, parse_kind
+from ..engine.kinds import ENGINE_KINDS, JobKind, Kernel, core_enum, core_kinds, parse_kind
 from ..engine.output import OutputDir, checked_output, write_atomically
 from ..engine.plan import (
     _ITEM_BYTES,
@@ -1066,21 +1066,36 @@ def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: Outpu
 def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTensor],
                src: Any, sources: dict, seed: int, check_finite: bool, on_progress: Any,
                add: Any, engine: MethodEngine) -> None:
-    """The three engine passes of one output shard (see execute_method_plan); job
-    kinds the engine's device does not run (nearswap on CUDA) run on the CPU."""
+    """The engine passes of one output shard (see execute_method_plan), each the run of
+    one or two job kinds of ``core_plan``; job kinds the engine's device does not run
+    (nearswap, DELLA, SCE on CUDA) run on the CPU."""
     run_opts = engine.cpu_options  # the runners with no device implementation
+
+    def inp(info: TensorInfo, elem: int = 0, weight: float = 1.0) -> Any:
+        return _core.Input(*src(info, elem), weight)
+
+    def run(kinds: Sequence[JobKind], check: bool = check_finite) -> dict:
+        """The plan's jobs of ``kinds`` on the device, or on the CPU for kinds it lacks."""
+        on_device = [k for k in kinds if engine.supports(k)]
+        on_cpu = [k for k in kinds if not engine.supports(k)]
+        out: dict = {}
+        for chosen, runner in ((on_device, engine.run), (on_cpu, engine.run_on_cpu)):
+            if any(core_plan.count(k) for k in core_kinds(chosen)):
+                out = runner(core_plan, chosen, check_finite=check, progress=on_progress)
+                add(out)
+        return out
+
     core_plan.clear_jobs()
     staged = [t for t in tensors if (t.op == "nuslerp" and not t.params["columns"])
               or t.op in SPHERE_METHODS or t.params.get("rows")]
     gram_tensors = [t for t in tensors if t.op in ("slerp", "model_stock")
                     and not t.params.get("rows")]
     if gram_tensors:
-        jobs = _core.MethodJobs()
         for t in gram_tensors:
-            jobs.add_gram(t.name, t.n_elems, [src(i) for i, _ in t.inputs],
-                          0 if t.op == "model_stock" else -1)
-        grams, stats = engine.run_grams(core_plan, jobs, progress=on_progress)
-        add(stats)
+            core_plan.add_gram(t.name, t.n_elems, [inp(i) for i, _ in t.inputs],
+                               0 if t.op == "model_stock" else -1)
+        grams = run([JobKind.GRAM], check=False)["grams"]
+        core_plan.clear_jobs()
         for t, gram in zip(gram_tensors, grams):
             infos = [i for i, _ in t.inputs]
             if t.op == "slerp":
@@ -1094,35 +1109,29 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
     # Plain jobs on the engine's device; kinds it does not run (nearswap on CUDA) on the CPU.
     plain = [t for t in tensors if t.op not in ("task", "della", "sce", "nuslerp", "arcee_fusion",
                                                 *SPHERE_METHODS) and not t.params.get("rows")]
-    kinds = [t.op if t.op in ("copy", "max", "nearswap") else "sum" for t in plain]
-    for on_device, run in ((True, engine.run), (False, engine.run_on_cpu)):
-        core_plan.clear_jobs()
-        for t, op in zip(plain, kinds):
-            if engine.supports(op) != on_device:
-                continue
-            out_offset = len(shard.header) + t.offset
-            dtype, n_elems = t.dtype, t.n_elems
-            if op == "copy" and _core.dtype_n_bits(dtype) % 8:
-                dtype, n_elems = "U8", t.n_bytes
-            inputs = [(sources[i.file], i.offset, dtype if op == "copy" else i.dtype, w)
-                      for i, w in t.inputs]
-            core_plan.add_job(t.name, op, n_elems, sink, out_offset, dtype, inputs,
-                              threshold=t.params["t"] if op == "nearswap" else 0.0)
-        if core_plan.n_jobs:
-            add(run(core_plan, check_finite=check_finite, progress=on_progress))
+    for t in plain:
+        op = t.op if t.op in ("copy", "max", "nearswap") else "sum"
+        out_offset = len(shard.header) + t.offset
+        dtype, n_elems = t.dtype, t.n_elems
+        if op == "copy" and _core.dtype_n_bits(dtype) % 8:
+            dtype, n_elems = "U8", t.n_bytes
+        inputs = [_core.Input(sources[i.file], i.offset, dtype if op == "copy" else i.dtype, w)
+                  for i, w in t.inputs]
+        core_plan.add_job(t.name, core_enum(_core.JobKind, op, "job op"), n_elems, sink,
+                          out_offset, dtype, inputs,
+                          threshold=t.params["t"] if op == "nearswap" else 0.0)
+    run(ENGINE_KINDS)
     for batch in _row_batches(staged):
         # Per-row model stock and nuslerp: a Gram job per row (or tensor), then its
         # weighted sum or base + task vector, a bounded number of rows at a time so
         # the jobs and statistics held stay small.
         core_plan.clear_jobs()
-        jobs = _core.MethodJobs()
         for t, first, length in batch:
             has_base = t.op == "model_stock" or t.params["has_base"]
-            jobs.add_gram(t.name, length, [src(i, first) for i, _ in t.inputs],
-                          0 if has_base else -1)
-        grams, stats = engine.run_grams(core_plan, jobs, progress=on_progress)
-        add(stats)
-        tasks = _core.MethodJobs()
+            core_plan.add_gram(t.name, length, [inp(i, first) for i, _ in t.inputs],
+                               0 if has_base else -1)
+        grams = run([JobKind.GRAM], check=False)["grams"]
+        core_plan.clear_jobs()
         ratios = _model_stock_row_ratios(batch, grams)
         for row, ((t, first, length), gram) in enumerate(zip(batch, grams)):
             infos = [i for i, _ in t.inputs]
@@ -1134,22 +1143,20 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
             elif t.params["has_base"]:  # base + (c0·δ0 + c1·δ1 …) on the task program
                 coefficients = (nuslerp_coefficients(t.params["t"], gram) if t.op == "nuslerp"
                                 else sphere_coefficients(t, gram))
-                tasks.add_task(t.name, length, sink, out_offset, t.dtype, src(infos[0], first),
-                               [(*src(i, first), c, 1.0, 0, length)
-                                for i, c in zip(infos[1:], coefficients)],
-                               "none", "none", False, "none", 1.0, seed)
+                core_plan.add_task(t.name, length, sink, out_offset, t.dtype, inp(infos[0], first),
+                                   [_core.TaskModel(inp(i, first, c), 1.0, 0, length)
+                                    for i, c in zip(infos[1:], coefficients)],
+                                   _core.Sparsify.none, _core.Consensus.none, False,
+                                   _core.Rescale.none, 1.0, seed)
                 continue
             elif t.op == "nuslerp":
                 weights = list(nuslerp_coefficients(t.params["t"], gram))
             else:
                 weights = sphere_coefficients(t, gram)
-            core_plan.add_job(t.name, "sum", length, sink, out_offset, t.dtype,
-                              [(*src(i, first), w) for i, w in zip(infos, weights)])
-        if core_plan.n_jobs:
-            add(engine.run(core_plan, check_finite=check_finite, progress=on_progress))
-        if tasks.n_tasks:
-            add(engine.run_tasks(core_plan, tasks, check_finite=check_finite,
-                                 progress=on_progress))
+            core_plan.add_job(t.name, _core.JobKind.sum, length, sink, out_offset, t.dtype,
+                              [inp(i, first, w) for i, w in zip(infos, weights)])
+        run([JobKind.SUM])
+        run([JobKind.TASK])
         _release_rows(core_plan, sources, batch)
     for t in tensors:  # streamed by blocks of rows (ladle.engine.row_stream)
         blocked = (run_fusion if t.op == "arcee_fusion" else
@@ -1158,46 +1165,34 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
             core_plan.clear_jobs()
             add(blocked(core_plan, sources, t, sink, len(shard.header) + t.offset, run_opts))
     core_plan.clear_jobs()
-    _run_della(core_plan, shard, sink, [t for t in tensors if t.op == "della"], src, seed,
-               check_finite, on_progress, add, run_opts)
-    sce_jobs = [(t.name, t.n_elems, sink, len(shard.header) + t.offset, t.dtype,
-                 src(t.inputs[0][0]), [src(i) for i, _ in t.inputs[1:]], t.params["select_topk"])
-                for t in tensors if t.op == "sce"]
-    if sce_jobs:
-        add(_core.run_sce(core_plan, sce_jobs, check_finite=check_finite, progress=on_progress,
-                          **run_opts))
-    task_tensors = [t for t in tensors if t.op == "task"]
-    if task_tensors:
-        jobs = _core.MethodJobs()
-        for t in task_tensors:
-            spec = t.task
-            models = [(*src(info), w, d, lo, hi)
-                      for (info, _), (w, d, lo, hi) in zip(t.inputs[1:], spec["models"])]
-            jobs.add_task(t.name, t.n_elems, sink, len(shard.header) + t.offset,
-                          t.dtype, src(t.inputs[0][0]), models, spec["sparsify"],
-                          spec["consensus"], spec["normalize"], spec["rescale"],
-                          spec["lambda"], seed)
-        add(engine.run_tasks(core_plan, jobs, check_finite=check_finite,
-                             progress=on_progress))
-
-
-def _run_della(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTensor], src: Any,
-               seed: int, check_finite: bool, on_progress: Any, add: Any,
-               run_opts: dict) -> None:
-    """The DELLA tensors of one shard on the C++ DELLA runner (csrc/method_della.h)."""
-    if not tensors:
-        return
-    jobs = []
     for t in tensors:
-        spec = t.task
-        models = [(*src(info), w, d, e) for (info, _), (w, d, e) in zip(t.inputs[1:],
-                                                                          spec["models"])]
-        jobs.append((t.name, t.n_elems, spec["group_len"], spec["group_stride"], sink,
-                     len(shard.header) + t.offset, t.dtype, src(t.inputs[0][0]), models,
-                     spec["consensus"] == "sum", spec["normalize"], spec["rescale"],
-                     spec["lambda"], seed))
-    add(_core.run_della(core_plan, jobs, check_finite=check_finite, progress=on_progress,
-                        **run_opts))
+        if t.op == "della":
+            spec = t.task
+            core_plan.add_della(
+                t.name, t.n_elems, spec["group_len"], spec["group_stride"], sink,
+                len(shard.header) + t.offset, t.dtype, inp(t.inputs[0][0]),
+                [_core.DellaModel(inp(info, 0, w), d, e)
+                 for (info, _), (w, d, e) in zip(t.inputs[1:], spec["models"])],
+                spec["consensus"] == "sum", spec["normalize"],
+                core_enum(_core.DellaRescale, spec["rescale"], "della rescale"), spec["lambda"],
+                seed)
+        elif t.op == "sce":
+            core_plan.add_sce(t.name, t.n_elems, sink, len(shard.header) + t.offset, t.dtype,
+                              inp(t.inputs[0][0]), [inp(i) for i, _ in t.inputs[1:]],
+                              t.params["select_topk"])
+        elif t.op == "task":
+            spec = t.task
+            models = [_core.TaskModel(inp(info, 0, w), d, lo, hi)
+                      for (info, _), (w, d, lo, hi) in zip(t.inputs[1:], spec["models"])]
+            core_plan.add_task(
+                t.name, t.n_elems, sink, len(shard.header) + t.offset, t.dtype,
+                inp(t.inputs[0][0]), models,
+                core_enum(_core.Sparsify, spec["sparsify"], "sparsification"),
+                core_enum(_core.Consensus, spec["consensus"], "consensus"), spec["normalize"],
+                core_enum(_core.Rescale, spec["rescale"], "rescale"), spec["lambda"], seed)
+    run([JobKind.DELLA])  # on the CPU: no device runs DELLA or SCE
+    run([JobKind.SCE])
+    run([JobKind.TASK])
 
 
 # ---------------------------------------------------------------------------

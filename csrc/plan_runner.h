@@ -1,0 +1,47 @@
+// The one entry point that runs a Plan: the jobs of a set of kinds, validated
+// together before any byte is written, each kind on its own runner (engine.h,
+// methods.h, method_della.h, method_sce.h, reduce.h) with the same options, their
+// statistics summed into one RunStats. The CUDA backend's twin is cuda::run_jobs
+// (plan_runner_cuda.h).
+#pragma once
+
+#include <vector>
+
+#include "engine.h"
+#include "plan.h"
+
+namespace ladle {
+
+// What a run returns: its statistics and, when those kinds ran, one Gram matrix
+// (row-major m*m) per Gram job and one list of dot products per dot job.
+struct PlanResults {
+  RunStats stats;
+  bool ran_grams = false;
+  bool ran_dots = false;
+  std::vector<std::vector<double>> grams;
+  std::vector<std::vector<double>> dots;
+};
+
+// Checks a Gram job: its inputs, and a base index inside them (or -1).
+void validate_gram_job(const Plan& plan, const GramJob& job);
+
+// Checks every job of the kinds in `kinds` against the plan's sources and sinks
+// (each kind's own validator); raises ladle::Error naming the tensor.
+void validate_jobs(const Plan& plan, KindSet kinds);
+
+// `plan` with only its engine jobs (Plan::jobs) of the kinds in `kinds`: `plan` itself
+// when it holds no others, else a copy in *storage (sources and sinks shared).
+const Plan& with_engine_jobs(const Plan& plan, KindSet kinds, Plan* storage);
+
+// Adds the statistics of one runner into a run's: bytes, chunks, seconds and draws
+// summed; threads, chunk length and kernel those of the last runner that set them.
+void add_stats(RunStats* total, const RunStats& part);
+
+// Runs the plan's jobs of the kinds in `kinds` on the CPU, in the order Gram, dot,
+// engine (sum/copy/max/nearswap), task, DELLA, SCE. Thread counts are checked even
+// when no job runs; the engine runs (and reports its options) whenever one of its
+// kinds is selected, the others only when they hold jobs.
+PlanResults run_jobs(const Plan& plan, KindSet kinds, const EngineOptions& options,
+                     const ProgressFn& progress);
+
+}  // namespace ladle

@@ -1,0 +1,46 @@
+#include "plan_runner_cuda.h"
+
+#include "common.h"
+#include "methods_cuda.h"
+
+namespace ladle {
+namespace cuda {
+
+PlanResults run_jobs(const Plan& plan, KindSet kinds, const Options& options,
+                     const ProgressFn& progress) {
+  bool engine = false;
+  size_t n_engine_jobs = 0;
+  int n_lists = 0;  // lists with jobs to run (the engine's one list)
+  for (JobKind k : kAllJobKinds) {
+    if (!kinds.has(k)) continue;
+    size_t n = count_jobs(plan, k);
+    LADLE_CHECK(cuda::supports(k) || n == 0, ErrorKind::kValue,
+                "the CUDA backend does not run %s jobs (%zu in the plan): run them on the CPU",
+                job_kind_name(k), n);
+    if (is_engine_kind(k)) {
+      engine = true;
+      n_engine_jobs += n;
+    } else {
+      n_lists += n > 0;
+    }
+  }
+  n_lists += n_engine_jobs > 0;
+  if (n_lists > 1) validate_jobs(plan, kinds);
+  PlanResults out;
+  if (kinds.has(JobKind::kGram) && !plan.grams.empty()) {
+    RunStats stats;
+    out.grams = run_gram_jobs(plan, plan.grams, options, progress, &stats);
+    out.ran_grams = true;
+    add_stats(&out.stats, stats);
+  }
+  if (engine) {
+    Plan engine_only;
+    add_stats(&out.stats, run_plan(with_engine_jobs(plan, kinds, &engine_only), options, progress));
+  }
+  if (kinds.has(JobKind::kTaskProgram) && !plan.tasks.empty())
+    add_stats(&out.stats, run_task_jobs(plan, plan.tasks, options, progress));
+  return out;
+}
+
+}  // namespace cuda
+}  // namespace ladle
