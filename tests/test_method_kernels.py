@@ -93,7 +93,7 @@ def _ties(paths, out, **kw):
 
 
 def test_magnitude_selection_reads_small_tensors_twice(tmp_path):
-    # Tensors of at most 64 tiles are sampled whole: their thresholds and tie counts
+    # Tensors of at most 256 tiles are sampled whole: their thresholds and tie counts
     # come from the sample (one read), then the apply pass reads them again.
     paths = make_models(tmp_path, 3, "F32", False, seed=2)
     # 4 inputs of F32; the 1-element tensor keeps everything (K = 1), so needs no selection.
@@ -103,15 +103,15 @@ def test_magnitude_selection_reads_small_tensors_twice(tmp_path):
 
 
 def _big_models(tmp_path, adversarial: bool):
-    """Base + 3 models of one 300,000-element F32 tensor (147 tiles) with many equal
-    |delta|; `adversarial`: the 64 tiles the window sample reads (tile
-    floor(i * 147 / 64)) hold tiny deltas, the others large ones, so the sample's
+    """Base + 3 models of one 600,000-element F32 tensor (293 tiles) with many equal
+    |delta|; `adversarial`: the 256 tiles the window sample reads (tile
+    floor(i * 293 / 256)) hold tiny deltas, the others large ones, so the sample's
     guess of every threshold is far off."""
-    n, tile = 300_000, 2048
+    n, tile = 600_000, 2048
     rng = np.random.default_rng(9)
     sampled = np.zeros(n, dtype=bool)
-    for i in range(64):
-        t = i * 147 // 64
+    for i in range(256):
+        t = i * 293 // 256
         sampled[t * tile:(t + 1) * tile] = True
     base = rng.standard_normal(n).astype(F32)
     paths = [write_raw(tmp_path / "b.safetensors", {"w": ("F32", [n], base.tobytes())})]
@@ -126,12 +126,12 @@ def _big_models(tmp_path, adversarial: bool):
 
 @pytest.mark.parametrize("adversarial", [False, True])
 def test_magnitude_selection_windows(tmp_path, adversarial):
-    # Larger tensors: a sample of 64 tiles guesses each threshold's bit window, one
+    # Larger tensors: a sample of 256 tiles guesses each threshold's bit window, one
     # read counts the elements above it and records those inside; when the rank falls
     # inside (the usual case) the histogram passes are skipped. A missed window (the
     # adversarial layout) or one too big for the budget falls back to them, same bits.
     paths, n_bytes = _big_models(tmp_path, adversarial)
-    sample_bytes = 64 * 2048 * 4 * 4
+    sample_bytes = 256 * 2048 * 4 * 4
     windowed = _ties(paths, tmp_path / "w.safetensors")
     small = _ties(paths, tmp_path / "s.safetensors", memory_budget=64)
     if adversarial:

@@ -196,11 +196,11 @@ def test_task_methods_match_reference(tmp_path, method, dtype, out_dtype):
 @pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties"])
 @pytest.mark.parametrize("quantize", [None, 64])
 def test_windowed_rank_selection_matches_reference(tmp_path, method, quantize):
-    """A tensor of more than 64 tiles: its thresholds come from the sampled windows
+    """A tensor of more than 256 tiles: its thresholds come from the sampled windows
     (csrc/methods_cpu.cc), not the histograms; `quantize` makes many |delta| equal,
     so ties straddle the thresholds."""
     rng = np.random.default_rng(11)
-    sizes = [("model.layers.0.big", 300_001)]
+    sizes = [("model.layers.0.big", 700_001)]
     paths, raws = make_models(tmp_path, rng, 3, "BF16", sizes=sizes, quantize=quantize)
     weights, densities, gamma = [0.7, -0.4, 1.3], [0.3, 0.8, 0.55], 0.05
     params = [{"weight": w, "density": d, **({"gamma": gamma} if "bread" in method else {})}

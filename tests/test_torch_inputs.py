@@ -88,7 +88,7 @@ def test_resume_with_bin_inputs(tmp_path, monkeypatch):
     rewritten = []
     real = OutputDir.record_shard
     monkeypatch.setattr(OutputDir, "record_shard",
-                        lambda self, f: (rewritten.append(f), real(self, f))[1])
+                        lambda self, f, crc=None: (rewritten.append(f), real(self, f, crc))[1])
     ladle.merge([da, db], [0.5, 0.5], out, progress=False, max_shard_size=500, resume=True)
     assert not set(rewritten) & set(kept["shards"])  # the finished shard was kept
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in whole.iterdir())
