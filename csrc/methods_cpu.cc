@@ -146,6 +146,33 @@ struct TaskScratch {
   std::vector<uint8_t> out;
 };
 
+// The k-th largest (0-based) of the values `each` visits (each(visit) calls visit(v)
+// for every v), all in [lo, hi]: a histogram of 2^16 bins over (v - lo) >> shift
+// finds the value's bin, then only that bin's values are ordered. Two reads and a
+// small copy instead of ordering the whole set.
+template <class Each>
+uint32_t kth_largest(const Each& each, uint64_t k, uint32_t lo, uint32_t hi) {
+  int shift = 0;
+  while (((hi - lo) >> shift) >= (1u << 16)) ++shift;
+  std::vector<uint64_t> hist(((hi - lo) >> shift) + 1, 0);
+  each([&](uint32_t v) { ++hist[(v - lo) >> shift]; });
+  uint64_t above = 0;
+  size_t bin = hist.size();
+  while (bin-- > 0) {
+    if (above + hist[bin] > k) break;
+    above += hist[bin];
+  }
+  LADLE_CHECK(bin < hist.size(), ErrorKind::kValue, "internal: rank beyond the values");
+  std::vector<uint32_t> in_bin;
+  in_bin.reserve(hist[bin]);
+  each([&](uint32_t v) {
+    if (((v - lo) >> shift) == bin) in_bin.push_back(v);
+  });
+  auto nth = in_bin.begin() + static_cast<int64_t>(k - above);
+  std::nth_element(in_bin.begin(), nth, in_bin.end(), std::greater<uint32_t>());
+  return *nth;
+}
+
 class TaskRunner {
  public:
   TaskRunner(const Plan& plan, const std::vector<TaskJob>& jobs, const EngineOptions& options)
@@ -519,7 +546,7 @@ class TaskRunner {
   // The window of `s` from a model's sample (which it reorders): sample positions
   // around the rank's share of it, descending by bits. *expected: the candidates the
   // sample predicts for the whole tensor, plus a tile.
-  static void pick_window(std::vector<uint32_t>& sample, uint64_t n_elems, Selection* s,
+  static void pick_window(const std::vector<uint32_t>& sample, uint64_t n_elems, Selection* s,
                           uint64_t* expected) {
     double m = static_cast<double>(sample.size());
     double q = static_cast<double>(s->rank) / static_cast<double>(n_elems);
@@ -527,18 +554,14 @@ class TaskRunner {
     // sampled tiles are runs of neighbours (rows), not independent draws.
     double margin = 0.004 * m + 6.0 * std::sqrt(m * q * (1.0 - q)) + 4.0;
     double at = q * m;
-    auto greater = std::greater<uint32_t>();
+    auto each = [&](auto&& visit) {
+      for (uint32_t b : sample) visit(b);
+    };
     uint32_t w_hi = 0x7FFFFFFFu, w_lo = 0;
-    if (at - margin >= 0.0) {
-      auto pos = sample.begin() + static_cast<int64_t>(std::floor(at - margin));
-      std::nth_element(sample.begin(), pos, sample.end(), greater);
-      w_hi = *pos;
-    }
-    if (at + margin <= m - 1.0) {
-      auto pos = sample.begin() + static_cast<int64_t>(std::ceil(at + margin));
-      std::nth_element(sample.begin(), pos, sample.end(), greater);
-      w_lo = *pos;
-    }
+    if (at - margin >= 0.0)
+      w_hi = kth_largest(each, static_cast<uint64_t>(std::floor(at - margin)), 0, 0x7FFFFFFFu);
+    if (at + margin <= m - 1.0)
+      w_lo = kth_largest(each, static_cast<uint64_t>(std::ceil(at + margin)), 0, 0x7FFFFFFFu);
     s->w_lo = w_lo;
     s->w_hi = w_hi;
     uint64_t inside = 0;
@@ -547,18 +570,17 @@ class TaskRunner {
                                       static_cast<double>(n_elems)) + kTile;
   }
 
-  // Resolves `s` from `candidates`, the bits of every element inside its window, and
-  // `above`, the number of elements above the window (the rank is known to fall
-  // inside): the threshold, how many equal it and how many of those are kept.
-  static void settle(std::vector<uint32_t> candidates, uint64_t above, Selection* s) {
-    auto nth = candidates.begin() + static_cast<int64_t>(s->rank - above);
-    std::nth_element(candidates.begin(), nth, candidates.end(), std::greater<uint32_t>());
-    uint32_t threshold = *nth;
+  // Resolves `s` from the bits of every element inside [lo, hi] (`each` visits them)
+  // and `above`, the number of elements above hi (the rank is known to fall inside):
+  // the threshold, how many equal it and how many of those are kept.
+  template <class Each>
+  static void settle(const Each& each, uint32_t lo, uint32_t hi, uint64_t above, Selection* s) {
+    uint32_t threshold = kth_largest(each, s->rank - above, lo, hi);
     uint64_t higher = above, equal = 0;
-    for (uint32_t b : candidates) {
+    each([&](uint32_t b) {
       higher += b > threshold;
       equal += b == threshold;
-    }
+    });
     s->threshold = threshold;
     s->n_equal = equal;
     s->ties_keep = s->rank - higher;
@@ -569,7 +591,7 @@ class TaskRunner {
   // A tensor of at most kSampleTiles tiles is sampled whole, tile i in slot i: its
   // selections are resolved from the sample, with no window pass.
   static void settle_from_sample(const std::vector<uint32_t>& sample, Selection* s) {
-    settle(sample, 0, s);
+    settle([&](auto&& visit) { for (uint32_t b : sample) visit(b); }, 0, 0x7FFFFFFFu, 0, s);
     if (!s->need_ties) return;
     s->tie_prefix.assign(sample.size() / kTile + 1, 0);
     for (size_t i = 0; i < sample.size(); ++i) s->tie_prefix[i / kTile] += sample[i] == s->threshold;
@@ -589,10 +611,11 @@ class TaskRunner {
         for (uint64_t c : s->chunk_above) above += c;
         for (const std::vector<uint32_t>& c : s->chunk_bits) inside += c.size();
         if (!overflow && above <= s->rank && s->rank < above + inside) {
-          std::vector<uint32_t> all;
-          all.reserve(inside);
-          for (const std::vector<uint32_t>& c : s->chunk_bits) all.insert(all.end(), c.begin(), c.end());
-          settle(std::move(all), above, s);
+          auto each = [&](auto&& visit) {
+            for (const std::vector<uint32_t>& c : s->chunk_bits)
+              for (uint32_t b : c) visit(b);
+          };
+          settle(each, s->w_lo, s->w_hi, above, s);
           if (s->need_ties) {
             s->tie_prefix.assign(job.n_elems / kTile + 1, 0);
             count_recorded_ties(job, s->chunk_bits, s->threshold, s);

@@ -142,15 +142,18 @@ ShardWriter::ShardWriter(const std::string& path, uint64_t n_bytes, const std::s
     ::unlink(path.c_str());
     throw;
   }
-  record_written(0, header.data(), header.size());
+  header_n_bytes_ = header.size();
+  header_crc_ = crc32c(0, header.data(), header.size());
   fd_ = fd;
   open.lru.push_front(this);
   lru_ = open.lru.begin();
   const std::string field = std::string("\"") + kFileChecksumKey + "\":\"" +
                             kFileChecksumPlaceholder + "\"";
   size_t at = header.find(field);
-  if (at != std::string::npos && header.find(field, at + 1) == std::string::npos)
+  if (at != std::string::npos && header.find(field, at + 1) == std::string::npos) {
     checksum_at_ = at + field.size() - 1 - std::strlen(kFileChecksumPlaceholder);
+    header_ = header;  // to checksum it again once the digits are in
+  }
 }
 
 ShardWriter::~ShardWriter() {
@@ -232,10 +235,17 @@ void ShardWriter::finish() {
     }
   }
   try {
-    crc_ = crc_of_ranges();
+    // The header's CRC and the data's, joined; the self-checksum's digits (computed
+    // with zeros in their place) then change the header's part only.
+    uint64_t data_n_bytes = n_bytes_ - header_n_bytes_;
+    uint32_t data_crc = crc_of_ranges();
+    crc_ = crc32c_combine(header_crc_, data_crc, data_n_bytes);
     if (checksum_at_ > 0) {
       std::string digits = format("%08x", crc_);
       pwrite_all(path_, fd, checksum_at_, digits.data(), digits.size());
+      header_.replace(checksum_at_, digits.size(), digits);
+      crc_ = crc32c_combine(crc32c(0, header_.data(), header_.size()), data_crc, data_n_bytes);
+      std::string().swap(header_);
     }
   } catch (...) {
     ::close(fd);
@@ -249,7 +259,7 @@ void ShardWriter::finish() {
   LADLE_CHECK(::close(fd) == 0, ErrorKind::kIO, "%s: close failed: %s", path_.c_str(),
               std::strerror(errno));
   std::lock_guard<std::mutex> guard(ranges_mu_);
-  crc_known_ = checksum_at_ == 0;
+  crc_known_ = true;
 }
 
 void ShardWriter::record_written(uint64_t offset, const void* data, uint64_t n) {
@@ -279,13 +289,15 @@ void ShardWriter::record_written(uint64_t offset, const void* data, uint64_t n) 
 
 uint32_t ShardWriter::crc_of_ranges() {
   std::lock_guard<std::mutex> guard(ranges_mu_);
-  if (ranges_dropped_) return file_crc32c(path_, 0, 0, n_bytes_);
+  const uint64_t begin = header_n_bytes_;
+  auto from_file = [&] { return file_crc32c(path_, 0, begin, n_bytes_ - begin); };
+  if (ranges_dropped_) return from_file();
   std::sort(ranges_.begin(), ranges_.end(),
             [](const WrittenRange& a, const WrittenRange& b) { return a.offset < b.offset; });
   uint32_t crc = 0;
-  uint64_t at = 0;
+  uint64_t at = begin;
   for (const WrittenRange& r : ranges_) {
-    if (r.offset < at) return file_crc32c(path_, 0, 0, n_bytes_);  // overlapping writes
+    if (r.offset < at) return from_file();  // overlapping writes (or into the header)
     if (r.offset > at) crc = file_crc32c(path_, crc, at, r.offset - at);
     crc = crc32c_combine(crc, r.crc, r.n);
     at = r.offset + r.n;

@@ -34,11 +34,10 @@ class ShardWriter {
   // Seals the checksum field (if any), fsyncs and closes; further writes fail.
   void finish();
 
-  // The CRC-32C of the finished file, joined from the CRCs of the header and of
-  // every write_at taken as they were written (no read of the file; gaps never
-  // written are read back). False when unknown: before finish(), for a
-  // self-checksummed file (its digits changed it after), or when the writes
-  // overlapped or were too many to record.
+  // The CRC-32C of the finished file (self-checksum digits included), joined from
+  // the CRCs of the header and of every write_at taken as they were written: no
+  // read of the file, except of gaps never written, or of all of it when the
+  // writes overlapped or were too many to record. False before finish().
   bool written_crc32c(uint32_t* crc) const;
 
   const std::string& path() const { return path_; }
@@ -68,7 +67,10 @@ class ShardWriter {
     uint32_t crc;
   };
   void record_written(uint64_t offset, const void* data, uint64_t n);
-  uint32_t crc_of_ranges();  // at finish(): sorted, gaps read back from the file
+  uint32_t crc_of_ranges();  // of the data after the header, at finish()
+  uint64_t header_n_bytes_ = 0;
+  uint32_t header_crc_ = 0;
+  std::string header_;  // kept only while its checksum digits are to be filled in
   mutable std::mutex ranges_mu_;
   std::vector<WrittenRange> ranges_;
   bool ranges_dropped_ = false;  // too many to keep: the CRC is read from the file

@@ -140,7 +140,7 @@ def test_sigkill_at_random_points(inputs, reference, tmp_path: Path):
 
 
 def test_sigint_stops_cleanly(tmp_path: Path):
-    inputs = make_inputs(tmp_path, n_tensors=16, n_elems=1 << 19)  # 32 MiB per input
+    inputs = make_inputs(tmp_path, n_tensors=64, n_elems=1 << 19)  # 128 MiB per input
     dest = tmp_path / "out"
     child = subprocess.Popen(
         cli("merge", *map(str, inputs), "--weights", "0.5", "0.5", "-o", str(dest), "--quiet",
