@@ -27,6 +27,8 @@ struct RunStats {
   double seconds = 0;
   const char* kernel = "";
   uint64_t rng_draws = 0;  // DARE keep decisions drawn (each element's once per model)
+  uint64_t fp8_two_pass = 0;  // --dtype fp8 tensors summed twice (block row > chunk)
+  uint64_t host_sums = 0;     // CUDA engine: weighted sums it computed on the host
 };
 
 // Called from the thread that called run() every ~100 ms and once at the end

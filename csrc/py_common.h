@@ -103,6 +103,8 @@ inline pybind11::dict stats_to_dict(const RunStats& stats) {
   out["seconds"] = stats.seconds;
   out["kernel"] = stats.kernel;
   out["rng_draws"] = stats.rng_draws;
+  out["fp8_two_pass"] = stats.fp8_two_pass;
+  out["host_sums"] = stats.host_sums;
   return out;
 }
 

@@ -36,6 +36,8 @@ class _RunStatsDict(TypedDict):
     seconds: float
     kernel: str
     rng_draws: int  # DARE keep decisions drawn (run_tasks)
+    fp8_two_pass: int  # --dtype fp8 tensors summed twice (block row larger than a chunk)
+    host_sums: int  # the CUDA engine's weighted sums computed on the host
 
 
 def read_header(path: _PathLike, tensor_info: type | None = None,
@@ -81,14 +83,16 @@ class Plan:
         ],
     ) -> None: ...
     def scale_input(
-        self, k: int, source: int, offset: int, block_rows: int, block_cols: int, n_cols: int
+        self, k: int, source: int, offset: int, block_rows: int, block_cols: int, n_cols: int,
+        dtype: str = "F32",
     ) -> None: ...
     def add_sum_table_jobs(
         self, table: SumTable, shard: int, sources: Sequence[int], sink: int,
         header_n_bytes: int,
     ) -> None: ...
     def scale_output(
-        self, sink: int, offset: int, block_rows: int, block_cols: int, n_cols: int
+        self, sink: int, offset: int, block_rows: int, block_cols: int, n_cols: int,
+        dtype: str = "F32",
     ) -> None: ...
     def finish_sinks(self) -> None: ...
     def finish_sink(self, index: int) -> None: ...
