@@ -278,3 +278,59 @@ def test_fp8_needs_the_first_input_block_scaled(tmp_path):
         ladle.merge([a, b], [0.5, 0.5], tmp_path / "out", dtype="fp8", progress=False)
     ladle.merge([b, a], [0.5, 0.5], tmp_path / "ok", dtype="fp8", progress=False)
     assert read_checkpoint(tmp_path / "ok")["layer.weight"][0] == "F8_E4M3"
+
+
+BIG = (8192, 8192)  # one tensor-strategy block of 64 Mi elements: 256 MiB as fp32
+
+CHILD = """
+import sys, ladle
+ladle.merge([sys.argv[1], sys.argv[2]], [0.3, 0.7], sys.argv[3], dtype="fp8",
+            memory_budget="16MiB", progress=False)
+status = open("/proc/self/status").read()
+print([l for l in status.splitlines() if l.startswith("VmHWM")][0].split()[1])
+"""
+
+
+def test_tensor_strategy_streams_in_two_passes_under_a_small_budget(tmp_path):
+    """A whole-tensor buffer (256 MiB of fp32) cannot pass: the child's peak RSS,
+    inputs' mapped pages included, stays under 128 MiB; the bytes are the
+    reference's, computed here chunk by chunk too."""
+    import subprocess
+    import sys
+
+    from child_env import child_env
+
+    n = math.prod(BIG)
+    for name, seed, scale in (("a", 1, 0.02), ("b", 2, 0.05)):
+        rng = np.random.default_rng(seed)
+        codes = rng.integers(0, 0x7E, n, dtype=np.uint8) | (rng.integers(0, 2, n, np.uint8) << 7)
+        checkpoint(tmp_path / name, {
+            "layer.weight": ("F8_E4M3", list(BIG), codes.tobytes()),
+            "layer.weight_scale": ("F32", [1], np.float32(scale).tobytes())}, "tensor")
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "a"),
+                             str(tmp_path / "b"), str(out)],
+                            capture_output=True, text=True, env=child_env(), check=True)
+    peak_kib = int(result.stdout.strip().splitlines()[-1])
+    assert peak_kib <= 128 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB > 128 MiB"
+    files = [np.memmap(tmp_path / p / "model.safetensors", np.uint8, mode="r")
+             for p in ("a", "b", "out")]
+    start = [8 + int(np.frombuffer(bytes(f[:8]), "<u8")[0]) for f in files]
+    header = json.loads(bytes(files[2][8:start[2]]))
+    w0 = start[2] + header["layer.weight"]["data_offsets"][0]
+    got_scale = np.frombuffer(bytes(files[2][start[2] + header["layer.weight_scale"][
+        "data_offsets"][0]:][:4]), np.float32)[0]
+    step = 1 << 22
+
+    def merged_chunk(off: int) -> np.ndarray:
+        raws = [(to_f32(bytes(f[s + off:s + off + step]), "F8_E4M3") * np.float32(sc))
+                .astype(np.float32).tobytes()
+                for f, s, sc in zip(files, start, (0.02, 0.05))]
+        return to_f32(combine(raws, ["F32", "F32"], [0.3, 0.7], "F32"), "F32")
+
+    amax = max(float(np.abs(merged_chunk(off)).max()) for off in range(0, n, step))
+    s = np.float32(amax) / np.float32(448.0)
+    assert got_scale == s
+    for off in range(0, n, step):
+        q = (torch.from_numpy(merged_chunk(off)) / float(s)).to(torch.float8_e4m3fn)
+        assert bytes(files[2][w0 + off:w0 + off + step]) == q.view(torch.uint8).numpy().tobytes()
