@@ -95,11 +95,12 @@ void validate_out_scale(const Plan& plan, const Job& job) {
 }
 
 void merged_tile(const ChunkSet& chunks, const KernelSet& kernels, const Job& job,
-                 uint64_t elem, size_t n, bool check_finite, HostSumScratch* scratch) {
+                 uint64_t elem, size_t n, bool check_finite, HostSumScratch* scratch,
+                 float* dst) {
   sum_tile(chunks, kernels, job, elem, n, check_finite, scratch);
-  kernels.store(DType::kF32, scratch->acc, job.post_scale, scratch->values, n);
+  kernels.store(DType::kF32, scratch->acc, job.post_scale, dst, n);
   // A NaN or Inf has no block scale that represents it.
-  size_t bad = find_nonfinite(DType::kF32, scratch->values, n);
+  size_t bad = find_nonfinite(DType::kF32, dst, n);
   if (bad != n) throw_nonfinite(chunks.plan(), job, elem + bad);
 }
 
@@ -114,8 +115,7 @@ void weighted_sum_fp8_blocks(const ChunkSet& chunks, const KernelSet& kernels, c
   float* merged = scratch->merged.data();
   for (uint64_t t = 0; t < item.n_elems; t += kHostTileElems) {
     size_t n = static_cast<size_t>(std::min<uint64_t>(kHostTileElems, item.n_elems - t));
-    merged_tile(chunks, kernels, job, item.first_elem + t, n, check_finite, sum);
-    std::memcpy(merged + t, sum->values, n * sizeof(float));
+    merged_tile(chunks, kernels, job, item.first_elem + t, n, check_finite, sum, merged + t);
   }
   uint64_t first_row = item.first_elem / n_cols, n_rows = item.n_elems / n_cols;
   scratch->scales.resize(blocks_per_row);

@@ -51,9 +51,10 @@ float merged_scale(const Plan& plan, const Job& job, float amax);
 // Scales s[0, n) written as `dtype` at dst (exact: they are values of dtype).
 void store_scales(const float* s, size_t n, DType dtype, uint8_t* dst);
 
-// A chunk's merged values x (fp32, NaN/Inf an error) of elements [elem, +n) of a
-// job with fresh scales: `scratch->values` (the sum of sum_tile, post_scale applied).
+// dst[0, n) = the merged values x (fp32, post_scale applied; NaN/Inf an error) of
+// elements [elem, +n) of a job with fresh scales (n <= kHostTileElems).
 void merged_tile(const ChunkSet& chunks, const KernelSet& kernels, const Job& job,
-                 uint64_t elem, size_t n, bool check_finite, HostSumScratch* scratch);
+                 uint64_t elem, size_t n, bool check_finite, HostSumScratch* scratch,
+                 float* dst);
 
 }  // namespace ladle

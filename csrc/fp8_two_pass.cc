@@ -66,7 +66,7 @@ void Fp8TwoPass::fold_amax(const KernelSet& kernels, const WorkItem& item, bool 
   for (uint64_t t = 0; t < item.n_elems; t += kHostTileElems) {
     size_t n = static_cast<size_t>(std::min<uint64_t>(kHostTileElems, item.n_elems - t));
     uint64_t elem = item.first_elem + t;
-    merged_tile(chunks_, kernels, job, elem, n, check_finite, scratch);
+    merged_tile(chunks_, kernels, job, elem, n, check_finite, scratch, scratch->values);
     const float* x = scratch->values;
     for_block_runs(job.out_scale, elem, n, [&](size_t i, size_t run, uint64_t block) {
       atomic_max(&amax[block], kernels.amax(x + i, run, 0.0f));
@@ -103,7 +103,7 @@ void Fp8TwoPass::quantize(const KernelSet& kernels, const WorkItem& item, bool c
   for (uint64_t t = 0; t < item.n_elems; t += kHostTileElems) {
     size_t n = static_cast<size_t>(std::min<uint64_t>(kHostTileElems, item.n_elems - t));
     uint64_t elem = item.first_elem + t;
-    merged_tile(chunks_, kernels, job, elem, n, check_finite, scratch);
+    merged_tile(chunks_, kernels, job, elem, n, check_finite, scratch, scratch->values);
     const float* x = scratch->values;
     uint8_t* q = out + t;
     for_block_runs(job.out_scale, elem, n, [&](size_t i, size_t run, uint64_t block) {
