@@ -218,23 +218,25 @@ class PyPlan {
   // Marks input `k` of the last job added as block-scaled (see BlockScale in plan.h);
   // validate_plan checks the rest when the plan runs.
   void scale_input(size_t k, uint32_t source, uint64_t offset, uint64_t block_rows,
-                   uint64_t block_cols, uint64_t n_cols) {
+                   uint64_t block_cols, uint64_t n_cols, const std::string& dtype) {
     LADLE_CHECK(!plan_.jobs.empty() && k < plan_.jobs.back().inputs.size(), ErrorKind::kValue,
                 "scale_input: the last job has no input %zu", k);
     LADLE_CHECK(block_rows > 0 && block_cols > 0 && n_cols > 0, ErrorKind::kValue,
                 "tensor '%s': block scales need positive block and row sizes",
                 plan_.jobs.back().name.c_str());
-    plan_.jobs.back().inputs[k].scale = {source, offset, block_rows, block_cols, n_cols};
+    plan_.jobs.back().inputs[k].scale = {source,   offset, block_rows,
+                                         block_cols, n_cols, dtype_from(dtype)};
   }
   // Marks the last job added as writing F8_E4M3 with fresh block scales into the
-  // F32 tensor at `offset` of `sink` (see OutScale in plan.h).
+  // tensor of `dtype` (F32, BF16, F16) at `offset` of `sink` (see OutScale in plan.h).
   void scale_output(uint32_t sink, uint64_t offset, uint64_t block_rows, uint64_t block_cols,
-                    uint64_t n_cols) {
+                    uint64_t n_cols, const std::string& dtype) {
     LADLE_CHECK(!plan_.jobs.empty(), ErrorKind::kValue, "scale_output: no job added yet");
     LADLE_CHECK(block_rows > 0 && block_cols > 0 && n_cols > 0, ErrorKind::kValue,
                 "tensor '%s': block scales need positive block and row sizes",
                 plan_.jobs.back().name.c_str());
-    plan_.jobs.back().out_scale = {sink, offset, block_rows, block_cols, n_cols};
+    plan_.jobs.back().out_scale = {sink,   offset, block_rows,
+                                   block_cols, n_cols, dtype_from(dtype)};
   }
   // add_job for a whole sequence of jobs, each a tuple (name, op, n_elems, sink,
   // out_offset, out_dtype, inputs) with inputs as add_job's and post_scale 1. The
@@ -544,9 +546,11 @@ PYBIND11_MODULE(_core, m) {
            py::arg("post_scale") = 1.0, py::arg("threshold") = 0.0,
            "An engine job (op: JobKind sum, copy, max or nearswap) of weighted inputs.")
       .def("scale_input", &PyPlan::scale_input, py::arg("k"), py::arg("source"),
-           py::arg("offset"), py::arg("block_rows"), py::arg("block_cols"), py::arg("n_cols"))
+           py::arg("offset"), py::arg("block_rows"), py::arg("block_cols"), py::arg("n_cols"),
+           py::arg("dtype") = "F32")
       .def("scale_output", &PyPlan::scale_output, py::arg("sink"), py::arg("offset"),
-           py::arg("block_rows"), py::arg("block_cols"), py::arg("n_cols"))
+           py::arg("block_rows"), py::arg("block_cols"), py::arg("n_cols"),
+           py::arg("dtype") = "F32")
       .def("add_jobs", &PyPlan::add_jobs, py::arg("jobs"),
            "add_job for each (name, op, n_elems, sink, out_offset, out_dtype, inputs) tuple, "
            "op a name ('sum', 'copy', 'max') and each input a (source, offset, dtype, weight) "

@@ -114,11 +114,10 @@ ChunkSet::ChunkSet(const Plan& plan, uint64_t chunk_elems)
   for (uint32_t j = 0; j < plan.jobs.size(); ++j) {
     const Job& job = plan.jobs[j];
     uint64_t step = chunk_elems;
-    if (job.out_scale.present() && job.n_elems > 0) {
-      // Fresh block scales need whole block rows: at least one per chunk.
-      uint64_t n_rows = job.n_elems / job.out_scale.n_cols;
-      uint64_t unit = std::min(job.out_scale.block_rows, n_rows) * job.out_scale.n_cols;
-      step = std::max<uint64_t>(1, chunk_elems / unit) * unit;
+    if (job.out_scale.present() && job.n_elems > 0 && !fp8_two_pass(job, chunk_elems)) {
+      // Fresh block scales in one pass need whole block rows (at least one fits).
+      uint64_t unit = job.out_scale.block_row_elems(job.n_elems);
+      step = chunk_elems / unit * unit;
     }
     for (uint64_t first = 0; first < job.n_elems; first += step)
       items_.push_back({j, first, std::min(step, job.n_elems - first)});

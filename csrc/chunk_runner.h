@@ -63,6 +63,14 @@ class SinkSpan {
 void touch_input(const Plan& plan, const JobInput& in, uint64_t first_elem, uint64_t n_elems,
                  bool prefetch);
 
+// A job with fresh FP8 block scales whose block row does not fit a chunk of
+// chunk_elems: summed twice, for the blocks' amax and then to quantize (fp8_two_pass.h).
+// Other fp8 jobs are cut into whole block rows and summed once (fp8_requant.h).
+inline bool fp8_two_pass(const Job& job, uint64_t chunk_elems) {
+  return job.out_scale.present() && job.n_elems > 0 &&
+         job.out_scale.block_row_elems(job.n_elems) > chunk_elems;
+}
+
 class ChunkSet {
  public:
   ChunkSet(const Plan& plan, uint64_t chunk_elems);

@@ -12,6 +12,7 @@
 #include "common.h"
 #include "f64_sum.h"
 #include "fp8_requant.h"
+#include "fp8_two_pass.h"
 #include "host_sum.h"
 #include "method_kernels.h"
 #include "safetensors.h"
@@ -34,6 +35,7 @@ class Runner {
  public:
   Runner(const Plan& plan, const EngineOptions& options, int threads, uint64_t chunk_elems)
       : chunks_(plan, chunk_elems),
+        two_pass_(chunks_),
         options_(options),
         kernels_(select_kernels(options.kernel)),
         scratch_(static_cast<size_t>(threads)) {}
@@ -47,11 +49,23 @@ class Runner {
     // reads then overlap compute and writes (the budget accounts for them).
     // Progress counts output bytes.
     ChunkPool pool(plan, n_workers, kPrefetchDepth, progress, chunks_.total_out_n_bytes());
+    auto inputs_of = [&](const WorkItem& item) -> const std::vector<JobInput>& {
+      return plan.jobs[item.job].inputs;
+    };
+    if (two_pass_.n_jobs() > 0) {
+      // fp8 scales of block rows larger than a chunk: their first pass, in a pool of
+      // its own (its reads are not counted as bytes read, nor its progress as done).
+      ChunkPool first(plan, n_workers, kPrefetchDepth, progress, chunks_.total_out_n_bytes());
+      first.run(two_pass_.amax_items(), inputs_of, [&](const WorkItem& item, int worker) {
+        chunks_.guard_inputs(plan.jobs[item.job], [&] {
+          two_pass_.fold_amax(kernels_, item, options_.check_finite,
+                              &scratch_[static_cast<size_t>(worker)].sum);
+        });
+      }, [](const WorkItem&) { return uint64_t{0}; });
+      two_pass_.write_scales();
+    }
     pool.run(
-        items,
-        [&](const WorkItem& item) -> const std::vector<JobInput>& {
-          return plan.jobs[item.job].inputs;
-        },
+        items, inputs_of,
         [&](const WorkItem& item, int worker) {
           process(item, &scratch_[static_cast<size_t>(worker)]);
         },
@@ -61,6 +75,7 @@ class Runner {
     RunStats stats = pool.stats(chunks_.chunk_elems(), n_workers, kernels_.name, t0);
     stats.bytes_written = pool.bytes_done();
     stats.n_chunks = items.size();
+    stats.fp8_two_pass = two_pass_.n_jobs();
     return stats;
   }
 
@@ -82,6 +97,8 @@ class Runner {
         near_swap(job, item, out, scratch->sum.acc, scratch->sum.values);
       else if (job_in_f64(job))
         weighted_sum_f64(chunks_, job, item, options_.check_finite, out);
+      else if (two_pass_.has(item.job))
+        two_pass_.quantize(kernels_, item, options_.check_finite, out, &scratch->sum);
       else if (job.out_scale.present())
         weighted_sum_fp8_blocks(chunks_, kernels_, job, item, options_.check_finite, out,
                                 &scratch->sum, &scratch->requant);
@@ -114,6 +131,7 @@ class Runner {
   }
 
   ChunkSet chunks_;
+  Fp8TwoPass two_pass_;
   const EngineOptions& options_;
   const KernelSet& kernels_;
   std::vector<Scratch> scratch_;

@@ -31,6 +31,8 @@ struct RunStats {
   // whose window missed (or did not fit the budget) and took the histogram passes.
   uint64_t ranks_sampled = 0;
   uint64_t ranks_histogrammed = 0;
+  uint64_t fp8_two_pass = 0;  // --dtype fp8 tensors summed twice (block row > chunk)
+  uint64_t host_sums = 0;     // CUDA engine: weighted sums it computed on the host
 };
 
 // Called from the thread that called run() every ~100 ms and once at the end

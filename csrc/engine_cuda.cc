@@ -27,6 +27,8 @@
 #include "chunk_runner.h"
 #include "common.h"
 #include "f64_sum.h"
+#include "fp8_requant.h"
+#include "fp8_two_pass.h"
 #include "host_sum.h"
 #include "kernels.h"
 #include "device_ops.h"
@@ -83,6 +85,7 @@ struct Worker {
   uint8_t* dev_out = nullptr;
   uint64_t staged_n_bytes = 0;  // table + inputs of the current chunk
   HostSumScratch host_sum;      // block-scaled jobs, summed on the host
+  RequantScratch requant;       // --dtype fp8 jobs, requantized on the host
 
   ~Worker() {
     if (!ops) return;
@@ -97,8 +100,9 @@ struct Worker {
 class Runner {
  public:
   Runner(const Plan& plan, const Options& options, uint64_t chunk_elems)
-      : chunks_(plan, chunk_elems), options_(options) {
+      : chunks_(plan, chunk_elems), two_pass_(chunks_), options_(options) {
     for (const Job& job : plan.jobs) {
+      if (job_in_f64(job) || job_has_block_scales(job)) ++host_sums_;
       uint64_t n = std::min(chunk_elems, job.n_elems);
       if (job.op == JobOp::kMax)  // computed on the host into host_out
         out_capacity_ = std::max(out_capacity_, n * item_n_bytes(job.out_dtype));
@@ -129,6 +133,7 @@ class Runner {
     const auto& items = chunks_.items();
     size_t n = static_cast<size_t>(n_workers);
     try {
+      if (two_pass_.n_jobs() > 0) first_pass(n_workers, progress);
       run_workers(
           items.size(), n_workers, [this](int) { ops_->bind_thread(); },
           [&](int worker, size_t index) {
@@ -148,6 +153,8 @@ class Runner {
     stats.chunk_elems = chunks_.chunk_elems();
     stats.threads = n_workers;
     stats.kernel = ops_->name();
+    stats.host_sums = host_sums_;
+    stats.fp8_two_pass = two_pass_.n_jobs();
     stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return stats;
   }
@@ -168,6 +175,12 @@ class Runner {
       else if (job.op == JobOp::kMax) chunks_.elementwise_max(item, worker->host_out);
       else if (job_in_f64(job))
         weighted_sum_f64(chunks_, job, item, options_.check_finite, worker->host_out);
+      else if (two_pass_.has(item.job))
+        two_pass_.quantize(host_kernels(), item, options_.check_finite, worker->host_out,
+                           &worker->host_sum);
+      else if (job.out_scale.present())
+        weighted_sum_fp8_blocks(chunks_, host_kernels(), job, item, options_.check_finite,
+                                worker->host_out, &worker->host_sum, &worker->requant);
       else if (job_has_block_scales(job))
         weighted_sum_f32(chunks_, select_kernels(KernelImpl::kAuto), job, item,
                          options_.check_finite, worker->host_out, &worker->host_sum);
@@ -180,6 +193,28 @@ class Runner {
     chunks_.release(item);
     bytes_read_.fetch_add(chunks_.input_n_bytes(item));
     bytes_done_.fetch_add(out_n_bytes);
+  }
+
+  static const KernelSet& host_kernels() { return select_kernels(KernelImpl::kAuto); }
+
+  // The first pass of the fp8 jobs whose block rows exceed a chunk (fp8_two_pass.h),
+  // on the host like their second; its reads are not counted as bytes read.
+  void first_pass(int n_workers, const ProgressFn& progress) {
+    const auto& items = two_pass_.amax_items();
+    std::atomic<uint64_t> none{0};
+    run_workers(
+        items.size(), n_workers, nullptr,
+        [&](int worker, size_t index) {
+          const WorkItem& item = items[index];
+          if (index + 1 < items.size()) chunks_.prefetch(items[index + 1]);
+          chunks_.guard_inputs(chunks_.plan().jobs[item.job], [&] {
+            two_pass_.fold_amax(host_kernels(), item, options_.check_finite,
+                                &workers_[static_cast<size_t>(worker)].host_sum);
+          });
+          chunks_.release(item);
+        },
+        progress, none, chunks_.total_out_n_bytes());
+    two_pass_.write_scales();
   }
 
   // Copies the descriptor table and the inputs into pinned memory, at the
@@ -229,7 +264,9 @@ class Runner {
   }
 
   ChunkSet chunks_;
+  Fp8TwoPass two_pass_;
   const Options& options_;
+  uint64_t host_sums_ = 0;  // weighted sums computed on the host (fp64, FP8 scales)
   uint64_t in_capacity_ = 0;
   uint64_t out_capacity_ = 0;
   std::unique_ptr<DeviceOps> ops_;
@@ -275,6 +312,7 @@ uint64_t choose_chunk_elems(const Plan& plan, const Options& options) {
     if (job.op == JobOp::kMax) per_elem = std::max(per_elem, item_n_bytes(job.out_dtype));
     if (job.op != JobOp::kWeightedSum) continue;
     uint64_t bytes = item_n_bytes(job.out_dtype);
+    if (job.out_scale.present()) bytes += sizeof(float);  // the chunk's merged fp32 values
     for (const JobInput& in : job.inputs) bytes += item_n_bytes(in.dtype);
     per_elem = std::max(per_elem, bytes);
   }
@@ -288,10 +326,6 @@ RunStats run_plan(const Plan& plan, const Options& options, const ProgressFn& pr
   for (const Job& job : plan.jobs)
     LADLE_CHECK(job.op != JobOp::kNearSwap, ErrorKind::kValue,
                 "tensor '%s': nearswap runs on the CPU engine only", job.name.c_str());
-  for (const Job& job : plan.jobs)
-    LADLE_CHECK(!job.out_scale.present(), ErrorKind::kValue,
-                "tensor '%s': FP8 outputs with fresh block scales run on the CPU engine only",
-                job.name.c_str());
   Runner runner(plan, options, choose_chunk_elems(plan, options));
   return runner.run(progress);
 }

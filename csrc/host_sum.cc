@@ -24,9 +24,8 @@ void dequantize(const Plan& plan, const KernelSet& kernels, const JobInput& in,
   // the compiler vectorises; same fp32 product per element as one at a time).
   for (size_t i = 0; i < n;) {
     uint64_t run = std::min<uint64_t>({n - i, s.block_cols - col % s.block_cols, s.n_cols - col});
-    float scale;
-    std::memcpy(&scale, scales + 4 * ((row / s.block_rows) * blocks_per_row + col / s.block_cols),
-                4);
+    float scale =
+        scale_at(scales, (row / s.block_rows) * blocks_per_row + col / s.block_cols, s.dtype);
     float* d = dst + i;
     for (uint64_t j = 0; j < run; ++j) d[j] = d[j] * scale;
     i += run;
@@ -39,6 +38,21 @@ void dequantize(const Plan& plan, const KernelSet& kernels, const JobInput& in,
 }
 
 }  // namespace
+
+bool is_scale_dtype(DType dtype) {
+  return dtype == DType::kF32 || dtype == DType::kBF16 || dtype == DType::kF16;
+}
+
+float scale_at(const uint8_t* base, uint64_t index, DType dtype) {
+  if (dtype == DType::kF32) {
+    float f;
+    std::memcpy(&f, base + 4 * index, 4);
+    return f;
+  }
+  uint16_t h;
+  std::memcpy(&h, base + 2 * index, 2);
+  return dtype == DType::kBF16 ? bf16_to_f32(h) : f16_to_f32(h);
+}
 
 void validate_block_scale(const Plan& plan, const std::string& name, const JobInput& in,
                           uint64_t n_elems) {
@@ -55,8 +69,11 @@ void validate_block_scale(const Plan& plan, const std::string& name, const JobIn
               (unsigned long long)n_elems);
   LADLE_CHECK(in.dtype != DType::kF64, ErrorKind::kValue,
               "tensor '%s': F64 inputs cannot be block-scaled", name.c_str());
+  LADLE_CHECK(is_scale_dtype(s.dtype), ErrorKind::kValue,
+              "%s: tensor '%s': block scales must be F32, BF16 or F16, not %s",
+              src.label.c_str(), name.c_str(), dtype_name(s.dtype));
   uint64_t n_scales = ceil_div(n_elems / s.n_cols, s.block_rows) * ceil_div(s.n_cols, s.block_cols);
-  uint64_t n_bytes = tensor_n_bytes(DType::kF32, n_scales, "scales of tensor '" + name + "'");
+  uint64_t n_bytes = tensor_n_bytes(s.dtype, n_scales, "scales of tensor '" + name + "'");
   LADLE_CHECK(s.offset <= src.n_bytes && n_bytes <= src.n_bytes - s.offset, ErrorKind::kFormat,
               "%s: scales of tensor '%s': byte range [%llu, +%llu) exceeds the %llu bytes "
               "available",

@@ -21,6 +21,11 @@ struct HostSumScratch {
   float values[kHostTileElems];
 };
 
+// Scales are stored as F32, BF16 or F16 (DType of BlockScale/OutScale).
+bool is_scale_dtype(DType dtype);
+// Scale `index` of a row-major scale tensor at `base`, converted exactly to fp32.
+float scale_at(const uint8_t* base, uint64_t index, DType dtype);
+
 // Checks the block scale of input `in` of a weighted sum of tensor `name` with
 // n_elems elements: block and row sizes, and the scale tensor's byte range.
 void validate_block_scale(const Plan& plan, const std::string& name, const JobInput& in,

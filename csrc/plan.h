@@ -31,30 +31,39 @@ struct Sink {
   std::shared_ptr<ShardWriter> writer;  // null for memory sinks
 };
 
-// Block scales of a quantized input (DeepSeek-V3 FP8: W [R, C] with W_scale_inv, F32
-// [ceil(R/block_rows), ceil(C/block_cols)], row-major). A weighted sum reads element
-// (r, c) as v = fp32(fp32(x) * scale[r / block_rows][c / block_cols]), then uses v
-// like any fp32 input (w * v); the scales themselves are never weighted.
+// Block scales of a quantized input (DeepSeek-V3 FP8: W [R, C] with W_scale_inv
+// [ceil(R/block_rows), ceil(C/block_cols)], row-major; F32, or BF16/F16 as some
+// compressed-tensors checkpoints store them). A weighted sum reads element (r, c) as
+// v = fp32(fp32(x) * fp32(scale[r / block_rows][c / block_cols])) (the scale converted
+// exactly), then uses v like any fp32 input (w * v); scales are never weighted.
 struct BlockScale {
   uint32_t source = 0;
   uint64_t offset = 0;      // byte offset of scale[0][0] in the source
   uint64_t block_rows = 0;  // 0: the input is not block-scaled
   uint64_t block_cols = 0;
   uint64_t n_cols = 0;      // C, the weight's row length
+  DType dtype = DType::kF32;  // F32, BF16 or F16
   bool present() const { return block_rows != 0; }
 };
 
-// Fresh block scales of an F8_E4M3 output (the DeepSeek-V3 layout again): the merged
-// fp32 values of block (i, j) are written as q = f8_e4m3(x / s) with the F32 scale
+// Fresh block scales of an F8_E4M3 output (the input's layout again): the merged
+// fp32 values of block (i, j) are written as q = f8_e4m3(x / s) with the scale
 // s = amax|x| / 448 of that block (1 for a block whose s is 0: an all-zero block),
-// stored row-major at `offset` of `sink` as [ceil(R/block_rows), ceil(C/block_cols)].
+// rounded to `dtype` before use (block_scale_of in fp8_requant.h), stored row-major
+// at `offset` of `sink` as [ceil(R/block_rows), ceil(C/block_cols)] of `dtype`.
 struct OutScale {
   uint32_t sink = 0;
   uint64_t offset = 0;
   uint64_t block_rows = 0;  // 0: the output is not block-scaled
   uint64_t block_cols = 0;
   uint64_t n_cols = 0;      // C, the weight's row length
+  DType dtype = DType::kF32;  // F32, BF16 or F16
   bool present() const { return block_rows != 0; }
+  // Elements of one block row (block_rows x C, fewer for a tensor of fewer rows).
+  uint64_t block_row_elems(uint64_t n_elems) const {
+    uint64_t n_rows = n_elems / n_cols;
+    return (block_rows < n_rows ? block_rows : n_rows) * n_cols;
+  }
 };
 
 struct JobInput {

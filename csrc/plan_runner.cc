@@ -89,6 +89,8 @@ void add_stats(RunStats* total, const RunStats& part) {
   total->rng_draws += part.rng_draws;
   total->ranks_sampled += part.ranks_sampled;
   total->ranks_histogrammed += part.ranks_histogrammed;
+  total->fp8_two_pass += part.fp8_two_pass;
+  total->host_sums += part.host_sums;
   if (part.threads) total->threads = part.threads;
   if (part.chunk_elems) total->chunk_elems = part.chunk_elems;
   if (part.kernel && *part.kernel) total->kernel = part.kernel;

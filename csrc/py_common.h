@@ -109,6 +109,8 @@ inline pybind11::dict stats_to_dict(const RunStats& stats) {
   out["rng_draws"] = stats.rng_draws;
   out["ranks_sampled"] = stats.ranks_sampled;
   out["ranks_histogrammed"] = stats.ranks_histogrammed;
+  out["fp8_two_pass"] = stats.fp8_two_pass;
+  out["host_sums"] = stats.host_sums;
   return out;
 }
 

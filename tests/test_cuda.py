@@ -407,6 +407,53 @@ def test_block_scaled_fp8_matches_the_cpu_engine(tmp_path, device):
     assert got == expected([deepseek_tensors(1), deepseek_tensors(2)], [0.25, 0.75])
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp8_output_matches_the_cpu_engine(tmp_path, device, capsys):
+    """--dtype fp8 on the CUDA engine: its jobs run on the host (said by the report
+    and the CLI), same bytes as the CPU engine, DeepSeek and compressed-tensors."""
+    from test_fp8_blocks import deepseek_checkpoint
+    from test_fp8_compressed_requant import checkpoint, tensors
+
+    pairs = {"deepseek": [deepseek_checkpoint(tmp_path / f"d{i}", i) for i in (1, 2)]}
+    for strategy in ("tensor", "block"):
+        pairs[strategy] = [checkpoint(tmp_path / f"{strategy}{i}",
+                                      tensors(i, strategy, "BF16"), strategy) for i in (1, 2)]
+    for layout, (a, b) in pairs.items():
+        for budget in (1, "1GiB"):
+            got = {}
+            for dev in (device, "cpu"):
+                out = tmp_path / f"{layout}-{budget}-{dev}"
+                report = ladle.merge([a, b], [0.25, 0.75], out, device=dev, dtype="fp8",
+                                     memory_budget=budget, progress=False)
+                got[dev] = read_checkpoint(out)
+                assert report.host_sums == (0 if dev == "cpu" else
+                                            sum(t.out_scales is not None
+                                                for t in report.plan.tensors))
+            assert got[device] == got["cpu"], (layout, budget)
+    assert cli.main(["merge", str(a), str(b), "--alpha", "0.5", "-o", str(tmp_path / "cli"),
+                     "--dtype", "fp8", "--device", device]) == 0
+    assert "1 tensor(s) computed on the host" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("strategy,shape", [("tensor", (37, 211)), ("block", (150, 300))])
+def test_fp8_two_passes_on_the_cuda_engine(tmp_path, device, strategy, shape):
+    """Block rows larger than a chunk: the first pass runs on the host too; the bytes
+    are the CPU engine's for every chunk size and worker count."""
+    from test_fp8_compressed_requant import _core_run, checkpoint, tensors
+
+    for n, seed in (("a", 1), ("b", 2)):
+        checkpoint(tmp_path / n, tensors(seed, strategy, "F16", shape), strategy)
+    want, _ = _core_run(tmp_path, strategy, "F16", shape, 1, 0)
+    for chunk in (999, 4099, 10**7):
+        for workers in (1, 3):
+            got, stats = _core_run(tmp_path, strategy, "F16", shape, workers, chunk,
+                                   device=device)
+            assert got == want, (chunk, workers)
+            assert stats["host_sums"] == 1
+            assert stats["fp8_two_pass"] == (1 if chunk < 10**7 else 0)
+
+
 # ---- merge methods (ladle.methods) on the CUDA backend vs the CPU engine ----
 
 # Odd sizes around the 2048-element tile: tails, one tile, tile + 1, many tiles.

@@ -36,6 +36,8 @@ class _RunStatsDict(TypedDict):
     rng_draws: int  # DARE keep decisions drawn (task jobs)
     ranks_sampled: int  # rank thresholds found from a sample or its window (task jobs)
     ranks_histogrammed: int  # rank thresholds found by the histogram passes (task jobs)
+    fp8_two_pass: int  # --dtype fp8 tensors summed twice (block row larger than a chunk)
+    host_sums: int  # the CUDA engine's weighted sums computed on the host
     grams: NotRequired[list[list[float]]]  # per Gram job (row-major m*m), when they ran
     dots: NotRequired[list[list[float]]]  # per dot job, when they ran
 
@@ -195,14 +197,16 @@ class Plan:
         ],
     ) -> None: ...
     def scale_input(
-        self, k: int, source: int, offset: int, block_rows: int, block_cols: int, n_cols: int
+        self, k: int, source: int, offset: int, block_rows: int, block_cols: int, n_cols: int,
+        dtype: str = "F32",
     ) -> None: ...
     def add_sum_table_jobs(
         self, table: SumTable, shard: int, sources: Sequence[int], sink: int,
         header_n_bytes: int,
     ) -> None: ...
     def scale_output(
-        self, sink: int, offset: int, block_rows: int, block_cols: int, n_cols: int
+        self, sink: int, offset: int, block_rows: int, block_cols: int, n_cols: int,
+        dtype: str = "F32",
     ) -> None: ...
     def finish_sinks(self) -> None: ...
     def finish_sink(self, index: int) -> int | None: ...

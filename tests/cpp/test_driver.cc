@@ -246,18 +246,20 @@ void engine_runs(const std::string& work) {
     expect_error(ErrorKind::kValue, "nearswap with a NaN t",
                  [&] { run_plan(m->plan, EngineOptions(), nullptr); });
   }
+  for (uint64_t chunk : {uint64_t{4096 + 3}, uint64_t{1} << 20})
   for (KernelImpl kernel : {KernelImpl::kScalar, KernelImpl::kAuto}) {
     // --dtype fp8: the merge as [600, 500] F8_E4M3 with fresh 128x128 block scales
     // (partial blocks at both edges) after the codes in the same sink, against the
-    // steps written out: s = amax / 448 per block, q = f8_e4m3(x / s).
+    // steps written out: s = amax / 448 per block, q = f8_e4m3(x / s). Chunks below
+    // one block row (64000 elements) take two passes (fp8_two_pass.h), larger ones one.
     const uint64_t rows = 600, cols = 500, br = 128, bc = 128, grid_cols = 4;
     auto m = plan_merge(a, b, 0.25f, 0.75f, work + "/fp8.safetensors");
     Job& job = m->plan.jobs[0];
     job.out_dtype = DType::kF8_E4M3;
-    job.out_scale = {0, m->header_n_bytes + n, br, bc, cols};
+    job.out_scale = {0, m->header_n_bytes + n, br, bc, cols, DType::kF32};
     EngineOptions options;
     options.threads = 2;
-    options.chunk_elems = 4096 + 3;  // rounded up to one block row per chunk
+    options.chunk_elems = chunk;
     options.kernel = kernel;
     run_plan(m->plan, options, nullptr);
     m->plan.sinks[0].writer->finish();
@@ -270,7 +272,7 @@ void engine_runs(const std::string& work) {
       float& s = scales[(i / cols / br) * grid_cols + (i % cols) / bc];
       s = std::max(s, std::fabs(x[i]));
     }
-    for (float& s : scales) s = block_scale_of(s);
+    for (float& s : scales) s = block_scale_of(s, DType::kF32);
     bool same = true;
     for (uint64_t i = 0; i < n && same; ++i) {
       float s = scales[(i / cols / br) * grid_cols + (i % cols) / bc];
@@ -279,8 +281,8 @@ void engine_runs(const std::string& work) {
     same = same && std::memcmp(bytes.data() + m->header_n_bytes + n, scales.data(),
                                4 * scales.size()) == 0;
     expect(same && rows * cols == n, "FP8 codes and fresh block scales equal the reference");
-    std::printf("  ok  fp8 requantization of %llu elements (%s)\n", (unsigned long long)n,
-                select_kernels(kernel).name);
+    std::printf("  ok  fp8 requantization of %llu elements (%s, %s)\n", (unsigned long long)n,
+                select_kernels(kernel).name, chunk < br * cols ? "two passes" : "one pass");
   }
   {
     auto m = plan_merge(a, b, 0.5f, 0.5f, work + "/range.safetensors");

@@ -260,7 +260,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"wrote {report.out}: {report.n_tensors} tensors in {report.n_shards} shard(s), "
               f"read {format_size(report.bytes_read)}, wrote {format_size(report.bytes_written)} "
               f"in {report.seconds:.2f} s ({report.gb_per_s:.2f} GB/s, {report.threads} "
-              f"threads, {report.kernel} kernels)")
+              f"threads, {report.kernel} kernels"
+              + (f"; {report.host_sums} tensor(s) computed on the host: F64 or block-scaled "
+                 f"FP8" if report.host_sums else "") + ")")
     return 0
 
 

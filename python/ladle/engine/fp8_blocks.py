@@ -1,10 +1,12 @@
 """Block-scaled FP8 checkpoints as merge inputs and outputs.
 
-Inputs. A weight ``W`` (F8_E4M3 or F8_E5M2, ``[R, C]``) with an F32 scale companion
-stands for ``fp32(fp32(W)[r, c] * scale[r // br, c // bc])``; the engine dequantizes
-each input tile on the fly inside its fp32 weighted sum (csrc/host_sum.cc; no whole
-tensor is ever dequantized), so scales are never averaged as if they were weights.
-Two layouts, told apart by config.json's ``quantization_config``:
+Inputs. A weight ``W`` (F8_E4M3 or F8_E5M2, ``[R, C]``) with a scale companion
+stands for ``fp32(fp32(W)[r, c] * fp32(scale[r // br, c // bc]))``; the scales are
+F32, or BF16/F16 (some compressed-tensors checkpoints), converted exactly to fp32.
+The engine dequantizes each input tile on the fly inside its fp32 weighted sum
+(csrc/host_sum.cc; no whole tensor is ever dequantized), so scales are never
+averaged as if they were weights. Two layouts, told apart by config.json's
+``quantization_config``:
 
 - DeepSeek-V3/R1 (``quant_method: fp8``): ``W_scale_inv`` ``[ceil(R/br), ceil(C/bc)]``
   with ``(br, bc) = weight_block_size`` (default 128x128).
@@ -17,17 +19,33 @@ Two layouts, told apart by config.json's ``quantization_config``:
 Outputs. The merged tensor is written as BF16 unless ``--dtype`` says otherwise; the
 scales are not written and ``quantization_config`` is removed from the copied
 config.json (the output is no longer quantized). ``--dtype fp8`` (:data:`FP8_BLOCKS`)
-instead keeps a DeepSeek-style input's layout: each block-scaled weight is written
-as F8_E4M3 with a fresh ``W_scale_inv`` of the same shape and ``weight_block_size``
-(csrc/fp8_requant.cc: ``s = amax|block| / 448`` in fp32, 1 for an all-zero block;
-``q = f8_e4m3(x / s)`` rounded to nearest even with saturation, as torch's
-``(x / s).to(torch.float8_e4m3fn)``), and config.json is copied unchanged. The
-engine sums whole block rows (``br x C`` elements) into an fp32 buffer once, takes
-each block's amax from it and quantizes it; a merged NaN or Inf is an error.
+instead keeps the first input's layout, either of the two: each block-scaled weight
+is written as F8_E4M3 with fresh scales of the input scale tensor's name, shape and
+dtype, and config.json is copied unchanged (``quantization_config`` included). Per
+block (csrc/fp8_requant.cc):
+
+1. ``s = fp32(amax|block| / 448)``, 1 for an all-zero block;
+2. ``s`` rounded to the scale dtype (nearest even; nothing to do for F32) *before*
+   it is used, so dequantizing the output with its stored scale is what was
+   quantized; should that rounding go down so far that ``amax / s`` exceeds 464
+   (which E4M3 cannot round to 448: F16 subnormal scales, or one rounding to 0), ``s``
+   takes the next value of the scale dtype up; an ``s`` beyond F16's range (merged
+   values above ~2.9e7) is an error;
+3. ``q = f8_e4m3(fp32(x / s))`` rounded to nearest even with saturation, as torch's
+   ``(x / s).to(torch.float8_e4m3fn)``; ``s`` is stored in the scale dtype (exact).
+
+A merged NaN or Inf is an error naming the output file and tensor. When a block row
+(``br x C`` elements; one row for ``channel``, the whole tensor for ``tensor``) fits
+a chunk, the engine sums whole block rows into an fp32 buffer once, takes each
+block's amax from it and quantizes it. A larger block row is never buffered: a first
+pass sums the tensor chunk by chunk keeping only each block's amax (a max, exact in
+any order), a second sums it again and quantizes with the now-known scales
+(csrc/fp8_two_pass.cc). Both give the same bytes, whatever the threads, chunk size
+or backend (``--device cuda`` runs these tensors on the host).
 
 Refused with a clear error: F64 outputs of scaled tensors, ``--dtype f8_e4m3``/
-``f8_e5m2`` on scaled tensors (use ``fp8``), ``--dtype fp8`` with compressed-tensors
-inputs, and scales that are not F32.
+``f8_e5m2`` on scaled tensors (use ``fp8``), ``--dtype fp8`` when the first input's
+tensor is not block-scaled but another's is, and scales that are not F32/BF16/F16.
 """
 
 from __future__ import annotations
@@ -46,6 +64,7 @@ from ..formats.dtype_rules import fp8_scale_pairs
 DEFAULT_BLOCK = (128, 128)
 FP8_BLOCKS = "FP8"  # --dtype fp8: F8_E4M3 with fresh block scales (plan.normalize_dtype)
 FP8_BLOCKS_DTYPE = "F8_E4M3"
+SCALE_DTYPES = ("F32", "BF16", "F16")  # scales are read (and fresh ones written) as these
 SCALES_OP = "scales"  # the op of an output scale tensor: written by its weight's job
 DEQUANTIZED_DTYPE = "BF16"  # the output dtype of a dequantized tensor without --dtype
 CONFIG_NAME = "config.json"
@@ -58,7 +77,7 @@ STRATEGIES = ("tensor", "channel", "block")
 class BlockScale(NamedTuple):
     """The scale tensor of one block-scaled input and its block size."""
 
-    info: TensorInfo  # the F32 ``W_scale_inv`` tensor
+    info: TensorInfo  # the ``W_scale_inv``/``W_scale`` tensor (F32, BF16 or F16)
     block_rows: int
     block_cols: int
 
@@ -156,8 +175,8 @@ def block_scales(ckpt: Checkpoint) -> dict[str, BlockScale]:
 
     Raises:
         LadleValueError: a scale companion of the other layout, an unknown
-            quantization method or strategy, or a scale tensor that is not F32 of
-            the block grid's shape.
+            quantization method or strategy, or a scale tensor that is not F32,
+            BF16 or F16 of the block grid's shape.
     """
     pairs = fp8_scale_pairs(ckpt.tensors)
     if not pairs:
@@ -185,11 +204,11 @@ def block_scales(ckpt: Checkpoint) -> dict[str, BlockScale]:
         br, bc = _blocks_of(layout, tuple(w.shape))
         grid = (math.ceil(w.shape[0] / br), math.ceil(w.shape[1] / bc))
         fits = tuple(s.shape) == grid or (grid == (1, 1) and math.prod(s.shape) == 1)
-        if s.dtype != "F32" or not fits:
+        if s.dtype not in SCALE_DTYPES or not fits:
             raise LadleValueError(f"{s.file}: tensor '{scale}' ({s.dtype}{list(s.shape)}) is "
                                   f"not a {layout.strategy} scale of '{weight}' "
                                   f"({w.dtype}{list(w.shape)}): {br}x{bc} blocks need "
-                                  f"F32{list(grid)}; not merged")
+                                  f"F32{list(grid)} (or BF16/F16); not merged")
         out[weight] = BlockScale(s, br, bc)
     return out
 
@@ -205,14 +224,10 @@ def without_scales(ckpt: Checkpoint, scales: dict[str, BlockScale]) -> Checkpoin
 
 def check_dequantized_dtype(out_dtype: str | None, ckpt: Checkpoint, weight: str) -> str:
     """The output dtype of a dequantized tensor: ``out_dtype``, else BF16
-    (F8_E4M3 for :data:`FP8_BLOCKS`, which only DeepSeek-style inputs keep)."""
+    (F8_E4M3 for :data:`FP8_BLOCKS`, which keeps the input's scale layout)."""
     if out_dtype is None:
         return DEQUANTIZED_DTYPE
     if out_dtype == FP8_BLOCKS:
-        if scale_layout(ckpt, quantization_config(ckpt)).suffix != "_scale_inv":
-            raise LadleValueError(f"{ckpt.path}: tensor '{weight}' has {COMPRESSED} scales: "
-                                  f"--dtype fp8 writes DeepSeek-style '*_scale_inv' block "
-                                  f"scales only; use --dtype bf16 (the default), f16 or f32")
         return FP8_BLOCKS_DTYPE
     if out_dtype.startswith("F8_") or out_dtype == "F64":
         why = ("requantizing to FP8 with fresh block scales is --dtype fp8"
@@ -223,11 +238,10 @@ def check_dequantized_dtype(out_dtype: str | None, ckpt: Checkpoint, weight: str
     return out_dtype
 
 
-def requantized_scales(name: str, shape: tuple[int, ...], scale: BlockScale) -> tuple[str, tuple]:
-    """Name and shape of the fresh ``*_scale_inv`` of an F8_E4M3 output ``name``:
-    those of the input's scale tensor (the same block grid)."""
-    grid = (math.ceil(shape[0] / scale.block_rows), math.ceil(shape[1] / scale.block_cols))
-    return scale.info.name, grid
+def requantized_scales(scale: BlockScale) -> tuple[str, str, tuple]:
+    """Name, dtype and shape of the fresh scales of an F8_E4M3 output: those of the
+    input's scale tensor (the same block grid; ``[1]`` or ``[]`` for one per tensor)."""
+    return scale.info.name, scale.info.dtype, tuple(scale.info.shape)
 
 
 def add_input_scales(core_plan: Any, scales: list[BlockScale | None] | None,
@@ -237,14 +251,14 @@ def add_input_scales(core_plan: Any, scales: list[BlockScale | None] | None,
     for k, s in enumerate(scales or ()):
         if s is not None:
             core_plan.scale_input(k, source_of[s.info.file], s.info.offset, s.block_rows,
-                                  s.block_cols, n_cols)
+                                  s.block_cols, n_cols, s.info.dtype)
 
 
 def add_output_scales(core_plan: Any, scale: Any, sink: int, header_n_bytes: int) -> None:
     """Make the job just added to ``core_plan`` write F8_E4M3 with fresh block scales
     into the output tensor ``scale`` (an OutputTensor in the same shard)."""
     core_plan.scale_output(sink, header_n_bytes + scale.tensor.offset, scale.block_rows,
-                           scale.block_cols, scale.n_cols)
+                           scale.block_cols, scale.n_cols, scale.tensor.dtype)
 
 
 class OutputScales(NamedTuple):

@@ -26,6 +26,8 @@ class MergeReport:
     plan: MergePlan | None = None
     world_size: int = 1
     rank_bytes_read: list[int] | None = None  # distributed merges: input bytes each rank read
+    # --device cuda: tensors the CUDA engine computed on the host (F64, block-scaled FP8)
+    host_sums: int = 0
 
     @property
     def gb_per_s(self) -> float:

@@ -321,6 +321,12 @@ def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: st
                                         list(zip(infos, weights)), n_elems * _ITEM_BYTES[odt],
                                         n_elems, scales=scaled))
             if scaled and out_dtype == FP8_BLOCKS:
+                if owner != 0:  # the output's config.json is the first input's
+                    raise LadleValueError(
+                        f"{checkpoints[0].path}: tensor '{name}' is not block-scaled FP8 "
+                        f"here but is in {checkpoints[owner].path}: --dtype fp8 keeps the "
+                        f"first input's scale layout and config.json; list a block-scaled "
+                        f"checkpoint first")
                 outputs.append(_fresh_scales(outputs[-1], scaled[owner]))
         else:
             op, chosen = nonfloat_inputs(infos, weights, int_policy)
@@ -329,7 +335,7 @@ def build_plan(checkpoints: list[Checkpoint], weights: list[float], *, dtype: st
                                         first.n_elems))
     if out_dtype == FP8_BLOCKS and not any(t.out_scales for t in outputs):
         raise LadleValueError(f"{checkpoints[0].path}: --dtype fp8 requantizes block-scaled FP8 "
-                              f"weights (W + W_scale_inv), and no input has any")
+                              f"weights (W + W_scale_inv or W_scale), and no input has any")
     shards, meta = layout_shards(outputs, max_shard_bytes, single_file, metadata)
     return MergePlan(outputs, shards, sharded=len(shards) > 1, metadata=meta)
 
@@ -348,10 +354,11 @@ def _table_plan(table: SumTable, checkpoints: list[Checkpoint], weights: list[fl
 
 
 def _fresh_scales(weight: OutputTensor, scale) -> OutputTensor:
-    """The F32 ``*_scale_inv`` output of ``weight`` (F8_E4M3), computed by its job."""
-    name, grid = requantized_scales(weight.name, weight.shape, scale)
-    n_elems = math.prod(grid)
-    t = OutputTensor(name, "F32", grid, SCALES_OP, [], 4 * n_elems, n_elems)
+    """The fresh scales of ``weight`` (F8_E4M3) in the layout of the input's ``scale``,
+    computed by the weight's job."""
+    name, dtype, shape = requantized_scales(scale)
+    n_elems = math.prod(shape)
+    t = OutputTensor(name, dtype, shape, SCALES_OP, [], n_elems * _ITEM_BYTES[dtype], n_elems)
     weight.out_scales = OutputScales(t, scale.block_rows, scale.block_cols, weight.shape[1])
     return t
 

@@ -241,7 +241,8 @@ def _recompute(out: Checkpoint, ckpts: list[Checkpoint], weights: list[float], s
             add_input_scales(plan, scaled, infos[0].shape[-1] if infos[0].shape else 1, sources)
             if scale_t:
                 s = next(s for s in scaled if s)
-                plan.scale_output(sink, t.n_bytes, s.block_rows, s.block_cols, t.shape[-1])
+                plan.scale_output(sink, t.n_bytes, s.block_rows, s.block_cols, t.shape[-1],
+                                  scale_t.dtype)
         else:
             op, chosen = nonfloat_inputs(infos, weights, int_policy)
             dtype, n = (t.dtype, t.n_elems) if _core.dtype_n_bits(t.dtype) % 8 == 0 else \

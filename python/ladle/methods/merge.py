@@ -158,7 +158,8 @@ def merge(checkpoints: Sequence[CheckpointLike], weights: Sequence[float], out: 
                                    resume=resume)
     return MergeReport(dest, len(plan.tensors), len(plan.shards), stats["bytes_read"],
                        plan.bytes_written, time.perf_counter() - t0, stats["threads"],
-                       stats["chunk_elems"], stats["kernel"], plan)
+                       stats["chunk_elems"], stats["kernel"], plan,
+                       host_sums=stats["host_sums"])
 
 
 def _copy_extra_files(output: OutputDir, plan: MergePlan, ckpts: list[Checkpoint]) -> None:
@@ -233,7 +234,7 @@ def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, thre
     todo, core_plan, sources, sinks = run.todo, run.core_plan, run.sources, run.sinks
     by_shard = run.by_shard(plan.tensors if plan.table is None else ())  # a table adds its own
     bar = _progress_bar(sum(plan.shards[i].n_bytes for i in todo), progress)
-    totals = {"bytes_read": 0, "threads": 0, "chunk_elems": 0, "kernel": ""}
+    totals = {"bytes_read": 0, "threads": 0, "chunk_elems": 0, "kernel": "", "host_sums": 0}
     base = 0
     try:
         for i in todo:
@@ -263,6 +264,7 @@ def execute(plan: MergePlan, ckpts: list[Checkpoint], output: OutputDir, *, thre
             output.record_shard(shard.file_name, core_plan.finish_sink(sinks[i]))
             base += stats["bytes_written"]
             totals["bytes_read"] += stats["bytes_read"]
+            totals["host_sums"] += stats["host_sums"]
             for key in ("threads", "chunk_elems", "kernel"):
                 totals[key] = stats[key]
     finally:
