@@ -91,9 +91,11 @@ struct MethodKernels {
   void (*sparsify_rank)(float* d, size_t n, RankWindowBound* lo, RankWindowBound* hi);
   // d[i] = fp32(d[i] * s)
   void (*scale)(float* d, size_t n, float s);
-  // For kGramTiles tiles side by side (tile t at d + t * kMethodTileElems, zero-padded):
-  // sums[t] = sum of |double(d[i])| over the tile in index order, from +0.
-  void (*l1)(const float* d, double* sums);
+  // For kGramTiles tiles side by side (tile t at d + t * kMethodTileElems, zero-padded),
+  // of two arrays at once (the delta before and after sparsification; their chains
+  // interleave so the adder is not idle): sums_a[t] = sum of |double(a[i])| over tile t
+  // of `a` in index order, from +0; sums_b[t] the same of `b`.
+  void (*l1_pair)(const float* a, const float* b, double* sums_a, double* sums_b);
   // out[i] = fp32(base[i] + mixed_i) from wd[k * stride + i] (k < n_models), where
   // mixed is the docs/methods.md mix (sign election, normalize, lambda).
   void (*mix)(const MixSpec& spec, const float* wd, size_t stride, size_t n_models,

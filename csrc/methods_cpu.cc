@@ -140,6 +140,7 @@ struct JobState {
 // Per-thread scratch.
 struct TaskScratch {
   std::vector<float> base, x, wd;  // wd: n_models tiles of weighted deltas
+  std::vector<float> kept;          // the norm pass: x sparsified
   std::vector<uint32_t> hist;      // pass 1: n_models * kHiHistCopies * kHiBins; pass 2: 2 * n_models * kLoBins
   std::vector<uint16_t> found;     // pass 2: one tile's candidates
   std::vector<uint32_t> in_window; // window pass: one tile's candidates
@@ -207,6 +208,7 @@ class TaskRunner {
     for (TaskScratch& s : scratch_) {
       s.base.resize(kGroupElems);
       s.x.resize(kGroupElems);
+      s.kept.resize(kGroupElems);
       s.wd.resize(kTile * max_models);
       s.found.resize(kTile);
       s.in_window.resize(kTile);
@@ -835,16 +837,18 @@ class TaskRunner {
     // kGramTiles tiles side by side, zero-padded: one fp64 lane per tile.
     for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
       float* x = s->x.data();
+      float* kept = s->kept.data();
       std::fill(x + n, x + kGroupElems, 0.0f);
+      std::fill(kept + n, kept + kGroupElems, 0.0f);
       double before[kGramTiles], after[kGramTiles];
       for (size_t k = 0; k < job.models.size(); ++k) {
         ModelState& ms = st.models[k];
         load_delta(job, k, elem, n, s);
-        method_kernels_.l1(x, before);
+        std::memcpy(kept, x, n * sizeof(float));
         for (size_t t = 0; t * kTile < n; ++t)
           sparsify_tile(job, k, ms, elem + t * kTile, std::min<size_t>(kTile, n - t * kTile),
-                        x + t * kTile, false);
-        method_kernels_.l1(x, after);
+                        kept + t * kTile, false);
+        method_kernels_.l1_pair(x, kept, before, after);
         for (size_t t = 0; t * kTile < n; ++t) {  // each tile is written by one thread
           ms.l1_before[elem / kTile + t] = before[t];
           ms.l1_after[elem / kTile + t] = after[t];
