@@ -46,6 +46,10 @@ def child_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (LADLE_PYTHONPATH,
                                                     env.get("PYTHONPATH")) if p)
     env["HF_HUB_OFFLINE"] = "1"
+    # Every tool runs as installed, its modules byte-compiled once (the first run
+    # writes __pycache__): a shell that sets PYTHONDONTWRITEBYTECODE would otherwise
+    # add recompiling every module to every measured run.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(extra)
     return env
 
