@@ -96,11 +96,7 @@ void add_stats(RunStats* total, const RunStats& part) {
   if (part.kernel && *part.kernel) total->kernel = part.kernel;
 }
 
-PlanResults run_jobs(const Plan& plan, KindSet kinds, const EngineOptions& options,
-                     const ProgressFn& progress) {
-  resolve_threads(options.threads);  // a bad count is refused even with nothing to run
-  // Each runner validates its own jobs before it writes; a run of several kinds checks
-  // them all first, so no kind writes a byte before another's bad job is refused.
+void validate_if_several(const Plan& plan, KindSet kinds) {
   int n_lists = 0;  // lists with jobs to run (the engine's one list)
   size_t n_engine_jobs = 0;
   for (JobKind k : kAllJobKinds) {
@@ -111,6 +107,12 @@ PlanResults run_jobs(const Plan& plan, KindSet kinds, const EngineOptions& optio
   }
   n_lists += n_engine_jobs > 0;
   if (n_lists > 1) validate_jobs(plan, kinds);
+}
+
+PlanResults run_jobs(const Plan& plan, KindSet kinds, const EngineOptions& options,
+                     const ProgressFn& progress) {
+  resolve_threads(options.threads);  // a bad count is refused even with nothing to run
+  validate_if_several(plan, kinds);
   PlanResults out;
   if (kinds.has(JobKind::kGram) && !plan.grams.empty()) {
     RunStats stats;

@@ -29,6 +29,11 @@ void validate_gram_job(const Plan& plan, const GramJob& job);
 // (each kind's own validator); raises ladle::Error naming the tensor.
 void validate_jobs(const Plan& plan, KindSet kinds);
 
+// Each runner validates its own jobs before it writes; a run of several kinds (more
+// than one list with jobs) checks them all first with validate_jobs, so no kind writes
+// a byte before another's bad job is refused.
+void validate_if_several(const Plan& plan, KindSet kinds);
+
 // `plan` with only its engine jobs (Plan::jobs) of the kinds in `kinds`: `plan` itself
 // when it holds no others, else a copy in *storage (sources and sinks shared).
 const Plan& with_engine_jobs(const Plan& plan, KindSet kinds, Plan* storage);

@@ -9,23 +9,15 @@ namespace cuda {
 PlanResults run_jobs(const Plan& plan, KindSet kinds, const Options& options,
                      const ProgressFn& progress) {
   bool engine = false;
-  size_t n_engine_jobs = 0;
-  int n_lists = 0;  // lists with jobs to run (the engine's one list)
   for (JobKind k : kAllJobKinds) {
     if (!kinds.has(k)) continue;
     size_t n = count_jobs(plan, k);
     LADLE_CHECK(cuda::supports(k) || n == 0, ErrorKind::kValue,
                 "the CUDA backend does not run %s jobs (%zu in the plan): run them on the CPU",
                 job_kind_name(k), n);
-    if (is_engine_kind(k)) {
-      engine = true;
-      n_engine_jobs += n;
-    } else {
-      n_lists += n > 0;
-    }
+    engine = engine || is_engine_kind(k);
   }
-  n_lists += n_engine_jobs > 0;
-  if (n_lists > 1) validate_jobs(plan, kinds);
+  validate_if_several(plan, kinds);
   PlanResults out;
   if (kinds.has(JobKind::kGram) && !plan.grams.empty()) {
     RunStats stats;
