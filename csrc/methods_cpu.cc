@@ -89,6 +89,7 @@ struct Selection {
   bool windowed = false;
   bool resolved = false;
   uint32_t w_lo = 0, w_hi = 0;
+  uint64_t expected = 0;  // candidates the sample predicts inside the window
   std::vector<uint64_t> chunk_above;
   std::vector<std::vector<uint32_t>> chunk_bits;
 
@@ -147,31 +148,50 @@ struct TaskScratch {
   std::vector<uint8_t> out;
 };
 
-// The k-th largest (0-based) of the values `each` visits (each(visit) calls visit(v)
-// for every v), all in [lo, hi]: a histogram of 2^16 bins over (v - lo) >> shift
-// finds the value's bin, then only that bin's values are ordered. Two reads and a
-// small copy instead of ordering the whole set.
+// The k-th largest (0-based), for each k in `ks`, of the values `each` visits
+// (each(visit) calls visit(v) for every v), all in [lo, hi]: a histogram of 2^16 bins
+// over (v - lo) >> shift finds each value's bin, then only those bins' values are
+// ordered. Two reads and a small copy instead of ordering the whole set.
 template <class Each>
-uint32_t kth_largest(const Each& each, uint64_t k, uint32_t lo, uint32_t hi) {
+std::vector<uint32_t> kth_largest(const Each& each, const std::vector<uint64_t>& ks, uint32_t lo,
+                                  uint32_t hi) {
   int shift = 0;
   while (((hi - lo) >> shift) >= (1u << 16)) ++shift;
   std::vector<uint64_t> hist(((hi - lo) >> shift) + 1, 0);
   each([&](uint32_t v) { ++hist[(v - lo) >> shift]; });
-  uint64_t above = 0;
-  size_t bin = hist.size();
-  while (bin-- > 0) {
-    if (above + hist[bin] > k) break;
-    above += hist[bin];
+  // Per k: its bin and the values above that bin.
+  std::vector<size_t> bin_of(ks.size());
+  std::vector<uint64_t> above_of(ks.size());
+  for (size_t q = 0; q < ks.size(); ++q) {
+    uint64_t above = 0;
+    size_t bin = hist.size();
+    while (bin-- > 0) {
+      if (above + hist[bin] > ks[q]) break;
+      above += hist[bin];
+    }
+    LADLE_CHECK(bin < hist.size(), ErrorKind::kValue, "internal: rank beyond the values");
+    bin_of[q] = bin;
+    above_of[q] = above;
   }
-  LADLE_CHECK(bin < hist.size(), ErrorKind::kValue, "internal: rank beyond the values");
-  std::vector<uint32_t> in_bin;
-  in_bin.reserve(hist[bin]);
+  std::vector<size_t> bins = bin_of;
+  std::sort(bins.begin(), bins.end());
+  bins.erase(std::unique(bins.begin(), bins.end()), bins.end());
+  std::vector<std::vector<uint32_t>> in_bin(bins.size());
+  for (size_t b = 0; b < bins.size(); ++b) in_bin[b].reserve(hist[bins[b]]);
   each([&](uint32_t v) {
-    if (((v - lo) >> shift) == bin) in_bin.push_back(v);
+    size_t bin = (v - lo) >> shift;
+    for (size_t b = 0; b < bins.size(); ++b)
+      if (bins[b] == bin) in_bin[b].push_back(v);
   });
-  auto nth = in_bin.begin() + static_cast<int64_t>(k - above);
-  std::nth_element(in_bin.begin(), nth, in_bin.end(), std::greater<uint32_t>());
-  return *nth;
+  std::vector<uint32_t> out(ks.size());
+  for (size_t q = 0; q < ks.size(); ++q) {
+    std::vector<uint32_t>& values =
+        in_bin[std::lower_bound(bins.begin(), bins.end(), bin_of[q]) - bins.begin()];
+    auto nth = values.begin() + static_cast<int64_t>(ks[q] - above_of[q]);
+    std::nth_element(values.begin(), nth, values.end(), std::greater<uint32_t>());
+    out[q] = *nth;
+  }
+  return out;
 }
 
 class TaskRunner {
@@ -325,10 +345,14 @@ class TaskRunner {
       return false;
     };
     run_pass(items_of(begin, end, windowing), &TaskRunner::window_scan);
+    std::vector<std::pair<size_t, Selection*>> windows;
     for (size_t j = begin; j < end; ++j) {
       if (selecting(j) && !windowing(j)) pool_->skip(job_read_bytes(j));
-      resolve_windows(j);
+      for (ModelState& ms : states_[j - begin]->models)
+        for (Selection* sel : {&ms.lo, &ms.hi})
+          if (sel->windowed) windows.emplace_back(j, sel);
     }
+    in_parallel(windows.size(), [&](size_t i) { resolve_window(windows[i].first, windows[i].second); });
     // The histogram passes, for the selections whose window missed (not counted as
     // progress: the window pass already was).
     auto histogramming = [&](size_t j) {
@@ -509,40 +533,54 @@ class TaskRunner {
     for (size_t j = begin; j < end; ++j)
       if (states_[j - begin]->selects)
         for (const JobInput& in : inputs_[j]) touch_input(plan_, in, 0, jobs_[j].n_elems, false);
-    uint64_t used = 0;
-    for (size_t j = begin; j < end; ++j) {
-      JobState& st = *states_[j - begin];
-      const TaskJob& job = jobs_[j];
+    // Each sampled model's windows (or, sampled whole, its thresholds) on the
+    // runner's threads; then, in order, which windows the candidate budget takes.
+    std::vector<std::pair<size_t, ModelState*>> sampled;
+    for (size_t j = begin; j < end; ++j)
+      for (ModelState& ms : states_[j - begin]->models)
+        if (!ms.sample.empty()) sampled.emplace_back(j, &ms);
+    in_parallel(sampled.size(), [&](size_t i) {
+      const TaskJob& job = jobs_[sampled[i].first];
+      ModelState& ms = *sampled[i].second;
       uint64_t n_tiles = (job.n_elems + kTile - 1) / kTile;
       uint64_t n_sampled = std::min(n_tiles, kSampleTiles);
+      // The last tile may be short: drop its unused slots.
+      uint64_t last = (n_sampled - 1) * n_tiles / n_sampled;
+      ms.sample.resize((n_sampled - 1) * kTile + std::min(kTile, job.n_elems - last * kTile));
+      for (Selection* sel : {&ms.lo, &ms.hi}) {
+        if (!sel->active()) continue;
+        if (n_sampled == n_tiles) settle_from_sample(ms.sample, sel);
+        else pick_window(ms.sample, job.n_elems, sel, &sel->expected);
+      }
+      std::vector<uint32_t>().swap(ms.sample);
+    });
+    uint64_t used = 0;
+    for (const auto& [j, ms] : sampled) {
+      const TaskJob& job = jobs_[j];
+      uint64_t n_tiles = (job.n_elems + kTile - 1) / kTile;
       uint64_t n_chunks = (job.n_elems + chunk_elems_ - 1) / chunk_elems_;
-      for (ModelState& ms : st.models) {
-        if (ms.sample.empty()) continue;
-        // The last tile may be short: drop its unused slots.
-        uint64_t last = (n_sampled - 1) * n_tiles / n_sampled;
-        ms.sample.resize((n_sampled - 1) * kTile + std::min(kTile, job.n_elems - last * kTile));
-        for (Selection* sel : {&ms.lo, &ms.hi}) {
-          if (!sel->active()) continue;
-          if (n_sampled == n_tiles) {
-            settle_from_sample(ms.sample, sel);
-            continue;
-          }
-          uint64_t expected = 0;
-          pick_window(ms.sample, job.n_elems, sel, &expected);
-          expected += expected / 4;  // what the sample predicts, give or take
-          uint64_t bytes = expected * sizeof(uint32_t) + n_tiles * sizeof(uint32_t) +
-                           n_chunks * (sizeof(uint64_t) + sizeof(std::vector<uint32_t>));
-          if (used + bytes > candidate_limit(options_)) continue;
-          used += bytes;
-          st.window_max += expected;
-          sel->windowed = true;
-          sel->chunk_above.assign(n_chunks, 0);
-          sel->chunk_bits.resize(n_chunks);
-          sel->tile_in_bin.assign(n_tiles, 0);
-        }
-        std::vector<uint32_t>().swap(ms.sample);
+      for (Selection* sel : {&ms->lo, &ms->hi}) {
+        if (!sel->active() || sel->resolved) continue;
+        uint64_t expected = sel->expected + sel->expected / 4;  // give or take
+        uint64_t bytes = expected * sizeof(uint32_t) + n_tiles * sizeof(uint32_t) +
+                         n_chunks * (sizeof(uint64_t) + sizeof(std::vector<uint32_t>));
+        if (used + bytes > candidate_limit(options_)) continue;
+        used += bytes;
+        states_[j - begin]->window_max += expected;
+        sel->windowed = true;
+        sel->chunk_above.assign(n_chunks, 0);
+        sel->chunk_bits.resize(n_chunks);
+        sel->tile_in_bin.assign(n_tiles, 0);
       }
     }
+  }
+
+  // Runs fn(i) for every i < n on the runner's threads (work between passes).
+  void in_parallel(size_t n, const std::function<void(size_t)>& fn) const {
+    if (n == 0) return;
+    std::atomic<uint64_t> none{0};
+    run_workers(n, static_cast<int>(std::min<size_t>(static_cast<size_t>(threads_), n)), nullptr,
+                [&](int, size_t i) { fn(i); }, ProgressFn(), none, 0);
   }
 
   // The window of `s` from a model's sample (which it reorders): sample positions
@@ -559,11 +597,15 @@ class TaskRunner {
     auto each = [&](auto&& visit) {
       for (uint32_t b : sample) visit(b);
     };
-    uint32_t w_hi = 0x7FFFFFFFu, w_lo = 0;
-    if (at - margin >= 0.0)
-      w_hi = kth_largest(each, static_cast<uint64_t>(std::floor(at - margin)), 0, 0x7FFFFFFFu);
-    if (at + margin <= m - 1.0)
-      w_lo = kth_largest(each, static_cast<uint64_t>(std::ceil(at + margin)), 0, 0x7FFFFFFFu);
+    // Sample positions past either end leave that side of the window open.
+    std::vector<uint64_t> ks;
+    bool upper = at - margin >= 0.0, lower = at + margin <= m - 1.0;
+    if (upper) ks.push_back(static_cast<uint64_t>(std::floor(at - margin)));
+    if (lower) ks.push_back(static_cast<uint64_t>(std::ceil(at + margin)));
+    std::vector<uint32_t> bounds = ks.empty() ? std::vector<uint32_t>()
+                                              : kth_largest(each, ks, 0, 0x7FFFFFFFu);
+    uint32_t w_hi = upper ? bounds.front() : 0x7FFFFFFFu;
+    uint32_t w_lo = lower ? bounds.back() : 0;
     s->w_lo = w_lo;
     s->w_hi = w_hi;
     uint64_t inside = 0;
@@ -577,7 +619,7 @@ class TaskRunner {
   // the threshold, how many equal it and how many of those are kept.
   template <class Each>
   static void settle(const Each& each, uint32_t lo, uint32_t hi, uint64_t above, Selection* s) {
-    uint32_t threshold = kth_largest(each, s->rank - above, lo, hi);
+    uint32_t threshold = kth_largest(each, {s->rank - above}, lo, hi).front();
     uint64_t higher = above, equal = 0;
     each([&](uint32_t b) {
       higher += b > threshold;
@@ -599,35 +641,29 @@ class TaskRunner {
     for (size_t i = 0; i < sample.size(); ++i) s->tie_prefix[i / kTile] += sample[i] == s->threshold;
   }
 
-  // After the window pass: the threshold and tie counts of each windowed selection
-  // of job j whose rank fell inside its window (else the histogram passes find them).
-  void resolve_windows(size_t j) {
-    JobState& st = *states_[j - batch_begin_];
+  // After the window pass: the threshold and tie counts of windowed selection `s` of
+  // job j when its rank fell inside its window (else the histogram passes find them).
+  void resolve_window(size_t j, Selection* s) {
     const TaskJob& job = jobs_[j];
-    bool overflow = st.window_overflow.load();
-    for (ModelState& ms : st.models) {
-      for (Selection* s : {&ms.lo, &ms.hi}) {
-        if (!s->windowed) continue;
-        s->windowed = false;
-        uint64_t above = 0, inside = 0;
-        for (uint64_t c : s->chunk_above) above += c;
-        for (const std::vector<uint32_t>& c : s->chunk_bits) inside += c.size();
-        if (!overflow && above <= s->rank && s->rank < above + inside) {
-          auto each = [&](auto&& visit) {
-            for (const std::vector<uint32_t>& c : s->chunk_bits)
-              for (uint32_t b : c) visit(b);
-          };
-          settle(each, s->w_lo, s->w_hi, above, s);
-          if (s->need_ties) {
-            s->tie_prefix.assign(job.n_elems / kTile + 1, 0);
-            count_recorded_ties(job, s->chunk_bits, s->threshold, s);
-          }
-        }
-        std::vector<std::vector<uint32_t>>().swap(s->chunk_bits);
-        std::vector<uint64_t>().swap(s->chunk_above);
-        std::vector<uint32_t>().swap(s->tile_in_bin);
+    bool overflow = states_[j - batch_begin_]->window_overflow.load();
+    s->windowed = false;
+    uint64_t above = 0, inside = 0;
+    for (uint64_t c : s->chunk_above) above += c;
+    for (const std::vector<uint32_t>& c : s->chunk_bits) inside += c.size();
+    if (!overflow && above <= s->rank && s->rank < above + inside) {
+      auto each = [&](auto&& visit) {
+        for (const std::vector<uint32_t>& c : s->chunk_bits)
+          for (uint32_t b : c) visit(b);
+      };
+      settle(each, s->w_lo, s->w_hi, above, s);
+      if (s->need_ties) {
+        s->tie_prefix.assign(job.n_elems / kTile + 1, 0);
+        count_recorded_ties(job, s->chunk_bits, s->threshold, s);
       }
     }
+    std::vector<std::vector<uint32_t>>().swap(s->chunk_bits);
+    std::vector<uint64_t>().swap(s->chunk_above);
+    std::vector<uint32_t>().swap(s->tile_in_bin);
   }
 
   static void pick_threshold(Selection* s) {
@@ -1020,26 +1056,28 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
         // kGramTiles tiles side by side, each input's zero-padded to whole tiles.
         size_t n = static_cast<size_t>(std::min<uint64_t>(kGroup, item.n_elems - g));
         uint64_t elem = item.first_elem + g;
+        // Vectors: inputs in order, the base (loaded first) skipped and subtracted from
+        // the others as they are read (fp32(x) - base: the delta kernel).
+        const float* b = job.base >= 0 ? buf.data() + job.base * kGroup : nullptr;
         guard_reads(plan, job.name, [&] {
-          for (size_t a = 0; a < n_in; ++a)
-            kernels.accumulate(job.inputs[a].dtype, input_ptr(plan, job.inputs[a], elem), 1.0f,
-                               buf.data() + a * kGroup, n, true);
+          if (b)
+            kernels.accumulate(job.inputs[job.base].dtype, input_ptr(plan, job.inputs[job.base], elem),
+                               1.0f, buf.data() + job.base * kGroup, n, true);
+          for (size_t a = 0; a < n_in; ++a) {
+            if (static_cast<int32_t>(a) == job.base) continue;
+            const uint8_t* src = input_ptr(plan, job.inputs[a], elem);
+            float* x = buf.data() + a * kGroup;
+            if (b) method_kernels.delta(job.inputs[a].dtype, src, b, x, n);
+            else kernels.accumulate(job.inputs[a].dtype, src, 1.0f, x, n, true);
+          }
         });
         // Short jobs (per-row statistics) fit one tile: summed directly below, no padding.
         bool one_tile = n <= kTile;
         for (size_t a = 0; a < n_in && !one_tile; ++a)
           std::fill(buf.begin() + a * kGroup + n, buf.begin() + (a + 1) * kGroup, 0.0f);
-        // Vectors: inputs in order, the base skipped and subtracted from the others.
         v.clear();
-        for (size_t a = 0; a < n_in; ++a) {
-          if (static_cast<int32_t>(a) == job.base) continue;
-          float* x = buf.data() + a * kGroup;
-          if (job.base >= 0) {
-            const float* b = buf.data() + job.base * kGroup;
-            for (size_t i = 0; i < n; ++i) x[i] = x[i] - b[i];
-          }
-          v.push_back(x);
-        }
+        for (size_t a = 0; a < n_in; ++a)
+          if (static_cast<int32_t>(a) != job.base) v.push_back(buf.data() + a * kGroup);
         if (one_tile) {
           gram_short(v.data(), m, n, sums.data());
           for (size_t p = 0; p < n_pairs; ++p) part[p * n_tiles + elem / kTile] = sums[p];
