@@ -95,19 +95,21 @@ size_t window_scan_avx2(const float* d, size_t n, uint32_t w_lo, uint32_t w_hi,
   const __m256i hi = _mm256_set1_epi32(static_cast<int>(w_hi));
   const __m256i lo_minus_1 = _mm256_set1_epi32(static_cast<int>(w_lo) - 1);  // w_lo 0: -1
   alignas(32) uint32_t bits[8];
-  uint64_t higher = 0;
+  __m256i higher = _mm256_setzero_si256();  // per lane, minus the count above (n < 2^31)
   size_t count = 0, i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256i b = abs_bits8(_mm256_loadu_ps(d + i));
     __m256i gt = _mm256_cmpgt_epi32(b, hi);
     __m256i ge_lo = _mm256_cmpgt_epi32(b, lo_minus_1);
-    higher += static_cast<uint64_t>(__builtin_popcount(_mm256_movemask_ps(_mm256_castsi256_ps(gt))));
+    higher = _mm256_add_epi32(higher, gt);
     int in = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(gt, ge_lo)));
     if (in == 0) continue;
     _mm256_store_si256(reinterpret_cast<__m256i*>(bits), b);
     for (; in != 0; in &= in - 1) found[count++] = bits[__builtin_ctz(in)];
   }
-  *above += higher;
+  alignas(32) int32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), higher);
+  for (int32_t lane : lanes) *above += static_cast<uint64_t>(-static_cast<int64_t>(lane));
   return count + scalar_method_kernels().window_scan(d + i, n - i, w_lo, w_hi, above,
                                                      found + count);
 }
@@ -276,14 +278,16 @@ void mix_avx2(const MixSpec& spec, const float* wd, size_t stride, size_t n_mode
         }
         positive = _mm256_castsi256_ps(_mm256_cmpgt_epi32(count, _mm256_set1_epi32(-1)));
       }
+      // Lanes that do not agree add +0 instead of being skipped: the same bits, since
+      // neither sum can be -0 (they start at +0, an exact zero sum is +0, and agreeing
+      // deltas are nonzero).
       __m256 weight = zero;
       for (size_t k = 0; k < n_models; ++k) {
         __m256 v = _mm256_loadu_ps(wd + k * stride + i);
         __m256 agree = _mm256_blendv_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ),
                                         _mm256_cmp_ps(v, zero, _CMP_GT_OQ), positive);
-        sum = _mm256_blendv_ps(sum, _mm256_add_ps(sum, v), agree);
-        weight = _mm256_blendv_ps(weight, _mm256_add_ps(weight, _mm256_set1_ps(spec.weights[k])),
-                                  agree);
+        sum = _mm256_add_ps(sum, _mm256_and_ps(v, agree));
+        weight = _mm256_add_ps(weight, _mm256_and_ps(_mm256_set1_ps(spec.weights[k]), agree));
       }
       divisor = _mm256_blendv_ps(weight, one, _mm256_cmp_ps(weight, zero, _CMP_EQ_OQ));
     }
