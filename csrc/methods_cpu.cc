@@ -157,7 +157,9 @@ std::vector<uint32_t> kth_largest(const Each& each, const std::vector<uint64_t>&
                                   uint32_t hi) {
   int shift = 0;
   while (((hi - lo) >> shift) >= (1u << 16)) ++shift;
-  std::vector<uint64_t> hist(((hi - lo) >> shift) + 1, 0);
+  // One histogram per thread, reused: fresh pages are slow to touch on some machines.
+  thread_local std::vector<uint64_t> hist;
+  hist.assign(((hi - lo) >> shift) + 1, 0);
   each([&](uint32_t v) { ++hist[(v - lo) >> shift]; });
   // Per k: its bin and the values above that bin.
   std::vector<size_t> bin_of(ks.size());
@@ -519,8 +521,14 @@ class TaskRunner {
       const TaskJob& job = jobs_[j];
       uint64_t n_tiles = (job.n_elems + kTile - 1) / kTile;
       uint64_t n_sampled = std::min(n_tiles, kSampleTiles);
-      for (ModelState& ms : st.models)
-        if (ms.selects()) ms.sample.assign(n_sampled * kTile, 0);
+      for (ModelState& ms : st.models) {
+        if (!ms.selects()) continue;
+        if (!spare_samples_.empty()) {  // reuse a finished sample's memory
+          ms.sample.swap(spare_samples_.back());
+          spare_samples_.pop_back();
+        }
+        ms.sample.assign(n_sampled * kTile, 0);
+      }
       for (uint64_t i = 0; i < n_sampled; ++i) {
         uint64_t t = i * n_tiles / n_sampled;
         items.push_back({static_cast<uint32_t>(j), t * kTile, std::min(kTile, job.n_elems - t * kTile)});
@@ -552,8 +560,11 @@ class TaskRunner {
         if (n_sampled == n_tiles) settle_from_sample(ms.sample, sel);
         else pick_window(ms.sample, job.n_elems, sel, &sel->expected);
       }
-      std::vector<uint32_t>().swap(ms.sample);
     });
+    for (auto& [j, ms] : sampled) {
+      spare_samples_.emplace_back();
+      spare_samples_.back().swap(ms->sample);
+    }
     uint64_t used = 0;
     for (const auto& [j, ms] : sampled) {
       const TaskJob& job = jobs_[j];
@@ -950,6 +961,8 @@ class TaskRunner {
   size_t batch_begin_ = 0;
   std::atomic<uint64_t> rng_draws_{0};
   uint64_t ranks_sampled_ = 0, ranks_histogrammed_ = 0;
+  // Memory of finished samples, handed to the next batch's (within its state share).
+  std::vector<std::vector<uint32_t>> spare_samples_;
 };
 
 }  // namespace
