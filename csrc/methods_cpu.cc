@@ -529,6 +529,11 @@ class TaskRunner {
         }
         ms.sample.assign(n_sampled * kTile, 0);
       }
+      if (n_sampled == n_tiles) {  // sampled whole: in chunks, as the other passes read
+        for (uint64_t f = 0; f < job.n_elems; f += chunk_elems_)
+          items.push_back({static_cast<uint32_t>(j), f, std::min(chunk_elems_, job.n_elems - f)});
+        continue;
+      }
       for (uint64_t i = 0; i < n_sampled; ++i) {
         uint64_t t = i * n_tiles / n_sampled;
         items.push_back({static_cast<uint32_t>(j), t * kTile, std::min(kTile, job.n_elems - t * kTile)});
@@ -724,9 +729,9 @@ class TaskRunner {
     JobState& st = *states_[item.job - batch_begin_];
     uint64_t n_tiles = (job.n_elems + kTile - 1) / kTile;
     uint64_t n_sampled = std::min(n_tiles, kSampleTiles);
-    // Tile t = floor(i * n_tiles / n_sampled) is sample slot i = ceil(t * n_sampled / n_tiles).
-    uint64_t slot = (item.first_elem / kTile * n_sampled + n_tiles - 1) / n_tiles;
     for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
+      // Tile t = floor(i * n_tiles / n_sampled) is slot i = ceil(t * n_sampled / n_tiles).
+      uint64_t slot = (elem / kTile * n_sampled + n_tiles - 1) / n_tiles;
       for (size_t k = 0; k < job.models.size(); ++k) {
         ModelState& ms = st.models[k];
         if (ms.sample.empty()) continue;
@@ -735,6 +740,7 @@ class TaskRunner {
         for (size_t i = 0; i < n; ++i) dst[i] = abs_bits(s->x[i]);
       }
     });
+    if (n_sampled == n_tiles) return;  // whole chunks: the pool releases their pages
     // The kernel maps the neighbours of every faulted page too (fault-around, 64 KiB):
     // unmap them now, or a batch's samples would hold hundreds of MiB of pages.
     for (const JobInput& in : inputs_[item.job]) {
