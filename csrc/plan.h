@@ -181,13 +181,18 @@ struct TaskModel {
   uint64_t rank_hi = 0;    // descending |delta| (ties by index) is in [lo, hi)
 };
 
-struct TaskJob {
+// What every job of a method over deltas from a base names first: its output tensor
+// (where its bytes go, in which dtype) and the base model's input.
+struct BaseJobHead {
   std::string name;
   uint64_t n_elems = 0;
   uint32_t sink = 0;
   uint64_t out_offset = 0;
   DType out_dtype = DType::kF32;
   JobInput base;
+};
+
+struct TaskJob : BaseJobHead {
   std::vector<TaskModel> models;
   Sparsify sparsify = Sparsify::kNone;
   Consensus consensus = Consensus::kNone;
@@ -242,13 +247,7 @@ struct DellaJob {
 
 // ---- SCE (method_sce.h) ----
 
-struct SceJob {
-  std::string name;
-  uint64_t n_elems = 0;
-  uint32_t sink = 0;
-  uint64_t out_offset = 0;
-  DType out_dtype = DType::kF32;
-  JobInput base;
+struct SceJob : BaseJobHead {
   std::vector<JobInput> models;
   double select_topk = 1.0;  // >= 1 selects every element, <= 0 none
 };

@@ -114,12 +114,9 @@ PlanResults run_jobs(const Plan& plan, KindSet kinds, const EngineOptions& optio
   resolve_threads(options.threads);  // a bad count is refused even with nothing to run
   validate_if_several(plan, kinds);
   PlanResults out;
-  if (kinds.has(JobKind::kGram) && !plan.grams.empty()) {
-    RunStats stats;
-    out.grams = run_gram_jobs(plan, plan.grams, options, progress, &stats);
-    out.ran_grams = true;
-    add_stats(&out.stats, stats);
-  }
+  run_selected_grams(plan, kinds, &out, [&](RunStats* stats) {
+    return run_gram_jobs(plan, plan.grams, options, progress, stats);
+  });
   if (kinds.has(JobKind::kDot) && !plan.dots.empty()) {
     DotOptions dot;
     dot.threads = options.threads;

@@ -42,6 +42,17 @@ const Plan& with_engine_jobs(const Plan& plan, KindSet kinds, Plan* storage);
 // summed; threads, chunk length and kernel those of the last runner that set them.
 void add_stats(RunStats* total, const RunStats& part);
 
+// Runs the plan's Gram jobs, when `kinds` selects them, with `run_grams` (RunStats*
+// -> one Gram matrix per job: the CPU's runner or the GPU's) into `out`.
+template <class RunGrams>
+void run_selected_grams(const Plan& plan, KindSet kinds, PlanResults* out, RunGrams&& run_grams) {
+  if (!kinds.has(JobKind::kGram) || plan.grams.empty()) return;
+  RunStats stats;
+  out->grams = run_grams(&stats);
+  out->ran_grams = true;
+  add_stats(&out->stats, stats);
+}
+
 // Runs the plan's jobs of the kinds in `kinds` on the CPU, in the order Gram, dot,
 // engine (sum/copy/max/nearswap), task, DELLA, SCE. Thread counts are checked even
 // when no job runs; the engine runs (and reports its options) whenever one of its

@@ -19,12 +19,9 @@ PlanResults run_jobs(const Plan& plan, KindSet kinds, const Options& options,
   }
   validate_if_several(plan, kinds);
   PlanResults out;
-  if (kinds.has(JobKind::kGram) && !plan.grams.empty()) {
-    RunStats stats;
-    out.grams = run_gram_jobs(plan, plan.grams, options, progress, &stats);
-    out.ran_grams = true;
-    add_stats(&out.stats, stats);
-  }
+  run_selected_grams(plan, kinds, &out, [&](RunStats* stats) {
+    return run_gram_jobs(plan, plan.grams, options, progress, stats);
+  });
   if (engine) {
     Plan engine_only;
     add_stats(&out.stats, run_plan(with_engine_jobs(plan, kinds, &engine_only), options, progress));
