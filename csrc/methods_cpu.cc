@@ -941,7 +941,8 @@ class TaskRunner {
         float* wd = s->wd.data() + k * kTile;
         load_delta(job, k, elem, n, s, wd);
         sparsify_tile(job, k, st.models[k], elem, n, wd, true);
-        method_kernels_.scale(wd, n, m.input.weight);
+        // x * 1 is x (a signalling NaN aside, which the mix quiets or drops anyway).
+        if (m.input.weight != 1.0f) method_kernels_.scale(wd, n, m.input.weight);
       }
       float* mixed = s->x.data();
       method_kernels_.mix(spec, s->wd.data(), kTile, n_models, s->base.data(), mixed, n);
