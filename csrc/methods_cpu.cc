@@ -508,6 +508,12 @@ class TaskRunner {
     }
   }
 
+  // A job's tiles and how many of them its sample reads (all, up to kSampleTiles).
+  static std::pair<uint64_t, uint64_t> sample_shape(const TaskJob& job) {
+    uint64_t n_tiles = (job.n_elems + kTile - 1) / kTile;
+    return {n_tiles, std::min(n_tiles, kSampleTiles)};
+  }
+
   // The sample of every selecting model of jobs [begin, end): the |delta| bits of
   // kSampleTiles tiles spread over the tensor (all of a smaller one); then each
   // selection's window [w_lo, w_hi] around the sample's guess of its threshold,
@@ -519,8 +525,7 @@ class TaskRunner {
       JobState& st = *states_[j - begin];
       if (!st.selects) continue;
       const TaskJob& job = jobs_[j];
-      uint64_t n_tiles = (job.n_elems + kTile - 1) / kTile;
-      uint64_t n_sampled = std::min(n_tiles, kSampleTiles);
+      const auto [n_tiles, n_sampled] = sample_shape(job);
       for (ModelState& ms : st.models) {
         if (!ms.selects()) continue;
         if (!spare_samples_.empty()) {  // reuse a finished sample's memory
@@ -540,12 +545,7 @@ class TaskRunner {
       }
     }
     if (items.empty()) return;
-    run_pass(items, &TaskRunner::sample_tile, false);
-    // A tile is rarely whole pages: drop every page the sample mapped (fault-around
-    // maps neighbours too) by releasing the sampled tensors' whole ranges.
-    for (size_t j = begin; j < end; ++j)
-      if (states_[j - begin]->selects)
-        for (const JobInput& in : inputs_[j]) touch_input(plan_, in, 0, jobs_[j].n_elems, false);
+    run_pass(items, &TaskRunner::sample_tile, false);  // it releases the pages it maps
     // Each sampled model's windows (or, sampled whole, its thresholds) on the
     // runner's threads; then, in order, which windows the candidate budget takes.
     std::vector<std::pair<size_t, ModelState*>> sampled;
@@ -555,8 +555,7 @@ class TaskRunner {
     in_parallel(sampled.size(), [&](size_t i) {
       const TaskJob& job = jobs_[sampled[i].first];
       ModelState& ms = *sampled[i].second;
-      uint64_t n_tiles = (job.n_elems + kTile - 1) / kTile;
-      uint64_t n_sampled = std::min(n_tiles, kSampleTiles);
+      const auto [n_tiles, n_sampled] = sample_shape(job);
       // The last tile may be short: drop its unused slots.
       uint64_t last = (n_sampled - 1) * n_tiles / n_sampled;
       ms.sample.resize((n_sampled - 1) * kTile + std::min(kTile, job.n_elems - last * kTile));
@@ -727,8 +726,8 @@ class TaskRunner {
   void sample_tile(const Item& item, TaskScratch* s) {
     const TaskJob& job = jobs_[item.job];
     JobState& st = *states_[item.job - batch_begin_];
-    uint64_t n_tiles = (job.n_elems + kTile - 1) / kTile;
-    uint64_t n_sampled = std::min(n_tiles, kSampleTiles);
+    // Plain names, not bindings: the tile loop's lambda captures them.
+    const uint64_t n_tiles = sample_shape(job).first, n_sampled = sample_shape(job).second;
     for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
       // Tile t = floor(i * n_tiles / n_sampled) is slot i = ceil(t * n_sampled / n_tiles).
       uint64_t slot = (elem / kTile * n_sampled + n_tiles - 1) / n_tiles;
