@@ -26,6 +26,10 @@ RunStats run_task_jobs(const Plan& plan, const std::vector<TaskJob>& jobs,
 // output) before anything runs; every backend's task runner calls it.
 void validate_task_job(const Plan& plan, const TaskJob& job);
 
+// Checks a Gram job: its inputs, and a base index inside them (or -1); every
+// backend's Gram runner calls it.
+void validate_gram_job(const Plan& plan, const GramJob& job);
+
 // Whether the job keeps deltas by magnitude rank (TIES, breadcrumbs): it needs the
 // per-model rank thresholds of the statistics passes.
 inline bool selects_by_rank(const TaskJob& job) {

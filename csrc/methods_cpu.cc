@@ -1002,6 +1002,12 @@ void validate_task_job(const Plan& plan, const TaskJob& job) {
   validate_output(plan, job.name, job.sink, job.out_offset, job.out_dtype, job.n_elems, true);
 }
 
+void validate_gram_job(const Plan& plan, const GramJob& job) {
+  LADLE_CHECK(job.base < static_cast<int32_t>(job.inputs.size()), ErrorKind::kValue,
+              "tensor '%s': base index %d out of range", job.name.c_str(), job.base);
+  for (const JobInput& in : job.inputs) validate_input(plan, job.name, in, job.n_elems, true);
+}
+
 RunStats run_task_jobs(const Plan& plan, const std::vector<TaskJob>& jobs,
                        const EngineOptions& options, const ProgressFn& progress) {
   for (const TaskJob& job : jobs) validate_task_job(plan, job);
@@ -1020,11 +1026,9 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
   uint64_t per_elem = 1, total = 0;
   for (size_t j = 0; j < jobs.size(); ++j) {
     const GramJob& job = jobs[j];
-    LADLE_CHECK(job.base < static_cast<int32_t>(job.inputs.size()), ErrorKind::kValue,
-                "tensor '%s': base index %d out of range", job.name.c_str(), job.base);
+    validate_gram_job(plan, job);
     uint64_t bytes = 0;
     for (const JobInput& in : job.inputs) {
-      validate_input(plan, job.name, in, job.n_elems, true);
       bytes += 2 * item_n_bytes(in.dtype);
       total += job.n_elems * item_n_bytes(in.dtype);
     }

@@ -512,13 +512,9 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
   uint64_t per_elem = 1, total = 0, max_pairs = 1;
   uint32_t max_inputs = 1;
   for (const GramJob& job : jobs) {
-    LADLE_CHECK(job.base < static_cast<int32_t>(job.inputs.size()), ErrorKind::kValue,
-                "tensor '%s': base index %d out of range", job.name.c_str(), job.base);
+    validate_gram_job(plan, job);
     uint64_t bytes = 0;
-    for (const JobInput& in : job.inputs) {
-      validate_input(plan, job.name, in, job.n_elems, true);
-      bytes += item_n_bytes(in.dtype);
-    }
+    for (const JobInput& in : job.inputs) bytes += item_n_bytes(in.dtype);
     per_elem = std::max(per_elem, bytes);
     total += read_n_bytes(job.inputs, job.n_elems);
     uint64_t m = job.inputs.size() - (job.base >= 0 ? 1 : 0);

@@ -46,12 +46,6 @@ void clear_jobs(Plan* plan, KindSet kinds) {
              jobs.end());
 }
 
-void validate_gram_job(const Plan& plan, const GramJob& job) {
-  LADLE_CHECK(job.base < static_cast<int32_t>(job.inputs.size()), ErrorKind::kValue,
-              "tensor '%s': base index %d out of range", job.name.c_str(), job.base);
-  for (const JobInput& in : job.inputs) validate_input(plan, job.name, in, job.n_elems, true);
-}
-
 void validate_jobs(const Plan& plan, KindSet kinds) {
   Plan engine_only;
   if (any_engine_kind(kinds)) validate_plan(with_engine_jobs(plan, kinds, &engine_only));

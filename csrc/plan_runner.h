@@ -22,9 +22,6 @@ struct PlanResults {
   std::vector<std::vector<double>> dots;
 };
 
-// Checks a Gram job: its inputs, and a base index inside them (or -1).
-void validate_gram_job(const Plan& plan, const GramJob& job);
-
 // Checks every job of the kinds in `kinds` against the plan's sources and sinks
 // (each kind's own validator); raises ladle::Error naming the tensor.
 void validate_jobs(const Plan& plan, KindSet kinds);
