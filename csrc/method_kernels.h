@@ -59,6 +59,40 @@ struct MixSpec {
   const float* weights = nullptr;  // w_k, one per model
 };
 
+// Entries past n that window_scan may write in `found`.
+constexpr size_t kWindowSlack = 8;
+
+// How the fused task program sparsifies one model's deltas (TaskTile).
+enum class TileSparsify : uint8_t {
+  kNone,    // every delta kept
+  kRank,    // sparsify_rank with the model's lo/hi cursors
+  kRandom,  // sparsify_random: DARE's draws (nothing recorded)
+  kKept,    // sparsify_kept: DARE's decisions recorded by the norm pass
+};
+
+// One model of a fused task tile.
+struct TileModel {
+  DType dtype = DType::kF32;
+  const void* src = nullptr;       // the tile's first element
+  RankWindowBound lo, hi;          // kRank: cursors at the tile's start (advanced)
+  uint64_t stream = 0;             // kRandom
+  const uint64_t* keep = nullptr;  // kKept: the word of the tile's first element
+  float density = 1.0f;            // kRandom, kKept
+  bool by_density = false;         // kRandom, kKept: kept deltas divided by density
+  bool scaled = false;             // Rescale::kL1: kept deltas times `scale`
+  float scale = 1.0f;
+  float weight = 1.0f;             // then times the weight (skipped when exactly 1)
+};
+
+struct TaskTile {
+  TileSparsify sparsify = TileSparsify::kNone;
+  uint64_t elem = 0;  // the tile's first element in its tensor (DARE's counters)
+  TileModel* models = nullptr;
+  size_t n_models = 0;
+  MixSpec mix;
+  float* wd = nullptr;  // scratch of n_models * kMethodTileElems floats
+};
+
 struct MethodKernels {
   const char* name;
   // d[i] = fp32(x[i]) - base[i]
@@ -72,11 +106,13 @@ struct MethodKernels {
                          uint16_t* found);
   // Elements whose abs_bits equal `bits`.
   uint64_t (*count_equal)(const float* d, size_t n, uint32_t bits);
-  // Rank selection's window (w_lo <= w_hi <= 0x7FFFFFFF): adds to *above the number
-  // of elements with abs_bits > w_hi, appends the abs_bits of those inside
-  // [w_lo, w_hi] to `found` in index order and returns how many there were.
-  size_t (*window_scan)(const float* d, size_t n, uint32_t w_lo, uint32_t w_hi,
-                        uint64_t* above, uint32_t* found);
+  // Rank selection's window (w_lo <= w_hi <= 0x7FFFFFFF) over the deltas
+  // d[i] = fp32(src[i]) - base[i] (as `delta` computes them, never stored): adds to
+  // *above the number of elements with abs_bits(d) > w_hi, appends the abs_bits of
+  // those inside [w_lo, w_hi] to `found` in index order and returns how many there
+  // were. `found` has room for n + kWindowSlack entries (vector stores run past).
+  size_t (*window_scan)(DType dtype, const void* src, const float* base, size_t n,
+                        uint32_t w_lo, uint32_t w_hi, uint64_t* above, uint32_t* found);
   // DARE: keep d[i] when float(u24(stream, elem + i)) * 2^-24 < density (then d/density
   // when by_density), else +0. When `keep` is not null the decisions are also recorded
   // there (bit i % 64 of keep[i / 64] set for a kept element; the caller zeroes the
@@ -105,6 +141,10 @@ struct MethodKernels {
   // (row-major upper triangle, pair p) sums[p * kGramTiles + t] = sum over the
   // tile's elements in index order of double(v[a]) * double(v[b]), from +0.
   void (*gram)(const float* const* v, size_t m, double* sums);
+  // The task program of one tile (tile.n_models models, n <= kMethodTileElems), exactly
+  // as task_tile_composed computes it: for each model, delta, its sparsification,
+  // the L1 rescale and the weight; then mix into out (fp32).
+  void (*task_tile)(TaskTile& tile, const float* base, float* out, size_t n);
 };
 
 // The Gram sums of one short run (n <= kMethodTileElems, e.g. a filter_wise row): for
@@ -114,6 +154,11 @@ struct MethodKernels {
 // advance together, element by element, so the adder is not idle waiting on one
 // chain. Scalar: exact for every m, and short rows are too short for vector set-up.
 void gram_short(const float* const* v, size_t m, size_t n, double* sums);
+
+// The task program of one tile written as the per-step kernels of `k` in order, the
+// models' weighted deltas staged in tile.wd: the reference of every task_tile.
+void task_tile_composed(const MethodKernels& k, TaskTile& tile, const float* base, float* out,
+                        size_t n);
 
 const MethodKernels& scalar_method_kernels();
 // Defined only when the AVX2 translation unit is compiled in.

@@ -3,37 +3,18 @@
 // reference: lanes hold independent elements (the Gram kernel: independent tiles), each
 // gets the reference's operations in the reference's order, no FMA; tails and the rare
 // order-dependent lanes (ties at a rank threshold) go through the scalar code.
-#include <immintrin.h>
-
-#include "method_kernels.h"
+#include "avx2_lanes.h"
 
 namespace ladle {
 namespace {
 
+using avx2::abs_bits8;
+using avx2::load8;
+
 constexpr size_t kTile = kMethodTileElems;
 
-inline __m256 load8(DType dtype, const void* src, size_t i) {
-  switch (dtype) {
-    case DType::kBF16: {
-      __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(
-          static_cast<const uint16_t*>(src) + i));
-      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    }
-    case DType::kF16:
-      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(
-          static_cast<const uint16_t*>(src) + i)));
-    default:
-      return _mm256_loadu_ps(static_cast<const float*>(src) + i);
-  }
-}
-
-inline __m256i abs_bits8(__m256 v) {
-  return _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7FFFFFFF));
-}
-
 void delta_avx2(DType dtype, const void* src, const float* base, float* d, size_t n) {
-  if (dtype != DType::kF32 && dtype != DType::kBF16 && dtype != DType::kF16)
-    return scalar_method_kernels().delta(dtype, src, base, d, n);
+  if (!avx2::loads8(dtype)) return scalar_method_kernels().delta(dtype, src, base, d, n);
   size_t i = 0;
   for (; i + 8 <= n; i += 8)
     _mm256_storeu_ps(d + i, _mm256_sub_ps(load8(dtype, src, i), _mm256_loadu_ps(base + i)));
@@ -89,45 +70,31 @@ uint64_t count_equal_avx2(const float* d, size_t n, uint32_t bits) {
   return count + scalar_method_kernels().count_equal(d + i, n - i, bits);
 }
 
-size_t window_scan_avx2(const float* d, size_t n, uint32_t w_lo, uint32_t w_hi,
-                        uint64_t* above, uint32_t* found) {
+size_t window_scan_avx2(DType dtype, const void* src, const float* base, size_t n,
+                        uint32_t w_lo, uint32_t w_hi, uint64_t* above, uint32_t* found) {
+  if (!avx2::loads8(dtype))
+    return scalar_method_kernels().window_scan(dtype, src, base, n, w_lo, w_hi, above, found);
   // abs_bits <= 0x7FFFFFFF: signed compares order them as unsigned ones would.
   const __m256i hi = _mm256_set1_epi32(static_cast<int>(w_hi));
   const __m256i lo_minus_1 = _mm256_set1_epi32(static_cast<int>(w_lo) - 1);  // w_lo 0: -1
-  alignas(32) uint32_t bits[8];
   __m256i higher = _mm256_setzero_si256();  // per lane, minus the count above (n < 2^31)
   size_t count = 0, i = 0;
   for (; i + 8 <= n; i += 8) {
-    __m256i b = abs_bits8(_mm256_loadu_ps(d + i));
+    __m256i b = abs_bits8(_mm256_sub_ps(load8(dtype, src, i), _mm256_loadu_ps(base + i)));
     __m256i gt = _mm256_cmpgt_epi32(b, hi);
     __m256i ge_lo = _mm256_cmpgt_epi32(b, lo_minus_1);
     higher = _mm256_add_epi32(higher, gt);
-    int in = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(gt, ge_lo)));
-    if (in == 0) continue;
-    _mm256_store_si256(reinterpret_cast<__m256i*>(bits), b);
-    for (; in != 0; in &= in - 1) found[count++] = bits[__builtin_ctz(in)];
+    // Branch-free: a window holds a few percent of the elements, spread at random.
+    count += avx2::compress_store8(found + count, b,
+                                   _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(gt, ge_lo))));
   }
   alignas(32) int32_t lanes[8];
   _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), higher);
   for (int32_t lane : lanes) *above += static_cast<uint64_t>(-static_cast<int64_t>(lane));
-  return count + scalar_method_kernels().window_scan(d + i, n - i, w_lo, w_hi, above,
+  size_t item = static_cast<size_t>(dtype_bits(dtype) / 8);
+  return count + scalar_method_kernels().window_scan(dtype, static_cast<const uint8_t*>(src) + i * item,
+                                                     base + i, n - i, w_lo, w_hi, above,
                                                      found + count);
-}
-
-// Low 64 bits of a * b per 64-bit lane (AVX2 has only 32x32->64 multiplies).
-inline __m256i mul64(__m256i a, __m256i b) {
-  __m256i lo = _mm256_mul_epu32(a, b);
-  __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(a, _mm256_srli_epi64(b, 32)),
-                                   _mm256_mul_epu32(_mm256_srli_epi64(a, 32), b));
-  return _mm256_add_epi64(lo, _mm256_slli_epi64(cross, 32));
-}
-
-inline __m256i mix64x4(__m256i z) {
-  z = mul64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 30)),
-            _mm256_set1_epi64x(static_cast<long long>(0xBF58476D1CE4E5B9ull)));
-  z = mul64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 27)),
-            _mm256_set1_epi64x(static_cast<long long>(0x94D049BB133111EBull)));
-  return _mm256_xor_si256(z, _mm256_srli_epi64(z, 31));
 }
 
 void sparsify_random_avx2(float* d, size_t n, uint64_t stream, uint64_t elem, float density,
@@ -140,15 +107,10 @@ void sparsify_random_avx2(float* d, size_t n, uint64_t stream, uint64_t elem, fl
                                  static_cast<long long>(first));
   __m256i hi = _mm256_add_epi64(lo, _mm256_set1_epi64x(static_cast<long long>(4 * kGolden)));
   const __m256i step = _mm256_set1_epi64x(static_cast<long long>(8 * kGolden));
-  const __m256i evens = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
   const __m256 dens = _mm256_set1_ps(density);
-  const __m256 unit = _mm256_set1_ps(0x1p-24f);
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    __m256i ulo = _mm256_permutevar8x32_epi32(_mm256_srli_epi64(mix64x4(lo), 40), evens);
-    __m256i uhi = _mm256_permutevar8x32_epi32(_mm256_srli_epi64(mix64x4(hi), 40), evens);
-    __m256 u = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(ulo, uhi, 0x20));
-    __m256 kept = _mm256_cmp_ps(_mm256_mul_ps(u, unit), dens, _CMP_LT_OQ);
+    __m256 kept = avx2::dare_kept8(lo, hi, dens);
     __m256 v = _mm256_loadu_ps(d + i);
     if (by_density) v = _mm256_div_ps(v, dens);
     _mm256_storeu_ps(d + i, _mm256_and_ps(kept, v));
@@ -166,13 +128,10 @@ void sparsify_random_avx2(float* d, size_t n, uint64_t stream, uint64_t elem, fl
 
 void sparsify_kept_avx2(float* d, size_t n, const uint64_t* keep, float density,
                         bool by_density) {
-  const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
   const __m256 dens = _mm256_set1_ps(density);
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    int bits = static_cast<int>((keep[i / 64] >> (i % 64)) & 0xFF);
-    __m256i set = _mm256_and_si256(_mm256_set1_epi32(bits), lane_bit);
-    __m256 kept = _mm256_castsi256_ps(_mm256_cmpeq_epi32(set, lane_bit));
+    __m256 kept = avx2::kept_lanes8(static_cast<int>((keep[i / 64] >> (i % 64)) & 0xFF));
     __m256 v = _mm256_loadu_ps(d + i);
     if (by_density) v = _mm256_div_ps(v, dens);
     _mm256_storeu_ps(d + i, _mm256_and_ps(kept, v));
@@ -183,27 +142,13 @@ void sparsify_kept_avx2(float* d, size_t n, const uint64_t* keep, float density,
   }
 }
 
-// Lanes of `bits` below the bound, ties resolved lane by lane in index order.
-inline __m256i below8(RankWindowBound* b, __m256i bits) {
-  if (b->all) return _mm256_set1_epi32(-1);
-  if (b->none) return _mm256_setzero_si256();
-  const __m256i t = _mm256_set1_epi32(static_cast<int>(b->threshold));
-  __m256i gt = _mm256_cmpgt_epi32(bits, t);  // both <= 0x7FFFFFFF: signed compare is exact
-  int eq = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(bits, t)));
-  if (eq == 0) return gt;
-  alignas(32) int32_t tie[8] = {0};
-  for (int j = 0; j < 8; ++j)
-    if (eq >> j & 1) tie[j] = b->ties_seen++ < b->ties_keep ? -1 : 0;
-  return _mm256_or_si256(gt, _mm256_load_si256(reinterpret_cast<const __m256i*>(tie)));
-}
-
 void sparsify_rank_avx2(float* d, size_t n, RankWindowBound* lo, RankWindowBound* hi) {
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256 v = _mm256_loadu_ps(d + i);
     __m256i bits = abs_bits8(v);
-    __m256i below_lo = below8(lo, bits);
-    __m256i below_hi = below8(hi, bits);
+    __m256i below_lo = avx2::below8(lo, bits);
+    __m256i below_hi = avx2::below8(hi, bits);
     __m256 keep = _mm256_castsi256_ps(_mm256_andnot_si256(below_lo, below_hi));
     _mm256_storeu_ps(d + i, _mm256_and_ps(keep, v));
   }
@@ -254,46 +199,13 @@ void l1_pair_avx2(const float* a, const float* b, double* sums_a, double* sums_b
 
 void mix_avx2(const MixSpec& spec, const float* wd, size_t stride, size_t n_models,
               const float* base, float* out, size_t n) {
-  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
-  const __m256 lambda = _mm256_set1_ps(spec.lambda);
+  if (n_models > avx2::kFusedModels)
+    return scalar_method_kernels().mix(spec, wd, stride, n_models, base, out, n);
+  __m256 v[avx2::kFusedModels];
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    __m256 sum = zero, divisor = _mm256_set1_ps(spec.plain_divisor);
-    if (spec.consensus == MixConsensus::kNone) {
-      for (size_t k = 0; k < n_models; ++k)
-        sum = _mm256_add_ps(sum, _mm256_loadu_ps(wd + k * stride + i));
-    } else {
-      __m256 positive;  // majority +1 lanes
-      if (spec.consensus == MixConsensus::kSum) {
-        __m256 total = zero;
-        for (size_t k = 0; k < n_models; ++k)
-          total = _mm256_add_ps(total, _mm256_loadu_ps(wd + k * stride + i));
-        positive = _mm256_cmp_ps(total, zero, _CMP_GE_OQ);
-      } else {
-        __m256i count = _mm256_setzero_si256();
-        for (size_t k = 0; k < n_models; ++k) {
-          __m256 v = _mm256_loadu_ps(wd + k * stride + i);
-          count = _mm256_sub_epi32(count, _mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_GT_OQ)));
-          count = _mm256_add_epi32(count, _mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_LT_OQ)));
-        }
-        positive = _mm256_castsi256_ps(_mm256_cmpgt_epi32(count, _mm256_set1_epi32(-1)));
-      }
-      // Lanes that do not agree add +0 instead of being skipped: the same bits, since
-      // neither sum can be -0 (they start at +0, an exact zero sum is +0, and agreeing
-      // deltas are nonzero).
-      __m256 weight = zero;
-      for (size_t k = 0; k < n_models; ++k) {
-        __m256 v = _mm256_loadu_ps(wd + k * stride + i);
-        __m256 agree = _mm256_blendv_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ),
-                                        _mm256_cmp_ps(v, zero, _CMP_GT_OQ), positive);
-        sum = _mm256_add_ps(sum, _mm256_and_ps(v, agree));
-        weight = _mm256_add_ps(weight, _mm256_and_ps(_mm256_set1_ps(spec.weights[k]), agree));
-      }
-      divisor = _mm256_blendv_ps(weight, one, _mm256_cmp_ps(weight, zero, _CMP_EQ_OQ));
-    }
-    if (spec.normalize) sum = _mm256_div_ps(sum, divisor);
-    if (spec.lambda != 1.0f) sum = _mm256_mul_ps(sum, lambda);
-    _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_loadu_ps(base + i), sum));
+    for (size_t k = 0; k < n_models; ++k) v[k] = _mm256_loadu_ps(wd + k * stride + i);
+    _mm256_storeu_ps(out + i, avx2::mix8(spec, v, n_models, _mm256_loadu_ps(base + i)));
   }
   scalar_method_kernels().mix(spec, wd + i, stride, n_models, base + i, out + i, n - i);
 }
@@ -328,7 +240,8 @@ const MethodKernels kAvx2{"avx2",             delta_avx2,          histogram_hi_
                           histogram_lo_avx2,  count_equal_avx2,    window_scan_avx2,
                           sparsify_random_avx2,
                           sparsify_kept_avx2, sparsify_rank_avx2,  scale_avx2,
-                          l1_pair_avx2,       mix_avx2,            gram_avx2};
+                          l1_pair_avx2,       mix_avx2,            gram_avx2,
+                          task_tile_avx2};
 
 }  // namespace
 

@@ -1,5 +1,6 @@
 // Scalar reference of method_kernels.h (the contract of docs/methods.md written out
 // element by element) and the run-time choice between it and the AVX2 set.
+#include <algorithm>
 #include <cmath>
 
 #include "method_kernels.h"
@@ -35,14 +36,20 @@ uint64_t count_equal_scalar(const float* d, size_t n, uint32_t bits) {
   return count;
 }
 
-size_t window_scan_scalar(const float* d, size_t n, uint32_t w_lo, uint32_t w_hi,
-                          uint64_t* above, uint32_t* found) {
+size_t window_scan_scalar(DType dtype, const void* src, const float* base, size_t n,
+                          uint32_t w_lo, uint32_t w_hi, uint64_t* above, uint32_t* found) {
   size_t count = 0;
   uint64_t higher = 0;
-  for (size_t i = 0; i < n; ++i) {
-    uint32_t bits = abs_bits(d[i]);
-    higher += bits > w_hi;
-    if (bits >= w_lo && bits <= w_hi) found[count++] = bits;
+  float d[256];  // the deltas of a run of elements, as delta_scalar computes them
+  size_t item = static_cast<size_t>(dtype_bits(dtype) / 8);
+  for (size_t first = 0; first < n; first += 256) {
+    size_t m = std::min<size_t>(256, n - first);
+    delta_scalar(dtype, static_cast<const uint8_t*>(src) + first * item, base + first, d, m);
+    for (size_t i = 0; i < m; ++i) {
+      uint32_t bits = abs_bits(d[i]);
+      higher += bits > w_hi;
+      if (bits >= w_lo && bits <= w_hi) found[count++] = bits;
+    }
   }
   *above += higher;
   return count;
@@ -142,13 +149,45 @@ void gram_scalar(const float* const* v, size_t m, double* sums) {
   }
 }
 
+void task_tile_scalar(TaskTile& tile, const float* base, float* out, size_t n) {
+  task_tile_composed(scalar_method_kernels(), tile, base, out, n);
+}
+
 const MethodKernels kScalar{"scalar",           delta_scalar,           histogram_hi_scalar,
                             histogram_lo_scalar,  count_equal_scalar,     window_scan_scalar,
                             sparsify_random_scalar,
                             sparsify_kept_scalar, sparsify_rank_scalar,   scale_scalar,
-                            l1_pair_scalar,       mix_scalar,             gram_scalar};
+                            l1_pair_scalar,       mix_scalar,             gram_scalar,
+                            task_tile_scalar};
 
 }  // namespace
+
+void task_tile_composed(const MethodKernels& k, TaskTile& tile, const float* base, float* out,
+                        size_t n) {
+  for (size_t m = 0; m < tile.n_models; ++m) {
+    TileModel& model = tile.models[m];
+    float* d = tile.wd + m * kMethodTileElems;
+    k.delta(model.dtype, model.src, base, d, n);
+    switch (tile.sparsify) {
+      case TileSparsify::kNone:
+        break;
+      case TileSparsify::kRank:
+        k.sparsify_rank(d, n, &model.lo, &model.hi);
+        break;
+      case TileSparsify::kRandom:
+        k.sparsify_random(d, n, model.stream, tile.elem, model.density, model.by_density,
+                          nullptr);
+        break;
+      case TileSparsify::kKept:
+        k.sparsify_kept(d, n, model.keep, model.density, model.by_density);
+        break;
+    }
+    if (model.scaled) k.scale(d, n, model.scale);
+    // x * 1 is x (a signalling NaN aside, which the mix quiets or drops anyway).
+    if (model.weight != 1.0f) k.scale(d, n, model.weight);
+  }
+  k.mix(tile.mix, tile.wd, kMethodTileElems, tile.n_models, base, out, n);
+}
 
 const MethodKernels& scalar_method_kernels() { return kScalar; }
 

@@ -144,7 +144,8 @@ struct TaskScratch {
   std::vector<float> kept;          // the norm pass: x sparsified
   std::vector<uint32_t> hist;      // pass 1: n_models * kHiHistCopies * kHiBins; pass 2: 2 * n_models * kLoBins
   std::vector<uint16_t> found;     // pass 2: one tile's candidates
-  std::vector<uint32_t> in_window; // window pass: one tile's candidates
+  std::vector<uint32_t> in_window; // window pass: one tile's candidates (+ kWindowSlack)
+  std::vector<TileModel> tile_models;  // the apply pass's models of one tile
   std::vector<uint8_t> out;
 };
 
@@ -233,7 +234,8 @@ class TaskRunner {
       s.kept.resize(kGroupElems);
       s.wd.resize(kTile * max_models);
       s.found.resize(kTile);
-      s.in_window.resize(kTile);
+      s.in_window.resize(kTile + kWindowSlack);
+      s.tile_models.resize(max_models);
     }
     // Batches of consecutive jobs whose selection state fits state_limit().
     size_t begin = 0;
@@ -760,12 +762,16 @@ class TaskRunner {
       for (size_t k = 0; k < job.models.size(); ++k) {
         ModelState& ms = st.models[k];
         if (!ms.lo.windowed && !ms.hi.windowed) continue;
-        load_delta(job, k, elem, n, s);
+        const JobInput& in = job.models[k].input;
         for (Selection* sel : {&ms.lo, &ms.hi}) {
           if (!sel->windowed) continue;
           uint64_t above = 0;
-          size_t count = method_kernels_.window_scan(s->x.data(), n, sel->w_lo, sel->w_hi,
-                                                     &above, s->in_window.data());
+          size_t count = 0;
+          guard_reads(plan_, job.name, [&] {
+            count = method_kernels_.window_scan(in.dtype, input_ptr(plan_, in, elem),
+                                                s->base.data(), n, sel->w_lo, sel->w_hi, &above,
+                                                s->in_window.data());
+          });
           sel->chunk_above[chunk] += above;  // each chunk and tile is written by one thread
           if (st.window_overflow.load(std::memory_order_relaxed)) continue;
           if (st.window_recorded.fetch_add(count) + count > st.window_max) {
@@ -922,35 +928,71 @@ class TaskRunner {
     // Unmasked divisor: the weights summed in model order (fp32).
     float weight_sum = 0.0f;
     for (const TaskModel& m : job.models) weight_sum = weight_sum + m.input.weight;
-    MixSpec spec;
-    spec.consensus = job.consensus == Consensus::kSum     ? MixConsensus::kSum
-                     : job.consensus == Consensus::kCount ? MixConsensus::kCount
-                                                          : MixConsensus::kNone;
-    spec.normalize = job.normalize;
-    spec.lambda = job.lambda;
-    spec.plain_divisor = std::fabs(weight_sum) < 1e-8f ? 1.0f : weight_sum;
     std::vector<float> weights;
     for (const TaskModel& m : job.models) weights.push_back(m.input.weight);
-    spec.weights = weights.data();
+    TaskTile tile;
+    tile.mix.consensus = job.consensus == Consensus::kSum     ? MixConsensus::kSum
+                         : job.consensus == Consensus::kCount ? MixConsensus::kCount
+                                                              : MixConsensus::kNone;
+    tile.mix.normalize = job.normalize;
+    tile.mix.lambda = job.lambda;
+    tile.mix.plain_divisor = std::fabs(weight_sum) < 1e-8f ? 1.0f : weight_sum;
+    tile.mix.weights = weights.data();
+    tile.models = s->tile_models.data();
+    tile.n_models = n_models;
+    tile.wd = s->wd.data();
+    tile.sparsify = tile_sparsify(job, st);
+    for (size_t k = 0; k < n_models; ++k) {
+      const TaskModel& m = job.models[k];
+      const ModelState& ms = st.models[k];
+      TileModel& tm = tile.models[k];
+      tm = TileModel();
+      tm.dtype = m.input.dtype;
+      tm.stream = dare_stream(job.seed, job.tensor_key, static_cast<uint32_t>(k));
+      tm.density = m.density;
+      tm.by_density = job.rescale == Rescale::kDensity;
+      tm.scaled = ms.scaled;
+      tm.scale = ms.scale;
+      tm.weight = m.input.weight;
+    }
     for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
       if (options_.check_finite) check_finite_input(plan_, job.name, job.base, elem, n);
+      tile.elem = elem;
       for (size_t k = 0; k < n_models; ++k) {
-        const TaskModel& m = job.models[k];
-        if (options_.check_finite) check_finite_input(plan_, job.name, m.input, elem, n);
-        float* wd = s->wd.data() + k * kTile;
-        load_delta(job, k, elem, n, s, wd);
-        sparsify_tile(job, k, st.models[k], elem, n, wd, true);
-        // x * 1 is x (a signalling NaN aside, which the mix quiets or drops anyway).
-        if (m.input.weight != 1.0f) method_kernels_.scale(wd, n, m.input.weight);
+        const JobInput& in = job.models[k].input;
+        if (options_.check_finite) check_finite_input(plan_, job.name, in, elem, n);
+        TileModel& tm = tile.models[k];
+        const ModelState& ms = st.models[k];
+        tm.src = input_ptr(plan_, in, elem);
+        if (tile.sparsify == TileSparsify::kRank) {
+          tm.lo = bound_at(ms.lo, elem / kTile);
+          tm.hi = bound_at(ms.hi, elem / kTile);
+        }
+        if (tile.sparsify == TileSparsify::kKept) tm.keep = ms.keep.data() + elem / 64;  // tiles: whole words
       }
       float* mixed = s->x.data();
-      method_kernels_.mix(spec, s->wd.data(), kTile, n_models, s->base.data(), mixed, n);
+      guard_reads(plan_, job.name, [&] { method_kernels_.task_tile(tile, s->base.data(), mixed, n); });
+      if (tile.sparsify == TileSparsify::kRandom) rng_draws_.fetch_add(n * n_models, std::memory_order_relaxed);
       uint8_t* dst = out + (elem - item.first_elem) * out_size;
       kernels_.store(job.out_dtype, mixed, 1.0f, dst, n);
       if (options_.check_finite)
         check_finite_output(sink, job.name, job.out_dtype, dst, n, elem);
     });
     span.commit();
+  }
+
+  // How the apply pass sparsifies job's deltas: DARE reads the norm pass's recorded
+  // decisions when it kept them (every model of a job records, or none).
+  static TileSparsify tile_sparsify(const TaskJob& job, const JobState& st) {
+    switch (job.sparsify) {
+      case Sparsify::kNone:
+        return TileSparsify::kNone;
+      case Sparsify::kRandom:
+        return !st.models.empty() && !st.models[0].keep.empty() ? TileSparsify::kKept
+                                                                 : TileSparsify::kRandom;
+      default:
+        return TileSparsify::kRank;
+    }
   }
 
   const Plan& plan_;

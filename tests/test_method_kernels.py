@@ -204,3 +204,37 @@ def test_dare_l1_draws_each_decision_once(densities):
         for threads, chunk in ((1, 2048), (2, 2048), (2, 0)):
             assert _dare_l1(kernel, threads, chunk, 256 << 20, densities) == (want, 3 * n)
         assert _dare_l1(kernel, 2, 2048, 64, densities) == (want, 6 * n)
+
+
+def _mixed_dtype_models(tmp_path, n: int = 600_001):
+    """A BF16 base and F16 / BF16 / F32 models of one tensor of more than 256 tiles
+    (the window pass runs) with an odd length (vector tails), coarse values (ties at
+    the thresholds) and a few NaN/Inf."""
+    rng = np.random.default_rng(12)
+    base = (np.round(rng.standard_normal(n) * 16) / 16).astype(F32)
+
+    def raw(x, dtype):
+        if dtype == "F32":
+            return x.astype(F32).tobytes()
+        if dtype == "F16":
+            return x.astype(np.float16).tobytes()
+        return (x.astype(F32).view(np.uint32) >> np.uint32(16)).astype(np.uint16).tobytes()
+
+    paths = [write_raw(tmp_path / "b.safetensors", {"w": ("BF16", [n], raw(base, "BF16"))})]
+    for k, dtype in enumerate(("F16", "BF16", "F32")):
+        x = base + (np.round(rng.standard_normal(n) * 8) / 8).astype(F32)
+        x[rng.choice(n, size=5, replace=False)] = rng.choice(SPECIALS[:3], size=5)
+        paths.append(write_raw(tmp_path / f"x{k}.safetensors", {"w": (dtype, [n], raw(x, dtype))}))
+    return paths
+
+
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties", "dare_ties", "dare_linear"])
+def test_fused_kernels_match_scalar_on_windowed_mixed_dtypes(tmp_path, method):
+    # The fused window scan (delta never stored) and the fused per-tile task program
+    # (every model's delta, sparsification, rescale, weight and the mix in registers)
+    # against the scalar reference, on a tensor large enough for the window pass.
+    paths = _mixed_dtype_models(tmp_path)
+    kw = {"rescale_mode": "density"} if method == "dare_linear" else {}
+    scalar = merged(tmp_path, method, paths, "scalar", **kw)
+    assert merged(tmp_path, method, paths, "auto", **kw) == scalar
+    assert merged(tmp_path, method, paths, "auto", chunk_elems=4096, threads=2, **kw) == scalar

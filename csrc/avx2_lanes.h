@@ -1,0 +1,161 @@
+// Inline AVX2 + F16C building blocks of the method kernels (method_kernels_avx2.cc,
+// task_tile_avx2.cc): include only from files compiled with -mavx2 -mf16c. Each
+// helper gives every lane the scalar reference's operations in its order, no FMA.
+#pragma once
+
+#include <immintrin.h>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+
+#include "method_kernels.h"
+
+namespace ladle {
+namespace avx2 {
+
+// Elements i..i+7 of `src` as fp32 (F32, BF16, F16; the caller routes other dtypes to
+// the scalar code).
+inline __m256 load8(DType dtype, const void* src, size_t i) {
+  switch (dtype) {
+    case DType::kBF16: {
+      __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(
+          static_cast<const uint16_t*>(src) + i));
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    case DType::kF16:
+      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(
+          static_cast<const uint16_t*>(src) + i)));
+    default:
+      return _mm256_loadu_ps(static_cast<const float*>(src) + i);
+  }
+}
+
+inline bool loads8(DType dtype) {
+  return dtype == DType::kF32 || dtype == DType::kBF16 || dtype == DType::kF16;
+}
+
+inline __m256i abs_bits8(__m256 v) {
+  return _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7FFFFFFF));
+}
+
+// Low 64 bits of a * b per 64-bit lane (AVX2 has only 32x32->64 multiplies).
+inline __m256i mul64(__m256i a, __m256i b) {
+  __m256i lo = _mm256_mul_epu32(a, b);
+  __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(a, _mm256_srli_epi64(b, 32)),
+                                   _mm256_mul_epu32(_mm256_srli_epi64(a, 32), b));
+  return _mm256_add_epi64(lo, _mm256_slli_epi64(cross, 32));
+}
+
+inline __m256i mix64x4(__m256i z) {
+  z = mul64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 30)),
+            _mm256_set1_epi64x(static_cast<long long>(0xBF58476D1CE4E5B9ull)));
+  z = mul64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 27)),
+            _mm256_set1_epi64x(static_cast<long long>(0x94D049BB133111EBull)));
+  return _mm256_xor_si256(z, _mm256_srli_epi64(z, 31));
+}
+
+// DARE's draws of 8 consecutive elements from their counters: lane j of `lo` (of
+// `hi`) holds stream + (elem + j + 1) * golden (elem + j + 5); all-ones lanes are kept
+// (float(u24) * 2^-24 < density, as dare_keeps decides).
+inline __m256 dare_kept8(__m256i lo, __m256i hi, __m256 density) {
+  const __m256i evens = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+  __m256i ulo = _mm256_permutevar8x32_epi32(_mm256_srli_epi64(mix64x4(lo), 40), evens);
+  __m256i uhi = _mm256_permutevar8x32_epi32(_mm256_srli_epi64(mix64x4(hi), 40), evens);
+  __m256 u = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(ulo, uhi, 0x20));
+  return _mm256_cmp_ps(_mm256_mul_ps(u, _mm256_set1_ps(0x1p-24f)), density, _CMP_LT_OQ);
+}
+
+// Lanes of a DARE keep-bit byte (bit j: element j kept) as all-ones lanes.
+inline __m256 kept_lanes8(int bits) {
+  const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  __m256i set = _mm256_and_si256(_mm256_set1_epi32(bits), lane_bit);
+  return _mm256_castsi256_ps(_mm256_cmpeq_epi32(set, lane_bit));
+}
+
+// Lanes of `bits` below the bound, ties resolved lane by lane in index order.
+inline __m256i below8(RankWindowBound* b, __m256i bits) {
+  if (b->all) return _mm256_set1_epi32(-1);
+  if (b->none) return _mm256_setzero_si256();
+  const __m256i t = _mm256_set1_epi32(static_cast<int>(b->threshold));
+  __m256i gt = _mm256_cmpgt_epi32(bits, t);  // both <= 0x7FFFFFFF: signed compare is exact
+  int eq = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(bits, t)));
+  if (eq == 0) return gt;
+  alignas(32) int32_t tie[8] = {0};
+  for (int j = 0; j < 8; ++j)
+    if (eq >> j & 1) tie[j] = b->ties_seen++ < b->ties_keep ? -1 : 0;
+  return _mm256_or_si256(gt, _mm256_load_si256(reinterpret_cast<const __m256i*>(tie)));
+}
+
+// base + the docs/methods.md mix of 8 elements' weighted deltas v[0..n_models).
+inline __m256 mix8(const MixSpec& spec, const __m256* v, size_t n_models, __m256 base) {
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 sum = zero, divisor = _mm256_set1_ps(spec.plain_divisor);
+  if (spec.consensus == MixConsensus::kNone) {
+    for (size_t k = 0; k < n_models; ++k) sum = _mm256_add_ps(sum, v[k]);
+  } else {
+    __m256 positive;  // majority +1 lanes
+    if (spec.consensus == MixConsensus::kSum) {
+      __m256 total = zero;
+      for (size_t k = 0; k < n_models; ++k) total = _mm256_add_ps(total, v[k]);
+      positive = _mm256_cmp_ps(total, zero, _CMP_GE_OQ);
+    } else {
+      __m256i count = _mm256_setzero_si256();
+      for (size_t k = 0; k < n_models; ++k) {
+        count = _mm256_sub_epi32(count, _mm256_castps_si256(_mm256_cmp_ps(v[k], zero, _CMP_GT_OQ)));
+        count = _mm256_add_epi32(count, _mm256_castps_si256(_mm256_cmp_ps(v[k], zero, _CMP_LT_OQ)));
+      }
+      positive = _mm256_castsi256_ps(_mm256_cmpgt_epi32(count, _mm256_set1_epi32(-1)));
+    }
+    // Lanes that do not agree add +0 instead of being skipped: the same bits, since
+    // neither sum can be -0 (they start at +0, an exact zero sum is +0, and agreeing
+    // deltas are nonzero).
+    __m256 weight = zero;
+    for (size_t k = 0; k < n_models; ++k) {
+      __m256 agree = _mm256_blendv_ps(_mm256_cmp_ps(v[k], zero, _CMP_LT_OQ),
+                                      _mm256_cmp_ps(v[k], zero, _CMP_GT_OQ), positive);
+      sum = _mm256_add_ps(sum, _mm256_and_ps(v[k], agree));
+      weight = _mm256_add_ps(weight, _mm256_and_ps(_mm256_set1_ps(spec.weights[k]), agree));
+    }
+    divisor = _mm256_blendv_ps(weight, _mm256_set1_ps(1.0f), _mm256_cmp_ps(weight, zero, _CMP_EQ_OQ));
+  }
+  if (spec.normalize) sum = _mm256_div_ps(sum, divisor);
+  if (spec.lambda != 1.0f) sum = _mm256_mul_ps(sum, _mm256_set1_ps(spec.lambda));
+  return _mm256_add_ps(base, sum);
+}
+
+// Models whose 8 lanes the vector mix keeps on the stack (2 KiB); more take the
+// scalar / composed path.
+constexpr size_t kFusedModels = 64;
+
+// Lane indices of the set bits of an 8-bit mask, lowest first (then zeros): with
+// _mm256_permutevar8x32_epi32 they pack the selected lanes to the front.
+struct CompressTable {
+  std::array<uint64_t, 256> lanes{};  // byte j: the j-th set bit's lane
+  constexpr CompressTable() {
+    for (int mask = 0; mask < 256; ++mask) {
+      uint64_t packed = 0;
+      int j = 0;
+      for (int lane = 0; lane < 8; ++lane)
+        if (mask >> lane & 1) packed |= static_cast<uint64_t>(lane) << (8 * j++);
+      lanes[static_cast<size_t>(mask)] = packed;
+    }
+  }
+};
+inline constexpr CompressTable kCompress{};
+
+// Stores the lanes of `v` selected by `mask` contiguously at dst (all 8 lanes are
+// written); returns how many were selected.
+inline size_t compress_store8(uint32_t* dst, __m256i v, int mask) {
+  __m256i idx = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(
+      static_cast<long long>(kCompress.lanes[static_cast<size_t>(mask)])));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_permutevar8x32_epi32(v, idx));
+  return static_cast<size_t>(__builtin_popcount(static_cast<unsigned>(mask)));
+}
+
+}  // namespace avx2
+
+// The fused task program (task_tile_avx2.cc).
+void task_tile_avx2(TaskTile& tile, const float* base, float* out, size_t n);
+
+}  // namespace ladle
