@@ -37,7 +37,8 @@ KernelImpl kernel_from(const std::string& name) {
   if (name == "auto") return KernelImpl::kAuto;
   if (name == "scalar") return KernelImpl::kScalar;
   if (name == "avx2") return KernelImpl::kAvx2;
-  raise(ErrorKind::kValue, format("unknown kernel '%s' (auto, scalar, avx2)", name.c_str()));
+  if (name == "avx512") return KernelImpl::kAvx512;
+  raise(ErrorKind::kValue, format("unknown kernel '%s' (auto, scalar, avx2, avx512)", name.c_str()));
 }
 
 // Hands memory freed by a large header parse back to the OS (glibc keeps it in
@@ -470,6 +471,7 @@ py::dict build_info() {
   info["avx2_cpu"] = cpu_supports_avx2();
   info["kernel"] = select_kernels(KernelImpl::kAuto).name;
   info["method_kernels"] = select_method_kernels(KernelImpl::kAuto).name;
+  info["avx512_cpu"] = avx512_method_kernels() != nullptr && cpu_supports_avx512();
 #ifdef LADLE_HAVE_CUDA
   info["cuda_compiled"] = true;  // ladle._cuda was built alongside
 #else

@@ -14,7 +14,9 @@
 
 namespace ladle {
 
-enum class KernelImpl : uint8_t { kAuto, kScalar, kAvx2 };
+// kAvx512: the AVX-512 method kernels (method_kernels.h) over the AVX2 weighted sums,
+// which already run at the I/O limit.
+enum class KernelImpl : uint8_t { kAuto, kScalar, kAvx2, kAvx512 };
 
 struct KernelSet {
   const char* name;
@@ -31,6 +33,8 @@ const KernelSet& scalar_kernels();
 // Defined only when the AVX2 translation unit is compiled in.
 const KernelSet* avx2_kernels();
 bool cpu_supports_avx2();
+// AVX-512 F/BW/DQ/VL (with AVX2 and F16C), enabled by the OS.
+bool cpu_supports_avx512();
 // Picks the kernels; kAuto prefers AVX2 when the CPU has AVX2+F16C+FMA-free
 // support. Raises when an explicitly requested implementation is unavailable.
 const KernelSet& select_kernels(KernelImpl impl);

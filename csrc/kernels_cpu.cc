@@ -159,10 +159,27 @@ bool cpu_supports_avx2() {
 #endif
 }
 
+bool cpu_supports_avx512() {
+#if defined(__x86_64__)
+  __builtin_cpu_init();  // libgcc also checks that the OS saves the ZMM and mask state
+  return cpu_supports_avx2() && __builtin_cpu_supports("avx512f") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512vl");
+#else
+  return false;
+#endif
+}
+
 const KernelSet& select_kernels(KernelImpl impl) {
   const KernelSet* avx2 = cpu_supports_avx2() ? avx2_kernels() : nullptr;
   switch (impl) {
     case KernelImpl::kScalar: return kScalar;
+    case KernelImpl::kAvx512:
+      LADLE_CHECK(avx2 != nullptr && cpu_supports_avx512(), ErrorKind::kValue,
+                  "AVX-512 kernels requested but %s",
+                  avx2_kernels() ? "this CPU lacks AVX-512 (F, BW, DQ, VL)"
+                                 : "they were not compiled in");
+      return *avx2;
     case KernelImpl::kAvx2:
       LADLE_CHECK(avx2 != nullptr, ErrorKind::kValue,
                   "AVX2 kernels requested but %s", avx2_kernels() ? "this CPU lacks AVX2/F16C"

@@ -60,7 +60,7 @@ struct MixSpec {
 };
 
 // Entries past n that window_scan may write in `found`.
-constexpr size_t kWindowSlack = 8;
+constexpr size_t kWindowSlack = 16;
 
 // How the fused task program sparsifies one model's deltas (TaskTile).
 enum class TileSparsify : uint8_t {
@@ -163,6 +163,9 @@ void task_tile_composed(const MethodKernels& k, TaskTile& tile, const float* bas
 const MethodKernels& scalar_method_kernels();
 // Defined only when the AVX2 translation unit is compiled in.
 const MethodKernels* avx2_method_kernels();
+// The AVX2 set with the AVX-512 window_scan, sparsify_random and task_tile (nullptr
+// when that translation unit is not compiled in).
+const MethodKernels* avx512_method_kernels();
 // The set matching select_kernels(impl).
 const MethodKernels& select_method_kernels(KernelImpl impl);
 

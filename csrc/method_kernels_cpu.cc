@@ -219,11 +219,17 @@ void near_swap_tile(const float* a, const float* b, float t, float* out, size_t 
 #ifndef LADLE_HAVE_AVX2
 const MethodKernels* avx2_method_kernels() { return nullptr; }
 #endif
+#ifndef LADLE_HAVE_AVX512
+const MethodKernels* avx512_method_kernels() { return nullptr; }
+#endif
 
 const MethodKernels& select_method_kernels(KernelImpl impl) {
-  const KernelSet& chosen = select_kernels(impl);  // raises when AVX2 is asked but missing
+  const KernelSet& chosen = select_kernels(impl);  // raises when a set is asked but missing
   const MethodKernels* avx2 = avx2_method_kernels();
-  return avx2 != nullptr && &chosen == avx2_kernels() ? *avx2 : kScalar;
+  if (avx2 == nullptr || &chosen != avx2_kernels()) return kScalar;
+  const MethodKernels* avx512 = avx512_method_kernels();
+  bool wide = impl == KernelImpl::kAvx512 || impl == KernelImpl::kAuto;
+  return wide && avx512 != nullptr && cpu_supports_avx512() ? *avx512 : *avx2;
 }
 
 }  // namespace ladle

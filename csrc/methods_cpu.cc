@@ -38,8 +38,12 @@ uint64_t state_limit(const EngineOptions& options) {
 uint64_t candidate_limit(const EngineOptions& options) {
   return std::min(kCandidateBytes, options.memory_budget / 4);
 }
-// Tiles per tensor whose |delta| guess the rank windows (spread evenly over it).
+// Tiles per tensor whose |delta| guess the rank windows (spread evenly over it), and
+// of a larger tensor every kSampleStride-th element of each: the tiles' spread is
+// what makes the guess good (neighbours in a row are alike), and a quarter of the
+// values costs a quarter of the ordering.
 constexpr uint64_t kSampleTiles = 256;
+constexpr uint64_t kSampleStride = 4;
 constexpr uint64_t kMinChunkElems = 16 * 1024;
 constexpr uint64_t kMaxChunkElems = 16ull << 20;
 
@@ -278,7 +282,7 @@ class TaskRunner {
 
   uint64_t selection_bytes(const TaskJob& job) const {
     if (!selects_by_rank(job)) return keep_bytes(job);
-    uint64_t sample = std::min(job.n_elems, kSampleTiles * kTile) * sizeof(uint32_t);
+    uint64_t sample = sample_shape(job).second * (kTile / sample_stride(job)) * sizeof(uint32_t);
     return job.models.size() * (kHiBins + 2ull * kLoBins) * sizeof(uint64_t) +
            job.models.size() * sample +
            job.models.size() * 2 * (job.n_elems / kTile + 1) * sizeof(uint64_t);
@@ -515,6 +519,12 @@ class TaskRunner {
     uint64_t n_tiles = (job.n_elems + kTile - 1) / kTile;
     return {n_tiles, std::min(n_tiles, kSampleTiles)};
   }
+  // Every how many elements of a sampled tile the sample keeps: all of a tensor sampled
+  // whole (its thresholds come from the sample), else kSampleStride.
+  static uint64_t sample_stride(const TaskJob& job) {
+    const auto [n_tiles, n_sampled] = sample_shape(job);
+    return n_sampled == n_tiles ? 1 : kSampleStride;
+  }
 
   // The sample of every selecting model of jobs [begin, end): the |delta| bits of
   // kSampleTiles tiles spread over the tensor (all of a smaller one); then each
@@ -534,7 +544,7 @@ class TaskRunner {
           ms.sample.swap(spare_samples_.back());
           spare_samples_.pop_back();
         }
-        ms.sample.assign(n_sampled * kTile, 0);
+        ms.sample.assign(n_sampled * (kTile / sample_stride(job)), 0);
       }
       if (n_sampled == n_tiles) {  // sampled whole: in chunks, as the other passes read
         for (uint64_t f = 0; f < job.n_elems; f += chunk_elems_)
@@ -559,8 +569,9 @@ class TaskRunner {
       ModelState& ms = *sampled[i].second;
       const auto [n_tiles, n_sampled] = sample_shape(job);
       // The last tile may be short: drop its unused slots.
-      uint64_t last = (n_sampled - 1) * n_tiles / n_sampled;
-      ms.sample.resize((n_sampled - 1) * kTile + std::min(kTile, job.n_elems - last * kTile));
+      uint64_t last = (n_sampled - 1) * n_tiles / n_sampled, stride = sample_stride(job);
+      uint64_t last_n = std::min(kTile, job.n_elems - last * kTile);
+      ms.sample.resize((n_sampled - 1) * (kTile / stride) + (last_n + stride - 1) / stride);
       for (Selection* sel : {&ms.lo, &ms.hi}) {
         if (!sel->active()) continue;
         if (n_sampled == n_tiles) settle_from_sample(ms.sample, sel);
@@ -730,6 +741,7 @@ class TaskRunner {
     JobState& st = *states_[item.job - batch_begin_];
     // Plain names, not bindings: the tile loop's lambda captures them.
     const uint64_t n_tiles = sample_shape(job).first, n_sampled = sample_shape(job).second;
+    const uint64_t stride = sample_stride(job);
     for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
       // Tile t = floor(i * n_tiles / n_sampled) is slot i = ceil(t * n_sampled / n_tiles).
       uint64_t slot = (elem / kTile * n_sampled + n_tiles - 1) / n_tiles;
@@ -737,8 +749,8 @@ class TaskRunner {
         ModelState& ms = st.models[k];
         if (ms.sample.empty()) continue;
         load_delta(job, k, elem, n, s);
-        uint32_t* dst = ms.sample.data() + slot * kTile;  // each slot is one thread's
-        for (size_t i = 0; i < n; ++i) dst[i] = abs_bits(s->x[i]);
+        uint32_t* dst = ms.sample.data() + slot * (kTile / stride);  // each slot is one thread's
+        for (size_t i = 0; i < n; i += stride) dst[i / stride] = abs_bits(s->x[i]);
       }
     });
     if (n_sampled == n_tiles) return;  // whole chunks: the pool releases their pages

@@ -1,4 +1,5 @@
-"""The AVX2 method kernels (csrc/method_kernels_avx2.cc) against the scalar reference
+"""The AVX2 and AVX-512 method kernels (csrc/method_kernels_avx2.cc, task_tile_avx2.cc,
+method_kernels_avx512.cc) against the scalar reference
 (csrc/method_kernels_cpu.cc), bit for bit, through every method: odd sizes (vector
 tails, partial tiles and tile groups), NaN/Inf, subnormals, signed zeros and ties in
 |delta| at the rank thresholds; and the pass count of magnitude selection."""
@@ -59,30 +60,45 @@ def merged(tmp_path, method, paths, kernel, **kw) -> bytes:
     return out.read_bytes()
 
 
-@needs_avx2
-def test_auto_selects_avx2_method_kernels():
-    assert ladle.build_info()["method_kernels"] == "avx2"
+needs_avx512 = pytest.mark.skipif(not ladle.build_info()["avx512_cpu"],
+                                  reason="CPU lacks AVX-512 F/BW/DQ/VL")
+# Every vector set, each against the scalar reference.
+FAST = [pytest.param("avx2", marks=needs_avx2), pytest.param("avx512", marks=needs_avx512)]
 
 
 @needs_avx2
+def test_auto_selects_the_widest_method_kernels():
+    widest = "avx512" if ladle.build_info()["avx512_cpu"] else "avx2"
+    assert ladle.build_info()["method_kernels"] == widest
+
+
+def test_avx512_refused_where_missing(tmp_path):
+    if ladle.build_info()["avx512_cpu"]:
+        pytest.skip("this CPU has AVX-512")
+    paths = make_models(tmp_path, 3, "F32", False)
+    with pytest.raises(ladle.LadleValueError, match="AVX-512"):
+        merged(tmp_path, "ties", paths, "avx512")
+
+
+@pytest.mark.parametrize("kernel", FAST)
 @pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_ties", "dare_linear",
                                     "breadcrumbs_ties", "slerp", "model_stock"])
 @pytest.mark.parametrize("dtype,special", [("F32", True), ("BF16", False)])
-def test_avx2_matches_scalar_bit_for_bit(tmp_path, method, dtype, special):
+def test_vector_kernels_match_scalar_bit_for_bit(tmp_path, kernel, method, dtype, special):
     if special and method in ("slerp", "model_stock"):
         special = False  # NaN statistics make no coefficients; odd sizes still apply
     paths = make_models(tmp_path, 3, dtype, special)
     scalar = merged(tmp_path, method, paths, "scalar")
-    assert merged(tmp_path, method, paths, "avx2") == scalar
+    assert merged(tmp_path, method, paths, kernel) == scalar
     # Chunks of one tile and two threads: tile groups cut short, ties split across tiles.
-    assert merged(tmp_path, method, paths, "avx2", chunk_elems=2048, threads=2) == scalar
+    assert merged(tmp_path, method, paths, kernel, chunk_elems=2048, threads=2) == scalar
 
 
-@needs_avx2
-def test_dare_density_rescale_avx2_matches_scalar(tmp_path):
+@pytest.mark.parametrize("kernel", FAST)
+def test_dare_density_rescale_matches_scalar(tmp_path, kernel):
     paths = make_models(tmp_path, 3, "F32", True, seed=4)
     kw = {"rescale_mode": "density"}
-    assert merged(tmp_path, "dare_ties", paths, "avx2", **kw) == \
+    assert merged(tmp_path, "dare_ties", paths, kernel, **kw) == \
         merged(tmp_path, "dare_ties", paths, "scalar", **kw)
 
 
@@ -197,7 +213,9 @@ def test_dare_l1_draws_each_decision_once(densities):
     # draws, not 6; with no room for the bits (tiny budget) it redraws, same output, and
     # the AVX2 record/replay kernels match the scalar ones bit for bit.
     n = 2 * 2048 + 2049 + 13
-    kernels = ["scalar"] + (["avx2"] if ladle.build_info()["avx2_cpu"] else [])
+    info = ladle.build_info()
+    kernels = (["scalar"] + (["avx2"] if info["avx2_cpu"] else [])
+               + (["avx512"] if info["avx512_cpu"] else []))
     want, draws = _dare_l1("scalar", 1, 0, 256 << 20, densities)
     assert draws == 3 * n
     for kernel in kernels:
@@ -228,13 +246,14 @@ def _mixed_dtype_models(tmp_path, n: int = 600_001):
     return paths
 
 
+@pytest.mark.parametrize("kernel", FAST)
 @pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties", "dare_ties", "dare_linear"])
-def test_fused_kernels_match_scalar_on_windowed_mixed_dtypes(tmp_path, method):
+def test_fused_kernels_match_scalar_on_windowed_mixed_dtypes(tmp_path, kernel, method):
     # The fused window scan (delta never stored) and the fused per-tile task program
     # (every model's delta, sparsification, rescale, weight and the mix in registers)
     # against the scalar reference, on a tensor large enough for the window pass.
     paths = _mixed_dtype_models(tmp_path)
     kw = {"rescale_mode": "density"} if method == "dare_linear" else {}
     scalar = merged(tmp_path, method, paths, "scalar", **kw)
-    assert merged(tmp_path, method, paths, "auto", **kw) == scalar
-    assert merged(tmp_path, method, paths, "auto", chunk_elems=4096, threads=2, **kw) == scalar
+    assert merged(tmp_path, method, paths, kernel, **kw) == scalar
+    assert merged(tmp_path, method, paths, kernel, chunk_elems=4096, threads=2, **kw) == scalar

@@ -51,6 +51,7 @@ class Kernel(StrEnum):
     AUTO = "auto"
     SCALAR = "scalar"
     AVX2 = "avx2"
+    AVX512 = "avx512"  # the method kernels; weighted sums stay on AVX2
 
 
 def parse_kind(kind: type[StrEnum], value: str, what: str) -> StrEnum:

@@ -1,0 +1,223 @@
+// AVX-512 (F, BW, DQ, VL) method kernels: the three passes that dominate the task
+// methods on CPUs that have it (window_scan, sparsify_random, task_tile); every other
+// entry is the AVX2 set's. Compiled with the AVX-512 flags for this file only and
+// chosen at run time (cpu_supports_avx512). Bit-identical to the scalar reference:
+// lanes are independent elements given the reference's operations in its order (no
+// FMA); masked adds leave a lane unchanged where the AVX2 code adds +0, which is the
+// same value since those sums are never -0; the last partial vector uses masked loads
+// and stores, its extra lanes zero and discarded.
+#include <immintrin.h>
+
+#include "method_kernels.h"
+
+namespace ladle {
+namespace {
+
+constexpr size_t kLanes = 16;
+
+inline __mmask16 first_lanes(size_t n) {
+  return n >= kLanes ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+}
+
+// Elements 0..15 of `src` as fp32, lanes outside `mask` zero (and not read).
+inline __m512 load16(DType dtype, const void* src, __mmask16 mask) {
+  switch (dtype) {
+    case DType::kBF16:
+      return _mm512_castsi512_ps(
+          _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, src)), 16));
+    case DType::kF16:
+      return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, src));
+    default:
+      return _mm512_maskz_loadu_ps(mask, src);
+  }
+}
+
+inline bool loads16(DType dtype) {
+  return dtype == DType::kF32 || dtype == DType::kBF16 || dtype == DType::kF16;
+}
+
+inline __m512i abs_bits16(__m512 v) {
+  return _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7FFFFFFF));
+}
+
+inline __m512i mix64x8(__m512i z) {
+  z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)),
+                         _mm512_set1_epi64(static_cast<long long>(0xBF58476D1CE4E5B9ull)));
+  z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)),
+                         _mm512_set1_epi64(static_cast<long long>(0x94D049BB133111EBull)));
+  return _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
+}
+
+// DARE's keep decisions of elements elem..elem+15 of `stream` (dare_keeps).
+inline __mmask16 dare_kept16(uint64_t stream, uint64_t elem, __m512 density) {
+  const __m512i step = _mm512_set_epi64(
+      static_cast<long long>(7 * kGolden), static_cast<long long>(6 * kGolden),
+      static_cast<long long>(5 * kGolden), static_cast<long long>(4 * kGolden),
+      static_cast<long long>(3 * kGolden), static_cast<long long>(2 * kGolden),
+      static_cast<long long>(kGolden), 0);
+  uint64_t first = stream + (elem + 1) * kGolden;
+  __m512i lo = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(first)), step);
+  __m512i hi = _mm512_add_epi64(lo, _mm512_set1_epi64(static_cast<long long>(8 * kGolden)));
+  __m256i ulo = _mm512_cvtepi64_epi32(_mm512_srli_epi64(mix64x8(lo), 40));
+  __m256i uhi = _mm512_cvtepi64_epi32(_mm512_srli_epi64(mix64x8(hi), 40));
+  __m512 u = _mm512_cvtepi32_ps(_mm512_inserti64x4(_mm512_castsi256_si512(ulo), uhi, 1));
+  return _mm512_cmp_ps_mask(_mm512_mul_ps(u, _mm512_set1_ps(0x1p-24f)), density, _CMP_LT_OQ);
+}
+
+// Lanes of `bits` below the bound, ties resolved lane by lane in index order.
+inline __mmask16 below16(RankWindowBound* b, __m512i bits) {
+  if (b->all) return static_cast<__mmask16>(0xFFFF);
+  if (b->none) return 0;
+  const __m512i t = _mm512_set1_epi32(static_cast<int>(b->threshold));
+  __mmask16 below = _mm512_cmpgt_epi32_mask(bits, t);  // both <= 0x7FFFFFFF
+  __mmask16 eq = _mm512_cmpeq_epi32_mask(bits, t);
+  for (; eq != 0; eq &= static_cast<__mmask16>(eq - 1))
+    if (b->ties_seen++ < b->ties_keep) below |= static_cast<__mmask16>(eq & -eq);
+  return below;
+}
+
+size_t window_scan_avx512(DType dtype, const void* src, const float* base, size_t n,
+                          uint32_t w_lo, uint32_t w_hi, uint64_t* above, uint32_t* found) {
+  if (!loads16(dtype))
+    return scalar_method_kernels().window_scan(dtype, src, base, n, w_lo, w_hi, above, found);
+  const __m512i hi = _mm512_set1_epi32(static_cast<int>(w_hi));
+  const __m512i lo_minus_1 = _mm512_set1_epi32(static_cast<int>(w_lo) - 1);  // w_lo 0: -1
+  size_t item = static_cast<size_t>(dtype_bits(dtype) / 8);
+  uint64_t higher = 0;
+  size_t count = 0;
+  for (size_t i = 0; i < n; i += kLanes) {
+    __mmask16 live = first_lanes(n - i);
+    __m512 d = _mm512_sub_ps(load16(dtype, static_cast<const uint8_t*>(src) + i * item, live),
+                             _mm512_maskz_loadu_ps(live, base + i));
+    __m512i b = abs_bits16(d);
+    __mmask16 gt = _mm512_mask_cmpgt_epi32_mask(live, b, hi);
+    __mmask16 in = _mm512_mask_cmpgt_epi32_mask(static_cast<__mmask16>(live & ~gt), b, lo_minus_1);
+    higher += static_cast<uint64_t>(__builtin_popcount(gt));
+    // Packed in a register, stored whole (`found` has kWindowSlack entries spare).
+    _mm512_storeu_si512(found + count, _mm512_maskz_compress_epi32(in, b));
+    count += static_cast<size_t>(__builtin_popcount(in));
+  }
+  *above += higher;
+  return count;
+}
+
+void sparsify_random_avx512(float* d, size_t n, uint64_t stream, uint64_t elem, float density,
+                            bool by_density, uint64_t* keep) {
+  const __m512 dens = _mm512_set1_ps(density);
+  for (size_t i = 0; i < n; i += kLanes) {
+    __mmask16 live = first_lanes(n - i);
+    __mmask16 kept = static_cast<__mmask16>(dare_kept16(stream, elem + i, dens) & live);
+    __m512 v = _mm512_maskz_loadu_ps(live, d + i);
+    if (by_density) v = _mm512_div_ps(v, dens);
+    _mm512_mask_storeu_ps(d + i, live, _mm512_maskz_mov_ps(kept, v));
+    if (keep)  // i is a multiple of 16: the 16 bits never straddle a word
+      keep[i / 64] |= static_cast<uint64_t>(kept) << (i % 64);
+  }
+}
+
+// The weighted delta of model `m` for the 16 elements at `at` (element i of the tile).
+inline __m512 model_lanes(const TaskTile& tile, TileModel& m, const void* at, size_t i,
+                          __m512 b, __mmask16 live) {
+  __m512 d = _mm512_sub_ps(load16(m.dtype, at, live), b);
+  switch (tile.sparsify) {
+    case TileSparsify::kNone:
+      break;
+    case TileSparsify::kRank: {
+      __m512i bits = abs_bits16(d);
+      __mmask16 below_lo = below16(&m.lo, bits);
+      __mmask16 below_hi = below16(&m.hi, bits);
+      d = _mm512_maskz_mov_ps(static_cast<__mmask16>(~below_lo & below_hi), d);
+      break;
+    }
+    case TileSparsify::kRandom: {
+      __m512 dens = _mm512_set1_ps(m.density);
+      __mmask16 kept = dare_kept16(m.stream, tile.elem + i, dens);
+      if (m.by_density) d = _mm512_div_ps(d, dens);
+      d = _mm512_maskz_mov_ps(kept, d);
+      break;
+    }
+    case TileSparsify::kKept: {
+      auto kept = static_cast<__mmask16>((m.keep[i / 64] >> (i % 64)) & 0xFFFF);
+      if (m.by_density) d = _mm512_div_ps(d, _mm512_set1_ps(m.density));
+      d = _mm512_maskz_mov_ps(kept, d);
+      break;
+    }
+  }
+  if (m.scaled) d = _mm512_mul_ps(d, _mm512_set1_ps(m.scale));
+  if (m.weight != 1.0f) d = _mm512_mul_ps(d, _mm512_set1_ps(m.weight));
+  return d;
+}
+
+// base + the docs/methods.md mix of 16 elements' weighted deltas v[0..n_models).
+inline __m512 mix16(const MixSpec& spec, const __m512* v, size_t n_models, __m512 base) {
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 sum = zero, divisor = _mm512_set1_ps(spec.plain_divisor);
+  if (spec.consensus == MixConsensus::kNone) {
+    for (size_t k = 0; k < n_models; ++k) sum = _mm512_add_ps(sum, v[k]);
+  } else {
+    __mmask16 positive;  // majority +1 lanes
+    if (spec.consensus == MixConsensus::kSum) {
+      __m512 total = zero;
+      for (size_t k = 0; k < n_models; ++k) total = _mm512_add_ps(total, v[k]);
+      positive = _mm512_cmp_ps_mask(total, zero, _CMP_GE_OQ);
+    } else {
+      const __m512i one = _mm512_set1_epi32(1);
+      __m512i count = _mm512_setzero_si512();
+      for (size_t k = 0; k < n_models; ++k) {
+        count = _mm512_mask_add_epi32(count, _mm512_cmp_ps_mask(v[k], zero, _CMP_GT_OQ), count, one);
+        count = _mm512_mask_sub_epi32(count, _mm512_cmp_ps_mask(v[k], zero, _CMP_LT_OQ), count, one);
+      }
+      positive = _mm512_cmpgt_epi32_mask(count, _mm512_set1_epi32(-1));
+    }
+    __m512 weight = zero;
+    for (size_t k = 0; k < n_models; ++k) {
+      __mmask16 agree = static_cast<__mmask16>(
+          (_mm512_cmp_ps_mask(v[k], zero, _CMP_GT_OQ) & positive) |
+          (_mm512_cmp_ps_mask(v[k], zero, _CMP_LT_OQ) & ~positive));
+      sum = _mm512_mask_add_ps(sum, agree, sum, v[k]);
+      weight = _mm512_mask_add_ps(weight, agree, weight, _mm512_set1_ps(spec.weights[k]));
+    }
+    divisor = _mm512_mask_mov_ps(weight, _mm512_cmp_ps_mask(weight, zero, _CMP_EQ_OQ),
+                                 _mm512_set1_ps(1.0f));
+  }
+  if (spec.normalize) sum = _mm512_div_ps(sum, divisor);
+  if (spec.lambda != 1.0f) sum = _mm512_mul_ps(sum, _mm512_set1_ps(spec.lambda));
+  return _mm512_add_ps(base, sum);
+}
+
+constexpr size_t kFusedModels = 64;  // 16 lanes each on the stack: 4 KiB
+
+void task_tile_avx512(TaskTile& tile, const float* base, float* out, size_t n) {
+  bool fits = tile.n_models <= kFusedModels;
+  for (size_t k = 0; k < tile.n_models && fits; ++k) fits = loads16(tile.models[k].dtype);
+  if (!fits) return task_tile_composed(*avx2_method_kernels(), tile, base, out, n);
+  __m512 v[kFusedModels];
+  size_t item[kFusedModels];  // bytes per element of each model's source
+  for (size_t k = 0; k < tile.n_models; ++k)
+    item[k] = static_cast<size_t>(dtype_bits(tile.models[k].dtype) / 8);
+  for (size_t i = 0; i < n; i += kLanes) {
+    __mmask16 live = first_lanes(n - i);
+    __m512 b = _mm512_maskz_loadu_ps(live, base + i);
+    for (size_t k = 0; k < tile.n_models; ++k) {
+      TileModel& m = tile.models[k];
+      v[k] = model_lanes(tile, m, static_cast<const uint8_t*>(m.src) + i * item[k], i, b, live);
+    }
+    _mm512_mask_storeu_ps(out + i, live, mix16(tile.mix, v, tile.n_models, b));
+  }
+}
+
+}  // namespace
+
+const MethodKernels* avx512_method_kernels() {
+  static const MethodKernels kAvx512 = [] {
+    MethodKernels k = *avx2_method_kernels();
+    k.name = "avx512";
+    k.window_scan = window_scan_avx512;
+    k.sparsify_random = sparsify_random_avx512;
+    k.task_tile = task_tile_avx512;
+    return k;
+  }();
+  return &kAvx512;
+}
+
+}  // namespace ladle
