@@ -256,7 +256,7 @@ class TaskRunner {
       begin = end;
     }
     pool_->finish();
-    RunStats stats = pool_->stats(chunk_elems_, threads_, kernels_.name, t0);
+    RunStats stats = pool_->stats(chunk_elems_, threads_, method_kernels_.name, t0);
     for (const TaskJob& job : jobs_) {
       stats.bytes_written += job.n_elems * item_n_bytes(job.out_dtype);
       for (uint64_t f = 0; f < job.n_elems; f += chunk_elems_) ++stats.n_chunks;

@@ -44,7 +44,7 @@ def test_members_are_their_strings() -> None:
     assert check_int_policy("error") == "error" and check_int_policy(IntPolicy.MAX) == "max"
     with pytest.raises(LadleValueError, match="int_policy must be one of first, max, error"):
         check_int_policy("last")
-    with pytest.raises(LadleValueError, match="kernel must be one of auto, scalar, avx2, "
+    with pytest.raises(LadleValueError, match="kernel must be one of auto, scalar, avx2, avx512, "
                                               "not 'fast'"):
         parse_kind(Kernel, "fast", "kernel")
 
