@@ -61,11 +61,13 @@ LADLE_HD uint32_t to_bits(float f) {
 
 LADLE_HD float sub_rn(float a, float b) {
 #ifdef __CUDA_ARCH__
-  // x86 returns the first NaN operand, quieted; the GPU a canonical NaN. The |delta|
-  // bits rank NaNs, so the CPU's payloads are kept.
+  // x86 returns the first NaN operand, quieted, and makes a new NaN (Inf - Inf) its
+  // "default NaN" 0xFFC00000; the GPU gives a canonical NaN. The |delta| bits rank
+  // NaNs, so the CPU's NaNs are kept.
   if (a != a) return from_bits(to_bits(a) | 0x400000u);
   if (b != b) return from_bits(to_bits(b) | 0x400000u);
-  return __fsub_rn(a, b);
+  float r = __fsub_rn(a, b);
+  return r == r ? r : from_bits(0xFFC00000u);
 #else
   return a - b;
 #endif
