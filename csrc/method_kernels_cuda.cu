@@ -6,7 +6,9 @@
 // tile's tie prefix (from the tie pass) plus the counts of the lanes before it (a
 // block scan). fp64 per-tile sums (L1, Gram) are chains in index order exactly as the
 // CPU writes them, one thread per chain (chain_kernel: tile-major (tile, model) or
-// (tile, pair) numbering, so every SM has chains to run). All per-thread code is __host__ __device__ so
+// (tile, pair) numbering, so every SM has chains to run). SCE runs the same way, its
+// one selection ranking the variance of the models' deltas (method_sce_elems.h, the
+// CPU's own per-element code). All per-thread code is __host__ __device__ so
 // emulate_method() runs it on the CPU with the same barriers between phases.
 #include <cuda_runtime.h>
 
@@ -15,6 +17,7 @@
 #include "cuda_elems.cuh"
 #include "method_kernels.h"
 #include "method_kernels_cuda.h"
+#include "method_sce_elems.h"
 
 namespace ladle {
 namespace cuda {
@@ -132,21 +135,53 @@ LADLE_HD float mix(const MethodLaunch& L, const float* wd) {
 
 // ---- the passes without block-level cooperation ----
 
-// The high-16-bit bin of model k's |delta| at chunk element e.
-LADLE_HD uint32_t hi_bin_at(const MethodLaunch& L, uint32_t k, uint64_t e, float base) {
-  return abs_bits_of(delta_at(L, k, e, base)) >> 16;
+// ---- SCE's per-element values ----
+
+// The deltas of chunk element e (tv[k]), its base value and the rank bits of the
+// deltas' variance.
+LADLE_HD uint32_t sce_bits_at(const MethodLaunch& L, uint64_t e, float* tv, float* base) {
+  *base = base_at(L, e);
+  for (uint32_t k = 0; k < L.n_models; ++k) tv[k] = delta_at(L, k, e, *base);
+  return sce_variance_bits(L.n_models, [tv](uint32_t k) { return tv[k]; });
+}
+
+LADLE_HD uint64_t sce_tie_prefix(const MethodLaunch& L, uint64_t tile) {
+  return L.select.need_ties ? L.tie_prefix[tile] : 0;
+}
+
+// ---- the first histogram pass: per selecting model (task) or one (SCE) ----
+
+LADLE_HD bool is_sce_hist(const MethodLaunch& L) { return L.pass == kPassSceHistHi; }
+
+LADLE_HD uint32_t n_hi_hists(const MethodLaunch& L) { return is_sce_hist(L) ? 1 : L.n_models; }
+
+LADLE_HD bool counts_hi(const MethodLaunch& L, uint32_t h) {
+  return is_sce_hist(L) || L.models[h].selects;
+}
+
+// The bits histogram h ranks at chunk element e: model h's |delta|, or SCE's variance.
+LADLE_HD uint32_t hi_bits_at(const MethodLaunch& L, uint32_t h, uint64_t e) {
+  if (is_sce_hist(L)) {
+    float tv[kMaxTaskModels], b;
+    return sce_bits_at(L, e, tv, &b);
+  }
+  return abs_bits_of(delta_at(L, h, e, base_at(L, e)));
 }
 
 // The emulator's histogram pass (the GPU's is hist_hi_kernel: the same bins, counted
-// in shared memory first; integer counts, so the two agree exactly).
+// in shared memory first; integer counts, so the two agree exactly). SCE also counts
+// its nonzero variances, after its one histogram.
 LADLE_HD void hist_hi_lane(const MethodLaunch& L, uint64_t tile, uint32_t lane) {
   LaneRange r = lane_range(L, tile, lane);
-  for (uint64_t e = r.first; e < r.last; ++e) {
-    float b = base_at(L, e);
-    for (uint32_t k = 0; k < L.n_models; ++k)
-      if (L.models[k].selects)
-        count_one(L.counts + static_cast<uint64_t>(k) * kHiHistBins + hi_bin_at(L, k, e, b));
-  }
+  unsigned long long nonzero = 0;
+  for (uint64_t e = r.first; e < r.last; ++e)
+    for (uint32_t h = 0; h < n_hi_hists(L); ++h) {
+      if (!counts_hi(L, h)) continue;
+      uint32_t bits = hi_bits_at(L, h, e);
+      count_one(L.counts + static_cast<uint64_t>(h) * kHiHistBins + (bits >> 16));
+      nonzero += is_sce_hist(L) && bits != 0;
+    }
+  if (nonzero) add_count(L.counts + kHiHistBins, nonzero);
 }
 
 LADLE_HD void hist_lo_lane(const MethodLaunch& L, uint64_t tile, uint32_t lane) {
@@ -226,10 +261,49 @@ LADLE_HD void gram_chain(const MethodLaunch& L, uint64_t tile, uint32_t pair) {
   L.sums[static_cast<uint64_t>(pair) * L.n_tiles + tile] = sum;
 }
 
-// The fp64 chains of the L1 and Gram passes: one per (tile, model) or (tile, pair),
-// numbered tile-major, one per thread.
+LADLE_HD void sce_hist_lo_lane(const MethodLaunch& L, uint64_t tile, uint32_t lane) {
+  LaneRange r = lane_range(L, tile, lane);
+  float tv[kMaxTaskModels], b;
+  for (uint64_t e = r.first; e < r.last; ++e) {
+    uint32_t bits = sce_bits_at(L, e, tv, &b);
+    if ((bits >> 16) == L.select.hi_bin) count_one(L.counts + (bits & 0xFFFFu));
+  }
+}
+
+// The lane's elements whose variance bits equal the threshold.
+LADLE_HD uint32_t sce_lane_ties(const MethodLaunch& L, uint64_t tile, uint32_t lane) {
+  LaneRange r = lane_range(L, tile, lane);
+  float tv[kMaxTaskModels], b;
+  uint32_t c = 0;
+  for (uint64_t e = r.first; e < r.last; ++e) c += sce_bits_at(L, e, tv, &b) == L.select.threshold;
+  return c;
+}
+
+LADLE_HD void sce_ties_lane(const MethodLaunch& L, uint64_t tile, uint32_t lane) {
+  uint32_t c = sce_lane_ties(L, tile, lane);
+  if (c) add_count(L.counts + tile, c);
+}
+
+// Chain k of a tile: the sum of squares of model k's kept deltas in index order,
+// walking the selection's cursor itself.
+LADLE_HD void sce_squares_chain(const MethodLaunch& L, uint64_t tile, uint32_t k) {
+  uint64_t first = tile * kTile, last = first + kTile < L.n_elems ? first + kTile : L.n_elems;
+  uint64_t seen = sce_tie_prefix(L, tile);
+  float tv[kMaxTaskModels], b;
+  double sum = 0.0;
+  for (uint64_t e = first; e < last; ++e) {
+    bool keep = below(L.select, sce_bits_at(L, e, tv, &b), &seen);
+    double v = static_cast<double>(keep ? tv[k] : 0.0f);
+    sum = dadd_rn(sum, dmul_rn(v, v));
+  }
+  L.sums[static_cast<uint64_t>(k) * L.n_tiles + tile] = sum;
+}
+
+// The fp64 chains of the L1, Gram and SCE squares passes: one per (tile, model) or
+// (tile, pair), numbered tile-major, one per thread.
 LADLE_HD uint32_t chains_per_tile(const MethodLaunch& L) {
-  return L.pass == kPassL1 ? L.n_models : L.n_models * (L.n_models + 1) / 2;
+  return L.pass == kPassL1 || L.pass == kPassSceSquares ? L.n_models
+                                                        : L.n_models * (L.n_models + 1) / 2;
 }
 
 LADLE_HD void run_chain(const MethodLaunch& L, uint64_t chain) {
@@ -238,6 +312,7 @@ LADLE_HD void run_chain(const MethodLaunch& L, uint64_t chain) {
   uint64_t tile = chain / per_tile;
   uint32_t c = static_cast<uint32_t>(chain % per_tile);
   if (L.pass == kPassL1) l1_chain(L, tile, c);
+  else if (L.pass == kPassSceSquares) sce_squares_chain(L, tile, c);
   else gram_chain(L, tile, c);
 }
 
@@ -246,6 +321,9 @@ LADLE_HD void simple_pass_lane(const MethodLaunch& L, uint64_t tile, uint32_t la
     case kPassHistHi: return hist_hi_lane(L, tile, lane);
     case kPassHistLo: return hist_lo_lane(L, tile, lane);
     case kPassTies: return ties_lane(L, tile, lane);
+    case kPassSceHistHi: return hist_hi_lane(L, tile, lane);
+    case kPassSceHistLo: return sce_hist_lo_lane(L, tile, lane);
+    case kPassSceTies: return sce_ties_lane(L, tile, lane);
     default: return;
   }
 }
@@ -314,6 +392,33 @@ LADLE_HD void zero_cursors(const MethodLaunch& L, LaneCursors* c) {
   for (uint32_t k = 0; k < L.n_models; ++k) c->seen[k][0] = c->seen[k][1] = 0;
 }
 
+// SCE's apply pass has one cursor per lane (one selection for every model): phase 1
+// counts the lane's ties (counts[0]), the scan is scan_counts', and the cursor is the
+// tile's prefix plus the lanes' before it.
+LADLE_HD void sce_count_lane_ties(const MethodLaunch& L, uint64_t tile, uint32_t lane,
+                                  uint32_t counts[2][kMethodThreads]) {
+  counts[0][lane] = sce_lane_ties(L, tile, lane);
+  counts[1][lane] = 0;
+}
+
+LADLE_HD uint64_t sce_cursor(const MethodLaunch& L, uint64_t tile, uint32_t lane,
+                             uint32_t counts[2][kMethodThreads]) {
+  return L.select.need_ties ? sce_tie_prefix(L, tile) + counts[0][lane] : 0;
+}
+
+LADLE_HD void sce_apply_lane(const MethodLaunch& L, uint64_t tile, uint32_t lane, uint64_t seen) {
+  LaneRange r = lane_range(L, tile, lane);
+  float tv[kMaxTaskModels], b;
+  for (uint64_t e = r.first; e < r.last; ++e) {
+    if (!below(L.select, sce_bits_at(L, e, tv, &b), &seen))
+      for (uint32_t k = 0; k < L.n_models; ++k) tv[k] = 0.0f;
+    float mixed = sce_mixed_delta(
+        L.n_models, [&tv](uint32_t k) { return tv[k]; },
+        [&L](uint32_t k) { return L.models[k].weight; });
+    store_one(L.out_dtype, L.out, e, add_rn(b, mixed));
+  }
+}
+
 // Pass 1 on the GPU: every element lands in one of 32768 bins, and neighbouring
 // deltas mostly in the same few, so per-element global atomics would serialise on the
 // hot bins. Each block (one per SM, 1024 threads, 128 KiB of shared memory) counts its
@@ -326,16 +431,21 @@ __global__ void __launch_bounds__(kHistThreads) hist_hi_kernel(MethodLaunch L) {
   extern __shared__ uint32_t bins[];
   const uint64_t stride = static_cast<uint64_t>(gridDim.x) * kHistThreads;
   const uint64_t first = static_cast<uint64_t>(blockIdx.x) * kHistThreads + threadIdx.x;
-  for (uint32_t k = 0; k < L.n_models; ++k) {
-    if (!L.models[k].selects) continue;
+  for (uint32_t h = 0; h < n_hi_hists(L); ++h) {
+    if (!counts_hi(L, h)) continue;
     for (uint32_t b = threadIdx.x; b < kHiHistBins; b += kHistThreads) bins[b] = 0;
     __syncthreads();
-    for (uint64_t e = first; e < L.n_elems; e += stride)
-      atomicAdd(&bins[hi_bin_at(L, k, e, base_at(L, e))], 1u);
+    unsigned long long nonzero = 0;
+    for (uint64_t e = first; e < L.n_elems; e += stride) {
+      uint32_t bits = hi_bits_at(L, h, e);
+      atomicAdd(&bins[bits >> 16], 1u);
+      nonzero += bits != 0;
+    }
     __syncthreads();
-    unsigned long long* global = L.counts + static_cast<uint64_t>(k) * kHiHistBins;
+    unsigned long long* global = L.counts + static_cast<uint64_t>(h) * kHiHistBins;
     for (uint32_t b = threadIdx.x; b < kHiHistBins; b += kHistThreads)
       if (bins[b]) atomicAdd(global + b, static_cast<unsigned long long>(bins[b]));
+    if (is_sce_hist(L) && nonzero) atomicAdd(L.counts + kHiHistBins, nonzero);
     __syncthreads();
   }
 }
@@ -355,7 +465,9 @@ int launch_hist_hi(const MethodLaunch& L, cudaStream_t stream) {
   return static_cast<int>(cudaGetLastError());
 }
 
-bool is_chain_pass(const MethodLaunch& L) { return L.pass == kPassL1 || L.pass == kPassGram; }
+bool is_chain_pass(const MethodLaunch& L) {
+  return L.pass == kPassL1 || L.pass == kPassGram || L.pass == kPassSceSquares;
+}
 
 __global__ void __launch_bounds__(kMethodThreads) chain_kernel(MethodLaunch L) {
   run_chain(L, static_cast<uint64_t>(blockIdx.x) * kMethodThreads + threadIdx.x);
@@ -364,11 +476,21 @@ __global__ void __launch_bounds__(kMethodThreads) chain_kernel(MethodLaunch L) {
 __global__ void __launch_bounds__(kMethodThreads) method_kernel(MethodLaunch L) {
   const uint64_t tile = blockIdx.x;
   const uint32_t lane = threadIdx.x;
+  __shared__ uint32_t counts[2][kMethodThreads];
+  if (L.pass == kPassSceApply) {
+    if (L.select.need_ties) {  // the same for the whole block
+      sce_count_lane_ties(L, tile, lane, counts);
+      __syncthreads();
+      if (lane == 0) scan_counts(counts);
+      __syncthreads();
+    }
+    sce_apply_lane(L, tile, lane, sce_cursor(L, tile, lane, counts));
+    return;
+  }
   if (L.pass != kPassApply) {
     simple_pass_lane(L, tile, lane);
     return;
   }
-  __shared__ uint32_t counts[2][kMethodThreads];
   LaneCursors c;
   zero_cursors(L, &c);
   for (uint32_t k = 0; k < L.n_models; ++k) {
@@ -387,7 +509,8 @@ __global__ void __launch_bounds__(kMethodThreads) method_kernel(MethodLaunch L) 
 
 int launch_method(const MethodLaunch& launch, void* stream) {
   if (launch.n_tiles == 0) return 0;
-  if (launch.pass == kPassHistHi) return launch_hist_hi(launch, static_cast<cudaStream_t>(stream));
+  if (launch.pass == kPassHistHi || launch.pass == kPassSceHistHi)
+    return launch_hist_hi(launch, static_cast<cudaStream_t>(stream));
   if (is_chain_pass(launch)) {
     uint64_t n_chains = launch.n_tiles * chains_per_tile(launch);
     if (n_chains == 0) return 0;
@@ -407,6 +530,17 @@ void emulate_method(const MethodLaunch& launch) {
     return;
   }
   for (uint64_t tile = 0; tile < L.n_tiles; ++tile) {
+    if (L.pass == kPassSceApply) {  // the kernel's phases, barrier by barrier
+      uint32_t counts[2][kMethodThreads];
+      if (L.select.need_ties) {
+        for (uint32_t lane = 0; lane < kMethodThreads; ++lane)
+          sce_count_lane_ties(L, tile, lane, counts);
+        scan_counts(counts);
+      }
+      for (uint32_t lane = 0; lane < kMethodThreads; ++lane)
+        sce_apply_lane(L, tile, lane, sce_cursor(L, tile, lane, counts));
+      continue;
+    }
     if (L.pass != kPassApply) {
       for (uint32_t lane = 0; lane < kMethodThreads; ++lane) simple_pass_lane(L, tile, lane);
       continue;

@@ -1,7 +1,9 @@
 // Interface of the CUDA kernels of the merge methods (csrc/method_kernels_cuda.cu),
 // free of CUDA headers so g++-compiled code can use it. One launch runs one pass of
 // a task-vector job (TIES/DARE/breadcrumbs: |delta| histograms, tie counts, L1 norms,
-// the per-element program) or of a Gram reduction over ONE staged chunk of one tensor.
+// the per-element program), of a Gram reduction or of an SCE job (variance histograms,
+// tie counts, sums of squares, the per-element program) over ONE staged chunk of one
+// tensor.
 // Every pass computes exactly what the CPU scalar reference (method_kernels_cpu.cc,
 // methods_cpu.cc) computes for the same elements: the same fp32/fp64 operations in the
 // same order, fixed per-tile (kMethodTileElems) fp64 chains in index order, integer
@@ -25,6 +27,13 @@ enum MethodPass : uint32_t {
   kPassL1 = 3,      // sums[(2k + 0|1) * n_tiles + tile]: L1 of d before / after sparsifying
   kPassApply = 4,   // out = base + mix(weighted, sparsified, rescaled deltas)
   kPassGram = 5,    // sums[pair * n_tiles + tile] = Σ double(v_a) * double(v_b)
+  // SCE (method_sce.h): one selection for every model, by the variance rank bits v of
+  // the models' deltas (sce_variance_bits), in `select`.
+  kPassSceHistHi = 6,   // ++counts[v >> 16]; counts[kHiHistBins] += elements with v != 0
+  kPassSceHistLo = 7,   // ++counts[v & 0xFFFF] for v >> 16 == select.hi_bin
+  kPassSceTies = 8,     // ++counts[tile] for v == select.threshold
+  kPassSceSquares = 9,  // sums[k * n_tiles + tile] = Σ double(kept δ_k)², index order
+  kPassSceApply = 10,   // out = base + sce_mixed_delta(kept deltas, model weights)
 };
 
 // How a task job sparsifies its deltas.
@@ -45,7 +54,8 @@ struct SelDesc {
   uint64_t ties_keep = 0;
 };
 
-// One model of a task job (or one input of a Gram job: ptr/dtype only).
+// One model of a task job (or one input of a Gram job: ptr/dtype only; of an SCE job:
+// ptr/dtype, and its weight in the apply pass).
 struct ModelDesc {
   const void* ptr = nullptr;  // the staged chunk's element 0
   uint32_t dtype = 0;         // a ladle::DType
@@ -80,7 +90,8 @@ struct MethodLaunch {
   uint32_t out_dtype = 0;
   unsigned long long* counts = nullptr;            // histograms or tie counts (zeroed)
   const unsigned long long* tie_prefix = nullptr;  // [(2k + s) * n_tiles + tile]
-  double* sums = nullptr;                          // L1 and Gram per-tile sums
+  double* sums = nullptr;                          // L1, Gram, SCE per-tile sums
+  SelDesc select;  // SCE: the elements kept (tie_prefix[tile] when need_ties)
 };
 
 // Enqueues the pass on `stream` (a cudaStream_t) of the current device; returns the

@@ -10,7 +10,7 @@
 namespace ladle {
 namespace cuda {
 
-// Order: Gram, engine (sum/copy/max/nearswap), task; results and statistics as
+// Order: Gram, engine (sum/copy/max/nearswap), task, SCE; results and statistics as
 // ladle::run_jobs.
 PlanResults run_jobs(const Plan& plan, KindSet kinds, const Options& options,
                      const ProgressFn& progress);

@@ -6,9 +6,12 @@ tests/test_cuda.py's; these add the values and options it does not cover."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from test_cuda import DEVICES
+from test_methods_sce import nan_variance_models
 
 import ladle
 from ladle.methods import methods
@@ -58,29 +61,71 @@ def _same_as_cpu(tmp_path, run, device):
                                                (["BF16", "F16"], "F32")])
 def test_nearswap_matches_the_cpu_engine(tmp_path, device, dtypes, out_dtype):
     paths = _models(tmp_path, 1, dtypes, seed=len(dtypes[0]) + len(dtypes[1]))
-
-    def run(out, dev, **options):
-        methods.nearswap(paths[0], paths[1], [0.0005, 0.01, 0.2], out, dtype=out_dtype,
-                         device=dev, progress=False, **options)
-    _same_as_cpu(tmp_path, run, device)
+    _same_as_cpu(tmp_path, lambda out, dev, **o: _nearswap(paths, out, dev, [0.0005, 0.01, 0.2],
+                                                           dtype=out_dtype, **o), device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_nearswap_runs_on_the_device_backend(device):
-    """The kind is the device's own: no CPU fallback in method_engine."""
+def test_kinds_run_on_the_device_backend(device):
+    """The kinds are the device's own: no CPU fallback in method_engine."""
     from ladle.methods.method_engine import MethodEngine
 
     engine = MethodEngine(device, threads=0, memory_budget=1 << 20, chunk_elems=0,
                           kernel="auto")
-    assert engine.supports("nearswap")
+    assert engine.supports("nearswap") and engine.supports("sce")
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_nearswap_check_finite_on_device(tmp_path, device):
+@pytest.mark.parametrize("kind", ["nearswap", "sce"])
+def test_check_finite_on_device(tmp_path, device, kind):
     a = write_raw(tmp_path / "a.safetensors", {"w": ("F32", [3], b"\0" * 12)})
     nan = np.array([1.0, np.nan, 2.0], dtype=np.float32).tobytes()
     b = write_raw(tmp_path / "b.safetensors", {"w": ("F32", [3], nan)})
     out = tmp_path / "o.safetensors"
     with pytest.raises(ladle.NonFiniteError, match="b.safetensors: tensor 'w'.*element 1"):
-        methods.nearswap(a, b, 0.5, out, check_finite=True, device=device, progress=False)
+        if kind == "nearswap":
+            _nearswap([a, b], out, device, 0.5, check_finite=True)
+        else:
+            _sce([a, a, b], out, device, 0.5, check_finite=True)
     assert not out.exists() and not list(tmp_path.glob("*partial*"))
+
+
+def _nearswap(paths, out, device, t, **options):
+    methods.nearswap(paths[0], paths[1], t, out, device=device, progress=False, **options)
+
+
+def _sce(paths, out, device, select_topk, **options):
+    methods.merge_models("sce", paths[1:], out, base_model=paths[0],
+                         parameters={"select_topk": select_topk}, device=device,
+                         progress=False, **options)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("select_topk", [0.3, [0.9, 0.05], 1.0, 0.0])
+@pytest.mark.parametrize("dtypes", [["BF16"] * 4, ["F16", "BF16", "F32", "F16"], ["F32"] * 4])
+def test_sce_matches_the_cpu_engine(tmp_path, device, select_topk, dtypes):
+    """Coarse deltas, so many variances tie at the threshold (inside tiles and chunks)."""
+    paths = _models(tmp_path, 3, dtypes, seed=7)
+    _same_as_cpu(tmp_path, lambda out, dev, **o: _sce(paths, out, dev, select_topk, **o),
+                 device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n_models", [1, 2, 5])
+def test_sce_model_counts_and_output_dtypes(tmp_path, device, n_models):
+    """One model (every variance 0: nothing selected), two, five; F16 and F32 outputs."""
+    paths = _models(tmp_path, n_models, ["BF16"] * (n_models + 1), seed=n_models)
+    for dtype in ("F16", "F32"):
+        (tmp_path / dtype).mkdir()
+        _same_as_cpu(tmp_path / dtype, functools.partial(_sce_into, paths, 0.5, dtype), device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sce_nan_variances_match_the_cpu_engine(tmp_path, device):
+    """The threshold among NaN variances of many payloads: ties by index on the device too."""
+    paths, _ = nan_variance_models(tmp_path)
+    _same_as_cpu(tmp_path, lambda out, dev, **o: _sce(paths, out, dev, 0.3, **o), device)
+
+
+def _sce_into(paths, select_topk, dtype, out, device, **options):
+    _sce(paths, out, device, select_topk, dtype=dtype, **options)
