@@ -149,37 +149,39 @@ LADLE_HD uint64_t sce_tie_prefix(const MethodLaunch& L, uint64_t tile) {
   return L.select.need_ties ? L.tie_prefix[tile] : 0;
 }
 
-// ---- the first histogram pass: per selecting model (task) or one (SCE) ----
+// ---- the first histogram pass: per selecting model (task) or one (kSce) ----
+// (templates, so the task's kernels carry none of SCE's per-thread arrays)
 
-LADLE_HD bool is_sce_hist(const MethodLaunch& L) { return L.pass == kPassSceHistHi; }
+template <bool kSce>
+LADLE_HD uint32_t n_hi_hists(const MethodLaunch& L) { return kSce ? 1 : L.n_models; }
 
-LADLE_HD uint32_t n_hi_hists(const MethodLaunch& L) { return is_sce_hist(L) ? 1 : L.n_models; }
-
-LADLE_HD bool counts_hi(const MethodLaunch& L, uint32_t h) {
-  return is_sce_hist(L) || L.models[h].selects;
-}
+template <bool kSce>
+LADLE_HD bool counts_hi(const MethodLaunch& L, uint32_t h) { return kSce || L.models[h].selects; }
 
 // The bits histogram h ranks at chunk element e: model h's |delta|, or SCE's variance.
+template <bool kSce>
 LADLE_HD uint32_t hi_bits_at(const MethodLaunch& L, uint32_t h, uint64_t e) {
-  if (is_sce_hist(L)) {
+  if constexpr (kSce) {
     float tv[kMaxTaskModels], b;
     return sce_bits_at(L, e, tv, &b);
+  } else {
+    return abs_bits_of(delta_at(L, h, e, base_at(L, e)));
   }
-  return abs_bits_of(delta_at(L, h, e, base_at(L, e)));
 }
 
 // The emulator's histogram pass (the GPU's is hist_hi_kernel: the same bins, counted
 // in shared memory first; integer counts, so the two agree exactly). SCE also counts
 // its nonzero variances, after its one histogram.
+template <bool kSce>
 LADLE_HD void hist_hi_lane(const MethodLaunch& L, uint64_t tile, uint32_t lane) {
   LaneRange r = lane_range(L, tile, lane);
   unsigned long long nonzero = 0;
   for (uint64_t e = r.first; e < r.last; ++e)
-    for (uint32_t h = 0; h < n_hi_hists(L); ++h) {
-      if (!counts_hi(L, h)) continue;
-      uint32_t bits = hi_bits_at(L, h, e);
+    for (uint32_t h = 0; h < n_hi_hists<kSce>(L); ++h) {
+      if (!counts_hi<kSce>(L, h)) continue;
+      uint32_t bits = hi_bits_at<kSce>(L, h, e);
       count_one(L.counts + static_cast<uint64_t>(h) * kHiHistBins + (bits >> 16));
-      nonzero += is_sce_hist(L) && bits != 0;
+      if constexpr (kSce) nonzero += bits != 0;
     }
   if (nonzero) add_count(L.counts + kHiHistBins, nonzero);
 }
@@ -306,22 +308,33 @@ LADLE_HD uint32_t chains_per_tile(const MethodLaunch& L) {
                                                         : L.n_models * (L.n_models + 1) / 2;
 }
 
+template <bool kSce>
 LADLE_HD void run_chain(const MethodLaunch& L, uint64_t chain) {
   uint32_t per_tile = chains_per_tile(L);
   if (per_tile == 0 || chain >= L.n_tiles * per_tile) return;
   uint64_t tile = chain / per_tile;
   uint32_t c = static_cast<uint32_t>(chain % per_tile);
-  if (L.pass == kPassL1) l1_chain(L, tile, c);
-  else if (L.pass == kPassSceSquares) sce_squares_chain(L, tile, c);
+  if constexpr (kSce) sce_squares_chain(L, tile, c);
+  else if (L.pass == kPassL1) l1_chain(L, tile, c);
   else gram_chain(L, tile, c);
 }
 
 LADLE_HD void simple_pass_lane(const MethodLaunch& L, uint64_t tile, uint32_t lane) {
   switch (L.pass) {
-    case kPassHistHi: return hist_hi_lane(L, tile, lane);
+    case kPassHistHi: return hist_hi_lane<false>(L, tile, lane);
     case kPassHistLo: return hist_lo_lane(L, tile, lane);
     case kPassTies: return ties_lane(L, tile, lane);
-    case kPassSceHistHi: return hist_hi_lane(L, tile, lane);
+    default: return;
+  }
+}
+
+LADLE_HD bool is_sce_pass(const MethodLaunch& L) {
+  return L.pass >= kPassSceHistHi && L.pass <= kPassSceApply;
+}
+
+LADLE_HD void sce_pass_lane(const MethodLaunch& L, uint64_t tile, uint32_t lane) {
+  switch (L.pass) {
+    case kPassSceHistHi: return hist_hi_lane<true>(L, tile, lane);
     case kPassSceHistLo: return sce_hist_lo_lane(L, tile, lane);
     case kPassSceTies: return sce_ties_lane(L, tile, lane);
     default: return;
@@ -427,41 +440,44 @@ LADLE_HD void sce_apply_lane(const MethodLaunch& L, uint64_t tile, uint32_t lane
 constexpr int kHistThreads = 1024;
 constexpr unsigned kHistSharedBytes = kHiHistBins * sizeof(uint32_t);
 
+template <bool kSce>
 __global__ void __launch_bounds__(kHistThreads) hist_hi_kernel(MethodLaunch L) {
   extern __shared__ uint32_t bins[];
   const uint64_t stride = static_cast<uint64_t>(gridDim.x) * kHistThreads;
   const uint64_t first = static_cast<uint64_t>(blockIdx.x) * kHistThreads + threadIdx.x;
-  for (uint32_t h = 0; h < n_hi_hists(L); ++h) {
-    if (!counts_hi(L, h)) continue;
+  for (uint32_t h = 0; h < n_hi_hists<kSce>(L); ++h) {
+    if (!counts_hi<kSce>(L, h)) continue;
     for (uint32_t b = threadIdx.x; b < kHiHistBins; b += kHistThreads) bins[b] = 0;
     __syncthreads();
     unsigned long long nonzero = 0;
     for (uint64_t e = first; e < L.n_elems; e += stride) {
-      uint32_t bits = hi_bits_at(L, h, e);
+      uint32_t bits = hi_bits_at<kSce>(L, h, e);
       atomicAdd(&bins[bits >> 16], 1u);
-      nonzero += bits != 0;
+      if constexpr (kSce) nonzero += bits != 0;
     }
     __syncthreads();
     unsigned long long* global = L.counts + static_cast<uint64_t>(h) * kHiHistBins;
     for (uint32_t b = threadIdx.x; b < kHiHistBins; b += kHistThreads)
       if (bins[b]) atomicAdd(global + b, static_cast<unsigned long long>(bins[b]));
-    if (is_sce_hist(L) && nonzero) atomicAdd(L.counts + kHiHistBins, nonzero);
+    if (kSce && nonzero) atomicAdd(L.counts + kHiHistBins, nonzero);
     __syncthreads();
   }
 }
 
+template <bool kSce>
 int launch_hist_hi(const MethodLaunch& L, cudaStream_t stream) {
   int device = 0, sm_count = 1;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess)
     err = cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device);
   if (err == cudaSuccess)
-    err = cudaFuncSetAttribute(hist_hi_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    err = cudaFuncSetAttribute(hist_hi_kernel<kSce>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                kHistSharedBytes);
   if (err != cudaSuccess) return static_cast<int>(err);
   uint64_t blocks = (L.n_elems + kHistThreads - 1) / kHistThreads;
   if (blocks > static_cast<uint64_t>(sm_count)) blocks = static_cast<uint64_t>(sm_count);
-  hist_hi_kernel<<<static_cast<unsigned>(blocks), kHistThreads, kHistSharedBytes, stream>>>(L);
+  hist_hi_kernel<kSce>
+      <<<static_cast<unsigned>(blocks), kHistThreads, kHistSharedBytes, stream>>>(L);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -469,28 +485,37 @@ bool is_chain_pass(const MethodLaunch& L) {
   return L.pass == kPassL1 || L.pass == kPassGram || L.pass == kPassSceSquares;
 }
 
+template <bool kSce>
 __global__ void __launch_bounds__(kMethodThreads) chain_kernel(MethodLaunch L) {
-  run_chain(L, static_cast<uint64_t>(blockIdx.x) * kMethodThreads + threadIdx.x);
+  run_chain<kSce>(L, static_cast<uint64_t>(blockIdx.x) * kMethodThreads + threadIdx.x);
+}
+
+// SCE's passes but the first histogram and the sums of squares, one block per tile.
+__global__ void __launch_bounds__(kMethodThreads) sce_kernel(MethodLaunch L) {
+  const uint64_t tile = blockIdx.x;
+  const uint32_t lane = threadIdx.x;
+  if (L.pass != kPassSceApply) {
+    sce_pass_lane(L, tile, lane);
+    return;
+  }
+  __shared__ uint32_t counts[2][kMethodThreads];
+  if (L.select.need_ties) {  // the same for the whole block
+    sce_count_lane_ties(L, tile, lane, counts);
+    __syncthreads();
+    if (lane == 0) scan_counts(counts);
+    __syncthreads();
+  }
+  sce_apply_lane(L, tile, lane, sce_cursor(L, tile, lane, counts));
 }
 
 __global__ void __launch_bounds__(kMethodThreads) method_kernel(MethodLaunch L) {
   const uint64_t tile = blockIdx.x;
   const uint32_t lane = threadIdx.x;
-  __shared__ uint32_t counts[2][kMethodThreads];
-  if (L.pass == kPassSceApply) {
-    if (L.select.need_ties) {  // the same for the whole block
-      sce_count_lane_ties(L, tile, lane, counts);
-      __syncthreads();
-      if (lane == 0) scan_counts(counts);
-      __syncthreads();
-    }
-    sce_apply_lane(L, tile, lane, sce_cursor(L, tile, lane, counts));
-    return;
-  }
   if (L.pass != kPassApply) {
     simple_pass_lane(L, tile, lane);
     return;
   }
+  __shared__ uint32_t counts[2][kMethodThreads];
   LaneCursors c;
   zero_cursors(L, &c);
   for (uint32_t k = 0; k < L.n_models; ++k) {
@@ -509,29 +534,35 @@ __global__ void __launch_bounds__(kMethodThreads) method_kernel(MethodLaunch L) 
 
 int launch_method(const MethodLaunch& launch, void* stream) {
   if (launch.n_tiles == 0) return 0;
-  if (launch.pass == kPassHistHi || launch.pass == kPassSceHistHi)
-    return launch_hist_hi(launch, static_cast<cudaStream_t>(stream));
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (launch.pass == kPassHistHi) return launch_hist_hi<false>(launch, s);
+  if (launch.pass == kPassSceHistHi) return launch_hist_hi<true>(launch, s);
   if (is_chain_pass(launch)) {
     uint64_t n_chains = launch.n_tiles * chains_per_tile(launch);
     if (n_chains == 0) return 0;
     unsigned blocks = static_cast<unsigned>((n_chains + kMethodThreads - 1) / kMethodThreads);
-    chain_kernel<<<blocks, kMethodThreads, 0, static_cast<cudaStream_t>(stream)>>>(launch);
+    if (launch.pass == kPassSceSquares) chain_kernel<true><<<blocks, kMethodThreads, 0, s>>>(launch);
+    else chain_kernel<false><<<blocks, kMethodThreads, 0, s>>>(launch);
     return static_cast<int>(cudaGetLastError());
   }
-  method_kernel<<<static_cast<unsigned>(launch.n_tiles), kMethodThreads, 0,
-                  static_cast<cudaStream_t>(stream)>>>(launch);
+  unsigned blocks = static_cast<unsigned>(launch.n_tiles);
+  if (is_sce_pass(launch)) sce_kernel<<<blocks, kMethodThreads, 0, s>>>(launch);
+  else method_kernel<<<blocks, kMethodThreads, 0, s>>>(launch);
   return static_cast<int>(cudaGetLastError());
 }
 
 void emulate_method(const MethodLaunch& launch) {
   const MethodLaunch& L = launch;
   if (is_chain_pass(L)) {
-    for (uint64_t chain = 0; chain < L.n_tiles * chains_per_tile(L); ++chain) run_chain(L, chain);
+    for (uint64_t chain = 0; chain < L.n_tiles * chains_per_tile(L); ++chain) {
+      if (L.pass == kPassSceSquares) run_chain<true>(L, chain);
+      else run_chain<false>(L, chain);
+    }
     return;
   }
   for (uint64_t tile = 0; tile < L.n_tiles; ++tile) {
-    if (L.pass == kPassSceApply) {  // the kernel's phases, barrier by barrier
-      uint32_t counts[2][kMethodThreads];
+    if (L.pass == kPassSceApply) {  // sce_kernel's phases, barrier by barrier
+      uint32_t counts[2][kMethodThreads] = {};
       if (L.select.need_ties) {
         for (uint32_t lane = 0; lane < kMethodThreads; ++lane)
           sce_count_lane_ties(L, tile, lane, counts);
@@ -542,7 +573,10 @@ void emulate_method(const MethodLaunch& launch) {
       continue;
     }
     if (L.pass != kPassApply) {
-      for (uint32_t lane = 0; lane < kMethodThreads; ++lane) simple_pass_lane(L, tile, lane);
+      for (uint32_t lane = 0; lane < kMethodThreads; ++lane) {
+        if (is_sce_pass(L)) sce_pass_lane(L, tile, lane);
+        else simple_pass_lane(L, tile, lane);
+      }
       continue;
     }
     uint32_t counts[2][kMethodThreads];
