@@ -7,11 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
-#ifdef __CUDACC__
-#define LADLE_SHARED_FN __host__ __device__ inline
-#else
-#define LADLE_SHARED_FN inline
-#endif
+#include "shared_fn.h"
 
 namespace ladle {
 

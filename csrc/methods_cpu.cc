@@ -928,7 +928,7 @@ class TaskRunner {
                                                           : MixConsensus::kNone;
     spec.normalize = job.normalize;
     spec.lambda = job.lambda;
-    spec.plain_divisor = std::fabs(weight_sum) < 1e-8f ? 1.0f : weight_sum;
+    spec.plain_divisor = mix_plain_divisor(weight_sum);
     std::vector<float> weights;
     for (const TaskModel& m : job.models) weights.push_back(m.input.weight);
     spec.weights = weights.data();

@@ -148,7 +148,7 @@ class TaskRunner {
     L.lambda = job.lambda;
     float weight_sum = 0.0f;  // the unmasked divisor: weights summed in model order
     for (const TaskModel& m : job.models) weight_sum = weight_sum + m.input.weight;
-    L.plain_divisor = std::fabs(weight_sum) < 1e-8f ? 1.0f : weight_sum;
+    L.plain_divisor = mix_plain_divisor(weight_sum);
     L.out_dtype = static_cast<uint32_t>(job.out_dtype);
     return L;
   }
