@@ -1,7 +1,7 @@
 """GPU benchmark of the merge methods' CUDA kernels (issue 16): each pass of the
 task-vector program (|delta| histograms, tie counts, L1 norms, the per-element
-apply), the Gram reduction and SCE (variance histogram, tie counts, sums of
-squares, apply), over device-resident bf16 inputs (a base and 3 models), as a
+apply), the Gram reduction, SCE (variance histogram, tie counts, sums of
+squares, apply) and DELLA (rank, apply), over device-resident bf16 inputs (a base and 3 models), as a
 fraction of device-to-device copy bandwidth (bytes read + written; target ≥ 80 %). Then an end-to-end check that every method's output on the GPU is
 byte-identical to the CPU engine's. Needs a CUDA GPU and torch; exits 0 with a
 message when there is none.
@@ -36,6 +36,8 @@ PASSES = [
     ("sce_ties", "none", "SCE tie counts per tile"),
     ("sce_squares", "none", "SCE sums of squares of the kept deltas per tile and model"),
     ("sce_apply", "none", "SCE apply: select, erase by sign, weighted mean, round"),
+    ("della_rank", "prob", "DELLA keep probabilities: sort each row of 4096 by |delta|"),
+    ("apply", "prob", "DELLA apply: draw against the keep probabilities, mix, round"),
 ]
 
 

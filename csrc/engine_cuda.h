@@ -55,13 +55,9 @@ struct Options {
 RunStats run_plan(const Plan& plan, const Options& options, const ProgressFn& progress);
 
 // What this backend runs: weighted sums, copies, maxima and nearswap (run_plan), the
-// methods' task programs, Gram reductions and SCE (methods_cuda.h). Dot products and
-// DELLA run on the CPU backend.
-inline bool supports(JobKind kind) {
-  return kind == JobKind::kWeightedSum || kind == JobKind::kCopy || kind == JobKind::kMax ||
-         kind == JobKind::kNearSwap || kind == JobKind::kTaskProgram || kind == JobKind::kGram ||
-         kind == JobKind::kSce;
-}
+// methods' task programs, Gram reductions, DELLA and SCE (methods_cuda.h). Dot
+// products run on the CPU backend.
+inline bool supports(JobKind kind) { return kind != JobKind::kDot; }
 
 // Chunk length (elements) run_plan uses for `plan` under `options`.
 uint64_t choose_chunk_elems(const Plan& plan, const Options& options);

@@ -16,6 +16,7 @@
 
 #include "cuda_elems.cuh"
 #include "method_kernels.h"
+#include "method_della_elems.h"
 #include "method_kernels_cuda.h"
 #include "method_sce_elems.h"
 
@@ -92,6 +93,12 @@ LADLE_HD float sparsify(const MethodLaunch& L, uint32_t k, uint64_t e, float d, 
     bool keep = mul_rn(static_cast<float>(dare_draw_hd(m.stream, L.first_elem + e)),
                        0x1p-24f) < m.density;
     return keep ? (by_density ? div_rn(d, m.density) : d) : 0.0f;
+  }
+  if (L.sparsify == kProbDraw) {  // DELLA: p by rank (selecting models) or 1 / 0
+    float p = m.selects ? L.probs[static_cast<uint64_t>(k) * L.n_elems + e] : m.density;
+    bool keep = mul_rn(static_cast<float>(dare_draw_hd(m.stream, L.first_elem + e)),
+                       0x1p-24f) < p;
+    return keep ? (by_density ? div_rn(d, p) : d) : 0.0f;
   }
   if (L.sparsify == kRankWindow) {
     uint32_t bits = abs_bits_of(d);
@@ -223,10 +230,12 @@ LADLE_HD uint64_t tie_prefix_at(const MethodLaunch& L, uint32_t k, uint32_t s, u
   return L.models[k].sel[s].need_ties ? L.tie_prefix[(2ull * k + s) * L.n_tiles + tile] : 0;
 }
 
-// Chain k of a tile: model k's L1 before and after sparsifying (no rescaling) in
-// index order, walking the rank cursors itself.
+// Chain k of a tile (of L.chain_elems elements when set: DELLA's units): model k's L1
+// before and after sparsifying (no rescaling) in index order, walking the rank cursors
+// itself.
 LADLE_HD void l1_chain(const MethodLaunch& L, uint64_t tile, uint32_t k) {
-  uint64_t first = tile * kTile, last = first + kTile < L.n_elems ? first + kTile : L.n_elems;
+  uint64_t len = L.chain_elems ? L.chain_elems : kTile;
+  uint64_t first = tile * len, last = first + len < L.n_elems ? first + len : L.n_elems;
   uint64_t seen_lo = tie_prefix_at(L, k, 0, tile), seen_hi = tie_prefix_at(L, k, 1, tile);
   double before = 0.0, after = 0.0;
   for (uint64_t e = first; e < last; ++e) {
@@ -338,6 +347,76 @@ LADLE_HD void sce_pass_lane(const MethodLaunch& L, uint64_t tile, uint32_t lane)
     case kPassSceHistLo: return sce_hist_lo_lane(L, tile, lane);
     case kPassSceTies: return sce_ties_lane(L, tile, lane);
     default: return;
+  }
+}
+
+// ---- DELLA: keep probabilities by rank inside each rank group ----
+//
+// Group g of the chunk (its blocks' groups in order) holds group_len elements
+// group_stride apart. A block per (group, model) sorts the keys (|δ| bits, index) of
+// a group of up to kSortElems in shared memory (bitonic, padded to a power of two);
+// longer groups rank each element by counting the keys below it. Either way rank r is
+// the ascending rank with ties by index, as the CPU's stable radix sort gives it.
+
+constexpr uint32_t kSortElems = 16384;  // 128 KiB of 8-byte keys
+constexpr int kSortThreads = kMethodThreads;
+
+LADLE_HD uint64_t group_elem(const MethodLaunch& L, uint64_t g, uint64_t j) {
+  uint64_t block = L.group_len * L.group_stride;
+  return g / L.group_stride * block + g % L.group_stride + j * L.group_stride;
+}
+
+LADLE_HD uint64_t n_rank_groups(const MethodLaunch& L) { return L.n_elems / L.group_len; }
+
+LADLE_HD uint64_t rank_key(const MethodLaunch& L, uint32_t k, uint64_t g, uint64_t j) {
+  uint64_t e = group_elem(L, g, j);
+  return static_cast<uint64_t>(abs_bits_of(delta_at(L, k, e, base_at(L, e)))) << 32 | j;
+}
+
+LADLE_HD void store_prob(const MethodLaunch& L, uint32_t k, uint64_t g, uint64_t rank,
+                         uint64_t j) {
+  const ModelDesc& m = L.models[k];
+  L.probs[static_cast<uint64_t>(k) * L.n_elems + group_elem(L, g, j)] =
+      della_keep_probability(rank, L.group_len, m.floor, m.epsilon);
+}
+
+LADLE_HD uint32_t sort_len(const MethodLaunch& L) {
+  uint32_t n = 1;
+  while (n < L.group_len) n <<= 1;
+  return n;
+}
+
+LADLE_HD void sort_load(const MethodLaunch& L, uint32_t k, uint64_t g, uint32_t lane,
+                        uint64_t* keys) {
+  for (uint32_t t = lane; t < sort_len(L); t += kSortThreads)
+    keys[t] = t < L.group_len ? rank_key(L, k, g, t) : ~0ull;
+}
+
+// One step (size, stride) of the bitonic network: the lane's compare-exchanges.
+LADLE_HD void sort_step(uint64_t* keys, uint32_t n, uint32_t size, uint32_t stride,
+                        uint32_t lane) {
+  for (uint32_t t = lane; t < n / 2; t += kSortThreads) {
+    uint32_t i = t / stride * 2 * stride + t % stride, p = i + stride;
+    bool ascending = (i & size) == 0;
+    if ((keys[i] > keys[p]) == ascending) {
+      uint64_t x = keys[i];
+      keys[i] = keys[p];
+      keys[p] = x;
+    }
+  }
+}
+
+LADLE_HD void sort_store(const MethodLaunch& L, uint32_t k, uint64_t g, uint32_t lane,
+                         const uint64_t* keys) {
+  for (uint64_t r = lane; r < L.group_len; r += kSortThreads)
+    store_prob(L, k, g, r, keys[r] & 0xFFFFFFFFu);
+}
+
+LADLE_HD void rank_by_count(const MethodLaunch& L, uint32_t k, uint64_t g, uint32_t lane) {
+  for (uint64_t j = lane; j < L.group_len; j += kSortThreads) {
+    uint64_t key = rank_key(L, k, g, j), rank = 0;
+    for (uint64_t i = 0; i < L.group_len; ++i) rank += rank_key(L, k, g, i) < key;
+    store_prob(L, k, g, rank, j);
   }
 }
 
@@ -530,9 +609,58 @@ __global__ void __launch_bounds__(kMethodThreads) method_kernel(MethodLaunch L) 
   apply_lane(L, tile, lane, &c);
 }
 
+__global__ void __launch_bounds__(kSortThreads) della_rank_kernel(MethodLaunch L) {
+  extern __shared__ uint64_t keys[];
+  const uint64_t g = blockIdx.x;
+  const uint32_t k = blockIdx.y, lane = threadIdx.x;
+  if (!L.models[k].selects) return;  // the same for the whole block
+  if (L.group_len > kSortElems) return rank_by_count(L, k, g, lane);
+  const uint32_t n = sort_len(L);
+  sort_load(L, k, g, lane, keys);
+  __syncthreads();
+  for (uint32_t size = 2; size <= n; size <<= 1)
+    for (uint32_t stride = size / 2; stride > 0; stride >>= 1) {
+      sort_step(keys, n, size, stride, lane);
+      __syncthreads();
+    }
+  sort_store(L, k, g, lane, keys);
+}
+
+int launch_della_rank(const MethodLaunch& L, cudaStream_t stream) {
+  unsigned smem = L.group_len > kSortElems ? 0u : sort_len(L) * 8u;
+  cudaError_t err = cudaFuncSetAttribute(
+      della_rank_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSortElems * 8);
+  if (err != cudaSuccess) return static_cast<int>(err);
+  dim3 grid(static_cast<unsigned>(n_rank_groups(L)), L.n_models);
+  della_rank_kernel<<<grid, kSortThreads, smem, stream>>>(L);
+  return static_cast<int>(cudaGetLastError());
+}
+
+void emulate_della_rank(const MethodLaunch& L) {
+  std::vector<uint64_t> keys(L.group_len > kSortElems ? 0 : sort_len(L));
+  const uint32_t n = static_cast<uint32_t>(keys.size());
+  for (uint64_t g = 0; g < n_rank_groups(L); ++g)
+    for (uint32_t k = 0; k < L.n_models; ++k) {  // the kernel's phases, barrier by barrier
+      if (!L.models[k].selects) continue;
+      if (L.group_len > kSortElems) {
+        for (uint32_t lane = 0; lane < kSortThreads; ++lane) rank_by_count(L, k, g, lane);
+        continue;
+      }
+      for (uint32_t lane = 0; lane < kSortThreads; ++lane) sort_load(L, k, g, lane, keys.data());
+      for (uint32_t size = 2; size <= n; size <<= 1)
+        for (uint32_t stride = size / 2; stride > 0; stride >>= 1)
+          for (uint32_t lane = 0; lane < kSortThreads; ++lane)
+            sort_step(keys.data(), n, size, stride, lane);
+      for (uint32_t lane = 0; lane < kSortThreads; ++lane) sort_store(L, k, g, lane, keys.data());
+    }
+}
+
 }  // namespace
 
 int launch_method(const MethodLaunch& launch, void* stream) {
+  if (launch.n_elems == 0) return 0;
+  if (launch.pass == kPassDellaRank)
+    return launch_della_rank(launch, static_cast<cudaStream_t>(stream));
   if (launch.n_tiles == 0) return 0;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (launch.pass == kPassHistHi) return launch_hist_hi<false>(launch, s);
@@ -541,8 +669,10 @@ int launch_method(const MethodLaunch& launch, void* stream) {
     uint64_t n_chains = launch.n_tiles * chains_per_tile(launch);
     if (n_chains == 0) return 0;
     unsigned blocks = static_cast<unsigned>((n_chains + kMethodThreads - 1) / kMethodThreads);
-    if (launch.pass == kPassSceSquares) chain_kernel<true><<<blocks, kMethodThreads, 0, s>>>(launch);
-    else chain_kernel<false><<<blocks, kMethodThreads, 0, s>>>(launch);
+    if (launch.pass == kPassSceSquares)
+      chain_kernel<true><<<blocks, kMethodThreads, 0, s>>>(launch);
+    else
+      chain_kernel<false><<<blocks, kMethodThreads, 0, s>>>(launch);
     return static_cast<int>(cudaGetLastError());
   }
   unsigned blocks = static_cast<unsigned>(launch.n_tiles);
@@ -553,6 +683,7 @@ int launch_method(const MethodLaunch& launch, void* stream) {
 
 void emulate_method(const MethodLaunch& launch) {
   const MethodLaunch& L = launch;
+  if (L.pass == kPassDellaRank) return emulate_della_rank(L);
   if (is_chain_pass(L)) {
     for (uint64_t chain = 0; chain < L.n_tiles * chains_per_tile(L); ++chain) {
       if (L.pass == kPassSceSquares) run_chain<true>(L, chain);

@@ -1,9 +1,10 @@
 // Interface of the CUDA kernels of the merge methods (csrc/method_kernels_cuda.cu),
 // free of CUDA headers so g++-compiled code can use it. One launch runs one pass of
 // a task-vector job (TIES/DARE/breadcrumbs: |delta| histograms, tie counts, L1 norms,
-// the per-element program), of a Gram reduction or of an SCE job (variance histograms,
-// tie counts, sums of squares, the per-element program) over ONE staged chunk of one
-// tensor.
+// the per-element program), of a Gram reduction, of an SCE job (variance histograms,
+// tie counts, sums of squares, the per-element program) or of a DELLA job (keep
+// probabilities by rank, then the task's L1 and apply passes) over ONE staged chunk of
+// one tensor.
 // Every pass computes exactly what the CPU scalar reference (method_kernels_cpu.cc,
 // methods_cpu.cc) computes for the same elements: the same fp32/fp64 operations in the
 // same order, fixed per-tile (kMethodTileElems) fp64 chains in index order, integer
@@ -34,6 +35,10 @@ enum MethodPass : uint32_t {
   kPassSceTies = 8,     // ++counts[tile] for v == select.threshold
   kPassSceSquares = 9,  // sums[k * n_tiles + tile] = Σ double(kept δ_k)², index order
   kPassSceApply = 10,   // out = base + sce_mixed_delta(kept deltas, model weights)
+  // DELLA (method_della.h): probs[k * n_elems + e] = della_keep_probability of the
+  // ascending rank of |δ_k| in its rank group, for models that select; then kPassL1
+  // and kPassApply with kProbDraw.
+  kPassDellaRank = 11,
 };
 
 // How a task job sparsifies its deltas.
@@ -41,6 +46,7 @@ enum SparsifyMode : uint32_t {
   kKeepAll = 0,     // Sparsify::kNone
   kRankWindow = 1,  // Sparsify::kMagnitude / kOutliers: keep ranks [rank_lo, rank_hi)
   kRandomDraw = 2,  // Sparsify::kRandom (DARE)
+  kProbDraw = 3,    // DELLA: DARE's draw against probs (selecting models) or density
 };
 
 // One bound of a rank window ("rank < r", see RankWindowBound in method_kernels.h).
@@ -61,7 +67,9 @@ struct ModelDesc {
   uint32_t dtype = 0;         // a ladle::DType
   uint32_t selects = 0;       // the model's rank window needs statistics
   float weight = 1.0f;
-  float density = 1.0f;       // kRandom
+  float density = 1.0f;       // kRandom; kProbDraw: the keep probability when !selects
+  float floor = 1.0f;         // DELLA: fp32(density - epsilon)
+  float epsilon = 0.0f;       // DELLA
   float l1_scale = 1.0f;      // Rescale::kL1, applied when l1_scaled
   uint32_t l1_scaled = 0;
   uint64_t stream = 0;        // DARE's per-model RNG stream
@@ -92,6 +100,10 @@ struct MethodLaunch {
   const unsigned long long* tie_prefix = nullptr;  // [(2k + s) * n_tiles + tile]
   double* sums = nullptr;                          // L1, Gram, SCE per-tile sums
   SelDesc select;  // SCE: the elements kept (tie_prefix[tile] when need_ties)
+  float* probs = nullptr;       // DELLA: [k * n_elems + e], written by kPassDellaRank
+  uint64_t chain_elems = 0;     // kPassL1: elements per chain (0: one tile)
+  uint64_t group_len = 1;       // DELLA: elements per rank group
+  uint64_t group_stride = 1;    // DELLA: distance between a group's elements
 };
 
 // Enqueues the pass on `stream` (a cudaStream_t) of the current device; returns the

@@ -76,7 +76,7 @@ void Progress::add(uint64_t n_bytes) {
 }
 
 Stage::Stage(const Options& options, uint64_t in_bytes, uint64_t out_bytes, uint64_t n_counts,
-             uint64_t n_sums, uint32_t n_models)
+             uint64_t n_sums, uint32_t n_models, uint64_t scratch_bytes)
     : restore_(options.backend), ops_(make_ops(options.backend, options.device)) {
   try {
     ops_->bind_thread();
@@ -88,6 +88,7 @@ Stage::Stage(const Options& options, uint64_t in_bytes, uint64_t out_bytes, uint
     dev_counts_ = static_cast<unsigned long long*>(ops_->alloc_device(n_counts * 8));
     dev_prefix_ = static_cast<unsigned long long*>(ops_->alloc_device(n_counts * 8));
     dev_sums_ = static_cast<double*>(ops_->alloc_device(n_sums * 8));
+    if (scratch_bytes) dev_scratch_ = ops_->alloc_device(scratch_bytes);
   } catch (...) {
     release();  // a failed allocation leaves nothing behind
     throw;
@@ -133,11 +134,12 @@ void Stage::launch(MethodLaunch* L, const std::vector<ModelDesc>& models, uint64
 
 void Stage::write_out(const Sink& sink, const std::string& tensor, DType dtype,
                       uint64_t out_offset, uint64_t first, uint64_t n, bool check_finite,
-                      RunStats* stats) {
+                      RunStats* stats, const std::function<void(const uint8_t*)>& check) {
   uint64_t out_size = item_n_bytes(dtype);
   SinkSpan span(sink, out_offset + first * out_size, n * out_size, &out_staging_);
   out_to(span.out_span(), n * out_size);
-  if (check_finite) check_finite_output(sink, tensor, dtype, span.out_span(), n, first);
+  if (check_finite && check) check(span.out_span());
+  else if (check_finite) check_finite_output(sink, tensor, dtype, span.out_span(), n, first);
   span.commit();
   stats->bytes_written += n * out_size;
   ++stats->n_chunks;
@@ -150,7 +152,7 @@ void Stage::release() noexcept {
   }
   for (void* p : {static_cast<void*>(dev_in_), static_cast<void*>(dev_out_),
                   static_cast<void*>(dev_models_), static_cast<void*>(dev_counts_),
-                  static_cast<void*>(dev_prefix_), static_cast<void*>(dev_sums_)})
+                  static_cast<void*>(dev_prefix_), static_cast<void*>(dev_sums_), dev_scratch_})
     if (p) ops_->free_device(p);
   if (host_in_) ops_->free_host(host_in_);
   if (stream_) ops_->destroy_stream(stream_);
@@ -158,6 +160,7 @@ void Stage::release() noexcept {
   dev_models_ = nullptr;
   dev_counts_ = dev_prefix_ = nullptr;
   dev_sums_ = nullptr;
+  dev_scratch_ = nullptr;
   stream_ = nullptr;
 }
 

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -87,7 +88,7 @@ class Progress {
 class Stage {
  public:
   Stage(const Options& options, uint64_t in_bytes, uint64_t out_bytes, uint64_t n_counts,
-        uint64_t n_sums, uint32_t n_models);
+        uint64_t n_sums, uint32_t n_models, uint64_t scratch_bytes = 0);
   ~Stage() { release(); }
   Stage(const Stage&) = delete;
   Stage& operator=(const Stage&) = delete;
@@ -98,6 +99,8 @@ class Stage {
                  uint64_t key, uint64_t first, uint64_t n);
   const void* device_input(size_t i) const { return dev_in_ + offsets_[i]; }
   const uint8_t* host_input(size_t i) const { return host_in_ + offsets_[i]; }
+  // Device memory for a pass's per-element results (DELLA's keep probabilities).
+  void* device_scratch() const { return dev_scratch_; }
 
   // Launches one pass with `models` as its model table; `counts` (when not null) is
   // zeroed on the device first and `prefix` uploaded.
@@ -118,9 +121,12 @@ class Stage {
     ops_->sync(stream_);
   }
   // Writes the output of the last launch, elements [first, first + n) of a tensor at
-  // out_offset of `sink` (checked finite when asked), and counts it in `stats`.
+  // out_offset of `sink`, and counts it in `stats`. When check_finite, the output is
+  // checked before it is committed: by `check` (given the chunk's output bytes) when
+  // set, else as a whole.
   void write_out(const Sink& sink, const std::string& tensor, DType dtype, uint64_t out_offset,
-                 uint64_t first, uint64_t n, bool check_finite, RunStats* stats);
+                 uint64_t first, uint64_t n, bool check_finite, RunStats* stats,
+                 const std::function<void(const uint8_t*)>& check = nullptr);
   const char* name() const { return ops_->name(); }
 
  private:
@@ -138,10 +144,55 @@ class Stage {
   unsigned long long* dev_counts_ = nullptr;
   unsigned long long* dev_prefix_ = nullptr;
   double* dev_sums_ = nullptr;
+  void* dev_scratch_ = nullptr;
   std::vector<uint64_t> offsets_;
   std::vector<uint8_t> out_staging_;  // for sinks that take no direct writes
   uint64_t staged_key_ = ~0ull;
   uint64_t staged_first_ = 0;
+};
+
+// What sizes a run: the most models of any job, and the bytes all its passes read
+// (each job's inputs times passes_of(job)).
+struct RunSize {
+  uint32_t max_models = 1;
+  uint64_t total_bytes = 0;
+};
+template <class MethodJob, class InputsOf, class PassesOf>
+RunSize run_size(const std::vector<MethodJob>& jobs, InputsOf inputs_of, PassesOf passes_of) {
+  RunSize size;
+  for (const MethodJob& job : jobs) {
+    size.max_models = std::max<uint32_t>(size.max_models, static_cast<uint32_t>(job.models.size()));
+    size.total_bytes += read_n_bytes(inputs_of(job), job.n_elems) * passes_of(job);
+  }
+  return size;
+}
+
+// What every method runner is made of: its plan, jobs and options, the chunk length and
+// the Stage of the run; run_jobs calls Derived::run_job(j, bar, stats) for each job
+// with elements, then hands back the run's statistics and frees the Stage.
+template <class Derived, class MethodJob>
+class MethodRunner {
+ public:
+  MethodRunner(const Plan& plan, const std::vector<MethodJob>& jobs, const Options& options)
+      : plan_(plan), jobs_(jobs), options_(options) {}
+
+ protected:
+  RunStats run_jobs(const ProgressFn& progress, uint64_t total_bytes,
+                    std::chrono::steady_clock::time_point t0) {
+    Progress bar(progress, total_bytes);
+    RunStats stats;
+    for (size_t j = 0; j < jobs_.size(); ++j)
+      if (jobs_[j].n_elems > 0) static_cast<Derived*>(this)->run_job(j, &bar, &stats);
+    finish_stats(&stats, chunk_elems_, *stage_, t0);
+    stage_.reset();
+    return stats;
+  }
+
+  const Plan& plan_;
+  const std::vector<MethodJob>& jobs_;
+  const Options& options_;
+  uint64_t chunk_elems_ = 0;
+  std::unique_ptr<Stage> stage_;
 };
 
 // Calls fn(first, n, chunk_tiles) for every chunk of a job (`key` for the Stage) of

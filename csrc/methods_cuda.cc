@@ -81,19 +81,15 @@ std::vector<JobInput> task_inputs(const TaskJob& job) {
   return inputs;
 }
 
-class TaskRunner {
+class TaskRunner : public MethodRunner<TaskRunner, TaskJob> {
  public:
-  TaskRunner(const Plan& plan, const std::vector<TaskJob>& jobs, const Options& options)
-      : plan_(plan), jobs_(jobs), options_(options) {}
+  using MethodRunner::MethodRunner;
 
   RunStats run(const ProgressFn& progress) {
     auto t0 = std::chrono::steady_clock::now();
-    uint64_t total = 0;
-    uint32_t max_models = 1;
-    for (const TaskJob& job : jobs_) {
-      max_models = std::max<uint32_t>(max_models, static_cast<uint32_t>(job.models.size()));
-      total += read_n_bytes(task_inputs(job), job.n_elems) * (selects_by_rank(job) ? 4 : 1);
-    }
+    RunSize size = run_size(jobs_, task_inputs,
+                            [](const TaskJob& job) { return selects_by_rank(job) ? 4 : 1; });
+    uint32_t max_models = size.max_models;
     std::vector<StagedJob> staged = staged_jobs(jobs_, task_inputs);
     uint64_t state = 2ull * max_models * kLoHistBins * 8;
     chunk_elems_ = chunk_elems_for(staged_per_elem(staged), state, options_);
@@ -103,18 +99,11 @@ class TaskRunner {
                                            2ull * max_models * chunk_tiles);
     stage_ = std::make_unique<Stage>(options_, bytes.in, bytes.out, n_counts,
                                      2ull * max_models * chunk_tiles, max_models);
-    Progress bar(progress, total);
-    RunStats stats;
-    for (size_t j = 0; j < jobs_.size(); ++j) {
-      if (jobs_[j].n_elems == 0) continue;
-      run_job(j, &bar, &stats);
-    }
-    finish_stats(&stats, chunk_elems_, *stage_, t0);
-    stage_.reset();
-    return stats;
+    return run_jobs(progress, size.total_bytes, t0);
   }
 
  private:
+  friend class MethodRunner<TaskRunner, TaskJob>;
   struct ModelState {
     Bound bound[2];  // lo, hi
     bool selects() const { return bound[0].desc.active || bound[1].desc.active; }
@@ -301,11 +290,6 @@ class TaskRunner {
                 (unsigned long long)(first + bad));
   }
 
-  const Plan& plan_;
-  const std::vector<TaskJob>& jobs_;
-  const Options& options_;
-  uint64_t chunk_elems_ = 0;
-  std::unique_ptr<Stage> stage_;
   std::vector<ModelState> states_;
   std::vector<uint8_t> l1_scaled_;
   std::vector<float> l1_scale_;

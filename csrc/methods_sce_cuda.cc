@@ -30,20 +30,17 @@ std::vector<JobInput> sce_inputs(const SceJob& job) {
   return inputs;
 }
 
-class SceRunner {
+class SceRunner : public MethodRunner<SceRunner, SceJob> {
  public:
-  SceRunner(const Plan& plan, const std::vector<SceJob>& jobs, const Options& options)
-      : plan_(plan), jobs_(jobs), options_(options) {}
+  using MethodRunner::MethodRunner;
 
   RunStats run(const ProgressFn& progress) {
     auto t0 = std::chrono::steady_clock::now();
-    uint64_t total = 0, max_tiles = 1;
-    uint32_t max_models = 1;
-    for (const SceJob& job : jobs_) {
-      max_models = std::max<uint32_t>(max_models, static_cast<uint32_t>(job.models.size()));
-      max_tiles = std::max(max_tiles, job.n_elems / kTile + 1);
-      total += read_n_bytes(sce_inputs(job), job.n_elems) * (sce_selects(job) ? 5 : 2);
-    }
+    RunSize size = run_size(jobs_, sce_inputs,
+                            [](const SceJob& job) { return sce_selects(job) ? 5 : 2; });
+    uint32_t max_models = size.max_models;
+    uint64_t max_tiles = 1;
+    for (const SceJob& job : jobs_) max_tiles = std::max(max_tiles, job.n_elems / kTile + 1);
     std::vector<StagedJob> staged = staged_jobs(jobs_, sce_inputs);
     // Held beside the chunks: the tensor's tie prefix and sums of squares per tile, the
     // histograms on the host.
@@ -54,16 +51,11 @@ class SceRunner {
     stage_ = std::make_unique<Stage>(options_, bytes.in, bytes.out,
                                      std::max<uint64_t>(kLoHistBins, chunk_tiles),
                                      max_models * chunk_tiles, max_models);
-    Progress bar(progress, total);
-    RunStats stats;
-    for (size_t j = 0; j < jobs_.size(); ++j)
-      if (jobs_[j].n_elems > 0) run_job(j, &bar, &stats);
-    finish_stats(&stats, chunk_elems_, *stage_, t0);
-    stage_.reset();
-    return stats;
+    return run_jobs(progress, size.total_bytes, t0);
   }
 
  private:
+  friend class MethodRunner<SceRunner, SceJob>;
   void run_job(size_t j, Progress* bar, RunStats* stats) {
     const SceJob& job = jobs_[j];
     inputs_ = sce_inputs(job);
@@ -175,11 +167,6 @@ class SceRunner {
     stage_->launch(&L, models, n_counts, &prefix);
   }
 
-  const Plan& plan_;
-  const std::vector<SceJob>& jobs_;
-  const Options& options_;
-  uint64_t chunk_elems_ = 0;
-  std::unique_ptr<Stage> stage_;
   // The tensor being run.
   std::vector<JobInput> inputs_;
   bool inputs_checked_ = false;

@@ -1,5 +1,5 @@
 """Job kinds the CUDA backend runs besides weighted sums and task programs (nearswap,
-SCE) on the emulator and, when present, the GPU: byte-equal to the CPU engine on odd
+SCE, DELLA) on the emulator and, when present, the GPU: byte-equal to the CPU engine on odd
 sizes (not multiples of a tile), mixed BF16/F16/F32 inputs, NaN/Inf/subnormal values,
 several chunk lengths, budgets and worker counts. The sweep over every method is
 tests/test_cuda.py's; these add the values and options it does not cover."""
@@ -72,7 +72,7 @@ def test_kinds_run_on_the_device_backend(device):
 
     engine = MethodEngine(device, threads=0, memory_budget=1 << 20, chunk_elems=0,
                           kernel="auto")
-    assert engine.supports("nearswap") and engine.supports("sce")
+    assert all(engine.supports(k) for k in ("nearswap", "sce", "della"))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -129,3 +129,89 @@ def test_sce_nan_variances_match_the_cpu_engine(tmp_path, device):
 
 def _sce_into(paths, select_topk, dtype, out, device, **options):
     _sce(paths, out, device, select_topk, dtype=dtype, **options)
+
+
+# DELLA: rank groups of rows ([33, 61]), of a strided dimension 1 ([4, 6, 5]), of a whole
+# 1-D tensor (one group of 9001: the shared-memory sort), a scalar, rows over several
+# L1 units ([300, 61]); every prune kind.
+DELLA_SHAPES = [("a", [1]), ("b", [7]), ("c", [2047]), ("e", [9001]), ("m", [33, 61]),
+                ("k", [4, 6, 5]), ("s", []), ("r", [300, 61])]
+DELLA_MODELS = [{"weight": 1.0, "density": 0.5, "epsilon": 0.2},
+                {"weight": -0.6, "density": [0.3, 0.8], "epsilon": 0.1},
+                {"weight": 0.4, "density": 1.0},   # every delta kept
+                {"weight": 0.7, "density": 0.0}]   # every delta dropped
+# A budget every rank block above fits (the CPU refuses a block over half the budget).
+DELLA_OPTIONS = [{}, {"chunk_elems": 1}, {"chunk_elems": 4096}, {"memory_budget": "2MiB"}]
+
+
+def _della_models(tmp_path, dtypes, seed):
+    rng = np.random.default_rng(seed)
+    raws = [{} for _ in dtypes]
+    for name, shape in DELLA_SHAPES:
+        n = int(np.prod(shape))
+        base = rng.standard_normal(n).astype(np.float32)
+        for k, dtype in enumerate(dtypes):
+            x = base + (np.round(rng.standard_normal(n) * 4) / 64 if k else 0)  # ties
+            x = x.astype(np.float32)
+            if k and n > 7:
+                x[rng.choice(n, size=len(SPECIALS), replace=False)] = SPECIALS
+            raws[k][name] = (dtype, shape, from_f32(x, dtype))
+    return [write_raw(tmp_path / f"m{k}.safetensors", r) for k, r in enumerate(raws)]
+
+
+def _della(paths, out, device, method="della", rescale_mode="l1", parameters=None,
+           **options):
+    methods.merge_models(method, paths[1:], out, base_model=paths[0],
+                         parameters=parameters or {}, model_parameters=DELLA_MODELS,
+                         rescale_mode=rescale_mode, seed=5, device=device, progress=False,
+                         **options)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method,rescale_mode,parameters", [
+    ("della", "l1", {"lambda": 0.9}), ("della", "density", {}),
+    ("della", "l1", {"rescale": False, "normalize": False}), ("della_linear", "l1", {})])
+def test_della_matches_the_cpu_engine(tmp_path, device, method, rescale_mode, parameters):
+    paths = _della_models(tmp_path, ["BF16", "F16", "F32", "BF16", "F16"], seed=3)
+    expected = tmp_path / "cpu.safetensors"
+    _della(paths, expected, "cpu", method, rescale_mode, parameters)
+    for i, options in enumerate(DELLA_OPTIONS):
+        out = tmp_path / f"dev{i}.safetensors"
+        _della(paths, out, device, method, rescale_mode, parameters, **options)
+        assert out.read_bytes() == expected.read_bytes(), options
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_della_long_rank_group_matches_the_cpu_engine(tmp_path, device):
+    """A group longer than the device's shared-memory sort: ranks counted instead."""
+    rng = np.random.default_rng(9)
+    n = 16_400
+    base = rng.standard_normal(n).astype(np.float32)
+    x = (base + np.round(rng.standard_normal(n) * 4) / 64).astype(np.float32)
+    paths = [write_raw(tmp_path / f"m{k}.safetensors", {"w": ("F32", [n], v.tobytes())})
+             for k, v in enumerate([base, x])]
+    outs = []
+    for dev in ("cpu", device):
+        outs.append(tmp_path / f"{dev}.safetensors")
+        methods.merge_models("della", paths[1:], outs[-1], base_model=paths[0],
+                             model_parameters=[{"weight": 1.0, "density": 0.5,
+                                                "epsilon": 0.3}],
+                             device=dev, progress=False)
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_della_refusals_match_the_cpu_engine(tmp_path, device):
+    """A rank block over half the budget is refused by name on every device; so are
+    non-finite inputs (check_finite), before anything is written."""
+    paths = _della_models(tmp_path, ["F32"] * 5, seed=4)
+    for options, error in [({"memory_budget": "64KiB"}, "raise --memory-budget"),
+                           ({"check_finite": True}, "non-finite value")]:
+        messages = []
+        for dev in ("cpu", device):
+            out = tmp_path / f"{dev}.safetensors"
+            with pytest.raises(ladle.LadleError, match=error) as info:
+                _della(paths, out, dev, threads=1, **options)
+            messages.append(str(info.value))
+            assert not out.exists() and not list(tmp_path.glob("*partial*"))
+        assert messages[0] == messages[1]

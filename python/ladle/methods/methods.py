@@ -1068,7 +1068,7 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                add: Any, engine: MethodEngine) -> None:
     """The engine passes of one output shard (see execute_method_plan), each the run of
     one or two job kinds of ``core_plan``; job kinds the engine's device does not run
-    (DELLA on CUDA) run on the CPU."""
+    run on the CPU."""
     run_opts = engine.cpu_options  # the runners with no device implementation
 
     def inp(info: TensorInfo, elem: int = 0, weight: float = 1.0) -> Any:
@@ -1190,7 +1190,7 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                 core_enum(_core.Sparsify, spec["sparsify"], "sparsification"),
                 core_enum(_core.Consensus, spec["consensus"], "consensus"), spec["normalize"],
                 core_enum(_core.Rescale, spec["rescale"], "rescale"), spec["lambda"], seed)
-    run([JobKind.DELLA])  # on the CPU: no device runs DELLA
+    run([JobKind.DELLA])
     run([JobKind.SCE])
     run([JobKind.TASK])
 
