@@ -1,8 +1,8 @@
 """GPU benchmark of the merge methods' CUDA kernels (issue 16): each pass of the
 task-vector program (|delta| histograms, tie counts, L1 norms, the per-element
-apply) and the Gram reduction, over device-resident bf16 inputs (a base and 3
-models), as a fraction of device-to-device copy bandwidth (bytes read + written;
-target ≥ 80 %). Then an end-to-end check that every method's output on the GPU is
+apply), the Gram reduction, SCE (variance histogram, tie counts, sums of
+squares, apply) and DELLA (rank, apply), over device-resident bf16 inputs (a base and 3 models), as a
+fraction of device-to-device copy bandwidth (bytes read + written; target ≥ 80 %). Then an end-to-end check that every method's output on the GPU is
 byte-identical to the CPU engine's. Needs a CUDA GPU and torch; exits 0 with a
 message when there is none.
 
@@ -32,6 +32,12 @@ PASSES = [
     ("apply", "rank", "TIES apply: sparsify, elect sign, mix, round"),
     ("apply", "random", "DARE apply: counter-based draw, mix, round"),
     ("gram", "none", "SLERP/model stock Gram sums per tile"),
+    ("sce_hist_hi", "none", "SCE statistics 1: high 16 bits of the variance, nonzero count"),
+    ("sce_ties", "none", "SCE tie counts per tile"),
+    ("sce_squares", "none", "SCE sums of squares of the kept deltas per tile and model"),
+    ("sce_apply", "none", "SCE apply: select, erase by sign, weighted mean, round"),
+    ("della_rank", "prob", "DELLA keep probabilities: sort each row of 4096 by |delta|"),
+    ("apply", "prob", "DELLA apply: draw against the keep probabilities, mix, round"),
 ]
 
 

@@ -4,8 +4,8 @@
 # build) and pybind11. Run from the repository root:
 #     bash benchmarks/gpu_methods_check.sh          # PYTHON=..., CUDA_ARCH=90 to override
 # 1. builds _core + _cuda (LADLE_CUDA=ON) into build/gpu-check and stages the package;
-# 2. runs tests/test_cuda.py on the device: every test must pass, none may skip for
-#    want of a GPU (the emulator cases run too);
+# 2. runs tests/test_cuda.py and tests/test_cuda_kinds.py on the device: every test
+#    must pass, none may skip for want of a GPU (the emulator cases run too);
 # 3. benchmarks each method pass's kernel against device-to-device copy bandwidth
 #    and checks every method's GPU output byte for byte against the CPU engine.
 # Every step has a timeout; the whole check stays under 8 minutes.
@@ -26,7 +26,8 @@ export PYTHONPATH="$PWD/$PKG"
 "$PY" -c "import ladle; assert ladle.cuda_available(), ladle.cuda_info(); print(ladle.cuda_info())"
 echo "== built in $(( $(date +%s) - start )) s"
 
-timeout 150 "$PY" -m pytest tests/test_cuda.py -q -ra -p no:cacheprovider | tee "$BUILD.tests.log"
+timeout 150 "$PY" -m pytest tests/test_cuda.py tests/test_cuda_kinds.py -q -ra -p no:cacheprovider \
+  | tee "$BUILD.tests.log"
 if grep -q "no usable CUDA GPU" "$BUILD.tests.log"; then
   echo "FAIL: GPU tests were skipped"; exit 1
 fi

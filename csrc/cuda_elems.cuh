@@ -61,11 +61,13 @@ LADLE_HD uint32_t to_bits(float f) {
 
 LADLE_HD float sub_rn(float a, float b) {
 #ifdef __CUDA_ARCH__
-  // x86 returns the first NaN operand, quieted; the GPU a canonical NaN. The |delta|
-  // bits rank NaNs, so the CPU's payloads are kept.
+  // x86 returns the first NaN operand, quieted, and makes a new NaN (Inf - Inf) its
+  // "default NaN" 0xFFC00000; the GPU gives a canonical NaN. The |delta| bits rank
+  // NaNs, so the CPU's NaNs are kept.
   if (a != a) return from_bits(to_bits(a) | 0x400000u);
   if (b != b) return from_bits(to_bits(b) | 0x400000u);
-  return __fsub_rn(a, b);
+  float r = __fsub_rn(a, b);
+  return r == r ? r : from_bits(0xFFC00000u);
 #else
   return a - b;
 #endif
@@ -93,6 +95,20 @@ LADLE_HD double dadd_rn(double a, double b) {
 #else
   return a + b;
 #endif
+}
+
+LADLE_HD float abs_rn(float x) { return from_bits(to_bits(x) & 0x7FFFFFFFu); }  // as fabs
+
+// mergekit's nearswap of one element (near_swap_tile, method_kernels_cpu.cc): the
+// same fp32 operations in the same order. NaN payloads may differ from the CPU's,
+// but every output dtype stores NaN canonically.
+LADLE_HD float near_swap_one(float a, float b, float t) {
+  const float kMinDiff = 1e-6f;
+  float diff = abs_rn(sub_rn(a, b));
+  float den = diff < kMinDiff ? kMinDiff : diff;  // NaN stays NaN
+  float w = mul_rn(div_rn(1.0f, den), t);         // torch: t / x is x.reciprocal() * t
+  w = w < 0.0f ? 0.0f : (w > 1.0f ? 1.0f : w);
+  return add_rn(mul_rn(w, b), mul_rn(sub_rn(1.0f, w), a));
 }
 
 // ---- conversions: bit-for-bit copies of csrc/dtype.{h,cc} ----

@@ -62,6 +62,19 @@ class VectorModeOf {
 
 // ---- streaming engine ----
 
+// Whether the GPU computes the job (the others run on the host: copies, maxima, fp64
+// sums, block-scaled inputs and outputs).
+bool runs_on_device(const Job& job) {
+  if (job.op == JobOp::kNearSwap) return true;
+  return job.op == JobOp::kWeightedSum && !job_in_f64(job) && !job_has_block_scales(job);
+}
+
+// Whether the kernel reads input `in` of `job`: a weighted sum skips zero weights,
+// nearswap reads both of its inputs.
+bool reads_input(const Job& job, const JobInput& in) {
+  return job.op == JobOp::kNearSwap || in.weight != 0.0f;
+}
+
 // Bytes of staging one chunk of `job` needs: the table, then each non-skipped
 // input, every part aligned to kTableAlign.
 uint64_t table_n_bytes(const Job& job) {
@@ -71,7 +84,7 @@ uint64_t table_n_bytes(const Job& job) {
 uint64_t staging_in_n_bytes(const Job& job, uint64_t n_elems) {
   uint64_t n = table_n_bytes(job);
   for (const JobInput& in : job.inputs)
-    if (in.weight != 0.0f) n += align_up(n_elems * item_n_bytes(in.dtype), kTableAlign);
+    if (reads_input(job, in)) n += align_up(n_elems * item_n_bytes(in.dtype), kTableAlign);
   return n;
 }
 
@@ -106,7 +119,7 @@ class Runner {
       uint64_t n = std::min(chunk_elems, job.n_elems);
       if (job.op == JobOp::kMax)  // computed on the host into host_out
         out_capacity_ = std::max(out_capacity_, n * item_n_bytes(job.out_dtype));
-      if (job.op != JobOp::kWeightedSum) continue;
+      if (job.op != JobOp::kWeightedSum && job.op != JobOp::kNearSwap) continue;
       in_capacity_ = std::max(in_capacity_, staging_in_n_bytes(job, n));
       out_capacity_ = std::max(out_capacity_, n * item_n_bytes(job.out_dtype));
     }
@@ -186,8 +199,7 @@ class Runner {
                          options_.check_finite, worker->host_out, &worker->host_sum);
       else stage_inputs(job, item, worker);
     });
-    if (job.op == JobOp::kWeightedSum && !job_in_f64(job) && !job_has_block_scales(job))
-      weighted_sum(job, item, worker);
+    if (runs_on_device(job)) launch(job, item, worker);
     if (sink.writer) sink.writer->write_at(out_offset, out, out_n_bytes);
     else std::memcpy(sink.base + out_offset, out, out_n_bytes);
     chunks_.release(item);
@@ -227,7 +239,7 @@ class Runner {
     for (size_t k = 0; k < job.inputs.size(); ++k) {
       const JobInput& in = job.inputs[k];
       inputs[k] = {nullptr, in.weight, static_cast<uint32_t>(in.dtype)};
-      if (in.weight == 0.0f) continue;  // skipped by the kernel: not even copied
+      if (!reads_input(job, in)) continue;  // skipped by the kernel: not even copied
       uint64_t n_bytes = item.n_elems * item_n_bytes(in.dtype);
       std::memcpy(w->host_in + cursor, chunks_.input_ptr(in, item.first_elem), n_bytes);
       if (options_.check_finite)
@@ -242,13 +254,15 @@ class Runner {
     tensor->first_tile = 0;
     tensor->first_input = 0;
     tensor->n_inputs = static_cast<uint32_t>(job.inputs.size());
-    tensor->post_scale = job.post_scale;
+    tensor->post_scale = job.op == JobOp::kNearSwap ? job.threshold : job.post_scale;
     tensor->out_dtype = static_cast<uint32_t>(job.out_dtype);
     tensor->vectorized = vector_mode.mode(true, job.out_dtype);  // staging is aligned
+    tensor->flags = job.op == JobOp::kNearSwap ? kNearSwapOp : 0;
     w->staged_n_bytes = cursor;
   }
 
-  void weighted_sum(const Job& job, const WorkItem& item, Worker* w) const {
+  // One H2D copy, one kernel launch (weighted sum or nearswap), one D2H copy.
+  void launch(const Job& job, const WorkItem& item, Worker* w) const {
     LaunchArgs args;
     args.tensors = reinterpret_cast<const TensorDesc*>(w->dev_in);
     args.inputs = reinterpret_cast<const InputDesc*>(w->dev_in + sizeof(TensorDesc));
@@ -310,7 +324,7 @@ uint64_t choose_chunk_elems(const Plan& plan, const Options& options) {
   uint64_t per_elem = 1;
   for (const Job& job : plan.jobs) {
     if (job.op == JobOp::kMax) per_elem = std::max(per_elem, item_n_bytes(job.out_dtype));
-    if (job.op != JobOp::kWeightedSum) continue;
+    if (job.op != JobOp::kWeightedSum && job.op != JobOp::kNearSwap) continue;
     uint64_t bytes = item_n_bytes(job.out_dtype);
     if (job.out_scale.present()) bytes += sizeof(float);  // the chunk's merged fp32 values
     for (const JobInput& in : job.inputs) bytes += item_n_bytes(in.dtype);
@@ -323,9 +337,6 @@ uint64_t choose_chunk_elems(const Plan& plan, const Options& options) {
 
 RunStats run_plan(const Plan& plan, const Options& options, const ProgressFn& progress) {
   validate_plan(plan);
-  for (const Job& job : plan.jobs)
-    LADLE_CHECK(job.op != JobOp::kNearSwap, ErrorKind::kValue,
-                "tensor '%s': nearswap runs on the CPU engine only", job.name.c_str());
   Runner runner(plan, options, choose_chunk_elems(plan, options));
   return runner.run(progress);
 }

@@ -50,17 +50,14 @@ struct Options {
 };
 
 // Runs every job of `plan` (same contract and results as ladle::run_plan).
-// Weighted sums run on the GPU; pass-through copies are checked and written
-// on the CPU. Memory sources and sinks must be host memory.
+// Weighted sums and nearswap run on the GPU; pass-through copies are checked and
+// written on the CPU. Memory sources and sinks must be host memory.
 RunStats run_plan(const Plan& plan, const Options& options, const ProgressFn& progress);
 
-// What this backend runs: weighted sums, copies and maxima (run_plan), the methods'
-// task programs and Gram reductions (methods_cuda.h). Nearswap jobs and dot products
-// run on the CPU backend.
-inline bool supports(JobKind kind) {
-  return kind == JobKind::kWeightedSum || kind == JobKind::kCopy || kind == JobKind::kMax ||
-         kind == JobKind::kTaskProgram || kind == JobKind::kGram;
-}
+// What this backend runs: weighted sums, copies, maxima and nearswap (run_plan), the
+// methods' task programs, Gram reductions, DELLA and SCE (methods_cuda.h). Dot
+// products run on the CPU backend.
+inline bool supports(JobKind kind) { return kind != JobKind::kDot; }
 
 // Chunk length (elements) run_plan uses for `plan` under `options`.
 uint64_t choose_chunk_elems(const Plan& plan, const Options& options);

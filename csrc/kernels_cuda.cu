@@ -1,5 +1,5 @@
-// CUDA weighted-sum kernel: one launch computes N-input weighted sums of every
-// tensor in a descriptor table (see kernels_cuda.h). Each thread owns 16
+// CUDA weighted-sum kernel: one launch computes N-input weighted sums (or nearswaps)
+// of every tensor in a descriptor table (see kernels_cuda.h). Each thread owns 16
 // elements of a 4096-element tile (layout below) and walks tiles grid-stride; the
 // per-thread code is __host__ __device__ so emulate_weighted_sum() runs it on
 // the CPU for tests. Conversions are written on bits, copying csrc/dtype.h, so
@@ -226,6 +226,32 @@ LADLE_HD void run_f64_tile(const LaunchArgs& args, const TensorDesc& t, uint64_t
   }
 }
 
+// kNearSwapOp tensors: both inputs loaded as a weighted sum's are, then the
+// per-element nearswap (t in post_scale).
+template <int kSeg>
+LADLE_HD void run_near_swap_full_tile(const LaunchArgs& args, const TensorDesc& t,
+                                      uint64_t tile_e0, uint32_t lane) {
+  const InputDesc& a = args.inputs[t.first_input];
+  const InputDesc& b = args.inputs[t.first_input + 1];
+  float x[kPackElems], y[kPackElems];
+  load_segments<kSeg>(a.dtype, a.ptr, tile_e0, lane, x);
+  load_segments<kSeg>(b.dtype, b.ptr, tile_e0, lane, y);
+#pragma unroll
+  for (int j = 0; j < kPackElems; ++j) x[j] = near_swap_one(x[j], y[j], t.post_scale);
+  store_segments<kSeg>(t.out_dtype, t.out, tile_e0, lane, x);
+}
+
+LADLE_HD void run_near_swap_partial_tile(const LaunchArgs& args, const TensorDesc& t,
+                                         uint64_t tile_e0, uint32_t lane) {
+  const InputDesc& a = args.inputs[t.first_input];
+  const InputDesc& b = args.inputs[t.first_input + 1];
+  for (uint64_t e = tile_e0 + lane; e < t.n_elems && e < tile_e0 + kTileElems;
+       e += kBlockThreads)
+    store_one(t.out_dtype, t.out, e,
+              near_swap_one(load_one(a.dtype, a.ptr, e), load_one(b.dtype, b.ptr, e),
+                            t.post_scale));
+}
+
 LADLE_HD void run_lane(const LaunchArgs& args, uint64_t tile, uint32_t lane) {
   // The tensor owning this tile: the last one whose first_tile <= tile.
   uint32_t lo = 0, hi = args.n_tensors - 1;
@@ -239,6 +265,12 @@ LADLE_HD void run_lane(const LaunchArgs& args, uint64_t tile, uint32_t lane) {
   const float post_scale = args.n_arg_weights > 0 ? args.arg_post_scale : t.post_scale;
   if (t.flags & kAccumulateF64) return run_f64_tile(args, t, tile_e0, lane, post_scale);
   const bool full = tile_e0 + kTileElems <= t.n_elems;
+  if (t.flags & kNearSwapOp) {
+    if (!full) return run_near_swap_partial_tile(args, t, tile_e0, lane);
+    if (t.vectorized == kVectorized16) return run_near_swap_full_tile<8>(args, t, tile_e0, lane);
+    if (t.vectorized == kVectorized) return run_near_swap_full_tile<4>(args, t, tile_e0, lane);
+    return run_near_swap_partial_tile(args, t, tile_e0, lane);
+  }
   if (full && t.vectorized == kVectorized16) run_full_tile<8>(args, t, tile_e0, lane, post_scale);
   else if (full && t.vectorized == kVectorized) run_full_tile<4>(args, t, tile_e0, lane, post_scale);
   else run_partial_tile(args, t, tile_e0, lane, post_scale);

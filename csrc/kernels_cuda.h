@@ -2,7 +2,8 @@
 // headers so g++-compiled code can use it. One launch computes every tensor of a
 // descriptor table, each out = rne(post_scale * (w1*x1 + w2*x2 + ...)) under the
 // arithmetic contract of kernels.h (fp32 accumulation in input order, no FMA,
-// zero weights skipped, canonical quiet NaN), bit-identical to the CPU kernels.
+// zero weights skipped, canonical quiet NaN), bit-identical to the CPU kernels;
+// a tensor flagged kNearSwapOp gets mergekit's nearswap of its two inputs instead.
 #pragma once
 
 #include <cstdint>
@@ -38,10 +39,10 @@ struct TensorDesc {
   uint64_t first_tile;  // tiles of kTileElems before this tensor (prefix sum)
   uint32_t first_input;
   uint32_t n_inputs;
-  float post_scale;   // 1 skips the multiplication
+  float post_scale;   // 1 skips the multiplication; kNearSwapOp: mergekit's t
   uint32_t out_dtype;  // a ladle::DType
   uint32_t vectorized;  // a VectorMode: how full packs may be loaded
-  uint32_t flags;       // kAccumulateF64 or 0
+  uint32_t flags;       // kAccumulateF64, kNearSwapOp or 0
 };
 static_assert(sizeof(TensorDesc) == 48, "TensorDesc must stay 48 bytes");
 
@@ -52,6 +53,10 @@ constexpr uint32_t kMaxArgWeights = 32;
 // the fp64 weights arg_weights64, NaN canonical), rounded to a narrower output
 // through fp32. Only with weights passed as arguments.
 constexpr uint32_t kAccumulateF64 = 1;
+
+// TensorDesc::flags: out = nearswap(x1, x2, t) per element (near_swap_tile in
+// method_kernels.h), t in post_scale; the two inputs' weights are not used.
+constexpr uint32_t kNearSwapOp = 2;
 
 // What one launch computes. `tensors` is sorted by first_tile, tensors with no
 // elements are left out, and n_tiles is the total. When n_arg_weights > 0 the

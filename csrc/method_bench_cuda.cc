@@ -28,8 +28,15 @@ uint32_t pass_from(const std::string& name) {
   if (name == "l1") return kPassL1;
   if (name == "apply") return kPassApply;
   if (name == "gram") return kPassGram;
+  if (name == "sce_hist_hi") return kPassSceHistHi;
+  if (name == "sce_ties") return kPassSceTies;
+  if (name == "sce_squares") return kPassSceSquares;
+  if (name == "sce_apply") return kPassSceApply;
+  if (name == "della_rank") return kPassDellaRank;
   raise(ErrorKind::kValue, format("unknown method pass '%s' (hist_hi, hist_lo, ties, l1, apply, "
-                                  "gram)", name.c_str()));
+                                  "gram, sce_hist_hi, sce_ties, sce_squares, sce_apply, "
+                                  "della_rank)",
+                                  name.c_str()));
 }
 
 // Device memory freed on scope exit.
@@ -70,7 +77,12 @@ PassTiming time_method_pass(int device, const std::string& pass, const std::stri
   L.n_tiles = n_tiles;
   L.base = inputs[0]->p;
   L.base_dtype = static_cast<uint32_t>(dtype);
-  L.sparsify = sparsify == "random" ? kRandomDraw : sparsify == "rank" ? kRankWindow : kKeepAll;
+  L.sparsify = sparsify == "random" ? kRandomDraw
+               : sparsify == "rank"   ? kRankWindow
+               : sparsify == "prob"   ? kProbDraw
+                                      : kKeepAll;
+  L.group_len = std::min<uint64_t>(n_elems, 4096);  // DELLA: rows of 4096
+  L.group_stride = 1;
   L.consensus = static_cast<uint32_t>(MixConsensus::kSum);
   L.normalize = 1;
   L.out_dtype = static_cast<uint32_t>(dtype);
@@ -81,6 +93,8 @@ PassTiming time_method_pass(int device, const std::string& pass, const std::stri
     m.dtype = static_cast<uint32_t>(dtype);
     m.selects = 1;
     m.density = 0.5f;
+    m.floor = 0.35f;
+    m.epsilon = 0.15f;
     m.stream = mix64(k + 1);
     // A TIES-like window: keep the top half; the threshold splits a tie run.
     m.sel[0] = SelDesc{};
@@ -91,10 +105,19 @@ PassTiming time_method_pass(int device, const std::string& pass, const std::stri
     m.sel[1].threshold = 0x3C23D70Au;
     m.sel[1].ties_keep = 1;
   }
+  // SCE: a selection whose threshold splits a tie run, as in a real run's apply pass.
+  L.select.none = 0;
+  L.select.active = 1;
+  L.select.need_ties = 1;
+  L.select.hi_bin = 0x38D1;
+  L.select.threshold = 0x38D1B717u;
+  L.select.ties_keep = 1;
   uint64_t n_counts = std::max<uint64_t>(2ull * n_models * kLoHistBins, 2ull * n_models * n_tiles);
   uint64_t n_sums = std::max<uint64_t>(2ull * n_models, n_models * (n_models + 1ull) / 2) * n_tiles;
   DeviceBuffer table(models.size() * sizeof(ModelDesc)), out(n_bytes), counts(n_counts * 8),
-      prefix(n_counts * 8), sums(n_sums * 8);
+      prefix(n_counts * 8), sums(n_sums * 8), probs(n_elems * n_models * 4);
+  check_cuda(cudaMemset(probs.p, 0, n_elems * n_models * 4), "cudaMemset");
+  L.probs = static_cast<float*>(probs.p);
   check_cuda(cudaMemcpy(table.p, models.data(), models.size() * sizeof(ModelDesc),
                         cudaMemcpyHostToDevice), "cudaMemcpy");
   check_cuda(cudaMemset(prefix.p, 0, n_counts * 8), "cudaMemset");
@@ -120,7 +143,8 @@ PassTiming time_method_pass(int device, const std::string& pass, const std::stri
   cudaEventDestroy(stop);
   PassTiming t;
   t.seconds = ms / 1e3 / std::max(1, repeat);
-  t.bytes = (n_models + 1ull) * n_bytes + (L.pass == kPassApply ? n_bytes : 0);
+  bool writes = L.pass == kPassApply || L.pass == kPassSceApply;
+  t.bytes = (n_models + 1ull) * n_bytes + (writes ? n_bytes : 0);
   return t;
 }
 

@@ -14,9 +14,11 @@ struct PassTiming {
   uint64_t bytes = 0;    // bytes the pass reads and writes (inputs once, output)
 };
 
-// Times `repeat` launches of pass `pass` (hist_hi, hist_lo, ties, l1, apply, gram) over
+// Times `repeat` launches of pass `pass` (hist_hi, hist_lo, ties, l1, apply, gram, and
+// SCE's sce_hist_hi, sce_ties, sce_squares, sce_apply, DELLA's della_rank) over
 // device-resident inputs: a base and n_models models of n_elems elements of `dtype`;
-// `sparsify` is "rank", "random" or "none".
+// `sparsify` is "rank", "random", "prob" (DELLA's draw against keep probabilities; rank
+// groups of 4096) or "none".
 PassTiming time_method_pass(int device, const std::string& pass, const std::string& sparsify,
                             uint64_t n_elems, uint32_t n_models, DType dtype, int repeat);
 

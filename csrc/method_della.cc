@@ -73,12 +73,14 @@ void probability_by_rank(const float* d, uint64_t stride, uint32_t n, const floa
   for (uint32_t r = 0; r < n; ++r) prob[static_cast<uint32_t>(a[r]) * stride] = by_rank[r];
 }
 
-enum class Prune : uint8_t { kKeepAll, kDropAll, kMagPrune };
+using Prune = DellaPrune;
+inline Prune prune_of(const DellaModel& m) { return della_prune(m); }
 
-Prune prune_of(const DellaModel& m) {
-  if (m.density >= 1.0f) return Prune::kKeepAll;
-  if (m.density <= 0.0f) return Prune::kDropAll;
-  return Prune::kMagPrune;
+// Scratch one worker holds for a rank block of the job.
+uint64_t block_scratch_bytes(const DellaJob& job) {
+  uint64_t block = job.group_len * job.group_stride, m = job.models.size();
+  return block * 4 * (m + 4) + job.group_len * (4 * m + 16) + kRadixPasses * kRadixBins * 4 +
+         block * item_n_bytes(job.out_dtype);
 }
 
 class DellaRunner {
@@ -132,14 +134,7 @@ class DellaRunner {
     // Each worker holds one block's scratch; the workers' scratch gets at most half
     // the budget (fewer workers when a block is large), the L1 state a quarter.
     uint64_t half = options_.memory_budget / 2;
-    for (const DellaJob& job : jobs_) {
-      LADLE_CHECK(block_scratch_bytes(job) <= half, ErrorKind::kValue,
-                  "tensor '%s': a della rank block of %llu elements needs %llu bytes of "
-                  "scratch, over half the memory budget (%llu bytes); raise --memory-budget",
-                  job.name.c_str(), (unsigned long long)(job.group_len * job.group_stride),
-                  (unsigned long long)block_scratch_bytes(job),
-                  (unsigned long long)options_.memory_budget);
-    }
+    for (const DellaJob& job : jobs_) check_della_block_fits(job, options_.memory_budget);
     int threads = resolve_threads(options_.threads);
     threads = static_cast<int>(std::max<uint64_t>(
         1, std::min<uint64_t>(threads, half / std::max<uint64_t>(1, scratch_bytes))));
@@ -180,17 +175,9 @@ class DellaRunner {
   uint64_t state_limit() const { return std::min(kStateBytes, options_.memory_budget / 4); }
 
   static uint64_t block_elems(const DellaJob& job) { return job.group_len * job.group_stride; }
-  static uint64_t unit_elems(const DellaJob& job) {
-    uint64_t block = block_elems(job);
-    return std::max<uint64_t>(1, kUnitElems / block) * block;
-  }
+  static uint64_t unit_elems(const DellaJob& job) { return della_unit_elems(job); }
   static uint64_t n_units(const DellaJob& job) {
     return (job.n_elems + unit_elems(job) - 1) / unit_elems(job);
-  }
-  static uint64_t block_scratch_bytes(const DellaJob& job) {
-    uint64_t block = block_elems(job), m = job.models.size();
-    return block * 4 * (m + 4) + job.group_len * (4 * m + 16) +
-           kRadixPasses * kRadixBins * 4 + block * item_n_bytes(job.out_dtype);
   }
   // Keep-mask words of one model's block, and of the whole job (every model).
   static uint64_t block_words(const DellaJob& job) { return (block_elems(job) + 63) / 64; }
@@ -203,12 +190,7 @@ class DellaRunner {
     uint64_t blocks = job.n_elems / block_elems(job);
     return masks_[j].data() + (k * blocks + first / block_elems(job)) * block_words(job);
   }
-  static bool norms(const DellaJob& job) {
-    if (job.rescale != DellaRescale::kL1) return false;
-    for (const DellaModel& m : job.models)
-      if (prune_of(m) == Prune::kMagPrune) return true;
-    return false;
-  }
+  static bool norms(const DellaJob& job) { return della_needs_norms(job); }
 
   uint64_t run_batch(size_t begin, size_t end) {
     // Items: runs of whole units, about chunk_elems_ long.
@@ -246,9 +228,8 @@ class DellaRunner {
         double before = 0.0, after = 0.0;
         for (uint64_t u = 0; u < units; ++u) before += part[u];
         for (uint64_t u = 0; u < units; ++u) after += part[units + u];
-        // mergekit leaves the masked delta unscaled when either norm is below 1e-7
-        if (prune_of(job.models[k]) == Prune::kMagPrune && !(before < 1e-7 || after < 1e-7))
-          scales_[j - begin][k] = static_cast<float>(before / after);
+        if (prune_of(job.models[k]) == Prune::kMagPrune)
+          della_l1_scale(before, after, &scales_[j - begin][k]);
       }
       std::vector<double>().swap(l1_[j - begin]);
     }
@@ -346,7 +327,7 @@ class DellaRunner {
     spec.consensus = job.elect_sign ? MixConsensus::kSum : MixConsensus::kNone;
     spec.normalize = job.normalize;
     spec.lambda = job.lambda;
-    spec.plain_divisor = std::fabs(weight_sum) < 1e-8f ? 1.0f : weight_sum;
+    spec.plain_divisor = mix_plain_divisor(weight_sum);
     spec.weights = weights.data();
     s->base.resize(block);
     s->wd.resize(block * std::max<size_t>(1, n_models));
@@ -402,13 +383,24 @@ class DellaRunner {
 
 }  // namespace
 
-float della_keep_probability(uint64_t rank, uint64_t group_len, float density_minus_eps,
-                             float epsilon) {
-  float rank_norm = group_len > 1
-                        ? static_cast<float>(rank) / static_cast<float>(group_len - 1)
-                        : 0.5f;
-  float spread = (rank_norm * 2.0f) * epsilon;
-  return density_minus_eps + spread;
+void check_della_block_fits(const DellaJob& job, uint64_t memory_budget) {
+  LADLE_CHECK(block_scratch_bytes(job) <= memory_budget / 2, ErrorKind::kValue,
+              "tensor '%s': a della rank block of %llu elements needs %llu bytes of "
+              "scratch, over half the memory budget (%llu bytes); raise --memory-budget",
+              job.name.c_str(), (unsigned long long)(job.group_len * job.group_stride),
+              (unsigned long long)block_scratch_bytes(job), (unsigned long long)memory_budget);
+}
+
+uint64_t della_unit_elems(const DellaJob& job) {
+  uint64_t block = job.group_len * job.group_stride;
+  return std::max<uint64_t>(1, kUnitElems / block) * block;
+}
+
+bool della_needs_norms(const DellaJob& job) {
+  if (job.rescale != DellaRescale::kL1) return false;
+  for (const DellaModel& m : job.models)
+    if (prune_of(m) == Prune::kMagPrune) return true;
+  return false;
 }
 
 void validate_della_job(const Plan& plan, const DellaJob& job) {

@@ -59,6 +59,12 @@ struct MixSpec {
   const float* weights = nullptr;  // w_k, one per model
 };
 
+// The unmasked divisor of a mix (MixSpec::plain_divisor): the weights' sum (in model
+// order), or 1 when it is within 1e-8 of zero.
+inline float mix_plain_divisor(float weight_sum) {
+  return (weight_sum < 0.0f ? -weight_sum : weight_sum) < 1e-8f ? 1.0f : weight_sum;
+}
+
 // Entries past n that window_scan may write in `found`.
 constexpr size_t kWindowSlack = 16;
 

@@ -17,27 +17,81 @@
 #include "common.h"
 #include "kernels.h"
 #include "method_kernels.h"
+#include "method_sce_elems.h"
 
 namespace ladle {
+
+namespace {
+
+// Walks `hist` from its top bin down, from `*cum` elements above it, to the bin that
+// holds the k-th largest element (1-based); *cum becomes the elements above that bin.
+uint32_t bin_of_kth(const std::vector<uint64_t>& hist, uint64_t k, uint64_t* cum) {
+  for (uint32_t b = static_cast<uint32_t>(hist.size()); b-- > 0;) {
+    if (*cum + hist[b] >= k) return b;
+    *cum += hist[b];
+  }
+  raise(ErrorKind::kValue, "internal: sce rank beyond histogram");
+}
+
+}  // namespace
+
+bool SceSelection::pick_hi_bin(const std::vector<uint64_t>& hist, uint64_t nonzero,
+                               double select_topk) {
+  k_ = static_cast<uint64_t>(static_cast<float>(nonzero) * static_cast<float>(select_topk));
+  all = false;
+  none = k_ == 0;
+  if (none) return false;
+  above_ = 0;
+  hi_bin = bin_of_kth(hist, k_, &above_);
+  return true;
+}
+
+void SceSelection::pick_threshold(const std::vector<uint64_t>& hist, uint64_t n_tiles) {
+  uint64_t cum = above_;
+  uint32_t b = bin_of_kth(hist, k_, &cum);
+  threshold = (hi_bin << 16) | b;
+  ties_keep = k_ - cum;
+  need_ties = ties_keep < hist[b];
+  tie_prefix.assign(n_tiles, 0);
+}
+
+void SceSelection::finish_ties() {
+  uint64_t before = 0;
+  for (uint64_t& c : tie_prefix) {
+    uint64_t here = c;
+    c = before;
+    before += here;
+  }
+}
+
+std::vector<float> sce_model_weights(const std::vector<double>& sums, size_t n_models,
+                                     uint64_t n_tiles, uint64_t n_elems) {
+  std::vector<double> mean(n_models, 0.0);
+  double mean_sum = 0.0;
+  for (size_t k = 0; k < n_models; ++k) {
+    double sum = 0.0;
+    for (uint64_t t = 0; t < n_tiles; ++t) sum += sums[k * n_tiles + t];
+    mean[k] = n_elems ? sum / static_cast<double>(n_elems) : 0.0;
+    mean_sum += mean[k];
+  }
+  std::vector<float> weights(n_models, 0.0f);
+  for (size_t k = 0; k < n_models; ++k)
+    weights[k] = static_cast<float>(std::fabs(mean_sum) < 1e-6
+                                        ? 1.0 / static_cast<double>(n_models)
+                                        : mean[k] / mean_sum);
+  return weights;
+}
+
 namespace {
 
 constexpr uint64_t kTile = kMethodTileElems;
-constexpr uint32_t kHiBins = 1u << 15;  // variance bits >> 16 (the sign bit is clear)
-constexpr uint32_t kLoBins = 1u << 16;
+constexpr uint32_t kHiBins = kSceHiBins;
+constexpr uint32_t kLoBins = kSceLoBins;
 
 struct Scratch {
   std::vector<float> base, tv;   // tv: n_models tiles
   std::vector<uint32_t> var_bits, hist;
   std::vector<uint8_t> keep, out;
-};
-
-// The selection of one tensor: top k variances, equal ones by lowest index.
-struct TopK {
-  bool all = true, none = false;
-  uint32_t threshold = 0;
-  uint64_t ties_keep = 0;
-  bool need_ties = false;
-  std::vector<uint64_t> tie_prefix;  // per tile: elements equal to threshold before it
 };
 
 class SceRunner {
@@ -71,7 +125,7 @@ class SceRunner {
       }
       per_elem = std::max(per_elem, bytes);
       max_models = std::max(max_models, job.models.size());
-      total += read * (selects(job) ? 5 : 2);
+      total += read * (sce_selects(job) ? 5 : 2);
       inputs_.push_back(std::move(inputs));
     }
     // Scratch per worker (tiles, private histograms) and the per-tile state of one
@@ -104,8 +158,6 @@ class SceRunner {
   }
 
  private:
-  static bool selects(const SceJob& job) { return job.select_topk > 0.0 && job.select_topk < 1.0; }
-
   uint64_t run_job(size_t j) {
     const SceJob& job = jobs_[j];
     std::vector<WorkItem> items;
@@ -119,27 +171,13 @@ class SceRunner {
     uint64_t read = 0;
     for (const JobInput& in : inputs_[j]) read += job.n_elems * item_n_bytes(in.dtype);
     uint64_t n_tiles = job.n_elems / kTile + 1;
-    top_ = TopK();
-    top_.all = job.select_topk >= 1.0;
-    top_.none = job.select_topk <= 0.0;
-    if (selects(job)) select(job, run_pass, read, n_tiles);
+    top_ = SceSelection(job);
+    if (sce_selects(job)) select(job, run_pass, read, n_tiles);
     else pool_->skip(3 * read);
     // Pass 4: sum of squares of every model's selected delta, per tile.
     sq_.assign(job.models.size() * n_tiles, 0.0);
     run_pass(&SceRunner::squares);
-    size_t n = job.models.size();
-    std::vector<double> mean(n, 0.0);
-    double mean_sum = 0.0;
-    for (size_t k = 0; k < n; ++k) {
-      double sum = 0.0;
-      for (uint64_t t = 0; t < n_tiles; ++t) sum += sq_[k * n_tiles + t];
-      mean[k] = job.n_elems ? sum / static_cast<double>(job.n_elems) : 0.0;
-      mean_sum += mean[k];
-    }
-    weights_.assign(n, 0.0f);
-    for (size_t k = 0; k < n; ++k)
-      weights_[k] = static_cast<float>(std::fabs(mean_sum) < 1e-6 ? 1.0 / static_cast<double>(n)
-                                                                  : mean[k] / mean_sum);
+    weights_ = sce_model_weights(sq_, job.models.size(), n_tiles, job.n_elems);
     // Pass 5: the per-element program.
     run_pass(&SceRunner::apply);
     return items.size();
@@ -151,48 +189,18 @@ class SceRunner {
     hist_.assign(kHiBins, 0);
     nonzero_ = 0;
     run_pass(&SceRunner::histogram_hi);
-    // mergekit: k = int(count_nonzero(var) * select_topk), a float32 product in torch
-    uint64_t k = static_cast<uint64_t>(static_cast<float>(nonzero_) *
-                                       static_cast<float>(job.select_topk));
-    top_.all = false;
-    if (k == 0) {
-      top_.none = true;
+    if (!top_.pick_hi_bin(hist_, nonzero_, job.select_topk)) {
       pool_->skip(2 * read);
       return;
     }
-    uint64_t cum = 0;
-    uint32_t bin = kHiBins;
-    for (uint32_t b = kHiBins; b-- > 0;) {
-      if (cum + hist_[b] >= k) {
-        bin = b;
-        break;
-      }
-      cum += hist_[b];
-    }
-    LADLE_CHECK(bin < kHiBins, ErrorKind::kValue, "internal: sce rank beyond histogram");
     // Pass 2: the exact threshold inside that bin.
-    hi_bin_ = bin;
     hist_.assign(kLoBins, 0);
     run_pass(&SceRunner::histogram_lo);
-    for (uint32_t b = kLoBins; b-- > 0;) {
-      if (cum + hist_[b] >= k) {
-        top_.threshold = (bin << 16) | b;
-        top_.ties_keep = k - cum;
-        top_.need_ties = top_.ties_keep < hist_[b];
-        break;
-      }
-      cum += hist_[b];
-    }
+    top_.pick_threshold(hist_, n_tiles);
     // Pass 3: per tile, the elements equal to the threshold (only when some are cut).
-    top_.tie_prefix.assign(n_tiles, 0);
     if (top_.need_ties) {
       run_pass(&SceRunner::count_ties);
-      uint64_t before = 0;
-      for (uint64_t& c : top_.tie_prefix) {
-        uint64_t here = c;
-        c = before;
-        before += here;
-      }
+      top_.finish_ties();
     } else {
       pool_->skip(read);
     }
@@ -217,17 +225,9 @@ class SceRunner {
                               s->tv.data() + k * kTile, n);
       }
     });
-    for (size_t i = 0; i < n; ++i) {
-      double mean = 0.0;
-      for (size_t k = 0; k < m; ++k) mean += static_cast<double>(s->tv[k * kTile + i]);
-      mean /= static_cast<double>(m);
-      double var = 0.0;
-      for (size_t k = 0; k < m; ++k) {
-        double d = static_cast<double>(s->tv[k * kTile + i]) - mean;
-        var += d * d;
-      }
-      s->var_bits[i] = abs_bits(static_cast<float>(var / static_cast<double>(m)));
-    }
+    for (size_t i = 0; i < n; ++i)
+      s->var_bits[i] = sce_variance_bits(static_cast<uint32_t>(m),
+                                         [&](uint32_t k) { return s->tv[k * kTile + i]; });
   }
 
   // keep[i] for the tile at `elem`, then the deltas not kept become +0.
@@ -274,7 +274,7 @@ class SceRunner {
     s->hist.assign(kLoBins, 0);
     for_each_tile(item, s, [&](const SceJob&, uint64_t, size_t n) {
       for (size_t i = 0; i < n; ++i)
-        if ((s->var_bits[i] >> 16) == hi_bin_) ++s->hist[s->var_bits[i] & 0xFFFFu];
+        if ((s->var_bits[i] >> 16) == top_.hi_bin) ++s->hist[s->var_bits[i] & 0xFFFFu];
     });
     std::lock_guard<std::mutex> guard(mu_);
     for (uint32_t b = 0; b < kLoBins; ++b) hist_[b] += s->hist[b];
@@ -312,20 +312,11 @@ class SceRunner {
     for_each_tile(item, s, [&](const SceJob&, uint64_t elem, size_t n) {
       mask_tile(job, elem, n, s);
       float* mixed = s->base.data();  // in place: base[i] is read before it is written
-      for (size_t i = 0; i < n; ++i) {
-        float total = 0.0f;
-        for (size_t k = 0; k < m; ++k) total = total + s->tv[k * kTile + i];
-        int majority = total >= 0.0f ? 1 : -1;
-        float sum = 0.0f, weight = 0.0f;
-        for (size_t k = 0; k < m; ++k) {
-          float v = s->tv[k * kTile + i];
-          if ((v > 0.0f ? 1 : (v < 0.0f ? -1 : 0)) != majority) continue;
-          sum = sum + v * weights_[k];
-          weight = weight + weights_[k];
-        }
-        weight = weight < 1e-6f ? 1e-6f : weight;
-        mixed[i] = s->base[i] + sum / weight;
-      }
+      for (size_t i = 0; i < n; ++i)
+        mixed[i] = s->base[i] + sce_mixed_delta(
+                                    static_cast<uint32_t>(m),
+                                    [&](uint32_t k) { return s->tv[k * kTile + i]; },
+                                    [&](uint32_t k) { return weights_[k]; });
       uint8_t* dst = out + (elem - item.first_elem) * out_size;
       kernels_.store(job.out_dtype, mixed, 1.0f, dst, n);
       if (options_.check_finite)
@@ -348,8 +339,7 @@ class SceRunner {
   std::mutex mu_;
   std::vector<uint64_t> hist_;
   uint64_t nonzero_ = 0;
-  uint32_t hi_bin_ = 0;
-  TopK top_;
+  SceSelection top_;
   std::vector<double> sq_;  // [model * n_tiles + tile]
   std::vector<float> weights_;
 };

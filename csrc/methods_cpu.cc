@@ -948,7 +948,7 @@ class TaskRunner {
                                                               : MixConsensus::kNone;
     tile.mix.normalize = job.normalize;
     tile.mix.lambda = job.lambda;
-    tile.mix.plain_divisor = std::fabs(weight_sum) < 1e-8f ? 1.0f : weight_sum;
+    tile.mix.plain_divisor = mix_plain_divisor(weight_sum);
     tile.mix.weights = weights.data();
     tile.models = s->tile_models.data();
     tile.n_models = n_models;

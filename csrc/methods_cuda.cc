@@ -17,21 +17,16 @@
 
 #include "chunk_runner.h"
 #include "common.h"
-#include "device_ops.h"
 #include "kernels.h"
 #include "method_kernels.h"
 #include "method_kernels_cuda.h"
+#include "method_stage_cuda.h"
 
 namespace ladle {
 namespace cuda {
 namespace {
 
 constexpr uint64_t kTile = kMethodTileElems;
-constexpr uint64_t kMinChunkElems = 16 * 1024;
-constexpr uint64_t kMaxChunkElems = 16ull << 20;
-using Counts = std::vector<unsigned long long>;
-
-uint64_t tiles_of(uint64_t n_elems) { return (n_elems + kTile - 1) / kTile; }
 
 // One bound of a model's rank window: rank r and, once searched, its threshold.
 struct Bound {
@@ -71,160 +66,12 @@ struct Bound {
   }
 };
 
-// The device buffers of a run (pinned staging, device copies, statistics), sized once
-// for the largest job so a failing allocation happens before anything is written.
-class Stage {
- public:
-  Stage(const Options& options, uint64_t in_bytes, uint64_t out_bytes, uint64_t n_counts,
-        uint64_t n_sums, uint32_t n_models)
-      : restore_(options.backend), ops_(make_ops(options.backend, options.device)) {
-    try {
-      ops_->bind_thread();
-      stream_ = ops_->create_stream();
-      host_in_ = static_cast<uint8_t*>(ops_->alloc_host(in_bytes));
-      dev_in_ = static_cast<uint8_t*>(ops_->alloc_device(in_bytes));
-      dev_out_ = static_cast<uint8_t*>(ops_->alloc_device(out_bytes));
-      dev_models_ = static_cast<ModelDesc*>(ops_->alloc_device(n_models * sizeof(ModelDesc)));
-      dev_counts_ = static_cast<unsigned long long*>(ops_->alloc_device(n_counts * 8));
-      dev_prefix_ = static_cast<unsigned long long*>(ops_->alloc_device(n_counts * 8));
-      dev_sums_ = static_cast<double*>(ops_->alloc_device(n_sums * 8));
-    } catch (...) {
-      release();  // a failed allocation leaves nothing behind
-      throw;
-    }
-  }
-  ~Stage() { release(); }
-  Stage(const Stage&) = delete;
-  Stage& operator=(const Stage&) = delete;
-
-  // Copies elements [first, first + n) of every input to the device, unless that very
-  // chunk (`key`) is staged already; returns the bytes read (0 when it was).
-  uint64_t stage(const Plan& plan, const std::string& name, const std::vector<JobInput>& inputs,
-                 uint64_t key, uint64_t first, uint64_t n) {
-    if (key == staged_key_ && first == staged_first_) return 0;
-    ops_->sync(stream_);  // the previous chunk's copy from host_in_ has completed
-    staged_key_ = ~0ull;
-    offsets_.clear();
-    uint64_t cursor = 0, read = 0;
-    for (const JobInput& in : inputs) {
-      uint64_t n_bytes = n * item_n_bytes(in.dtype);
-      const uint8_t* src = plan.sources[in.source].base + in.offset + first * item_n_bytes(in.dtype);
-      guard_reads(plan, name, [&] { std::memcpy(host_in_ + cursor, src, n_bytes); });
-      touch_input(plan, in, first, n, false);  // the pages are in pinned memory now
-      offsets_.push_back(cursor);
-      cursor += align_up(n_bytes, kTableAlign);
-      read += n_bytes;
-    }
-    ops_->copy_h2d(dev_in_, host_in_, cursor, stream_);
-    staged_key_ = key;
-    staged_first_ = first;
-    return read;
-  }
-  const void* device_input(size_t i) const { return dev_in_ + offsets_[i]; }
-  const uint8_t* host_input(size_t i) const { return host_in_ + offsets_[i]; }
-
-  // Launches one pass with `models` as its model table; `counts` (when not null) is
-  // zeroed on the device first and `prefix` uploaded.
-  void launch(MethodLaunch* L, const std::vector<ModelDesc>& models, uint64_t n_counts,
-              const Counts* prefix) {
-    ops_->copy_h2d(dev_models_, models.data(), models.size() * sizeof(ModelDesc), stream_);
-    L->models = dev_models_;
-    L->n_models = static_cast<uint32_t>(models.size());
-    L->counts = dev_counts_;
-    L->sums = dev_sums_;
-    L->out = dev_out_;
-    if (n_counts) ops_->zero_device(dev_counts_, n_counts * 8, stream_);
-    if (prefix) ops_->copy_h2d(dev_prefix_, prefix->data(), prefix->size() * 8, stream_);
-    L->tie_prefix = dev_prefix_;
-    ops_->launch_method(*L, stream_);
-  }
-  void counts_to(Counts* dst, uint64_t n) {
-    dst->resize(n);
-    ops_->copy_d2h(dst->data(), dev_counts_, n * 8, stream_);
-    ops_->sync(stream_);
-  }
-  void sums_to(std::vector<double>* dst, uint64_t n) {
-    dst->resize(n);
-    ops_->copy_d2h(dst->data(), dev_sums_, n * 8, stream_);
-    ops_->sync(stream_);
-  }
-  void out_to(uint8_t* dst, uint64_t n_bytes) {
-    ops_->copy_d2h(dst, dev_out_, n_bytes, stream_);
-    ops_->sync(stream_);
-  }
-  const char* name() const { return ops_->name(); }
-
- private:
-  // Waits for the stream (a device error here is already being reported, or is
-  // reported by the next sync of a later run) and frees everything allocated.
-  void release() noexcept {
-    try {
-      if (stream_) ops_->sync(stream_);
-    } catch (...) {
-    }
-    for (void* p : {static_cast<void*>(dev_in_), static_cast<void*>(dev_out_),
-                    static_cast<void*>(dev_models_), static_cast<void*>(dev_counts_),
-                    static_cast<void*>(dev_prefix_), static_cast<void*>(dev_sums_)})
-      if (p) ops_->free_device(p);
-    if (host_in_) ops_->free_host(host_in_);
-    if (stream_) ops_->destroy_stream(stream_);
-    dev_in_ = dev_out_ = host_in_ = nullptr;
-    dev_models_ = nullptr;
-    dev_counts_ = dev_prefix_ = nullptr;
-    dev_sums_ = nullptr;
-    stream_ = nullptr;
-  }
-
-  RestoreCurrentDevice restore_;  // destroyed last: after everything is freed
-  std::unique_ptr<DeviceOps> ops_;
-  void* stream_ = nullptr;
-  uint8_t* host_in_ = nullptr;
-  uint8_t* dev_in_ = nullptr;
-  uint8_t* dev_out_ = nullptr;
-  ModelDesc* dev_models_ = nullptr;
-  unsigned long long* dev_counts_ = nullptr;
-  unsigned long long* dev_prefix_ = nullptr;
-  double* dev_sums_ = nullptr;
-  std::vector<uint64_t> offsets_;
-  uint64_t staged_key_ = ~0ull;
-  uint64_t staged_first_ = 0;
-};
-
-// Chunk length: whole tiles, derived from the budget as the CPU runners do (pinned and
-// device copies of one chunk's inputs and output, after the statistics' share).
-uint64_t chunk_elems_for(uint64_t per_elem_bytes, uint64_t state_bytes, const Options& options) {
-  uint64_t chunk = options.chunk_elems;
-  if (chunk == 0) {
-    uint64_t budget = options.memory_budget - std::min(state_bytes, options.memory_budget / 2);
-    chunk = budget_chunk_elems(budget, per_elem_bytes, 2, kTile, kMinChunkElems, kMaxChunkElems);
-  }
-  return (chunk + kTile - 1) / kTile * kTile;
-}
-
-// Counts progress over every pass of a run; a false from the callback cancels.
-class Progress {
- public:
-  Progress(const ProgressFn& fn, uint64_t total) : fn_(fn), total_(total) {}
-  void add(uint64_t n_bytes) {
-    done_ += n_bytes;
-    if (fn_ && !fn_(std::min(done_, total_), total_))
-      raise(ErrorKind::kCancelled, "merge cancelled");
-  }
-
- private:
-  const ProgressFn& fn_;
-  uint64_t total_;
-  uint64_t done_ = 0;
-};
-
 uint64_t dare_stream(uint64_t seed, uint64_t key, uint32_t model) {
   return mix64(mix64(mix64(seed) ^ key) ^ (static_cast<uint64_t>(model) + 1));
 }
 
 void validate_task(const Plan& plan, const TaskJob& job) {
-  LADLE_CHECK(job.models.size() <= kMaxTaskModels, ErrorKind::kValue,
-              "tensor '%s': %zu models; the CUDA backend merges at most %u per tensor "
-              "(use device='cpu')", job.name.c_str(), job.models.size(), kMaxTaskModels);
+  check_model_count(job.name, job.models.size());
   validate_task_job(plan, job);
 }
 
@@ -234,59 +81,29 @@ std::vector<JobInput> task_inputs(const TaskJob& job) {
   return inputs;
 }
 
-uint64_t read_n_bytes(const std::vector<JobInput>& inputs, uint64_t n_elems) {
-  uint64_t n = 0;
-  for (const JobInput& in : inputs) n += n_elems * item_n_bytes(in.dtype);
-  return n;
-}
-
-class TaskRunner {
+class TaskRunner : public MethodRunner<TaskRunner, TaskJob> {
  public:
-  TaskRunner(const Plan& plan, const std::vector<TaskJob>& jobs, const Options& options)
-      : plan_(plan), jobs_(jobs), options_(options) {}
+  using MethodRunner::MethodRunner;
 
   RunStats run(const ProgressFn& progress) {
     auto t0 = std::chrono::steady_clock::now();
-    uint64_t per_elem = 1, total = 0;
-    uint32_t max_models = 1;
-    for (const TaskJob& job : jobs_) {
-      std::vector<JobInput> inputs = task_inputs(job);
-      uint64_t bytes = item_n_bytes(job.out_dtype);
-      for (const JobInput& in : inputs) bytes += item_n_bytes(in.dtype);
-      per_elem = std::max(per_elem, bytes);
-      max_models = std::max<uint32_t>(max_models, static_cast<uint32_t>(job.models.size()));
-      total += read_n_bytes(inputs, job.n_elems) * (selects_by_rank(job) ? 4 : 1);
-    }
+    RunSize size = run_size(jobs_, task_inputs,
+                            [](const TaskJob& job) { return selects_by_rank(job) ? 4 : 1; });
+    uint32_t max_models = size.max_models;
+    std::vector<StagedJob> staged = staged_jobs(jobs_, task_inputs);
     uint64_t state = 2ull * max_models * kLoHistBins * 8;
-    chunk_elems_ = chunk_elems_for(per_elem, state, options_);
+    chunk_elems_ = chunk_elems_for(staged_per_elem(staged), state, options_);
     uint64_t chunk_tiles = chunk_elems_ / kTile;
-    uint64_t in_bytes = 0, out_bytes = 1;
-    for (const TaskJob& job : jobs_) {
-      uint64_t n = std::min(chunk_elems_, job.n_elems), bytes = 0;
-      for (const JobInput& in : task_inputs(job))
-        bytes += align_up(n * item_n_bytes(in.dtype), kTableAlign);
-      in_bytes = std::max(in_bytes, bytes);
-      out_bytes = std::max(out_bytes, n * item_n_bytes(job.out_dtype));
-    }
+    StageBytes bytes = stage_bytes(staged, chunk_elems_);
     uint64_t n_counts = std::max<uint64_t>(2ull * max_models * kLoHistBins,
                                            2ull * max_models * chunk_tiles);
-    stage_ = std::make_unique<Stage>(options_, in_bytes, out_bytes, n_counts,
+    stage_ = std::make_unique<Stage>(options_, bytes.in, bytes.out, n_counts,
                                      2ull * max_models * chunk_tiles, max_models);
-    Progress bar(progress, total);
-    RunStats stats;
-    for (size_t j = 0; j < jobs_.size(); ++j) {
-      if (jobs_[j].n_elems == 0) continue;
-      run_job(j, &bar, &stats);
-    }
-    stats.chunk_elems = chunk_elems_;
-    stats.threads = 1;
-    stats.kernel = stage_->name();
-    stage_.reset();
-    stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    return stats;
+    return run_jobs(progress, size.total_bytes, t0);
   }
 
  private:
+  friend class MethodRunner<TaskRunner, TaskJob>;
   struct ModelState {
     Bound bound[2];  // lo, hi
     bool selects() const { return bound[0].desc.active || bound[1].desc.active; }
@@ -296,13 +113,8 @@ class TaskRunner {
   template <class Fn>
   void for_each_chunk(size_t j, Progress* bar, RunStats* stats, Fn&& fn) {
     const TaskJob& job = jobs_[j];
-    std::vector<JobInput> inputs = task_inputs(job);
-    for (uint64_t first = 0; first < job.n_elems; first += chunk_elems_) {
-      uint64_t n = std::min(chunk_elems_, job.n_elems - first);
-      stats->bytes_read += stage_->stage(plan_, job.name, inputs, j, first, n);
-      fn(first, n, tiles_of(n));
-      bar->add(read_n_bytes(inputs, n));
-    }
+    cuda::for_each_chunk(stage_.get(), plan_, job.name, task_inputs(job), j, job.n_elems,
+                         chunk_elems_, bar, stats, fn);
   }
 
   // The launch of one pass over the staged chunk, with the job's settings.
@@ -325,7 +137,7 @@ class TaskRunner {
     L.lambda = job.lambda;
     float weight_sum = 0.0f;  // the unmasked divisor: weights summed in model order
     for (const TaskModel& m : job.models) weight_sum = weight_sum + m.input.weight;
-    L.plain_divisor = std::fabs(weight_sum) < 1e-8f ? 1.0f : weight_sum;
+    L.plain_divisor = mix_plain_divisor(weight_sum);
     L.out_dtype = static_cast<uint32_t>(job.out_dtype);
     return L;
   }
@@ -457,23 +269,15 @@ class TaskRunner {
 
   void apply(size_t j, Progress* bar, RunStats* stats) {
     const TaskJob& job = jobs_[j];
-    const Sink& sink = plan_.sinks[job.sink];
-    uint64_t out_size = item_n_bytes(job.out_dtype);
     std::vector<JobInput> inputs = task_inputs(job);
-    std::vector<uint8_t> staging;
     for_each_chunk(j, bar, stats, [&](uint64_t first, uint64_t n, uint64_t n_tiles) {
       if (options_.check_finite)
         for (size_t i = 0; i < inputs.size(); ++i) check_input(job, inputs[i], i, first, n);
       MethodLaunch L = launch_of(job, kPassApply, first, n);
       Counts prefix = chunk_prefix(first, n_tiles);
       stage_->launch(&L, model_table(job), 0, &prefix);
-      SinkSpan span(sink, job.out_offset + first * out_size, n * out_size, &staging);
-      stage_->out_to(span.out_span(), n * out_size);
-      if (options_.check_finite)
-        check_finite_output(sink, job.name, job.out_dtype, span.out_span(), n, first);
-      span.commit();
-      stats->bytes_written += n * out_size;
-      ++stats->n_chunks;
+      stage_->write_out(plan_.sinks[job.sink], job.name, job.out_dtype, job.out_offset, first, n,
+                        options_.check_finite, stats);
     });
   }
 
@@ -486,11 +290,6 @@ class TaskRunner {
                 (unsigned long long)(first + bad));
   }
 
-  const Plan& plan_;
-  const std::vector<TaskJob>& jobs_;
-  const Options& options_;
-  uint64_t chunk_elems_ = 0;
-  std::unique_ptr<Stage> stage_;
   std::vector<ModelState> states_;
   std::vector<uint8_t> l1_scaled_;
   std::vector<float> l1_scale_;

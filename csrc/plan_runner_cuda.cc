@@ -28,6 +28,10 @@ PlanResults run_jobs(const Plan& plan, KindSet kinds, const Options& options,
   }
   if (kinds.has(JobKind::kTaskProgram) && !plan.tasks.empty())
     add_stats(&out.stats, run_task_jobs(plan, plan.tasks, options, progress));
+  if (kinds.has(JobKind::kDella) && !plan.dellas.empty())
+    add_stats(&out.stats, run_della_jobs(plan, plan.dellas, options, progress));
+  if (kinds.has(JobKind::kSce) && !plan.sces.empty())
+    add_stats(&out.stats, run_sce_jobs(plan, plan.sces, options, progress));
   return out;
 }
 

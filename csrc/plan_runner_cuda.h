@@ -10,7 +10,8 @@
 namespace ladle {
 namespace cuda {
 
-// Order: Gram, engine (sum/copy/max), task; results and statistics as ladle::run_jobs.
+// Order: Gram, engine (sum/copy/max/nearswap), task, DELLA, SCE; results and
+// statistics as ladle::run_jobs.
 PlanResults run_jobs(const Plan& plan, KindSet kinds, const Options& options,
                      const ProgressFn& progress);
 

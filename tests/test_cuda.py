@@ -485,6 +485,7 @@ METHOD_RUNS = {
     "nuslerp": ({}, [{"weight": 0.3}, {"weight": 0.9}]),
     "nuslerp_rows": ({"nuslerp_flatten": False}, [{"weight": 0.3}, {"weight": 0.9}]),
     "nearswap": ({"t": 0.001}, [{}]),
+    "sce": ({"select_topk": 0.4}, [{}, {}, {}]),
 }
 
 

@@ -32,7 +32,10 @@ def reference_sce(base, xs, select_topk, out_dtype):
     var = np.zeros(base.size)
     for tv in tvs:
         var = var + (tv.astype(np.float64) - mean) ** 2
-    bits = (var / n_models).astype(F32).view(np.uint32).astype(np.int64)
+    with np.errstate(invalid="ignore"):
+        v = (var / n_models).astype(F32)
+    # Every NaN variance ranks as 0x7FC00000 whatever its payload (ties by index).
+    bits = np.where(np.isnan(v), 0x7FC00000, v.view(np.uint32).astype(np.int64))
     if select_topk >= 1:
         keep = np.ones(base.size, dtype=bool)
     elif select_topk <= 0:
@@ -123,3 +126,32 @@ def test_sce_recipe_and_refusals(tmp_path):
         methods.merge_models("sce", paths[1:], tmp_path / "bad.safetensors",
                              base_model=paths[0], parameters={"density": 0.5})
     assert not (tmp_path / "bad.safetensors").exists()
+
+
+def nan_variance_models(tmp_path, n=5000):
+    """Base + 2 BF16 models where most variances are NaN, from NaNs of many payloads and
+    both signs, the other deltas of either sign; returns the paths and raw tensors."""
+    rng = np.random.default_rng(11)
+    base = rng.standard_normal(n).astype(F32)
+    raws = [from_f32(base, "BF16")]
+    for _ in range(2):
+        step = rng.choice(np.array([-0.25, 0.125], dtype=F32), size=n)  # some agree with -1
+        x = np.frombuffer(from_f32(base + step, "BF16"), np.uint16).copy()
+        where = rng.choice(n, size=3000, replace=False)
+        x[where] = rng.integers(0x7F81, 0x7FFF, size=where.size, dtype=np.uint16) | \
+            (rng.integers(0, 2, size=where.size, dtype=np.uint16) << 15)
+        raws.append(x.tobytes())
+    paths = [write_raw(tmp_path / f"m{k}.safetensors", {"w": ("BF16", [n], r)})
+             for k, r in enumerate(raws)]
+    return paths, raws
+
+
+def test_sce_nan_variances_tie_by_index(tmp_path):
+    """K falls among the NaN variances and the lowest indices are kept whatever the
+    payloads (a kept one mixes to NaN where the other model's delta is negative, a
+    dropped one gives the base)."""
+    paths, raws = nan_variance_models(tmp_path)
+    got = read_checkpoint(run_sce(tmp_path, paths, 0.3))["w"][2]
+    base, *xs = [to_f32(r, "BF16") for r in raws]
+    with np.errstate(invalid="ignore"):
+        assert got == reference_sce(base, xs, 0.3, "BF16")

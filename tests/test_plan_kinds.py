@@ -90,6 +90,12 @@ def test_cuda_runs_the_same_plan_and_refuses_kinds_it_lacks():
     cuda.run(plan._capsule(), kinds=[K.sum, K.task], emulate=True)
     assert all(o.tobytes() == w.tobytes() for o, w in zip(outs, want))
     plan.add_sce("e", xs[0].size, sinks[1], 0, "F32", _core.Input(srcs[0], 0, "F32"),
-                 [_core.Input(srcs[1], 0, "F32")], 0.5)
-    with pytest.raises(LadleValueError, match="CUDA backend does not run sce jobs"):
+                 [_core.Input(srcs[1], 0, "F32"), _core.Input(srcs[0], 0, "F32")], 0.5)
+    _core.run(plan, kinds=[K.sce])  # SCE runs on the device too, to the same bytes
+    want = outs[1].copy()
+    outs[1][:] = 0
+    cuda.run(plan._capsule(), kinds=[K.sce], emulate=True)
+    assert outs[1].tobytes() == want.tobytes() and want.any()
+    plan.add_dot("g", xs[0].size, _core.Input(srcs[0], 0, "F32"), [_core.Input(srcs[1], 0, "F32")])
+    with pytest.raises(LadleValueError, match="CUDA backend does not run dot jobs"):
         cuda.run(plan._capsule(), emulate=True)

@@ -4,7 +4,7 @@ backend (``ladle._cuda``, or its CPU emulator), chosen once per run from ``devic
 A run's jobs of every kind sit in one ``_core.Plan``; each call runs the plan's jobs
 of a set of kinds (``sum``, ``copy``, ``max``, ``nearswap``, ``task``, ``gram``,
 ``dot``, ``della``, ``sce``). Each backend declares the kinds it runs
-(``supports(kind)``); a kind the CUDA backend does not run (nearswap, DELLA, SCE)
+(``supports(kind)``); a kind the CUDA backend does not run (dot products)
 goes to the CPU engine, so every method works on every device and the bytes
 written do not depend on the device.
 
@@ -44,8 +44,8 @@ class MethodEngine:
 
     @property
     def cpu_options(self) -> dict[str, Any]:
-        """Engine options of the CPU runners (DELLA, SCE, arcee_fusion and nuslerp's
-        column pass have no CUDA implementation and run on the CPU on every device)."""
+        """Engine options of the CPU runners (arcee_fusion and nuslerp's column pass have
+        no CUDA implementation and run on the CPU on every device)."""
         return dict(self._cpu_opts)
 
     def supports(self, kind: str) -> bool:

@@ -1068,7 +1068,7 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                add: Any, engine: MethodEngine) -> None:
     """The engine passes of one output shard (see execute_method_plan), each the run of
     one or two job kinds of ``core_plan``; job kinds the engine's device does not run
-    (nearswap, DELLA, SCE on CUDA) run on the CPU."""
+    run on the CPU."""
     run_opts = engine.cpu_options  # the runners with no device implementation
 
     def inp(info: TensorInfo, elem: int = 0, weight: float = 1.0) -> Any:
@@ -1106,7 +1106,7 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                 ratio = model_stock_t(gram, n)
                 t.params["model_stock_t"] = ratio
                 t.inputs = [(infos[0], 1.0 - ratio)] + [(i, ratio / n) for i in infos[1:]]
-    # Plain jobs on the engine's device; kinds it does not run (nearswap on CUDA) on the CPU.
+    # Plain jobs (sum, copy, max, nearswap) on the engine's device.
     plain = [t for t in tensors if t.op not in ("task", "della", "sce", "nuslerp", "arcee_fusion",
                                                 *SPHERE_METHODS) and not t.params.get("rows")]
     for t in plain:
@@ -1190,7 +1190,7 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                 core_enum(_core.Sparsify, spec["sparsify"], "sparsification"),
                 core_enum(_core.Consensus, spec["consensus"], "consensus"), spec["normalize"],
                 core_enum(_core.Rescale, spec["rescale"], "rescale"), spec["lambda"], seed)
-    run([JobKind.DELLA])  # on the CPU: no device runs DELLA or SCE
+    run([JobKind.DELLA])
     run([JobKind.SCE])
     run([JobKind.TASK])
 
