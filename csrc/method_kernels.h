@@ -65,6 +65,9 @@ inline float mix_plain_divisor(float weight_sum) {
   return (weight_sum < 0.0f ? -weight_sum : weight_sum) < 1e-8f ? 1.0f : weight_sum;
 }
 
+// Most arrays one l1_sums call takes.
+constexpr size_t kL1Arrays = 8;
+
 // Entries past n that window_scan may write in `found`.
 constexpr size_t kWindowSlack = 16;
 
@@ -133,11 +136,12 @@ struct MethodKernels {
   void (*sparsify_rank)(float* d, size_t n, RankWindowBound* lo, RankWindowBound* hi);
   // d[i] = fp32(d[i] * s)
   void (*scale)(float* d, size_t n, float s);
-  // For kGramTiles tiles side by side (tile t at d + t * kMethodTileElems, zero-padded),
-  // of two arrays at once (the delta before and after sparsification; their chains
-  // interleave so the adder is not idle): sums_a[t] = sum of |double(a[i])| over tile t
-  // of `a` in index order, from +0; sums_b[t] the same of `b`.
-  void (*l1_pair)(const float* a, const float* b, double* sums_a, double* sums_b);
+  // For kGramTiles tiles side by side (tile t at v[a] + t * kMethodTileElems,
+  // zero-padded) of m <= kL1Arrays arrays at once (the deltas of a few models before
+  // and after sparsification; their chains interleave so the adder is not idle):
+  // sums[a * kGramTiles + t] = sum of |double(x)| over tile t of v[a] in index order,
+  // from +0.
+  void (*l1_sums)(const float* const* v, size_t m, double* sums);
   // out[i] = fp32(base[i] + mixed_i) from wd[k * stride + i] (k < n_models), where
   // mixed is the docs/methods.md mix (sign election, normalize, lambda).
   void (*mix)(const MixSpec& spec, const float* wd, size_t stride, size_t n_models,
@@ -169,7 +173,7 @@ void task_tile_composed(const MethodKernels& k, TaskTile& tile, const float* bas
 const MethodKernels& scalar_method_kernels();
 // Defined only when the AVX2 translation unit is compiled in.
 const MethodKernels* avx2_method_kernels();
-// The AVX2 set with the AVX-512 window_scan, sparsify_random and task_tile (nullptr
+// The AVX2 set with the AVX-512 window_scan, sparsify_random, l1_sums and task_tile (nullptr
 // when that translation unit is not compiled in).
 const MethodKernels* avx512_method_kernels();
 // The set matching select_kernels(impl).

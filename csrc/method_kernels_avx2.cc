@@ -3,6 +3,8 @@
 // reference: lanes hold independent elements (the Gram kernel: independent tiles), each
 // gets the reference's operations in the reference's order, no FMA; tails and the rare
 // order-dependent lanes (ties at a rank threshold) go through the scalar code.
+#include <algorithm>
+
 #include "avx2_lanes.h"
 
 namespace ladle {
@@ -175,26 +177,29 @@ inline void load_tiles4(const float* v, size_t i, __m256d x[4]) {
 
 static_assert(kGramTiles == 2 * 4, "two vectors of four fp64 lanes, one tile each");
 
-// Lane t of acc[h] sums tile 4h + t of `a` in index order (acc[2 + h]: of `b`).
-void l1_pair_avx2(const float* a, const float* b, double* sums_a, double* sums_b) {
+// Lane t of acc[2p + h] sums tile 4h + t of array p of a pair in index order; the
+// pair's four chains interleave (a pair at a time: AVX2 has 16 vector registers).
+void l1_sums_avx2(const float* const* v, size_t m, double* sums) {
   const __m256d magnitude = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7FFFFFFFFFFFFFFFll));
-  __m256d acc[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(),
-                    _mm256_setzero_pd()};
-  __m256d x[4], y[4];
-  for (size_t i = 0; i < kTile; i += 4) {
-    for (int h = 0; h < 2; ++h) {
-      load_tiles4(a + h * 4 * kTile, i, x);
-      load_tiles4(b + h * 4 * kTile, i, y);
-      for (int j = 0; j < 4; ++j) {
-        acc[h] = _mm256_add_pd(acc[h], _mm256_and_pd(x[j], magnitude));
-        acc[2 + h] = _mm256_add_pd(acc[2 + h], _mm256_and_pd(y[j], magnitude));
+  for (size_t first = 0; first < m; first += 2) {
+    size_t pair = std::min<size_t>(2, m - first);
+    __m256d acc[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(),
+                      _mm256_setzero_pd()};
+    __m256d x[4];
+    for (size_t i = 0; i < kTile; i += 4) {
+      for (size_t p = 0; p < pair; ++p) {
+        for (int h = 0; h < 2; ++h) {
+          load_tiles4(v[first + p] + h * 4 * kTile, i, x);
+          for (int j = 0; j < 4; ++j)
+            acc[2 * p + h] = _mm256_add_pd(acc[2 * p + h], _mm256_and_pd(x[j], magnitude));
+        }
       }
     }
+    for (size_t p = 0; p < pair; ++p) {
+      _mm256_storeu_pd(sums + (first + p) * kGramTiles, acc[2 * p]);
+      _mm256_storeu_pd(sums + (first + p) * kGramTiles + 4, acc[2 * p + 1]);
+    }
   }
-  _mm256_storeu_pd(sums_a, acc[0]);
-  _mm256_storeu_pd(sums_a + 4, acc[1]);
-  _mm256_storeu_pd(sums_b, acc[2]);
-  _mm256_storeu_pd(sums_b + 4, acc[3]);
 }
 
 void mix_avx2(const MixSpec& spec, const float* wd, size_t stride, size_t n_models,
@@ -240,7 +245,7 @@ const MethodKernels kAvx2{"avx2",             delta_avx2,          histogram_hi_
                           histogram_lo_avx2,  count_equal_avx2,    window_scan_avx2,
                           sparsify_random_avx2,
                           sparsify_kept_avx2, sparsify_rank_avx2,  scale_avx2,
-                          l1_pair_avx2,       mix_avx2,            gram_avx2,
+                          l1_sums_avx2,       mix_avx2,            gram_avx2,
                           task_tile_avx2};
 
 }  // namespace

@@ -1,5 +1,5 @@
-// AVX-512 (F, BW, DQ, VL) method kernels: the three passes that dominate the task
-// methods on CPUs that have it (window_scan, sparsify_random, task_tile); every other
+// AVX-512 (F, BW, DQ, VL) method kernels: the passes that dominate the task methods on
+// CPUs that have it (window_scan, sparsify_random, l1_sums, task_tile); every other
 // entry is the AVX2 set's. Compiled with the AVX-512 flags for this file only and
 // chosen at run time (cpu_supports_avx512). Bit-identical to the scalar reference:
 // lanes are independent elements given the reference's operations in its order (no
@@ -115,6 +115,47 @@ void sparsify_random_avx512(float* d, size_t n, uint64_t stream, uint64_t elem, 
   }
 }
 
+// Element i + j (j < 8) of the 8 tiles at v (tile t at v + t * kMethodTileElems) as
+// out[j]: lane t holds tile t's element, widened to fp64.
+inline void load_tiles8(const float* v, size_t i, __m512d out[8]) {
+  __m256 r[8];
+  for (int t = 0; t < 8; ++t) r[t] = _mm256_loadu_ps(v + t * kMethodTileElems + i);
+  // 8x8 transpose: pairs, then quads, then halves.
+  __m256 a[8], b[8];
+  for (int t = 0; t < 8; t += 2) {
+    a[t] = _mm256_unpacklo_ps(r[t], r[t + 1]);
+    a[t + 1] = _mm256_unpackhi_ps(r[t], r[t + 1]);
+  }
+  for (int t = 0; t < 8; t += 4) {
+    b[t] = _mm256_shuffle_ps(a[t], a[t + 2], 0x44);
+    b[t + 1] = _mm256_shuffle_ps(a[t], a[t + 2], 0xEE);
+    b[t + 2] = _mm256_shuffle_ps(a[t + 1], a[t + 3], 0x44);
+    b[t + 3] = _mm256_shuffle_ps(a[t + 1], a[t + 3], 0xEE);
+  }
+  for (int j = 0; j < 4; ++j) {
+    out[j] = _mm512_cvtps_pd(_mm256_permute2f128_ps(b[j], b[j + 4], 0x20));
+    out[j + 4] = _mm512_cvtps_pd(_mm256_permute2f128_ps(b[j], b[j + 4], 0x31));
+  }
+}
+
+static_assert(kGramTiles == 8, "one fp64 lane per tile of a group");
+
+// Lane t of acc[a] sums |tile t| of array a in index order; every array's chain
+// advances each step, so up to kL1Arrays chains keep the adder busy.
+void l1_sums_avx512(const float* const* v, size_t m, double* sums) {
+  const __m512d magnitude = _mm512_castsi512_pd(_mm512_set1_epi64(0x7FFFFFFFFFFFFFFFll));
+  __m512d acc[kL1Arrays];
+  for (size_t a = 0; a < m; ++a) acc[a] = _mm512_setzero_pd();
+  __m512d x[8];
+  for (size_t i = 0; i < kMethodTileElems; i += 8) {
+    for (size_t a = 0; a < m; ++a) {
+      load_tiles8(v[a], i, x);
+      for (int j = 0; j < 8; ++j) acc[a] = _mm512_add_pd(acc[a], _mm512_and_pd(x[j], magnitude));
+    }
+  }
+  for (size_t a = 0; a < m; ++a) _mm512_storeu_pd(sums + a * kGramTiles, acc[a]);
+}
+
 // The weighted delta of model `m` for the 16 elements at `at` (element i of the tile).
 inline __m512 model_lanes(const TaskTile& tile, TileModel& m, const void* at, size_t i,
                           __m512 b, __mmask16 live) {
@@ -215,6 +256,7 @@ const MethodKernels* avx512_method_kernels() {
     k.window_scan = window_scan_avx512;
     k.sparsify_random = sparsify_random_avx512;
     k.task_tile = task_tile_avx512;
+    k.l1_sums = l1_sums_avx512;
     return k;
   }();
   return &kAvx512;

@@ -85,17 +85,14 @@ void scale_scalar(float* d, size_t n, float s) {
   for (size_t i = 0; i < n; ++i) d[i] = d[i] * s;
 }
 
-void l1_pair_scalar(const float* a, const float* b, double* sums_a, double* sums_b) {
-  for (size_t t = 0; t < kGramTiles; ++t) {
-    const float* x = a + t * kMethodTileElems;
-    const float* y = b + t * kMethodTileElems;
-    double sum_x = 0.0, sum_y = 0.0;
-    for (size_t i = 0; i < kMethodTileElems; ++i) {
-      sum_x += std::fabs(static_cast<double>(x[i]));
-      sum_y += std::fabs(static_cast<double>(y[i]));
+void l1_sums_scalar(const float* const* v, size_t m, double* sums) {
+  for (size_t a = 0; a < m; ++a) {
+    for (size_t t = 0; t < kGramTiles; ++t) {
+      const float* x = v[a] + t * kMethodTileElems;
+      double sum = 0.0;
+      for (size_t i = 0; i < kMethodTileElems; ++i) sum += std::fabs(static_cast<double>(x[i]));
+      sums[a * kGramTiles + t] = sum;
     }
-    sums_a[t] = sum_x;
-    sums_b[t] = sum_y;
   }
 }
 
@@ -157,7 +154,7 @@ const MethodKernels kScalar{"scalar",           delta_scalar,           histogra
                             histogram_lo_scalar,  count_equal_scalar,     window_scan_scalar,
                             sparsify_random_scalar,
                             sparsify_kept_scalar, sparsify_rank_scalar,   scale_scalar,
-                            l1_pair_scalar,       mix_scalar,             gram_scalar,
+                            l1_sums_scalar,       mix_scalar,             gram_scalar,
                             task_tile_scalar};
 
 }  // namespace

@@ -24,6 +24,8 @@ namespace {
 
 constexpr uint64_t kTile = kMethodTileElems;
 constexpr uint64_t kGroupElems = kGramTiles * kTile;
+// Models whose L1 sums one l1_sums call interleaves (two arrays each).
+constexpr size_t kL1Models = kL1Arrays / 2;
 constexpr uint32_t kHiBins = kHiHistBins;  // (|x| bits) >> 16; the sign bit is cleared
 constexpr uint32_t kLoBins = 1u << 16;  // (|x| bits) & 0xFFFF inside the chosen high bin
 // The memory budget covers every byte in flight: per-tensor statistics held at once
@@ -145,7 +147,7 @@ struct JobState {
 // Per-thread scratch.
 struct TaskScratch {
   std::vector<float> base, x, wd;  // wd: n_models tiles of weighted deltas
-  std::vector<float> kept;          // the norm pass: x sparsified
+  std::vector<float> kept;          // the norm pass: x sparsified (kL1Models groups)
   std::vector<uint32_t> hist;      // pass 1: n_models * kHiHistCopies * kHiBins; pass 2: 2 * n_models * kLoBins
   std::vector<uint16_t> found;     // pass 2: one tile's candidates
   std::vector<uint32_t> in_window; // window pass: one tile's candidates (+ kWindowSlack)
@@ -234,8 +236,8 @@ class TaskRunner {
     scratch_.resize(threads_);
     for (TaskScratch& s : scratch_) {
       s.base.resize(kGroupElems);
-      s.x.resize(kGroupElems);
-      s.kept.resize(kGroupElems);
+      s.x.resize(kL1Models * kGroupElems);
+      s.kept.resize(kL1Models * kGroupElems);
       s.wd.resize(kTile * max_models);
       s.found.resize(kTile);
       s.in_window.resize(kTile + kWindowSlack);
@@ -904,24 +906,34 @@ class TaskRunner {
   void l1_norms(const Item& item, TaskScratch* s) {
     const TaskJob& job = jobs_[item.job];
     JobState& st = *states_[item.job - batch_begin_];
-    // kGramTiles tiles side by side, zero-padded: one fp64 lane per tile.
+    // kGramTiles tiles side by side, zero-padded: one fp64 lane per tile; the deltas
+    // of kL1Models models before and after sparsifying summed in one call.
     for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
-      float* x = s->x.data();
-      float* kept = s->kept.data();
-      std::fill(x + n, x + kGroupElems, 0.0f);
-      std::fill(kept + n, kept + kGroupElems, 0.0f);
-      double before[kGramTiles], after[kGramTiles];
-      for (size_t k = 0; k < job.models.size(); ++k) {
-        ModelState& ms = st.models[k];
-        load_delta(job, k, elem, n, s);
-        std::memcpy(kept, x, n * sizeof(float));
-        for (size_t t = 0; t * kTile < n; ++t)
-          sparsify_tile(job, k, ms, elem + t * kTile, std::min<size_t>(kTile, n - t * kTile),
-                        kept + t * kTile, false);
-        method_kernels_.l1_pair(x, kept, before, after);
-        for (size_t t = 0; t * kTile < n; ++t) {  // each tile is written by one thread
-          ms.l1_before[elem / kTile + t] = before[t];
-          ms.l1_after[elem / kTile + t] = after[t];
+      for (size_t first = 0; first < job.models.size(); first += kL1Models) {
+        size_t block = std::min(kL1Models, job.models.size() - first);
+        const float* arrays[2 * kL1Models];
+        for (size_t b = 0; b < block; ++b) {
+          size_t k = first + b;
+          float* x = s->x.data() + b * kGroupElems;
+          float* kept = s->kept.data() + b * kGroupElems;
+          std::fill(x + n, x + kGroupElems, 0.0f);
+          std::fill(kept + n, kept + kGroupElems, 0.0f);
+          load_delta(job, k, elem, n, s, x);
+          std::memcpy(kept, x, n * sizeof(float));
+          for (size_t t = 0; t * kTile < n; ++t)
+            sparsify_tile(job, k, st.models[k], elem + t * kTile,
+                          std::min<size_t>(kTile, n - t * kTile), kept + t * kTile, false);
+          arrays[2 * b] = x;
+          arrays[2 * b + 1] = kept;
+        }
+        double sums[2 * kL1Models * kGramTiles];
+        method_kernels_.l1_sums(arrays, 2 * block, sums);
+        for (size_t b = 0; b < block; ++b) {
+          ModelState& ms = st.models[first + b];
+          for (size_t t = 0; t * kTile < n; ++t) {  // each tile is written by one thread
+            ms.l1_before[elem / kTile + t] = sums[2 * b * kGramTiles + t];
+            ms.l1_after[elem / kTile + t] = sums[(2 * b + 1) * kGramTiles + t];
+          }
         }
       }
     }, kGroupElems);

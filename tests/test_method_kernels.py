@@ -257,3 +257,25 @@ def test_fused_kernels_match_scalar_on_windowed_mixed_dtypes(tmp_path, kernel, m
     scalar = merged(tmp_path, method, paths, "scalar", **kw)
     assert merged(tmp_path, method, paths, kernel, **kw) == scalar
     assert merged(tmp_path, method, paths, kernel, chunk_elems=4096, threads=2, **kw) == scalar
+
+
+@pytest.mark.parametrize("kernel", FAST)
+@pytest.mark.parametrize("method", ["dare_ties", "breadcrumbs_ties"])
+def test_l1_norms_of_many_models_match_scalar(tmp_path, kernel, method):
+    # The norm pass sums the L1 chains of up to four models in one call: six models
+    # make a full block and a partial one; odd sizes leave tile groups short.
+    paths = make_models(tmp_path, 6, "F32", True, seed=7)
+    base, *models = paths
+    params = [{"weight": 0.3 + 0.2 * k, "density": 0.2 + 0.1 * k,
+               **({"gamma": 0.01} if "bread" in method else {})} for k in range(6)]
+
+    def run(kernel_name, **kw):
+        out = tmp_path / f"{kernel_name}-{len(kw)}.safetensors"
+        methods.merge_models(method, models, out, base_model=base, model_parameters=params,
+                             parameters={"normalize": True, "rescale": True}, seed=3,
+                             kernel=kernel_name, progress=False, **kw)
+        return out.read_bytes()
+
+    scalar = run("scalar")
+    assert run(kernel) == scalar
+    assert run(kernel, chunk_elems=2048, threads=2) == scalar
