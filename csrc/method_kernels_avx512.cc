@@ -8,6 +8,8 @@
 // and stores, its extra lanes zero and discarded.
 #include <immintrin.h>
 
+#include <cmath>
+
 #include "method_kernels.h"
 
 namespace ladle {
@@ -40,16 +42,33 @@ inline __m512i abs_bits16(__m512 v) {
   return _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7FFFFFFF));
 }
 
-inline __m512i mix64x8(__m512i z) {
+// SplitMix64's finaliser (mix64) without its last xor-shift: z ^ (z >> 31) leaves
+// bits 40..63 as they are, and DARE's draw is exactly those bits (dare_draw).
+inline __m512i draw_bits8(__m512i z) {
   z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)),
                          _mm512_set1_epi64(static_cast<long long>(0xBF58476D1CE4E5B9ull)));
-  z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)),
-                         _mm512_set1_epi64(static_cast<long long>(0x94D049BB133111EBull)));
-  return _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
+  return _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)),
+                            _mm512_set1_epi64(static_cast<long long>(0x94D049BB133111EBull)));
+}
+
+// dare_keeps as an integer test: float(u) * 2^-24 < density (both sides exact) holds
+// exactly when u < T = ceil(density * 2^24), i.e. when the draw's 64-bit word is
+// below T << 40; T = 2^24 (density 1) keeps every element.
+struct DareLimit {
+  bool all = false;
+  uint64_t below = 0;
+};
+inline DareLimit dare_limit(float density) {
+  double t = std::ceil(static_cast<double>(density) * 16777216.0);
+  DareLimit limit;
+  limit.all = t >= 16777216.0;
+  if (!limit.all && t > 0.0) limit.below = static_cast<uint64_t>(t) << 40;
+  return limit;
 }
 
 // DARE's keep decisions of elements elem..elem+15 of `stream` (dare_keeps).
-inline __mmask16 dare_kept16(uint64_t stream, uint64_t elem, __m512 density) {
+inline __mmask16 dare_kept16(uint64_t stream, uint64_t elem, DareLimit limit) {
+  if (limit.all) return static_cast<__mmask16>(0xFFFF);
   const __m512i step = _mm512_set_epi64(
       static_cast<long long>(7 * kGolden), static_cast<long long>(6 * kGolden),
       static_cast<long long>(5 * kGolden), static_cast<long long>(4 * kGolden),
@@ -58,10 +77,10 @@ inline __mmask16 dare_kept16(uint64_t stream, uint64_t elem, __m512 density) {
   uint64_t first = stream + (elem + 1) * kGolden;
   __m512i lo = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(first)), step);
   __m512i hi = _mm512_add_epi64(lo, _mm512_set1_epi64(static_cast<long long>(8 * kGolden)));
-  __m256i ulo = _mm512_cvtepi64_epi32(_mm512_srli_epi64(mix64x8(lo), 40));
-  __m256i uhi = _mm512_cvtepi64_epi32(_mm512_srli_epi64(mix64x8(hi), 40));
-  __m512 u = _mm512_cvtepi32_ps(_mm512_inserti64x4(_mm512_castsi256_si512(ulo), uhi, 1));
-  return _mm512_cmp_ps_mask(_mm512_mul_ps(u, _mm512_set1_ps(0x1p-24f)), density, _CMP_LT_OQ);
+  const __m512i below = _mm512_set1_epi64(static_cast<long long>(limit.below));
+  __mmask8 kept_lo = _mm512_cmplt_epu64_mask(draw_bits8(lo), below);
+  __mmask8 kept_hi = _mm512_cmplt_epu64_mask(draw_bits8(hi), below);
+  return static_cast<__mmask16>(kept_lo | (static_cast<unsigned>(kept_hi) << 8));
 }
 
 // Lanes of `bits` below the bound, ties resolved lane by lane in index order.
@@ -104,9 +123,10 @@ size_t window_scan_avx512(DType dtype, const void* src, const float* base, size_
 void sparsify_random_avx512(float* d, size_t n, uint64_t stream, uint64_t elem, float density,
                             bool by_density, uint64_t* keep) {
   const __m512 dens = _mm512_set1_ps(density);
+  const DareLimit limit = dare_limit(density);
   for (size_t i = 0; i < n; i += kLanes) {
     __mmask16 live = first_lanes(n - i);
-    __mmask16 kept = static_cast<__mmask16>(dare_kept16(stream, elem + i, dens) & live);
+    __mmask16 kept = static_cast<__mmask16>(dare_kept16(stream, elem + i, limit) & live);
     __m512 v = _mm512_maskz_loadu_ps(live, d + i);
     if (by_density) v = _mm512_div_ps(v, dens);
     _mm512_mask_storeu_ps(d + i, live, _mm512_maskz_mov_ps(kept, v));
@@ -158,7 +178,7 @@ void l1_sums_avx512(const float* const* v, size_t m, double* sums) {
 
 // The weighted delta of model `m` for the 16 elements at `at` (element i of the tile).
 inline __m512 model_lanes(const TaskTile& tile, TileModel& m, const void* at, size_t i,
-                          __m512 b, __mmask16 live) {
+                          __m512 b, __mmask16 live, DareLimit limit) {
   __m512 d = _mm512_sub_ps(load16(m.dtype, at, live), b);
   switch (tile.sparsify) {
     case TileSparsify::kNone:
@@ -171,9 +191,8 @@ inline __m512 model_lanes(const TaskTile& tile, TileModel& m, const void* at, si
       break;
     }
     case TileSparsify::kRandom: {
-      __m512 dens = _mm512_set1_ps(m.density);
-      __mmask16 kept = dare_kept16(m.stream, tile.elem + i, dens);
-      if (m.by_density) d = _mm512_div_ps(d, dens);
+      __mmask16 kept = dare_kept16(m.stream, tile.elem + i, limit);
+      if (m.by_density) d = _mm512_div_ps(d, _mm512_set1_ps(m.density));
       d = _mm512_maskz_mov_ps(kept, d);
       break;
     }
@@ -234,14 +253,18 @@ void task_tile_avx512(TaskTile& tile, const float* base, float* out, size_t n) {
   if (!fits) return task_tile_composed(*avx2_method_kernels(), tile, base, out, n);
   __m512 v[kFusedModels];
   size_t item[kFusedModels];  // bytes per element of each model's source
-  for (size_t k = 0; k < tile.n_models; ++k)
+  DareLimit limit[kFusedModels];
+  for (size_t k = 0; k < tile.n_models; ++k) {
     item[k] = static_cast<size_t>(dtype_bits(tile.models[k].dtype) / 8);
+    limit[k] = dare_limit(tile.models[k].density);
+  }
   for (size_t i = 0; i < n; i += kLanes) {
     __mmask16 live = first_lanes(n - i);
     __m512 b = _mm512_maskz_loadu_ps(live, base + i);
     for (size_t k = 0; k < tile.n_models; ++k) {
       TileModel& m = tile.models[k];
-      v[k] = model_lanes(tile, m, static_cast<const uint8_t*>(m.src) + i * item[k], i, b, live);
+      v[k] = model_lanes(tile, m, static_cast<const uint8_t*>(m.src) + i * item[k], i, b, live,
+                         limit[k]);
     }
     _mm512_mask_storeu_ps(out + i, live, mix16(tile.mix, v, tile.n_models, b));
   }

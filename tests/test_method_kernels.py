@@ -279,3 +279,24 @@ def test_l1_norms_of_many_models_match_scalar(tmp_path, kernel, method):
     scalar = run("scalar")
     assert run(kernel) == scalar
     assert run(kernel, chunk_elems=2048, threads=2) == scalar
+
+
+@pytest.mark.parametrize("kernel", FAST)
+@pytest.mark.parametrize("method,rescale", [("dare_ties", "l1"), ("dare_linear", "density")])
+def test_dare_draws_at_edge_densities_match_scalar(tmp_path, kernel, method, rescale):
+    # The vector draws test u < ceil(density * 2^24) on integers where the reference
+    # compares float(u) * 2^-24 < density: exact for every density, checked where
+    # density * 2^24 is an integer (0, 0.5, 1), just off one and tiny.
+    paths = make_models(tmp_path, 6, "F32", False, seed=11)
+    base, *models = paths
+    densities = [0.0, 1.0, 0.5, 1e-7, 0.99999994, 0.3]
+    params = [{"weight": 0.5, "density": d} for d in densities]
+
+    def run(kernel_name):
+        out = tmp_path / f"{kernel_name}.safetensors"
+        methods.merge_models(method, models, out, base_model=base, model_parameters=params,
+                             parameters={"rescale": True}, rescale_mode=rescale, seed=9,
+                             kernel=kernel_name, progress=False)
+        return out.read_bytes()
+
+    assert run(kernel) == run("scalar")

@@ -36,6 +36,7 @@ using namespace ladle;
 
 namespace ladle {
 void method_runs(void (*expect)(bool, const std::string&));  // method_runs.cc
+void dare_boundary_runs(void (*expect)(bool, const std::string&));  // dare_boundary.cc
 }  // namespace ladle
 
 namespace {
@@ -412,6 +413,7 @@ int main(int argc, char** argv) {
   write_combiner_run();
   conversions_run();
   method_runs(expect);
+  dare_boundary_runs(expect);
   if (work == "/tmp") std::filesystem::remove_all(dir);
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;
