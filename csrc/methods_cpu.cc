@@ -879,28 +879,21 @@ class TaskRunner {
     });
   }
 
-  // Sparsifies one tile of model k's delta in place: dropped elements become +0,
-  // kept ones are rescaled (when `rescale` and the job asks for it).
-  // DARE's decisions are drawn once: the norm pass (rescale false) records them in
-  // ms.keep when it has room, the apply pass (rescale true) reads them back.
-  void sparsify_tile(const TaskJob& job, size_t k, ModelState& ms, uint64_t elem,
-                     size_t n, float* d, bool rescale) {
-    const TaskModel& m = job.models[k];
+  // The norm pass's sparsification of one tile of model k's delta, in place: dropped
+  // elements become +0, kept ones stay as they are (rescaling comes after the norms).
+  // DARE's decisions are drawn here once and recorded in ms.keep when it has room, so
+  // the apply pass reads them back (TileSparsify::kKept) instead of drawing again.
+  void sparsify_for_norms(const TaskJob& job, size_t k, ModelState& ms, uint64_t elem,
+                          size_t n, float* d) {
     if (job.sparsify == Sparsify::kRandom) {
-      bool by_density = rescale && job.rescale == Rescale::kDensity;
       uint64_t* keep = ms.keep.empty() ? nullptr : ms.keep.data() + elem / 64;  // tiles: whole words
-      if (keep && rescale) {
-        method_kernels_.sparsify_kept(d, n, keep, m.density, by_density);
-      } else {
-        uint64_t stream = dare_stream(job.seed, job.tensor_key, static_cast<uint32_t>(k));
-        method_kernels_.sparsify_random(d, n, stream, elem, m.density, by_density, keep);
-        rng_draws_.fetch_add(n, std::memory_order_relaxed);
-      }
+      uint64_t stream = dare_stream(job.seed, job.tensor_key, static_cast<uint32_t>(k));
+      method_kernels_.sparsify_random(d, n, stream, elem, job.models[k].density, false, keep);
+      rng_draws_.fetch_add(n, std::memory_order_relaxed);
     } else if (job.sparsify != Sparsify::kNone) {
       RankWindowBound lo = bound_at(ms.lo, elem / kTile), hi = bound_at(ms.hi, elem / kTile);
       method_kernels_.sparsify_rank(d, n, &lo, &hi);
     }
-    if (rescale && ms.scaled) method_kernels_.scale(d, n, ms.scale);
   }
 
   void l1_norms(const Item& item, TaskScratch* s) {
@@ -921,8 +914,8 @@ class TaskRunner {
           load_delta(job, k, elem, n, s, x);
           std::memcpy(kept, x, n * sizeof(float));
           for (size_t t = 0; t * kTile < n; ++t)
-            sparsify_tile(job, k, st.models[k], elem + t * kTile,
-                          std::min<size_t>(kTile, n - t * kTile), kept + t * kTile, false);
+            sparsify_for_norms(job, k, st.models[k], elem + t * kTile,
+                               std::min<size_t>(kTile, n - t * kTile), kept + t * kTile);
           arrays[2 * b] = x;
           arrays[2 * b + 1] = kept;
         }
