@@ -70,6 +70,19 @@ constexpr size_t kL1Arrays = 8;
 
 // Entries past n that window_scan may write in `found`.
 constexpr size_t kWindowSlack = 16;
+// Windows one window_scan call takes: a model's lower and upper rank bound.
+constexpr size_t kMaxWindows = 2;
+
+// One window [w_lo, w_hi] (w_lo <= w_hi <= 0x7FFFFFFF) of a window scan: it adds to
+// `above` the elements with abs_bits(d) > w_hi, appends the abs_bits of those inside
+// to `found` in index order and sets `count` to how many there were. `found` has
+// room for n + kWindowSlack entries (vector stores run past).
+struct ScanWindow {
+  uint32_t w_lo = 0, w_hi = 0;
+  uint64_t above = 0;
+  uint32_t* found = nullptr;
+  size_t count = 0;
+};
 
 // How the fused task program sparsifies one model's deltas (TaskTile).
 enum class TileSparsify : uint8_t {
@@ -115,13 +128,11 @@ struct MethodKernels {
                          uint16_t* found);
   // Elements whose abs_bits equal `bits`.
   uint64_t (*count_equal)(const float* d, size_t n, uint32_t bits);
-  // Rank selection's window (w_lo <= w_hi <= 0x7FFFFFFF) over the deltas
-  // d[i] = fp32(src[i]) - base[i] (as `delta` computes them, never stored): adds to
-  // *above the number of elements with abs_bits(d) > w_hi, appends the abs_bits of
-  // those inside [w_lo, w_hi] to `found` in index order and returns how many there
-  // were. `found` has room for n + kWindowSlack entries (vector stores run past).
-  size_t (*window_scan)(DType dtype, const void* src, const float* base, size_t n,
-                        uint32_t w_lo, uint32_t w_hi, uint64_t* above, uint32_t* found);
+  // Rank selection's windows (ScanWindow, up to kMaxWindows of one model) over the
+  // deltas d[i] = fp32(src[i]) - base[i] (as `delta` computes them, never stored), all
+  // from one read of the tile.
+  void (*window_scan)(DType dtype, const void* src, const float* base, size_t n,
+                      ScanWindow* windows, size_t n_windows);
   // DARE: keep d[i] when float(u24(stream, elem + i)) * 2^-24 < density (then d/density
   // when by_density), else +0. When `keep` is not null the decisions are also recorded
   // there (bit i % 64 of keep[i / 64] set for a kept element; the caller zeroes the

@@ -72,31 +72,46 @@ uint64_t count_equal_avx2(const float* d, size_t n, uint32_t bits) {
   return count + scalar_method_kernels().count_equal(d + i, n - i, bits);
 }
 
-size_t window_scan_avx2(DType dtype, const void* src, const float* base, size_t n,
-                        uint32_t w_lo, uint32_t w_hi, uint64_t* above, uint32_t* found) {
-  if (!avx2::loads8(dtype))
-    return scalar_method_kernels().window_scan(dtype, src, base, n, w_lo, w_hi, above, found);
+void window_scan_avx2(DType dtype, const void* src, const float* base, size_t n,
+                      ScanWindow* windows, size_t n_windows) {
+  if (!avx2::loads8(dtype) || n_windows > kMaxWindows)
+    return scalar_method_kernels().window_scan(dtype, src, base, n, windows, n_windows);
   // abs_bits <= 0x7FFFFFFF: signed compares order them as unsigned ones would.
-  const __m256i hi = _mm256_set1_epi32(static_cast<int>(w_hi));
-  const __m256i lo_minus_1 = _mm256_set1_epi32(static_cast<int>(w_lo) - 1);  // w_lo 0: -1
-  __m256i higher = _mm256_setzero_si256();  // per lane, minus the count above (n < 2^31)
-  size_t count = 0, i = 0;
+  __m256i hi[kMaxWindows], lo_minus_1[kMaxWindows];
+  __m256i higher[kMaxWindows];  // per lane, minus the count above (n < 2^31)
+  size_t count[kMaxWindows];
+  for (size_t w = 0; w < n_windows; ++w) {
+    hi[w] = _mm256_set1_epi32(static_cast<int>(windows[w].w_hi));
+    lo_minus_1[w] = _mm256_set1_epi32(static_cast<int>(windows[w].w_lo) - 1);  // w_lo 0: -1
+    higher[w] = _mm256_setzero_si256();
+    count[w] = 0;
+  }
+  size_t i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256i b = abs_bits8(_mm256_sub_ps(load8(dtype, src, i), _mm256_loadu_ps(base + i)));
-    __m256i gt = _mm256_cmpgt_epi32(b, hi);
-    __m256i ge_lo = _mm256_cmpgt_epi32(b, lo_minus_1);
-    higher = _mm256_add_epi32(higher, gt);
-    // Branch-free: a window holds a few percent of the elements, spread at random.
-    count += avx2::compress_store8(found + count, b,
-                                   _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(gt, ge_lo))));
+    for (size_t w = 0; w < n_windows; ++w) {
+      __m256i gt = _mm256_cmpgt_epi32(b, hi[w]);
+      __m256i ge_lo = _mm256_cmpgt_epi32(b, lo_minus_1[w]);
+      higher[w] = _mm256_add_epi32(higher[w], gt);
+      // Branch-free: a window holds a few percent of the elements, spread at random.
+      int in = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(gt, ge_lo)));
+      count[w] += avx2::compress_store8(windows[w].found + count[w], b, in);
+    }
   }
-  alignas(32) int32_t lanes[8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), higher);
-  for (int32_t lane : lanes) *above += static_cast<uint64_t>(-static_cast<int64_t>(lane));
   size_t item = static_cast<size_t>(dtype_bits(dtype) / 8);
-  return count + scalar_method_kernels().window_scan(dtype, static_cast<const uint8_t*>(src) + i * item,
-                                                     base + i, n - i, w_lo, w_hi, above,
-                                                     found + count);
+  for (size_t w = 0; w < n_windows; ++w) {
+    alignas(32) int32_t lanes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), higher[w]);
+    for (int32_t lane : lanes) windows[w].above += static_cast<uint64_t>(-static_cast<int64_t>(lane));
+    // The tail through the reference, its finds after the vector part's.
+    ScanWindow tail = windows[w];
+    tail.found += count[w];
+    tail.above = 0;
+    scalar_method_kernels().window_scan(dtype, static_cast<const uint8_t*>(src) + i * item,
+                                        base + i, n - i, &tail, 1);
+    windows[w].above += tail.above;
+    windows[w].count = count[w] + tail.count;
+  }
 }
 
 void sparsify_random_avx2(float* d, size_t n, uint64_t stream, uint64_t elem, float density,

@@ -95,29 +95,39 @@ inline __mmask16 below16(RankWindowBound* b, __m512i bits) {
   return below;
 }
 
-size_t window_scan_avx512(DType dtype, const void* src, const float* base, size_t n,
-                          uint32_t w_lo, uint32_t w_hi, uint64_t* above, uint32_t* found) {
-  if (!loads16(dtype))
-    return scalar_method_kernels().window_scan(dtype, src, base, n, w_lo, w_hi, above, found);
-  const __m512i hi = _mm512_set1_epi32(static_cast<int>(w_hi));
-  const __m512i lo_minus_1 = _mm512_set1_epi32(static_cast<int>(w_lo) - 1);  // w_lo 0: -1
+void window_scan_avx512(DType dtype, const void* src, const float* base, size_t n,
+                        ScanWindow* windows, size_t n_windows) {
+  if (!loads16(dtype) || n_windows > kMaxWindows)
+    return scalar_method_kernels().window_scan(dtype, src, base, n, windows, n_windows);
+  __m512i hi[kMaxWindows], lo_minus_1[kMaxWindows];
+  uint64_t higher[kMaxWindows];
+  size_t count[kMaxWindows];
+  for (size_t w = 0; w < n_windows; ++w) {
+    hi[w] = _mm512_set1_epi32(static_cast<int>(windows[w].w_hi));
+    lo_minus_1[w] = _mm512_set1_epi32(static_cast<int>(windows[w].w_lo) - 1);  // w_lo 0: -1
+    higher[w] = 0;
+    count[w] = 0;
+  }
   size_t item = static_cast<size_t>(dtype_bits(dtype) / 8);
-  uint64_t higher = 0;
-  size_t count = 0;
   for (size_t i = 0; i < n; i += kLanes) {
     __mmask16 live = first_lanes(n - i);
     __m512 d = _mm512_sub_ps(load16(dtype, static_cast<const uint8_t*>(src) + i * item, live),
                              _mm512_maskz_loadu_ps(live, base + i));
     __m512i b = abs_bits16(d);
-    __mmask16 gt = _mm512_mask_cmpgt_epi32_mask(live, b, hi);
-    __mmask16 in = _mm512_mask_cmpgt_epi32_mask(static_cast<__mmask16>(live & ~gt), b, lo_minus_1);
-    higher += static_cast<uint64_t>(__builtin_popcount(gt));
-    // Packed in a register, stored whole (`found` has kWindowSlack entries spare).
-    _mm512_storeu_si512(found + count, _mm512_maskz_compress_epi32(in, b));
-    count += static_cast<size_t>(__builtin_popcount(in));
+    for (size_t w = 0; w < n_windows; ++w) {
+      __mmask16 gt = _mm512_mask_cmpgt_epi32_mask(live, b, hi[w]);
+      __mmask16 in = _mm512_mask_cmpgt_epi32_mask(static_cast<__mmask16>(live & ~gt), b,
+                                                  lo_minus_1[w]);
+      higher[w] += static_cast<uint64_t>(__builtin_popcount(gt));
+      // Packed in a register, stored whole (`found` has kWindowSlack entries spare).
+      _mm512_storeu_si512(windows[w].found + count[w], _mm512_maskz_compress_epi32(in, b));
+      count[w] += static_cast<size_t>(__builtin_popcount(in));
+    }
   }
-  *above += higher;
-  return count;
+  for (size_t w = 0; w < n_windows; ++w) {
+    windows[w].above += higher[w];
+    windows[w].count = count[w];
+  }
 }
 
 void sparsify_random_avx512(float* d, size_t n, uint64_t stream, uint64_t elem, float density,

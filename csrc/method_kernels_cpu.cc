@@ -36,23 +36,23 @@ uint64_t count_equal_scalar(const float* d, size_t n, uint32_t bits) {
   return count;
 }
 
-size_t window_scan_scalar(DType dtype, const void* src, const float* base, size_t n,
-                          uint32_t w_lo, uint32_t w_hi, uint64_t* above, uint32_t* found) {
-  size_t count = 0;
-  uint64_t higher = 0;
+void window_scan_scalar(DType dtype, const void* src, const float* base, size_t n,
+                        ScanWindow* windows, size_t n_windows) {
+  for (size_t w = 0; w < n_windows; ++w) windows[w].count = 0;
   float d[256];  // the deltas of a run of elements, as delta_scalar computes them
   size_t item = static_cast<size_t>(dtype_bits(dtype) / 8);
   for (size_t first = 0; first < n; first += 256) {
     size_t m = std::min<size_t>(256, n - first);
     delta_scalar(dtype, static_cast<const uint8_t*>(src) + first * item, base + first, d, m);
-    for (size_t i = 0; i < m; ++i) {
-      uint32_t bits = abs_bits(d[i]);
-      higher += bits > w_hi;
-      if (bits >= w_lo && bits <= w_hi) found[count++] = bits;
+    for (size_t w = 0; w < n_windows; ++w) {
+      ScanWindow& win = windows[w];
+      for (size_t i = 0; i < m; ++i) {
+        uint32_t bits = abs_bits(d[i]);
+        win.above += bits > win.w_hi;
+        if (bits >= win.w_lo && bits <= win.w_hi) win.found[win.count++] = bits;
+      }
     }
   }
-  *above += higher;
-  return count;
 }
 
 void sparsify_random_scalar(float* d, size_t n, uint64_t stream, uint64_t elem, float density,

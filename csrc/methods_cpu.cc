@@ -150,7 +150,7 @@ struct TaskScratch {
   std::vector<float> kept;          // the norm pass: x sparsified (kL1Models groups)
   std::vector<uint32_t> hist;      // pass 1: n_models * kHiHistCopies * kHiBins; pass 2: 2 * n_models * kLoBins
   std::vector<uint16_t> found;     // pass 2: one tile's candidates
-  std::vector<uint32_t> in_window; // window pass: one tile's candidates (+ kWindowSlack)
+  std::vector<uint32_t> in_window; // window pass: one tile's candidates per window (+ kWindowSlack)
   std::vector<TileModel> tile_models;  // the apply pass's models of one tile
   std::vector<uint8_t> out;
 };
@@ -240,7 +240,7 @@ class TaskRunner {
       s.kept.resize(kL1Models * kGroupElems);
       s.wd.resize(kTile * max_models);
       s.found.resize(kTile);
-      s.in_window.resize(kTile + kWindowSlack);
+      s.in_window.resize(kMaxWindows * (kTile + kWindowSlack));
       s.tile_models.resize(max_models);
     }
     // Batches of consecutive jobs whose selection state fits state_limit().
@@ -776,24 +776,34 @@ class TaskRunner {
       for (size_t k = 0; k < job.models.size(); ++k) {
         ModelState& ms = st.models[k];
         if (!ms.lo.windowed && !ms.hi.windowed) continue;
-        const JobInput& in = job.models[k].input;
+        // Both bounds' windows from one read of the model's tile.
+        Selection* sels[kMaxWindows];
+        ScanWindow windows[kMaxWindows];
+        size_t n_windows = 0;
         for (Selection* sel : {&ms.lo, &ms.hi}) {
           if (!sel->windowed) continue;
-          uint64_t above = 0;
-          size_t count = 0;
-          guard_reads(plan_, job.name, [&] {
-            count = method_kernels_.window_scan(in.dtype, input_ptr(plan_, in, elem),
-                                                s->base.data(), n, sel->w_lo, sel->w_hi, &above,
-                                                s->in_window.data());
-          });
-          sel->chunk_above[chunk] += above;  // each chunk and tile is written by one thread
+          ScanWindow& w = windows[n_windows];
+          w.w_lo = sel->w_lo;
+          w.w_hi = sel->w_hi;
+          w.found = s->in_window.data() + n_windows * (kTile + kWindowSlack);
+          sels[n_windows++] = sel;
+        }
+        const JobInput& in = job.models[k].input;
+        guard_reads(plan_, job.name, [&] {
+          method_kernels_.window_scan(in.dtype, input_ptr(plan_, in, elem), s->base.data(), n,
+                                      windows, n_windows);
+        });
+        for (size_t w = 0; w < n_windows; ++w) {
+          Selection* sel = sels[w];
+          size_t count = windows[w].count;
+          sel->chunk_above[chunk] += windows[w].above;  // each chunk and tile is written by one thread
           if (st.window_overflow.load(std::memory_order_relaxed)) continue;
           if (st.window_recorded.fetch_add(count) + count > st.window_max) {
             st.window_overflow.store(true);  // far more than sampled: the histograms decide
             continue;
           }
           std::vector<uint32_t>& bits = sel->chunk_bits[chunk];
-          bits.insert(bits.end(), s->in_window.data(), s->in_window.data() + count);
+          bits.insert(bits.end(), windows[w].found, windows[w].found + count);
           sel->tile_in_bin[elem / kTile] = static_cast<uint32_t>(count);
         }
       }
