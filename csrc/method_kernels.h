@@ -184,7 +184,7 @@ void task_tile_composed(const MethodKernels& k, TaskTile& tile, const float* bas
 const MethodKernels& scalar_method_kernels();
 // Defined only when the AVX2 translation unit is compiled in.
 const MethodKernels* avx2_method_kernels();
-// The AVX2 set with the AVX-512 window_scan, sparsify_random, l1_sums and task_tile (nullptr
+// The AVX2 set with the AVX-512 window_scan, sparsify_random, l1_sums, gram and task_tile (nullptr
 // when that translation unit is not compiled in).
 const MethodKernels* avx512_method_kernels();
 // The set matching select_kernels(impl).

@@ -1,5 +1,5 @@
 // AVX-512 (F, BW, DQ, VL) method kernels: the passes that dominate the task methods on
-// CPUs that have it (window_scan, sparsify_random, l1_sums, task_tile); every other
+// CPUs that have it (window_scan, sparsify_random, l1_sums, gram, task_tile); every other
 // entry is the AVX2 set's. Compiled with the AVX-512 flags for this file only and
 // chosen at run time (cpu_supports_avx512). Bit-identical to the scalar reference:
 // lanes are independent elements given the reference's operations in its order (no
@@ -186,6 +186,30 @@ void l1_sums_avx512(const float* const* v, size_t m, double* sums) {
   for (size_t a = 0; a < m; ++a) _mm512_storeu_pd(sums + a * kGramTiles, acc[a]);
 }
 
+constexpr size_t kGramVectors = 4;  // inputs whose 8 transposed rows stay in registers
+
+// Lane t of acc[p] sums tile t of pair p (row-major upper triangle) in index order:
+// each input's 8 tiles are transposed once per 8 elements and every pair multiplies
+// the rows in fp64, 8 tiles per vector.
+void gram_avx512(const float* const* v, size_t m, double* sums) {
+  if (m > kGramVectors) return avx2_method_kernels()->gram(v, m, sums);
+  constexpr size_t kMaxPairs = kGramVectors * (kGramVectors + 1) / 2;
+  __m512d acc[kMaxPairs];
+  size_t n_pairs = m * (m + 1) / 2;
+  for (size_t p = 0; p < n_pairs; ++p) acc[p] = _mm512_setzero_pd();
+  __m512d x[kGramVectors][8];
+  for (size_t i = 0; i < kMethodTileElems; i += 8) {
+    for (size_t a = 0; a < m; ++a) load_tiles8(v[a], i, x[a]);
+    for (int j = 0; j < 8; ++j) {
+      size_t p = 0;
+      for (size_t a = 0; a < m; ++a)
+        for (size_t b = a; b < m; ++b, ++p)
+          acc[p] = _mm512_add_pd(acc[p], _mm512_mul_pd(x[a][j], x[b][j]));
+    }
+  }
+  for (size_t p = 0; p < n_pairs; ++p) _mm512_storeu_pd(sums + p * kGramTiles, acc[p]);
+}
+
 // The weighted delta of model `m` for the 16 elements at `at` (element i of the tile).
 inline __m512 model_lanes(const TaskTile& tile, TileModel& m, const void* at, size_t i,
                           __m512 b, __mmask16 live, DareLimit limit) {
@@ -290,6 +314,7 @@ const MethodKernels* avx512_method_kernels() {
     k.sparsify_random = sparsify_random_avx512;
     k.task_tile = task_tile_avx512;
     k.l1_sums = l1_sums_avx512;
+    k.gram = gram_avx512;
     return k;
   }();
   return &kAvx512;

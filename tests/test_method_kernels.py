@@ -168,13 +168,14 @@ def _tile_sums(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.cumsum(np.array(parts))[-1])
 
 
-@pytest.mark.parametrize("kernel", ["scalar", pytest.param("avx2", marks=needs_avx2)])
+@pytest.mark.parametrize("kernel", ["scalar", *FAST])
 @pytest.mark.parametrize("base", [-1, 0])
-def test_gram_sums_each_tile_in_index_order(kernel, base):
+@pytest.mark.parametrize("n_vecs", [4, 6])  # the AVX-512 Gram holds four inputs; more: AVX2
+def test_gram_sums_each_tile_in_index_order(kernel, base, n_vecs):
     # Full-precision values: any other summation order changes the fp64 bits.
     rng = np.random.default_rng(8)
     n = 3 * 2048 * 4 + 2048 * 2 + 777  # whole tile groups, a short group, a partial tile
-    vecs = [rng.standard_normal(n).astype(F32) * F32(10.0 ** k) for k in range(4)]
+    vecs = [rng.standard_normal(n).astype(F32) * F32(10.0 ** k) for k in range(n_vecs)]
     vecs[1][5] = F32(1e-41)  # a subnormal
     plan = ladle._core.Plan()
     srcs = [plan.add_memory_source(f"v{k}", v.ctypes.data, v.nbytes) for k, v in enumerate(vecs)]
