@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include "chunk_runner.h"
@@ -11,8 +13,11 @@
 namespace ladle {
 namespace {
 
+// The summation order (reduce.h): tiles of kTile elements summed in element order,
+// units of kUnitElems summed tile by tile, the tensor unit by unit, each from +0.
+// Chunks are whole units, so neither their length nor the threads change a bit.
 constexpr size_t kTile = 1024;
-constexpr uint64_t kMinChunk = 16 * 1024;
+constexpr uint64_t kUnitElems = 16 * 1024;
 constexpr uint64_t kMaxChunk = 4ull << 20;
 
 // Decodes n elements of `dtype` at `src` to fp64 (exact for every float dtype).
@@ -44,15 +49,17 @@ void load_f64(DType dtype, const uint8_t* src, double* dst, size_t n) {
 }
 
 
-// Partial sums of one chunk, written to out[0..N).
+// The unit sums of one chunk (a whole number of units but for a tensor's last):
+// out[u * N + k] for its u-th unit and input k.
 void dot_chunk(const Plan& plan, const DotJob& job, const WorkItem& item, double* out) {
   double g[kTile], x[kTile];
   size_t n_in = job.inputs.size();
-  std::fill(out, out + n_in, 0.0);
   const uint8_t* g_base = plan.sources[job.lhs.source].base + job.lhs.offset;
   for (uint64_t t = 0; t < item.n_elems; t += kTile) {
     size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
     uint64_t elem = item.first_elem + t;
+    double* unit = out + (t / kUnitElems) * n_in;
+    if (t % kUnitElems == 0) std::fill(unit, unit + n_in, 0.0);
     guard_reads(plan, job.name, [&] {
       load_f64(job.lhs.dtype, g_base + elem * item_n_bytes(job.lhs.dtype), g, n);
     });
@@ -62,7 +69,7 @@ void dot_chunk(const Plan& plan, const DotJob& job, const WorkItem& item, double
       guard_reads(plan, job.name, [&] { load_f64(in.dtype, src, x, n); });
       double acc = 0.0;
       for (size_t i = 0; i < n; ++i) acc += g[i] * x[i];
-      out[k] += acc;
+      unit[k] += acc;
     }
   }
 }
@@ -87,38 +94,45 @@ std::vector<std::vector<double>> dot_products(const Plan& plan, const std::vecto
   uint64_t chunk = options.chunk_elems;
   if (chunk == 0) {
     chunk = budget_chunk_elems(options.memory_budget, per_elem, static_cast<uint64_t>(threads),
-                               4096, kMinChunk, kMaxChunk);
+                               kUnitElems, kUnitElems, kMaxChunk);
   }
+  chunk = (chunk + kUnitElems - 1) / kUnitElems * kUnitElems;  // whole units
   std::vector<WorkItem> items;
-  std::vector<size_t> partial_at;  // first partial slot of each item
-  size_t n_partials = 0;
-  for (uint32_t j = 0; j < jobs.size(); ++j) {
-    for (uint64_t first = 0; first < jobs[j].n_elems; first += chunk) {
+  for (uint32_t j = 0; j < jobs.size(); ++j)
+    for (uint64_t first = 0; first < jobs[j].n_elems; first += chunk)
       items.push_back({j, first, std::min(chunk, jobs[j].n_elems - first)});
-      partial_at.push_back(n_partials);
-      n_partials += jobs[j].inputs.size();
-    }
-  }
-  std::vector<double> partials(n_partials, 0.0);
   std::vector<std::vector<JobInput>> inputs(jobs.size());
   for (size_t j = 0; j < jobs.size(); ++j) {
     inputs[j].push_back(jobs[j].lhs);
     inputs[j].insert(inputs[j].end(), jobs[j].inputs.begin(), jobs[j].inputs.end());
   }
+  std::vector<std::vector<double>> out(jobs.size());
+  for (uint32_t j = 0; j < jobs.size(); ++j) out[j].assign(jobs[j].inputs.size(), 0.0);
+  // Unit sums are added to the totals in item order as items finish: those done early
+  // wait here (a few, as the pool hands items out in order), the rest are folded.
+  std::mutex mu;
+  size_t next = 0;
+  std::map<size_t, std::vector<double>> waiting;
+  auto fold = [&](size_t i, const std::vector<double>& units) {
+    std::vector<double>& dst = out[items[i].job];
+    for (size_t u = 0; u < units.size(); u += dst.size())
+      for (size_t k = 0; k < dst.size(); ++k) dst[k] += units[u + k];
+  };
   ChunkPool pool(plan, threads, 1, nullptr, 0);
   pool.run(
       items, [&](const WorkItem& item) -> const std::vector<JobInput>& { return inputs[item.job]; },
       [&](const WorkItem& item, int) {
         size_t i = static_cast<size_t>(&item - items.data());
-        dot_chunk(plan, jobs[item.job], item, partials.data() + partial_at[i]);
+        uint64_t n_units = (item.n_elems + kUnitElems - 1) / kUnitElems;
+        std::vector<double> units(n_units * jobs[item.job].inputs.size());
+        dot_chunk(plan, jobs[item.job], item, units.data());
+        std::lock_guard<std::mutex> guard(mu);
+        waiting.emplace(i, std::move(units));
+        for (auto it = waiting.find(next); it != waiting.end(); it = waiting.find(++next)) {
+          fold(next, it->second);
+          waiting.erase(it);
+        }
       });
-
-  std::vector<std::vector<double>> out(jobs.size());
-  for (uint32_t j = 0; j < jobs.size(); ++j) out[j].assign(jobs[j].inputs.size(), 0.0);
-  for (size_t i = 0; i < items.size(); ++i) {  // chunk order: deterministic
-    std::vector<double>& dst = out[items[i].job];
-    for (size_t k = 0; k < dst.size(); ++k) dst[k] += partials[partial_at[i] + k];
-  }
   return out;
 }
 

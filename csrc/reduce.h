@@ -21,9 +21,11 @@ struct DotOptions {
 // Raises ladle::Error when a range lies outside its source or a dtype is not a float.
 void validate_dot_job(const Plan& plan, const DotJob& job);
 
-// Returns, for every job, the N values sum_i double(g[i]) * double(x_k[i]).
-// Each chunk is summed in fp64 in element order and the chunk sums are added in
-// chunk order, so the result does not depend on the thread count. Input pages of
+// Returns, for every job, the N values sum_i double(g[i]) * double(x_k[i]), in fp64 in
+// one fixed order: each tile of 1024 elements in element order, each unit of 16384
+// elements tile by tile, the tensor unit by unit, every sum from +0. Chunks are whole
+// units and their unit sums are added in order, so neither the thread count nor the
+// chunk length (nor the memory budget it comes from) changes a bit. Input pages of
 // memory-mapped sources are released behind the cursor. Raises ladle::Error when a
 // range lies outside its source or a dtype is not a float type.
 std::vector<std::vector<double>> dot_products(const Plan& plan, const std::vector<DotJob>& jobs,

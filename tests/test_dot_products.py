@@ -45,13 +45,28 @@ def test_dots_match_fp64_reference(dtype, threads):
     assert out[1][0] == pytest.approx(float(np.dot(vals[1][off:off + 5], vals[0][:5])), rel=1e-12)
 
 
-def test_dots_do_not_depend_on_threads():
+def _in_order(g: np.ndarray, x: np.ndarray) -> float:
+    """The documented order (csrc/reduce.h): tiles of 1024 in element order, units of
+    16384 tile by tile, the tensor unit by unit, each sum sequential from +0."""
+    p = g.astype(np.float64) * x.astype(np.float64)
+    tiles = [np.cumsum(np.concatenate([[0.0], p[i:i + 1024]]))[-1] for i in range(0, p.size, 1024)]
+    units = [np.cumsum(np.concatenate([[0.0], tiles[u:u + 16]]))[-1] for u in range(0, len(tiles), 16)]
+    return float(np.cumsum(np.concatenate([[0.0], units]))[-1])
+
+
+def test_dots_do_not_depend_on_threads_chunks_or_budget():
+    # Full-precision values: any other grouping of the fp64 sums changes their bits.
     rng = np.random.default_rng(1)
-    a, b = (rng.standard_normal(200_000).astype(np.float32) for _ in range(2))
-    plan = _plan_with([a, b])
-    jobs = [("x", a.size, (0, 0, "F32"), [(1, 0, "F32")])]
+    n = 200_003  # whole units, a short unit and a short tile
+    a, b, c = (rng.standard_normal(n).astype(np.float32) * np.float32(10.0 ** k) for k in range(3))
+    plan = _plan_with([a, b, c])
+    jobs = [("x", n, (0, 0, "F32"), [(1, 0, "F32"), (2, 0, "F32")])]
     ref = dot_products(plan, jobs, threads=1, chunk_elems=16384)
-    assert dot_products(plan, jobs, threads=4, chunk_elems=16384) == ref
+    assert ref[0] == [_in_order(a, b), _in_order(a, c)]
+    for threads in (1, 2, 4):
+        for options in ({"chunk_elems": 16384}, {"chunk_elems": 5000}, {"chunk_elems": 49152},
+                        {"chunk_elems": 1 << 22}, {"memory_budget": 1 << 20}, {}):
+            assert dot_products(plan, jobs, threads=threads, **options) == ref, (threads, options)
 
 
 def test_dots_reject_out_of_range_and_int_dtypes():
