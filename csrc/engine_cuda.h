@@ -54,10 +54,10 @@ struct Options {
 // written on the CPU. Memory sources and sinks must be host memory.
 RunStats run_plan(const Plan& plan, const Options& options, const ProgressFn& progress);
 
-// What this backend runs: weighted sums, copies, maxima and nearswap (run_plan), the
-// methods' task programs, Gram reductions, DELLA and SCE (methods_cuda.h). Dot
-// products run on the CPU backend.
-inline bool supports(JobKind kind) { return kind != JobKind::kDot; }
+// What this backend runs: every kind. Weighted sums, copies, maxima and nearswap
+// (run_plan); the methods' task programs, Gram reductions, DELLA, SCE and dot products
+// (methods_cuda.h).
+inline bool supports(JobKind) { return true; }
 
 // Chunk length (elements) run_plan uses for `plan` under `options`.
 uint64_t choose_chunk_elems(const Plan& plan, const Options& options);

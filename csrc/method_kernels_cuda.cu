@@ -312,7 +312,24 @@ LADLE_HD void sce_squares_chain(const MethodLaunch& L, uint64_t tile, uint32_t k
 
 // The fp64 chains of the L1, Gram and SCE squares passes: one per (tile, model) or
 // (tile, pair), numbered tile-major, one per thread.
+// Element e of model a widened to fp64 as the CPU's dot products read it (load_f64 in
+// reduce.cc): F64 values whole, the other float types through fp32, both exact.
+LADLE_HD double dot_value(const MethodLaunch& L, uint32_t a, uint64_t e) {
+  if (L.models[a].dtype == kF64) return static_cast<const double*>(L.models[a].ptr)[e];
+  return static_cast<double>(load_one(L.models[a].dtype, L.models[a].ptr, e));
+}
+
+// Chain k of a tile: g · x_k over the tile in index order, from +0.
+LADLE_HD void dot_chain(const MethodLaunch& L, uint64_t tile, uint32_t k) {
+  uint64_t first = tile * kTile, last = first + kTile < L.n_elems ? first + kTile : L.n_elems;
+  double sum = 0.0;
+  for (uint64_t e = first; e < last; ++e)
+    sum = dadd_rn(sum, dmul_rn(dot_value(L, 0, e), dot_value(L, k + 1, e)));
+  L.sums[static_cast<uint64_t>(k) * L.n_tiles + tile] = sum;
+}
+
 LADLE_HD uint32_t chains_per_tile(const MethodLaunch& L) {
+  if (L.pass == kPassDot) return L.n_models - 1;
   return L.pass == kPassL1 || L.pass == kPassSceSquares ? L.n_models
                                                         : L.n_models * (L.n_models + 1) / 2;
 }
@@ -325,6 +342,7 @@ LADLE_HD void run_chain(const MethodLaunch& L, uint64_t chain) {
   uint32_t c = static_cast<uint32_t>(chain % per_tile);
   if constexpr (kSce) sce_squares_chain(L, tile, c);
   else if (L.pass == kPassL1) l1_chain(L, tile, c);
+  else if (L.pass == kPassDot) dot_chain(L, tile, c);
   else gram_chain(L, tile, c);
 }
 
@@ -561,7 +579,8 @@ int launch_hist_hi(const MethodLaunch& L, cudaStream_t stream) {
 }
 
 bool is_chain_pass(const MethodLaunch& L) {
-  return L.pass == kPassL1 || L.pass == kPassGram || L.pass == kPassSceSquares;
+  return L.pass == kPassL1 || L.pass == kPassGram || L.pass == kPassSceSquares ||
+         L.pass == kPassDot;
 }
 
 template <bool kSce>

@@ -39,6 +39,9 @@ enum MethodPass : uint32_t {
   // ascending rank of |δ_k| in its rank group, for models that select; then kPassL1
   // and kPassApply with kProbDraw.
   kPassDellaRank = 11,
+  // Dot products (reduce.h): sums[k * n_tiles + tile] = Σ double(g) * double(x_k) in
+  // index order, g = models[0] and x_k = models[k + 1] (F64 values read whole).
+  kPassDot = 12,
 };
 
 // How a task job sparsifies its deltas.

@@ -22,6 +22,12 @@ PlanResults run_jobs(const Plan& plan, KindSet kinds, const Options& options,
   run_selected_grams(plan, kinds, &out, [&](RunStats* stats) {
     return run_gram_jobs(plan, plan.grams, options, progress, stats);
   });
+  if (kinds.has(JobKind::kDot) && !plan.dots.empty()) {
+    RunStats stats;
+    out.dots = run_dot_jobs(plan, plan.dots, options, progress, &stats);
+    out.ran_dots = true;
+    add_stats(&out.stats, stats);
+  }
   if (engine) {
     Plan engine_only;
     add_stats(&out.stats, run_plan(with_engine_jobs(plan, kinds, &engine_only), options, progress));

@@ -8,16 +8,17 @@
 
 #include "chunk_runner.h"
 #include "common.h"
+#include "method_kernels.h"
 #include "safetensors.h"
 
 namespace ladle {
 namespace {
 
-// The summation order (reduce.h): tiles of kTile elements summed in element order,
-// units of kUnitElems summed tile by tile, the tensor unit by unit, each from +0.
-// Chunks are whole units, so neither their length nor the threads change a bit.
-constexpr size_t kTile = 1024;
-constexpr uint64_t kUnitElems = 16 * 1024;
+// The summation order (reduce.h), the Gram pass's: tiles of kTile elements summed in
+// element order, the tensor tile by tile, each from +0. Chunks are whole tiles, so
+// neither their length nor the threads change a bit.
+constexpr size_t kTile = kMethodTileElems;
+constexpr uint64_t kMinChunk = 16 * 1024;
 constexpr uint64_t kMaxChunk = 4ull << 20;
 
 // Decodes n elements of `dtype` at `src` to fp64 (exact for every float dtype).
@@ -49,8 +50,8 @@ void load_f64(DType dtype, const uint8_t* src, double* dst, size_t n) {
 }
 
 
-// The unit sums of one chunk (a whole number of units but for a tensor's last):
-// out[u * N + k] for its u-th unit and input k.
+// The tile sums of one chunk (whole tiles but for a tensor's last): out[t * N + k] for
+// its t-th tile and input k.
 void dot_chunk(const Plan& plan, const DotJob& job, const WorkItem& item, double* out) {
   double g[kTile], x[kTile];
   size_t n_in = job.inputs.size();
@@ -58,8 +59,7 @@ void dot_chunk(const Plan& plan, const DotJob& job, const WorkItem& item, double
   for (uint64_t t = 0; t < item.n_elems; t += kTile) {
     size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - t));
     uint64_t elem = item.first_elem + t;
-    double* unit = out + (t / kUnitElems) * n_in;
-    if (t % kUnitElems == 0) std::fill(unit, unit + n_in, 0.0);
+    double* tile = out + (t / kTile) * n_in;
     guard_reads(plan, job.name, [&] {
       load_f64(job.lhs.dtype, g_base + elem * item_n_bytes(job.lhs.dtype), g, n);
     });
@@ -69,7 +69,7 @@ void dot_chunk(const Plan& plan, const DotJob& job, const WorkItem& item, double
       guard_reads(plan, job.name, [&] { load_f64(in.dtype, src, x, n); });
       double acc = 0.0;
       for (size_t i = 0; i < n; ++i) acc += g[i] * x[i];
-      unit[k] += acc;
+      tile[k] = acc;
     }
   }
 }
@@ -94,9 +94,9 @@ std::vector<std::vector<double>> dot_products(const Plan& plan, const std::vecto
   uint64_t chunk = options.chunk_elems;
   if (chunk == 0) {
     chunk = budget_chunk_elems(options.memory_budget, per_elem, static_cast<uint64_t>(threads),
-                               kUnitElems, kUnitElems, kMaxChunk);
+                               kTile, kMinChunk, kMaxChunk);
   }
-  chunk = (chunk + kUnitElems - 1) / kUnitElems * kUnitElems;  // whole units
+  chunk = (chunk + kTile - 1) / kTile * kTile;  // whole tiles
   std::vector<WorkItem> items;
   for (uint32_t j = 0; j < jobs.size(); ++j)
     for (uint64_t first = 0; first < jobs[j].n_elems; first += chunk)
@@ -108,26 +108,26 @@ std::vector<std::vector<double>> dot_products(const Plan& plan, const std::vecto
   }
   std::vector<std::vector<double>> out(jobs.size());
   for (uint32_t j = 0; j < jobs.size(); ++j) out[j].assign(jobs[j].inputs.size(), 0.0);
-  // Unit sums are added to the totals in item order as items finish: those done early
+  // Tile sums are added to the totals in item order as items finish: those done early
   // wait here (a few, as the pool hands items out in order), the rest are folded.
   std::mutex mu;
   size_t next = 0;
   std::map<size_t, std::vector<double>> waiting;
-  auto fold = [&](size_t i, const std::vector<double>& units) {
+  auto fold = [&](size_t i, const std::vector<double>& tiles) {
     std::vector<double>& dst = out[items[i].job];
-    for (size_t u = 0; u < units.size(); u += dst.size())
-      for (size_t k = 0; k < dst.size(); ++k) dst[k] += units[u + k];
+    for (size_t t = 0; t < tiles.size(); t += dst.size())
+      for (size_t k = 0; k < dst.size(); ++k) dst[k] += tiles[t + k];
   };
   ChunkPool pool(plan, threads, 1, nullptr, 0);
   pool.run(
       items, [&](const WorkItem& item) -> const std::vector<JobInput>& { return inputs[item.job]; },
       [&](const WorkItem& item, int) {
         size_t i = static_cast<size_t>(&item - items.data());
-        uint64_t n_units = (item.n_elems + kUnitElems - 1) / kUnitElems;
-        std::vector<double> units(n_units * jobs[item.job].inputs.size());
-        dot_chunk(plan, jobs[item.job], item, units.data());
+        uint64_t n_tiles = (item.n_elems + kTile - 1) / kTile;
+        std::vector<double> tiles(n_tiles * jobs[item.job].inputs.size());
+        dot_chunk(plan, jobs[item.job], item, tiles.data());
         std::lock_guard<std::mutex> guard(mu);
-        waiting.emplace(i, std::move(units));
+        waiting.emplace(i, std::move(tiles));
         for (auto it = waiting.find(next); it != waiting.end(); it = waiting.find(++next)) {
           fold(next, it->second);
           waiting.erase(it);

@@ -22,10 +22,11 @@ struct DotOptions {
 void validate_dot_job(const Plan& plan, const DotJob& job);
 
 // Returns, for every job, the N values sum_i double(g[i]) * double(x_k[i]), in fp64 in
-// one fixed order: each tile of 1024 elements in element order, each unit of 16384
-// elements tile by tile, the tensor unit by unit, every sum from +0. Chunks are whole
-// units and their unit sums are added in order, so neither the thread count nor the
-// chunk length (nor the memory budget it comes from) changes a bit. Input pages of
+// the Gram pass's fixed order: each tile of kMethodTileElems (2048) elements in element
+// order, then the tensor tile by tile, every sum from +0. Chunks are whole tiles and
+// their tile sums are added in order, so neither the thread count nor the chunk length
+// (nor the memory budget it comes from) changes a bit, and a device that sums tiles in
+// parallel gives the same bits. Input pages of
 // memory-mapped sources are released behind the cursor. Raises ladle::Error when a
 // range lies outside its source or a dtype is not a float type.
 std::vector<std::vector<double>> dot_products(const Plan& plan, const std::vector<DotJob>& jobs,

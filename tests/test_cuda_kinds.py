@@ -215,3 +215,48 @@ def test_della_refusals_match_the_cpu_engine(tmp_path, device):
             messages.append(str(info.value))
             assert not out.exists() and not list(tmp_path.glob("*partial*"))
         assert messages[0] == messages[1]
+
+
+# ---- dot products (the learned soup's <g, x_k>): the CPU's tile order, same bits ----
+
+def _dot_plan(rng, n, dtypes, n_inputs):
+    """A plan of one dot job (g, x_1..x_n_inputs) over memory buffers, dtypes cycling."""
+    from ladle import _core
+
+    bufs = []
+    for k in range(n_inputs + 1):
+        x = (rng.standard_normal(n) * 10.0 ** (k % 5)).astype(np.float32)
+        if k:  # g stays finite, so most dots are too; x_k cycles through the specials
+            x[rng.choice(n, size=min(n, 3), replace=False)] = SPECIALS[::-1][k % len(SPECIALS)]
+        dtype = dtypes[k % len(dtypes)]
+        raw = x.astype(np.float64).tobytes() if dtype == "F64" else from_f32(x, dtype)
+        bufs.append((np.frombuffer(raw, np.uint8).copy(), dtype))
+    plan = _core.Plan()
+    srcs = [plan.add_memory_source(f"b{k}", b.ctypes.data, b.nbytes) for k, (b, _) in enumerate(bufs)]
+    inputs = [_core.Input(s, 0, d) for s, (_, d) in zip(srcs, bufs)]
+    plan.add_dot("t", n, inputs[0], inputs[1:])
+    return plan, bufs
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n,dtypes,n_inputs", [(9001, ["F32"], 3), (2047, ["BF16", "F16"], 2),
+                                               (70_001, ["F64", "F32", "BF16"], 4),
+                                               (4097, ["F16", "F32"], 70)])
+def test_dot_products_on_device_match_cpu(device, n, dtypes, n_inputs):
+    # 70 inputs: more than one model table (63 beside g), so two launches per chunk.
+    from ladle import _core
+    from ladle.engine.cuda import require
+
+    rng = np.random.default_rng(n + n_inputs)
+    plan, _bufs = _dot_plan(rng, n, dtypes, n_inputs)
+    want = _core.run(plan, kinds=[_core.JobKind.dot], threads=2)["dots"]
+    mod, index, emulate = require(device)
+    for options in ({}, {"chunk_elems": 2048}, {"chunk_elems": 6144}, {"memory_budget": 1 << 20}):
+        got = mod.run(plan._capsule(), kinds=[_core.JobKind.dot], device=index, workers=2,
+                      emulate=emulate, **options)["dots"]
+        got_a, want_a = np.array(got), np.array(want)
+        nan = np.isnan(want_a)  # a GPU need not keep the CPU's NaN payloads
+        assert np.array_equal(np.isnan(got_a), nan), options
+        assert np.array_equal(got_a[~nan].view(np.uint64), want_a[~nan].view(np.uint64)), options
+        assert (~nan).any()  # finite values are compared bit for bit
+    assert mod.supports(_core.JobKind.dot)

@@ -46,18 +46,17 @@ def test_dots_match_fp64_reference(dtype, threads):
 
 
 def _in_order(g: np.ndarray, x: np.ndarray) -> float:
-    """The documented order (csrc/reduce.h): tiles of 1024 in element order, units of
-    16384 tile by tile, the tensor unit by unit, each sum sequential from +0."""
+    """The documented order (csrc/reduce.h, the Gram pass's): tiles of 2048 in element
+    order, then the tensor tile by tile, each sum sequential from +0."""
     p = g.astype(np.float64) * x.astype(np.float64)
-    tiles = [np.cumsum(np.concatenate([[0.0], p[i:i + 1024]]))[-1] for i in range(0, p.size, 1024)]
-    units = [np.cumsum(np.concatenate([[0.0], tiles[u:u + 16]]))[-1] for u in range(0, len(tiles), 16)]
-    return float(np.cumsum(np.concatenate([[0.0], units]))[-1])
+    tiles = [np.cumsum(np.concatenate([[0.0], p[i:i + 2048]]))[-1] for i in range(0, p.size, 2048)]
+    return float(np.cumsum(np.concatenate([[0.0], tiles]))[-1])
 
 
 def test_dots_do_not_depend_on_threads_chunks_or_budget():
     # Full-precision values: any other grouping of the fp64 sums changes their bits.
     rng = np.random.default_rng(1)
-    n = 200_003  # whole units, a short unit and a short tile
+    n = 200_003  # whole tiles and a short one
     a, b, c = (rng.standard_normal(n).astype(np.float32) * np.float32(10.0 ** k) for k in range(3))
     plan = _plan_with([a, b, c])
     jobs = [("x", n, (0, 0, "F32"), [(1, 0, "F32"), (2, 0, "F32")])]

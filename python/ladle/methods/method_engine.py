@@ -4,8 +4,8 @@ backend (``ladle._cuda``, or its CPU emulator), chosen once per run from ``devic
 A run's jobs of every kind sit in one ``_core.Plan``; each call runs the plan's jobs
 of a set of kinds (``sum``, ``copy``, ``max``, ``nearswap``, ``task``, ``gram``,
 ``dot``, ``della``, ``sce``). Each backend declares the kinds it runs
-(``supports(kind)``); a kind the CUDA backend does not run (dot products)
-goes to the CPU engine, so every method works on every device and the bytes
+(``supports(kind)``; the CUDA backend now runs every kind); a kind a backend does not
+run goes to the CPU engine, so every method works on every device and the bytes
 written do not depend on the device.
 
 Example:
