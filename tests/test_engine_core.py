@@ -32,10 +32,10 @@ def test_backends_declare_the_job_kinds_they_run():
 
 
 @pytest.mark.skipif(not cuda_info()["compiled"], reason="CUDA backend not built")
-def test_cuda_backend_declares_weighted_sums_copies_maxima_and_methods():
+def test_cuda_backend_declares_every_job_kind():
     import ladle._cuda as cuda_module
 
-    # Issue 16: nearswap and every method's kind run on CUDA too; dot products do not.
+    # Issue 16: weighted sums, nearswap, every method's kind and dot products run on CUDA.
     assert all(cuda_module.supports(k) for k in core_kinds(("sum", "copy", "max", "nearswap",
-                                                            "task", "gram", "della", "sce")))
-    assert not cuda_module.supports(core_kinds(["dot"])[0])
+                                                            "task", "gram", "dot", "della",
+                                                            "sce")))
