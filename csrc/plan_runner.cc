@@ -103,33 +103,37 @@ void validate_if_several(const Plan& plan, KindSet kinds) {
   if (n_lists > 1) validate_jobs(plan, kinds);
 }
 
-PlanResults run_jobs(const Plan& plan, KindSet kinds, const EngineOptions& options,
-                     const ProgressFn& progress) {
-  resolve_threads(options.threads);  // a bad count is refused even with nothing to run
-  validate_if_several(plan, kinds);
-  PlanResults out;
-  run_selected_grams(plan, kinds, &out, [&](RunStats* stats) {
+namespace {
+
+// The CPU's runner of each kind, for run_in_order.
+struct CpuRunners {
+  const Plan& plan;
+  const EngineOptions& options;
+  const ProgressFn& progress;
+
+  std::vector<std::vector<double>> grams(RunStats* stats) const {
     return run_gram_jobs(plan, plan.grams, options, progress, stats);
-  });
-  if (kinds.has(JobKind::kDot) && !plan.dots.empty()) {
+  }
+  std::vector<std::vector<double>> dots(RunStats*) const {  // no statistics of their own
     DotOptions dot;
     dot.threads = options.threads;
     dot.memory_budget = options.memory_budget;
     dot.chunk_elems = options.chunk_elems;
-    out.dots = dot_products(plan, plan.dots, dot);
-    out.ran_dots = true;
+    return dot_products(plan, plan.dots, dot);
   }
-  if (any_engine_kind(kinds)) {
-    Plan engine_only;
-    add_stats(&out.stats, run_plan(with_engine_jobs(plan, kinds, &engine_only), options, progress));
-  }
-  if (kinds.has(JobKind::kTaskProgram) && !plan.tasks.empty())
-    add_stats(&out.stats, run_task_jobs(plan, plan.tasks, options, progress));
-  if (kinds.has(JobKind::kDella) && !plan.dellas.empty())
-    add_stats(&out.stats, run_della_jobs(plan, plan.dellas, options, progress));
-  if (kinds.has(JobKind::kSce) && !plan.sces.empty())
-    add_stats(&out.stats, run_sce_jobs(plan, plan.sces, options, progress));
-  return out;
+  RunStats engine(const Plan& engine_jobs) const { return run_plan(engine_jobs, options, progress); }
+  RunStats tasks() const { return run_task_jobs(plan, plan.tasks, options, progress); }
+  RunStats dellas() const { return run_della_jobs(plan, plan.dellas, options, progress); }
+  RunStats sces() const { return run_sce_jobs(plan, plan.sces, options, progress); }
+};
+
+}  // namespace
+
+PlanResults run_jobs(const Plan& plan, KindSet kinds, const EngineOptions& options,
+                     const ProgressFn& progress) {
+  resolve_threads(options.threads);  // a bad count is refused even with nothing to run
+  validate_if_several(plan, kinds);
+  return run_in_order(plan, kinds, any_engine_kind(kinds), CpuRunners{plan, options, progress});
 }
 
 }  // namespace ladle

@@ -39,21 +39,40 @@ const Plan& with_engine_jobs(const Plan& plan, KindSet kinds, Plan* storage);
 // summed; threads, chunk length and kernel those of the last runner that set them.
 void add_stats(RunStats* total, const RunStats& part);
 
-// Runs the plan's Gram jobs, when `kinds` selects them, with `run_grams` (RunStats*
-// -> one Gram matrix per job: the CPU's runner or the GPU's) into `out`.
-template <class RunGrams>
-void run_selected_grams(const Plan& plan, KindSet kinds, PlanResults* out, RunGrams&& run_grams) {
-  if (!kinds.has(JobKind::kGram) || plan.grams.empty()) return;
-  RunStats stats;
-  out->grams = run_grams(&stats);
-  out->ran_grams = true;
-  add_stats(&out->stats, stats);
+// The one order of a run's kinds on every backend: Gram, dot, engine (sum/copy/max/
+// nearswap), task, DELLA, SCE, each through `runners` (the CPU's or the GPU's):
+// grams(RunStats*) and dots(RunStats*) return their results, engine(const Plan&)
+// (the plan's engine jobs of `kinds`), tasks(), dellas() and sces() their statistics.
+// The engine runs (and reports its options) whenever `engine` says one of its kinds is
+// selected; the others only when they hold jobs. Statistics are summed (add_stats).
+template <class Runners>
+PlanResults run_in_order(const Plan& plan, KindSet kinds, bool engine, const Runners& runners) {
+  PlanResults out;
+  if (kinds.has(JobKind::kGram) && !plan.grams.empty()) {
+    RunStats stats;
+    out.grams = runners.grams(&stats);
+    out.ran_grams = true;
+    add_stats(&out.stats, stats);
+  }
+  if (kinds.has(JobKind::kDot) && !plan.dots.empty()) {
+    RunStats stats;
+    out.dots = runners.dots(&stats);
+    out.ran_dots = true;
+    add_stats(&out.stats, stats);
+  }
+  if (engine) {
+    Plan engine_only;
+    add_stats(&out.stats, runners.engine(with_engine_jobs(plan, kinds, &engine_only)));
+  }
+  if (kinds.has(JobKind::kTaskProgram) && !plan.tasks.empty())
+    add_stats(&out.stats, runners.tasks());
+  if (kinds.has(JobKind::kDella) && !plan.dellas.empty()) add_stats(&out.stats, runners.dellas());
+  if (kinds.has(JobKind::kSce) && !plan.sces.empty()) add_stats(&out.stats, runners.sces());
+  return out;
 }
 
-// Runs the plan's jobs of the kinds in `kinds` on the CPU, in the order Gram, dot,
-// engine (sum/copy/max/nearswap), task, DELLA, SCE. Thread counts are checked even
-// when no job runs; the engine runs (and reports its options) whenever one of its
-// kinds is selected, the others only when they hold jobs.
+// Runs the plan's jobs of the kinds in `kinds` on the CPU, in run_in_order's order.
+// Thread counts are checked even when no job runs.
 PlanResults run_jobs(const Plan& plan, KindSet kinds, const EngineOptions& options,
                      const ProgressFn& progress);
 

@@ -5,6 +5,27 @@
 
 namespace ladle {
 namespace cuda {
+namespace {
+
+// The device's runner of each kind, for run_in_order.
+struct GpuRunners {
+  const Plan& plan;
+  const Options& options;
+  const ProgressFn& progress;
+
+  std::vector<std::vector<double>> grams(RunStats* stats) const {
+    return run_gram_jobs(plan, plan.grams, options, progress, stats);
+  }
+  std::vector<std::vector<double>> dots(RunStats* stats) const {
+    return run_dot_jobs(plan, plan.dots, options, progress, stats);
+  }
+  RunStats engine(const Plan& engine_jobs) const { return run_plan(engine_jobs, options, progress); }
+  RunStats tasks() const { return run_task_jobs(plan, plan.tasks, options, progress); }
+  RunStats dellas() const { return run_della_jobs(plan, plan.dellas, options, progress); }
+  RunStats sces() const { return run_sce_jobs(plan, plan.sces, options, progress); }
+};
+
+}  // namespace
 
 PlanResults run_jobs(const Plan& plan, KindSet kinds, const Options& options,
                      const ProgressFn& progress) {
@@ -18,27 +39,7 @@ PlanResults run_jobs(const Plan& plan, KindSet kinds, const Options& options,
     engine = engine || is_engine_kind(k);
   }
   validate_if_several(plan, kinds);
-  PlanResults out;
-  run_selected_grams(plan, kinds, &out, [&](RunStats* stats) {
-    return run_gram_jobs(plan, plan.grams, options, progress, stats);
-  });
-  if (kinds.has(JobKind::kDot) && !plan.dots.empty()) {
-    RunStats stats;
-    out.dots = run_dot_jobs(plan, plan.dots, options, progress, &stats);
-    out.ran_dots = true;
-    add_stats(&out.stats, stats);
-  }
-  if (engine) {
-    Plan engine_only;
-    add_stats(&out.stats, run_plan(with_engine_jobs(plan, kinds, &engine_only), options, progress));
-  }
-  if (kinds.has(JobKind::kTaskProgram) && !plan.tasks.empty())
-    add_stats(&out.stats, run_task_jobs(plan, plan.tasks, options, progress));
-  if (kinds.has(JobKind::kDella) && !plan.dellas.empty())
-    add_stats(&out.stats, run_della_jobs(plan, plan.dellas, options, progress));
-  if (kinds.has(JobKind::kSce) && !plan.sces.empty())
-    add_stats(&out.stats, run_sce_jobs(plan, plan.sces, options, progress));
-  return out;
+  return run_in_order(plan, kinds, engine, GpuRunners{plan, options, progress});
 }
 
 }  // namespace cuda

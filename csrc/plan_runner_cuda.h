@@ -10,8 +10,7 @@
 namespace ladle {
 namespace cuda {
 
-// Order: Gram, engine (sum/copy/max/nearswap), task, DELLA, SCE; results and
-// statistics as ladle::run_jobs.
+// In run_in_order's order (plan_runner.h); results and statistics as ladle::run_jobs.
 PlanResults run_jobs(const Plan& plan, KindSet kinds, const Options& options,
                      const ProgressFn& progress);
 
