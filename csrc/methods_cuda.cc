@@ -310,23 +310,18 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
   auto t0 = std::chrono::steady_clock::now();
   uint64_t per_elem = 1, total = 0, max_pairs = 1;
   uint32_t max_inputs = 1;
+  std::vector<StagedJob> staged;  // inputs only: a reduction writes no output
   for (const GramJob& job : jobs) {
     validate_gram_job(plan, job);
-    uint64_t bytes = 0;
-    for (const JobInput& in : job.inputs) bytes += item_n_bytes(in.dtype);
-    per_elem = std::max(per_elem, bytes);
+    staged.push_back({job.inputs, DType::kF32, job.n_elems});
+    per_elem = std::max(per_elem, read_n_bytes(job.inputs, 1));
     total += read_n_bytes(job.inputs, job.n_elems);
     uint64_t m = job.inputs.size() - (job.base >= 0 ? 1 : 0);
     max_pairs = std::max(max_pairs, m * (m + 1) / 2);
     max_inputs = std::max<uint32_t>(max_inputs, static_cast<uint32_t>(job.inputs.size()));
   }
   uint64_t chunk = chunk_elems_for(per_elem, 0, options), chunk_tiles = chunk / kTile;
-  uint64_t in_bytes = 0;
-  for (const GramJob& job : jobs) {
-    uint64_t n = std::min(chunk, job.n_elems), bytes = 0;
-    for (const JobInput& in : job.inputs) bytes += align_up(n * item_n_bytes(in.dtype), kTableAlign);
-    in_bytes = std::max(in_bytes, bytes);
-  }
+  uint64_t in_bytes = stage_bytes(staged, chunk).in;
   RunStats run_stats;
   std::vector<std::vector<double>> result(jobs.size());
   {

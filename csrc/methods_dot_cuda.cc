@@ -37,15 +37,16 @@ std::vector<std::vector<double>> run_dot_jobs(const Plan& plan, const std::vecto
                                               const Options& options, const ProgressFn& progress,
                                               RunStats* stats) {
   auto t0 = std::chrono::steady_clock::now();
-  std::vector<StagedJob> staged;
-  uint64_t total = 0;
+  std::vector<StagedJob> staged;  // inputs only: a reduction writes no output
+  uint64_t total = 0, per_elem = 1;
   for (const DotJob& job : jobs) {
     validate_dot_job(plan, job);
     staged.push_back({dot_inputs(job), DType::kF32, job.n_elems});
     total += read_n_bytes(staged.back().inputs, job.n_elems);
+    per_elem = std::max(per_elem, read_n_bytes(staged.back().inputs, 1));
   }
-  uint64_t chunk = chunk_elems_for(staged_per_elem(staged), 0, options);
-  StageBytes bytes = stage_bytes(staged, chunk);
+  uint64_t chunk = chunk_elems_for(per_elem, 0, options);
+  StageBytes bytes = stage_bytes(staged, chunk);  // .in: the staged inputs
   std::vector<std::vector<double>> result(jobs.size());
   RunStats run_stats;
   {
