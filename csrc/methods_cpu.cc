@@ -142,6 +142,16 @@ struct JobState {
   std::atomic<uint64_t> window_recorded{0};  // candidates recorded by the window pass
   uint64_t window_max = 0;                   // more than this: every window misses
   std::atomic<bool> window_overflow{false};
+  bool window_scanned = false;  // a window round has read (and counted) the job
+};
+
+// A selection whose sampled window the window passes will try: its predicted
+// candidates (with margin) and the bytes recording them takes.
+struct WindowPick {
+  size_t job;
+  Selection* sel;
+  uint64_t expected;
+  uint64_t bytes;
 };
 
 // Per-thread scratch.
@@ -296,6 +306,11 @@ class TaskRunner {
                 bool counted = true) {
     ChunkPool::BytesOf progress_of;
     if (!counted) progress_of = [](const Item&) -> uint64_t { return 0; };
+    run_pass(items, pass, progress_of);
+  }
+  // `progress_of`: the bytes an item counts as progress (empty: what it reads).
+  void run_pass(const std::vector<Item>& items, void (TaskRunner::*pass)(const Item&, TaskScratch*),
+                const ChunkPool::BytesOf& progress_of) {
     pool_->run(
         items, [this](const Item& item) -> const std::vector<JobInput>& { return inputs_[item.job]; },
         [this, pass](const Item& item, int t) { (this->*pass)(item, &scratch_[t]); }, progress_of);
@@ -348,21 +363,9 @@ class TaskRunner {
     batch_begin_ = begin;
     auto selecting = [&](size_t j) { return states_[j - begin]->selects; };
     // Statistics in one read when the sampled windows hold the thresholds.
-    choose_windows(begin, end);
-    auto windowing = [&](size_t j) {
-      for (const ModelState& ms : states_[j - begin]->models)
-        if (ms.lo.windowed || ms.hi.windowed) return true;
-      return false;
-    };
-    run_pass(items_of(begin, end, windowing), &TaskRunner::window_scan);
-    std::vector<std::pair<size_t, Selection*>> windows;
-    for (size_t j = begin; j < end; ++j) {
-      if (selecting(j) && !windowing(j)) pool_->skip(job_read_bytes(j));
-      for (ModelState& ms : states_[j - begin]->models)
-        for (Selection* sel : {&ms.lo, &ms.hi})
-          if (sel->windowed) windows.emplace_back(j, sel);
-    }
-    in_parallel(windows.size(), [&](size_t i) { resolve_window(windows[i].first, windows[i].second); });
+    scan_windows(begin, end, choose_windows(begin, end));
+    for (size_t j = begin; j < end; ++j)
+      if (selecting(j) && !states_[j - begin]->window_scanned) pool_->skip(job_read_bytes(j));
     // The histogram passes, for the selections whose window missed (not counted as
     // progress: the window pass already was).
     auto histogramming = [&](size_t j) {
@@ -533,7 +536,7 @@ class TaskRunner {
   // selection's window [w_lo, w_hi] around the sample's guess of its threshold,
   // wide enough that a miss is unlikely and narrow enough that its candidates fit
   // the budget's candidate share (a selection that does not fit skips the window).
-  void choose_windows(size_t begin, size_t end) {
+  std::vector<WindowPick> choose_windows(size_t begin, size_t end) {
     std::vector<Item> items;
     for (size_t j = begin; j < end; ++j) {
       JobState& st = *states_[j - begin];
@@ -558,7 +561,7 @@ class TaskRunner {
         items.push_back({static_cast<uint32_t>(j), t * kTile, std::min(kTile, job.n_elems - t * kTile)});
       }
     }
-    if (items.empty()) return;
+    if (items.empty()) return {};
     run_pass(items, &TaskRunner::sample_tile, false);  // it releases the pages it maps
     // Each sampled model's windows (or, sampled whole, its thresholds) on the
     // runner's threads; then, in order, which windows the candidate budget takes.
@@ -584,7 +587,7 @@ class TaskRunner {
       spare_samples_.emplace_back();
       spare_samples_.back().swap(ms->sample);
     }
-    uint64_t used = 0;
+    std::vector<WindowPick> picks;
     for (const auto& [j, ms] : sampled) {
       const TaskJob& job = jobs_[j];
       uint64_t n_tiles = (job.n_elems + kTile - 1) / kTile;
@@ -594,14 +597,59 @@ class TaskRunner {
         uint64_t expected = sel->expected + sel->expected / 4;  // give or take
         uint64_t bytes = expected * sizeof(uint32_t) + n_tiles * sizeof(uint32_t) +
                          n_chunks * (sizeof(uint64_t) + sizeof(std::vector<uint32_t>));
-        if (used + bytes > candidate_limit(options_)) continue;
-        used += bytes;
-        states_[j - begin]->window_max += expected;
-        sel->windowed = true;
-        sel->chunk_above.assign(n_chunks, 0);
-        sel->chunk_bits.resize(n_chunks);
-        sel->tile_in_bin.assign(n_tiles, 0);
+        // A window that alone outgrows the candidates' share is left to the histograms.
+        if (bytes <= candidate_limit(options_)) picks.push_back({j, sel, expected, bytes});
       }
+    }
+    return picks;
+  }
+
+  // The window passes: rounds of consecutive picks whose candidates fit the budget's
+  // candidate share together, each one read of the round's jobs (of their picked
+  // models only), then the round's windows resolved and their candidates freed. A job
+  // is counted as progress by its first round.
+  void scan_windows(size_t begin, size_t end, const std::vector<WindowPick>& picks) {
+    for (size_t next = 0; next < picks.size();) {
+      uint64_t used = 0;
+      size_t stop = next;
+      for (size_t j = begin; j < end; ++j) {
+        JobState& st = *states_[j - begin];
+        st.window_max = 0;
+        st.window_recorded.store(0);
+        st.window_overflow.store(false);
+      }
+      for (; stop < picks.size() && used + picks[stop].bytes <= candidate_limit(options_); ++stop) {
+        const WindowPick& p = picks[stop];
+        used += p.bytes;
+        const TaskJob& job = jobs_[p.job];
+        uint64_t n_chunks = (job.n_elems + chunk_elems_ - 1) / chunk_elems_;
+        states_[p.job - begin]->window_max += p.expected;
+        p.sel->windowed = true;
+        p.sel->chunk_above.assign(n_chunks, 0);
+        p.sel->chunk_bits.resize(n_chunks);
+        p.sel->tile_in_bin.assign((job.n_elems + kTile - 1) / kTile, 0);
+      }
+      auto windowing = [&](size_t j) {
+        for (const ModelState& ms : states_[j - begin]->models)
+          if (ms.lo.windowed || ms.hi.windowed) return true;
+        return false;
+      };
+      std::vector<uint8_t> first_read(end - begin, 0);
+      for (size_t j = begin; j < end; ++j) {
+        JobState& st = *states_[j - begin];
+        if (!windowing(j) || st.window_scanned) continue;
+        first_read[j - begin] = 1;
+        st.window_scanned = true;
+      }
+      run_pass(items_of(begin, end, windowing), &TaskRunner::window_scan,
+               [&](const Item& item) -> uint64_t {
+                 if (!first_read[item.job - begin]) return 0;
+                 uint64_t n = 0;
+                 for (const JobInput& in : inputs_[item.job]) n += item.n_elems * item_n_bytes(in.dtype);
+                 return n;
+               });
+      in_parallel(stop - next, [&](size_t i) { resolve_window(picks[next + i].job, picks[next + i].sel); });
+      next = stop;
     }
   }
 

@@ -214,6 +214,36 @@ def test_windowed_rank_selection_matches_reference(tmp_path, method, quantize):
     assert read_checkpoint(out)[sizes[0][0]][2] == expected
 
 
+@pytest.mark.parametrize("budget,sampled,histogrammed", [
+    ("256MiB", 18, 0),   # every window in one round
+    # A 160 KiB candidate share: rounds of one or two windows of 75-112 KiB (one
+    # round would take two of a tensor's six); the two of 0.5 MiB and 0.7 MiB (wide:
+    # the bf16 deltas take few values) do not fit alone.
+    ("640KiB", 12, 6),
+    ("160KiB", 0, 18),   # a 40 KiB share holds no window: the histogram passes
+])
+def test_window_rounds_match_reference(tmp_path, budget, sampled, histogrammed):
+    """Windows whose candidates do not fit the budget's share together are read in
+    further rounds (csrc/methods_cpu.cc scan_windows), not left to the histograms;
+    a window too big for the share alone still is."""
+    rng = np.random.default_rng(12)
+    sizes = [(f"model.layers.{i}.big", 600_001 + i) for i in range(3)]
+    paths, raws = make_models(tmp_path, rng, 3, "BF16", sizes=sizes)
+    weights, densities, gamma = [0.7, -0.4, 1.3], [0.3, 0.8, 0.55], 0.05
+    params = [{"weight": w, "density": d, "gamma": gamma} for w, d in zip(weights, densities)]
+    out = tmp_path / "out.safetensors"
+    report = methods.merge_models("breadcrumbs_ties", paths[1:], out, base_model=paths[0],
+                                  model_parameters=params, threads=2, memory_budget=budget,
+                                  progress=False)
+    assert (report.ranks_sampled, report.ranks_histogrammed) == (sampled, histogrammed)
+    got = read_checkpoint(out)
+    for name, _ in sizes:
+        base, *xs = decoded(raws, name, "BF16")
+        expected = reference_task("breadcrumbs_ties", name, base, xs, weights, densities,
+                                  [gamma] * 3, "BF16")
+        assert got[name][2] == expected, name
+
+
 @pytest.mark.parametrize("kernel", ["scalar", "avx2"])
 def test_ties_count_consensus_and_dare_density_rescale(tmp_path, kernel):
     if kernel == "avx2" and not ladle.build_info()["avx2_cpu"]:

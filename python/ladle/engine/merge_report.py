@@ -28,6 +28,10 @@ class MergeReport:
     rank_bytes_read: list[int] | None = None  # distributed merges: input bytes each rank read
     # --device cuda: tensors the CUDA engine computed on the host (F64, block-scaled FP8)
     host_sums: int = 0
+    # Task methods: rank thresholds found from a sample or its window (one read of the
+    # tensor), and those the histogram passes found (two or three more reads)
+    ranks_sampled: int = 0
+    ranks_histogrammed: int = 0
 
     @property
     def gb_per_s(self) -> float:

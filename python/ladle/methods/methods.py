@@ -979,7 +979,9 @@ def write_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: OutputD
     stats, dest = write_atomically(output, work, plan_hash=identity, resume=resume)
     return MergeReport(dest, len(plan.tensors), len(plan.shards), stats["bytes_read"],
                        plan.bytes_written, time.perf_counter() - t0, stats["threads"],
-                       stats["chunk_elems"], stats["kernel"], None)
+                       stats["chunk_elems"], stats["kernel"], None,
+                       ranks_sampled=stats["ranks_sampled"],
+                       ranks_histogrammed=stats["ranks_histogrammed"])
 
 
 def method_plan_hash(plan: MethodPlan, ckpts: list[Checkpoint], seed: int) -> str:
@@ -1044,11 +1046,13 @@ def execute_method_plan(plan: MethodPlan, ckpts: list[Checkpoint], output: Outpu
             size = item_bytes[info.dtype] = _core.dtype_n_bits(info.dtype) // 8
         return sources[info.file], info.offset + elem * size, info.dtype
 
-    totals = {"bytes_read": 0, "threads": 0, "chunk_elems": 0, "kernel": ""}
+    totals = {"bytes_read": 0, "threads": 0, "chunk_elems": 0, "kernel": "",
+              "ranks_sampled": 0, "ranks_histogrammed": 0}
 
     def add(stats: dict) -> None:
         finished[0] = bar.n if bar is not None else 0
-        totals["bytes_read"] += stats["bytes_read"]
+        for key in ("bytes_read", "ranks_sampled", "ranks_histogrammed"):
+            totals[key] += stats.get(key, 0)
         for key in ("threads", "chunk_elems", "kernel"):
             totals[key] = stats[key] or totals[key]
 
