@@ -169,10 +169,11 @@ def defined_names(path: Path) -> set[str]:
 
 
 def bound_in_init() -> set[str]:
-    """Names that ladle/__init__.py binds with ``from .x import name``."""
+    """Names that ladle/__init__.py binds with ``from .x import name``, at its top
+    level or (the lazily loaded exports) under ``if TYPE_CHECKING:``."""
     tree = ast.parse((PACKAGE_DIR / "__init__.py").read_text())
-    return {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom)
-            for a in n.names}
+    body = [n for top in tree.body for n in (top.body if isinstance(top, ast.If) else [top])]
+    return {a.asname or a.name for n in body if isinstance(n, ast.ImportFrom) for a in n.names}
 
 
 def build_layout() -> Layout:

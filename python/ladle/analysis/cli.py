@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..cli.cli_types import COUNT, FINITE, THREADS
 from ..errors import LadleValueError
+
+if TYPE_CHECKING:  # numpy loads with an analysis, not with every `ladle` command's parser
+    import numpy as np
 
 
 def add_subcommands(sub: Any) -> None:
@@ -72,6 +73,8 @@ def _add_model_options(q: argparse.ArgumentParser) -> None:
 
 
 def _load(path: str, *keys: str) -> dict[str, np.ndarray]:
+    import numpy as np
+
     with np.load(path) as z:
         got = {k: z[k] for k in keys if k in z}
         if not got or "labels" in keys and "labels" not in got:
@@ -125,6 +128,8 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def _evaluate_models(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from ..cli.cli_soups import load_hook
 
     model = load_hook(args.model, "--model")()

@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # ladle's own numpy use is a few small arrays; OpenBLAS's idle threads would each
+    # spin ~10^8 cycles after numpy loads, on the cores the merge runs on.
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "clip":  # `ladle clip --help` etc. belong to the clip parser

@@ -26,8 +26,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .. import _core
 from ..errors import FormatError, LadleValueError
 from ..formats.checkpoint import Checkpoint, open_checkpoint
@@ -197,6 +195,7 @@ def _check_update(model: Checkpoint, adapter: Path, config: dict[str, Any],
 
 def _rows(info: TensorInfo, lo: int, hi: int):
     """Rows [lo, hi) of a 2-D tensor (any row length; 1-D: elements) as fp32 torch."""
+    import numpy as np
     import torch
 
     cols = info.shape[1] if len(info.shape) > 1 else 1

@@ -55,8 +55,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .. import _core
 from ..engine._units import engine_options
 from ..engine.cuda import rank_device
@@ -78,10 +76,8 @@ from ..errors import LadleValueError, MismatchError
 from ..formats._bulk import bulk_objects
 from ..formats.checkpoint import Checkpoint, TensorInfo, _preview
 from ..formats.set_checkpoint import open_inputs, refuse_memory_inputs, same_input
-from .fusion import run_fusion
 from .merge import CheckpointLike, MergeReport, PathLike, _check_device, _progress_bar, plan_hash
 from .method_engine import MethodEngine
-from .nuslerp_columns import run_nuslerp_columns
 from .sphere import SPHERE_METHODS, sphere_coefficients
 
 
@@ -690,6 +686,8 @@ def slerp_coefficients(t: float, gram: list[float], dot_threshold: float = 0.999
     n1 = n1 if n1 > eps else 1.0
     dot = min(1.0, max(-1.0, g01 / (n0 * n1)))
     if abs(dot) > dot_threshold:
+        import numpy as np  # fp32 arithmetic; numpy loads only for the methods that use it
+
         t32 = np.float32(t)
         return float(np.float32(1) - t32), float(t32)
     theta = math.acos(dot)
@@ -788,6 +786,8 @@ def model_stock_ratios(grams: list[list[float]], n_models: int) -> list[float]:
     """:func:`model_stock_t` of many rows at once (filter_wise: ~10^5 rows per model),
     vectorised over the rows with the same fp64 operations in the same order, so every
     ratio has the same bits (NaN clamps to −1 as Python's ``max(-1.0, nan)`` does)."""
+    import numpy as np
+
     g = np.asarray(grams, dtype=np.float64).reshape(len(grams), n_models * n_models)
     with np.errstate(all="ignore"):  # inf/NaN sums give what the scalar formula gives
         norms = np.sqrt(g[:, ::n_models + 1])  # the diagonal: ‖δ_i‖
@@ -1162,12 +1162,15 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
         run([JobKind.SUM])
         run([JobKind.TASK])
         _release_rows(core_plan, sources, batch)
-    for t in tensors:  # streamed by blocks of rows (ladle.engine.row_stream)
-        blocked = (run_fusion if t.op == "arcee_fusion" else
-                   run_nuslerp_columns if t.params.get("columns") else None)
-        if blocked is not None:
-            core_plan.clear_jobs()
-            add(blocked(core_plan, sources, t, sink, len(shard.header) + t.offset, run_opts))
+    for t in tensors:  # streamed by blocks of rows (ladle.engine.row_stream; numpy)
+        if t.op == "arcee_fusion":
+            from .fusion import run_fusion as blocked
+        elif t.params.get("columns"):
+            from .nuslerp_columns import run_nuslerp_columns as blocked
+        else:
+            continue
+        core_plan.clear_jobs()
+        add(blocked(core_plan, sources, t, sink, len(shard.header) + t.offset, run_opts))
     core_plan.clear_jobs()
     for t in tensors:
         if t.op == "della":

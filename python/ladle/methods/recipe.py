@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LadleIOError, LadleValueError
 from .chat_templates import BUILTIN_TEMPLATES
@@ -42,7 +42,9 @@ from .lora_apply import is_lora_ref, lora_ref_path, lora_view, open_model, parts
 from .mapping_keys import refuse_unknown_keys
 from .methods import check_method_name, check_parameter_names
 from .slices import OutputModule, OutputSlice, SliceSource
-from .tokenizer import TokenizerSpec, parse_tokenizer
+
+if TYPE_CHECKING:  # numpy loads with a tokenizer block, not with every recipe
+    from .tokenizer import TokenizerSpec
 
 TOP_KEYS = {"merge_method", "base_model", "models", "slices", "modules", "parameters", "dtype",
             "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "seed"}
@@ -227,9 +229,13 @@ def parse_recipe(data: Any, path: Path | None = None) -> Recipe:
                               f"not both")
     if ts is not None:
         ref = ts.removeprefix("model:") if isinstance(ts, str) else ts
+        from .tokenizer import TokenizerSpec
+
         tokenizer = TokenizerSpec(ts if ts in ("base", "union") else
                                   _model_path(ref, where, "tokenizer_source", path))
     elif data.get("tokenizer") is not None:
+        from .tokenizer import parse_tokenizer
+
         tokenizer = parse_tokenizer(data["tokenizer"], where,
                                     lambda ref, key: _model_path(ref, where, key, path))
     template = data.get("chat_template")
@@ -395,7 +401,6 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, **options):
     from ..engine.output import checked_output
     from ..errors import LadleWarning
     from ..formats.checkpoint import open_checkpoint
-    from .tokenizer import build_vocabulary, permute_embeddings, remove_scratch, scratch_dir
 
     models = recipe.referenced_models()
     loras = [m for m in models if is_lora_ref(m)]
@@ -408,6 +413,8 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, **options):
     spec = recipe.tokenizer
     if spec is None and not loras:
         return _merge(recipe, out, files, None, None, template, **options)
+    from .tokenizer import build_vocabulary, permute_embeddings, remove_scratch, scratch_dir
+
     if options.get("resume") or options.get("distributed"):
         # The permuted embeddings and merged-in adapters are rewritten beside the
         # output on every run (by every rank), so neither a resume nor a split
@@ -465,10 +472,11 @@ def _merge(recipe: Recipe, out, files: list[Path], views, vocab, template: str |
     import json
 
     from .methods import merge_models
-    from .tokenizer import with_vocabulary
 
     finish = None
     if vocab is not None:
+        from .tokenizer import with_vocabulary
+
         def finish(output) -> None:
             if template is not None:
                 vocab.tokenizer.chat_template = template

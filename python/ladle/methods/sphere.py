@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LadleValueError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SPHERE_METHODS = ("multislerp", "karcher")
 
@@ -42,6 +43,8 @@ def sphere_coefficients(tensor: Any, gram: Sequence[float]) -> list[float]:
 
 
 def _gram(gram: Sequence[float], n: int) -> np.ndarray:
+    import numpy as np
+
     return np.asarray(gram, dtype=np.float64).reshape(n, n)
 
 
@@ -65,6 +68,8 @@ def multislerp_coefficients(weights: Sequence[float], gram: Sequence[float],
     Raises:
         LadleValueError: the weighted mean of the unit vectors is zero (N > 2).
     """
+    import numpy as np
+
     w = np.asarray(weights, dtype=np.float64)
     g = _gram(gram, len(w))
     norms = np.sqrt(np.maximum(np.diag(g), 0.0))
@@ -98,6 +103,8 @@ def karcher_coefficients(gram: Sequence[float], n: int, max_iter: int = 10,
     when ``‖T‖ < tol``, else ``u = cos‖T‖·u + sin‖T‖·T/‖T‖``, renormalised when its
     norm exceeds ``tol``. The scale is ``Σ_k n_k / n`` over all vectors.
     """
+    import numpy as np
+
     g = _gram(gram, n)
     norms = np.sqrt(np.maximum(np.diag(g), 0.0))
     valid = [k for k in range(n) if norms[k] > tol]
