@@ -21,7 +21,7 @@ namespace ladle {
 namespace {
 
 constexpr uint64_t kMinChunkElems = 16 * 1024;
-constexpr uint64_t kMaxChunkElems = 16ull << 20;
+constexpr uint64_t kMaxChunkElems = kCpuMaxChunkElems;
 constexpr size_t kPrefetchDepth = 2;
 
 // Per-thread scratch, allocated once and reused for every chunk.

@@ -142,7 +142,7 @@ class DellaRunner {
     uint64_t left = options_.memory_budget > reserved ? options_.memory_budget - reserved : 0;
     chunk_elems_ = options_.chunk_elems != 0
                        ? options_.chunk_elems
-                       : budget_chunk_elems(left, per_elem, threads, 1, kUnitElems, 16ull << 20);
+                       : budget_chunk_elems(left, per_elem, threads, 1, kUnitElems, kCpuMaxChunkElems);
     pool_ = std::make_unique<ChunkPool>(plan_, threads, 1, progress, total);
     scratch_.resize(threads);
     size_t begin = 0;

@@ -138,7 +138,7 @@ class SceRunner {
     uint64_t left = options_.memory_budget > reserved ? options_.memory_budget - reserved : 0;
     chunk_elems_ = options_.chunk_elems != 0
                        ? options_.chunk_elems
-                       : budget_chunk_elems(left, per_elem, threads_, kTile, kTile, 16ull << 20);
+                       : budget_chunk_elems(left, per_elem, threads_, kTile, kTile, kCpuMaxChunkElems);
     chunk_elems_ = (chunk_elems_ + kTile - 1) / kTile * kTile;
     pool_ = std::make_unique<ChunkPool>(plan_, threads_, 1, progress, total);
     scratch_.resize(threads_);

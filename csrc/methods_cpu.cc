@@ -47,7 +47,7 @@ uint64_t candidate_limit(const EngineOptions& options) {
 constexpr uint64_t kSampleTiles = 256;
 constexpr uint64_t kSampleStride = 4;
 constexpr uint64_t kMinChunkElems = 16 * 1024;
-constexpr uint64_t kMaxChunkElems = 16ull << 20;
+constexpr uint64_t kMaxChunkElems = kCpuMaxChunkElems;
 
 using Item = WorkItem;
 

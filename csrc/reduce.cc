@@ -19,7 +19,7 @@ namespace {
 // neither their length nor the threads change a bit.
 constexpr size_t kTile = kMethodTileElems;
 constexpr uint64_t kMinChunk = 16 * 1024;
-constexpr uint64_t kMaxChunk = 4ull << 20;
+constexpr uint64_t kMaxChunk = kCpuMaxChunkElems;
 
 // Decodes n elements of `dtype` at `src` to fp64 (exact for every float dtype).
 void load_f64(DType dtype, const uint8_t* src, double* dst, size_t n) {
