@@ -46,6 +46,9 @@ uint64_t candidate_limit(const EngineOptions& options) {
 // values costs a quarter of the ordering.
 constexpr uint64_t kSampleTiles = 256;
 constexpr uint64_t kSampleStride = 4;
+// A thread unmaps the pages its sampled tiles mapped once per this many tiles (one
+// system call and TLB shootdown per input for the span they cover, not per tile).
+constexpr uint32_t kSampleReleaseTiles = 32;
 constexpr uint64_t kMinChunkElems = 16 * 1024;
 constexpr uint64_t kMaxChunkElems = kCpuMaxChunkElems;
 
@@ -163,6 +166,20 @@ struct TaskScratch {
   std::vector<uint32_t> in_window; // window pass: one tile's candidates per window (+ kWindowSlack)
   std::vector<TileModel> tile_models;  // the apply pass's models of one tile
   std::vector<uint8_t> out;
+  // The sample pass: the element span of this thread's sampled tiles of `job` whose
+  // pages are still mapped (released every kSampleReleaseTiles tiles).
+  struct {
+    uint32_t job = UINT32_MAX;
+    uint64_t first = 0, end = 0;
+    uint32_t tiles = 0;
+  } sampled;
+};
+
+// The k-th largest value and how many values are above it and equal to it.
+struct Ranked {
+  uint32_t value;
+  uint64_t higher;
+  uint64_t equal;
 };
 
 // The k-th largest (0-based), for each k in `ks`, of the values `each` visits
@@ -170,8 +187,8 @@ struct TaskScratch {
 // over (v - lo) >> shift finds each value's bin, then only those bins' values are
 // ordered. Two reads and a small copy instead of ordering the whole set.
 template <class Each>
-std::vector<uint32_t> kth_largest(const Each& each, const std::vector<uint64_t>& ks, uint32_t lo,
-                                  uint32_t hi) {
+std::vector<Ranked> kth_largest(const Each& each, const std::vector<uint64_t>& ks, uint32_t lo,
+                                uint32_t hi) {
   int shift = 0;
   while (((hi - lo) >> shift) >= (1u << 16)) ++shift;
   // One histogram per thread, reused: fresh pages are slow to touch on some machines.
@@ -202,13 +219,18 @@ std::vector<uint32_t> kth_largest(const Each& each, const std::vector<uint64_t>&
     for (size_t b = 0; b < bins.size(); ++b)
       if (bins[b] == bin) in_bin[b].push_back(v);
   });
-  std::vector<uint32_t> out(ks.size());
+  std::vector<Ranked> out(ks.size());
   for (size_t q = 0; q < ks.size(); ++q) {
     std::vector<uint32_t>& values =
         in_bin[std::lower_bound(bins.begin(), bins.end(), bin_of[q]) - bins.begin()];
     auto nth = values.begin() + static_cast<int64_t>(ks[q] - above_of[q]);
     std::nth_element(values.begin(), nth, values.end(), std::greater<uint32_t>());
-    out[q] = *nth;
+    Ranked r{*nth, above_of[q], 0};
+    for (uint32_t v : values) {  // the bin's values above and equal to it
+      r.higher += v > r.value;
+      r.equal += v == r.value;
+    }
+    out[q] = r;
   }
   return out;
 }
@@ -563,6 +585,7 @@ class TaskRunner {
     }
     if (items.empty()) return {};
     run_pass(items, &TaskRunner::sample_tile, false);  // it releases the pages it maps
+    for (TaskScratch& s : scratch_) release_sampled(&s);
     // Each sampled model's windows (or, sampled whole, its thresholds) on the
     // runner's threads; then, in order, which windows the candidate budget takes.
     std::vector<std::pair<size_t, ModelState*>> sampled;
@@ -680,14 +703,13 @@ class TaskRunner {
     bool upper = at - margin >= 0.0, lower = at + margin <= m - 1.0;
     if (upper) ks.push_back(static_cast<uint64_t>(std::floor(at - margin)));
     if (lower) ks.push_back(static_cast<uint64_t>(std::ceil(at + margin)));
-    std::vector<uint32_t> bounds = ks.empty() ? std::vector<uint32_t>()
-                                              : kth_largest(each, ks, 0, 0x7FFFFFFFu);
-    uint32_t w_hi = upper ? bounds.front() : 0x7FFFFFFFu;
-    uint32_t w_lo = lower ? bounds.back() : 0;
-    s->w_lo = w_lo;
-    s->w_hi = w_hi;
-    uint64_t inside = 0;
-    for (uint32_t b : sample) inside += b >= w_lo && b <= w_hi;
+    std::vector<Ranked> bounds = ks.empty() ? std::vector<Ranked>()
+                                            : kth_largest(each, ks, 0, 0x7FFFFFFFu);
+    s->w_hi = upper ? bounds.front().value : 0x7FFFFFFFu;
+    s->w_lo = lower ? bounds.back().value : 0;
+    // Samples inside [w_lo, w_hi]: those >= w_lo less those > w_hi.
+    uint64_t at_least_lo = lower ? bounds.back().higher + bounds.back().equal : sample.size();
+    uint64_t inside = at_least_lo - (upper ? bounds.front().higher : 0);
     *expected = static_cast<uint64_t>(static_cast<double>(inside) / m *
                                       static_cast<double>(n_elems)) + kTile;
   }
@@ -697,15 +719,10 @@ class TaskRunner {
   // the threshold, how many equal it and how many of those are kept.
   template <class Each>
   static void settle(const Each& each, uint32_t lo, uint32_t hi, uint64_t above, Selection* s) {
-    uint32_t threshold = kth_largest(each, {s->rank - above}, lo, hi).front();
-    uint64_t higher = above, equal = 0;
-    each([&](uint32_t b) {
-      higher += b > threshold;
-      equal += b == threshold;
-    });
-    s->threshold = threshold;
-    s->n_equal = equal;
-    s->ties_keep = s->rank - higher;
+    Ranked t = kth_largest(each, {s->rank - above}, lo, hi).front();
+    s->threshold = t.value;
+    s->n_equal = t.equal;
+    s->ties_keep = s->rank - (above + t.higher);
     s->need_ties = s->ties_keep > 0 && s->ties_keep < s->n_equal;
     s->resolved = true;
   }
@@ -716,7 +733,12 @@ class TaskRunner {
     settle([&](auto&& visit) { for (uint32_t b : sample) visit(b); }, 0, 0x7FFFFFFFu, 0, s);
     if (!s->need_ties) return;
     s->tie_prefix.assign(sample.size() / kTile + 1, 0);
-    for (size_t i = 0; i < sample.size(); ++i) s->tie_prefix[i / kTile] += sample[i] == s->threshold;
+    for (size_t t = 0; t * kTile < sample.size(); ++t) {  // a count per tile, in a register
+      uint64_t equal = 0;
+      for (size_t i = t * kTile; i < std::min(sample.size(), (t + 1) * kTile); ++i)
+        equal += sample[i] == s->threshold;
+      s->tie_prefix[t] = equal;
+    }
   }
 
   // After the window pass: the threshold and tie counts of windowed selection `s` of
@@ -805,13 +827,27 @@ class TaskRunner {
     });
     if (n_sampled == n_tiles) return;  // whole chunks: the pool releases their pages
     // The kernel maps the neighbours of every faulted page too (fault-around, 64 KiB):
-    // unmap them now, or a batch's samples would hold hundreds of MiB of pages.
-    for (const JobInput& in : inputs_[item.job]) {
+    // unmap them soon, or a batch's samples would hold hundreds of MiB of pages.
+    if (s->sampled.job != item.job) release_sampled(s);
+    if (s->sampled.tiles++ == 0) {
+      s->sampled.job = item.job;
+      s->sampled.first = item.first_elem;
+    }
+    s->sampled.end = item.first_elem + item.n_elems;  // a thread's items come in order
+    if (s->sampled.tiles == kSampleReleaseTiles) release_sampled(s);
+  }
+
+  // Unmaps the pages around the sampled tiles of `s` not yet released.
+  void release_sampled(TaskScratch* s) const {
+    if (s->sampled.tiles == 0) return;
+    const TaskJob& job = jobs_[s->sampled.job];
+    for (const JobInput& in : inputs_[s->sampled.job]) {
       uint64_t around = (256u << 10) / item_n_bytes(in.dtype);
-      uint64_t first = item.first_elem > around ? item.first_elem - around : 0;
-      uint64_t last = std::min(job.n_elems, item.first_elem + item.n_elems + around);
+      uint64_t first = s->sampled.first > around ? s->sampled.first - around : 0;
+      uint64_t last = std::min(job.n_elems, s->sampled.end + around);
       touch_input(plan_, in, first, last - first, false);
     }
+    s->sampled.tiles = 0;
   }
 
   // The window pass: per chunk, the elements above each window counted and those
