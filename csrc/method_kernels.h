@@ -115,6 +115,19 @@ struct TaskTile {
   float* wd = nullptr;  // scratch of n_models * kMethodTileElems floats
 };
 
+// Models one dare_norms call takes (two sum chains each: kL1Arrays in all).
+constexpr size_t kDareNormModels = kL1Arrays / 2;
+
+// One model of dare_norms: its group's first element, its DARE stream and density,
+// and where its keep bits go (the word of the group's first element; null: none).
+struct DareNormModel {
+  DType dtype = DType::kF32;
+  const void* src = nullptr;
+  uint64_t stream = 0;
+  float density = 1.0f;
+  uint64_t* keep = nullptr;
+};
+
 struct MethodKernels {
   const char* name;
   // d[i] = fp32(x[i]) - base[i]
@@ -166,6 +179,15 @@ struct MethodKernels {
   // as task_tile_composed computes it: for each model, delta, its sparsification,
   // the L1 rescale and the weight; then mix into out (fp32).
   void (*task_tile)(TaskTile& tile, const float* base, float* out, size_t n);
+  // DARE's norm pass (Rescale::kL1) over one whole group, kGramTiles tiles from element
+  // `elem` (base: its kGramTiles * kMethodTileElems fp32 values), for m <=
+  // kDareNormModels models, without storing their deltas: the sums l1_sums gives for
+  // each model's delta (array 2k) and that delta after sparsify_random (array 2k + 1,
+  // by_density false; its keep bits recorded when models[k].keep is set). False, and
+  // nothing written, for a dtype it does not load; null in sets without it (the
+  // caller then composes delta, sparsify_random and l1_sums).
+  bool (*dare_norms)(const DareNormModel* models, size_t m, const float* base, uint64_t elem,
+                     double* sums);
 };
 
 // The Gram sums of one short run (n <= kMethodTileElems, e.g. a filter_wise row): for

@@ -145,12 +145,9 @@ void sparsify_random_avx512(float* d, size_t n, uint64_t stream, uint64_t elem, 
   }
 }
 
-// Element i + j (j < 8) of the 8 tiles at v (tile t at v + t * kMethodTileElems) as
-// out[j]: lane t holds tile t's element, widened to fp64.
-inline void load_tiles8(const float* v, size_t i, __m512d out[8]) {
-  __m256 r[8];
-  for (int t = 0; t < 8; ++t) r[t] = _mm256_loadu_ps(v + t * kMethodTileElems + i);
-  // 8x8 transpose: pairs, then quads, then halves.
+// Rows r[t] (8 elements of tile t) as out[j]: lane t holds element j of row t, widened
+// to fp64 (an 8x8 transpose: pairs, then quads, then halves).
+inline void transpose_tiles8(const __m256 r[8], __m512d out[8]) {
   __m256 a[8], b[8];
   for (int t = 0; t < 8; t += 2) {
     a[t] = _mm256_unpacklo_ps(r[t], r[t + 1]);
@@ -166,6 +163,101 @@ inline void load_tiles8(const float* v, size_t i, __m512d out[8]) {
     out[j] = _mm512_cvtps_pd(_mm256_permute2f128_ps(b[j], b[j + 4], 0x20));
     out[j + 4] = _mm512_cvtps_pd(_mm256_permute2f128_ps(b[j], b[j + 4], 0x31));
   }
+}
+
+// Element i + j (j < 8) of the 8 tiles at v (tile t at v + t * kMethodTileElems) as
+// out[j]: lane t holds tile t's element, widened to fp64.
+inline void load_tiles8(const float* v, size_t i, __m512d out[8]) {
+  __m256 r[8];
+  for (int t = 0; t < 8; ++t) r[t] = _mm256_loadu_ps(v + t * kMethodTileElems + i);
+  transpose_tiles8(r, out);
+}
+
+// Elements 0..7 of `src` as fp32.
+inline __m256 load8(DType dtype, const void* src) {
+  switch (dtype) {
+    case DType::kBF16:
+      return _mm256_castsi256_ps(_mm256_slli_epi32(
+          _mm256_cvtepu16_epi32(_mm_loadu_si128(static_cast<const __m128i*>(src))), 16));
+    case DType::kF16:
+      return _mm256_cvtph_ps(_mm_loadu_si128(static_cast<const __m128i*>(src)));
+    default:
+      return _mm256_loadu_ps(static_cast<const float*>(src));
+  }
+}
+
+// The 8x8 bit matrix m (bit 8j + t) transposed (bit 8t + j).
+inline uint64_t transpose_bits8(uint64_t x) {
+  uint64_t t = (x ^ (x >> 7)) & 0x00AA00AA00AA00AAull;
+  x = x ^ t ^ (t << 7);
+  t = (x ^ (x >> 14)) & 0x0000CCCC0000CCCCull;
+  x = x ^ t ^ (t << 14);
+  t = (x ^ (x >> 28)) & 0x00000000F0F0F0F0ull;
+  return x ^ t ^ (t << 28);
+}
+
+// One fp64 lane per tile as l1_sums runs them, the deltas made, transposed and
+// dropped in registers: each step takes elements i..i+7 of the 8 tiles, draws the
+// keep decisions of those 64 elements in the transposed order (DARE's counters are
+// per element, so any order draws the same), adds |delta| to the "before" chain of
+// each tile and, where kept, to its "after" chain (a masked add keeps the lane,
+// which is what adding l1_sums's +0 does: the sums are never -0).
+bool dare_norms_avx512(const DareNormModel* models, size_t m, const float* base, uint64_t elem,
+                       double* sums) {
+  for (size_t k = 0; k < m; ++k)
+    if (!loads16(models[k].dtype)) return false;
+  const __m512d magnitude = _mm512_castsi512_pd(_mm512_set1_epi64(0x7FFFFFFFFFFFFFFFll));
+  const __m512i golden = _mm512_set1_epi64(static_cast<long long>(kGolden));
+  alignas(64) uint64_t steps[8];  // lane t: t tiles of counters further
+  for (int t = 0; t < 8; ++t) steps[t] = static_cast<uint64_t>(t) * kMethodTileElems * kGolden;
+  const __m512i tile_step = _mm512_load_si512(steps);
+  __m512d before[kDareNormModels], after[kDareNormModels];
+  __m512i below[kDareNormModels];
+  bool all[kDareNormModels];
+  size_t item[kDareNormModels];
+  for (size_t k = 0; k < m; ++k) {
+    before[k] = after[k] = _mm512_setzero_pd();
+    DareLimit limit = dare_limit(models[k].density);
+    all[k] = limit.all;
+    below[k] = _mm512_set1_epi64(static_cast<long long>(limit.below));
+    item[k] = static_cast<size_t>(dtype_bits(models[k].dtype) / 8);
+  }
+  __m256 b[8], r[8];
+  __m512d x[8];
+  for (size_t i = 0; i < kMethodTileElems; i += 8) {
+    for (int t = 0; t < 8; ++t) b[t] = _mm256_loadu_ps(base + t * kMethodTileElems + i);
+    for (size_t k = 0; k < m; ++k) {
+      const auto* src = static_cast<const uint8_t*>(models[k].src);
+      for (int t = 0; t < 8; ++t)
+        r[t] = _mm256_sub_ps(load8(models[k].dtype, src + (t * kMethodTileElems + i) * item[k]),
+                             b[t]);
+      transpose_tiles8(r, x);
+      // Counter of element i + j of tile t: stream + (elem + t * tile + i + j + 1) * golden.
+      __m512i counter = _mm512_add_epi64(
+          _mm512_set1_epi64(static_cast<long long>(models[k].stream + (elem + i + 1) * kGolden)),
+          tile_step);
+      uint64_t kept_bits = 0;  // bit 8j + t
+      for (int j = 0; j < 8; ++j) {
+        __m512d a = _mm512_and_pd(x[j], magnitude);
+        before[k] = _mm512_add_pd(before[k], a);
+        __mmask8 kept = all[k] ? static_cast<__mmask8>(0xFF)
+                               : _mm512_cmplt_epu64_mask(draw_bits8(counter), below[k]);
+        after[k] = _mm512_mask_add_pd(after[k], kept, after[k], a);
+        kept_bits |= static_cast<uint64_t>(kept) << (8 * j);
+        counter = _mm512_add_epi64(counter, golden);
+      }
+      if (uint64_t* keep = models[k].keep) {
+        uint64_t by_tile = transpose_bits8(kept_bits);  // byte t: bits i..i+7 of tile t
+        for (int t = 0; t < 8; ++t)
+          keep[t * (kMethodTileElems / 64) + i / 64] |= ((by_tile >> (8 * t)) & 0xFF) << (i % 64);
+      }
+    }
+  }
+  for (size_t k = 0; k < m; ++k) {
+    _mm512_storeu_pd(sums + 2 * k * kGramTiles, before[k]);
+    _mm512_storeu_pd(sums + (2 * k + 1) * kGramTiles, after[k]);
+  }
+  return true;
 }
 
 static_assert(kGramTiles == 8, "one fp64 lane per tile of a group");
@@ -315,6 +407,7 @@ const MethodKernels* avx512_method_kernels() {
     k.task_tile = task_tile_avx512;
     k.l1_sums = l1_sums_avx512;
     k.gram = gram_avx512;
+    k.dare_norms = dare_norms_avx512;
     return k;
   }();
   return &kAvx512;

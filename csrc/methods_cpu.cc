@@ -25,7 +25,7 @@ namespace {
 constexpr uint64_t kTile = kMethodTileElems;
 constexpr uint64_t kGroupElems = kGramTiles * kTile;
 // Models whose L1 sums one l1_sums call interleaves (two arrays each).
-constexpr size_t kL1Models = kL1Arrays / 2;
+constexpr size_t kL1Models = kDareNormModels;
 constexpr uint32_t kHiBins = kHiHistBins;  // (|x| bits) >> 16; the sign bit is cleared
 constexpr uint32_t kLoBins = 1u << 16;  // (|x| bits) & 0xFFFF inside the chosen high bin
 // The memory budget covers every byte in flight: per-tensor statistics held at once
@@ -990,6 +990,28 @@ class TaskRunner {
     }
   }
 
+  // DARE's norm sums of models [first, first + block) over a whole group by the fused
+  // kernel when the set has one (false: compose them).
+  bool dare_norms(const TaskJob& job, JobState& st, size_t first, size_t block, uint64_t elem,
+                  size_t n, TaskScratch* s, double* sums) {
+    if (!method_kernels_.dare_norms || job.sparsify != Sparsify::kRandom || n != kGroupElems)
+      return false;
+    DareNormModel models[kL1Models];
+    for (size_t b = 0; b < block; ++b) {
+      const TaskModel& m = job.models[first + b];
+      ModelState& ms = st.models[first + b];
+      models[b] = {m.input.dtype, input_ptr(plan_, m.input, elem),
+                   dare_stream(job.seed, job.tensor_key, static_cast<uint32_t>(first + b)),
+                   m.density, ms.keep.empty() ? nullptr : ms.keep.data() + elem / 64};
+    }
+    bool done = false;
+    guard_reads(plan_, job.name, [&] {
+      done = method_kernels_.dare_norms(models, block, s->base.data(), elem, sums);
+    });
+    if (done) rng_draws_.fetch_add(n * block, std::memory_order_relaxed);
+    return done;
+  }
+
   void l1_norms(const Item& item, TaskScratch* s) {
     const TaskJob& job = jobs_[item.job];
     JobState& st = *states_[item.job - batch_begin_];
@@ -998,23 +1020,9 @@ class TaskRunner {
     for_each_base_tile(job, item, s, [&](uint64_t elem, size_t n) {
       for (size_t first = 0; first < job.models.size(); first += kL1Models) {
         size_t block = std::min(kL1Models, job.models.size() - first);
-        const float* arrays[2 * kL1Models];
-        for (size_t b = 0; b < block; ++b) {
-          size_t k = first + b;
-          float* x = s->x.data() + b * kGroupElems;
-          float* kept = s->kept.data() + b * kGroupElems;
-          std::fill(x + n, x + kGroupElems, 0.0f);
-          std::fill(kept + n, kept + kGroupElems, 0.0f);
-          load_delta(job, k, elem, n, s, x);
-          std::memcpy(kept, x, n * sizeof(float));
-          for (size_t t = 0; t * kTile < n; ++t)
-            sparsify_for_norms(job, k, st.models[k], elem + t * kTile,
-                               std::min<size_t>(kTile, n - t * kTile), kept + t * kTile);
-          arrays[2 * b] = x;
-          arrays[2 * b + 1] = kept;
-        }
         double sums[2 * kL1Models * kGramTiles];
-        method_kernels_.l1_sums(arrays, 2 * block, sums);
+        if (!dare_norms(job, st, first, block, elem, n, s, sums))
+          composed_norms(job, st, first, block, elem, n, s, sums);
         for (size_t b = 0; b < block; ++b) {
           ModelState& ms = st.models[first + b];
           for (size_t t = 0; t * kTile < n; ++t) {  // each tile is written by one thread
@@ -1024,6 +1032,28 @@ class TaskRunner {
         }
       }
     }, kGroupElems);
+  }
+
+  // The norm sums of models [first, first + block) over one group of n elements from
+  // the staged deltas: delta, its sparsification, then l1_sums of both.
+  void composed_norms(const TaskJob& job, JobState& st, size_t first, size_t block,
+                      uint64_t elem, size_t n, TaskScratch* s, double* sums) {
+    const float* arrays[2 * kL1Models];
+    for (size_t b = 0; b < block; ++b) {
+      size_t k = first + b;
+      float* x = s->x.data() + b * kGroupElems;
+      float* kept = s->kept.data() + b * kGroupElems;
+      std::fill(x + n, x + kGroupElems, 0.0f);
+      std::fill(kept + n, kept + kGroupElems, 0.0f);
+      load_delta(job, k, elem, n, s, x);
+      std::memcpy(kept, x, n * sizeof(float));
+      for (size_t t = 0; t * kTile < n; ++t)
+        sparsify_for_norms(job, k, st.models[k], elem + t * kTile,
+                           std::min<size_t>(kTile, n - t * kTile), kept + t * kTile);
+      arrays[2 * b] = x;
+      arrays[2 * b + 1] = kept;
+    }
+    method_kernels_.l1_sums(arrays, 2 * block, sums);
   }
 
   void apply(const Item& item, TaskScratch* s) {

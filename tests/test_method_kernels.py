@@ -301,3 +301,51 @@ def test_dare_draws_at_edge_densities_match_scalar(tmp_path, kernel, method, res
         return out.read_bytes()
 
     assert run(kernel) == run("scalar")
+
+
+@pytest.mark.parametrize("kernel", FAST)
+@pytest.mark.parametrize("budget", ["256MiB", "64KiB"])  # keep bits recorded / redrawn
+def test_dare_norm_pass_of_whole_groups_matches_scalar(tmp_path, kernel, budget):
+    # The fused DARE norm pass (dare_norms: whole groups of 8 tiles, its deltas, draws
+    # and keep bits in registers) against the composed scalar one: six models (a block
+    # of four and one of two) of mixed dtypes, lengths of whole groups and not, densities
+    # at the edges. All values finite: a NaN would make every L1 scale NaN and hide
+    # which elements were kept.
+    rng = np.random.default_rng(21)
+    sizes = [("g", 16384), ("h", 3 * 16384 + 2048 * 3 + 5), ("i", 40_000)]
+    dtypes = ["BF16", "F16", "F32", "BF16", "F32", "F16"]
+
+    def raw(x, dtype):
+        if dtype == "F32":
+            return x.astype(F32).tobytes()
+        if dtype == "F16":
+            return x.astype(np.float16).tobytes()
+        return (x.astype(F32).view(np.uint32) >> np.uint32(16)).astype(np.uint16).tobytes()
+
+    bases = {name: (np.round(rng.standard_normal(n) * 16) / 16).astype(F32) for name, n in sizes}
+    paths = [write_raw(tmp_path / "base.safetensors",
+                       {name: ("BF16", [n], raw(bases[name], "BF16")) for name, n in sizes})]
+    for k, dtype in enumerate(dtypes):
+        tensors = {name: (dtype, [n], raw(bases[name] + (rng.standard_normal(n) / 8), dtype))
+                   for name, n in sizes}
+        paths.append(write_raw(tmp_path / f"x{k}.safetensors", tensors))
+    densities = [0.4, 0.0, 1.0, 1e-7, 0.6, 0.25]
+    params = [{"weight": 0.5 + 0.1 * k, "density": d} for k, d in enumerate(densities)]
+
+    def run(kernel_name):
+        out = tmp_path / f"{kernel_name}.safetensors"
+        methods.merge_models("dare_ties", paths[1:], out, base_model=paths[0],
+                             model_parameters=params, parameters={"rescale": True}, seed=13,
+                             kernel=kernel_name, memory_budget=budget, threads=2,
+                             progress=False)
+        return out.read_bytes()
+
+    scalar = run("scalar")
+    assert run(kernel) == scalar
+    got = ladle.open(tmp_path / "scalar.safetensors")
+    for name, n in sizes:
+        info = got.tensors[name]
+        values = np.fromfile(info.file, dtype=np.uint16, count=n, offset=info.offset)
+        merged_f32 = (values.astype(np.uint32) << np.uint32(16)).view(F32)
+        assert np.isfinite(merged_f32).all()
+        assert (merged_f32 != bases[name]).mean() > 0.3  # the kept deltas moved it
