@@ -128,6 +128,12 @@ struct DareNormModel {
   uint64_t* keep = nullptr;
 };
 
+// One input of gram_inputs: a whole group's first element in its file.
+struct GramInput {
+  DType dtype = DType::kF32;
+  const void* src = nullptr;
+};
+
 struct MethodKernels {
   const char* name;
   // d[i] = fp32(x[i]) - base[i]
@@ -188,6 +194,11 @@ struct MethodKernels {
   // caller then composes delta, sparsify_random and l1_sums).
   bool (*dare_norms)(const DareNormModel* models, size_t m, const float* base, uint64_t elem,
                      double* sums);
+  // `gram` of m inputs read straight from their files over one whole group (kGramTiles
+  // tiles): v[a] = fp32(inputs[a]) - base (the delta kernel; base: the group's fp32
+  // values) or fp32(inputs[a]) when base is null, never stored. False, and nothing
+  // written, for an m or dtype it does not take; null in sets without it.
+  bool (*gram_inputs)(const GramInput* inputs, size_t m, const float* base, double* sums);
 };
 
 // The Gram sums of one short run (n <= kMethodTileElems, e.g. a filter_wise row): for

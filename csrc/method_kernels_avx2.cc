@@ -261,7 +261,7 @@ const MethodKernels kAvx2{"avx2",             delta_avx2,          histogram_hi_
                           sparsify_random_avx2,
                           sparsify_kept_avx2, sparsify_rank_avx2,  scale_avx2,
                           l1_sums_avx2,       mix_avx2,            gram_avx2,
-                          task_tile_avx2,     nullptr};
+                          task_tile_avx2,     nullptr,             nullptr};
 
 }  // namespace
 

@@ -186,6 +186,46 @@ inline __m256 load8(DType dtype, const void* src) {
   }
 }
 
+constexpr size_t kGramVectors = 4;  // inputs whose 8 transposed rows stay in registers
+
+// gram_avx512 over inputs read from their files: each step loads 8 elements of each of
+// the 8 tiles of every input, subtracts the base's (fp32, as the delta kernel does)
+// and transposes them to one fp64 lane per tile, then multiplies the pairs in
+// gram_avx512's order.
+bool gram_inputs_avx512(const GramInput* inputs, size_t m, const float* base, double* sums) {
+  if (m > kGramVectors) return false;
+  for (size_t a = 0; a < m; ++a)
+    if (!loads16(inputs[a].dtype)) return false;
+  constexpr size_t kMaxPairs = kGramVectors * (kGramVectors + 1) / 2;
+  __m512d acc[kMaxPairs];
+  size_t n_pairs = m * (m + 1) / 2;
+  for (size_t p = 0; p < n_pairs; ++p) acc[p] = _mm512_setzero_pd();
+  size_t item[kGramVectors];
+  for (size_t a = 0; a < m; ++a) item[a] = static_cast<size_t>(dtype_bits(inputs[a].dtype) / 8);
+  __m512d x[kGramVectors][8];
+  __m256 b[8], r[8];
+  for (size_t i = 0; i < kMethodTileElems; i += 8) {
+    if (base)
+      for (int t = 0; t < 8; ++t) b[t] = _mm256_loadu_ps(base + t * kMethodTileElems + i);
+    for (size_t a = 0; a < m; ++a) {
+      const auto* src = static_cast<const uint8_t*>(inputs[a].src);
+      for (int t = 0; t < 8; ++t) {
+        r[t] = load8(inputs[a].dtype, src + (t * kMethodTileElems + i) * item[a]);
+        if (base) r[t] = _mm256_sub_ps(r[t], b[t]);
+      }
+      transpose_tiles8(r, x[a]);
+    }
+    for (int j = 0; j < 8; ++j) {
+      size_t p = 0;
+      for (size_t a = 0; a < m; ++a)
+        for (size_t c = a; c < m; ++c, ++p)
+          acc[p] = _mm512_add_pd(acc[p], _mm512_mul_pd(x[a][j], x[c][j]));
+    }
+  }
+  for (size_t p = 0; p < n_pairs; ++p) _mm512_storeu_pd(sums + p * kGramTiles, acc[p]);
+  return true;
+}
+
 // The 8x8 bit matrix m (bit 8j + t) transposed (bit 8t + j).
 inline uint64_t transpose_bits8(uint64_t x) {
   uint64_t t = (x ^ (x >> 7)) & 0x00AA00AA00AA00AAull;
@@ -278,7 +318,6 @@ void l1_sums_avx512(const float* const* v, size_t m, double* sums) {
   for (size_t a = 0; a < m; ++a) _mm512_storeu_pd(sums + a * kGramTiles, acc[a]);
 }
 
-constexpr size_t kGramVectors = 4;  // inputs whose 8 transposed rows stay in registers
 
 // Lane t of acc[p] sums tile t of pair p (row-major upper triangle) in index order:
 // each input's 8 tiles are transposed once per 8 elements and every pair multiplies
@@ -408,6 +447,7 @@ const MethodKernels* avx512_method_kernels() {
     k.l1_sums = l1_sums_avx512;
     k.gram = gram_avx512;
     k.dare_norms = dare_norms_avx512;
+    k.gram_inputs = gram_inputs_avx512;
     return k;
   }();
   return &kAvx512;

@@ -155,7 +155,7 @@ const MethodKernels kScalar{"scalar",           delta_scalar,           histogra
                             sparsify_random_scalar,
                             sparsify_kept_scalar, sparsify_rank_scalar,   scale_scalar,
                             l1_sums_scalar,       mix_scalar,             gram_scalar,
-                            task_tile_scalar,     nullptr};
+                            task_tile_scalar,     nullptr,                nullptr};
 
 }  // namespace
 

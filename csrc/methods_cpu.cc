@@ -26,6 +26,8 @@ constexpr uint64_t kTile = kMethodTileElems;
 constexpr uint64_t kGroupElems = kGramTiles * kTile;
 // Models whose L1 sums one l1_sums call interleaves (two arrays each).
 constexpr size_t kL1Models = kDareNormModels;
+// Most inputs (deltas) one gram_inputs call takes; more run the staged Gram kernel.
+constexpr size_t kGramFusedInputs = 4;
 constexpr uint32_t kHiBins = kHiHistBins;  // (|x| bits) >> 16; the sign bit is cleared
 constexpr uint32_t kLoBins = 1u << 16;  // (|x| bits) & 0xFFFF inside the chosen high bin
 // The memory budget covers every byte in flight: per-tensor statistics held at once
@@ -1265,10 +1267,20 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
         // Vectors: inputs in order, the base (loaded first) skipped and subtracted from
         // the others as they are read (fp32(x) - base: the delta kernel).
         const float* b = job.base >= 0 ? buf.data() + job.base * kGroup : nullptr;
+        bool fused = false;  // a whole group read straight from the files (gram_inputs)
         guard_reads(plan, job.name, [&] {
           if (b)
             kernels.accumulate(job.inputs[job.base].dtype, input_ptr(plan, job.inputs[job.base], elem),
                                1.0f, buf.data() + job.base * kGroup, n, true);
+          if (n == kGroup && method_kernels.gram_inputs) {
+            GramInput from[kGramFusedInputs];
+            size_t k = 0;
+            for (size_t a = 0; a < n_in && k < kGramFusedInputs; ++a)
+              if (static_cast<int32_t>(a) != job.base)
+                from[k++] = {job.inputs[a].dtype, input_ptr(plan, job.inputs[a], elem)};
+            fused = m <= kGramFusedInputs && method_kernels.gram_inputs(from, m, b, sums.data());
+          }
+          if (fused) return;
           for (size_t a = 0; a < n_in; ++a) {
             if (static_cast<int32_t>(a) == job.base) continue;
             const uint8_t* src = input_ptr(plan, job.inputs[a], elem);
@@ -1277,6 +1289,12 @@ std::vector<std::vector<double>> run_gram_jobs(const Plan& plan, const std::vect
             else kernels.accumulate(job.inputs[a].dtype, src, 1.0f, x, n, true);
           }
         });
+        if (fused) {
+          for (uint64_t t = 0; t < kGramTiles; ++t)
+            for (size_t p = 0; p < n_pairs; ++p)
+              part[p * n_tiles + (elem / kTile + t)] = sums[p * kGramTiles + t];
+          continue;
+        }
         // Short jobs (per-row statistics) fit one tile: summed directly below, no padding.
         bool one_tile = n <= kTile;
         for (size_t a = 0; a < n_in && !one_tile; ++a)

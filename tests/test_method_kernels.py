@@ -303,17 +303,12 @@ def test_dare_draws_at_edge_densities_match_scalar(tmp_path, kernel, method, res
     assert run(kernel) == run("scalar")
 
 
-@pytest.mark.parametrize("kernel", FAST)
-@pytest.mark.parametrize("budget", ["256MiB", "64KiB"])  # keep bits recorded / redrawn
-def test_dare_norm_pass_of_whole_groups_matches_scalar(tmp_path, kernel, budget):
-    # The fused DARE norm pass (dare_norms: whole groups of 8 tiles, its deltas, draws
-    # and keep bits in registers) against the composed scalar one: six models (a block
-    # of four and one of two) of mixed dtypes, lengths of whole groups and not, densities
-    # at the edges. All values finite: a NaN would make every L1 scale NaN and hide
-    # which elements were kept.
+def _finite_mixed_models(tmp_path, dtypes):
+    """A BF16 base and models of `dtypes` (finite values: a NaN would make every L1
+    scale or Gram sum NaN and hide the rest) of tensors of whole tile groups of 8 and
+    not; returns (paths, sizes, base values)."""
     rng = np.random.default_rng(21)
     sizes = [("g", 16384), ("h", 3 * 16384 + 2048 * 3 + 5), ("i", 40_000)]
-    dtypes = ["BF16", "F16", "F32", "BF16", "F32", "F16"]
 
     def raw(x, dtype):
         if dtype == "F32":
@@ -329,6 +324,18 @@ def test_dare_norm_pass_of_whole_groups_matches_scalar(tmp_path, kernel, budget)
         tensors = {name: (dtype, [n], raw(bases[name] + (rng.standard_normal(n) / 8), dtype))
                    for name, n in sizes}
         paths.append(write_raw(tmp_path / f"x{k}.safetensors", tensors))
+    return paths, sizes, bases
+
+
+@pytest.mark.parametrize("kernel", FAST)
+@pytest.mark.parametrize("budget", ["256MiB", "64KiB"])  # keep bits recorded / redrawn
+def test_dare_norm_pass_of_whole_groups_matches_scalar(tmp_path, kernel, budget):
+    # The fused DARE norm pass (dare_norms: whole groups of 8 tiles, its deltas, draws
+    # and keep bits in registers) against the composed scalar one: six models (a block
+    # of four and one of two) of mixed dtypes, lengths of whole groups and not, densities
+    # at the edges.
+    paths, sizes, bases = _finite_mixed_models(tmp_path,
+                                               ["BF16", "F16", "F32", "BF16", "F32", "F16"])
     densities = [0.4, 0.0, 1.0, 1e-7, 0.6, 0.25]
     params = [{"weight": 0.5 + 0.1 * k, "density": d} for k, d in enumerate(densities)]
 
@@ -349,3 +356,15 @@ def test_dare_norm_pass_of_whole_groups_matches_scalar(tmp_path, kernel, budget)
         merged_f32 = (values.astype(np.uint32) << np.uint32(16)).view(F32)
         assert np.isfinite(merged_f32).all()
         assert (merged_f32 != bases[name]).mean() > 0.3  # the kept deltas moved it
+
+
+@pytest.mark.parametrize("kernel", FAST)
+@pytest.mark.parametrize("method", ["model_stock", "slerp"])
+def test_gram_of_inputs_read_in_place_matches_scalar(tmp_path, kernel, method):
+    # gram_inputs (whole groups read straight from the files, deltas in registers)
+    # against the staged scalar Gram: BF16/F16/F32 inputs, with a base (model stock's
+    # deltas) and without (SLERP's two models), groups whole and not.
+    paths, _, _ = _finite_mixed_models(tmp_path, ["F16", "BF16", "F32"])
+    scalar = merged(tmp_path, method, paths, "scalar")
+    assert merged(tmp_path, method, paths, kernel) == scalar
+    assert merged(tmp_path, method, paths, kernel, chunk_elems=3 * 16384, threads=2) == scalar
