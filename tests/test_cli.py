@@ -101,15 +101,19 @@ def test_merge_alpha_directory_output(tmp_path: Path, models: list[Path], capsys
     np.testing.assert_allclose(got["w"], expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["linear", "ties", "dare_ties"])
+@pytest.mark.parametrize("method", ["linear", "ties", "dare_ties", "slerp", "model_stock"])
 def test_cli_merge_loads_no_numpy(tmp_path: Path, models: list[Path], method: str):
     """`import ladle` loads its exports lazily and a merge whose method needs no numpy
     does not load it (~70 ms of every run; its OpenBLAS threads would also spin on
     the merge's cores): the run's whole cost is the merge."""
     recipe = tmp_path / "r.yml"
-    params = "weight: 0.5" + (", density: 0.5" if method != "linear" else "")
-    entries = "".join(f"  - model: {m}\n    parameters: {{{params}}}\n" for m in models[1:])
-    recipe.write_text(f"merge_method: {method}\nbase_model: {models[0]}\nmodels:\n{entries}")
+    params = {"linear": "{weight: 0.5}", "slerp": "{}", "model_stock": "{}"}.get(
+        method, "{weight: 0.5, density: 0.5}")
+    chosen = models[1:2] if method == "slerp" else models[1:]
+    entries = "".join(f"  - model: {m}\n    parameters: {params}\n" for m in chosen)
+    extra = "parameters: {t: 0.3}\n" if method == "slerp" else ""
+    recipe.write_text(f"merge_method: {method}\nbase_model: {models[0]}\nmodels:\n{entries}"
+                      + extra)
     code = ("import sys, ladle\n"
             "assert 'numpy' not in sys.modules, 'import ladle'\n"
             "from ladle.cli.cli import main\n"

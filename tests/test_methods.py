@@ -522,3 +522,16 @@ def test_interrupted_method_run_resumes_from_finished_shards(tmp_path, monkeypat
     assert 0 < report.bytes_read < full.bytes_read
     assert {p.name: p.read_bytes() for p in out.iterdir()} == \
         {p.name: p.read_bytes() for p in fresh.iterdir()}
+
+
+def test_slerp_lerp_branch_rounds_like_fp32():
+    """Colinear tensors take the lerp (1 - t, t) in fp32 (mergekit's torch arithmetic),
+    computed without numpy: the same floats as numpy's float32 for any t, overflow
+    to inf included."""
+    rng = np.random.default_rng(4)
+    ts = [0.1, 0.5, 1e-30, 2.0**-25, 1 - 2.0**-30, -0.3, 1.5, 1e10, 1e39, -1e39]
+    for t in ts + list(rng.uniform(-3, 3, 2000)) + list(rng.standard_normal(200) * 1e30):
+        with np.errstate(over="ignore"):
+            t32 = np.float32(t)
+            want = (float(np.float32(1) - t32), float(t32))
+        assert methods.slerp_coefficients(float(t), [1.0, 1.0, 1.0, 1.0]) == want, t

@@ -49,6 +49,7 @@ import json
 import math
 import os
 import re
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -671,6 +672,14 @@ def describe_method_plan(plan: MethodPlan) -> str:
 # ---------------------------------------------------------------------------
 # Coefficients from streamed statistics (fp64 Gram matrices).
 
+def _f32(x: float) -> float:
+    """``x`` rounded to fp32 (to nearest, ties to even), as a Python float."""
+    try:
+        return struct.unpack("<f", struct.pack("<f", x))[0]
+    except OverflowError:  # rounds past the largest fp32: numpy's float32 gives inf too
+        return math.copysign(math.inf, x)
+
+
 def slerp_coefficients(t: float, gram: list[float], dot_threshold: float = 0.9995,
                        eps: float = 1e-8) -> tuple[float, float]:
     """(c0, c1) with ``out = c0·v0 + c1·v1``, from the Gram matrix of (v0, v1).
@@ -686,10 +695,8 @@ def slerp_coefficients(t: float, gram: list[float], dot_threshold: float = 0.999
     n1 = n1 if n1 > eps else 1.0
     dot = min(1.0, max(-1.0, g01 / (n0 * n1)))
     if abs(dot) > dot_threshold:
-        import numpy as np  # fp32 arithmetic; numpy loads only for the methods that use it
-
-        t32 = np.float32(t)
-        return float(np.float32(1) - t32), float(t32)
+        t32 = _f32(t)
+        return _f32(1.0 - t32), t32  # 1 - t32 is exact in fp64: rounding it once is fp32's
     theta = math.acos(dot)
     s = math.sin(theta)
     return math.sin((1 - t) * theta) / s, math.sin(t * theta) / s
