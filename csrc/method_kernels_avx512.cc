@@ -192,17 +192,14 @@ constexpr size_t kGramVectors = 4;  // inputs whose 8 transposed rows stay in re
 // the 8 tiles of every input, subtracts the base's (fp32, as the delta kernel does)
 // and transposes them to one fp64 lane per tile, then multiplies the pairs in
 // gram_avx512's order.
-bool gram_inputs_avx512(const GramInput* inputs, size_t m, const float* base, double* sums) {
-  if (m > kGramVectors) return false;
-  for (size_t a = 0; a < m; ++a)
-    if (!loads16(inputs[a].dtype)) return false;
-  constexpr size_t kMaxPairs = kGramVectors * (kGramVectors + 1) / 2;
-  __m512d acc[kMaxPairs];
-  size_t n_pairs = m * (m + 1) / 2;
+template <size_t M>
+void gram_inputs_m(const GramInput* inputs, const float* base, double* sums) {
+  constexpr size_t m = M, n_pairs = M * (M + 1) / 2;  // compile-time: chains in registers
+  __m512d acc[n_pairs];
   for (size_t p = 0; p < n_pairs; ++p) acc[p] = _mm512_setzero_pd();
-  size_t item[kGramVectors];
+  size_t item[M];
   for (size_t a = 0; a < m; ++a) item[a] = static_cast<size_t>(dtype_bits(inputs[a].dtype) / 8);
-  __m512d x[kGramVectors][8];
+  __m512d x[M][8];
   __m256 b[8], r[8];
   for (size_t i = 0; i < kMethodTileElems; i += 8) {
     if (base)
@@ -223,7 +220,18 @@ bool gram_inputs_avx512(const GramInput* inputs, size_t m, const float* base, do
     }
   }
   for (size_t p = 0; p < n_pairs; ++p) _mm512_storeu_pd(sums + p * kGramTiles, acc[p]);
-  return true;
+}
+
+bool gram_inputs_avx512(const GramInput* inputs, size_t m, const float* base, double* sums) {
+  for (size_t a = 0; a < m; ++a)
+    if (!loads16(inputs[a].dtype)) return false;
+  switch (m) {
+    case 1: gram_inputs_m<1>(inputs, base, sums); return true;
+    case 2: gram_inputs_m<2>(inputs, base, sums); return true;
+    case 3: gram_inputs_m<3>(inputs, base, sums); return true;
+    case 4: gram_inputs_m<4>(inputs, base, sums); return true;
+    default: return false;
+  }
 }
 
 // The 8x8 bit matrix m (bit 8j + t) transposed (bit 8t + j).
@@ -242,19 +250,21 @@ inline uint64_t transpose_bits8(uint64_t x) {
 // per element, so any order draws the same), adds |delta| to the "before" chain of
 // each tile and, where kept, to its "after" chain (a masked add keeps the lane,
 // which is what adding l1_sums's +0 does: the sums are never -0).
-bool dare_norms_avx512(const DareNormModel* models, size_t m, const float* base, uint64_t elem,
-                       double* sums) {
-  for (size_t k = 0; k < m; ++k)
-    if (!loads16(models[k].dtype)) return false;
+// M models (a compile-time count, so the chains stay in registers: a runtime count
+// kept them on the stack, a store and load in every add's dependency chain).
+template <size_t M>
+void dare_norms_m(const DareNormModel* models, const float* base, uint64_t elem, double* sums) {
+  constexpr size_t m = M;
   const __m512d magnitude = _mm512_castsi512_pd(_mm512_set1_epi64(0x7FFFFFFFFFFFFFFFll));
   const __m512i golden = _mm512_set1_epi64(static_cast<long long>(kGolden));
   alignas(64) uint64_t steps[8];  // lane t: t tiles of counters further
   for (int t = 0; t < 8; ++t) steps[t] = static_cast<uint64_t>(t) * kMethodTileElems * kGolden;
   const __m512i tile_step = _mm512_load_si512(steps);
-  __m512d before[kDareNormModels], after[kDareNormModels];
-  __m512i below[kDareNormModels];
-  bool all[kDareNormModels];
-  size_t item[kDareNormModels];
+  static_assert(M <= kDareNormModels, "one call's models");
+  __m512d before[M], after[M];
+  __m512i below[M];
+  bool all[M];
+  size_t item[M];
   for (size_t k = 0; k < m; ++k) {
     before[k] = after[k] = _mm512_setzero_pd();
     DareLimit limit = dare_limit(models[k].density);
@@ -266,6 +276,7 @@ bool dare_norms_avx512(const DareNormModel* models, size_t m, const float* base,
   __m512d x[8];
   for (size_t i = 0; i < kMethodTileElems; i += 8) {
     for (int t = 0; t < 8; ++t) b[t] = _mm256_loadu_ps(base + t * kMethodTileElems + i);
+#pragma GCC unroll 4
     for (size_t k = 0; k < m; ++k) {
       const auto* src = static_cast<const uint8_t*>(models[k].src);
       for (int t = 0; t < 8; ++t)
@@ -277,6 +288,7 @@ bool dare_norms_avx512(const DareNormModel* models, size_t m, const float* base,
           _mm512_set1_epi64(static_cast<long long>(models[k].stream + (elem + i + 1) * kGolden)),
           tile_step);
       uint64_t kept_bits = 0;  // bit 8j + t
+#pragma GCC unroll 8
       for (int j = 0; j < 8; ++j) {
         __m512d a = _mm512_and_pd(x[j], magnitude);
         before[k] = _mm512_add_pd(before[k], a);
@@ -297,7 +309,19 @@ bool dare_norms_avx512(const DareNormModel* models, size_t m, const float* base,
     _mm512_storeu_pd(sums + 2 * k * kGramTiles, before[k]);
     _mm512_storeu_pd(sums + (2 * k + 1) * kGramTiles, after[k]);
   }
-  return true;
+}
+
+bool dare_norms_avx512(const DareNormModel* models, size_t m, const float* base, uint64_t elem,
+                       double* sums) {
+  for (size_t k = 0; k < m; ++k)
+    if (!loads16(models[k].dtype)) return false;
+  switch (m) {
+    case 1: dare_norms_m<1>(models, base, elem, sums); return true;
+    case 2: dare_norms_m<2>(models, base, elem, sums); return true;
+    case 3: dare_norms_m<3>(models, base, elem, sums); return true;
+    case 4: dare_norms_m<4>(models, base, elem, sums); return true;
+    default: return false;
+  }
 }
 
 static_assert(kGramTiles == 8, "one fp64 lane per tile of a group");
