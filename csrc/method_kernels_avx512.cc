@@ -95,13 +95,14 @@ inline __mmask16 below16(RankWindowBound* b, __m512i bits) {
   return below;
 }
 
-void window_scan_avx512(DType dtype, const void* src, const float* base, size_t n,
-                        ScanWindow* windows, size_t n_windows) {
-  if (!loads16(dtype) || n_windows > kMaxWindows)
-    return scalar_method_kernels().window_scan(dtype, src, base, n, windows, n_windows);
-  __m512i hi[kMaxWindows], lo_minus_1[kMaxWindows];
-  uint64_t higher[kMaxWindows];
-  size_t count[kMaxWindows];
+// W windows, a compile-time count: their bounds and counters stay in registers.
+template <size_t W>
+void window_scan_w(DType dtype, const void* src, const float* base, size_t n,
+                   ScanWindow* windows) {
+  constexpr size_t n_windows = W;
+  __m512i hi[W], lo_minus_1[W];
+  uint64_t higher[W];
+  size_t count[W];
   for (size_t w = 0; w < n_windows; ++w) {
     hi[w] = _mm512_set1_epi32(static_cast<int>(windows[w].w_hi));
     lo_minus_1[w] = _mm512_set1_epi32(static_cast<int>(windows[w].w_lo) - 1);  // w_lo 0: -1
@@ -128,6 +129,15 @@ void window_scan_avx512(DType dtype, const void* src, const float* base, size_t 
     windows[w].above += higher[w];
     windows[w].count = count[w];
   }
+}
+
+void window_scan_avx512(DType dtype, const void* src, const float* base, size_t n,
+                        ScanWindow* windows, size_t n_windows) {
+  static_assert(kMaxWindows == 2, "the counts window_scan_w is instantiated for");
+  if (!loads16(dtype) || n_windows == 0 || n_windows > kMaxWindows)
+    return scalar_method_kernels().window_scan(dtype, src, base, n, windows, n_windows);
+  if (n_windows == 1) return window_scan_w<1>(dtype, src, base, n, windows);
+  window_scan_w<2>(dtype, src, base, n, windows);
 }
 
 void sparsify_random_avx512(float* d, size_t n, uint64_t stream, uint64_t elem, float density,
@@ -365,32 +375,25 @@ void gram_avx512(const float* const* v, size_t m, double* sums) {
   for (size_t p = 0; p < n_pairs; ++p) _mm512_storeu_pd(sums + p * kGramTiles, acc[p]);
 }
 
-// The weighted delta of model `m` for the 16 elements at `at` (element i of the tile).
+// The weighted delta of model `m` for the 16 elements at `at` (element i of the tile),
+// sparsified as S says.
+template <TileSparsify S>
 inline __m512 model_lanes(const TaskTile& tile, TileModel& m, const void* at, size_t i,
                           __m512 b, __mmask16 live, DareLimit limit) {
   __m512 d = _mm512_sub_ps(load16(m.dtype, at, live), b);
-  switch (tile.sparsify) {
-    case TileSparsify::kNone:
-      break;
-    case TileSparsify::kRank: {
-      __m512i bits = abs_bits16(d);
-      __mmask16 below_lo = below16(&m.lo, bits);
-      __mmask16 below_hi = below16(&m.hi, bits);
-      d = _mm512_maskz_mov_ps(static_cast<__mmask16>(~below_lo & below_hi), d);
-      break;
-    }
-    case TileSparsify::kRandom: {
-      __mmask16 kept = dare_kept16(m.stream, tile.elem + i, limit);
-      if (m.by_density) d = _mm512_div_ps(d, _mm512_set1_ps(m.density));
-      d = _mm512_maskz_mov_ps(kept, d);
-      break;
-    }
-    case TileSparsify::kKept: {
-      auto kept = static_cast<__mmask16>((m.keep[i / 64] >> (i % 64)) & 0xFFFF);
-      if (m.by_density) d = _mm512_div_ps(d, _mm512_set1_ps(m.density));
-      d = _mm512_maskz_mov_ps(kept, d);
-      break;
-    }
+  if constexpr (S == TileSparsify::kRank) {
+    __m512i bits = abs_bits16(d);
+    __mmask16 below_lo = below16(&m.lo, bits);
+    __mmask16 below_hi = below16(&m.hi, bits);
+    d = _mm512_maskz_mov_ps(static_cast<__mmask16>(~below_lo & below_hi), d);
+  } else if constexpr (S == TileSparsify::kRandom) {
+    __mmask16 kept = dare_kept16(m.stream, tile.elem + i, limit);
+    if (m.by_density) d = _mm512_div_ps(d, _mm512_set1_ps(m.density));
+    d = _mm512_maskz_mov_ps(kept, d);
+  } else if constexpr (S == TileSparsify::kKept) {
+    auto kept = static_cast<__mmask16>((m.keep[i / 64] >> (i % 64)) & 0xFFFF);
+    if (m.by_density) d = _mm512_div_ps(d, _mm512_set1_ps(m.density));
+    d = _mm512_maskz_mov_ps(kept, d);
   }
   if (m.scaled) d = _mm512_mul_ps(d, _mm512_set1_ps(m.scale));
   if (m.weight != 1.0f) d = _mm512_mul_ps(d, _mm512_set1_ps(m.weight));
@@ -436,26 +439,53 @@ inline __m512 mix16(const MixSpec& spec, const __m512* v, size_t n_models, __m51
 
 constexpr size_t kFusedModels = 64;  // 16 lanes each on the stack: 4 KiB
 
-void task_tile_avx512(TaskTile& tile, const float* base, float* out, size_t n) {
-  bool fits = tile.n_models <= kFusedModels;
-  for (size_t k = 0; k < tile.n_models && fits; ++k) fits = loads16(tile.models[k].dtype);
-  if (!fits) return task_tile_composed(*avx2_method_kernels(), tile, base, out, n);
-  __m512 v[kFusedModels];
-  size_t item[kFusedModels];  // bytes per element of each model's source
-  DareLimit limit[kFusedModels];
-  for (size_t k = 0; k < tile.n_models; ++k) {
+// The task tile of N models (N <= kFusedModels) sparsified as S. A compile-time N
+// (the common counts) unrolls the model loop, so the lanes and limits stay in
+// registers rather than on the stack, and S drops the per-vector switch.
+template <size_t N, TileSparsify S>
+void task_tile_n(TaskTile& tile, size_t n_models, const float* base, float* out, size_t n) {
+  constexpr bool fixed = N <= 4;
+  const size_t count = fixed ? N : n_models;
+  __m512 v[N];
+  size_t item[N];  // bytes per element of each model's source
+  DareLimit limit[N];
+  for (size_t k = 0; k < count; ++k) {
     item[k] = static_cast<size_t>(dtype_bits(tile.models[k].dtype) / 8);
     limit[k] = dare_limit(tile.models[k].density);
   }
   for (size_t i = 0; i < n; i += kLanes) {
     __mmask16 live = first_lanes(n - i);
     __m512 b = _mm512_maskz_loadu_ps(live, base + i);
-    for (size_t k = 0; k < tile.n_models; ++k) {
+#pragma GCC unroll 4
+    for (size_t k = 0; k < count; ++k) {
       TileModel& m = tile.models[k];
-      v[k] = model_lanes(tile, m, static_cast<const uint8_t*>(m.src) + i * item[k], i, b, live,
-                         limit[k]);
+      v[k] = model_lanes<S>(tile, m, static_cast<const uint8_t*>(m.src) + i * item[k], i, b,
+                            live, limit[k]);
     }
-    _mm512_mask_storeu_ps(out + i, live, mix16(tile.mix, v, tile.n_models, b));
+    _mm512_mask_storeu_ps(out + i, live, mix16(tile.mix, v, count, b));
+  }
+}
+
+template <TileSparsify S>
+void task_tile_s(TaskTile& tile, const float* base, float* out, size_t n) {
+  switch (tile.n_models) {
+    case 1: return task_tile_n<1, S>(tile, 1, base, out, n);
+    case 2: return task_tile_n<2, S>(tile, 2, base, out, n);
+    case 3: return task_tile_n<3, S>(tile, 3, base, out, n);
+    case 4: return task_tile_n<4, S>(tile, 4, base, out, n);
+    default: return task_tile_n<kFusedModels, S>(tile, tile.n_models, base, out, n);
+  }
+}
+
+void task_tile_avx512(TaskTile& tile, const float* base, float* out, size_t n) {
+  bool fits = tile.n_models <= kFusedModels;
+  for (size_t k = 0; k < tile.n_models && fits; ++k) fits = loads16(tile.models[k].dtype);
+  if (!fits) return task_tile_composed(*avx2_method_kernels(), tile, base, out, n);
+  switch (tile.sparsify) {
+    case TileSparsify::kNone: return task_tile_s<TileSparsify::kNone>(tile, base, out, n);
+    case TileSparsify::kRank: return task_tile_s<TileSparsify::kRank>(tile, base, out, n);
+    case TileSparsify::kRandom: return task_tile_s<TileSparsify::kRandom>(tile, base, out, n);
+    case TileSparsify::kKept: return task_tile_s<TileSparsify::kKept>(tile, base, out, n);
   }
 }
 
