@@ -14,64 +14,57 @@ namespace {
 using avx2::load8;
 
 // The weighted delta of model `m` for elements i..i+7 of the tile (`at`: those
-// elements of its source; `b`: the base's lanes).
+// elements of its source; `b`: the base's lanes), sparsified as S says.
+template <TileSparsify S>
 inline __m256 model_lanes(const TaskTile& tile, TileModel& m, const void* at, size_t i,
                           __m256 b) {
   __m256 d = _mm256_sub_ps(load8(m.dtype, at, 0), b);
-  switch (tile.sparsify) {
-    case TileSparsify::kNone:
-      break;
-    case TileSparsify::kRank: {
-      __m256i bits = avx2::abs_bits8(d);
-      __m256i below_lo = avx2::below8(&m.lo, bits);
-      __m256i below_hi = avx2::below8(&m.hi, bits);
-      d = _mm256_and_ps(_mm256_castsi256_ps(_mm256_andnot_si256(below_lo, below_hi)), d);
-      break;
-    }
-    case TileSparsify::kRandom: {
-      // Counters of elements elem + i + j (j < 8), as sparsify_random steps them.
-      uint64_t first = m.stream + (tile.elem + i + 1) * kGolden;
-      const __m256i step = _mm256_setr_epi64x(0, static_cast<long long>(kGolden),
-                                              static_cast<long long>(2 * kGolden),
-                                              static_cast<long long>(3 * kGolden));
-      __m256i lo = _mm256_add_epi64(_mm256_set1_epi64x(static_cast<long long>(first)), step);
-      __m256i hi = _mm256_add_epi64(lo, _mm256_set1_epi64x(static_cast<long long>(4 * kGolden)));
-      __m256 dens = _mm256_set1_ps(m.density);
-      __m256 kept = avx2::dare_kept8(lo, hi, dens);
-      if (m.by_density) d = _mm256_div_ps(d, dens);
-      d = _mm256_and_ps(kept, d);
-      break;
-    }
-    case TileSparsify::kKept: {
-      __m256 kept = avx2::kept_lanes8(static_cast<int>((m.keep[i / 64] >> (i % 64)) & 0xFF));
-      if (m.by_density) d = _mm256_div_ps(d, _mm256_set1_ps(m.density));
-      d = _mm256_and_ps(kept, d);
-      break;
-    }
+  if constexpr (S == TileSparsify::kRank) {
+    __m256i bits = avx2::abs_bits8(d);
+    __m256i below_lo = avx2::below8(&m.lo, bits);
+    __m256i below_hi = avx2::below8(&m.hi, bits);
+    d = _mm256_and_ps(_mm256_castsi256_ps(_mm256_andnot_si256(below_lo, below_hi)), d);
+  } else if constexpr (S == TileSparsify::kRandom) {
+    // Counters of elements elem + i + j (j < 8), as sparsify_random steps them.
+    uint64_t first = m.stream + (tile.elem + i + 1) * kGolden;
+    const __m256i step = _mm256_setr_epi64x(0, static_cast<long long>(kGolden),
+                                            static_cast<long long>(2 * kGolden),
+                                            static_cast<long long>(3 * kGolden));
+    __m256i lo = _mm256_add_epi64(_mm256_set1_epi64x(static_cast<long long>(first)), step);
+    __m256i hi = _mm256_add_epi64(lo, _mm256_set1_epi64x(static_cast<long long>(4 * kGolden)));
+    __m256 dens = _mm256_set1_ps(m.density);
+    __m256 kept = avx2::dare_kept8(lo, hi, dens);
+    if (m.by_density) d = _mm256_div_ps(d, dens);
+    d = _mm256_and_ps(kept, d);
+  } else if constexpr (S == TileSparsify::kKept) {
+    __m256 kept = avx2::kept_lanes8(static_cast<int>((m.keep[i / 64] >> (i % 64)) & 0xFF));
+    if (m.by_density) d = _mm256_div_ps(d, _mm256_set1_ps(m.density));
+    d = _mm256_and_ps(kept, d);
   }
   if (m.scaled) d = _mm256_mul_ps(d, _mm256_set1_ps(m.scale));
   if (m.weight != 1.0f) d = _mm256_mul_ps(d, _mm256_set1_ps(m.weight));
   return d;
 }
 
-}  // namespace
-
-void task_tile_avx2(TaskTile& tile, const float* base, float* out, size_t n) {
-  bool fits = tile.n_models <= avx2::kFusedModels;
-  for (size_t k = 0; k < tile.n_models && fits; ++k) fits = avx2::loads8(tile.models[k].dtype);
-  if (!fits) return task_tile_composed(*avx2_method_kernels(), tile, base, out, n);
-  __m256 v[avx2::kFusedModels];
-  size_t item[avx2::kFusedModels];  // bytes per element of each model's source
-  for (size_t k = 0; k < tile.n_models; ++k)
+// The tile of N models sparsified as S: a compile-time N (up to 4) unrolls the model
+// loop so the lanes stay in registers, and S drops the per-vector switch; larger N
+// use n_models at run time.
+template <size_t N, TileSparsify S>
+void task_tile_n(TaskTile& tile, size_t n_models, const float* base, float* out, size_t n) {
+  const size_t count = N <= 4 ? N : n_models;
+  __m256 v[N];
+  size_t item[N];  // bytes per element of each model's source
+  for (size_t k = 0; k < count; ++k)
     item[k] = static_cast<size_t>(dtype_bits(tile.models[k].dtype) / 8);
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256 b = _mm256_loadu_ps(base + i);
-    for (size_t k = 0; k < tile.n_models; ++k) {
+#pragma GCC unroll 4
+    for (size_t k = 0; k < count; ++k) {
       TileModel& m = tile.models[k];
-      v[k] = model_lanes(tile, m, static_cast<const uint8_t*>(m.src) + i * item[k], i, b);
+      v[k] = model_lanes<S>(tile, m, static_cast<const uint8_t*>(m.src) + i * item[k], i, b);
     }
-    _mm256_storeu_ps(out + i, avx2::mix8(tile.mix, v, tile.n_models, b));
+    _mm256_storeu_ps(out + i, avx2::mix8(tile.mix, v, count, b));
   }
   if (i == n) return;
   // The last partial vector: lanes past n read zeros and are not stored. They come
@@ -82,15 +75,40 @@ void task_tile_avx2(TaskTile& tile, const float* base, float* out, size_t n) {
   std::memcpy(b_pad, base + i, rest * sizeof(float));
   __m256 b = _mm256_load_ps(b_pad);
   alignas(32) uint8_t src_pad[8 * sizeof(float)];
-  for (size_t k = 0; k < tile.n_models; ++k) {
+  for (size_t k = 0; k < count; ++k) {
     TileModel& m = tile.models[k];
     std::memset(src_pad, 0, sizeof(src_pad));
     std::memcpy(src_pad, static_cast<const uint8_t*>(m.src) + i * item[k], rest * item[k]);
-    v[k] = model_lanes(tile, m, src_pad, i, b);
+    v[k] = model_lanes<S>(tile, m, src_pad, i, b);
   }
   alignas(32) float last[8];
-  _mm256_store_ps(last, avx2::mix8(tile.mix, v, tile.n_models, b));
+  _mm256_store_ps(last, avx2::mix8(tile.mix, v, count, b));
   std::memcpy(out + i, last, rest * sizeof(float));
+}
+
+template <TileSparsify S>
+void task_tile_s(TaskTile& tile, const float* base, float* out, size_t n) {
+  switch (tile.n_models) {
+    case 1: return task_tile_n<1, S>(tile, 1, base, out, n);
+    case 2: return task_tile_n<2, S>(tile, 2, base, out, n);
+    case 3: return task_tile_n<3, S>(tile, 3, base, out, n);
+    case 4: return task_tile_n<4, S>(tile, 4, base, out, n);
+    default: return task_tile_n<avx2::kFusedModels, S>(tile, tile.n_models, base, out, n);
+  }
+}
+
+}  // namespace
+
+void task_tile_avx2(TaskTile& tile, const float* base, float* out, size_t n) {
+  bool fits = tile.n_models <= avx2::kFusedModels;
+  for (size_t k = 0; k < tile.n_models && fits; ++k) fits = avx2::loads8(tile.models[k].dtype);
+  if (!fits) return task_tile_composed(*avx2_method_kernels(), tile, base, out, n);
+  switch (tile.sparsify) {
+    case TileSparsify::kNone: return task_tile_s<TileSparsify::kNone>(tile, base, out, n);
+    case TileSparsify::kRank: return task_tile_s<TileSparsify::kRank>(tile, base, out, n);
+    case TileSparsify::kRandom: return task_tile_s<TileSparsify::kRandom>(tile, base, out, n);
+    case TileSparsify::kKept: return task_tile_s<TileSparsify::kKept>(tile, base, out, n);
+  }
 }
 
 }  // namespace ladle
