@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "dtype.h"
 #include "kernels.h"
@@ -208,6 +209,30 @@ struct MethodKernels {
 // advance together, element by element, so the adder is not idle waiting on one
 // chain. Scalar: exact for every m, and short rows are too short for vector set-up.
 void gram_short(const float* const* v, size_t m, size_t n, double* sums);
+
+// Calls fn(count, kind) with the tile's model count (1-4; more: kMax, the caller then
+// counting tile.n_models at run time) and its sparsification as compile-time constants
+// (std::integral_constant), so a vector task tile can unroll its model loop and drop
+// its per-vector switch.
+template <size_t kMax, class Fn>
+void with_tile_constants(const TaskTile& tile, Fn&& fn) {
+  auto by_kind = [&](auto count) {
+    using S = TileSparsify;
+    switch (tile.sparsify) {
+      case S::kNone: return fn(count, std::integral_constant<S, S::kNone>{});
+      case S::kRank: return fn(count, std::integral_constant<S, S::kRank>{});
+      case S::kRandom: return fn(count, std::integral_constant<S, S::kRandom>{});
+      case S::kKept: return fn(count, std::integral_constant<S, S::kKept>{});
+    }
+  };
+  switch (tile.n_models) {
+    case 1: return by_kind(std::integral_constant<size_t, 1>{});
+    case 2: return by_kind(std::integral_constant<size_t, 2>{});
+    case 3: return by_kind(std::integral_constant<size_t, 3>{});
+    case 4: return by_kind(std::integral_constant<size_t, 4>{});
+    default: return by_kind(std::integral_constant<size_t, kMax>{});
+  }
+}
 
 // The task program of one tile written as the per-step kernels of `k` in order, the
 // models' weighted deltas staged in tile.wd: the reference of every task_tile.

@@ -198,6 +198,17 @@ inline __m256 load8(DType dtype, const void* src) {
 
 constexpr size_t kGramVectors = 4;  // inputs whose 8 transposed rows stay in registers
 
+// acc[p] += x[a][j] * x[b][j] (fp64) for every pair a <= b of the m inputs (row-major
+// upper triangle, pair p), element j = 0..7 in order: one step of the Gram sums.
+inline void add_pair_products(__m512d* acc, const __m512d (*x)[8], size_t m) {
+  for (int j = 0; j < 8; ++j) {
+    size_t p = 0;
+    for (size_t a = 0; a < m; ++a)
+      for (size_t b = a; b < m; ++b, ++p)
+        acc[p] = _mm512_add_pd(acc[p], _mm512_mul_pd(x[a][j], x[b][j]));
+  }
+}
+
 // gram_avx512 over inputs read from their files: each step loads 8 elements of each of
 // the 8 tiles of every input, subtracts the base's (fp32, as the delta kernel does)
 // and transposes them to one fp64 lane per tile, then multiplies the pairs in
@@ -222,12 +233,7 @@ void gram_inputs_m(const GramInput* inputs, const float* base, double* sums) {
       }
       transpose_tiles8(r, x[a]);
     }
-    for (int j = 0; j < 8; ++j) {
-      size_t p = 0;
-      for (size_t a = 0; a < m; ++a)
-        for (size_t c = a; c < m; ++c, ++p)
-          acc[p] = _mm512_add_pd(acc[p], _mm512_mul_pd(x[a][j], x[c][j]));
-    }
+    add_pair_products(acc, x, m);
   }
   for (size_t p = 0; p < n_pairs; ++p) _mm512_storeu_pd(sums + p * kGramTiles, acc[p]);
 }
@@ -365,12 +371,7 @@ void gram_avx512(const float* const* v, size_t m, double* sums) {
   __m512d x[kGramVectors][8];
   for (size_t i = 0; i < kMethodTileElems; i += 8) {
     for (size_t a = 0; a < m; ++a) load_tiles8(v[a], i, x[a]);
-    for (int j = 0; j < 8; ++j) {
-      size_t p = 0;
-      for (size_t a = 0; a < m; ++a)
-        for (size_t b = a; b < m; ++b, ++p)
-          acc[p] = _mm512_add_pd(acc[p], _mm512_mul_pd(x[a][j], x[b][j]));
-    }
+    add_pair_products(acc, x, m);
   }
   for (size_t p = 0; p < n_pairs; ++p) _mm512_storeu_pd(sums + p * kGramTiles, acc[p]);
 }
@@ -466,27 +467,13 @@ void task_tile_n(TaskTile& tile, size_t n_models, const float* base, float* out,
   }
 }
 
-template <TileSparsify S>
-void task_tile_s(TaskTile& tile, const float* base, float* out, size_t n) {
-  switch (tile.n_models) {
-    case 1: return task_tile_n<1, S>(tile, 1, base, out, n);
-    case 2: return task_tile_n<2, S>(tile, 2, base, out, n);
-    case 3: return task_tile_n<3, S>(tile, 3, base, out, n);
-    case 4: return task_tile_n<4, S>(tile, 4, base, out, n);
-    default: return task_tile_n<kFusedModels, S>(tile, tile.n_models, base, out, n);
-  }
-}
-
 void task_tile_avx512(TaskTile& tile, const float* base, float* out, size_t n) {
   bool fits = tile.n_models <= kFusedModels;
   for (size_t k = 0; k < tile.n_models && fits; ++k) fits = loads16(tile.models[k].dtype);
   if (!fits) return task_tile_composed(*avx2_method_kernels(), tile, base, out, n);
-  switch (tile.sparsify) {
-    case TileSparsify::kNone: return task_tile_s<TileSparsify::kNone>(tile, base, out, n);
-    case TileSparsify::kRank: return task_tile_s<TileSparsify::kRank>(tile, base, out, n);
-    case TileSparsify::kRandom: return task_tile_s<TileSparsify::kRandom>(tile, base, out, n);
-    case TileSparsify::kKept: return task_tile_s<TileSparsify::kKept>(tile, base, out, n);
-  }
+  with_tile_constants<kFusedModels>(tile, [&](auto count, auto kind) {
+    task_tile_n<decltype(count)::value, decltype(kind)::value>(tile, tile.n_models, base, out, n);
+  });
 }
 
 }  // namespace

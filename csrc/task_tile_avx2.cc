@@ -86,29 +86,15 @@ void task_tile_n(TaskTile& tile, size_t n_models, const float* base, float* out,
   std::memcpy(out + i, last, rest * sizeof(float));
 }
 
-template <TileSparsify S>
-void task_tile_s(TaskTile& tile, const float* base, float* out, size_t n) {
-  switch (tile.n_models) {
-    case 1: return task_tile_n<1, S>(tile, 1, base, out, n);
-    case 2: return task_tile_n<2, S>(tile, 2, base, out, n);
-    case 3: return task_tile_n<3, S>(tile, 3, base, out, n);
-    case 4: return task_tile_n<4, S>(tile, 4, base, out, n);
-    default: return task_tile_n<avx2::kFusedModels, S>(tile, tile.n_models, base, out, n);
-  }
-}
-
 }  // namespace
 
 void task_tile_avx2(TaskTile& tile, const float* base, float* out, size_t n) {
   bool fits = tile.n_models <= avx2::kFusedModels;
   for (size_t k = 0; k < tile.n_models && fits; ++k) fits = avx2::loads8(tile.models[k].dtype);
   if (!fits) return task_tile_composed(*avx2_method_kernels(), tile, base, out, n);
-  switch (tile.sparsify) {
-    case TileSparsify::kNone: return task_tile_s<TileSparsify::kNone>(tile, base, out, n);
-    case TileSparsify::kRank: return task_tile_s<TileSparsify::kRank>(tile, base, out, n);
-    case TileSparsify::kRandom: return task_tile_s<TileSparsify::kRandom>(tile, base, out, n);
-    case TileSparsify::kKept: return task_tile_s<TileSparsify::kKept>(tile, base, out, n);
-  }
+  with_tile_constants<avx2::kFusedModels>(tile, [&](auto count, auto kind) {
+    task_tile_n<decltype(count)::value, decltype(kind)::value>(tile, tile.n_models, base, out, n);
+  });
 }
 
 }  // namespace ladle

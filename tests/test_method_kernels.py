@@ -225,19 +225,21 @@ def test_dare_l1_draws_each_decision_once(densities):
         assert _dare_l1(kernel, 2, 2048, 64, densities) == (want, 6 * n)
 
 
+def raw(x, dtype: str) -> bytes:
+    """fp32 values `x` as `dtype` bytes (BF16: truncated, which keeps NaN a NaN)."""
+    if dtype == "F32":
+        return x.astype(F32).tobytes()
+    if dtype == "F16":
+        return x.astype(np.float16).tobytes()
+    return (x.astype(F32).view(np.uint32) >> np.uint32(16)).astype(np.uint16).tobytes()
+
+
 def _mixed_dtype_models(tmp_path, n: int = 600_001):
     """A BF16 base and F16 / BF16 / F32 models of one tensor of more than 256 tiles
     (the window pass runs) with an odd length (vector tails), coarse values (ties at
     the thresholds) and a few NaN/Inf."""
     rng = np.random.default_rng(12)
     base = (np.round(rng.standard_normal(n) * 16) / 16).astype(F32)
-
-    def raw(x, dtype):
-        if dtype == "F32":
-            return x.astype(F32).tobytes()
-        if dtype == "F16":
-            return x.astype(np.float16).tobytes()
-        return (x.astype(F32).view(np.uint32) >> np.uint32(16)).astype(np.uint16).tobytes()
 
     paths = [write_raw(tmp_path / "b.safetensors", {"w": ("BF16", [n], raw(base, "BF16"))})]
     for k, dtype in enumerate(("F16", "BF16", "F32")):
@@ -309,13 +311,6 @@ def _finite_mixed_models(tmp_path, dtypes):
     not; returns (paths, sizes, base values)."""
     rng = np.random.default_rng(21)
     sizes = [("g", 16384), ("h", 3 * 16384 + 2048 * 3 + 5), ("i", 40_000)]
-
-    def raw(x, dtype):
-        if dtype == "F32":
-            return x.astype(F32).tobytes()
-        if dtype == "F16":
-            return x.astype(np.float16).tobytes()
-        return (x.astype(F32).view(np.uint32) >> np.uint32(16)).astype(np.uint16).tobytes()
 
     bases = {name: (np.round(rng.standard_normal(n) * 16) / 16).astype(F32) for name, n in sizes}
     paths = [write_raw(tmp_path / "base.safetensors",
