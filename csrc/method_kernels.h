@@ -210,6 +210,19 @@ struct MethodKernels {
 // chain. Scalar: exact for every m, and short rows are too short for vector set-up.
 void gram_short(const float* const* v, size_t m, size_t n, double* sums);
 
+// Calls fn(count) with m (1-4) as a compile-time constant (std::integral_constant);
+// false, without calling it, for any other m.
+template <class Fn>
+bool with_small_count(size_t m, Fn&& fn) {
+  switch (m) {
+    case 1: fn(std::integral_constant<size_t, 1>{}); return true;
+    case 2: fn(std::integral_constant<size_t, 2>{}); return true;
+    case 3: fn(std::integral_constant<size_t, 3>{}); return true;
+    case 4: fn(std::integral_constant<size_t, 4>{}); return true;
+    default: return false;
+  }
+}
+
 // Calls fn(count, kind) with the tile's model count (1-4; more: kMax, the caller then
 // counting tile.n_models at run time) and its sparsification as compile-time constants
 // (std::integral_constant), so a vector task tile can unroll its model loop and drop

@@ -241,13 +241,9 @@ void gram_inputs_m(const GramInput* inputs, const float* base, double* sums) {
 bool gram_inputs_avx512(const GramInput* inputs, size_t m, const float* base, double* sums) {
   for (size_t a = 0; a < m; ++a)
     if (!loads16(inputs[a].dtype)) return false;
-  switch (m) {
-    case 1: gram_inputs_m<1>(inputs, base, sums); return true;
-    case 2: gram_inputs_m<2>(inputs, base, sums); return true;
-    case 3: gram_inputs_m<3>(inputs, base, sums); return true;
-    case 4: gram_inputs_m<4>(inputs, base, sums); return true;
-    default: return false;
-  }
+  return with_small_count(m, [&](auto count) {
+    gram_inputs_m<decltype(count)::value>(inputs, base, sums);
+  });
 }
 
 // The 8x8 bit matrix m (bit 8j + t) transposed (bit 8t + j).
@@ -331,13 +327,9 @@ bool dare_norms_avx512(const DareNormModel* models, size_t m, const float* base,
                        double* sums) {
   for (size_t k = 0; k < m; ++k)
     if (!loads16(models[k].dtype)) return false;
-  switch (m) {
-    case 1: dare_norms_m<1>(models, base, elem, sums); return true;
-    case 2: dare_norms_m<2>(models, base, elem, sums); return true;
-    case 3: dare_norms_m<3>(models, base, elem, sums); return true;
-    case 4: dare_norms_m<4>(models, base, elem, sums); return true;
-    default: return false;
-  }
+  return with_small_count(m, [&](auto count) {
+    dare_norms_m<decltype(count)::value>(models, base, elem, sums);
+  });
 }
 
 static_assert(kGramTiles == 8, "one fp64 lane per tile of a group");
