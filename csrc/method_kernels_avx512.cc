@@ -196,6 +196,19 @@ inline __m256 load8(DType dtype, const void* src) {
   }
 }
 
+// Element i + j (j < 8) of the 8 tiles of `src` (`item` bytes per element), less the
+// base's rows b[t] when b is set (fp32, as the delta kernel subtracts), as out[j]:
+// lane t holds tile t's element, widened to fp64.
+inline void delta_tiles8(DType dtype, const uint8_t* src, size_t item, size_t i,
+                         const __m256* b, __m512d out[8]) {
+  __m256 r[8];
+  for (int t = 0; t < 8; ++t) {
+    r[t] = load8(dtype, src + (t * kMethodTileElems + i) * item);
+    if (b) r[t] = _mm256_sub_ps(r[t], b[t]);
+  }
+  transpose_tiles8(r, out);
+}
+
 constexpr size_t kGramVectors = 4;  // inputs whose 8 transposed rows stay in registers
 
 // acc[p] += x[a][j] * x[b][j] (fp64) for every pair a <= b of the m inputs (row-major
@@ -221,18 +234,13 @@ void gram_inputs_m(const GramInput* inputs, const float* base, double* sums) {
   size_t item[M];
   for (size_t a = 0; a < m; ++a) item[a] = static_cast<size_t>(dtype_bits(inputs[a].dtype) / 8);
   __m512d x[M][8];
-  __m256 b[8], r[8];
+  __m256 b[8];
   for (size_t i = 0; i < kMethodTileElems; i += 8) {
     if (base)
       for (int t = 0; t < 8; ++t) b[t] = _mm256_loadu_ps(base + t * kMethodTileElems + i);
-    for (size_t a = 0; a < m; ++a) {
-      const auto* src = static_cast<const uint8_t*>(inputs[a].src);
-      for (int t = 0; t < 8; ++t) {
-        r[t] = load8(inputs[a].dtype, src + (t * kMethodTileElems + i) * item[a]);
-        if (base) r[t] = _mm256_sub_ps(r[t], b[t]);
-      }
-      transpose_tiles8(r, x[a]);
-    }
+    for (size_t a = 0; a < m; ++a)
+      delta_tiles8(inputs[a].dtype, static_cast<const uint8_t*>(inputs[a].src), item[a], i,
+                   base ? b : nullptr, x[a]);
     add_pair_products(acc, x, m);
   }
   for (size_t p = 0; p < n_pairs; ++p) _mm512_storeu_pd(sums + p * kGramTiles, acc[p]);
@@ -284,17 +292,13 @@ void dare_norms_m(const DareNormModel* models, const float* base, uint64_t elem,
     below[k] = _mm512_set1_epi64(static_cast<long long>(limit.below));
     item[k] = static_cast<size_t>(dtype_bits(models[k].dtype) / 8);
   }
-  __m256 b[8], r[8];
+  __m256 b[8];
   __m512d x[8];
   for (size_t i = 0; i < kMethodTileElems; i += 8) {
     for (int t = 0; t < 8; ++t) b[t] = _mm256_loadu_ps(base + t * kMethodTileElems + i);
 #pragma GCC unroll 4
     for (size_t k = 0; k < m; ++k) {
-      const auto* src = static_cast<const uint8_t*>(models[k].src);
-      for (int t = 0; t < 8; ++t)
-        r[t] = _mm256_sub_ps(load8(models[k].dtype, src + (t * kMethodTileElems + i) * item[k]),
-                             b[t]);
-      transpose_tiles8(r, x);
+      delta_tiles8(models[k].dtype, static_cast<const uint8_t*>(models[k].src), item[k], i, b, x);
       // Counter of element i + j of tile t: stream + (elem + t * tile + i + j + 1) * golden.
       __m512i counter = _mm512_add_epi64(
           _mm512_set1_epi64(static_cast<long long>(models[k].stream + (elem + i + 1) * kGolden)),

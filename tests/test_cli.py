@@ -7,6 +7,7 @@ same) and against numpy references.
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 import re
@@ -99,6 +100,19 @@ def test_merge_alpha_directory_output(tmp_path: Path, models: list[Path], capsys
     got = load_file(str(out / "model.safetensors"))
     expected = (np.float32(0.75) * xa["w"] + np.float32(0.25) * xb["w"])
     np.testing.assert_allclose(got["w"], expected, rtol=1e-6)
+
+
+def test_package_exports_are_the_lazy_table():
+    """ladle/__init__ names each export three times (the lazy table, the imports for
+    type checkers, __all__): they agree, and every name resolves."""
+    lazy = set(ladle._EXPORTS) | set(ladle._SUBMODULES) | {"build_info"}
+    assert set(ladle.__all__) == lazy - {"analysis"}
+    tree = ast.parse(Path(ladle.__file__).read_text())
+    typed = {a.asname or a.name for node in tree.body if isinstance(node, ast.If)
+             for imp in node.body if isinstance(imp, ast.ImportFrom) for a in imp.names}
+    assert typed == lazy - {"analysis", "build_info"}
+    for name in sorted(lazy):
+        assert getattr(ladle, name) is not None, name
 
 
 @pytest.mark.parametrize("method", ["linear", "ties", "dare_ties", "slerp", "model_stock"])
