@@ -14,6 +14,8 @@ Recipes use ``dtype: float32`` (compute in fp32) and ``out_dtype: bfloat16``.
 
 Usage:
     python benchmarks/bench_methods.py --size 0.5GB --repeat 3 --json bench-work/methods.json
+    # a CPU without AVX-512, on one that has it:
+    python benchmarks/bench_methods.py --kernel avx2 --methods dare_ties model_stock
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ def max_abs_diff(x_dir: Path, y_dir: Path) -> tuple[float, int, int]:
 
 
 def run_method(method: str, base: Path, models: list[Path], work: Path, repeat: int,
-               threads: int, memory_budget: str) -> dict:
+               threads: int, memory_budget: str, kernel: str = "auto") -> dict:
     """ladle, the ceiling and (when installed) mergekit for one method."""
     cfg_dict, inputs = recipe(method, base, models)
     cfg = work / f"{method}.yml"
@@ -124,7 +126,8 @@ def run_method(method: str, base: Path, models: list[Path], work: Path, repeat: 
     out = work / f"out-ladle-{method}"
     ladle = run_tool("ladle", [sys.executable, "-m", "ladle", "merge", "--config", str(cfg),
                                "-o", str(out), "--quiet", "--threads", str(threads),
-                               "--memory-budget", memory_budget], out, inputs, "warm", repeat)
+                               "--memory-budget", memory_budget, "--kernel", kernel],
+                   out, inputs, "warm", repeat)
     if not ladle["ok"]:
         raise SystemExit(f"ladle {method} failed")
     n_out = dir_bytes(out)
@@ -172,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="runs per tool (median wall)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--memory-budget", default="256MiB")
+    p.add_argument("--kernel", default="auto",
+                   help="ladle's CPU kernels (auto, scalar, avx2, avx512): e.g. avx2 shows a "
+                        "CPU without AVX-512 on one that has it")
     p.add_argument("--json", type=Path, help="write all results here")
     args = p.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -185,13 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for method in args.methods:
         runs[method] = run_method(method, base, models, args.workdir, args.repeat,
-                                  args.threads, args.memory_budget)
+                                  args.threads, args.memory_budget, args.kernel)
         print(f"{method}: ladle {runs[method]['ladle_s']:.2f} s "
               f"(runs {', '.join(f'{s:.2f}' for s in runs[method]['ladle_runs_s'])}), "
               f"ceiling {runs[method]['ceiling_s']:.2f} s", flush=True)
     budget = parse_size(args.memory_budget)
     print(format_table(runs, budget))
-    result = {"size": size, "input_bytes": sum(f.stat().st_size for f in checkpoint_files(base)),
+    result = {"size": size, "kernel": args.kernel,
+              "input_bytes": sum(f.stat().st_size for f in checkpoint_files(base)),
               "repeat": args.repeat, "memory_budget": budget, "runs": runs,
               "median_of_ceiling": statistics.median(r["of_ceiling"] for r in runs.values())}
     if args.json:

@@ -39,31 +39,66 @@ inline __m256i abs_bits8(__m256 v) {
   return _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7FFFFFFF));
 }
 
-// Low 64 bits of a * b per 64-bit lane (AVX2 has only 32x32->64 multiplies).
-inline __m256i mul64(__m256i a, __m256i b) {
-  __m256i lo = _mm256_mul_epu32(a, b);
-  __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(a, _mm256_srli_epi64(b, 32)),
-                                   _mm256_mul_epu32(_mm256_srli_epi64(a, 32), b));
-  return _mm256_add_epi64(lo, _mm256_slli_epi64(cross, 32));
+// a * c mod 2^64 per 64-bit lane, for a constant c given as its halves (c_lo, c_hi:
+// in the low half of every lane). AVX2 multiplies only 32x32->64; a's high half moves
+// down by a shuffle (port 5) rather than a shift, which would compete with them.
+inline __m256i mul64(__m256i a, __m256i c_lo, __m256i c_hi) {
+  __m256i a_hi = _mm256_shuffle_epi32(a, 0xF5);
+  __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(a, c_hi), _mm256_mul_epu32(a_hi, c_lo));
+  return _mm256_add_epi64(_mm256_mul_epu32(a, c_lo), _mm256_slli_epi64(cross, 32));
 }
 
-inline __m256i mix64x4(__m256i z) {
-  z = mul64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 30)),
-            _mm256_set1_epi64x(static_cast<long long>(0xBF58476D1CE4E5B9ull)));
-  z = mul64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 27)),
-            _mm256_set1_epi64x(static_cast<long long>(0x94D049BB133111EBull)));
-  return _mm256_xor_si256(z, _mm256_srli_epi64(z, 31));
+inline __m256i halves_of(uint64_t c, bool high) {
+  return _mm256_set1_epi64x(static_cast<long long>(high ? c >> 32 : c & 0xFFFFFFFFu));
 }
 
-// DARE's draws of 8 consecutive elements from their counters: lane j of `lo` (of
-// `hi`) holds stream + (elem + j + 1) * golden (elem + j + 5); all-ones lanes are kept
-// (float(u24) * 2^-24 < density, as dare_keeps decides).
-inline __m256 dare_kept8(__m256i lo, __m256i hi, __m256 density) {
-  const __m256i evens = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
-  __m256i ulo = _mm256_permutevar8x32_epi32(_mm256_srli_epi64(mix64x4(lo), 40), evens);
-  __m256i uhi = _mm256_permutevar8x32_epi32(_mm256_srli_epi64(mix64x4(hi), 40), evens);
-  __m256 u = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(ulo, uhi, 0x20));
-  return _mm256_cmp_ps(_mm256_mul_ps(u, _mm256_set1_ps(0x1p-24f)), density, _CMP_LT_OQ);
+// Per 64-bit lane, a word whose high 32 bits are mix64(counter)'s (its low half is
+// not): the last xor-shift leaves bits 33..63 as they are, and the second product's
+// high half needs only the low halves of its cross terms, added without a carry out
+// of the low half (a 32-bit add).
+inline __m256i draw_high4(__m256i z) {
+  constexpr uint64_t kMul1 = 0xBF58476D1CE4E5B9ull, kMul2 = 0x94D049BB133111EBull;
+  z = _mm256_xor_si256(z, _mm256_srli_epi64(z, 30));
+  z = mul64(z, halves_of(kMul1, false), halves_of(kMul1, true));
+  z = _mm256_xor_si256(z, _mm256_srli_epi64(z, 27));
+  __m256i z_hi = _mm256_shuffle_epi32(z, 0xF5);
+  __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(z, halves_of(kMul2, true)),
+                                   _mm256_mul_epu32(z_hi, halves_of(kMul2, false)));
+  return _mm256_add_epi32(_mm256_mul_epu32(z, halves_of(kMul2, false)),
+                          _mm256_shuffle_epi32(cross, 0xA0));  // low halves up
+}
+
+// DARE's keep test for 4 counters at a time: T = ceil(density * 2^24) (dare_limit) in
+// every 64-bit lane, 2^24 when every element is kept.
+inline __m256i dare_test4(float density) {
+  DareLimit limit = dare_limit(density);
+  return _mm256_set1_epi64x(limit.all ? 1ll << 24 : static_cast<long long>(limit.below >> 40));
+}
+
+// All-ones 64-bit lanes where the element of each counter lane is kept: its draw
+// (the word's bits 40..63: its unknown low half shifts out) below T, a signed
+// compare of two non-negative 64-bit values.
+inline __m256i dare_kept4(__m256i counter, __m256i test) {
+  return _mm256_cmpgt_epi64(test, _mm256_srli_epi64(draw_high4(counter), 40));
+}
+
+// The counters of DARE's draws of elements e, e+2, e+4, e+6 of `stream`:
+// stream + (e + 2j + 1) * golden in lane j. Adding golden gives e+1, e+3, ...
+inline __m256i dare_even_counters(uint64_t stream, uint64_t e) {
+  uint64_t first = stream + (e + 1) * kGolden;
+  return _mm256_add_epi64(_mm256_set1_epi64x(static_cast<long long>(first)),
+                          _mm256_setr_epi64x(0, static_cast<long long>(2 * kGolden),
+                                             static_cast<long long>(4 * kGolden),
+                                             static_cast<long long>(6 * kGolden)));
+}
+
+// Keep lanes (all-ones fp32 lanes) of 8 consecutive elements from their even
+// counters (dare_even_counters): the odd elements' 64-bit masks go to the odd 32-bit
+// lanes, the even ones' stay in the even lanes (each mask's halves are equal).
+inline __m256 dare_kept8(__m256i even, __m256i test) {
+  __m256i odd = _mm256_add_epi64(even, _mm256_set1_epi64x(static_cast<long long>(kGolden)));
+  return _mm256_castsi256_ps(
+      _mm256_blend_epi32(dare_kept4(even, test), dare_kept4(odd, test), 0xAA));
 }
 
 // Lanes of a DARE keep-bit byte (bit j: element j kept) as all-ones lanes.
@@ -88,7 +123,10 @@ inline __m256i below8(RankWindowBound* b, __m256i bits) {
 }
 
 // base + the docs/methods.md mix of 8 elements' weighted deltas v[0..n_models).
-inline __m256 mix8(const MixSpec& spec, const __m256* v, size_t n_models, __m256 base) {
+// Always inlined: out of line (as GCC chose), the lanes went through memory and a
+// compile-time model count could not unroll its loops.
+__attribute__((always_inline)) inline __m256 mix8(const MixSpec& spec, const __m256* v,
+                                                  size_t n_models, __m256 base) {
   const __m256 zero = _mm256_setzero_ps();
   __m256 sum = zero, divisor = _mm256_set1_ps(spec.plain_divisor);
   if (spec.consensus == MixConsensus::kNone) {

@@ -6,6 +6,7 @@
 // same order, no FMA; vectors only run independent elements (or tiles) side by side.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -282,6 +283,22 @@ inline uint32_t dare_draw(uint64_t stream, uint64_t elem) {
 }
 inline bool dare_keeps(uint64_t stream, uint64_t elem, float density) {
   return static_cast<float>(dare_draw(stream, elem)) * 0x1p-24f < density;
+}
+
+// dare_keeps as an integer test: float(u) * 2^-24 < density (both sides exact) holds
+// exactly when u < T = ceil(density * 2^24), i.e. when the finaliser's 64-bit word
+// (whose bits 40..63 are u) is below T << 40; T = 2^24 (density >= 1) keeps every
+// element, a NaN or non-positive density none (below 0).
+struct DareLimit {
+  bool all = false;
+  uint64_t below = 0;
+};
+inline DareLimit dare_limit(float density) {
+  double t = std::ceil(static_cast<double>(density) * 16777216.0);
+  DareLimit limit;
+  limit.all = t >= 16777216.0;
+  if (!limit.all && t > 0.0) limit.below = static_cast<uint64_t>(t) << 40;
+  return limit;
 }
 
 }  // namespace ladle

@@ -116,25 +116,19 @@ void window_scan_avx2(DType dtype, const void* src, const float* base, size_t n,
 
 void sparsify_random_avx2(float* d, size_t n, uint64_t stream, uint64_t elem, float density,
                           bool by_density, uint64_t* keep) {
-  // Lane j of the counters holds stream + (elem + i + j + 1) * golden (mod 2^64).
-  uint64_t first = stream + (elem + 1) * kGolden;
-  __m256i lo = _mm256_set_epi64x(static_cast<long long>(first + 3 * kGolden),
-                                 static_cast<long long>(first + 2 * kGolden),
-                                 static_cast<long long>(first + kGolden),
-                                 static_cast<long long>(first));
-  __m256i hi = _mm256_add_epi64(lo, _mm256_set1_epi64x(static_cast<long long>(4 * kGolden)));
+  __m256i even = avx2::dare_even_counters(stream, elem);
   const __m256i step = _mm256_set1_epi64x(static_cast<long long>(8 * kGolden));
+  const __m256i test = avx2::dare_test4(density);
   const __m256 dens = _mm256_set1_ps(density);
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    __m256 kept = avx2::dare_kept8(lo, hi, dens);
+    __m256 kept = avx2::dare_kept8(even, test);
     __m256 v = _mm256_loadu_ps(d + i);
     if (by_density) v = _mm256_div_ps(v, dens);
     _mm256_storeu_ps(d + i, _mm256_and_ps(kept, v));
     if (keep)  // i is a multiple of 8: the 8 bits never straddle a word
       keep[i / 64] |= static_cast<uint64_t>(_mm256_movemask_ps(kept)) << (i % 64);
-    lo = _mm256_add_epi64(lo, step);
-    hi = _mm256_add_epi64(hi, step);
+    even = _mm256_add_epi64(even, step);
   }
   for (; i < n; ++i) {  // the scalar reference's step, bit offsets kept
     bool kept = dare_keeps(stream, elem + i, density);
@@ -315,12 +309,101 @@ bool gram_inputs_avx2(const GramInput* inputs, size_t m, const float* base, doub
   });
 }
 
+// Each 64-bit lane's bits in reverse order.
+inline __m256i reverse_bits64(__m256i x) {
+  const __m256i bytes = _mm256_setr_epi8(7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11, 10, 9, 8,
+                                         7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11, 10, 9, 8);
+  const __m256i nibbles = _mm256_setr_epi8(0x0, 0x8, 0x4, 0xC, 0x2, 0xA, 0x6, 0xE, 0x1, 0x9,
+                                           0x5, 0xD, 0x3, 0xB, 0x7, 0xF, 0x0, 0x8, 0x4, 0xC,
+                                           0x2, 0xA, 0x6, 0xE, 0x1, 0x9, 0x5, 0xD, 0x3, 0xB,
+                                           0x7, 0xF);
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  x = _mm256_shuffle_epi8(x, bytes);
+  __m256i lo = _mm256_shuffle_epi8(nibbles, _mm256_and_si256(x, low));
+  __m256i hi = _mm256_shuffle_epi8(nibbles, _mm256_and_si256(_mm256_srli_epi16(x, 4), low));
+  return _mm256_or_si256(_mm256_slli_epi16(lo, 4), hi);  // no byte exceeds 0xF0
+}
+
+// dare_norms for one model of dtype D over tiles 4h..4h+3 of a group: 4 elements of
+// each tile loaded, the base subtracted in fp32 and transposed to one fp64 lane per
+// tile (as gram_inputs_m), each lane's element drawn from its own counter; |delta| is
+// added to the tile's "before" chain and, and-ed with its keep mask, to its "after"
+// chain: +0 where dropped, what l1_sums adds over the sparsified copy. One model at a
+// time: a draw takes longer than an add's latency, so two chains keep the adder fed,
+// and the chains stay in registers. A word's keep decisions shift in from the bottom
+// (first element ends up on top) and are reversed once per 64 elements.
+template <DType D>
+void dare_norms_half(const DareNormModel& model, const float* base, uint64_t elem, int h,
+                     double* before_sums, double* after_sums) {
+  const __m256d magnitude = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7FFFFFFFFFFFFFFFll));
+  const __m256i golden = _mm256_set1_epi64x(static_cast<long long>(kGolden));
+  const __m256i test = avx2::dare_test4(model.density);
+  const auto* src = static_cast<const uint8_t*>(model.src);
+  constexpr size_t item = D == DType::kF32 ? 4 : 2;
+  const uint64_t first = 4 * static_cast<uint64_t>(h) * kTile;  // the half's first element
+  // Lane t: the counter of element 0 of tile 4h + t.
+  __m256i counter = _mm256_add_epi64(
+      _mm256_set1_epi64x(static_cast<long long>(model.stream + (elem + first + 1) * kGolden)),
+      _mm256_setr_epi64x(0, static_cast<long long>(kTile * kGolden),
+                         static_cast<long long>(2 * kTile * kGolden),
+                         static_cast<long long>(3 * kTile * kGolden)));
+  __m256d before = _mm256_setzero_pd(), after = _mm256_setzero_pd();
+  for (size_t word = 0; word < kTile; word += 64) {
+    __m256i reversed = _mm256_setzero_si256();
+    for (size_t i = word; i < word + 64; i += 4) {
+      __m128 r[4];
+      for (int t = 0; t < 4; ++t)
+        r[t] = _mm_sub_ps(load4(D, src + (first + t * kTile + i) * item),
+                          _mm_loadu_ps(base + first + t * kTile + i));
+      _MM_TRANSPOSE4_PS(r[0], r[1], r[2], r[3]);
+      for (int j = 0; j < 4; ++j) {
+        __m256d a = _mm256_and_pd(_mm256_cvtps_pd(r[j]), magnitude);
+        __m256i kept = avx2::dare_kept4(counter, test);
+        before = _mm256_add_pd(before, a);
+        after = _mm256_add_pd(after, _mm256_and_pd(a, _mm256_castsi256_pd(kept)));
+        reversed = _mm256_sub_epi64(_mm256_add_epi64(reversed, reversed), kept);
+        counter = _mm256_add_epi64(counter, golden);
+      }
+    }
+    if (model.keep) {
+      alignas(32) uint64_t words[4];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(words), reverse_bits64(reversed));
+      for (int t = 0; t < 4; ++t) model.keep[(4 * h + t) * (kTile / 64) + word / 64] |= words[t];
+    }
+  }
+  _mm256_storeu_pd(before_sums + 4 * h, before);
+  _mm256_storeu_pd(after_sums + 4 * h, after);
+}
+
+bool dare_norms_avx2(const DareNormModel* models, size_t m, const float* base, uint64_t elem,
+                     double* sums) {
+  for (size_t k = 0; k < m; ++k)
+    if (!avx2::loads8(models[k].dtype)) return false;
+  for (size_t k = 0; k < m; ++k) {
+    for (int h = 0; h < 2; ++h) {
+      double* before = sums + 2 * k * kGramTiles;
+      double* after = sums + (2 * k + 1) * kGramTiles;
+      switch (models[k].dtype) {
+        case DType::kBF16:
+          dare_norms_half<DType::kBF16>(models[k], base, elem, h, before, after);
+          break;
+        case DType::kF16:
+          dare_norms_half<DType::kF16>(models[k], base, elem, h, before, after);
+          break;
+        default:
+          dare_norms_half<DType::kF32>(models[k], base, elem, h, before, after);
+      }
+    }
+  }
+  return true;
+}
+
 const MethodKernels kAvx2{"avx2",             delta_avx2,          histogram_hi_avx2,
                           histogram_lo_avx2,  count_equal_avx2,    window_scan_avx2,
                           sparsify_random_avx2,
                           sparsify_kept_avx2, sparsify_rank_avx2,  scale_avx2,
                           l1_sums_avx2,       mix_avx2,            gram_avx2,
-                          task_tile_avx2,     nullptr,             gram_inputs_avx2};
+                          task_tile_avx2,     dare_norms_avx2,     gram_inputs_avx2};
 
 }  // namespace
 

@@ -8,8 +8,6 @@
 // and stores, its extra lanes zero and discarded.
 #include <immintrin.h>
 
-#include <cmath>
-
 #include "method_kernels.h"
 
 namespace ladle {
@@ -49,21 +47,6 @@ inline __m512i draw_bits8(__m512i z) {
                          _mm512_set1_epi64(static_cast<long long>(0xBF58476D1CE4E5B9ull)));
   return _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)),
                             _mm512_set1_epi64(static_cast<long long>(0x94D049BB133111EBull)));
-}
-
-// dare_keeps as an integer test: float(u) * 2^-24 < density (both sides exact) holds
-// exactly when u < T = ceil(density * 2^24), i.e. when the draw's 64-bit word is
-// below T << 40; T = 2^24 (density 1) keeps every element.
-struct DareLimit {
-  bool all = false;
-  uint64_t below = 0;
-};
-inline DareLimit dare_limit(float density) {
-  double t = std::ceil(static_cast<double>(density) * 16777216.0);
-  DareLimit limit;
-  limit.all = t >= 16777216.0;
-  if (!limit.all && t > 0.0) limit.below = static_cast<uint64_t>(t) << 40;
-  return limit;
 }
 
 // DARE's keep decisions of elements elem..elem+15 of `stream` (dare_keeps).
@@ -398,7 +381,9 @@ inline __m512 model_lanes(const TaskTile& tile, TileModel& m, const void* at, si
 }
 
 // base + the docs/methods.md mix of 16 elements' weighted deltas v[0..n_models).
-inline __m512 mix16(const MixSpec& spec, const __m512* v, size_t n_models, __m512 base) {
+// Always inlined, as mix8 (avx2_lanes.h).
+__attribute__((always_inline)) inline __m512 mix16(const MixSpec& spec, const __m512* v,
+                                                   size_t n_models, __m512 base) {
   const __m512 zero = _mm512_setzero_ps();
   __m512 sum = zero, divisor = _mm512_set1_ps(spec.plain_divisor);
   if (spec.consensus == MixConsensus::kNone) {

@@ -14,10 +14,11 @@ namespace {
 using avx2::load8;
 
 // The weighted delta of model `m` for elements i..i+7 of the tile (`at`: those
-// elements of its source; `b`: the base's lanes), sparsified as S says.
+// elements of its source; `b`: the base's lanes), sparsified as S says (kRandom:
+// with `test`, the model's keep test, dare_test4).
 template <TileSparsify S>
 inline __m256 model_lanes(const TaskTile& tile, TileModel& m, const void* at, size_t i,
-                          __m256 b) {
+                          __m256 b, __m256i test) {
   __m256 d = _mm256_sub_ps(load8(m.dtype, at, 0), b);
   if constexpr (S == TileSparsify::kRank) {
     __m256i bits = avx2::abs_bits8(d);
@@ -25,15 +26,8 @@ inline __m256 model_lanes(const TaskTile& tile, TileModel& m, const void* at, si
     __m256i below_hi = avx2::below8(&m.hi, bits);
     d = _mm256_and_ps(_mm256_castsi256_ps(_mm256_andnot_si256(below_lo, below_hi)), d);
   } else if constexpr (S == TileSparsify::kRandom) {
-    // Counters of elements elem + i + j (j < 8), as sparsify_random steps them.
-    uint64_t first = m.stream + (tile.elem + i + 1) * kGolden;
-    const __m256i step = _mm256_setr_epi64x(0, static_cast<long long>(kGolden),
-                                            static_cast<long long>(2 * kGolden),
-                                            static_cast<long long>(3 * kGolden));
-    __m256i lo = _mm256_add_epi64(_mm256_set1_epi64x(static_cast<long long>(first)), step);
-    __m256i hi = _mm256_add_epi64(lo, _mm256_set1_epi64x(static_cast<long long>(4 * kGolden)));
+    __m256 kept = avx2::dare_kept8(avx2::dare_even_counters(m.stream, tile.elem + i), test);
     __m256 dens = _mm256_set1_ps(m.density);
-    __m256 kept = avx2::dare_kept8(lo, hi, dens);
     if (m.by_density) d = _mm256_div_ps(d, dens);
     d = _mm256_and_ps(kept, d);
   } else if constexpr (S == TileSparsify::kKept) {
@@ -54,15 +48,19 @@ void task_tile_n(TaskTile& tile, size_t n_models, const float* base, float* out,
   const size_t count = N <= 4 ? N : n_models;
   __m256 v[N];
   size_t item[N];  // bytes per element of each model's source
-  for (size_t k = 0; k < count; ++k)
+  __m256i test[N];
+  for (size_t k = 0; k < count; ++k) {
     item[k] = static_cast<size_t>(dtype_bits(tile.models[k].dtype) / 8);
+    test[k] = avx2::dare_test4(tile.models[k].density);
+  }
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256 b = _mm256_loadu_ps(base + i);
 #pragma GCC unroll 4
     for (size_t k = 0; k < count; ++k) {
       TileModel& m = tile.models[k];
-      v[k] = model_lanes<S>(tile, m, static_cast<const uint8_t*>(m.src) + i * item[k], i, b);
+      v[k] = model_lanes<S>(tile, m, static_cast<const uint8_t*>(m.src) + i * item[k], i, b,
+                            test[k]);
     }
     _mm256_storeu_ps(out + i, avx2::mix8(tile.mix, v, count, b));
   }
@@ -79,7 +77,7 @@ void task_tile_n(TaskTile& tile, size_t n_models, const float* base, float* out,
     TileModel& m = tile.models[k];
     std::memset(src_pad, 0, sizeof(src_pad));
     std::memcpy(src_pad, static_cast<const uint8_t*>(m.src) + i * item[k], rest * item[k]);
-    v[k] = model_lanes<S>(tile, m, src_pad, i, b);
+    v[k] = model_lanes<S>(tile, m, src_pad, i, b, test[k]);
   }
   alignas(32) float last[8];
   _mm256_store_ps(last, avx2::mix8(tile.mix, v, count, b));

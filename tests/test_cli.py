@@ -310,6 +310,10 @@ def test_bad_input_one_line_error(tmp_path: Path, models: list[Path], capsys):
      r"cannot parse size '5XB'"),
     (["merge", "{m0}", "{m1}", "--alpha", "0.5", "--include", "nothing*"],
      r"no tensors selected"),
+    (["merge", "{m0}", "{m1}", "--alpha", "0.5", "--kernel", "sse"],
+     r"kernel must be one of auto, scalar, avx2, avx512, not 'sse'"),
+    (["soup", "{m0}", "{m1}", "--greedy", "--kernel", "scalar"],
+     r"--kernel applies to merges and soups, not to --greedy"),
 ])
 def test_bad_arguments_one_line_error(tmp_path: Path, models: list[Path], capsys,
                                       args: list[str], pattern: str):
@@ -319,6 +323,32 @@ def test_bad_arguments_one_line_error(tmp_path: Path, models: list[Path], capsys
     assert stdout == ""
     assert_one_line_error(rc, err, pattern)
     assert not out.exists() and not (tmp_path / "out.ladle-partial").exists()
+
+
+def test_kernel_option_writes_the_same_bytes(tmp_path: Path, models: list[Path], capsys):
+    """--kernel picks the CPU kernels of a merge, a soup and a recipe; every set this
+    CPU runs writes the scalar reference's bytes."""
+    info = ladle.build_info()
+    kernels = ["auto", *(["avx2"] if info["avx2_cpu"] else []),
+               *(["avx512"] if info["avx512_cpu"] else [])]
+    recipe = tmp_path / "dare.yml"
+    recipe.write_text(json.dumps({
+        "merge_method": "dare_ties", "base_model": str(models[0]), "dtype": "float32",
+        "models": [{"model": str(m), "parameters": {"weight": 1.0, "density": 0.5}}
+                   for m in models[1:]]}))
+    for name, args in (("merge", ["merge", *models, "--weights", "0.2", "0.3", "0.5"]),
+                       ("soup", ["soup", *models]),
+                       ("recipe", ["merge", "--config", recipe])):
+        want = tmp_path / f"{name}-scalar"
+        rc, _, err = run_cli(capsys, *args, "-o", want, "--quiet", "--kernel", "scalar")
+        assert rc == 0, err
+        for kernel in kernels:
+            out = tmp_path / f"{name}-{kernel}"
+            rc, _, err = run_cli(capsys, *args, "-o", out, "--quiet", "--kernel", kernel)
+            assert rc == 0, err
+            assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in want.iterdir())
+            for p in want.iterdir():
+                assert (out / p.name).read_bytes() == p.read_bytes(), (name, kernel, p.name)
 
 
 def test_engine_failure_one_line_error(tmp_path: Path, capsys):

@@ -52,6 +52,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "on by default when WORLD_SIZE > 1")
     p.add_argument("--trust-pickle", action="store_true",
                    help="load whole-module .pt/.bin pickles (runs their code; refused by default)")
+    p.add_argument("--kernel", default="auto",  # checked by the API: one-line error
+                   help="CPU kernels: auto (default: the widest this CPU runs), scalar, avx2 "
+                        "or avx512; every choice writes the same bytes")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,6 +238,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         options["distributed"] = True
     if getattr(args, "trust_pickle", False):
         options["trust_pickle"] = True
+    if args.kernel != "auto":
+        options["kernel"] = args.kernel
     if args.command == "merge" and args.config is not None:
         from ..methods.recipe import load_recipe, run_recipe
 

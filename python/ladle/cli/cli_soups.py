@@ -82,6 +82,8 @@ def dispatch(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"wrote {out}")
         return 0
+    if getattr(args, "kernel", "auto") != "auto":
+        raise LadleValueError("--kernel applies to merges and soups, not to --greedy")
     model = load_hook(args.model, "--model")()
     evaluate = load_hook(args.evaluate, "--evaluate")
     if args.command == "sweep":
