@@ -108,13 +108,25 @@ inline __m256 kept_lanes8(int bits) {
   return _mm256_castsi256_ps(_mm256_cmpeq_epi32(set, lane_bit));
 }
 
-// Lanes of `bits` below the bound, ties resolved lane by lane in index order.
-inline __m256i below8(RankWindowBound* b, __m256i bits) {
-  if (b->all) return _mm256_set1_epi32(-1);
-  if (b->none) return _mm256_setzero_si256();
-  const __m256i t = _mm256_set1_epi32(static_cast<int>(b->threshold));
-  __m256i gt = _mm256_cmpgt_epi32(bits, t);  // both <= 0x7FFFFFFF: signed compare is exact
-  int eq = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(bits, t)));
+// A rank bound's lane tests, made once per tile so that below8 takes no branch on
+// all/none: bits > gt is below (gt -1: all; 0x7FFFFFFF: none), bits == eq is a tie
+// (eq -1 when all or none: never, as bits >= 0).
+struct BoundLanes {
+  __m256i gt, eq;
+};
+inline BoundLanes bound_lanes(const RankWindowBound& b) {
+  const __m256i never = _mm256_set1_epi32(-1);
+  if (b.all) return {never, never};
+  if (b.none) return {_mm256_set1_epi32(0x7FFFFFFF), never};
+  const __m256i t = _mm256_set1_epi32(static_cast<int>(b.threshold));
+  return {t, t};
+}
+
+// Lanes of `bits` below the bound `b` (its lanes: `t`), ties resolved lane by lane in
+// index order.
+inline __m256i below8(RankWindowBound* b, const BoundLanes& t, __m256i bits) {
+  __m256i gt = _mm256_cmpgt_epi32(bits, t.gt);  // both <= 0x7FFFFFFF: signed compare is exact
+  int eq = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(bits, t.eq)));
   if (eq == 0) return gt;
   alignas(32) int32_t tie[8] = {0};
   for (int j = 0; j < 8; ++j)
@@ -148,10 +160,12 @@ __attribute__((always_inline)) inline __m256 mix8(const MixSpec& spec, const __m
     // Lanes that do not agree add +0 instead of being skipped: the same bits, since
     // neither sum can be -0 (they start at +0, an exact zero sum is +0, and agreeing
     // deltas are nonzero).
+    // A delta agrees when it is > 0 where the majority is +1, < 0 where it is -1: its
+    // sign flipped in the -1 lanes, then > 0 (NaN and zeros never agree).
+    const __m256 flip = _mm256_andnot_ps(positive, _mm256_set1_ps(-0.0f));
     __m256 weight = zero;
     for (size_t k = 0; k < n_models; ++k) {
-      __m256 agree = _mm256_blendv_ps(_mm256_cmp_ps(v[k], zero, _CMP_LT_OQ),
-                                      _mm256_cmp_ps(v[k], zero, _CMP_GT_OQ), positive);
+      __m256 agree = _mm256_cmp_ps(_mm256_xor_ps(v[k], flip), zero, _CMP_GT_OQ);
       sum = _mm256_add_ps(sum, _mm256_and_ps(v[k], agree));
       weight = _mm256_add_ps(weight, _mm256_and_ps(_mm256_set1_ps(spec.weights[k]), agree));
     }

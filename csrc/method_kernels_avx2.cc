@@ -72,46 +72,57 @@ uint64_t count_equal_avx2(const float* d, size_t n, uint32_t bits) {
   return count + scalar_method_kernels().count_equal(d + i, n - i, bits);
 }
 
-void window_scan_avx2(DType dtype, const void* src, const float* base, size_t n,
-                      ScanWindow* windows, size_t n_windows) {
-  if (!avx2::loads8(dtype) || n_windows > kMaxWindows)
-    return scalar_method_kernels().window_scan(dtype, src, base, n, windows, n_windows);
+// W windows, a compile-time count (as the AVX-512 scan): bounds, counters and
+// destinations stay in registers.
+template <size_t W>
+void window_scan_w(DType dtype, const void* src, const float* base, size_t n,
+                   ScanWindow* windows) {
   // abs_bits <= 0x7FFFFFFF: signed compares order them as unsigned ones would.
-  __m256i hi[kMaxWindows], lo_minus_1[kMaxWindows];
-  __m256i higher[kMaxWindows];  // per lane, minus the count above (n < 2^31)
-  size_t count[kMaxWindows];
-  for (size_t w = 0; w < n_windows; ++w) {
+  __m256i hi[W], lo_minus_1[W];
+  __m256i higher[W];  // per lane, minus the count above (n < 2^31)
+  uint32_t* found[W];
+  for (size_t w = 0; w < W; ++w) {
     hi[w] = _mm256_set1_epi32(static_cast<int>(windows[w].w_hi));
     lo_minus_1[w] = _mm256_set1_epi32(static_cast<int>(windows[w].w_lo) - 1);  // w_lo 0: -1
     higher[w] = _mm256_setzero_si256();
-    count[w] = 0;
+    found[w] = windows[w].found;
   }
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256i b = abs_bits8(_mm256_sub_ps(load8(dtype, src, i), _mm256_loadu_ps(base + i)));
-    for (size_t w = 0; w < n_windows; ++w) {
+    for (size_t w = 0; w < W; ++w) {
       __m256i gt = _mm256_cmpgt_epi32(b, hi[w]);
       __m256i ge_lo = _mm256_cmpgt_epi32(b, lo_minus_1[w]);
       higher[w] = _mm256_add_epi32(higher[w], gt);
       // Branch-free: a window holds a few percent of the elements, spread at random.
       int in = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(gt, ge_lo)));
-      count[w] += avx2::compress_store8(windows[w].found + count[w], b, in);
+      found[w] += avx2::compress_store8(found[w], b, in);
     }
   }
   size_t item = static_cast<size_t>(dtype_bits(dtype) / 8);
-  for (size_t w = 0; w < n_windows; ++w) {
+  for (size_t w = 0; w < W; ++w) {
     alignas(32) int32_t lanes[8];
     _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), higher[w]);
     for (int32_t lane : lanes) windows[w].above += static_cast<uint64_t>(-static_cast<int64_t>(lane));
     // The tail through the reference, its finds after the vector part's.
+    size_t count = static_cast<size_t>(found[w] - windows[w].found);
     ScanWindow tail = windows[w];
-    tail.found += count[w];
+    tail.found = found[w];
     tail.above = 0;
     scalar_method_kernels().window_scan(dtype, static_cast<const uint8_t*>(src) + i * item,
                                         base + i, n - i, &tail, 1);
     windows[w].above += tail.above;
-    windows[w].count = count[w] + tail.count;
+    windows[w].count = count + tail.count;
   }
+}
+
+void window_scan_avx2(DType dtype, const void* src, const float* base, size_t n,
+                      ScanWindow* windows, size_t n_windows) {
+  if (!avx2::loads8(dtype) || n_windows > kMaxWindows)
+    return scalar_method_kernels().window_scan(dtype, src, base, n, windows, n_windows);
+  static_assert(kMaxWindows == 2, "the counts window_scan_w is instantiated for");
+  if (n_windows == 1) return window_scan_w<1>(dtype, src, base, n, windows);
+  if (n_windows == 2) window_scan_w<2>(dtype, src, base, n, windows);
 }
 
 void sparsify_random_avx2(float* d, size_t n, uint64_t stream, uint64_t elem, float density,
@@ -154,12 +165,13 @@ void sparsify_kept_avx2(float* d, size_t n, const uint64_t* keep, float density,
 }
 
 void sparsify_rank_avx2(float* d, size_t n, RankWindowBound* lo, RankWindowBound* hi) {
+  const avx2::BoundLanes lo_lanes = avx2::bound_lanes(*lo), hi_lanes = avx2::bound_lanes(*hi);
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256 v = _mm256_loadu_ps(d + i);
     __m256i bits = abs_bits8(v);
-    __m256i below_lo = avx2::below8(lo, bits);
-    __m256i below_hi = avx2::below8(hi, bits);
+    __m256i below_lo = avx2::below8(lo, lo_lanes, bits);
+    __m256i below_hi = avx2::below8(hi, hi_lanes, bits);
     __m256 keep = _mm256_castsi256_ps(_mm256_andnot_si256(below_lo, below_hi));
     _mm256_storeu_ps(d + i, _mm256_and_ps(keep, v));
   }

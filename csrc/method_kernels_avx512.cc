@@ -358,7 +358,7 @@ void gram_avx512(const float* const* v, size_t m, double* sums) {
 // The weighted delta of model `m` for the 16 elements at `at` (element i of the tile),
 // sparsified as S says.
 template <TileSparsify S>
-inline __m512 model_lanes(const TaskTile& tile, TileModel& m, const void* at, size_t i,
+inline __m512 model_lanes(uint64_t tile_elem, TileModel& m, const void* at, size_t i,
                           __m512 b, __mmask16 live, DareLimit limit) {
   __m512 d = _mm512_sub_ps(load16(m.dtype, at, live), b);
   if constexpr (S == TileSparsify::kRank) {
@@ -367,7 +367,7 @@ inline __m512 model_lanes(const TaskTile& tile, TileModel& m, const void* at, si
     __mmask16 below_hi = below16(&m.hi, bits);
     d = _mm512_maskz_mov_ps(static_cast<__mmask16>(~below_lo & below_hi), d);
   } else if constexpr (S == TileSparsify::kRandom) {
-    __mmask16 kept = dare_kept16(m.stream, tile.elem + i, limit);
+    __mmask16 kept = dare_kept16(m.stream, tile_elem + i, limit);
     if (m.by_density) d = _mm512_div_ps(d, _mm512_set1_ps(m.density));
     d = _mm512_maskz_mov_ps(kept, d);
   } else if constexpr (S == TileSparsify::kKept) {
@@ -428,23 +428,34 @@ template <size_t N, TileSparsify S>
 void task_tile_n(TaskTile& tile, size_t n_models, const float* base, float* out, size_t n) {
   constexpr bool fixed = N <= 4;
   const size_t count = fixed ? N : n_models;
+  // Local copies, as the AVX2 tile takes them (task_tile_avx2.cc).
+  TileModel models[N];
+  const MixSpec mix = tile.mix;
+  const uint64_t elem = tile.elem;
   __m512 v[N];
   size_t item[N];  // bytes per element of each model's source
   DareLimit limit[N];
   for (size_t k = 0; k < count; ++k) {
-    item[k] = static_cast<size_t>(dtype_bits(tile.models[k].dtype) / 8);
-    limit[k] = dare_limit(tile.models[k].density);
+    models[k] = tile.models[k];
+    item[k] = static_cast<size_t>(dtype_bits(models[k].dtype) / 8);
+    limit[k] = dare_limit(models[k].density);
   }
   for (size_t i = 0; i < n; i += kLanes) {
     __mmask16 live = first_lanes(n - i);
     __m512 b = _mm512_maskz_loadu_ps(live, base + i);
 #pragma GCC unroll 4
     for (size_t k = 0; k < count; ++k) {
-      TileModel& m = tile.models[k];
-      v[k] = model_lanes<S>(tile, m, static_cast<const uint8_t*>(m.src) + i * item[k], i, b,
+      TileModel& m = models[k];
+      v[k] = model_lanes<S>(elem, m, static_cast<const uint8_t*>(m.src) + i * item[k], i, b,
                             live, limit[k]);
     }
-    _mm512_mask_storeu_ps(out + i, live, mix16(tile.mix, v, count, b));
+    _mm512_mask_storeu_ps(out + i, live, mix16(mix, v, count, b));
+  }
+  if constexpr (S == TileSparsify::kRank) {
+    for (size_t k = 0; k < count; ++k) {
+      tile.models[k].lo = models[k].lo;
+      tile.models[k].hi = models[k].hi;
+    }
   }
 }
 
