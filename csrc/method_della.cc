@@ -29,7 +29,7 @@ constexpr uint64_t kStateBytes = 64ull << 20;
 constexpr int kRadixPasses = 3;  // 3 x 11 bits cover the 31 bits of |x|
 
 struct Scratch {
-  std::vector<float> base, wd, mixed, prob;
+  std::vector<float> base, wd, kept, mixed, prob;
   std::vector<uint32_t> count;
   std::vector<uint64_t> sort_a, sort_b;
   // Keep probability by rank, per model, of job `table_job` (every rank group of a
@@ -276,12 +276,7 @@ class DellaRunner {
       probability_by_rank(d + c, stride, static_cast<uint32_t>(len), s->table[k].data(),
                           s->prob.data() + c, s);
     uint64_t stream = dare_stream(job.seed, job.tensor_key, static_cast<uint32_t>(k));
-    for (uint64_t i = 0; i < n; ++i) {
-      float p = s->prob[i];
-      bool keep = static_cast<float>(dare_draw(stream, first + i)) * 0x1p-24f < p;
-      d[i] = keep ? (by_probability ? d[i] / p : d[i]) : 0.0f;
-      if (keep_bits && keep) keep_bits[i / 64] |= 1ull << (i % 64);
-    }
+    method_kernels_.sparsify_prob(d, s->prob.data(), n, stream, first, by_probability, keep_bits);
   }
 
   void l1_pass(const WorkItem& item, Scratch* s) {
@@ -290,19 +285,25 @@ class DellaRunner {
     uint64_t block = block_elems(job), unit = unit_elems(job), units = n_units(job);
     s->base.resize(block);
     s->wd.resize(block);
+    s->kept.resize(block);
     for (uint64_t first = item.first_elem; first < item.first_elem + item.n_elems; first += block) {
       load_base(job, first, block, s->base.data());
       uint64_t u = first / unit;  // each unit lies in one item: written by one thread
       for (size_t k = 0; k < job.models.size(); ++k) {
         if (prune_of(job.models[k]) != Prune::kMagPrune) continue;
-        float* d = s->wd.data();
-        load_delta(job, job.models[k].input, first, block, s->base.data(), d);
-        double before = l1[2 * k * units + u];
-        for (uint64_t i = 0; i < block; ++i) before += std::fabs(static_cast<double>(d[i]));
+        const float* d = s->wd.data();
+        float* kept = s->kept.data();
+        load_delta(job, job.models[k].input, first, block, s->base.data(), s->wd.data());
+        std::copy(d, d + block, kept);
+        magprune(job, k, first, kept, false, s, mask_of(job, k, first));
+        // Both chains in one loop: each is a run of dependent fp64 adds in index order,
+        // so two side by side take the time of one.
+        double before = l1[2 * k * units + u], after = l1[(2 * k + 1) * units + u];
+        for (uint64_t i = 0; i < block; ++i) {
+          before += std::fabs(static_cast<double>(d[i]));
+          after += std::fabs(static_cast<double>(kept[i]));
+        }
         l1[2 * k * units + u] = before;
-        magprune(job, k, first, d, false, s, mask_of(job, k, first));
-        double after = l1[(2 * k + 1) * units + u];
-        for (uint64_t i = 0; i < block; ++i) after += std::fabs(static_cast<double>(d[i]));
         l1[(2 * k + 1) * units + u] = after;
       }
     }
@@ -346,8 +347,7 @@ class DellaRunner {
         if (prune == Prune::kMagPrune) {
           const uint64_t* bits = mask_of(job, k, first);
           if (bits != nullptr) {  // pass 1's keep mask of this block
-            for (uint64_t i = 0; i < block; ++i)
-              wd[i] = (bits[i / 64] >> (i % 64)) & 1 ? wd[i] : 0.0f;
+            method_kernels_.sparsify_kept(wd, block, bits, 1.0f, false);
           } else {
             magprune(job, k, first, wd, by_probability, s);
           }

@@ -201,6 +201,11 @@ struct MethodKernels {
   // values) or fp32(inputs[a]) when base is null, never stored. False, and nothing
   // written, for an m or dtype it does not take; null in sets without it.
   bool (*gram_inputs)(const GramInput* inputs, size_t m, const float* base, double* sums);
+  // DELLA's draw against per-element keep probabilities: d[i] kept when
+  // dare_keeps(stream, elem + i, p[i]) (then d[i] / p[i] when by_probability), else +0;
+  // keep bits recorded as sparsify_random records them.
+  void (*sparsify_prob)(float* d, const float* p, size_t n, uint64_t stream, uint64_t elem,
+                        bool by_probability, uint64_t* keep);
 };
 
 // The Gram sums of one short run (n <= kMethodTileElems, e.g. a filter_wise row): for

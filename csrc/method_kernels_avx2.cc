@@ -148,6 +148,35 @@ void sparsify_random_avx2(float* d, size_t n, uint64_t stream, uint64_t elem, fl
   }
 }
 
+void sparsify_prob_avx2(float* d, const float* p, size_t n, uint64_t stream, uint64_t elem,
+                        bool by_probability, uint64_t* keep) {
+  __m256i even = avx2::dare_even_counters(stream, elem);
+  const __m256i golden = _mm256_set1_epi64x(static_cast<long long>(kGolden));
+  const __m256i step = _mm256_set1_epi64x(static_cast<long long>(8 * kGolden));
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    // The 24-bit draws in element order (odd elements' in the odd 32-bit lanes), then
+    // dare_keeps's own float compare against each element's probability.
+    __m256i u_even = _mm256_srli_epi64(avx2::draw_high4(even), 40);
+    __m256i u_odd = _mm256_srli_epi64(avx2::draw_high4(_mm256_add_epi64(even, golden)), 40);
+    __m256i u = _mm256_blend_epi32(u_even, _mm256_slli_epi64(u_odd, 32), 0xAA);
+    __m256 prob = _mm256_loadu_ps(p + i);
+    __m256 kept = _mm256_cmp_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(u), _mm256_set1_ps(0x1p-24f)),
+                                prob, _CMP_LT_OQ);
+    __m256 v = _mm256_loadu_ps(d + i);
+    if (by_probability) v = _mm256_div_ps(v, prob);
+    _mm256_storeu_ps(d + i, _mm256_and_ps(kept, v));
+    if (keep)  // i is a multiple of 8: the 8 bits never straddle a word
+      keep[i / 64] |= static_cast<uint64_t>(_mm256_movemask_ps(kept)) << (i % 64);
+    even = _mm256_add_epi64(even, step);
+  }
+  // The last < 8 elements through the reference, their bits shifted into place.
+  uint64_t tail = 0;
+  scalar_method_kernels().sparsify_prob(d + i, p + i, n - i, stream, elem + i, by_probability,
+                                        keep ? &tail : nullptr);
+  if (keep && i < n) keep[i / 64] |= tail << (i % 64);
+}
+
 void sparsify_kept_avx2(float* d, size_t n, const uint64_t* keep, float density,
                         bool by_density) {
   const __m256 dens = _mm256_set1_ps(density);
@@ -415,7 +444,8 @@ const MethodKernels kAvx2{"avx2",             delta_avx2,          histogram_hi_
                           sparsify_random_avx2,
                           sparsify_kept_avx2, sparsify_rank_avx2,  scale_avx2,
                           l1_sums_avx2,       mix_avx2,            gram_avx2,
-                          task_tile_avx2,     dare_norms_avx2,     gram_inputs_avx2};
+                          task_tile_avx2,     dare_norms_avx2,     gram_inputs_avx2,
+                          sparsify_prob_avx2};
 
 }  // namespace
 

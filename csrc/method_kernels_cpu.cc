@@ -64,6 +64,15 @@ void sparsify_random_scalar(float* d, size_t n, uint64_t stream, uint64_t elem, 
   }
 }
 
+void sparsify_prob_scalar(float* d, const float* p, size_t n, uint64_t stream, uint64_t elem,
+                          bool by_probability, uint64_t* keep) {
+  for (size_t i = 0; i < n; ++i) {
+    bool kept = dare_keeps(stream, elem + i, p[i]);
+    d[i] = kept ? (by_probability ? d[i] / p[i] : d[i]) : 0.0f;
+    if (keep) keep[i / 64] |= static_cast<uint64_t>(kept) << (i % 64);
+  }
+}
+
 void sparsify_kept_scalar(float* d, size_t n, const uint64_t* keep, float density,
                           bool by_density) {
   for (size_t i = 0; i < n; ++i) {
@@ -155,7 +164,8 @@ const MethodKernels kScalar{"scalar",           delta_scalar,           histogra
                             sparsify_random_scalar,
                             sparsify_kept_scalar, sparsify_rank_scalar,   scale_scalar,
                             l1_sums_scalar,       mix_scalar,             gram_scalar,
-                            task_tile_scalar,     nullptr,                nullptr};
+                            task_tile_scalar,     nullptr,                nullptr,
+                            sparsify_prob_scalar};
 
 }  // namespace
 

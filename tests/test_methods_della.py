@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from test_methods import dare_u24, reference_mix
 
+import ladle
 from ladle.errors import LadleError, LadleValueError
 from ladle.methods import methods
 
@@ -150,13 +151,18 @@ def test_della_keeps_density_and_favours_large_magnitudes(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["della", "della_linear"])
-def test_della_independent_of_threads_and_chunks(tmp_path, method):
+def test_della_independent_of_threads_chunks_and_kernels(tmp_path, method):
+    # The vector draw against per-element probabilities (sparsify_prob) and the
+    # replay of pass 1's keep masks (sparsify_kept) give the scalar kernels' bytes.
     paths, _ = make_models(tmp_path, np.random.default_rng(2), 3, "BF16")
+    info = ladle.build_info()
+    kernels = [{"threads": 2, "kernel": k}
+               for k in ("avx2", "avx512") if info[f"{k}_cpu"]]
     outputs = [run_della(tmp_path, method, paths, f"o{i}.safetensors", **opts).read_bytes()
                for i, opts in enumerate([{"threads": 1}, {"threads": 2, "chunk_elems": 1},
                                          {"threads": 2, "memory_budget": "600KiB"},
                                          {"threads": 2, "memory_budget": "1GiB"},
-                                         {"threads": 1, "kernel": "scalar"}])]
+                                         {"threads": 1, "kernel": "scalar"}, *kernels])]
     assert all(o == outputs[0] for o in outputs[1:])
 
 
