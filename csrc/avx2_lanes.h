@@ -209,5 +209,9 @@ inline size_t compress_store8(uint32_t* dst, __m256i v, int mask) {
 
 // The fused task program (task_tile_avx2.cc).
 void task_tile_avx2(TaskTile& tile, const float* base, float* out, size_t n);
+// SCE's per-element variance and mix (sce_kernels_avx2.cc).
+void sce_variance_avx2(const float* tv, size_t stride, size_t m, size_t n, uint32_t* bits);
+void sce_mix_avx2(const float* tv, size_t stride, size_t m, const float* w, const float* base,
+                  float* out, size_t n);
 
 }  // namespace ladle

@@ -206,6 +206,17 @@ struct MethodKernels {
   // keep bits recorded as sparsify_random records them.
   void (*sparsify_prob)(float* d, const float* p, size_t n, uint64_t stream, uint64_t elem,
                         bool by_probability, uint64_t* keep);
+  // SCE (method_sce_elems.h) over n elements of m models' deltas tv[k * stride + i]:
+  // bits[i] = sce_variance_bits of element i, and
+  // out[i] = base[i] + sce_mixed_delta of element i with weights w[k] (out may alias
+  // base).
+  void (*sce_variance)(const float* tv, size_t stride, size_t m, size_t n, uint32_t* bits);
+  // Keep bits of n rank bit patterns (each <= 0x7FFFFFFF) against one bound: bit i %
+  // 64 of keep[i / 64] set when rank_below(b, bits[i]) (the cursor advances in index
+  // order); the caller zeroes the words.
+  void (*rank_keep)(const uint32_t* bits, size_t n, RankWindowBound* b, uint64_t* keep);
+  void (*sce_mix)(const float* tv, size_t stride, size_t m, const float* w, const float* base,
+                  float* out, size_t n);
 };
 
 // The Gram sums of one short run (n <= kMethodTileElems, e.g. a filter_wise row): for

@@ -207,6 +207,19 @@ void sparsify_rank_avx2(float* d, size_t n, RankWindowBound* lo, RankWindowBound
   scalar_method_kernels().sparsify_rank(d + i, n - i, lo, hi);
 }
 
+void rank_keep_avx2(const uint32_t* bits, size_t n, RankWindowBound* b, uint64_t* keep) {
+  const avx2::BoundLanes lanes = avx2::bound_lanes(*b);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256i below = avx2::below8(b, lanes, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits + i)));
+    // i is a multiple of 8: the 8 bits never straddle a word
+    keep[i / 64] |= static_cast<uint64_t>(_mm256_movemask_ps(_mm256_castsi256_ps(below))) << (i % 64);
+  }
+  uint64_t tail = 0;  // the last < 8 through the reference, shifted into place
+  scalar_method_kernels().rank_keep(bits + i, n - i, b, &tail);
+  if (i < n) keep[i / 64] |= tail << (i % 64);
+}
+
 void scale_avx2(float* d, size_t n, float s) {
   const __m256 sv = _mm256_set1_ps(s);
   size_t i = 0;
@@ -445,7 +458,8 @@ const MethodKernels kAvx2{"avx2",             delta_avx2,          histogram_hi_
                           sparsify_kept_avx2, sparsify_rank_avx2,  scale_avx2,
                           l1_sums_avx2,       mix_avx2,            gram_avx2,
                           task_tile_avx2,     dare_norms_avx2,     gram_inputs_avx2,
-                          sparsify_prob_avx2};
+                          sparsify_prob_avx2, sce_variance_avx2,   rank_keep_avx2,
+                          sce_mix_avx2};
 
 }  // namespace
 

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "method_kernels.h"
+#include "method_sce_elems.h"
 
 namespace ladle {
 namespace {
@@ -71,6 +72,25 @@ void sparsify_prob_scalar(float* d, const float* p, size_t n, uint64_t stream, u
     d[i] = kept ? (by_probability ? d[i] / p[i] : d[i]) : 0.0f;
     if (keep) keep[i / 64] |= static_cast<uint64_t>(kept) << (i % 64);
   }
+}
+
+void sce_variance_scalar(const float* tv, size_t stride, size_t m, size_t n, uint32_t* bits) {
+  for (size_t i = 0; i < n; ++i)
+    bits[i] = sce_variance_bits(static_cast<uint32_t>(m),
+                                [&](uint32_t k) { return tv[k * stride + i]; });
+}
+
+void rank_keep_scalar(const uint32_t* bits, size_t n, RankWindowBound* b, uint64_t* keep) {
+  for (size_t i = 0; i < n; ++i)
+    keep[i / 64] |= static_cast<uint64_t>(rank_below(b, bits[i])) << (i % 64);
+}
+
+void sce_mix_scalar(const float* tv, size_t stride, size_t m, const float* w, const float* base,
+                    float* out, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    out[i] = base[i] + sce_mixed_delta(static_cast<uint32_t>(m),
+                                       [&](uint32_t k) { return tv[k * stride + i]; },
+                                       [&](uint32_t k) { return w[k]; });
 }
 
 void sparsify_kept_scalar(float* d, size_t n, const uint64_t* keep, float density,
@@ -165,7 +185,8 @@ const MethodKernels kScalar{"scalar",           delta_scalar,           histogra
                             sparsify_kept_scalar, sparsify_rank_scalar,   scale_scalar,
                             l1_sums_scalar,       mix_scalar,             gram_scalar,
                             task_tile_scalar,     nullptr,                nullptr,
-                            sparsify_prob_scalar};
+                            sparsify_prob_scalar, sce_variance_scalar,    rank_keep_scalar,
+                            sce_mix_scalar};
 
 }  // namespace
 

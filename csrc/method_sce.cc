@@ -91,7 +91,7 @@ constexpr uint32_t kLoBins = kSceLoBins;
 struct Scratch {
   std::vector<float> base, tv;   // tv: n_models tiles
   std::vector<uint32_t> var_bits, hist;
-  std::vector<uint8_t> keep, out;
+  std::vector<uint8_t> out;
 };
 
 class SceRunner {
@@ -133,7 +133,7 @@ class SceRunner {
     uint64_t scratch = kTile * 4 * (max_models + 3) + kLoBins * 4;
     uint64_t state = 0;
     for (const SceJob& job : jobs_)
-      state = std::max(state, (job.n_elems / kTile + 1) * 8 * (max_models + 1));
+      state = std::max(state, (job.n_elems / kTile + 1) * 8 * (max_models + 1) + keep_bytes(job));
     uint64_t reserved = threads_ * scratch + state;
     uint64_t left = options_.memory_budget > reserved ? options_.memory_budget - reserved : 0;
     chunk_elems_ = options_.chunk_elems != 0
@@ -146,7 +146,6 @@ class SceRunner {
       s.base.resize(kTile);
       s.tv.resize(kTile * max_models);
       s.var_bits.resize(kTile);
-      s.keep.resize(kTile);
     }
     uint64_t n_chunks = 0;
     for (size_t j = 0; j < jobs_.size(); ++j) n_chunks += run_job(j);
@@ -174,6 +173,8 @@ class SceRunner {
     top_ = SceSelection(job);
     if (sce_selects(job)) select(job, run_pass, read, n_tiles);
     else pool_->skip(3 * read);
+    replay_ = !top_.all && keep_bytes(job) > 0;
+    keep_bits_.assign(replay_ ? keep_bytes(job) / 8 : 0, 0);
     // Pass 4: sum of squares of every model's selected delta, per tile.
     sq_.assign(job.models.size() * n_tiles, 0.0);
     run_pass(&SceRunner::squares);
@@ -206,13 +207,20 @@ class SceRunner {
     }
   }
 
+  // Pass 4's keep decisions, one bit per element, when they fit a quarter of the
+  // budget (0: pass 5 ranks every variance again).
+  uint64_t keep_bytes(const SceJob& job) const {
+    uint64_t n_bytes = (job.n_elems + 63) / 64 * 8;
+    return n_bytes <= options_.memory_budget / 4 ? n_bytes : 0;
+  }
+
   const uint8_t* input_ptr(const JobInput& in, uint64_t elem) const {
     return plan_.sources[in.source].base + in.offset + elem * item_n_bytes(in.dtype);
   }
 
-  // Loads one tile: the base, every model's delta, and the variance bits of the deltas
-  // (fp64 two-pass over the models, rounded to fp32 once).
-  void load_tile(const SceJob& job, uint64_t elem, size_t n, Scratch* s) const {
+  // Loads one tile: the base, every model's delta, and (when `variance`) the variance
+  // bits of the deltas (fp64 two-pass over the models, rounded to fp32 once).
+  void load_tile(const SceJob& job, uint64_t elem, size_t n, Scratch* s, bool variance) const {
     size_t m = job.models.size();
     if (options_.check_finite) {  // before the guarded loads: its own reads are guarded
       check_finite_input(plan_, job.name, job.base, elem, n);
@@ -225,33 +233,35 @@ class SceRunner {
                               s->tv.data() + k * kTile, n);
       }
     });
-    for (size_t i = 0; i < n; ++i)
-      s->var_bits[i] = sce_variance_bits(static_cast<uint32_t>(m),
-                                         [&](uint32_t k) { return s->tv[k * kTile + i]; });
+    if (variance) method_kernels_.sce_variance(s->tv.data(), kTile, m, n, s->var_bits.data());
   }
 
-  // keep[i] for the tile at `elem`, then the deltas not kept become +0.
-  void mask_tile(const SceJob& job, uint64_t elem, size_t n, Scratch* s) const {
-    RankWindowBound b;
-    b.all = top_.all;
-    b.none = top_.none;
-    b.threshold = top_.threshold;
-    b.ties_keep = top_.ties_keep;
-    b.ties_seen = top_.need_ties ? top_.tie_prefix[elem / kTile] : 0;
-    if (b.all) return;
-    for (size_t i = 0; i < n; ++i) s->keep[i] = rank_below(&b, s->var_bits[i]);
-    for (size_t k = 0; k < job.models.size(); ++k) {
-      float* tv = s->tv.data() + k * kTile;
-      for (size_t i = 0; i < n; ++i) tv[i] = s->keep[i] ? tv[i] : 0.0f;
+  // The deltas of the tile at `elem` that are not kept become +0: by pass 4's
+  // recorded keep bits when `replay` (pass 5), else by ranking each variance (pass 4
+  // records the bits when there is room for them; each tile's words are one thread's).
+  void mask_tile(const SceJob& job, uint64_t elem, size_t n, Scratch* s, bool replay) {
+    if (top_.all) return;
+    uint64_t tile_bits[kTile / 64] = {};
+    uint64_t* bits = keep_bits_.empty() ? tile_bits : keep_bits_.data() + elem / 64;
+    if (!replay) {
+      RankWindowBound b;
+      b.all = top_.all;
+      b.none = top_.none;
+      b.threshold = top_.threshold;
+      b.ties_keep = top_.ties_keep;
+      b.ties_seen = top_.need_ties ? top_.tie_prefix[elem / kTile] : 0;
+      method_kernels_.rank_keep(s->var_bits.data(), n, &b, bits);
     }
+    for (size_t k = 0; k < job.models.size(); ++k)
+      method_kernels_.sparsify_kept(s->tv.data() + k * kTile, n, bits, 1.0f, false);
   }
 
   template <typename Fn>
-  void for_each_tile(const WorkItem& item, Scratch* s, const Fn& fn) const {
+  void for_each_tile(const WorkItem& item, Scratch* s, const Fn& fn, bool variance = true) const {
     const SceJob& job = jobs_[item.job];
     for (uint64_t g = 0; g < item.n_elems; g += kTile) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(kTile, item.n_elems - g));
-      load_tile(job, item.first_elem + g, n, s);
+      load_tile(job, item.first_elem + g, n, s, variance);
       fn(job, item.first_elem + g, n);
     }
   }
@@ -291,14 +301,23 @@ class SceRunner {
   void squares(const WorkItem& item, Scratch* s) {
     uint64_t n_tiles = jobs_[item.job].n_elems / kTile + 1;
     for_each_tile(item, s, [&](const SceJob& job, uint64_t elem, size_t n) {
-      mask_tile(job, elem, n, s);
-      for (size_t k = 0; k < job.models.size(); ++k) {
-        const float* tv = s->tv.data() + k * kTile;
-        double sum = 0.0;
-        for (size_t i = 0; i < n; ++i) sum += static_cast<double>(tv[i]) * static_cast<double>(tv[i]);
-        sq_[k * n_tiles + elem / kTile] = sum;  // each tile is written by one thread
+      mask_tile(job, elem, n, s, false);
+      // Up to four models' chains side by side: each is a run of dependent fp64 adds
+      // in index order, so alone it waits on every add.
+      constexpr size_t kChains = 4;
+      for (size_t first = 0; first < job.models.size(); first += kChains) {
+        size_t count = std::min(kChains, job.models.size() - first);
+        double sum[kChains] = {0.0, 0.0, 0.0, 0.0};
+        const float* tv = s->tv.data() + first * kTile;
+        for (size_t i = 0; i < n; ++i)
+          for (size_t c = 0; c < count; ++c) {
+            double x = static_cast<double>(tv[c * kTile + i]);
+            sum[c] += x * x;
+          }
+        for (size_t c = 0; c < count; ++c)  // each tile is written by one thread
+          sq_[(first + c) * n_tiles + elem / kTile] = sum[c];
       }
-    });
+    }, !top_.all);
   }
 
   void apply(const WorkItem& item, Scratch* s) {
@@ -310,18 +329,14 @@ class SceRunner {
     uint8_t* out = span.out_span();
     size_t m = job.models.size();
     for_each_tile(item, s, [&](const SceJob&, uint64_t elem, size_t n) {
-      mask_tile(job, elem, n, s);
+      mask_tile(job, elem, n, s, replay_);
       float* mixed = s->base.data();  // in place: base[i] is read before it is written
-      for (size_t i = 0; i < n; ++i)
-        mixed[i] = s->base[i] + sce_mixed_delta(
-                                    static_cast<uint32_t>(m),
-                                    [&](uint32_t k) { return s->tv[k * kTile + i]; },
-                                    [&](uint32_t k) { return weights_[k]; });
+      method_kernels_.sce_mix(s->tv.data(), kTile, m, weights_.data(), s->base.data(), mixed, n);
       uint8_t* dst = out + (elem - item.first_elem) * out_size;
       kernels_.store(job.out_dtype, mixed, 1.0f, dst, n);
       if (options_.check_finite)
         check_finite_output(sink, job.name, job.out_dtype, dst, n, elem);
-    });
+    }, !top_.all && !replay_);
     span.commit();
   }
 
@@ -341,6 +356,8 @@ class SceRunner {
   uint64_t nonzero_ = 0;
   SceSelection top_;
   std::vector<double> sq_;  // [model * n_tiles + tile]
+  bool replay_ = false;              // pass 5 replays keep_bits_
+  std::vector<uint64_t> keep_bits_;  // pass 4's keep decisions, bit i: element i
   std::vector<float> weights_;
 };
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from test_methods import seq_sum64
 
+import ladle
 from ladle.errors import LadleValueError
 from ladle.methods import methods
 
@@ -98,13 +99,17 @@ def test_sce_matches_reference(tmp_path, select_topk, dtype, out_dtype):
         assert got[name][2] == reference_sce(base, xs, topk, out_dtype), name
 
 
-def test_sce_independent_of_threads_and_chunks(tmp_path):
-    paths, _ = make_models(tmp_path, np.random.default_rng(2), 3, "BF16")
+@pytest.mark.parametrize("n_models", [1, 3, 5])
+def test_sce_independent_of_threads_chunks_and_kernels(tmp_path, n_models):
+    # The vector variance (fp64 lanes) and erase-and-mix give the scalar kernels' bytes.
+    paths, _ = make_models(tmp_path, np.random.default_rng(2), n_models, "BF16")
+    info = ladle.build_info()
+    kernels = [{"threads": 2, "kernel": k} for k in ("avx2", "avx512") if info[f"{k}_cpu"]]
     outputs = [run_sce(tmp_path, paths, 0.4, f"o{i}.safetensors", **opts).read_bytes()
                for i, opts in enumerate([{"threads": 1}, {"threads": 2, "chunk_elems": 1},
                                          {"threads": 2, "memory_budget": 1},
                                          {"threads": 2, "memory_budget": "1GiB"},
-                                         {"threads": 1, "kernel": "scalar"}])]
+                                         {"threads": 1, "kernel": "scalar"}, *kernels])]
     assert all(o == outputs[0] for o in outputs[1:])
 
 
