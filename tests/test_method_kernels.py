@@ -50,6 +50,15 @@ def merged(tmp_path, method, paths, kernel, **kw) -> bytes:
     elif method == "model_stock":
         methods.merge_models(method, models, out, base_model=base, kernel=kernel,
                              progress=False, **kw)
+    elif method == "sce":
+        methods.merge_models(method, models, out, base_model=base,
+                             parameters={"select_topk": 0.4}, kernel=kernel, progress=False,
+                             **kw)
+    elif method.startswith("della"):
+        params = [{"weight": w, "density": d, "epsilon": e}
+                  for w, d, e in ((0.7, 0.4, 0.1), (-0.4, 0.6, 0.2), (1.3, 0.25, 0.05))]
+        methods.merge_models(method, models, out, base_model=base, model_parameters=params,
+                             seed=5, kernel=kernel, progress=False, **kw)
     else:
         params = [{"weight": w, "density": d, **({"gamma": 0.02} if "bread" in method else {})}
                   for w, d in ((0.7, 0.4), (-0.4, 0.6), (1.3, 0.25))]
@@ -82,7 +91,8 @@ def test_avx512_refused_where_missing(tmp_path):
 
 @pytest.mark.parametrize("kernel", FAST)
 @pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_ties", "dare_linear",
-                                    "breadcrumbs_ties", "slerp", "model_stock"])
+                                    "breadcrumbs_ties", "slerp", "model_stock", "della",
+                                    "della_linear", "sce"])
 @pytest.mark.parametrize("dtype,special", [("F32", True), ("BF16", False)])
 def test_vector_kernels_match_scalar_bit_for_bit(tmp_path, kernel, method, dtype, special):
     if special and method in ("slerp", "model_stock"):
