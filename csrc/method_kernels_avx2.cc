@@ -125,6 +125,13 @@ void window_scan_avx2(DType dtype, const void* src, const float* base, size_t n,
   if (n_windows == 2) window_scan_w<2>(dtype, src, base, n, windows);
 }
 
+// Stores the kept lanes of v (else +0) at d + i and, with `keep`, their keep bits
+// (i is a multiple of 8: the 8 bits never straddle a word).
+inline void store_kept8(float* d, size_t i, __m256 kept, __m256 v, uint64_t* keep) {
+  _mm256_storeu_ps(d + i, _mm256_and_ps(kept, v));
+  if (keep) keep[i / 64] |= static_cast<uint64_t>(_mm256_movemask_ps(kept)) << (i % 64);
+}
+
 void sparsify_random_avx2(float* d, size_t n, uint64_t stream, uint64_t elem, float density,
                           bool by_density, uint64_t* keep) {
   __m256i even = avx2::dare_even_counters(stream, elem);
@@ -133,19 +140,16 @@ void sparsify_random_avx2(float* d, size_t n, uint64_t stream, uint64_t elem, fl
   const __m256 dens = _mm256_set1_ps(density);
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    __m256 kept = avx2::dare_kept8(even, test);
     __m256 v = _mm256_loadu_ps(d + i);
     if (by_density) v = _mm256_div_ps(v, dens);
-    _mm256_storeu_ps(d + i, _mm256_and_ps(kept, v));
-    if (keep)  // i is a multiple of 8: the 8 bits never straddle a word
-      keep[i / 64] |= static_cast<uint64_t>(_mm256_movemask_ps(kept)) << (i % 64);
+    store_kept8(d, i, avx2::dare_kept8(even, test), v, keep);
     even = _mm256_add_epi64(even, step);
   }
-  for (; i < n; ++i) {  // the scalar reference's step, bit offsets kept
-    bool kept = dare_keeps(stream, elem + i, density);
-    d[i] = kept ? (by_density ? d[i] / density : d[i]) : 0.0f;
-    if (keep) keep[i / 64] |= static_cast<uint64_t>(kept) << (i % 64);
-  }
+  // The last < 8 elements through the reference, their bits shifted into place.
+  uint64_t tail = 0;
+  scalar_method_kernels().sparsify_random(d + i, n - i, stream, elem + i, density, by_density,
+                                          keep ? &tail : nullptr);
+  if (keep && i < n) keep[i / 64] |= tail << (i % 64);
 }
 
 void sparsify_prob_avx2(float* d, const float* p, size_t n, uint64_t stream, uint64_t elem,
@@ -165,9 +169,7 @@ void sparsify_prob_avx2(float* d, const float* p, size_t n, uint64_t stream, uin
                                 prob, _CMP_LT_OQ);
     __m256 v = _mm256_loadu_ps(d + i);
     if (by_probability) v = _mm256_div_ps(v, prob);
-    _mm256_storeu_ps(d + i, _mm256_and_ps(kept, v));
-    if (keep)  // i is a multiple of 8: the 8 bits never straddle a word
-      keep[i / 64] |= static_cast<uint64_t>(_mm256_movemask_ps(kept)) << (i % 64);
+    store_kept8(d, i, kept, v, keep);
     even = _mm256_add_epi64(even, step);
   }
   // The last < 8 elements through the reference, their bits shifted into place.
