@@ -213,9 +213,10 @@ void rank_keep_avx2(const uint32_t* bits, size_t n, RankWindowBound* b, uint64_t
   const avx2::BoundLanes lanes = avx2::bound_lanes(*b);
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    __m256i below = avx2::below8(b, lanes, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits + i)));
+    __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits + i));
+    int below = _mm256_movemask_ps(_mm256_castsi256_ps(avx2::below8(b, lanes, v)));
     // i is a multiple of 8: the 8 bits never straddle a word
-    keep[i / 64] |= static_cast<uint64_t>(_mm256_movemask_ps(_mm256_castsi256_ps(below))) << (i % 64);
+    keep[i / 64] |= static_cast<uint64_t>(below) << (i % 64);
   }
   uint64_t tail = 0;  // the last < 8 through the reference, shifted into place
   scalar_method_kernels().rank_keep(bits + i, n - i, b, &tail);

@@ -46,7 +46,8 @@ void sce_mix_avx2(const float* tv, size_t stride, size_t m, const float* w, cons
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256 total = zero;
-    for (size_t k = 0; k < m; ++k) total = _mm256_add_ps(total, _mm256_loadu_ps(tv + k * stride + i));
+    for (size_t k = 0; k < m; ++k)
+      total = _mm256_add_ps(total, _mm256_loadu_ps(tv + k * stride + i));
     const __m256 flip = _mm256_andnot_ps(_mm256_cmp_ps(total, zero, _CMP_GE_OQ),
                                          _mm256_set1_ps(-0.0f));
     __m256 sum = zero, divisor = zero;
@@ -57,7 +58,8 @@ void sce_mix_avx2(const float* tv, size_t stride, size_t m, const float* w, cons
       divisor = _mm256_add_ps(divisor, _mm256_and_ps(weight, agree));
     }
     divisor = _mm256_blendv_ps(divisor, floor, _mm256_cmp_ps(divisor, floor, _CMP_LT_OQ));
-    _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_loadu_ps(base + i), _mm256_div_ps(sum, divisor)));
+    __m256 mixed = _mm256_div_ps(sum, divisor);
+    _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_loadu_ps(base + i), mixed));
   }
   scalar_method_kernels().sce_mix(tv + i, stride, m, w, base + i, out + i, n - i);
 }
