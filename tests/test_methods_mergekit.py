@@ -101,6 +101,35 @@ def test_model_stock_filter_wise_matches_reference(tmp_path, monkeypatch, dtype,
     assert read_checkpoint(whole)["model.scale"][2] == outs[0]["model.scale"][2]
 
 
+def test_filter_wise_row_batches_fit_the_budget(tmp_path, monkeypatch):
+    # Rows shorter than a page stay mapped until their batch is released, so a batch's
+    # input bytes are bounded by half the budget (else 16384 rows of every input were
+    # resident at once: 338 MiB under a 64 MiB budget on the 0.5 GB bench); the bytes
+    # do not depend on where the batches are cut.
+    paths, _ = _models(tmp_path, "BF16")
+    budget = 40 << 10
+    seen = []
+
+    def spy(tensors, max_bytes, real=methods._row_batches):
+        for batch in real(tensors, max_bytes):
+            seen.append((max_bytes, len(batch), sum(
+                length * sum(_core.dtype_n_bits(i.dtype) // 8 for i, _ in t.inputs)
+                for t, _, length in batch)))
+            yield batch
+
+    monkeypatch.setattr(methods, "_row_batches", spy)
+    small, large = tmp_path / "small.safetensors", tmp_path / "large.safetensors"
+    methods.model_stock(paths[0], paths[1:], small, parameters={"filter_wise": True},
+                        memory_budget=budget, progress=False)
+    n_small = len(seen)
+    methods.model_stock(paths[0], paths[1:], large, parameters={"filter_wise": True},
+                        progress=False)
+    assert small.read_bytes() == large.read_bytes()
+    assert n_small > len(seen) - n_small  # the small budget cut more batches
+    for max_bytes, rows, n_bytes in seen[:n_small]:
+        assert max_bytes == budget // 2 and (rows == 1 or n_bytes <= max_bytes)
+
+
 @pytest.mark.parametrize("n", [2, 3, 4])
 def test_model_stock_ratios_vectorised_bit_for_bit(n):
     # filter_wise rows take their ratios from one vectorised call: the same bits as

@@ -715,17 +715,22 @@ def filter_rows(t: MethodTensor) -> tuple[int, int]:
 _ROW_BATCH = 1 << 14  # filter_wise rows per Gram/sum run
 
 
-def _row_batches(tensors: list[MethodTensor]):
+def _row_batches(tensors: list[MethodTensor], max_bytes: int):
     """(tensor, first element, length) of every row (the whole tensor when its
-    statistics are not per row), in batches of _ROW_BATCH."""
-    batch = []
+    statistics are not per row), in batches of at most _ROW_BATCH rows whose input
+    bytes stay within ``max_bytes`` (a batch holds at least one row). Rows shorter than
+    a page stay mapped until _release_rows drops the batch's pages, so this bound, not
+    the runners', is what keeps them within the memory budget."""
+    batch, n_bytes = [], 0
     for t in tensors:
         rows, cols = filter_rows(t) if t.params.get("rows") else (1, t.n_elems)
+        row_bytes = cols * sum(_core.dtype_n_bits(info.dtype) // 8 for info, _ in t.inputs)
         for r in range(rows):
-            batch.append((t, r * cols, cols))
-            if len(batch) == _ROW_BATCH:
+            if batch and (len(batch) == _ROW_BATCH or n_bytes + row_bytes > max_bytes):
                 yield batch
-                batch = []
+                batch, n_bytes = [], 0
+            batch.append((t, r * cols, cols))
+            n_bytes += row_bytes
     if batch:
         yield batch
 
@@ -1132,7 +1137,7 @@ def _run_shard(core_plan: Any, shard: Shard, sink: int, tensors: list[MethodTens
                           out_offset, dtype, inputs,
                           threshold=t.params["t"] if op == "nearswap" else 0.0)
     run(ENGINE_KINDS)
-    for batch in _row_batches(staged):
+    for batch in _row_batches(staged, run_opts["memory_budget"] // 2):
         # Per-row model stock and nuslerp: a Gram job per row (or tensor), then its
         # weighted sum or base + task vector, a bounded number of rows at a time so
         # the jobs and statistics held stay small.
