@@ -117,6 +117,25 @@ struct TaskTile {
   float* wd = nullptr;  // scratch of n_models * kMethodTileElems floats
 };
 
+// A fused task tile's local copies of its first `count` models and the bytes per
+// element of each one's source: stores to `out` may alias the tile's floats, so read
+// through `tile` every field was reloaded, and its branch retaken, for every vector.
+inline void copy_tile_models(const TaskTile& tile, size_t count, TileModel* models,
+                             size_t* item) {
+  for (size_t k = 0; k < count; ++k) {
+    models[k] = tile.models[k];
+    item[k] = static_cast<size_t>(dtype_bits(models[k].dtype) / 8);
+  }
+}
+
+// The rank cursors the local copies advanced, back into the tile.
+inline void return_rank_cursors(TaskTile& tile, const TileModel* models, size_t count) {
+  for (size_t k = 0; k < count; ++k) {
+    tile.models[k].lo = models[k].lo;
+    tile.models[k].hi = models[k].hi;
+  }
+}
+
 // Models one dare_norms call takes (two sum chains each: kL1Arrays in all).
 constexpr size_t kDareNormModels = kL1Arrays / 2;
 

@@ -428,18 +428,15 @@ template <size_t N, TileSparsify S>
 void task_tile_n(TaskTile& tile, size_t n_models, const float* base, float* out, size_t n) {
   constexpr bool fixed = N <= 4;
   const size_t count = fixed ? N : n_models;
-  // Local copies, as the AVX2 tile takes them (task_tile_avx2.cc).
+  // Local copies of the models and the mix (copy_tile_models).
   TileModel models[N];
+  size_t item[N];  // bytes per element of each model's source
+  copy_tile_models(tile, count, models, item);
   const MixSpec mix = tile.mix;
   const uint64_t elem = tile.elem;
   __m512 v[N];
-  size_t item[N];  // bytes per element of each model's source
   DareLimit limit[N];
-  for (size_t k = 0; k < count; ++k) {
-    models[k] = tile.models[k];
-    item[k] = static_cast<size_t>(dtype_bits(models[k].dtype) / 8);
-    limit[k] = dare_limit(models[k].density);
-  }
+  for (size_t k = 0; k < count; ++k) limit[k] = dare_limit(models[k].density);
   for (size_t i = 0; i < n; i += kLanes) {
     __mmask16 live = first_lanes(n - i);
     __m512 b = _mm512_maskz_loadu_ps(live, base + i);
@@ -451,12 +448,7 @@ void task_tile_n(TaskTile& tile, size_t n_models, const float* base, float* out,
     }
     _mm512_mask_storeu_ps(out + i, live, mix16(mix, v, count, b));
   }
-  if constexpr (S == TileSparsify::kRank) {
-    for (size_t k = 0; k < count; ++k) {
-      tile.models[k].lo = models[k].lo;
-      tile.models[k].hi = models[k].hi;
-    }
-  }
+  if constexpr (S == TileSparsify::kRank) return_rank_cursors(tile, models, count);
 }
 
 void task_tile_avx512(TaskTile& tile, const float* base, float* out, size_t n) {

@@ -52,18 +52,16 @@ inline __m256 model_lanes(uint64_t tile_elem, TileModel& m, const ModelLanes& la
 template <size_t N, TileSparsify S>
 void task_tile_n(TaskTile& tile, size_t n_models, const float* base, float* out, size_t n) {
   const size_t count = N <= 4 ? N : n_models;
-  // Local copies of the models and the mix: stores to `out` may alias the tile's
-  // floats, so read through `tile` they were reloaded, and their branches retaken,
-  // for every vector. The rank cursors are copied back at the end.
+  // Local copies of the models and the mix (copy_tile_models); the rank cursors go
+  // back at the end.
   TileModel models[N];
+  size_t item[N];  // bytes per element of each model's source
+  copy_tile_models(tile, count, models, item);
   const MixSpec mix = tile.mix;
   const uint64_t elem = tile.elem;
   __m256 v[N];
-  size_t item[N];  // bytes per element of each model's source
   ModelLanes lanes[N];
   for (size_t k = 0; k < count; ++k) {
-    models[k] = tile.models[k];
-    item[k] = static_cast<size_t>(dtype_bits(models[k].dtype) / 8);
     if constexpr (S == TileSparsify::kRandom) lanes[k].test = avx2::dare_test4(models[k].density);
     if constexpr (S == TileSparsify::kRank) {
       lanes[k].lo = avx2::bound_lanes(models[k].lo);
@@ -100,12 +98,7 @@ void task_tile_n(TaskTile& tile, size_t n_models, const float* base, float* out,
     _mm256_store_ps(last, avx2::mix8(mix, v, count, b));
     std::memcpy(out + i, last, rest * sizeof(float));
   }
-  if constexpr (S == TileSparsify::kRank) {
-    for (size_t k = 0; k < count; ++k) {
-      tile.models[k].lo = models[k].lo;
-      tile.models[k].hi = models[k].hi;
-    }
-  }
+  if constexpr (S == TileSparsify::kRank) return_rank_cursors(tile, models, count);
 }
 
 }  // namespace
